@@ -1,0 +1,61 @@
+"""The one timing helper every benchmark uses: warm up, synchronise, report median and p95.
+
+    from bench.timing import measure, write_result
+    stats = measure(lambda: solve(cost), repeat=20)    # {'median_s': ..., 'p95_s': ..., 'runs': 20}
+    write_result("matching", {"rows": rows})            # results/matching.json, atomically
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+RESULTS_DIR = Path(__file__).resolve().parent.parent / "results"
+
+
+def _sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def measure(fn: Callable[[], object], repeat: int = 10, warmup: int = 1) -> dict:
+    """Run `fn` `warmup` times untimed, then `repeat` times; seconds as median and p95."""
+    for _ in range(warmup):
+        fn()
+    _sync()
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        _sync()
+        times.append(time.perf_counter() - start)
+    times.sort()
+    p95 = times[min(len(times) - 1, int(round(0.95 * (len(times) - 1))))]
+    return {"median_s": statistics.median(times), "p95_s": p95, "runs": repeat}
+
+
+def machine() -> dict:
+    """What the numbers were measured on."""
+    return {
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+        "python": platform.python_version(),
+    }
+
+
+def write_result(name: str, payload: dict) -> Path:
+    """Write results/NAME.json atomically (temp file + rename), with the machine description."""
+    RESULTS_DIR.mkdir(exist_ok=True)
+    path = RESULTS_DIR / f"{name}.json"
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps({"benchmark": name, "machine": machine(), **payload}, indent=2) + "\n")
+    os.replace(tmp, path)
+    return path

@@ -1,0 +1,151 @@
+"""DNN plug-ins: a DNN is a folder with a `dnn.py`; folders are discovered, never listed.
+
+Contract (docs/dnn_folders.md): `dnn.py` defines
+    META: dict                         task, source, real (bool), input, classes; free-form extras
+    build_model() -> TemplateNet       the architecture (fresh, untrained)
+    load_data(data_dir: Path) -> Dataset   train / val / test arrays, labels int64
+and optionally
+    prepare(data_dir: Path) -> None    builds its data files from installed packages (idempotent)
+    TRAIN: dict                        stand-alone training budget overrides (see train.TrainConfig)
+
+The folder's name is the DNN's name. Searched, in order: the repository's top-level folders (the
+paper DNNs), `suite/*` (the offline default), then any folder given on the command line (a DNN
+folder itself, or a folder of DNN folders).
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+
+import numpy as np
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SUITE_DIR = REPO_ROOT / "suite"
+REQUIRED = ("META", "build_model", "load_data")
+
+
+def cache_dir() -> Path:
+    """Where data, trained models and other generated files live (never in the repository)."""
+    return Path(os.environ.get("WEIGHTSEP_CACHE", Path.home() / ".cache" / "weightsep"))
+
+
+def data_dir() -> Path:
+    return cache_dir() / "data"
+
+
+class DNNError(Exception):
+    """A DNN folder that cannot be found, imported or loaded; the message names it."""
+
+
+@dataclass
+class Split:
+    x: np.ndarray  # float32 inputs: [N, C, H, W] for conv nets, [N, F] for dense-only nets
+    y: np.ndarray  # int64 class labels [N]
+
+    def __post_init__(self):
+        if len(self.x) != len(self.y):
+            raise ValueError(f"{len(self.x)} inputs but {len(self.y)} labels")
+        self.x = np.ascontiguousarray(self.x, dtype=np.float32)
+        self.y = np.ascontiguousarray(self.y, dtype=np.int64)
+
+
+@dataclass
+class Dataset:
+    train: Split
+    val: Split
+    test: Split
+
+
+@dataclass
+class DNN:
+    name: str
+    path: Path
+    module: ModuleType
+
+    @property
+    def meta(self) -> dict:
+        return self.module.META
+
+    @property
+    def train_overrides(self) -> dict:
+        return getattr(self.module, "TRAIN", {})
+
+    def build_model(self):
+        return self.module.build_model()
+
+    def load_data(self, root: Path | None = None) -> Dataset:
+        root = data_dir() if root is None else root
+        try:
+            data = self.module.load_data(root)
+        except FileNotFoundError as e:
+            hint = "run ./setup.sh (or: python -m weightsep prepare)" if hasattr(self.module, "prepare") else (
+                "see the folder's README for the command that fetches it")
+            raise DNNError(f"DNN {self.name!r}: data file missing: {e.filename or e}; {hint}") from e
+        model = self.build_model()
+        for split in ("train", "val", "test"):
+            s = getattr(data, split)
+            if tuple(s.x.shape[1:]) != tuple(model.input_shape):
+                raise DNNError(f"DNN {self.name!r}: {split} inputs have shape {s.x.shape[1:]}, "
+                               f"the model wants {model.input_shape}")
+            if len(s.y) and (s.y.min() < 0 or s.y.max() >= model.classes):
+                raise DNNError(f"DNN {self.name!r}: {split} labels outside 0..{model.classes - 1}")
+        return data
+
+    def code_hash(self) -> str:
+        """Hash of the folder's dnn.py: cached trained models are keyed by it."""
+        return hashlib.sha256((self.path / "dnn.py").read_bytes()).hexdigest()[:16]
+
+
+def load_folder(path: Path) -> DNN:
+    path = Path(path).resolve()
+    file = path / "dnn.py"
+    if not file.is_file():
+        raise DNNError(f"{path} is not a DNN folder: it has no dnn.py")
+    spec = importlib.util.spec_from_file_location(f"weightsep_dnn_{path.name}", file)
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+    except Exception as e:
+        raise DNNError(f"DNN folder {path}: importing dnn.py failed: {e}") from e
+    missing = [name for name in REQUIRED if not hasattr(module, name)]
+    if missing:
+        raise DNNError(f"DNN folder {path}: dnn.py lacks {', '.join(missing)} (see docs/dnn_folders.md)")
+    return DNN(path.name, path, module)
+
+
+def _candidate_folders(extra: list[Path]) -> list[Path]:
+    folders = [p for p in sorted(REPO_ROOT.iterdir()) if (p / "dnn.py").is_file()]
+    if SUITE_DIR.is_dir():
+        folders += [p for p in sorted(SUITE_DIR.iterdir()) if (p / "dnn.py").is_file()]
+    for path in map(Path, extra):
+        if (path / "dnn.py").is_file():
+            folders.append(path)
+        elif path.is_dir():
+            folders += [p for p in sorted(path.iterdir()) if (p / "dnn.py").is_file()]
+        else:
+            raise DNNError(f"{path}: neither a DNN folder (with dnn.py) nor a folder of them")
+    return folders
+
+
+def discover(extra: list[Path] | tuple = ()) -> dict[str, DNN]:
+    """All DNN folders by name; a later folder of the same name (e.g. on the command line) wins."""
+    return {dnn.name: dnn for dnn in map(load_folder, _candidate_folders(list(extra)))}
+
+
+def suite() -> list[str]:
+    """Names of the embedded offline default's DNNs (the folders under suite/)."""
+    return sorted(p.name for p in SUITE_DIR.iterdir() if (p / "dnn.py").is_file())
+
+
+def get(name_or_path: str, extra: list[Path] | tuple = ()) -> DNN:
+    """One DNN by name (among discovered folders) or by folder path; unknown names list the known."""
+    if Path(name_or_path).is_dir() and (Path(name_or_path) / "dnn.py").is_file():
+        return load_folder(Path(name_or_path))
+    known = discover(extra)
+    if name_or_path not in known:
+        raise DNNError(f"unknown DNN {name_or_path!r}; known: {', '.join(sorted(known)) or 'none'}")
+    return known[name_or_path]

@@ -1,0 +1,49 @@
+"""Formation: a DNN's flat weight vector <-> fixed-size weight pages, and page tables.
+
+Takes a 1-D vector of `n` weights (a `TemplateNet.theta`, TF order) and returns `[ceil(n / P), P]`
+pages, the last one zero-padded; `from_pages` inverts it bit-exactly. A page table maps each
+logical page of a DNN to a row of `cat([shared_pages, exclusive_pages])`: entries below `S` (the
+number of shared pages) are shared pages, entries `S + e` are the DNN's exclusive page `e`.
+
+    pages = to_pages(net.theta.detach(), 512)
+    theta = materialize(shared_pages, exclusive_pages, page_table, n)
+"""
+from __future__ import annotations
+
+import torch
+
+
+def n_pages(n_weights: int, page_size: int) -> int:
+    """Logical pages of a DNN with `n_weights` weights: ceil(n / P)."""
+    return -(-n_weights // page_size)
+
+
+def to_pages(flat: torch.Tensor, page_size: int) -> torch.Tensor:
+    """Cut a 1-D vector into `[ceil(n / P), P]` pages, zero-padding the last one."""
+    if flat.dim() != 1:
+        raise ValueError(f"to_pages wants a 1-D weight vector, got shape {tuple(flat.shape)}")
+    if page_size < 1:
+        raise ValueError(f"page size must be positive, got {page_size}")
+    n = flat.numel()
+    padded = flat.new_zeros(n_pages(n, page_size) * page_size)
+    padded[:n] = flat
+    return padded.view(-1, page_size)
+
+
+def from_pages(pages: torch.Tensor, n_weights: int) -> torch.Tensor:
+    """Pages back to the first `n_weights` entries of the flat vector (drops the padding)."""
+    return pages.reshape(-1)[:n_weights]
+
+
+def materialize(
+    shared_pages: torch.Tensor, exclusive_pages: torch.Tensor, page_table: torch.Tensor, n_weights: int
+) -> torch.Tensor:
+    """Resolve a page table into a DNN's flat weight vector (differentiable w.r.t. both page stores)."""
+    store = torch.cat([shared_pages, exclusive_pages]) if exclusive_pages.numel() else shared_pages
+    return from_pages(store[page_table], n_weights)
+
+
+def split_page_table(page_table: torch.Tensor, n_shared: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logical page indices that are shared and those that are exclusive, in logical order."""
+    is_shared = page_table < n_shared
+    return is_shared.nonzero().flatten(), (~is_shared).nonzero().flatten()
