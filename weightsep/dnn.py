@@ -117,15 +117,22 @@ def load_folder(path: Path) -> DNN:
     return DNN(path.name, path, module)
 
 
+def is_dnn_folder(path: Path) -> bool:
+    """A folder with a dnn.py that is not a Python package (so weightsep/ itself never counts)."""
+    return (path / "dnn.py").is_file() and not (path / "__init__.py").exists()
+
+
+def _dnn_folders_in(path: Path) -> list[Path]:
+    return [p for p in sorted(path.iterdir()) if is_dnn_folder(p)] if path.is_dir() else []
+
+
 def _candidate_folders(extra: list[Path]) -> list[Path]:
-    folders = [p for p in sorted(REPO_ROOT.iterdir()) if (p / "dnn.py").is_file()]
-    if SUITE_DIR.is_dir():
-        folders += [p for p in sorted(SUITE_DIR.iterdir()) if (p / "dnn.py").is_file()]
+    folders = _dnn_folders_in(REPO_ROOT) + _dnn_folders_in(SUITE_DIR)
     for path in map(Path, extra):
-        if (path / "dnn.py").is_file():
+        if is_dnn_folder(path):
             folders.append(path)
         elif path.is_dir():
-            folders += [p for p in sorted(path.iterdir()) if (p / "dnn.py").is_file()]
+            folders += _dnn_folders_in(path)
         else:
             raise DNNError(f"{path}: neither a DNN folder (with dnn.py) nor a folder of them")
     return folders
@@ -138,12 +145,12 @@ def discover(extra: list[Path] | tuple = ()) -> dict[str, DNN]:
 
 def suite() -> list[str]:
     """Names of the embedded offline default's DNNs (the folders under suite/)."""
-    return sorted(p.name for p in SUITE_DIR.iterdir() if (p / "dnn.py").is_file())
+    return [p.name for p in _dnn_folders_in(SUITE_DIR)]
 
 
 def get(name_or_path: str, extra: list[Path] | tuple = ()) -> DNN:
     """One DNN by name (among discovered folders) or by folder path; unknown names list the known."""
-    if Path(name_or_path).is_dir() and (Path(name_or_path) / "dnn.py").is_file():
+    if is_dnn_folder(Path(name_or_path)):
         return load_folder(Path(name_or_path))
     known = discover(extra)
     if name_or_path not in known:

@@ -1,0 +1,258 @@
+"""`python -m weightsep`: the pipeline's operations as commands, thin over the stage modules.
+
+    python -m weightsep run                       # main job on the offline default (suite/)
+    python -m weightsep add mnist10k              # = WeightSeparation.py -mode=a -network_path=...
+    python -m weightsep train mnist10k --iter 320 # = -mode=t (one round-robin turn)
+    python -m weightsep eval mnist10k             # = -mode=e
+    python -m weightsep joint --steps 1500        # true joint optimisation of the packed store
+    python -m weightsep report                    # the paper-style table of the store
+    python -m weightsep list | remove NAME | restore | prepare
+
+Config flags are derived from the stage configs (PackConfig, FisherConfig, OptimizeConfig), so a
+new field is a new flag with no edit here.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import types
+import typing
+from pathlib import Path
+
+import torch
+
+from . import dnn as dnn_mod
+from .evaluate import format_table, make_row, packed_theta, summarize
+from .fisher import ESTIMATORS, FisherConfig
+from .matching import MATCHERS
+from .optimize import OPTIMIZERS, OptimizeConfig, optimize
+from .pack import MODES, SHARED_CONTENT, PackConfig, remove_vnn
+from .pipeline import RESULTS_DIR, RunConfig, load, pack, run, write_summary
+from .store import Store, StoreError
+from .train import set_single_thread, standalone_models
+
+CHOICES = {"mode": MODES, "matching": tuple(MATCHERS), "shared_content": SHARED_CONTENT,
+           "estimator": tuple(ESTIMATORS), "optimizer": tuple(OPTIMIZERS)}
+FLAG_NAMES = {"estimator": "fisher", "samples": "fisher-samples", "chunk": "fisher-chunk",
+              "normalize": "fisher-normalize", "n_shared": "shared-pages"}
+SKIP = {"seed", "version", "dnns"}
+
+
+def _scalar_type(annotation) -> type:
+    hint = eval(annotation, vars(typing)) if isinstance(annotation, str) else annotation  # noqa: S307
+    args = [a for a in typing.get_args(hint) if a is not type(None)] if isinstance(
+        hint, types.UnionType) or typing.get_origin(hint) is typing.Union else [hint]
+    return args[0]
+
+
+def add_config_flags(parser: argparse.ArgumentParser, cls: type) -> None:
+    """One --flag per field of a stage config; default None means: the config's own default."""
+    group = parser.add_argument_group(cls.__name__)
+    for f in dataclasses.fields(cls):
+        if f.name in SKIP:
+            continue
+        kind = _scalar_type(f.type)
+        flag = "--" + FLAG_NAMES.get(f.name, f.name.replace("_", "-"))
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        if kind is bool:
+            group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None,
+                               help=f"(default {default})")
+        else:
+            group.add_argument(flag, dest=f.name, type=kind, default=None, choices=CHOICES.get(f.name),
+                               help=f"(default {default})")
+
+
+def build_config(cls: type, args: argparse.Namespace, **fixed):
+    """A stage config from the flags given (others keep their defaults), plus fixed fields."""
+    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls)
+             if getattr(args, f.name, None) is not None and f.name not in SKIP}
+    if "seed" in {f.name for f in dataclasses.fields(cls)}:
+        given["seed"] = args.seed
+    return cls(**{**given, **fixed})
+
+
+def stored_pack_config(state, args: argparse.Namespace) -> PackConfig:
+    """The store's own pack config; a flag that contradicts its layout is an error."""
+    stored = PackConfig(**state.config["pack"])
+    for name in ("mode", "page_size", "n_shared"):
+        given = getattr(args, name, None)
+        if given is not None and given != getattr(stored, name):
+            raise ValueError(f"the store was made with {name}={getattr(stored, name)}, not {given}; "
+                             "use another --store for a different layout")
+    return build_config(PackConfig, args, mode=stored.mode, page_size=stored.page_size, n_shared=stored.n_shared)
+
+
+# ---- operations -------------------------------------------------------------------------------
+
+def cmd_prepare(args) -> None:
+    names = args.dnns or dnn_mod.suite()
+    for name in names:
+        dnn = dnn_mod.get(name, args.dnn_folder)
+        if not hasattr(dnn.module, "prepare"):
+            print(f"{name}: no prepare() in its dnn.py; its data is supplied by hand")
+            continue
+        print(f"preparing {name} ...", flush=True)
+        dnn_mod.data_dir().mkdir(parents=True, exist_ok=True)
+        dnn.module.prepare(dnn_mod.data_dir())
+    print(f"data ready in {dnn_mod.data_dir()}")
+
+
+def cmd_run(args) -> None:
+    config = RunConfig(
+        dnns=args.dnns or dnn_mod.suite(), extra_folders=args.dnn_folder, store=args.store, results=args.results,
+        workers=args.workers, pack=build_config(PackConfig, args), fisher=build_config(FisherConfig, args),
+        optimize=build_config(OptimizeConfig, args), no_sharing=args.no_sharing, train_steps=args.train_steps)
+    summary = run(config)
+    print(format_table(summary))
+    print(f"\nwrote {args.results / 'summary.json'}, {args.results / 'summary.md'} and the store {args.store}/")
+
+
+def cmd_add(args) -> None:
+    store = Store(args.store)
+    state = store.load() if store.exists() else None
+    config = build_config(PackConfig, args) if state is None else stored_pack_config(state, args)
+    if state is not None and args.network_path in state.vnns:
+        raise ValueError(f"DNN {args.network_path!r} is already packed in {args.store}; remove it first")
+    loaded = load([args.network_path], args.dnn_folder)
+    trained = standalone_models([item.dnn for item in loaded.values()], args.workers, args.train_steps)
+    state, timings = pack(loaded, trained, config, build_config(FisherConfig, args), state)
+    store.save(state)
+    name = next(iter(loaded))
+    info = state.vnns[name].meta["pack"]
+    print(f"added {name}: {info['n_exclusive']} exclusive + {info['n_sharable']} shared pages "
+          f"(matching {info['matching']}, cost {info['matching_cost']:.4g}, {info['matching_seconds'] * 1e3:.1f} ms; "
+          f"Fisher {timings['fisher_seconds']:.1f} s)")
+
+
+def _optimize_store(args, names: list[str] | None, **fixed) -> None:
+    store = Store(args.store)
+    state = store.load()
+    names = names or list(state.vnns)
+    loaded = load([state.vnns[n].meta.get("folder", n) if n in state.vnns else n for n in names], args.dnn_folder)
+    config = build_config(OptimizeConfig, args, dnns=tuple(loaded), **fixed)
+    state, history = optimize(state, {n: item.task() for n, item in loaded.items()}, config)
+    store.save(state)
+    best = history.val_accuracy[history.best_index]
+    print(f"{config.optimizer}: best validation " + ", ".join(f"{n} {100 * a:.2f}%" for n, a in best.items())
+          + f" ({history.seconds:.1f} s; non-finite steps dropped: {history.skipped or 'none'})")
+
+
+def cmd_train(args) -> None:
+    _optimize_store(args, [args.vnn_name], optimizer="round-robin", rounds=1, steps_per_turn=args.iter)
+
+
+def cmd_joint(args) -> None:
+    _optimize_store(args, None, optimizer="joint")
+
+
+def cmd_eval(args) -> None:
+    state = Store(args.store).load()
+    if args.vnn_name not in state.vnns:
+        raise ValueError(f"DNN {args.vnn_name!r} is not packed in {args.store}; packed: {', '.join(state.vnns) or 'none'}")
+    vnn = state.vnns[args.vnn_name]
+    item = next(iter(load([vnn.meta.get("folder", args.vnn_name)], args.dnn_folder).values()))
+    packed = item.test_accuracy(packed_theta(state, args.vnn_name))
+    alone = vnn.meta.get("standalone", {}).get("test_accuracy")
+    print(f"{args.vnn_name}: packed test accuracy {100 * packed:.2f}%"
+          + (f", stand-alone {100 * alone:.2f}% ({100 * (packed - alone):+.2f} pp)" if alone is not None else ""))
+
+
+def cmd_report(args) -> None:
+    state = Store(args.store).load()
+    loaded = load([v.meta.get("folder", n) for n, v in state.vnns.items()], args.dnn_folder)
+    rows = [make_row(state, n, state.vnns[n].meta["standalone"]["test_accuracy"],
+                     item.test_accuracy(packed_theta(state, n))) for n, item in loaded.items()]
+    summary = summarize(state, rows)
+    write_summary(summary, args.results)
+    print(format_table(summary))
+
+
+def cmd_list(args) -> None:
+    state = Store(args.store).load()
+    if args.names:
+        print("\n".join(state.vnns))
+        return
+    occupancy = state.occupancy()
+    print(f"store {args.store}: mode {state.config['pack']['mode']}, page size {state.page_size}, "
+          f"{state.n_shared} shared pages ({int((occupancy > 0).sum())} in use, max occupancy {int(occupancy.max(initial=0))})")
+    for name, vnn in state.vnns.items():
+        excl = vnn.exclusive_pages.shape[0]
+        print(f"  {name}: {vnn.n_weights:,} weights, {len(vnn.page_table)} pages ({len(vnn.page_table) - excl} shared, "
+              f"{excl} exclusive)")
+
+
+def cmd_remove(args) -> None:
+    store = Store(args.store)
+    store.save(remove_vnn(store.load(), args.vnn_name))
+    print(f"removed {args.vnn_name}; its exclusive pages are gone and its shared pages freed")
+
+
+def cmd_restore(args) -> None:
+    Store(args.store).restore_previous()
+    print(f"{args.store}: the previous state is current again")
+
+
+# ---- parser -----------------------------------------------------------------------------------
+
+def parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--store", type=Path, default=Path("state"), help="store directory (default ./state)")
+    common.add_argument("--dnn-folder", type=Path, action="append", default=[],
+                        help="an extra DNN folder, or a folder of them (repeatable)")
+    common.add_argument("--seed", type=int, default=0)
+    common.add_argument("--workers", type=int, default=2, help="processes for stand-alone training (default 2)")
+    common.add_argument("--results", type=Path, default=RESULTS_DIR, help="where summary.json/.md go")
+    common.add_argument("--train-steps", type=int, default=None,
+                        help="stand-alone training steps per DNN (default: each folder's TRAIN budget)")
+
+    p = argparse.ArgumentParser(prog="python -m weightsep", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def command(name, fn, help, configs=()):
+        c = sub.add_parser(name, parents=[common], help=help, description=help)
+        for cls in configs:
+            add_config_flags(c, cls)
+        c.set_defaults(fn=fn)
+        return c
+
+    c = command("run", cmd_run, "the main job: train or reuse stand-alone DNNs, pack, optimise, report",
+                (PackConfig, FisherConfig, OptimizeConfig))
+    c.add_argument("--dnns", nargs="+", help="DNN names or folders (default: the offline suite)")
+    c.add_argument("--no-sharing", action="store_true",
+                   help="also train each DNN alone with the same budget (control for extra training)")
+    c = command("prepare", cmd_prepare, "build the offline default's data files (idempotent)")
+    c.add_argument("dnns", nargs="*", help="DNN names (default: the offline suite)")
+    c = command("add", cmd_add, "add a DNN: form pages, compute Fisher, separate, match (-mode=a)",
+                (PackConfig, FisherConfig))
+    c.add_argument("network_path", help="DNN name or folder")
+    c = command("train", cmd_train, "train one DNN through its page table: one round-robin turn (-mode=t)",
+                (OptimizeConfig,))
+    c.add_argument("vnn_name")
+    c.add_argument("--iter", type=int, default=2000, help="steps (default 2000, as the original)")
+    command("joint", cmd_joint, "true joint optimisation of every packed DNN", (OptimizeConfig,))
+    c = command("eval", cmd_eval, "packed test accuracy of a DNN next to stand-alone (-mode=e)")
+    c.add_argument("vnn_name")
+    command("report", cmd_report, "evaluate every packed DNN and print/write the paper-style table")
+    c = command("list", cmd_list, "list packed DNNs and the store layout (-mode=l)")
+    c.add_argument("--names", action="store_true", help="only the names, one a line (for scripts)")
+    c = command("remove", cmd_remove, "remove a DNN, freeing its pages (-mode=r)")
+    c.add_argument("vnn_name")
+    command("restore", cmd_restore, "make the previous good state current again")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    set_single_thread()
+    try:
+        args.fn(args)
+    except (dnn_mod.DNNError, StoreError, ValueError, FileNotFoundError, FloatingPointError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

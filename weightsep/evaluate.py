@@ -1,0 +1,124 @@
+"""Evaluation: packed accuracy next to stand-alone accuracy, and the papers' summary table.
+
+Takes a `PackedState`, each DNN's model and test data and its stand-alone accuracy; returns rows
+and totals (weights by count AND by bytes, both ratios, the mean accuracy difference) and formats
+them as a table (text and Markdown). Weight counts of the packed store count whole pages, as the
+WS paper does (128 shared + 94 exclusive pages of 512 = 113,664); bytes are float32 pages plus
+int32 page tables for the packed store and float32 weights for the stand-alone DNNs.
+
+    theta = packed_theta(state, "mnist10k")
+    summary = summarize(state, rows)
+    print(format_table(summary))
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+
+from .pages import materialize, n_pages
+from .store import PackedState
+
+BYTES_PER_WEIGHT = 4  # float32
+BYTES_PER_PAGE_TABLE_ENTRY = 4  # int32 on the device
+
+
+@torch.no_grad()
+def accuracy(model, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor, batch_size: int = 2000) -> float:
+    """Fraction of correct argmax predictions of `model` run with weights `theta`."""
+    correct = 0
+    for start in range(0, len(x), batch_size):
+        correct += (model(x[start : start + batch_size], theta).argmax(1) == y[start : start + batch_size]).sum().item()
+    return correct / max(1, len(x))
+
+
+def packed_theta(state: PackedState, name: str) -> torch.Tensor:
+    """DNN `name`'s flat weights resolved through its page table."""
+    vnn = state.vnns[name]
+    return materialize(state.shared_pages, vnn.exclusive_pages, vnn.page_table, vnn.n_weights)
+
+
+@dataclass
+class Row:
+    name: str
+    weights: int
+    pages: int
+    exclusive_pages: int
+    standalone_accuracy: float
+    packed_accuracy: float
+    control_accuracy: float | None = None  # --no-sharing: same extra training, no sharing
+
+    @property
+    def difference_pp(self) -> float:
+        return 100.0 * (self.packed_accuracy - self.standalone_accuracy)
+
+
+def make_row(state: PackedState, name: str, standalone_accuracy: float, packed_accuracy: float,
+             control_accuracy: float | None = None) -> Row:
+    vnn = state.vnns[name]
+    return Row(name, vnn.n_weights, n_pages(vnn.n_weights, state.page_size), vnn.exclusive_pages.shape[0],
+               standalone_accuracy, packed_accuracy, control_accuracy)
+
+
+def summarize(state: PackedState, rows: list[Row]) -> dict:
+    """Totals stand-alone vs packed, by weight count and by bytes, with both ratios."""
+    P = state.page_size
+    standalone_weights = sum(r.weights for r in rows)
+    exclusive = sum(r.exclusive_pages for r in rows)
+    packed_weights = (state.n_shared + exclusive) * P
+    table_entries = sum(r.pages for r in rows)
+    standalone_bytes = standalone_weights * BYTES_PER_WEIGHT
+    packed_bytes = packed_weights * BYTES_PER_WEIGHT + table_entries * BYTES_PER_PAGE_TABLE_ENTRY
+    mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
+    totals = {
+        "dnns": len(rows),
+        "page_size": P,
+        "shared_pages": state.n_shared,
+        "exclusive_pages": exclusive,
+        "standalone_weights": standalone_weights,
+        "packed_weights": packed_weights,
+        "ratio_by_count": standalone_weights / packed_weights,
+        "standalone_bytes": standalone_bytes,
+        "packed_bytes": packed_bytes,
+        "ratio_by_bytes": standalone_bytes / packed_bytes,
+        "packed_fraction_by_count": packed_weights / standalone_weights,
+        "mean_standalone_accuracy": mean([r.standalone_accuracy for r in rows]),
+        "mean_packed_accuracy": mean([r.packed_accuracy for r in rows]),
+        "mean_difference_pp": mean([r.difference_pp for r in rows]),
+    }
+    if all(r.control_accuracy is not None for r in rows):
+        totals["mean_control_accuracy"] = mean([r.control_accuracy for r in rows])
+        totals["mean_packed_minus_control_pp"] = 100 * (totals["mean_packed_accuracy"] - totals["mean_control_accuracy"])
+    return {"rows": [{**asdict(r), "difference_pp": r.difference_pp} for r in rows], "totals": totals}
+
+
+def format_table(summary: dict, markdown: bool = False) -> str:
+    """The paper-style table; Markdown for results/summary.md, aligned text for the terminal."""
+    rows, t = summary["rows"], summary["totals"]
+    control = "mean_control_accuracy" in t
+    head = ["DNN", "weights", "pages", "exclusive", "stand-alone %", "packed %", "diff pp"] + (
+        ["no-sharing %"] if control else [])
+    body = [[r["name"], f"{r['weights']:,}", str(r["pages"]), str(r["exclusive_pages"]),
+             f"{100 * r['standalone_accuracy']:.2f}", f"{100 * r['packed_accuracy']:.2f}",
+             f"{r['difference_pp']:+.2f}"] + ([f"{100 * r['control_accuracy']:.2f}"] if control else [])
+            for r in rows]
+    body.append(["mean", "", "", "", f"{100 * t['mean_standalone_accuracy']:.2f}", f"{100 * t['mean_packed_accuracy']:.2f}",
+                 f"{t['mean_difference_pp']:+.2f}"] + ([f"{100 * t['mean_control_accuracy']:.2f}"] if control else []))
+    if markdown:
+        lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        lines += ["| " + " | ".join(r) + " |" for r in body]
+    else:
+        widths = [max(len(x) for x in col) for col in zip(head, *body)]
+        fmt = lambda r: "  ".join(x.rjust(w) if i else x.ljust(w) for i, (x, w) in enumerate(zip(r, widths)))  # noqa: E731
+        lines = [fmt(head), "-" * (sum(widths) + 2 * len(widths) - 2)] + [fmt(r) for r in body]
+    lines += [
+        "",
+        f"stand-alone: {t['standalone_weights']:,} weights, {t['standalone_bytes'] / 1024:,.1f} KiB",
+        f"packed:      {t['packed_weights']:,} weights ({t['shared_pages']} shared + {t['exclusive_pages']} exclusive "
+        f"pages of {t['page_size']}), {t['packed_bytes'] / 1024:,.1f} KiB with page tables",
+        f"ratio:       {t['ratio_by_count']:.2f}x by weight count ({100 * t['packed_fraction_by_count']:.1f}% of stand-alone), "
+        f"{t['ratio_by_bytes']:.2f}x by bytes",
+        f"accuracy:    mean difference {t['mean_difference_pp']:+.2f} pp (packed - stand-alone)"
+        + (f"; packed - no-sharing control {t['mean_packed_minus_control_pp']:+.2f} pp" if control else ""),
+    ]
+    return "\n".join(lines)

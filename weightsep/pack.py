@@ -1,0 +1,154 @@
+"""Registering DNNs in a packed state: formation -> separation -> matching, one DNN at a time.
+
+Takes a DNN's trained flat weights and its Fisher vector; returns a new `PackedState` in which the
+DNN has a page table, its exclusive pages and its share of the shared pages (the input state is
+not modified). This is `-mode=a` of the originals, and `remove_vnn` is `-mode=r`.
+
+What a shared page holds after a DNN lands on it is chosen by name (`SHARED_CONTENT`):
+* "fisher-mean" (default): the Fisher-weighted mean of its occupants' weights, per position: the
+  point that minimises sum_k F_k (w - w_k)^2, i.e. the best start for re-training;
+* "first": its first occupant's weights (the reference convention for comparing matchers);
+* "random": the published behaviour: the store starts as N(0, 0.01) noise, and `-mode=a` matches
+  against and keeps those contents until training writes pages back.
+
+    state = new_state(PackConfig(), n_shared=128)
+    state, info = add_vnn(state, "mnist10k", theta, fisher, PackConfig())
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+
+from .matching import MATCHERS, match
+from .pages import n_pages, to_pages
+from .separation import separate
+from .store import VNN, PackedState
+
+MODES = ("ws", "nwv")
+SHARED_CONTENT = ("fisher-mean", "first", "random")
+
+
+@dataclass(frozen=True)
+class PackConfig:
+    """How DNNs are packed. Published WS defaults: P=512, S=128, margin 0.1, alpha 0.5."""
+
+    mode: str = "ws"  # "ws": exclusive + shared pages; "nwv": everything shared, S = largest DNN's pages
+    page_size: int = 512
+    n_shared: int = 128  # WS only; NWV derives S from the DNNs
+    margin: float = 0.1
+    target_accuracy: float | None = None  # WS: a target accuracy lowers tpr, so fewer exclusive pages
+    alpha: float = 0.5
+    matching: str = "optimal"
+    shared_content: str = "fisher-mean"
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.mode not in MODES:
+            raise ValueError(f"unknown mode {self.mode!r}; choose from {', '.join(MODES)}")
+        if self.matching not in MATCHERS:
+            raise ValueError(f"unknown matching {self.matching!r}; choose from {', '.join(MATCHERS)}")
+        if self.shared_content not in SHARED_CONTENT:
+            raise ValueError(f"unknown shared content {self.shared_content!r}; choose from {', '.join(SHARED_CONTENT)}")
+        if self.page_size < 1 or self.n_shared < 1:
+            raise ValueError("page_size and n_shared must be positive")
+
+
+def new_state(config: PackConfig, n_shared: int) -> PackedState:
+    """An empty store of `n_shared` shared pages (random N(0, 0.01) content for "random", else zeros)."""
+    shape = (n_shared, config.page_size)
+    if config.shared_content == "random":
+        pages = torch.randn(shape, generator=torch.Generator().manual_seed(config.seed)) * 0.01
+    else:
+        pages = torch.zeros(shape)
+    return PackedState(config.page_size, pages, torch.zeros(shape), {}, {"pack": asdict(config)})
+
+
+def shared_pages_needed(n_weights: list[int], config: PackConfig) -> int:
+    """S for a set of DNNs: NWV uses the largest DNN's page count, WS the configured S."""
+    return max(n_pages(n, config.page_size) for n in n_weights) if config.mode == "nwv" else config.n_shared
+
+
+def add_vnn(state: PackedState, name: str, theta: torch.Tensor, fisher: torch.Tensor, config: PackConfig,
+            tpr: float = 1.0) -> tuple[PackedState, dict]:
+    """Separate `name`'s pages, match its sharable ones onto the shared pages, return the new state."""
+    if name in state.vnns:
+        raise ValueError(f"DNN {name!r} is already packed; remove it first (-mode=r)")
+    if theta.shape != fisher.shape or theta.dim() != 1:
+        raise ValueError(f"DNN {name!r}: weights {tuple(theta.shape)} and Fisher {tuple(fisher.shape)} must be equal 1-D")
+    if state.page_size != config.page_size:
+        raise ValueError(f"store has page size {state.page_size}, the config asks for {config.page_size}")
+    P, S = state.page_size, state.n_shared
+    total = n_pages(theta.numel(), P)
+    if config.mode == "ws":
+        sep = separate(fisher, P, S, config.margin, tpr)
+        exclusive, sharable = sep.exclusive, sep.sharable
+        info = {"tpr": tpr, "n_overflow": sep.n_overflow}
+    else:
+        if total > S:
+            raise ValueError(f"DNN {name!r} has {total} pages, more than the {S} shared pages of this NWV store")
+        exclusive, sharable = torch.zeros(0, dtype=torch.long), torch.arange(total)
+        info = {}
+    w_pages, f_pages = to_pages(theta, P), to_pages(fisher, P)
+    w_a, f_a = w_pages[sharable].double().numpy(), f_pages[sharable].double().numpy()
+    occupancy = state.occupancy().numpy()
+    if not state.vnns:  # the first DNN is mapped identically, as published
+        assignment = np.arange(len(sharable))
+        info.update(matching="identity", matching_cost=0.0, matching_seconds=0.0)
+    else:
+        result = match(config.matching, w_a, f_a, state.shared_pages.double().numpy(),
+                       state.shared_fisher.double().numpy(), occupancy)
+        assignment = result.assignment
+        info.update(matching=config.matching, matching_cost=result.cost, matching_seconds=result.seconds,
+                    layout={str(k): v for k, v in result.layout.items()})
+    page_table = torch.empty(total, dtype=torch.long)
+    page_table[sharable] = torch.as_tensor(assignment, dtype=torch.long)
+    page_table[exclusive] = S + torch.arange(len(exclusive))
+
+    new = copy.copy(state)
+    new.shared_pages, new.shared_fisher = _land(state, assignment, w_pages[sharable], f_pages[sharable], occupancy,
+                                                config.shared_content)
+    info.update(n_exclusive=len(exclusive), n_sharable=len(sharable))
+    vnn = VNN(name, theta.numel(), page_table, w_pages[exclusive].clone(), fisher.clone(), {"pack": info})
+    new.vnns = {**state.vnns, name: vnn}
+    return new, info
+
+
+def _land(state: PackedState, assignment: np.ndarray, w_a: torch.Tensor, f_a: torch.Tensor,
+          occupancy: np.ndarray, content: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Shared pages and accumulated Fisher after pages (w_a, f_a) land on shared pages `assignment`."""
+    idx = torch.as_tensor(assignment, dtype=torch.long)
+    pages, fisher = state.shared_pages.clone(), state.shared_fisher.clone()
+    old_w, old_f = pages[idx], fisher[idx]
+    fisher[idx] = old_f + f_a
+    unoccupied = torch.as_tensor(occupancy[assignment] == 0).view(-1, 1)
+    if content == "fisher-mean":
+        total = old_f + f_a
+        mean = torch.where(total > 0, (old_f * old_w + f_a * w_a) / total.clamp_min(1e-30), old_w)
+        pages[idx] = torch.where(unoccupied, w_a, mean)
+    elif content == "first":
+        pages[idx] = torch.where(unoccupied, w_a, old_w)
+    return pages, fisher
+
+
+def remove_vnn(state: PackedState, name: str) -> PackedState:
+    """Drop a DNN: its exclusive pages go, and its Fisher leaves the shared pages it occupied."""
+    if name not in state.vnns:
+        raise ValueError(f"DNN {name!r} is not packed; packed: {', '.join(state.vnns) or 'none'}")
+    vnn = state.vnns[name]
+    on_shared = vnn.page_table < state.n_shared
+    new = copy.copy(state)
+    new.shared_fisher = state.shared_fisher.clone()
+    new.shared_fisher[vnn.page_table[on_shared]] -= to_pages(vnn.fisher, state.page_size)[on_shared]
+    new.shared_fisher.clamp_(min=0)
+    new.vnns = {n: v for n, v in state.vnns.items() if n != name}
+    return new
+
+
+def solo_state(name: str, theta: torch.Tensor, page_size: int) -> PackedState:
+    """A one-DNN store with no shared pages and every page exclusive (the no-sharing control)."""
+    pages = to_pages(theta, page_size).clone()
+    vnn = VNN(name, theta.numel(), torch.arange(len(pages)), pages, torch.ones_like(theta), {})
+    return PackedState(page_size, torch.zeros(0, page_size), torch.zeros(0, page_size), {name: vnn}, {})

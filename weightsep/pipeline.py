@@ -1,0 +1,167 @@
+"""The pipeline end to end: formation -> Fisher -> separation -> matching -> optimization -> evaluation.
+
+The stages take and return arrays; this module only strings them together for the CLI, loads DNN
+folders and their data, and leaves disk to the store. `run` is the main job:
+
+    summary = run(RunConfig(dnns=weightsep.dnn.suite()))
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from . import dnn as dnn_mod
+from .evaluate import accuracy, format_table, make_row, packed_theta, summarize
+from .fisher import FisherConfig, compute_fisher
+from .optimize import OptimizeConfig, Task, optimize
+from .pack import PackConfig, add_vnn, new_state, shared_pages_needed, solo_state
+from .separation import target_performance_rate
+from .store import PackedState, Store, atomic_write_text
+from .train import Trained, standalone_models
+
+RESULTS_DIR = dnn_mod.REPO_ROOT / "results"
+
+
+@dataclass
+class Loaded:
+    """A DNN folder with its model and data, as tensors."""
+
+    dnn: dnn_mod.DNN
+    model: torch.nn.Module
+    data: dnn_mod.Dataset
+
+    def task(self) -> Task:
+        d = self.data
+        return Task(self.model, torch.from_numpy(d.train.x), torch.from_numpy(d.train.y),
+                    torch.from_numpy(d.val.x), torch.from_numpy(d.val.y))
+
+    def test_accuracy(self, theta: torch.Tensor) -> float:
+        return accuracy(self.model, theta, torch.from_numpy(self.data.test.x), torch.from_numpy(self.data.test.y))
+
+
+def load(names: list[str], extra: list[Path] = ()) -> dict[str, Loaded]:
+    """DNN folders by name (or path), each with a fresh model and its data."""
+    out = {}
+    for name in names:
+        dnn = dnn_mod.get(name, extra)
+        out[dnn.name] = Loaded(dnn, dnn.build_model(), dnn.load_data())
+    return out
+
+
+def fisher_for(loaded: Loaded, theta: torch.Tensor, config: FisherConfig) -> torch.Tensor:
+    try:
+        return compute_fisher(loaded.model, theta, loaded.data.train.x, loaded.data.train.y, config)
+    except (FloatingPointError, ValueError) as e:
+        raise dnn_mod.DNNError(f"DNN {loaded.dnn.name!r}: Fisher failed: {e}") from e
+
+
+def tpr_for(loaded: Loaded, theta: torch.Tensor, config: PackConfig, max_samples: int = 10000) -> float:
+    """1.0 without a target accuracy; else WS's target performance rate on training data."""
+    if config.target_accuracy is None:
+        return 1.0
+    x = torch.from_numpy(loaded.data.train.x[:max_samples])
+    with torch.no_grad():
+        probs = torch.softmax(loaded.model(x, theta), 1)
+    return target_performance_rate(probs, torch.from_numpy(loaded.data.train.y[:max_samples]),
+                                   config.target_accuracy, config.alpha)
+
+
+def pack(loaded: dict[str, Loaded], trained: dict[str, Trained], pack_config: PackConfig,
+         fisher_config: FisherConfig, state: PackedState | None = None) -> tuple[PackedState, dict]:
+    """Add each DNN in order (Fisher, separation, matching) to `state` or to a new store."""
+    if state is None:
+        n_shared = shared_pages_needed([t.theta.numel() for t in trained.values()], pack_config)
+        state = new_state(pack_config, n_shared)
+    timings = {"fisher_seconds": 0.0, "matching_seconds": 0.0}
+    for name in tqdm(loaded, desc="packing (Fisher, separation, matching)", unit="DNN", leave=False):
+        theta = trained[name].theta
+        start = time.perf_counter()
+        fisher = fisher_for(loaded[name], theta, fisher_config)
+        timings["fisher_seconds"] += time.perf_counter() - start
+        state, info = add_vnn(state, name, theta, fisher, pack_config, tpr_for(loaded[name], theta, pack_config))
+        timings["matching_seconds"] += info["matching_seconds"]
+        vnn = state.vnns[name]
+        vnn.meta.update(folder=str(loaded[name].dnn.path), code_hash=loaded[name].dnn.code_hash(),
+                        architecture=loaded[name].model.describe(), fisher=asdict(fisher_config),
+                        standalone={"val_accuracy": trained[name].val_accuracy,
+                                    "test_accuracy": trained[name].test_accuracy})
+    return state, timings
+
+
+def no_sharing_control(loaded: dict[str, Loaded], trained: dict[str, Trained],
+                       config: OptimizeConfig) -> dict[str, float]:
+    """Test accuracy after the SAME extra training each DNN gets when packed, but alone (no sharing).
+
+    Each DNN becomes its own one-DNN store with all pages exclusive and is optimised with the same
+    optimizer, steps, batch size and learning rate; so any gain it shows comes from the extra
+    training, not from sharing.
+    """
+    out = {}
+    for name, item in tqdm(loaded.items(), desc="no-sharing control", unit="DNN", leave=False):
+        alone = solo_state(name, trained[name].theta, 512)
+        result, _ = optimize(alone, {name: item.task()}, config)
+        out[name] = item.test_accuracy(packed_theta(result, name))
+    return out
+
+
+@dataclass
+class RunConfig:
+    """The main job: train (or reuse) stand-alone DNNs, pack, optimise, evaluate, report."""
+
+    dnns: list[str] = field(default_factory=dnn_mod.suite)
+    extra_folders: list[Path] = field(default_factory=list)
+    store: Path = Path("state")
+    results: Path = RESULTS_DIR
+    workers: int = 2
+    pack: PackConfig = field(default_factory=PackConfig)
+    fisher: FisherConfig = field(default_factory=FisherConfig)
+    optimize: OptimizeConfig = field(default_factory=OptimizeConfig)
+    train_steps: int | None = None  # stand-alone training steps (default: each folder's TRAIN)
+    no_sharing: bool = False
+
+
+def run(config: RunConfig) -> dict:
+    """The main job; writes the store, results/summary.json and results/summary.md; returns the summary."""
+    times = {}
+    start = time.perf_counter()
+    loaded = load(config.dnns, config.extra_folders)
+    trained = standalone_models([item.dnn for item in loaded.values()], config.workers, config.train_steps)
+    times["standalone_seconds"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    state, pack_times = pack(loaded, trained, config.pack, config.fisher)
+    times.update(pack_times, pack_seconds=time.perf_counter() - start)
+
+    start = time.perf_counter()
+    state, history = optimize(state, {n: item.task() for n, item in loaded.items()}, config.optimize)
+    times["optimize_seconds"] = time.perf_counter() - start
+    state.config.update(optimize=asdict(config.optimize), history={
+        "steps": history.steps, "val_accuracy": history.val_accuracy, "best_index": history.best_index,
+        "skipped": history.skipped, "rolled_back": history.rolled_back})
+    Store(config.store).save(state)
+
+    control = None
+    if config.no_sharing:
+        start = time.perf_counter()
+        control = no_sharing_control(loaded, trained, config.optimize)
+        times["no_sharing_seconds"] = time.perf_counter() - start
+
+    rows = [make_row(state, name, trained[name].test_accuracy, item.test_accuracy(packed_theta(state, name)),
+                     None if control is None else control[name]) for name, item in loaded.items()]
+    summary = summarize(state, rows)
+    summary.update(config={"pack": asdict(config.pack), "fisher": asdict(config.fisher),
+                           "optimize": asdict(config.optimize), "dnns": list(loaded)},
+                   timings=times, best_validation=history.val_accuracy[history.best_index])
+    write_summary(summary, config.results)
+    return summary
+
+
+def write_summary(summary: dict, results: Path) -> None:
+    results.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(results / "summary.json", json.dumps(summary, indent=2) + "\n")
+    atomic_write_text(results / "summary.md", "# weightsep summary\n\n" + format_table(summary, markdown=True) + "\n")

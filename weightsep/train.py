@@ -1,0 +1,155 @@
+"""Stand-alone training of DNN folders, in worker processes, cached by content.
+
+Takes DNN folders; returns each one's trained flat weight vector (TF order) and its validation and
+test accuracy. The checkpoint kept is the one with the best validation accuracy (the test set is
+only scored once, on that checkpoint). Training is bounded by steps, never by wall time, so a busy
+machine gives the same result, only later. Each worker uses ONE torch thread: on small shared
+machines torch's default thread count makes these small models 4-100x slower.
+
+Trained weights are cached under `<cache>/models/NAME-KEY.safetensors`, KEY hashing the folder's
+dnn.py, the training config and the data file, so a changed model or budget retrains.
+
+    models = standalone_models([weightsep.dnn.get("mnist10k")], workers=2)
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import multiprocessing as mp
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from . import dnn as dnn_mod
+from .evaluate import accuracy
+from .store import StoreError, load_tensors, save_tensors
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Stand-alone training budget; a DNN folder's TRAIN dict overrides these fields."""
+
+    steps: int = 2000
+    batch_size: int = 100
+    lr: float = 1e-3
+    eval_every: int = 200
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.steps < 1 or self.batch_size < 1 or self.eval_every < 1 or self.lr <= 0:
+            raise ValueError(f"invalid training config {self}")
+
+
+@dataclass
+class Trained:
+    name: str
+    theta: torch.Tensor  # float32 [n_weights], TF order
+    val_accuracy: float
+    test_accuracy: float
+    best_step: int
+    seconds: float
+    cached: bool = False
+    history: list = field(default_factory=list)
+
+
+def set_single_thread() -> None:
+    """One intra-op thread: see the module docstring for why."""
+    torch.set_num_threads(1)
+
+
+def batches(n: int, batch_size: int, generator: torch.Generator):
+    """Endless random mini-batch index tensors, reshuffled each epoch, sampled without replacement."""
+    while True:
+        perm = torch.randperm(n, generator=generator)
+        for start in range(0, n - batch_size + 1 if n >= batch_size else 1, batch_size):
+            yield perm[start : start + batch_size]
+
+
+def train_theta(model, data: dnn_mod.Dataset, config: TrainConfig) -> Trained:
+    """Adam on per-sample cross-entropy; keeps the best-validation checkpoint."""
+    gen = torch.Generator().manual_seed(config.seed)
+    model.reset_parameters(gen)
+    x, y = torch.from_numpy(data.train.x), torch.from_numpy(data.train.y)
+    xv, yv = torch.from_numpy(data.val.x), torch.from_numpy(data.val.y)
+    opt = torch.optim.Adam([model.theta], lr=config.lr)
+    best = (-1.0, 0, model.theta.detach().clone())
+    history = []
+    start = time.perf_counter()
+    for step, idx in enumerate(batches(len(x), config.batch_size, gen), start=1):
+        loss = F.cross_entropy(model(x[idx]), y[idx])
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"non-finite training loss at step {step}")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if step % config.eval_every == 0 or step == config.steps:
+            val = accuracy(model, model.theta, xv, yv)
+            history.append((step, val))
+            if val > best[0]:
+                best = (val, step, model.theta.detach().clone())
+        if step == config.steps:
+            break
+    seconds = time.perf_counter() - start
+    theta = best[2]
+    test = accuracy(model, theta, torch.from_numpy(data.test.x), torch.from_numpy(data.test.y))
+    return Trained("", theta, best[0], test, best[1], seconds, history=history)
+
+
+def config_for(dnn: dnn_mod.DNN, steps: int | None = None) -> TrainConfig:
+    """Defaults, then the folder's TRAIN overrides, then a step budget from the command line."""
+    return TrainConfig(**{**asdict(TrainConfig()), **dnn.train_overrides, **({"steps": steps} if steps else {})})
+
+
+def cache_path(dnn: dnn_mod.DNN, config: TrainConfig) -> Path:
+    data_files = sorted(dnn_mod.data_dir().glob(f"{dnn.name}.*"))
+    data_sig = [(p.name, p.stat().st_size, int(p.stat().st_mtime)) for p in data_files]
+    key = json.dumps([dnn.code_hash(), asdict(config), data_sig], sort_keys=True)
+    return dnn_mod.cache_dir() / "models" / f"{dnn.name}-{hashlib.sha256(key.encode()).hexdigest()[:12]}.safetensors"
+
+
+def _train_worker(args: tuple[str, dict]) -> tuple[str, dict, np.ndarray]:
+    path, config = args
+    set_single_thread()
+    dnn = dnn_mod.load_folder(Path(path))
+    result = train_theta(dnn.build_model(), dnn.load_data(), TrainConfig(**config))
+    info = {k: getattr(result, k) for k in ("val_accuracy", "test_accuracy", "best_step", "seconds", "history")}
+    return dnn.name, info, result.theta.numpy()
+
+
+def standalone_models(dnns: list[dnn_mod.DNN], workers: int = 2, steps: int | None = None,
+                      retrain: bool = False) -> dict[str, Trained]:
+    """Trained weights for each DNN: from the cache, else trained in `workers` processes."""
+    results: dict[str, Trained] = {}
+    todo = []
+    for dnn in dnns:
+        config = config_for(dnn, steps)
+        path = cache_path(dnn, config)
+        if path.exists() and not retrain:
+            try:
+                tensors, meta = load_tensors(path)
+                results[dnn.name] = Trained(dnn.name, tensors["theta"], meta["val_accuracy"], meta["test_accuracy"],
+                                            meta["best_step"], meta["seconds"], cached=True, history=meta["history"])
+                continue
+            except (StoreError, KeyError) as e:
+                tqdm.write(f"retraining {dnn.name}: cached model unusable ({e})")
+        todo.append((dnn, config, path))
+    if todo:
+        jobs = [(str(d.path), asdict(c)) for d, c, _ in todo]
+        paths = {d.name: p for d, _, p in todo}
+        bar = tqdm(total=len(jobs), desc="stand-alone training", unit="DNN")
+        with mp.get_context("spawn").Pool(min(workers, len(jobs))) as pool:
+            for name, info, theta in pool.imap_unordered(_train_worker, jobs):
+                theta = torch.from_numpy(theta)
+                save_tensors(paths[name], {"theta": theta}, info)
+                results[name] = Trained(name, theta, **info)
+                bar.set_postfix_str(f"{name}: val {info['val_accuracy']:.4f} in {info['seconds']:.0f}s")
+                bar.update()
+        bar.close()
+    for name, trained in results.items():
+        trained.name = name
+    return {d.name: results[d.name] for d in dnns}
