@@ -175,7 +175,7 @@ def cmd_list(args) -> None:
         return
     occupancy = state.occupancy()
     print(f"store {args.store}: mode {state.config['pack']['mode']}, page size {state.page_size}, "
-          f"{state.n_shared} shared pages ({int((occupancy > 0).sum())} in use, max occupancy {int(occupancy.max(initial=0))})")
+          f"{state.n_shared} shared pages ({int((occupancy > 0).sum())} in use, max occupancy {int(occupancy.max()) if len(occupancy) else 0})")
     for name, vnn in state.vnns.items():
         excl = vnn.exclusive_pages.shape[0]
         print(f"  {name}: {vnn.n_weights:,} weights, {len(vnn.page_table)} pages ({len(vnn.page_table) - excl} shared, "

@@ -1,0 +1,87 @@
+"""The real command lines, end to end, on a small configuration of real offline data."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SMALL = ["--train-steps", "300", "--fisher-samples", "64"]
+
+
+def cli(*args, check=True, script=("-m", "weightsep")):
+    result = subprocess.run([sys.executable, *script, *map(str, args)], cwd=REPO, capture_output=True, text=True)
+    if check and result.returncode:
+        raise AssertionError(f"{args} exited {result.returncode}:\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def legacy(*args, check=True):
+    return cli(*args, check=check, script=("WeightSeparation.py",))
+
+
+def test_help_on_every_command():
+    for command in ("run", "prepare", "add", "train", "joint", "eval", "report", "list", "remove", "restore"):
+        assert "usage" in cli(command, "--help").stdout
+    assert "-mode" in legacy("--help").stdout
+
+
+def test_main_job_then_legacy_modes_then_recovery(cache_with_data, tmp_path):
+    store, results = tmp_path / "state", tmp_path / "results"
+    out = cli("run", "--dnns", "satellite", "letters", *SMALL, "--steps", "40", "--eval-every", "20",
+              "--store", store, "--results", results, "--no-sharing").stdout
+    assert "ratio:" in out and "by bytes" in out
+    summary = json.loads((results / "summary.json").read_text())
+    assert [r["name"] for r in summary["rows"]] == ["satellite", "letters"]
+    assert summary["totals"]["packed_weights"] == (128 + summary["totals"]["exclusive_pages"]) * 512
+    assert all(r["control_accuracy"] is not None for r in summary["rows"])
+    assert (results / "summary.md").read_text().startswith("# weightsep summary")
+
+    flags = ["--store", store]
+    assert "satellite" in legacy("-mode=l", *flags).stdout
+    assert "packed test accuracy" in legacy("-mode=e", "-vnn_name=letters", *flags).stdout
+    legacy("-mode=t", "-vnn_name=letters", "-iter=20", *flags)
+    legacy("-mode=r", "-vnn_name=satellite", *flags)
+    assert cli("list", "--names", *flags).stdout.split() == ["letters"]
+    legacy("-mode=a", "-network_path=satellite", *SMALL, *flags)
+    assert cli("list", "--names", *flags).stdout.split() == ["letters", "satellite"]
+
+    # a corrupt file is named, nothing is overwritten, and the previous good state comes back
+    manifest = json.loads((store / "manifest.json").read_text())
+    victim = store / next(v["file"]["file"] for v in manifest["vnns"] if v["name"] == "satellite")
+    data = bytearray(victim.read_bytes())
+    data[-3] ^= 0xFF
+    victim.write_bytes(bytes(data))
+    bad = cli("list", *flags, check=False)
+    assert bad.returncode == 2 and victim.name in bad.stderr
+    cli("restore", *flags)
+    assert cli("list", "--names", *flags).stdout.split() == ["letters"]
+
+
+def test_bad_input_gives_a_clear_error_and_nonzero_exit(cache_with_data, tmp_path):
+    bad = cli("add", "no-such-dnn", "--store", tmp_path / "s", check=False)
+    assert bad.returncode == 2 and "unknown DNN 'no-such-dnn'" in bad.stderr
+    assert not (tmp_path / "s").exists()
+    missing = cli("list", "--store", tmp_path / "nothing", check=False)
+    assert missing.returncode == 2 and "nothing" in missing.stderr
+
+
+def test_a_new_dnn_is_a_folder_with_no_code_edit(cache_with_data, tmp_path):
+    folder = tmp_path / "plugins" / "letters_small"
+    folder.mkdir(parents=True)
+    (folder / "dnn.py").write_text(
+        "from weightsep.dnn import Dataset, Split\n"
+        "from weightsep.model import TemplateNet\n"
+        "import numpy as np\n"
+        "META = dict(task='letters, smaller model', source='suite/letters data', real=True)\n"
+        "TRAIN = dict(steps=200)\n"
+        "def build_model():\n"
+        "    return TemplateNet((16,), [], dense=[64], classes=26)\n"
+        "def load_data(data_dir):\n"
+        "    d = np.load(data_dir / 'letters.npz')\n"
+        "    return Dataset(*(Split(d[f'x_{s}'], d[f'y_{s}']) for s in ('train', 'val', 'test')))\n")
+    store = tmp_path / "state"
+    out = cli("add", "letters_small", "--dnn-folder", tmp_path / "plugins", "--store", store, "--fisher-samples", "32").stdout
+    assert "added letters_small" in out
+    assert "letters_small" in cli("list", "--store", store).stdout

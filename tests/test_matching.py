@@ -1,0 +1,151 @@
+"""Matching: the cost matrix, the three matchers' validity and ordering, the greedy by hand, the NWV fixtures."""
+from __future__ import annotations
+
+import itertools
+from collections import Counter
+
+import numpy as np
+import pytest
+import torch
+
+from weightsep import matching
+from weightsep.matching import MATCHERS, cost_matrix, empty_state, match, place
+from weightsep.originals import NWV_ORDER, fixtures_dir, load_nwv_arrays, load_nwv_dnn
+from weightsep.pages import to_pages
+
+RTOL = 1e-9  # costs are sums of float64 products; allow rounding when comparing matchers
+
+
+def random_state(seed: int, S: int = 40, P: int = 8, m: int = 25):
+    """A new DNN and a shared store with occupancy tiers 0..3; unoccupied pages carry no Fisher."""
+    rng = np.random.default_rng(seed)
+    occupancy = rng.integers(0, 4, S)
+    F_shared = rng.lognormal(0, 1.5, (S, P)) * occupancy[:, None]
+    F_shared[rng.random((S, P)) < 0.2] = 0
+    w_shared = rng.normal(0, 1, (S, P)) * (occupancy[:, None] > 0)
+    F_a = rng.lognormal(0, 1.5, (m, P))
+    F_a[rng.random((m, P)) < 0.2] = 0
+    w_a = rng.normal(0, 1, (m, P))
+    return w_a, F_a, w_shared, F_shared, occupancy
+
+
+def test_cost_matrix_equals_double_loop():
+    w_a, F_a, w_shared, F_shared, _ = random_state(0, S=9, P=6, m=7)
+    expected = np.zeros((len(w_a), len(w_shared)))
+    for a in range(len(w_a)):
+        for b in range(len(w_shared)):
+            for p in range(w_a.shape[1]):
+                if F_a[a, p] > 0 and F_shared[b, p] > 0:
+                    expected[a, b] += (F_a[a, p] + F_shared[b, p]) * (w_a[a, p] - w_shared[b, p]) ** 2
+    np.testing.assert_allclose(cost_matrix(w_a, F_a, w_shared, F_shared), expected, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("method", list(MATCHERS))
+def test_assignment_is_injective_and_in_range(method):
+    w_a, F_a, w_shared, F_shared, occupancy = random_state(1)
+    result = match(method, w_a, F_a, w_shared, F_shared, occupancy)
+    assert result.assignment.shape == (len(w_a),)
+    assert len(set(result.assignment.tolist())) == len(w_a)
+    assert result.assignment.min() >= 0 and result.assignment.max() < len(w_shared)
+    assert sum(result.layout.values()) == len(w_a)
+    assert result.occupancy_after.sum() == occupancy.sum() + len(w_a)
+
+
+@pytest.mark.parametrize("method", list(MATCHERS))
+def test_no_sharable_pages_gives_empty_assignment(method):
+    _, _, w_shared, F_shared, occupancy = random_state(3)
+    result = match(method, np.zeros((0, 8)), np.zeros((0, 8)), w_shared, F_shared, occupancy)
+    assert result.assignment.shape == (0,) and result.cost == 0 and result.layout == {}
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_optimal_le_optimal_occupancy_le_greedy(seed):
+    state = random_state(seed)
+    results = {method: match(method, *state) for method in MATCHERS}
+    greedy, constrained, free = (results[k].cost for k in ("greedy", "optimal-occupancy", "optimal"))
+    assert free <= constrained * (1 + RTOL) and constrained <= greedy * (1 + RTOL)
+    assert results["optimal-occupancy"].layout == results["greedy"].layout
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_optimal_matchers_equal_brute_force(seed):
+    """Enumerate every injective assignment of 4 pages onto 7; the footprint is the greedy's layout."""
+    w_a, F_a, w_shared, F_shared, occupancy = random_state(seed, S=7, P=3, m=4)
+    cost = cost_matrix(w_a, F_a, w_shared, F_shared)
+    footprint = match("greedy", w_a, F_a, w_shared, F_shared, occupancy).layout
+    best_free = best_constrained = np.inf
+    for cols in itertools.permutations(range(7), 4):
+        total = cost[range(4), cols].sum()
+        best_free = min(best_free, total)
+        if Counter(occupancy[list(cols)].tolist()) == Counter(footprint):
+            best_constrained = min(best_constrained, total)
+    assert match("optimal", w_a, F_a, w_shared, F_shared, occupancy).cost == pytest.approx(best_free, rel=1e-9)
+    constrained = match("optimal-occupancy", w_a, F_a, w_shared, F_shared, occupancy)
+    assert constrained.cost == pytest.approx(best_constrained, rel=1e-9)
+
+
+def test_greedy_by_hand():
+    """P = 1, so cost(a, b) = (F_a + F*_b) * (w_a - w*_b)^2 where both Fisher values are > 0.
+
+    DNN pages (w, F): a0 (0, 4), a1 (1, 1), a2 (3, 2); by mass a0 > a2 > a1.
+    Shared (w*, F*, occupancy): b0 (3.2, 3, 1), b1 (1, 9, 1), b2 (5, 0, 0), b3 (3, 0.5, 1), b4 (3, 6, 1).
+    Tier 0 = {b2}: one page for three, so a2 and a1 (the lightest) wait; a0 -> b2 (cost 0).
+    Tier 1 = {b0, b1, b3, b4} for 2 pages: the heaviest, b1 (9) and b4 (6), stay free although they would
+    cost 0 for a1 and a2. Heads b0 (3) vs a2 (2): the shared page is heavier and takes its cheapest DNN
+    page: a2 (5 * 0.2^2 = 0.2) rather than a1 (4 * 2.2^2 = 19.36). Then heads b3 (0.5) vs a1 (1): a1 -> b3
+    (1.5 * 2^2 = 6). The one-sided variant would give a2 -> b3 (0), a1 -> b0 (19.36) instead.
+    """
+    w_a, F_a = np.array([[0.0], [1.0], [3.0]]), np.array([[4.0], [1.0], [2.0]])
+    w_shared, F_shared = np.array([[3.2], [1.0], [5.0], [3.0], [3.0]]), np.array([[3.0], [9.0], [0.0], [0.5], [6.0]])
+    occupancy = np.array([1, 1, 0, 1, 1])
+    result = match("greedy", w_a, F_a, w_shared, F_shared, occupancy)
+    assert result.assignment.tolist() == [2, 3, 0]
+    assert result.cost == pytest.approx(6.2)
+    assert result.layout == {0: 1, 1: 2}
+    constrained = match("optimal-occupancy", w_a, F_a, w_shared, F_shared, occupancy)
+    assert constrained.cost == pytest.approx(0.0) and constrained.layout == {0: 1, 1: 2}
+    assert constrained.assignment[0] == 2 and constrained.assignment[1] == 1
+
+
+def test_place_keeps_first_occupant_weights_and_accumulates_fisher():
+    state = empty_state(3, 2)
+    first_w, first_F = np.array([[1.0, 2.0], [3.0, 4.0]]), np.array([[1.0, 1.0], [2.0, 0.0]])
+    state = place(np.array([2, 0]), first_w, first_F, *state)
+    state = place(np.array([0]), np.array([[9.0, 9.0]]), np.array([[0.5, 0.5]]), *state)
+    np.testing.assert_array_equal(state.weights, [[3.0, 4.0], [0.0, 0.0], [1.0, 2.0]])
+    np.testing.assert_array_equal(state.fisher, [[2.5, 0.5], [0.0, 0.0], [1.0, 1.0]])
+    np.testing.assert_array_equal(state.occupancy, [2, 0, 1])
+
+
+def test_bad_inputs_are_refused():
+    state = random_state(2)
+    with pytest.raises(ValueError, match="greedy"):
+        match("hungarian", *state)
+    w_a, F_a, w_shared, F_shared, occupancy = random_state(2, S=5, m=6)
+    with pytest.raises(ValueError, match="do not fit"):
+        matching.optimal(w_a, F_a, w_shared, F_shared, occupancy)
+
+
+def test_originals_refuses_non_npy_and_names_missing_files(tmp_path):
+    with pytest.raises(ValueError, match="not a .npy"):
+        load_nwv_arrays(tmp_path / "weights.pkl")
+    with pytest.raises(FileNotFoundError, match="absent_network_weight.npy"):
+        load_nwv_arrays(tmp_path / "absent_network_weight.npy")
+    np.save(tmp_path / "plain.npy", np.zeros(3))
+    with pytest.raises(ValueError, match="plain.npy"):
+        load_nwv_arrays(tmp_path / "plain.npy")
+
+
+def test_nwv_sequential_placement_optimal_never_worse_than_greedy():
+    """The five NWV DNNs at P = 100, NWV mode, state advanced with the greedy (the published path)."""
+    if not (fixtures_dir() / "nwv").is_dir():
+        pytest.skip(f"NWV fixtures not found in {fixtures_dir() / 'nwv'} (set WEIGHTSEP_FIXTURES)")
+    dnns = [[to_pages(torch.from_numpy(v), 100).numpy() for v in load_nwv_dnn(name)] for name in NWV_ORDER]
+    state = empty_state(max(len(w) for w, _ in dnns), 100)
+    state = place(np.arange(len(dnns[0][0])), *dnns[0], *state)
+    for name, (w, F) in zip(NWV_ORDER[1:], dnns[1:], strict=True):
+        results = {method: match(method, w, F, *state) for method in MATCHERS}
+        greedy = results["greedy"].cost
+        assert results["optimal"].cost <= greedy * (1 + RTOL), name
+        assert results["optimal-occupancy"].cost <= greedy * (1 + RTOL), name
+        state = place(results["greedy"].assignment, w, F, *state)

@@ -1,0 +1,83 @@
+import warnings
+
+import pytest
+import torch
+
+from weightsep.evaluate import packed_theta
+from weightsep.model import TemplateNet
+from weightsep.optimize import OptimizeConfig, Task, optimize
+from weightsep.pack import PackConfig, add_vnn, new_state
+
+torch.set_num_threads(1)
+P = 64
+
+
+def blobs(seed: int, n: int = 400, features: int = 8, classes: int = 3):
+    """A learnable toy task: Gaussian blobs around random class centres."""
+    g = torch.Generator().manual_seed(seed)
+    centres = torch.randn(classes, features, generator=g) * 2
+    y = torch.randint(0, classes, (n,), generator=g)
+    x = centres[y] + torch.randn(n, features, generator=g)
+    return x, y
+
+
+def packed_pair(nan_in: str | None = None):
+    """Two small dense DNNs packed into 6 shared pages of 64 (their 9 and 7 pages must overlap)."""
+    tasks, state, config = {}, new_state(PackConfig(page_size=P, n_shared=6), 6), PackConfig(page_size=P, n_shared=6, margin=0.5)
+    for seed, (name, hidden) in enumerate([("a", [48]), ("b", [40])]):
+        torch.manual_seed(seed)
+        net = TemplateNet((8,), [], dense=hidden, classes=3)
+        x, y = blobs(seed)
+        if name == nan_in:
+            x = torch.full_like(x, float("nan"))
+        theta = net.theta.detach().clone()
+        state, _ = add_vnn(state, name, theta, torch.rand_like(theta), config)
+        tasks[name] = Task(net, x[:300], y[:300], x[300:], y[300:])
+    return state, tasks
+
+
+@pytest.mark.parametrize("optimizer", ["joint", "round-robin", "sequential"])
+def test_optimizers_raise_validation_accuracy_and_keep_the_input_state(optimizer):
+    state, tasks = packed_pair()
+    before = state.shared_pages.clone()
+    config = OptimizeConfig(optimizer=optimizer, steps=150, rounds=3, steps_per_turn=50, eval_every=50, batch_size=50)
+    result, history = optimize(state, tasks, config)
+    assert torch.equal(state.shared_pages, before)  # a new state is returned, the input is untouched
+    assert history.mean(history.best_index) > history.mean(0) + 0.2
+    for name, task in tasks.items():
+        with torch.no_grad():
+            acc = (task.model(task.x_val, packed_theta(result, name)).argmax(1) == task.y_val).float().mean()
+        assert acc == pytest.approx(history.val_accuracy[history.best_index][name], abs=1e-6)
+
+
+@pytest.mark.parametrize("optimizer", ["joint", "round-robin"])
+def test_nan_in_one_dnn_never_reaches_the_shared_pages(optimizer):
+    state, tasks = packed_pair(nan_in="b")
+    config = OptimizeConfig(optimizer=optimizer, steps=40, rounds=1, steps_per_turn=40, eval_every=20, batch_size=50)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result, history = optimize(state, tasks, config)
+    assert torch.isfinite(result.shared_pages).all()
+    assert all(torch.isfinite(v.exclusive_pages).all() for v in result.vnns.values())
+    assert history.skipped == {"b": 40}
+    assert any("DNN 'b'" in str(w.message) for w in caught)
+    assert history.mean(history.best_index) >= history.mean(0)  # DNN a still trained
+
+
+def test_a_step_that_would_make_pages_non_finite_is_rolled_back():
+    state, tasks = packed_pair()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result, history = optimize(state, tasks, OptimizeConfig(steps=5, eval_every=5, lr=float("inf")))
+    assert history.rolled_back == 5
+    assert torch.equal(result.shared_pages, state.shared_pages)
+
+
+def test_config_validation():
+    with pytest.raises(ValueError, match="unknown optimizer"):
+        OptimizeConfig(optimizer="adamw")
+    with pytest.raises(ValueError, match="steps"):
+        OptimizeConfig(steps=0)
+    state, tasks = packed_pair()
+    with pytest.raises(ValueError, match="not packed"):
+        optimize(state, tasks, OptimizeConfig(dnns=("zzz",)))

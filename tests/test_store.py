@@ -1,0 +1,297 @@
+"""The store: bit-exact round trips, crash safety, damage detection, recovery, validation, GC."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from weightsep.store import (
+    FORMAT_VERSION, VNN, PackedState, Store, StoreError, atomic_write_text, load_tensors, save_tensors,
+)
+
+P, S = 8, 6
+
+
+def make_state(seed: int = 0) -> PackedState:
+    """Three DNNs: 'a' all shared, 'b' with two exclusive pages, 'c' (odd name) with one."""
+    g = torch.Generator().manual_seed(seed)
+    shared = torch.randn(S, P, generator=g)
+    shared[0, :3] = torch.tensor([-0.0, 1e-45, 3.4e38])  # signed zero, subnormal, near max: bits must survive
+    vnns = {}
+    for name, n, table, n_excl in [("a", 40, [0, 1, 2, 3, 4], 0), ("b", 35, [6, 2, 7, 5, 0], 2),
+                                   ("c d/é", 17, [3, 6, 1], 1)]:
+        vnns[name] = VNN(name, n, torch.tensor(table), torch.randn(n_excl, P, generator=g),
+                         torch.rand(n, generator=g), {"folder": f"suite/{name}", "acc": [0.1 * seed, None], "k": "é"})
+    return PackedState(P, shared, torch.rand(S, P, generator=g), vnns, {"mode": "ws", "margin": 0.1, "seed": seed})
+
+
+def assert_same(a: PackedState, b: PackedState) -> None:
+    def bits(t: torch.Tensor) -> torch.Tensor:
+        return t.view(torch.int32) if t.dtype == torch.float32 else t
+
+    assert (a.page_size, a.config, list(a.vnns)) == (b.page_size, b.config, list(b.vnns))
+    assert torch.equal(bits(a.shared_pages), bits(b.shared_pages))
+    assert torch.equal(bits(a.shared_fisher), bits(b.shared_fisher))
+    for x, y in zip(a.vnns.values(), b.vnns.values()):
+        assert (x.name, x.n_weights, x.meta) == (y.name, y.n_weights, y.meta)
+        for t in ("page_table", "exclusive_pages", "fisher"):
+            u, v = getattr(x, t), getattr(y, t)
+            assert u.dtype == v.dtype and torch.equal(bits(u), bits(v))
+
+
+def snapshot(root: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(root.iterdir()) if p.name != ".lock"}
+
+
+def two_generations(root: Path) -> tuple[Store, PackedState, PackedState]:
+    """Generation 1, then generation 2 with new shared pages and a changed DNN 'b' ('a', 'c' unchanged)."""
+    store, old = Store(root), make_state(0)
+    store.save(old)
+    new = make_state(0)
+    new.shared_pages += 1
+    new.vnns["b"].fisher *= 2
+    new.config["seed"] = 1
+    store.save(new)
+    return store, old, new
+
+
+def file_of(store: Store, vnn: str | None = None) -> Path:
+    m = store.read_manifest()
+    entry = m["shared"] if vnn is None else next(v["file"] for v in m["vnns"] if v["name"] == vnn)
+    return store.root / entry["file"]
+
+
+def test_round_trip_is_bit_exact_and_load_writes_nothing(tmp_path):
+    store, state = Store(tmp_path), make_state(3)
+    assert not store.exists()
+    manifest = store.save(state)
+    before = snapshot(tmp_path)
+    assert_same(store.load(), state)
+    assert_same(store.load(), state)
+    assert snapshot(tmp_path) == before
+    assert store.exists() and manifest == store.read_manifest()
+    assert (manifest["format"], manifest["format_version"], manifest["generation"]) == ("weightsep-store", 1, 1)
+    assert [v["name"] for v in manifest["vnns"]] == ["a", "b", "c d/é"]
+    assert [(v["n_pages"], v["n_exclusive"]) for v in manifest["vnns"]] == [(5, 0), (5, 2), (3, 1)]
+    assert manifest["code_version"].startswith("weightsep-") and manifest["created"]
+    assert not list(tmp_path.glob("*.pkl")) and not list(tmp_path.glob(".*.tmp"))
+
+
+def test_occupancy_and_counts():
+    state = make_state()
+    assert state.n_shared == S and state.n_pages("c d/é") == 3
+    assert state.occupancy().tolist() == [2, 2, 2, 2, 1, 1]
+
+
+def test_second_save_keeps_created_and_rotates_previous(tmp_path):
+    store, old, new = two_generations(tmp_path)
+    current, previous = store.read_manifest(), store.read_manifest(previous=True)
+    assert (current["generation"], previous["generation"]) == (2, 1)
+    assert current["created"] == previous["created"]
+    assert current["vnns"][0]["file"] == previous["vnns"][0]["file"]  # unchanged DNN: same file, reused
+    assert current["shared"]["file"] != previous["shared"]["file"]
+    assert_same(store.load(), new)
+
+
+@pytest.mark.parametrize("crash_at", ["shared-", "manifest.json"])
+def test_crash_during_save_leaves_old_state(tmp_path, monkeypatch, crash_at):
+    store, old = Store(tmp_path), make_state(0)
+    store.save(old)
+    real_replace = os.replace
+
+    def crashing_replace(src, dst):
+        if Path(dst).name.startswith(crash_at):
+            raise OSError("simulated power loss")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", crashing_replace)
+    new = make_state(0)
+    new.shared_pages += 1
+    with pytest.raises(OSError, match="simulated"):
+        store.save(new)
+    monkeypatch.setattr(os, "replace", real_replace)
+    assert_same(store.load(), old)
+    assert not list(tmp_path.glob(".*.tmp"))
+    store.save(new)  # the next save succeeds and collects the orphans of the crashed one
+    assert_same(store.load(), new)
+    assert_same(store.restore_previous(), old)
+
+
+def flip(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[-3] ^= 0x10
+    path.write_bytes(bytes(data))
+
+
+def truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[:-20])
+
+
+def delete(path: Path) -> None:
+    path.unlink()
+
+
+@pytest.mark.parametrize("damage, says", [(flip, "corrupt"), (truncate, "truncated"), (delete, "missing")])
+@pytest.mark.parametrize("vnn", [None, "b"])
+def test_damaged_file_is_named_and_previous_restorable(tmp_path, damage, says, vnn):
+    store, old, _ = two_generations(tmp_path)
+    victim = file_of(store, vnn)
+    damage(victim)
+    before = snapshot(tmp_path)
+    with pytest.raises(StoreError, match="restore") as err:
+        store.load()
+    assert victim.name in str(err.value) and says in str(err.value)
+    assert snapshot(tmp_path) == before  # a failed load changes nothing
+    assert_same(store.restore_previous(), old)
+    assert_same(store.load(), old)
+
+
+def test_damage_shared_by_both_generations_is_reported_by_restore(tmp_path):
+    store, _, _ = two_generations(tmp_path)
+    victim = file_of(store, "a")  # unchanged between generations: one file serves both
+    flip(victim)
+    with pytest.raises(StoreError, match=victim.name):
+        store.restore_previous()
+    with pytest.raises(StoreError, match="no older generation"):
+        store.restore_previous()
+
+
+def edit_manifest(store: Store, edit) -> None:
+    path = store.root / "manifest.json"
+    m = json.loads(path.read_text())
+    edit(m)
+    path.write_text(json.dumps(m))
+
+
+@pytest.mark.parametrize("version, says", [(FORMAT_VERSION + 1, "upgrade weightsep"), (0, "restore"), ("1", "restore")])
+def test_unknown_format_version(tmp_path, version, says):
+    store, old, _ = two_generations(tmp_path)
+    edit_manifest(store, lambda m: m.update(format_version=version))
+    with pytest.raises(StoreError, match="format_version") as err:
+        store.load()
+    assert "manifest.json" in str(err.value) and says in str(err.value)
+    before = snapshot(tmp_path)
+    with pytest.raises(StoreError, match="format_version"):  # never overwrite what cannot be read
+        store.save(make_state(5))
+    assert snapshot(tmp_path) == before
+    assert_same(store.restore_previous(), old)
+
+
+def test_shape_mismatch_in_manifest(tmp_path):
+    store, old, _ = two_generations(tmp_path)
+    edit_manifest(store, lambda m: m["vnns"][1]["file"]["tensors"]["fisher"].update(shape=[36]))
+    with pytest.raises(StoreError, match="'fisher'") as err:
+        store.load()
+    assert file_of(store, "b").name in str(err.value) and "manifest.json" in str(err.value)
+    assert_same(store.restore_previous(), old)
+
+
+def test_count_mismatch_in_manifest(tmp_path):
+    store, _, _ = two_generations(tmp_path)
+    edit_manifest(store, lambda m: m["vnns"][0].update(n_exclusive=1))
+    with pytest.raises(StoreError, match="manifest.json.*disagree"):
+        store.load()
+
+
+def test_empty_store(tmp_path):
+    store = Store(tmp_path / "nothing")
+    with pytest.raises(StoreError, match="nothing has been saved"):
+        store.load()
+    with pytest.raises(StoreError, match="no previous generation"):
+        store.restore_previous()
+
+
+@pytest.mark.parametrize("poison", ["nan_shared", "inf_fisher", "bad_table"])
+def test_save_refuses_invalid_state_and_leaves_disk(tmp_path, poison):
+    store, old, _ = two_generations(tmp_path)
+    before = snapshot(tmp_path)
+    bad = make_state(7)
+    if poison == "nan_shared":
+        bad.shared_pages[2, 3] = float("nan")
+    elif poison == "inf_fisher":
+        bad.vnns["b"].fisher[0] = float("inf")
+    else:
+        bad.vnns["a"].page_table[1] = 99
+    with pytest.raises(ValueError, match="NaN/inf|outside"):
+        store.save(bad)
+    assert snapshot(tmp_path) == before
+
+
+def vnn_b(table: list[int], n_excl: int = 2, n: int = 35) -> VNN:
+    return VNN("b", n, torch.tensor(table), torch.zeros(n_excl, P), torch.zeros(n))
+
+
+@pytest.mark.parametrize("vnn, says", [
+    (vnn_b([6, 2, 8, 5, 0]), "entry 8 at logical page 2 is outside"),
+    (vnn_b([6, 2, 6, 5, 0]), "exclusive slot 0 is used by logical pages \\[0, 2\\]"),
+    (vnn_b([6, 2, 1, 2, 0]), "shared page 2 is used"),
+    (vnn_b([6, 2, 1, 5, 0]), "exclusive slots \\[1\\] are not in the page table"),
+    (vnn_b([6, 2, 7, 5]), "page table has 4 entries"),
+    (VNN("b", 3, torch.tensor([0]), torch.zeros(0, P + 1), torch.zeros(3)), "pages hold 8"),
+])
+def test_validate_catches_bad_page_tables(vnn, says):
+    state = make_state()
+    state.vnns["b"] = vnn
+    with pytest.raises(ValueError, match="VNN 'b': .*" + says):
+        state.validate()
+
+
+def test_validate_catches_bad_fields():
+    with pytest.raises(ValueError, match="VNN 'x': page_table must be a 1-D torch.int64"):
+        VNN("x", 4, torch.tensor([0], dtype=torch.int32), torch.zeros(0, 4), torch.zeros(4))
+    with pytest.raises(ValueError, match="VNN 'x': fisher has 1 NaN/inf or negative"):
+        VNN("x", 4, torch.tensor([0]), torch.zeros(0, 4), torch.tensor([0.0, -1.0, 0.0, 0.0]))
+    with pytest.raises(ValueError, match="VNN 'x': meta is not JSON-able"):
+        VNN("x", 4, torch.tensor([0]), torch.zeros(0, 4), torch.zeros(4), {"path": Path("/")})
+    state = make_state()
+    state.vnns["z"] = state.vnns["a"]
+    with pytest.raises(ValueError, match="vnns\\['z'\\] holds VNN 'a'"):
+        state.validate()
+
+
+def test_garbage_collection_keeps_current_and_previous(tmp_path):
+    store = Store(tmp_path)
+    for seed in range(4):
+        store.save(make_state(seed))
+    (tmp_path / ".shared-x.safetensors.1.ab.tmp").write_bytes(b"left by a crash")
+    (tmp_path / "notes.txt").write_text("not ours")
+    store.save(make_state(4))
+    listed = {e["file"] for prev in (False, True) for m in [store.read_manifest(prev)]
+              for e in [m["shared"], *(v["file"] for v in m["vnns"])]}
+    on_disk = {p.name for p in tmp_path.glob("*.safetensors")}
+    assert on_disk == listed and len(listed) == 8
+    assert not list(tmp_path.glob(".*.tmp")) and (tmp_path / "notes.txt").exists()
+    assert_same(store.load(), make_state(4))
+
+
+def test_tensor_file_helpers(tmp_path):
+    path = tmp_path / "cache" / "model.safetensors"
+    tensors = {"theta": torch.randn(100), "steps": torch.tensor(7), "mask": torch.tensor([True, False])}
+    save_tensors(path, tensors, {"code_hash": "abc", "acc": 0.98})
+    loaded, meta = load_tensors(path)
+    assert meta == {"code_hash": "abc", "acc": 0.98}
+    assert all(torch.equal(loaded[k], v) for k, v in tensors.items())
+    data = path.read_bytes()
+    for broken, says in [(data[:-4], "truncated"), (data[:-4] + bytes([data[-4] ^ 1]) + data[-3:], "corrupt"),
+                         (data[:5], "truncated")]:
+        path.write_bytes(broken)
+        with pytest.raises(StoreError, match=f"model.safetensors.*{says}"):
+            load_tensors(path)
+    with pytest.raises(FileNotFoundError):
+        load_tensors(tmp_path / "absent.safetensors")
+
+
+def test_atomic_write_text_survives_a_failed_replace(tmp_path, monkeypatch):
+    path = tmp_path / "table.json"
+    atomic_write_text(path, "old")
+
+    def failing_replace(src, dst):
+        raise OSError("simulated")
+
+    monkeypatch.setattr(os, "replace", failing_replace)
+    with pytest.raises(OSError):
+        atomic_write_text(path, "new")
+    assert path.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["table.json"]

@@ -1,0 +1,87 @@
+"""Show a registered VNN: its page table, shared and exclusive pages, and the occupancy it sees.
+
+    python vnn.py mnist10k                    # text, and results/vnn_mnist10k.png
+    python vnn.py mnist10k --store /tmp/state --no-plot
+
+Reads the store only (no data, no training).
+"""
+import argparse
+import sys
+from pathlib import Path
+
+from weightsep.store import Store, StoreError
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def describe(state, name: str) -> str:
+    vnn = state.vnns[name]
+    S, occupancy = state.n_shared, state.occupancy()
+    table = vnn.page_table
+    shared = table[table < S]
+    lines = [f"{name}: {vnn.n_weights:,} weights in {len(table)} pages of {state.page_size} "
+             f"({len(shared)} on shared pages, {vnn.exclusive_pages.shape[0]} exclusive)",
+             "page table (logical page -> shared page index, or E<slot> for an exclusive page):"]
+    cells = [f"{i}:{int(t)}" if t < S else f"{i}:E{int(t) - S}" for i, t in enumerate(table)]
+    lines += ["  " + " ".join(cells[i:i + 12]) for i in range(0, len(cells), 12)]
+    levels = occupancy[shared].bincount()
+    lines.append("occupancy of its shared pages: " + ", ".join(
+        f"{int(n)} pages shared by {k} DNN{'s' if k > 1 else ''}" for k, n in enumerate(levels) if n))
+    info = vnn.meta.get("pack", {})
+    if info:
+        lines.append(f"packing: matching {info.get('matching')}, cost {info.get('matching_cost', 0):.4g}, "
+                     f"tpr {info.get('tpr', 1.0):.3f}, overflow pages {info.get('n_overflow', 0)}")
+    return "\n".join(lines)
+
+
+def plot(state, name: str, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    vnn, S, occupancy = state.vnns[name], state.n_shared, state.occupancy()
+    table = vnn.page_table
+    on_shared = table < S
+    heights = [int(occupancy[t]) if s else 0 for t, s in zip(table, on_shared)]
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(11, 5.5), gridspec_kw={"height_ratios": [3, 1]})
+    top.bar(range(len(table)), heights, color=["tab:blue" if s else "tab:red" for s in on_shared], width=1.0)
+    top.bar(range(len(table)), [0 if s else 0.5 for s in on_shared], color="tab:red", width=1.0, label="exclusive (level 2)")
+    top.set(xlabel="logical page", ylabel="DNNs on its shared page",
+            title=f"{name}: {int(on_shared.sum())} shared (blue, height = occupancy) and "
+                  f"{int((~on_shared).sum())} exclusive pages (red)")
+    top.legend(loc="upper right")
+    mine = set(table[on_shared].tolist())
+    bottom.bar(range(S), occupancy.tolist(), width=1.0, color=["tab:blue" if i in mine else "lightgray" for i in range(S)])
+    bottom.set(xlabel="shared page (level 1)", ylabel="occupancy", title=f"all {S} shared pages (blue: used by {name})")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("vnn_name")
+    p.add_argument("--store", type=Path, default=Path("state"))
+    p.add_argument("--plot", type=Path, help="PNG path (default results/vnn_NAME.png)")
+    p.add_argument("--no-plot", action="store_true")
+    args = p.parse_args(argv)
+    try:
+        state = Store(args.store).load()
+    except StoreError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if args.vnn_name not in state.vnns:
+        print(f"error: {args.vnn_name!r} is not packed in {args.store}; packed: {', '.join(state.vnns) or 'none'}",
+              file=sys.stderr)
+        return 2
+    print(describe(state, args.vnn_name))
+    if not args.no_plot:
+        path = args.plot or RESULTS / f"vnn_{args.vnn_name}.png"
+        plot(state, args.vnn_name, path)
+        print(f"picture: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

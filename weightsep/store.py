@@ -1,0 +1,572 @@
+"""The store: the only module that reads and writes packed state on disk.
+
+Data model: `PackedState` (page size, shared pages and their accumulated Fisher, the registered
+DNNs as `VNN`s, the config) and `VNN` (page table, exclusive pages, Fisher, meta). Both validate
+themselves on construction and on `save`.
+
+A `Store` is a directory (the CLI picks it, `./state` by default):
+
+    manifest.json                     the current generation (the commit point): format name and
+                                      version, page size P, shared pages S, the DNNs in registration
+                                      order (n_weights, n_pages, n_exclusive, meta), the config, code
+                                      and torch versions, timestamps, and for every tensor file its
+                                      name, size, sha256 and tensor names/dtypes/shapes
+    manifest.prev.json                the generation before it, restorable
+    shared-<sha12>.safetensors        shared_pages f32 [S, P], shared_fisher f32 [S, P]
+    vnn-<name>-<sha12>.safetensors    page_table i64 [n_pages], exclusive_pages f32 [E, P],
+                                      fisher f32 [n_weights]
+    .lock                             serialises writers (flock)
+
+Guarantees: tensor files are content-addressed (`<sha12>` of the file) and never rewritten in
+place; every file goes temp file -> fsync -> os.replace -> fsync(dir); the manifest replace commits
+a save, so a crash at any point leaves the old generation loadable. `save` refuses an invalid state
+(ValueError, nothing written) and never overwrites a manifest it cannot read. `load` verifies the
+format name and version, every file's size and sha256, and tensor names, dtypes and shapes, and
+writes nothing; any problem is a `StoreError` naming the file and the recovery
+(`python -m weightsep restore`, i.e. `Store.restore_previous()`). After a successful save only the
+files of the current and previous generations are kept. No pickle anywhere. See docs/store.md.
+
+    store = Store("state")
+    state = store.load()
+    state.vnns["mnist"].meta["note"] = "checked"
+    store.save(state)
+
+`save_tensors`/`load_tensors` and `atomic_write_text`/`atomic_write_json` give other modules (the
+trained-model cache) the same atomic writes and checksummed safetensors files.
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import re
+import secrets
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import safetensors.torch
+import torch
+
+from weightsep.pages import n_pages as pages_needed
+
+FORMAT = "weightsep-store"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+PREVIOUS = "manifest.prev.json"
+RECOVERY = "restore the previous generation with `python -m weightsep restore` (Store.restore_previous())"
+NO_OLDER = "no older generation is kept: rebuild the packed state"
+_TENSOR_FILE = re.compile(r"(shared|vnn-[A-Za-z0-9_.-]*)-[0-9a-f]{12}\.safetensors")
+SHARED_TENSORS = ("shared_pages", "shared_fisher")
+VNN_TENSORS = ("page_table", "exclusive_pages", "fisher")
+_COUNTS = ("name", "n_weights", "n_pages", "n_exclusive")
+
+
+class StoreError(Exception):
+    """Packed state or a tensor file on disk that is missing, damaged or of an unknown format.
+
+    The message names the file, says what is wrong and how to recover."""
+
+
+# ---------------------------------------------------------------- data model
+
+
+def _check_tensor(t: Any, what: str, dtype: torch.dtype, dim: int) -> None:
+    if not isinstance(t, torch.Tensor):
+        raise ValueError(f"{what} must be a torch.Tensor, got {type(t).__name__}")
+    if t.dtype != dtype or t.dim() != dim:
+        raise ValueError(f"{what} must be a {dim}-D {dtype} tensor, got {t.dim()}-D {t.dtype} {list(t.shape)}")
+
+
+def _check_values(t: torch.Tensor, what: str, nonnegative: bool = False) -> None:
+    bad = ~torch.isfinite(t)
+    if nonnegative:
+        bad |= t < 0
+    if bad.any():
+        first = int(bad.flatten().nonzero()[0])
+        kind = "NaN/inf or negative" if nonnegative else "NaN/inf"
+        raise ValueError(f"{what} has {int(bad.sum())} {kind} values (first at flat index {first})")
+
+
+def _check_json(obj: Any, what: str) -> None:
+    if not isinstance(obj, dict):
+        raise ValueError(f"{what} must be a dict, got {type(obj).__name__}")
+    try:
+        json.dumps(obj, allow_nan=False)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{what} is not JSON-able: {e}") from None
+
+
+def _check_count(value: Any, what: str, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{what} must be an int >= {minimum}, got {value!r}")
+
+
+@dataclass(eq=False)  # tensors have no single truth value: compare fields explicitly
+class VNN:
+    """One registered DNN ("virtual neural network" in the originals' words)."""
+
+    name: str
+    n_weights: int
+    page_table: torch.Tensor  # int64 [n_pages]: entry < S -> shared page; S + e -> exclusive_pages[e]
+    exclusive_pages: torch.Tensor  # float32 [E, P], level-2 pages (E may be 0)
+    fisher: torch.Tensor  # float32 [n_weights], >= 0: the Fisher used for separation and matching
+    meta: dict = field(default_factory=dict)  # JSON-able: folder path, code hash, architecture, accuracies
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    @property
+    def n_pages(self) -> int:
+        return self.page_table.numel()
+
+    @property
+    def n_exclusive(self) -> int:
+        return self.exclusive_pages.shape[0]
+
+    def validate(self, page_size: int | None = None, n_shared: int | None = None) -> None:
+        """Check dtypes, shapes, values and meta; given the state's P and S, the page table too (ValueError)."""
+        if not isinstance(self.name, str) or not self.name:
+            raise ValueError(f"a VNN name must be a non-empty string, got {self.name!r}")
+        who = f"VNN {self.name!r}"
+        _check_count(self.n_weights, f"{who}: n_weights", 1)
+        _check_tensor(self.page_table, f"{who}: page_table", torch.int64, 1)
+        _check_tensor(self.exclusive_pages, f"{who}: exclusive_pages", torch.float32, 2)
+        _check_tensor(self.fisher, f"{who}: fisher", torch.float32, 1)
+        if self.fisher.numel() != self.n_weights:
+            raise ValueError(f"{who}: fisher has {self.fisher.numel()} entries, n_weights is {self.n_weights}")
+        _check_values(self.exclusive_pages, f"{who}: exclusive_pages")
+        _check_values(self.fisher, f"{who}: fisher", nonnegative=True)
+        _check_json(self.meta, f"{who}: meta")
+        if page_size is not None and n_shared is not None:
+            self._check_page_table(page_size, n_shared)
+
+    def _check_page_table(self, page_size: int, n_shared: int) -> None:
+        who, S, E = f"VNN {self.name!r}", n_shared, self.n_exclusive
+        if self.exclusive_pages.shape[1] != page_size:
+            raise ValueError(f"{who}: exclusive_pages are {list(self.exclusive_pages.shape)}, pages hold {page_size}")
+        need = pages_needed(self.n_weights, page_size)
+        if self.n_pages != need:
+            raise ValueError(f"{who}: page table has {self.n_pages} entries; {self.n_weights} weights "
+                             f"in pages of {page_size} need {need}")
+        table = self.page_table.cpu()
+        out = (table < 0) | (table >= S + E)
+        if out.any():
+            j = int(out.nonzero()[0])
+            raise ValueError(f"{who}: page table entry {int(table[j])} at logical page {j} is outside "
+                             f"[0, {S + E}) ({S} shared + {E} exclusive pages)")
+        counts = torch.bincount(table, minlength=S + E)
+        if (counts > 1).any():
+            v = int((counts > 1).nonzero()[0])
+            slot = f"shared page {v}" if v < S else f"exclusive slot {v - S}"
+            raise ValueError(f"{who}: {slot} is used by logical pages {(table == v).nonzero().flatten().tolist()}; "
+                             "a DNN maps at most one page onto each shared page or exclusive slot")
+        unused = (counts[S:] == 0).nonzero().flatten()
+        if len(unused):
+            raise ValueError(f"{who}: exclusive slots {unused.tolist()} are not in the page table (dead memory)")
+
+
+@dataclass(eq=False)  # tensors have no single truth value: compare fields explicitly
+class PackedState:
+    """Everything a packing holds: shared pages (level 1) and the registered DNNs (level 2 + tables)."""
+
+    page_size: int
+    shared_pages: torch.Tensor  # float32 [S, P]
+    shared_fisher: torch.Tensor  # float32 [S, P], >= 0: accumulated Fisher of the pages mapped on each page
+    vnns: dict[str, VNN] = field(default_factory=dict)  # insertion order = registration order
+    config: dict = field(default_factory=dict)  # JSON-able: mode (ws/nwv), margin, matching method, history
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    @property
+    def n_shared(self) -> int:
+        return self.shared_pages.shape[0]
+
+    def n_pages(self, name: str) -> int:
+        """Logical pages of DNN `name`."""
+        return self.vnns[name].n_pages
+
+    def occupancy(self) -> torch.Tensor:
+        """int64 [S]: how many VNNs map a page onto each shared page."""
+        counts = torch.zeros(self.n_shared, dtype=torch.int64)
+        for vnn in self.vnns.values():
+            table = vnn.page_table.cpu()
+            counts += torch.bincount(table[table < self.n_shared], minlength=self.n_shared)
+        return counts
+
+    def validate(self) -> None:
+        """Check every invariant the pipeline and the store rely on; ValueError names the culprit."""
+        _check_count(self.page_size, "page_size", 1)
+        _check_tensor(self.shared_pages, "shared_pages", torch.float32, 2)
+        _check_tensor(self.shared_fisher, "shared_fisher", torch.float32, 2)
+        if self.shared_pages.shape[1] != self.page_size:
+            raise ValueError(f"shared_pages are {list(self.shared_pages.shape)}, page_size is {self.page_size}")
+        if self.shared_fisher.shape != self.shared_pages.shape:
+            raise ValueError(f"shared_fisher is {list(self.shared_fisher.shape)}, "
+                             f"shared_pages are {list(self.shared_pages.shape)}")
+        _check_values(self.shared_pages, "shared_pages")
+        _check_values(self.shared_fisher, "shared_fisher", nonnegative=True)
+        if not isinstance(self.vnns, dict):
+            raise ValueError(f"vnns must be a dict name -> VNN, got {type(self.vnns).__name__}")
+        for key, vnn in self.vnns.items():
+            if not isinstance(vnn, VNN):
+                raise ValueError(f"vnns[{key!r}] is a {type(vnn).__name__}, not a VNN")
+            if key != vnn.name:
+                raise ValueError(f"vnns[{key!r}] holds VNN {vnn.name!r}: key and name must agree")
+            vnn.validate(self.page_size, self.n_shared)
+        _check_json(self.config, "config")
+
+
+# ---------------------------------------------------------------- atomic files, tensor files
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Replace `path` by `data` so readers see the old file or the new one, even across a crash."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    try:
+        with open(tmp, "xb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """`atomic_write_bytes` for UTF-8 text."""
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: str | Path, obj: Any) -> None:
+    """Atomically write `obj` as indented JSON (no NaN/inf: they are not JSON)."""
+    atomic_write_text(path, json.dumps(obj, indent=2, allow_nan=False) + "\n")
+
+
+def _digest(tensors: dict[str, torch.Tensor]) -> str:
+    """sha256 over names, dtypes, shapes and raw bytes: independent of the file layout."""
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name]
+        h.update(json.dumps([name, str(t.dtype), list(t.shape)]).encode())
+        h.update(t.contiguous().reshape(-1).view(torch.uint8).numpy())
+    return h.hexdigest()
+
+
+def _encode(tensors: dict[str, torch.Tensor], metadata: dict) -> bytes:
+    """safetensors bytes whose one metadata key ("weightsep") holds `metadata` and a data checksum."""
+    tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    ours = json.dumps({"metadata": metadata, "sha256": _digest(tensors)}, allow_nan=False)
+    return safetensors.torch.save(tensors, {"weightsep": ours})  # one key: byte-stable across runs
+
+
+def _decode(data: bytes, path: Path) -> tuple[dict[str, torch.Tensor], dict]:
+    """Inverse of `_encode`; a truncated, corrupt or foreign file raises StoreError naming `path`."""
+    if len(data) < 8 or 8 + int.from_bytes(data[:8], "little") > len(data):
+        raise StoreError(f"{path}: file ends inside its safetensors header ({len(data)} bytes): truncated")
+    try:
+        header = json.loads(data[8 : 8 + int.from_bytes(data[:8], "little")])
+        ours = json.loads(header["__metadata__"]["weightsep"])
+        tensors = safetensors.torch.load(data)
+        metadata, checksum = ours["metadata"], ours["sha256"]
+    except (KeyError, TypeError):
+        raise StoreError(f"{path}: not written by weightsep (no 'weightsep' metadata with a checksum)") from None
+    except Exception as e:  # the safetensors parser's own errors, JSON errors: untrusted bytes
+        raise StoreError(f"{path}: unreadable safetensors data ({e}): truncated or corrupt") from None
+    if _digest(tensors) != checksum:
+        raise StoreError(f"{path}: tensor data does not match its checksum: corrupt")
+    return tensors, metadata
+
+
+def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict | None = None) -> None:
+    """Atomically write a flat dict of tensors (any dtype; moved to CPU) and JSON-able metadata."""
+    atomic_write_bytes(path, _encode(tensors, metadata or {}))
+
+
+def load_tensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
+    """Read a `save_tensors` file: (CPU tensors, metadata), checksum verified.
+
+    A missing file raises FileNotFoundError (a cache miss); a truncated, corrupt or foreign one
+    raises StoreError naming it."""
+    path = Path(path)
+    return _decode(path.read_bytes(), path)
+
+
+@lru_cache(maxsize=1)
+def code_version() -> str:
+    """`weightsep-<sha12>` of the package's Python sources, recorded with every saved generation."""
+    h = hashlib.sha256()
+    package = Path(__file__).resolve().parent
+    for p in sorted(package.rglob("*.py")):
+        h.update(p.relative_to(package).as_posix().encode() + b"\0" + p.read_bytes())
+    return f"weightsep-{h.hexdigest()[:12]}"
+
+
+# ---------------------------------------------------------------- the store
+
+
+def _specs(tensors: dict[str, torch.Tensor]) -> dict:
+    return {k: {"dtype": str(v.dtype).removeprefix("torch."), "shape": list(v.shape)} for k, v in tensors.items()}
+
+
+def _blob(prefix: str, tensors: dict[str, torch.Tensor], metadata: dict) -> tuple[dict, bytes]:
+    """A content-addressed tensor file: its manifest entry and its bytes."""
+    data = _encode(tensors, metadata)
+    sha = hashlib.sha256(data).hexdigest()
+    entry = {"file": f"{prefix}-{sha[:12]}.safetensors", "sha256": sha, "bytes": len(data), "tensors": _specs(tensors)}
+    return entry, data
+
+
+def _counts(state: PackedState) -> dict:
+    """The manifest's numbers, derived from the tensors (written on save, cross-checked on load)."""
+    return {"page_size": state.page_size, "n_shared": state.n_shared,
+            "vnns": [{"name": v.name, "n_weights": v.n_weights, "n_pages": v.n_pages, "n_exclusive": v.n_exclusive}
+                     for v in state.vnns.values()]}
+
+
+def _file_entries(manifest: dict) -> list[dict]:
+    return [manifest["shared"], *(v["file"] for v in manifest["vnns"])]
+
+
+def _missing_field(obj: Any, fields: dict[str, type]) -> str | None:
+    for key, kind in fields.items():
+        value = obj.get(key) if isinstance(obj, dict) else None
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            return key
+    return None
+
+
+def _manifest_problem(m: dict) -> str | None:
+    """The first structural problem of a parsed manifest (a missing or mistyped field), or None."""
+    key = _missing_field(m, {"generation": int, "created": str, "updated": str, "page_size": int,
+                             "n_shared": int, "config": dict, "shared": dict, "vnns": list})
+    if key:
+        return f"field {key!r} missing or mistyped"
+    for i, vnn in enumerate(m["vnns"]):
+        key = _missing_field(vnn, {"name": str, "n_weights": int, "n_pages": int, "n_exclusive": int,
+                                   "meta": dict, "file": dict})
+        if key:
+            return f"vnns[{i}]: field {key!r} missing or mistyped"
+    for entry in _file_entries(m):
+        key = _missing_field(entry, {"file": str, "sha256": str, "bytes": int, "tensors": dict})
+        if key:
+            return f"a file entry's field {key!r} missing or mistyped"
+        if not _TENSOR_FILE.fullmatch(entry["file"]):
+            return f"bad tensor file name {entry['file']!r}"
+    return None
+
+
+class Store:
+    """A directory of packed state: versioned, checksummed generations, replaced atomically."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+
+    def exists(self) -> bool:
+        """Whether a current generation is present (it may still fail to load)."""
+        return (self.root / MANIFEST).is_file()
+
+    def read_manifest(self, previous: bool = False) -> dict:
+        """The current (or previous) manifest, format and structure checked; tensor files are not read."""
+        path = self.root / (PREVIOUS if previous else MANIFEST)
+        return self._read_manifest(path, NO_OLDER if previous else RECOVERY)
+
+    def load(self) -> PackedState:
+        """The current generation, fully verified (CPU tensors); reads only, raises StoreError."""
+        return self._load(self.root / MANIFEST, RECOVERY)
+
+    def save(self, state: PackedState) -> dict:
+        """Validate `state`, write it as the new current generation and return its manifest.
+
+        The current generation becomes the previous one if its files verify; files of older
+        generations are deleted. An invalid state raises ValueError with nothing written."""
+        state.validate()
+        shared, data = _blob("shared", {"shared_pages": state.shared_pages, "shared_fisher": state.shared_fisher},
+                             self._file_meta("shared"))
+        blobs = {shared["file"]: data}
+        vnns = []
+        for vnn, counts in zip(state.vnns.values(), _counts(state)["vnns"]):
+            slug = re.sub(r"[^A-Za-z0-9_.-]", "_", vnn.name)[:48]
+            tensors = {"page_table": vnn.page_table, "exclusive_pages": vnn.exclusive_pages, "fisher": vnn.fisher}
+            entry, data = _blob(f"vnn-{slug}", tensors, self._file_meta("vnn", vnn.name))
+            blobs[entry["file"]] = data
+            vnns.append({**counts, "meta": vnn.meta, "file": entry})
+        with self._lock():
+            current_bytes, current = self._current_for_save()
+            for name, data in blobs.items():
+                if not self._holds(self.root / name, data):
+                    atomic_write_bytes(self.root / name, data)
+            now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+            manifest = {
+                "format": FORMAT, "format_version": FORMAT_VERSION,
+                "generation": current["generation"] + 1 if current else 1,
+                "created": current["created"] if current else now, "updated": now,
+                "code_version": code_version(), "torch_version": torch.__version__,
+                "page_size": state.page_size, "n_shared": state.n_shared,
+                "config": state.config, "shared": shared, "vnns": vnns,
+            }
+            if current and self._files_intact(current):
+                atomic_write_bytes(self.root / PREVIOUS, current_bytes)
+            atomic_write_json(self.root / MANIFEST, manifest)  # the commit point
+            self._collect_garbage()
+        return manifest
+
+    def restore_previous(self) -> PackedState:
+        """Make the previous generation current again after verifying it fully; returns it.
+
+        Nothing is deleted: the discarded generation's files go at the next successful save."""
+        with self._lock():
+            previous = self.root / PREVIOUS
+            if not previous.is_file():
+                raise StoreError(f"{previous}: missing: there is no previous generation to restore; {NO_OLDER}")
+            state = self._load(previous, NO_OLDER)
+            atomic_write_bytes(self.root / MANIFEST, previous.read_bytes())
+        return state
+
+    # -- internals
+
+    @staticmethod
+    def _file_meta(kind: str, name: str | None = None) -> dict:
+        meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "kind": kind, "code_version": code_version()}
+        return meta if name is None else {**meta, "name": name}
+
+    @contextlib.contextmanager
+    def _lock(self) -> Iterator[None]:
+        self.root.mkdir(parents=True, exist_ok=True)
+        with open(self.root / ".lock", "a") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)  # released when the file closes
+            yield
+
+    def _current_for_save(self) -> tuple[bytes, dict | None]:
+        """The current manifest (bytes, parsed); never overwrite one that cannot be read (StoreError)."""
+        path = self.root / MANIFEST
+        if not path.is_file():
+            return b"", None
+        data = path.read_bytes()
+        return data, self._parse_manifest(data, path, RECOVERY + ", or move the directory away to start afresh")
+
+    def _read_manifest(self, path: Path, hint: str) -> dict:
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            if path.name == MANIFEST and not (self.root / PREVIOUS).is_file():
+                raise StoreError(f"{path}: missing: nothing has been saved in {self.root} yet") from None
+            raise StoreError(f"{path}: missing; {hint}") from None
+        return self._parse_manifest(data, path, hint)
+
+    @staticmethod
+    def _parse_manifest(data: bytes, path: Path, hint: str) -> dict:
+        try:
+            m = json.loads(data)
+        except ValueError as e:
+            raise StoreError(f"{path}: not valid JSON ({e}); {hint}") from None
+        if not isinstance(m, dict) or m.get("format") != FORMAT:
+            found = m.get("format") if isinstance(m, dict) else type(m).__name__
+            raise StoreError(f"{path}: not a weightsep store manifest (format {found!r}, expected {FORMAT!r})")
+        version = m.get("format_version")
+        if type(version) is not int or version != FORMAT_VERSION:
+            newer = type(version) is int and version > FORMAT_VERSION
+            raise StoreError(f"{path}: format_version {version!r} is unknown to this weightsep, which reads "
+                             f"version {FORMAT_VERSION}; " + ("upgrade weightsep" if newer else hint))
+        problem = _manifest_problem(m)
+        if problem:
+            raise StoreError(f"{path}: malformed manifest ({problem}); {hint}")
+        return m
+
+    def _read_file(self, entry: dict, names: tuple[str, ...], expected_meta: dict, manifest: Path,
+                   hint: str) -> dict[str, torch.Tensor]:
+        """One tensor file, checked against its manifest entry (size, sha256, names, dtypes, shapes)."""
+        path = self.root / entry["file"]
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            raise StoreError(f"{path}: missing (listed in {manifest.name}); {hint}") from None
+        if len(data) != entry["bytes"]:
+            raise StoreError(f"{path}: {len(data)} bytes but {manifest.name} says {entry['bytes']}: "
+                             f"truncated or replaced; {hint}")
+        if hashlib.sha256(data).hexdigest() != entry["sha256"]:
+            raise StoreError(f"{path}: sha256 does not match {manifest.name}: corrupt; {hint}")
+        try:
+            tensors, meta = _decode(data, path)
+        except StoreError as e:
+            raise StoreError(f"{e}; {hint}") from None
+        found = _specs(tensors)
+        if set(found) != set(names) or set(entry["tensors"]) != set(names):
+            raise StoreError(f"{path}: holds tensors {sorted(found)}, {manifest.name} lists "
+                             f"{sorted(entry['tensors'])}, expected {sorted(names)}; {hint}")
+        for name in names:
+            if found[name] != entry["tensors"][name]:
+                said = entry["tensors"][name]
+                said = f"{said.get('dtype')} {said.get('shape')}" if isinstance(said, dict) else repr(said)
+                raise StoreError(f"{path}: tensor {name!r} is {found[name]['dtype']} {found[name]['shape']} "
+                                 f"but {manifest.name} says {said}; {hint}")
+        if any(meta.get(k) != v for k, v in expected_meta.items()):
+            raise StoreError(f"{path}: its metadata {meta} does not match {manifest.name} "
+                             f"(expected {expected_meta}); {hint}")
+        return tensors
+
+    def _load(self, manifest_path: Path, hint: str) -> PackedState:
+        m = self._read_manifest(manifest_path, hint)
+        shared = self._read_file(m["shared"], SHARED_TENSORS, {"kind": "shared"}, manifest_path, hint)
+        try:
+            vnns = {}
+            for entry in m["vnns"]:
+                t = self._read_file(entry["file"], VNN_TENSORS, {"kind": "vnn", "name": entry["name"]},
+                                    manifest_path, hint)
+                vnns[entry["name"]] = VNN(entry["name"], entry["n_weights"], t["page_table"],
+                                          t["exclusive_pages"], t["fisher"], entry["meta"])
+            state = PackedState(m["page_size"], shared["shared_pages"], shared["shared_fisher"], vnns, m["config"])
+        except ValueError as e:
+            raise StoreError(f"{manifest_path}: the stored state is invalid: {e}; {hint}") from None
+        recorded = {"page_size": m["page_size"], "n_shared": m["n_shared"],
+                    "vnns": [{k: v[k] for k in _COUNTS} for v in m["vnns"]]}
+        if recorded != _counts(state):
+            raise StoreError(f"{manifest_path}: its counts {recorded} disagree with the tensor files "
+                             f"{_counts(state)}; {hint}")
+        return state
+
+    @staticmethod
+    def _holds(path: Path, data: bytes) -> bool:
+        """Whether `path` already has exactly `data` (content-addressed files are reused, not rewritten)."""
+        try:
+            return path.stat().st_size == len(data) and path.read_bytes() == data
+        except FileNotFoundError:
+            return False
+
+    def _files_intact(self, manifest: dict) -> bool:
+        for entry in _file_entries(manifest):
+            path = self.root / entry["file"]
+            if not path.is_file() or hashlib.sha256(path.read_bytes()).hexdigest() != entry["sha256"]:
+                return False
+        return True
+
+    def _collect_garbage(self) -> None:
+        """Delete tensor files neither manifest lists, and temp files of interrupted writes."""
+        keep = set()
+        for name in (MANIFEST, PREVIOUS):
+            try:
+                keep |= {e["file"] for e in _file_entries(self._read_manifest(self.root / name, NO_OLDER))}
+            except StoreError:  # an unreadable previous manifest protects nothing
+                continue
+        for path in self.root.iterdir():
+            stale_tmp = path.name.startswith(".") and path.name.endswith(".tmp")
+            if stale_tmp or (_TENSOR_FILE.fullmatch(path.name) and path.name not in keep):
+                path.unlink(missing_ok=True)
