@@ -119,7 +119,10 @@ class TemplateNet(nn.Module):
     def tensors(self, theta: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """TF-layout views of a flat vector (default: this net's own `theta`)."""
         theta = self.theta if theta is None else theta
-        return {s.name: theta[s.offset : s.offset + s.numel].view(s.shape) for s in self.layout}
+        # one split, not one slice per tensor: under vmap(grad) each slice's backward would fill a
+        # zero [chunk, n] tensor (80% of batched-Fisher time); split's backward is a single cat
+        parts = theta.split([s.numel for s in self.layout])
+        return {s.name: part.view(s.shape) for s, part in zip(self.layout, parts)}
 
     def flatten(self, tensors: dict[str, torch.Tensor]) -> torch.Tensor:
         """The inverse of `tensors`: TF-layout arrays -> one flat vector, checking names and shapes."""

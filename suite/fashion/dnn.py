@@ -2,9 +2,10 @@
 
 Source: /usr/share/datasets/fashion-mnist/*.gz (IDX files of Debian's `dataset-fashion-mnist`).
 Split: the official 60,000 train / 10,000 test; 5,000 random (seed 0) training images become the
-validation set. Inputs x / 255, shaped (1, 28, 28). Model: the papers' template at 61,770 weights
-(121 pages of 512); the papers' FMNIST shape (24, 32, 52 channels) trains 1.5x slower per step and
-needs 137 pages.
+validation set. Inputs x / 255, shaped (1, 28, 28). Model: the papers' template with narrow convs
+(8, 16, 32 channels) and wide dense layers, 65,076 weights in 128 pages: its Fisher sits in few
+pages (13 exclusive vs 39 for 16/32/64 convs), and it trains 3.5x faster per step. The papers'
+FMNIST shape (24, 32, 52 channels) needs 137 pages.
 """
 from __future__ import annotations
 
@@ -26,13 +27,13 @@ META = {
     "stands_in_for": "Fashion-MNIST",
     "split": "official 60,000 / 10,000; validation = a seeded (seed 0) 5,000 of the training set",
 }
-TRAIN = {"steps": 2000, "batch_size": 100, "lr": 1e-3}
+TRAIN = {"steps": 3000, "batch_size": 100, "lr": 1e-3}
 FILE = "fashion.npz"
 SOURCE = Path("/usr/share/datasets/fashion-mnist")
 
 
 def build_model() -> TemplateNet:
-    return TemplateNet((1, 28, 28), [Conv(3, 3, 16), Conv(3, 3, 32), Conv(3, 3, 64)], dense=[192, 128], classes=10)
+    return TemplateNet((1, 28, 28), [Conv(3, 3, 8), Conv(3, 3, 16), Conv(3, 3, 32)], dense=[256, 190], classes=10)
 
 
 def _read(prefix: str) -> tuple[np.ndarray, np.ndarray]:
