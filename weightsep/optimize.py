@@ -108,7 +108,7 @@ def _finite(*tensors: torch.Tensor) -> bool:
 class PageOptimizer:
     """Holds the page tensors as parameters and the bookkeeping every optimizer shares."""
 
-    def __init__(self, state: PackedState, tasks: dict[str, Task], config: OptimizeConfig):
+    def __init__(self, state: PackedState, tasks: dict[str, Task], config: OptimizeConfig, progress: bool = True):
         self.names = list(config.dnns or state.vnns)
         unknown = [name for name in self.names if name not in state.vnns]
         if unknown:
@@ -116,7 +116,7 @@ class PageOptimizer:
         missing = [name for name in self.names if name not in tasks]
         if missing:
             raise ValueError(f"no model/data given for packed DNN(s) {missing}")
-        self.state, self.tasks, self.config = state, tasks, config
+        self.state, self.tasks, self.config, self.progress = state, tasks, config, progress
         self.loss_fn = LOSSES[config.loss]
         self.gen = torch.Generator().manual_seed(config.seed)
         self.shared = state.shared_pages.clone().requires_grad_(True)
@@ -176,7 +176,8 @@ def joint(po: PageOptimizer) -> None:
     per_step = min(cfg.dnns_per_step or len(names), len(names))
     dnn_batches = 0
     po.validate(0)
-    for step in tqdm(range(1, cfg.steps + 1), desc="joint optimisation", unit="step", leave=False):
+    for step in tqdm(range(1, cfg.steps + 1), desc="joint optimisation", unit="step", leave=False,
+                     disable=not po.progress):
         chosen = names if per_step == len(names) else [names[i] for i in torch.randperm(len(names), generator=po.gen)[:per_step]]
         grads: dict[int, torch.Tensor] = {}
         for name in chosen:
@@ -247,7 +248,8 @@ def round_robin(po: PageOptimizer) -> None:
     last = {n: po.theta(n).detach().clone() for n in po.state.vnns}  # each DNN's weights after its last turn
     dnn_batches = 0
     po.validate(0)
-    bar = tqdm(total=cfg.rounds * len(names), desc=f"{cfg.optimizer} optimisation", unit="turn", leave=False)
+    bar = tqdm(total=cfg.rounds * len(names), desc=f"{cfg.optimizer} optimisation", unit="turn", leave=False,
+               disable=not po.progress)
     for _ in range(cfg.rounds):
         for name in names:
             f_sum, fw_sum, fw2_sum, count = _overlap_terms(po, name, last)
@@ -303,11 +305,12 @@ def write_back(po: PageOptimizer, name: str, theta: torch.Tensor) -> None:
 OPTIMIZERS = {"joint": joint, "round-robin": round_robin, "sequential": round_robin}
 
 
-def optimize(state: PackedState, tasks: dict[str, Task], config: OptimizeConfig) -> tuple[PackedState, History]:
+def optimize(state: PackedState, tasks: dict[str, Task], config: OptimizeConfig,
+             progress: bool = True) -> tuple[PackedState, History]:
     """Train the pages of `state` (see the module docstring); returns the best-validation state."""
     if config.optimizer == "sequential":
         config = OptimizeConfig(**{**config.__dict__, "rounds": 1})
-    po = PageOptimizer(state, tasks, config)
+    po = PageOptimizer(state, tasks, config, progress)
     start = time.perf_counter()
     OPTIMIZERS[config.optimizer](po)
     po.history.seconds = time.perf_counter() - start

@@ -8,8 +8,9 @@ folders and their data, and leaves disk to the store. `run` is the main job:
 from __future__ import annotations
 
 import json
+import multiprocessing as mp
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -22,7 +23,7 @@ from .optimize import OptimizeConfig, Task, optimize
 from .pack import PackConfig, add_vnn, new_state, shared_pages_needed, solo_state
 from .separation import target_performance_rate
 from .store import PackedState, Store, atomic_write_text
-from .train import Trained, standalone_models
+from .train import Trained, set_single_thread, standalone_models
 
 RESULTS_DIR = dnn_mod.REPO_ROOT / "results"
 
@@ -101,15 +102,26 @@ def no_sharing_control(loaded: dict[str, Loaded], trained: dict[str, Trained],
     """Test accuracy after the SAME extra training each DNN gets when packed, but alone (no sharing).
 
     Each DNN becomes its own one-DNN store with all pages exclusive and is optimised with the same
-    optimizer, steps, batch size and learning rate; so any gain it shows comes from the extra
-    training, not from sharing.
+    optimizer, batch size, learning rate and number of its own batches; so any gain it shows comes
+    from the extra training, not from sharing.
     """
+    if config.optimizer == "joint" and config.dnns_per_step:  # each DNN saw only a share of the steps
+        share = min(config.dnns_per_step, len(loaded)) / len(loaded)
+        config = replace(config, steps=max(1, round(config.steps * share)), dnns_per_step=None)
     out = {}
-    for name, item in tqdm(loaded.items(), desc="no-sharing control", unit="DNN", leave=False):
+    for name, item in loaded.items():
         alone = solo_state(name, trained[name].theta, 512)
-        result, _ = optimize(alone, {name: item.task()}, config)
+        result, _ = optimize(alone, {name: item.task()}, replace(config, dnns=None), progress=False)
         out[name] = item.test_accuracy(packed_theta(result, name))
     return out
+
+
+def _control_worker(folders: list[str], thetas: list, config: dict) -> dict[str, float]:
+    """no_sharing_control in a worker process (it runs beside the joint optimisation)."""
+    set_single_thread()
+    loaded = load(folders)
+    trained = {name: Trained(name, torch.as_tensor(theta), 0.0, 0.0, 0, 0.0) for name, theta in zip(loaded, thetas)}
+    return no_sharing_control(loaded, trained, OptimizeConfig(**config))
 
 
 @dataclass
@@ -140,6 +152,14 @@ def run(config: RunConfig) -> dict:
     state, pack_times = pack(loaded, trained, config.pack, config.fisher)
     times.update(pack_times, pack_seconds=time.perf_counter() - start)
 
+    control_job, pool = None, None
+    if config.no_sharing:  # the control trains in a second process while the packed DNNs train here
+        pool = mp.get_context("spawn").Pool(1)
+        control_job = pool.apply_async(_control_worker, (
+            [str(item.dnn.path) for item in loaded.values()], [trained[n].theta.numpy() for n in loaded],
+            asdict(config.optimize)))
+        tqdm.write("no-sharing control: training each DNN alone, with the same budget, in a second process")
+
     start = time.perf_counter()
     state, history = optimize(state, {n: item.task() for n, item in loaded.items()}, config.optimize)
     times["optimize_seconds"] = time.perf_counter() - start
@@ -149,10 +169,11 @@ def run(config: RunConfig) -> dict:
     Store(config.store).save(state)
 
     control = None
-    if config.no_sharing:
+    if control_job is not None:
         start = time.perf_counter()
-        control = no_sharing_control(loaded, trained, config.optimize)
-        times["no_sharing_seconds"] = time.perf_counter() - start
+        control = control_job.get()
+        pool.close()
+        times["no_sharing_wait_seconds"] = time.perf_counter() - start
 
     rows = [make_row(state, name, trained[name].test_accuracy, item.test_accuracy(packed_theta(state, name)),
                      None if control is None else control[name]) for name, item in loaded.items()]
