@@ -105,6 +105,10 @@ def cmd_run(args) -> None:
         optimize=build_config(OptimizeConfig, args), no_sharing=args.no_sharing, train_steps=args.train_steps)
     summary = run(config)
     print(format_table(summary))
+    t = summary["timings"]
+    print(f"time:        stand-alone {t['standalone_seconds']:.0f} s, Fisher {t['fisher_seconds']:.1f} s, "
+          f"matching {t['matching_seconds']:.2f} s, optimisation {t['optimize_seconds']:.0f} s; "
+          f"peak memory {t['peak_memory_mb']:.0f} MB")
     print(f"\nwrote {args.results / 'summary.json'}, {args.results / 'summary.md'} and the store {args.store}/")
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import multiprocessing as mp
+import resource
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -177,6 +178,7 @@ def run(config: RunConfig) -> dict:
 
     rows = [make_row(state, name, trained[name].test_accuracy, item.test_accuracy(packed_theta(state, name)),
                      None if control is None else control[name]) for name, item in loaded.items()]
+    times["peak_memory_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # this process
     summary = summarize(state, rows)
     summary.update(config={"pack": asdict(config.pack), "fisher": asdict(config.fisher),
                            "optimize": asdict(config.optimize), "dnns": list(loaded)},
