@@ -85,3 +85,14 @@ def test_a_new_dnn_is_a_folder_with_no_code_edit(cache_with_data, tmp_path):
     out = cli("add", "letters_small", "--dnn-folder", tmp_path / "plugins", "--store", store, "--fisher-samples", "32").stdout
     assert "added letters_small" in out
     assert "letters_small" in cli("list", "--store", store).stdout
+
+
+def test_formation_and_optimization_scripts(cache_with_data, tmp_path):
+    env_flags = f"--store {tmp_path / 'state'} --train-steps 200"
+    run = lambda *cmd: subprocess.run(cmd, cwd=REPO, capture_output=True, text=True,  # noqa: E731
+                                      env={**__import__("os").environ, "WS_FLAGS": env_flags, "PYTHON": sys.executable})
+    formed = run("bash", "formation.sh", "-i", "10", "satellite", "letters")
+    assert formed.returncode == 0, formed.stderr
+    optimized = run("bash", "optimization.sh", "-r", "1", "-t", "1", "-i", "10")
+    assert optimized.returncode == 0, optimized.stderr
+    assert "1-th evaluation" in optimized.stdout and optimized.stdout.count("packed test accuracy") == 2
