@@ -32,7 +32,7 @@ N_TRAIN = 16000
 
 
 def build_model() -> TemplateNet:
-    return TemplateNet((16,), [], dense=[256, 192], classes=26)
+    return TemplateNet((16,), [], dense=[320, 160], classes=26)
 
 
 def _build() -> tuple[Dataset, dict[str, np.ndarray]]:

@@ -3,8 +3,11 @@
 Source: `Satellite.rda` of R's mlbench (UCI Statlog Landsat), unpacked from Debian's r-cran-mlbench
 into $WEIGHTSEP_CACHE/sources/mlbench by prepare_data.sh (without installing R). Split: rows
 0-4,434 are UCI's sat.trn, of which a random (seed 0) 10% (443) is the validation set; rows
-4,435-6,434 (sat.tst) are the test set. 36 features (3x3 pixels x 4 bands), standardised with the
-train split's mean and std. Dense-only model.
+4,435-6,434 (sat.tst) are the test set. The 36 columns x.1..x.36 are the 4 spectral bands of each
+of the 9 pixels, pixel by pixel, left to right and top to bottom (mlbench's ?Satellite: the central
+pixel is x.17..x.20), so each row is reshaped into a tiny image (4 bands, 3, 3) in NCHW order; each
+of the 36 values is standardised with the train split's mean and std. Two 2x2 VALID convs (pool
+1x1: the map is only 3x3) shrink it to 1x1, then dense layers.
 """
 from __future__ import annotations
 
@@ -14,14 +17,16 @@ import numpy as np
 
 from weightsep import datasets
 from weightsep.dnn import Dataset, Split
-from weightsep.model import TemplateNet
+from weightsep.model import Conv, TemplateNet
+
+BANDS = 4
 
 META = {
     "task": "land-cover classification from multispectral satellite pixels",
     "source": "Debian r-cran-mlbench 2.1-3-1: Satellite.rda (UCI Statlog Landsat Satellite)",
     "licence": "GPL-2 (mlbench package); UCI data",
     "real": True,
-    "input": (36,),
+    "input": (BANDS, 3, 3),
     "classes": 6,
     "stands_in_for": "CIFAR-10 / obstacle avoidance (real camera-like imagery)",
     "split": "official sat.trn 4,435 (seeded 443 of them validation) / sat.tst 2,000",
@@ -32,12 +37,15 @@ N_TRAIN = 4435
 
 
 def build_model() -> TemplateNet:
-    return TemplateNet((36,), [], dense=[256, 192], classes=6)
+    # narrow convs, wide dense: the Fisher concentrates in the few conv pages (few exclusive pages)
+    convs = [Conv(2, 2, 16, pool=(1, 1)), Conv(2, 2, 32, pool=(1, 1))]
+    return TemplateNet((BANDS, 3, 3), convs, dense=[256, 200], classes=6)
 
 
 def _build() -> tuple[Dataset, dict[str, np.ndarray]]:
     frame = datasets.read_mlbench("Satellite")
-    x = frame.drop(columns="classes").to_numpy(np.float64)
+    x = frame[[f"x.{i}" for i in range(1, 37)]].to_numpy(np.float64)  # pixel-major: (pixel, band)
+    x = x.reshape(-1, 3, 3, BANDS).transpose(0, 3, 1, 2)  # (row, col, band) -> NCHW (band, row, col)
     y = frame["classes"].cat.codes.to_numpy(np.int64)
     val, train = datasets.seeded_split(N_TRAIN, [N_TRAIN // 10], seed=0)
     test = np.arange(N_TRAIN, len(y))

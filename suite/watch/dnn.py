@@ -5,7 +5,8 @@ prepare_data.sh with `pip install --no-deps`): 140 recordings (10 subjects x 7 e
 of 6 channels (ax ay az wx wy wz) at 50 Hz. Each recording is cut into 128-step windows at stride
 64. Split by subject: subjects 1-6 train, 7 validation, 8-10 test (no subject in two splits).
 Channels standardised with the train split's mean and std. Inputs are 1-row images (6, 1, 128)
-and the convs run along time: Conv(1, k, out, pool=(1, 2)).
+and the convs run along time: narrow Conv(1, k, out, pool=(1, 3)) blocks (8/16/32 channels) shrink
+128 steps to 2, then wide dense layers, so the Fisher concentrates in the few conv pages.
 """
 from __future__ import annotations
 
@@ -35,8 +36,8 @@ SUBJECTS = {"train": range(1, 7), "val": range(7, 8), "test": range(8, 11)}
 
 
 def build_model() -> TemplateNet:
-    convs = [Conv(1, 7, out, pool=(1, 2)) for out in (24, 48, 64)]
-    return TemplateNet((6, 1, WINDOW), convs, dense=[32, 32], classes=7)
+    convs = [Conv(1, 9, 8, pool=(1, 3)), Conv(1, 9, 16, pool=(1, 3)), Conv(1, 5, 32, pool=(1, 3))]
+    return TemplateNet((6, 1, WINDOW), convs, dense=[256, 160], classes=7)
 
 
 def _source() -> Path:
