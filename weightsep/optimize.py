@@ -206,41 +206,28 @@ def joint(po: PageOptimizer) -> None:
             po.validate(dnn_batches)
 
 
-def _overlap_terms(po: PageOptimizer, name: str, last: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-weight (sum of F_other * w_other) and (sum of F_other), plus count of non-zero terms, for `name`.
+def _overlap_terms(po: PageOptimizer, name: str, last: dict[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
+    """Per weight of `name`'s flat vector: sums over the other DNNs sharing that position of F_o,
+    F_o w_o and F_o w_o^2, and how many of them have F_o > 0.
 
-    Returns (fisher_sum, weighted_target, count) laid out in `name`'s flat order over the weights on
-    shared pages: the overlap loss is sum_i mean_over_others F_o[i] (w[i] - w_o[i])^2 with zero
-    terms excluded from the mean, as the published code computes it.
+    The overlap loss sum_i mean_o F_o[i] (w[i] - w_o[i])^2 (zero terms left out of the mean, as
+    the published code computes it) expands into these, so they are computed once per turn.
     """
-    state = po.state
-    S, P = state.n_shared, state.page_size
-    me = state.vnns[name]
-    n_pad = me.page_table.numel() * P
-    f_terms, fw_terms, fw2_terms, count = (torch.zeros(n_pad) for _ in range(4))
-    for other, vnn in state.vnns.items():
+    S, P = po.state.n_shared, po.state.page_size
+    me = po.state.vnns[name]
+    on_shared = me.page_table < S
+    sums = torch.zeros(4, me.page_table.numel(), P)
+    for other, vnn in po.state.vnns.items():
         if other == name:
             continue
-        # where each of `other`'s shared pages sits, by shared index
-        f_pages = to_pages(vnn.fisher, P)
-        w_pages = to_pages(last[other], P)
-        by_shared_f = torch.zeros(S, P)
-        by_shared_w = torch.zeros(S, P)
-        mine = vnn.page_table < S
-        by_shared_f[vnn.page_table[mine]] = f_pages[mine]
-        by_shared_w[vnn.page_table[mine]] = w_pages[mine]
-        on_shared = me.page_table < S
-        f = torch.zeros(me.page_table.numel(), P)
-        w = torch.zeros(me.page_table.numel(), P)
-        f[on_shared] = by_shared_f[me.page_table[on_shared]]
-        w[on_shared] = by_shared_w[me.page_table[on_shared]]
-        f, w = f.reshape(-1), w.reshape(-1)
-        f_terms += f
-        fw_terms += f * w
-        fw2_terms += f * w * w
-        count += (f > 0).float()
-    n = me.n_weights
-    return f_terms[:n], fw_terms[:n], fw2_terms[:n], count[:n]
+        by_shared = torch.zeros(2, S, P)  # the other DNN's Fisher and weights, at their shared pages
+        theirs = vnn.page_table < S
+        by_shared[0, vnn.page_table[theirs]] = to_pages(vnn.fisher, P)[theirs]
+        by_shared[1, vnn.page_table[theirs]] = to_pages(last[other], P)[theirs]
+        f, w = torch.zeros(2, me.page_table.numel(), P)
+        f[on_shared], w[on_shared] = by_shared[:, me.page_table[on_shared]]
+        sums += torch.stack([f, f * w, f * w * w, (f > 0).float()])
+    return tuple(s.reshape(-1)[: me.n_weights] for s in sums)
 
 
 def round_robin(po: PageOptimizer) -> None:
