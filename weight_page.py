@@ -72,8 +72,9 @@ def main(argv=None) -> int:
     sep = separate(fisher, args.page_size, args.shared_pages, args.margin)
     cd = sep.contribution_density
     print(f"{name}: {theta.numel():,} weights -> {len(mass)} pages of {args.page_size}; Fisher {args.fisher}")
+    top_tenth = cd.sort(descending=True).values[: max(1, len(cd) // 10)].sum()
     print(f"margin {args.margin}: {len(sep.exclusive)} exclusive pages ({sep.n_overflow} of them overflow), "
-          f"{len(sep.sharable)} sharable; the top 10% of pages hold {cd.sort(descending=True).values[:max(1, len(cd) // 10)].sum():.1%} of the Fisher")
+          f"{len(sep.sharable)} sharable; the top 10% of pages hold {top_tenth:.1%} of the Fisher")
     print(f"{'page':>5} {'Fisher mass':>12} {'cd':>8} {'cumulative':>10}")
     cumulative = 0.0
     for page in torch.argsort(cd, descending=True)[:15].tolist():

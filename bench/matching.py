@@ -18,12 +18,8 @@ Times are medians over --repeat runs of one matcher call (cost matrix included),
 """
 from __future__ import annotations
 
-import os
-
-for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-    os.environ.setdefault(_var, "1")  # before numpy loads BLAS: threads fight on small shared machines
-
 import argparse
+import os
 
 import numpy as np
 import torch

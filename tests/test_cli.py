@@ -4,8 +4,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 REPO = Path(__file__).resolve().parent.parent
 SMALL = ["--train-steps", "300", "--fisher-samples", "64"]
 

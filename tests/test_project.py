@@ -23,6 +23,6 @@ def test_readme_opens_with_the_two_commands_and_ci_runs_the_test_one():
 
 def test_files_the_readme_names_exist():
     text = (REPO / "README.md").read_text()
-    for name in set(re.findall(r"`((?:[\w.]+/)*[\w]+\.(?:py|sh|md))", text)):
+    for name in set(re.findall(r"`((?:[\w.]+/)*[\w]+\.(?:py|sh|md))", text)) - {"results/summary.md"}:  # written by run
         candidates = [REPO / name, REPO / "docs" / name, REPO / "weightsep" / name]
         assert any(p.exists() for p in candidates), name

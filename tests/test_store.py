@@ -9,7 +9,14 @@ import pytest
 import torch
 
 from weightsep.store import (
-    FORMAT_VERSION, VNN, PackedState, Store, StoreError, atomic_write_text, load_tensors, save_tensors,
+    FORMAT_VERSION,
+    VNN,
+    PackedState,
+    Store,
+    StoreError,
+    atomic_write_text,
+    load_tensors,
+    save_tensors,
 )
 
 P, S = 8, 6

@@ -20,8 +20,6 @@ import types
 import typing
 from pathlib import Path
 
-import torch
-
 from . import dnn as dnn_mod
 from .evaluate import format_table, make_row, packed_theta, summarize
 from .fisher import ESTIMATORS, FisherConfig
@@ -178,8 +176,9 @@ def cmd_list(args) -> None:
         print("\n".join(state.vnns))
         return
     occupancy = state.occupancy()
+    top = int(occupancy.max()) if len(occupancy) else 0
     print(f"store {args.store}: mode {state.config['pack']['mode']}, page size {state.page_size}, "
-          f"{state.n_shared} shared pages ({int((occupancy > 0).sum())} in use, max occupancy {int(occupancy.max()) if len(occupancy) else 0})")
+          f"{state.n_shared} shared pages ({int((occupancy > 0).sum())} in use, max occupancy {top})")
     for name, vnn in state.vnns.items():
         excl = vnn.exclusive_pages.shape[0]
         print(f"  {name}: {vnn.n_weights:,} weights, {len(vnn.page_table)} pages ({len(vnn.page_table) - excl} shared, "

@@ -29,8 +29,8 @@ the Fisher stage's budget (~2 s per DNN on one CPU thread; timings in docs/fishe
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import torch

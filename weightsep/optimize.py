@@ -31,9 +31,9 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from .evaluate import accuracy
 from .pages import materialize, to_pages
 from .store import PackedState
-from .evaluate import accuracy
 from .train import batches
 
 LOSSES = {"ce": F.cross_entropy}

@@ -45,7 +45,7 @@ import re
 import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -414,7 +414,7 @@ class Store:
             for name, data in blobs.items():
                 if not self._holds(self.root / name, data):
                     atomic_write_bytes(self.root / name, data)
-            now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+            now = datetime.now(UTC).isoformat(timespec="seconds")
             manifest = {
                 "format": FORMAT, "format_version": FORMAT_VERSION,
                 "generation": current["generation"] + 1 if current else 1,
