@@ -100,6 +100,18 @@ def standardise(train: np.ndarray, *others: np.ndarray, axis: int | tuple[int, .
     return [((a - mean) / std).astype(np.float32) for a in (train, *others)]
 
 
+def official_split(x: np.ndarray, y: np.ndarray, n_train: int, n_val: int,
+                   seed: int = 0) -> tuple[Dataset, dict[str, np.ndarray]]:
+    """Rows [0, n_train) are the official training part, of which `n_val` seeded rows become the
+    validation set; the rest is the official test part. Features standardised with training stats.
+    Returns the dataset and the row indices of each split (the unit that must not cross splits)."""
+    val, train = seeded_split(n_train, [n_val], seed=seed)
+    test = np.arange(n_train, len(y))
+    xs = standardise(x[train], x[val], x[test])
+    rows = {"train": train, "val": val, "test": test}
+    return Dataset(*(Split(xi, y[i]) for xi, i in zip(xs, rows.values()))), rows
+
+
 def write_npz(path: Path, **arrays: np.ndarray) -> None:
     """Write a compressed .npz atomically (temp file in the same folder, then os.replace)."""
     path = Path(path)

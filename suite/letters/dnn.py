@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from weightsep import datasets
-from weightsep.dnn import Dataset, Split
+from weightsep.dnn import Dataset
 from weightsep.model import TemplateNet
 
 META = {
@@ -39,11 +39,7 @@ def _build() -> tuple[Dataset, dict[str, np.ndarray]]:
     frame = datasets.read_mlbench("LetterRecognition")
     x = frame.drop(columns="lettr").to_numpy(np.float64)
     y = frame["lettr"].cat.codes.to_numpy(np.int64)
-    val, train = datasets.seeded_split(N_TRAIN, [2000], seed=0)
-    test = np.arange(N_TRAIN, len(y))
-    xs = datasets.standardise(x[train], x[val], x[test])
-    data = Dataset(*(Split(xi, y[i]) for xi, i in zip(xs, (train, val, test))))
-    return data, {"train": train, "val": val, "test": test}
+    return datasets.official_split(x, y, N_TRAIN, 2000)
 
 
 def prepare(data_dir: Path) -> None:

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from weightsep import datasets
-from weightsep.dnn import Dataset, Split
+from weightsep.dnn import Dataset
 from weightsep.model import Conv, TemplateNet
 
 BANDS = 4
@@ -47,11 +47,7 @@ def _build() -> tuple[Dataset, dict[str, np.ndarray]]:
     x = frame[[f"x.{i}" for i in range(1, 37)]].to_numpy(np.float64)  # pixel-major: (pixel, band)
     x = x.reshape(-1, 3, 3, BANDS).transpose(0, 3, 1, 2)  # (row, col, band) -> NCHW (band, row, col)
     y = frame["classes"].cat.codes.to_numpy(np.int64)
-    val, train = datasets.seeded_split(N_TRAIN, [N_TRAIN // 10], seed=0)
-    test = np.arange(N_TRAIN, len(y))
-    xs = datasets.standardise(x[train], x[val], x[test])
-    data = Dataset(*(Split(xi, y[i]) for xi, i in zip(xs, (train, val, test))))
-    return data, {"train": train, "val": val, "test": test}
+    return datasets.official_split(x, y, N_TRAIN, N_TRAIN // 10)
 
 
 def prepare(data_dir: Path) -> None:
