@@ -81,3 +81,17 @@ def test_config_validation():
     state, tasks = packed_pair()
     with pytest.raises(ValueError, match="not packed"):
         optimize(state, tasks, OptimizeConfig(dnns=("zzz",)))
+
+
+def test_paper_loss_is_the_batch_wide_softmax_cross_entropy():
+    from weightsep.optimize import paper_cross_entropy
+
+    uniform = torch.zeros(100, 10)
+    assert paper_cross_entropy(uniform, torch.zeros(100, dtype=torch.long)).item() == pytest.approx(6.907755, abs=1e-5)
+    z, y = torch.randn(7, 4), torch.randint(0, 4, (7,))
+    batch_softmax = torch.exp(z - z.max()) / torch.exp(z - z.max()).sum()  # the originals' neuron_6
+    expected = -torch.log(batch_softmax[torch.arange(7), y]).mean()
+    torch.testing.assert_close(paper_cross_entropy(z, y), expected)
+    state, tasks = packed_pair()
+    _, history = optimize(state, tasks, OptimizeConfig(loss="paper", steps=60, eval_every=30, batch_size=50))
+    assert history.mean(history.best_index) > history.mean(0)
