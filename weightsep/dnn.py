@@ -7,6 +7,8 @@ Contract (docs/dnn_folders.md): `dnn.py` defines
 and optionally
     prepare(data_dir: Path) -> None    builds its data files from installed packages (idempotent)
     TRAIN: dict                        stand-alone training budget overrides (see train.TrainConfig)
+    load_weights(model) -> Tensor | None   trained weights from elsewhere (e.g. the authors'
+                                       checkpoints); when it returns a vector, nothing is trained
 
 The folder's name is the DNN's name. Searched, in order: the repository's top-level folders (the
 paper DNNs), `suite/*` (the offline default), then any folder given on the command line (a DNN
@@ -76,6 +78,11 @@ class DNN:
 
     def build_model(self):
         return self.module.build_model()
+
+    def load_weights(self, model):
+        """The folder's own trained weights (flat, TF order), or None: then weightsep trains them."""
+        loader = getattr(self.module, "load_weights", None)
+        return None if loader is None else loader(model)
 
     def load_data(self, root: Path | None = None) -> Dataset:
         root = data_dir() if root is None else root

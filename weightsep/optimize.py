@@ -37,7 +37,6 @@ from .store import PackedState
 from .train import batches
 
 
-
 def paper_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """The originals' loss: -mean_i log softmax_over_the_WHOLE_batch(z)[i, y_i] (ORIGINALS.md 0.2).
 

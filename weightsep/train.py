@@ -112,6 +112,20 @@ def cache_path(dnn: dnn_mod.DNN, config: TrainConfig) -> Path:
     return dnn_mod.cache_dir() / "models" / f"{dnn.name}-{hashlib.sha256(key.encode()).hexdigest()[:12]}.safetensors"
 
 
+def _imported(dnn: dnn_mod.DNN) -> Trained | None:
+    """A folder's own weights (its load_weights), scored on its validation and test data."""
+    model = dnn.build_model()
+    theta = dnn.load_weights(model)
+    if theta is None:
+        return None
+    if theta.shape != (model.n_weights,):
+        raise dnn_mod.DNNError(f"DNN {dnn.name!r}: load_weights gave {tuple(theta.shape)}, the model has {model.n_weights:,}")
+    data = dnn.load_data()
+    val = accuracy(model, theta, torch.from_numpy(data.val.x), torch.from_numpy(data.val.y))
+    test = accuracy(model, theta, torch.from_numpy(data.test.x), torch.from_numpy(data.test.y))
+    return Trained(dnn.name, theta, val, test, best_step=0, seconds=0.0, cached=True)
+
+
 def _train_worker(args: tuple[str, dict]) -> tuple[str, dict, np.ndarray]:
     path, config = args
     set_single_thread()
@@ -127,6 +141,10 @@ def standalone_models(dnns: list[dnn_mod.DNN], workers: int = 2, steps: int | No
     results: dict[str, Trained] = {}
     todo = []
     for dnn in dnns:
+        imported = _imported(dnn)
+        if imported is not None:
+            results[dnn.name] = imported
+            continue
         config = config_for(dnn, steps)
         path = cache_path(dnn, config)
         if path.exists() and not retrain:
