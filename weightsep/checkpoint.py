@@ -162,10 +162,10 @@ def _entry(value: bytes, what: str) -> dict:
         if number == 1:
             entry["dtype"] = v
         elif number == 2:
-            for n2, dim in _fields(v, what + " shape"):
+            for n2, field in _fields(v, what + " shape"):
                 if n2 == 2:  # repeated Dim {1: size, 2: name}
-                    entry["shape"].extend(d for n3, d in _fields(dim, what + " dim") if n3 == 1)
-                elif n2 == 3 and v:
+                    entry["shape"].extend(d for n3, d in _fields(field, what + " dim") if n3 == 1)
+                elif n2 == 3 and field:  # unknown_rank
                     raise CheckpointError(f"{what}: tensor of unknown rank")
         elif number in (3, 4, 5):
             entry[{3: "shard_id", 4: "offset", 5: "size"}[number]] = v
