@@ -163,8 +163,8 @@ def cmd_eval(args) -> None:
 def cmd_report(args) -> None:
     state = Store(args.store).load()
     loaded = load([v.meta.get("folder", n) for n, v in state.vnns.items()], args.dnn_folder)
-    rows = [make_row(state, n, state.vnns[n].meta["standalone"]["test_accuracy"],
-                     item.test_accuracy(packed_theta(state, n))) for n, item in loaded.items()]
+    rows = [make_row(state, n, state.vnns[n].meta["standalone"]["test_accuracy"], item.test_accuracy(packed_theta(state, n)),
+                     published=item.dnn.meta.get("published_accuracy")) for n, item in loaded.items()]
     summary = summarize(state, rows)
     write_summary(summary, args.results)
     print(format_table(summary))

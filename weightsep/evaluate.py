@@ -47,6 +47,7 @@ class Row:
     standalone_accuracy: float
     packed_accuracy: float
     control_accuracy: float | None = None  # --no-sharing: same extra training, no sharing
+    published: dict | None = None  # the paper's figures (%), e.g. {"stand_alone": 98.61, "separated": 98.45}
 
     @property
     def difference_pp(self) -> float:
@@ -54,10 +55,10 @@ class Row:
 
 
 def make_row(state: PackedState, name: str, standalone_accuracy: float, packed_accuracy: float,
-             control_accuracy: float | None = None) -> Row:
+             control_accuracy: float | None = None, published: dict | None = None) -> Row:
     vnn = state.vnns[name]
     return Row(name, vnn.n_weights, n_pages(vnn.n_weights, state.page_size), vnn.exclusive_pages.shape[0],
-               standalone_accuracy, packed_accuracy, control_accuracy)
+               standalone_accuracy, packed_accuracy, control_accuracy, published)
 
 
 def summarize(state: PackedState, rows: list[Row]) -> dict:
@@ -96,14 +97,21 @@ def format_table(summary: dict, markdown: bool = False) -> str:
     """The paper-style table; Markdown for results/summary.md, aligned text for the terminal."""
     rows, t = summary["rows"], summary["totals"]
     control = "mean_control_accuracy" in t
+    paper = all(r.get("published") for r in rows)
     head = ["DNN", "weights", "pages", "exclusive", "stand-alone %", "packed %", "diff pp"] + (
-        ["no-sharing %"] if control else [])
+        ["no-sharing %"] if control else []) + (["paper: stand-alone %", "separated %", "diff pp"] if paper else [])
+
+    def published(p: dict) -> list[str]:
+        return [f"{p['stand_alone']:.2f}", f"{p['separated']:.2f}", f"{p['separated'] - p['stand_alone']:+.2f}"]
+
     body = [[r["name"], f"{r['weights']:,}", str(r["pages"]), str(r["exclusive_pages"]),
              f"{100 * r['standalone_accuracy']:.2f}", f"{100 * r['packed_accuracy']:.2f}",
              f"{r['difference_pp']:+.2f}"] + ([f"{100 * r['control_accuracy']:.2f}"] if control else [])
-            for r in rows]
+            + (published(r["published"]) if paper else []) for r in rows]
+    mean_published = {k: sum(r["published"][k] for r in rows) / len(rows) for k in ("stand_alone", "separated")} if paper else {}
     body.append(["mean", "", "", "", f"{100 * t['mean_standalone_accuracy']:.2f}", f"{100 * t['mean_packed_accuracy']:.2f}",
-                 f"{t['mean_difference_pp']:+.2f}"] + ([f"{100 * t['mean_control_accuracy']:.2f}"] if control else []))
+                 f"{t['mean_difference_pp']:+.2f}"] + ([f"{100 * t['mean_control_accuracy']:.2f}"] if control else [])
+                + (published(mean_published) if paper else []))
     if markdown:
         lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         lines += ["| " + " | ".join(r) + " |" for r in body]

@@ -25,8 +25,11 @@ from pathlib import Path
 import numpy as np
 
 from weightsep import datasets
+from weightsep.checkpoint import import_checkpoint
 from weightsep.dnn import Dataset, Split
+from weightsep.dnn import data_dir as default_data_dir
 from weightsep.model import TemplateNet
+from weightsep.originals import fixtures_dir
 
 WS_ORDER = ("cifar10", "mnist", "fmnist", "gtsrb", "svhn", "obs", "gsc", "esc10", "us8k", "hhar")
 NWV_ORDER = ("mnist", "gsc", "gtsrb", "cifar10", "svhn")
@@ -197,3 +200,15 @@ def read_mnist_idx(part: str, dirs: Sequence[Path], name: str, also: str = "") -
         raise ValueError(f"{found[0]}: images {images.shape} and labels {labels.shape} are not an MNIST-style pair")
     x = images.reshape(-1, 1, 28, 28).astype(np.float32) * np.float32(1.0 / 255.0)
     return Split(x, labels.astype(np.int64))
+
+
+def authors_weights(name: str, model: TemplateNet, data_dir: Path | None = None):
+    """The WS authors' trained weights for `name` when the model is WS's architecture: their TF
+    checkpoint from DATA_DIR/NAME/NAME.index (a copy of the authors' folder) or the originals'
+    fixtures (fixtures_dir()/ws/NAME.index); None when neither is there (then weightsep trains)."""
+    if model.n_weights != PUBLISHED[name].weights:  # e.g. arch="nwv": no WS checkpoint for it
+        return None
+    for prefix in (Path(data_dir or default_data_dir()) / name / name, fixtures_dir() / "ws" / name):
+        if prefix.with_suffix(".index").is_file():
+            return import_checkpoint(prefix, model)
+    return None

@@ -177,7 +177,8 @@ def run(config: RunConfig) -> dict:
         times["no_sharing_wait_seconds"] = time.perf_counter() - start
 
     rows = [make_row(state, name, trained[name].test_accuracy, item.test_accuracy(packed_theta(state, name)),
-                     None if control is None else control[name]) for name, item in loaded.items()]
+                     None if control is None else control[name], item.dnn.meta.get("published_accuracy"))
+            for name, item in loaded.items()]
     times["peak_memory_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # this process
     summary = summarize(state, rows)
     summary.update(config={"pack": asdict(config.pack), "fisher": asdict(config.fisher),

