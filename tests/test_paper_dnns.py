@@ -274,3 +274,35 @@ def test_fmnist_from_debian(tmp_path):
     assert (len(data.train.y), len(data.val.y), len(data.test.y)) == (54_000, 6_000, 10_000)
     assert data.test.x.shape[1:] == (1, 28, 28) and 0 <= data.test.x.min() and data.test.x.max() <= 1
     assert np.bincount(data.test.y).tolist() == [1000] * 10
+
+
+def test_two_dnn_paper_pipeline_with_the_original_scripts(tmp_path):
+    """formation.sh then optimization.sh (shortened) on the WS mnist and fmnist checkpoints, then report."""
+    import os
+    import subprocess
+    import sys
+
+    from weightsep import dnn as dnn_mod
+    from weightsep.originals import fixtures_dir
+
+    if not (fixtures_dir() / "ws" / "mnist.index").is_file():
+        pytest.skip(f"the authors' checkpoints are not in {fixtures_dir()}")
+    try:
+        for name in ("mnist", "fmnist"):
+            dnn_mod.get(name).load_data()
+    except (FileNotFoundError, dnn_mod.DNNError) as e:
+        pytest.skip(f"MNIST / Fashion-MNIST data not available here: {e}")
+    repo = Path(__file__).resolve().parent.parent
+    flags = f"--store {tmp_path / 'state'}"
+    env = {**os.environ, "WS_FLAGS": flags, "PYTHON": sys.executable}
+
+    def sh(*cmd):
+        result = subprocess.run(cmd, cwd=repo, capture_output=True, text=True, env=env)
+        assert result.returncode == 0, result.stderr
+        return result.stdout
+
+    sh("bash", "formation.sh", "-i", "10", "mnist", "fmnist")
+    out = sh("bash", "optimization.sh", "-r", "1", "-t", "1", "-i", "10")
+    assert out.count("packed test accuracy") == 2 and "stand-alone 98.61%" in out and "stand-alone 87.49%" in out
+    table = sh(sys.executable, "-m", "weightsep", "report", *flags.split(), "--results", str(tmp_path / "results"))
+    assert "paper: stand-alone %" in table and "98.61" in table and "85.80" in table
