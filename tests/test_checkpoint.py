@@ -162,8 +162,9 @@ def test_ws_mnist_scores_its_published_98_61_on_the_mnist_test_set(ws):
     assert correct == 9_861  # 98.61 %, WS's published figure
 
 
-def _numpy_forward(tensors, x_nhwc, n_convs, n_dense):
-    """TF semantics in float64 NumPy: NHWC VALID conv, LeakyReLU 0.2, 2x2 VALID max-pool, (h,w,c) flatten."""
+def _numpy_forward(tensors, x_nhwc, n_convs, n_dense, hidden="leaky_relu"):
+    """TF semantics in float64 NumPy: NHWC VALID conv, LeakyReLU 0.2, 2x2 VALID max-pool, (h,w,c) flatten,
+    dense layers with LeakyReLU 0.2 or Sigmoid hidden activations."""
     x = x_nhwc.astype(np.float64)
     for i in range(n_convs):
         w, b = tensors[f"weight_{i}"].astype(np.float64), tensors[f"bias_{i}"].astype(np.float64)
@@ -177,15 +178,18 @@ def _numpy_forward(tensors, x_nhwc, n_convs, n_dense):
     for j in range(n_convs, n_convs + n_dense + 1):
         x = x @ tensors[f"weight_{j}"].astype(np.float64) + tensors[f"bias_{j}"].astype(np.float64)
         if j < n_convs + n_dense:
-            x = np.where(x > 0, x, 0.2 * x)
+            x = np.where(x > 0, x, 0.2 * x) if hidden == "leaky_relu" else 1 / (1 + np.exp(-x))
     return x
 
 
-@pytest.mark.parametrize("name,make", [("mnist", ws_mnist_net), ("fmnist", ws_fmnist_net)])
-def test_template_net_matches_a_numpy_tf_layout_forward(ws, checkpoints, name, make):
-    net = make()
-    x = np.random.default_rng(1).random((16, 28, 28, 1), dtype=np.float32)
-    reference = _numpy_forward(checkpoints[name], x, n_convs=3, n_dense=2)
+@pytest.mark.parametrize("name", ["cifar10", "mnist", "fmnist", "gtsrb", "svhn", "obs", "gsc", "esc10", "us8k", "hhar"])
+def test_every_imported_dnn_matches_a_numpy_tf_layout_forward(ws, checkpoints, name):
+    from weightsep import dnn
+
+    net = dnn.get(name).build_model()
+    c, h, w = net.input_shape
+    x = np.random.default_rng(1).random((8, h, w, c), dtype=np.float32)
+    reference = _numpy_forward(checkpoints[name], x, len(net.convs), len(net.dense), net.hidden_act)
     with torch.no_grad():
         logits = net(torch.from_numpy(x).permute(0, 3, 1, 2), theta=import_checkpoint(ws / name, net)).double().numpy()
     assert np.abs(logits - reference).max() <= 1e-4 * np.abs(reference).max()
