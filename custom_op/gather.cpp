@@ -1,0 +1,115 @@
+// weightsep::gather_pages and its backward weightsep::scatter_add_pages: the schema (defined once
+// here) and the CPU kernels. The CUDA kernels are registered in gather_cuda.cu; Python picks the
+// implementation by the device of the tensors, never by branching.
+//
+//   gather_pages(pages [R, P], page_table [n_pages] int64, n_weights) -> flat [n_weights]
+//       flat = pages[page_table].reshape(-1)[:n_weights]
+//   scatter_add_pages(grad_flat [n], page_table [n_pages] int64, n_rows, page_size) -> [n_rows, page_size]
+//       zeros, then grad of logical page i added into row page_table[i] (summed where rows repeat)
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <cstring>
+
+namespace weightsep {
+
+namespace {
+
+constexpr int64_t kGrainElements = 32768;  // per parallel_for chunk; below it threads cost more than they save
+
+void check_table(const at::Tensor& page_table, int64_t n, int64_t page_size, const char* op) {
+  TORCH_CHECK(page_table.scalar_type() == at::kLong, op, ": page_table must be int64, got ", page_table.scalar_type());
+  TORCH_CHECK(page_table.dim() == 1, op, ": page_table must be 1-D, got ", page_table.dim(), "-D");
+  TORCH_CHECK(n >= 0, op, ": n_weights must be >= 0, got ", n);
+  TORCH_CHECK(n <= page_table.numel() * page_size, op, ": n_weights = ", n, " does not fit in ", page_table.numel(),
+              " pages of ", page_size);
+}
+
+void check_rows(const int64_t* table, int64_t n_pages, int64_t n_rows, const char* op) {
+  for (int64_t i = 0; i < n_pages; ++i) {
+    TORCH_CHECK(table[i] >= 0 && table[i] < n_rows, op, ": page_table[", i, "] = ", table[i],
+                " is out of range for ", n_rows, " page rows");
+  }
+}
+
+int64_t pages_used(int64_t n, int64_t page_size) { return page_size == 0 ? 0 : (n + page_size - 1) / page_size; }
+
+}  // namespace
+
+at::Tensor gather_pages_cpu(const at::Tensor& pages, const at::Tensor& page_table, int64_t n_weights) {
+  TORCH_CHECK(pages.dim() == 2, "gather_pages: pages must be [rows, page_size], got ", pages.dim(), "-D");
+  TORCH_CHECK(at::isFloatingType(pages.scalar_type()), "gather_pages: pages must be floating point, got ",
+              pages.scalar_type());
+  TORCH_CHECK(page_table.device() == pages.device(), "gather_pages: page_table is on ", page_table.device(),
+              " but pages on ", pages.device());
+  const int64_t n_rows = pages.size(0), page_size = pages.size(1);
+  check_table(page_table, n_weights, page_size, "gather_pages");
+  const at::Tensor src_t = pages.contiguous();
+  const at::Tensor table_t = page_table.contiguous();
+  const int64_t* table = table_t.const_data_ptr<int64_t>();
+  check_rows(table, table_t.numel(), n_rows, "gather_pages");
+
+  at::Tensor flat = at::empty({n_weights}, pages.options());
+  const auto* src = static_cast<const char*>(src_t.const_data_ptr());
+  auto* dst = static_cast<char*>(flat.mutable_data_ptr());
+  const int64_t elem = pages.element_size();
+  const int64_t used = pages_used(n_weights, page_size);
+  const int64_t grain = std::max<int64_t>(1, kGrainElements / std::max<int64_t>(1, page_size));
+  at::parallel_for(0, used, grain, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      const int64_t len = std::min(page_size, n_weights - i * page_size);  // the last page may be partial
+      std::memcpy(dst + i * page_size * elem, src + table[i] * page_size * elem, len * elem);
+    }
+  });
+  return flat;
+}
+
+at::Tensor scatter_add_pages_cpu(const at::Tensor& grad_flat, const at::Tensor& page_table, int64_t n_rows,
+                                 int64_t page_size) {
+  TORCH_CHECK(grad_flat.dim() == 1, "scatter_add_pages: grad_flat must be 1-D, got ", grad_flat.dim(), "-D");
+  TORCH_CHECK(at::isFloatingType(grad_flat.scalar_type()), "scatter_add_pages: grad_flat must be floating point, got ",
+              grad_flat.scalar_type());
+  TORCH_CHECK(page_table.device() == grad_flat.device(), "scatter_add_pages: page_table is on ", page_table.device(),
+              " but grad_flat on ", grad_flat.device());
+  TORCH_CHECK(n_rows >= 0 && page_size >= 0, "scatter_add_pages: n_rows and page_size must be >= 0, got ", n_rows,
+              " and ", page_size);
+  const int64_t n = grad_flat.numel();
+  check_table(page_table, n, page_size, "scatter_add_pages");
+  const at::Tensor grad_t = grad_flat.contiguous();
+  const at::Tensor table_t = page_table.contiguous();
+  const int64_t* table = table_t.const_data_ptr<int64_t>();
+  check_rows(table, table_t.numel(), n_rows, "scatter_add_pages");
+
+  at::Tensor grad_pages = at::zeros({n_rows, page_size}, grad_flat.options());
+  const int64_t used = pages_used(n, page_size);
+  // Parallel over columns, serial over pages: two logical pages that map one row never race, and
+  // every element sums its contributions in page order (deterministic).
+  const int64_t grain = std::max<int64_t>(1, kGrainElements / std::max<int64_t>(1, used));
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad_flat.scalar_type(), "scatter_add_pages_cpu", [&] {
+    const scalar_t* g = grad_t.const_data_ptr<scalar_t>();
+    scalar_t* out = grad_pages.mutable_data_ptr<scalar_t>();
+    at::parallel_for(0, page_size, grain, [&](int64_t c0, int64_t c1) {
+      for (int64_t i = 0; i < used; ++i) {
+        const int64_t hi = std::min(c1, n - i * page_size);
+        scalar_t* row = out + table[i] * page_size;
+        const scalar_t* page = g + i * page_size;
+        for (int64_t c = c0; c < hi; ++c) row[c] += page[c];
+      }
+    });
+  });
+  return grad_pages;
+}
+
+TORCH_LIBRARY(weightsep, m) {
+  m.def("gather_pages(Tensor pages, Tensor page_table, SymInt n_weights) -> Tensor");
+  m.def("scatter_add_pages(Tensor grad_flat, Tensor page_table, SymInt n_rows, SymInt page_size) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(weightsep, CPU, m) {
+  m.impl("gather_pages", &gather_pages_cpu);
+  m.impl("scatter_add_pages", &scatter_add_pages_cpu);
+}
+
+}  // namespace weightsep

@@ -1,0 +1,87 @@
+// CUDA implementations of weightsep::gather_pages / scatter_add_pages (schema in gather.cpp).
+// The kernels live in gather_kernels.cuh; this file checks inputs, allocates, and launches them on
+// the current CUDA stream of the tensors' device.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include "gather_kernels.cuh"
+
+namespace weightsep {
+
+namespace {
+
+void check_cuda_inputs(const at::Tensor& data, const at::Tensor& page_table, int64_t n, int64_t page_size,
+                       const char* op) {
+  TORCH_CHECK(data.is_cuda() && page_table.is_cuda(), op, ": expected CUDA tensors, got ", data.device(), " and ",
+              page_table.device());
+  TORCH_CHECK(data.device() == page_table.device(), op, ": tensors on different devices: ", data.device(), " and ",
+              page_table.device());
+  TORCH_CHECK(data.scalar_type() == at::kFloat || data.scalar_type() == at::kDouble, op,
+              ": CUDA kernel takes float32 or float64, got ", data.scalar_type());
+  TORCH_CHECK(page_table.scalar_type() == at::kLong, op, ": page_table must be int64, got ", page_table.scalar_type());
+  TORCH_CHECK(page_table.dim() == 1, op, ": page_table must be 1-D, got ", page_table.dim(), "-D");
+  TORCH_CHECK(n >= 0, op, ": n_weights must be >= 0, got ", n);
+  TORCH_CHECK(n <= page_table.numel() * page_size, op, ": n_weights = ", n, " does not fit in ", page_table.numel(),
+              " pages of ", page_size);
+  // Row bounds are checked by a device assert in the kernel (a host check would synchronise).
+}
+
+// CUDAGuard has set the device; the runtime answers this attribute from a cache (no driver call).
+// (ATen/cuda/CUDAContext.h would also give it, but pulls in cuBLAS/cuSPARSE headers.)
+int max_blocks() {
+  int device = 0, sms = 0;
+  C10_CUDA_CHECK(cudaGetDevice(&device));
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+  return 8 * sms;
+}
+
+}  // namespace
+
+at::Tensor gather_pages_cuda(const at::Tensor& pages, const at::Tensor& page_table, int64_t n_weights) {
+  TORCH_CHECK(pages.dim() == 2, "gather_pages: pages must be [rows, page_size], got ", pages.dim(), "-D");
+  check_cuda_inputs(pages, page_table, n_weights, pages.size(1), "gather_pages");
+  const c10::cuda::CUDAGuard guard(pages.device());
+  const at::Tensor src = pages.contiguous();
+  const at::Tensor table = page_table.contiguous();
+  at::Tensor flat = at::empty({n_weights}, pages.options());
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES(pages.scalar_type(), "gather_pages_cuda", [&] {
+    launch_gather_pages<scalar_t>(src.const_data_ptr<scalar_t>(), table.const_data_ptr<int64_t>(),
+                                  flat.mutable_data_ptr<scalar_t>(), n_weights, pages.size(1), pages.size(0),
+                                  max_blocks(), stream);
+  });
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return flat;
+}
+
+at::Tensor scatter_add_pages_cuda(const at::Tensor& grad_flat, const at::Tensor& page_table, int64_t n_rows,
+                                  int64_t page_size) {
+  TORCH_CHECK(grad_flat.dim() == 1, "scatter_add_pages: grad_flat must be 1-D, got ", grad_flat.dim(), "-D");
+  TORCH_CHECK(n_rows >= 0 && page_size >= 0, "scatter_add_pages: n_rows and page_size must be >= 0, got ", n_rows,
+              " and ", page_size);
+  const int64_t n = grad_flat.numel();
+  check_cuda_inputs(grad_flat, page_table, n, page_size, "scatter_add_pages");
+  const c10::cuda::CUDAGuard guard(grad_flat.device());
+  const at::Tensor grad = grad_flat.contiguous();
+  const at::Tensor table = page_table.contiguous();
+  at::Tensor grad_pages = at::zeros({n_rows, page_size}, grad_flat.options());
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES(grad_flat.scalar_type(), "scatter_add_pages_cuda", [&] {
+    launch_scatter_add_pages<scalar_t>(grad.const_data_ptr<scalar_t>(), table.const_data_ptr<int64_t>(),
+                                       grad_pages.mutable_data_ptr<scalar_t>(), n, page_size, n_rows, max_blocks(),
+                                       stream);
+  });
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return grad_pages;
+}
+
+TORCH_LIBRARY_IMPL(weightsep, CUDA, m) {
+  m.impl("gather_pages", &gather_pages_cuda);
+  m.impl("scatter_add_pages", &scatter_add_pages_cuda);
+}
+
+}  // namespace weightsep
