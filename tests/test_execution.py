@@ -1,0 +1,143 @@
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from weightsep.evaluate import packed_theta
+from weightsep.execution import PackedModel
+from weightsep.model import Conv, TemplateNet
+from weightsep.pack import PackConfig, add_vnn, new_state, solo_state
+
+torch.set_num_threads(1)
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+P, S = 64, 12
+MODES = [("gather", "ops"), ("gather", "index_select"), ("zero-copy", "ops")]
+
+
+def packed_two():
+    """A conv DNN and a dense DNN packed into 12 shared pages of 64, with exclusive pages."""
+    nets = {"conv": TemplateNet((1, 8, 8), [Conv(3, 3, 4)], dense=[16], classes=3),
+            "dense": TemplateNet((8,), [], dense=[48], classes=3)}
+    config = PackConfig(page_size=P, n_shared=S, margin=0.5)
+    state = new_state(config, S)
+    for seed, (name, net) in enumerate(nets.items()):
+        torch.manual_seed(seed)
+        net.reset_parameters()
+        theta = net.theta.detach().clone()
+        state, _ = add_vnn(state, name, theta, torch.rand_like(theta), config)
+    g = torch.Generator().manual_seed(0)
+    inputs = {"conv": torch.randn(37, 1, 8, 8, generator=g), "dense": torch.randn(37, 8, generator=g)}
+    return state, nets, inputs
+
+
+@pytest.mark.parametrize("mode,kernel", MODES)
+def test_outputs_equal_the_reference_forward_with_packed_theta(mode, kernel):
+    state, nets, inputs = packed_two()
+    assert all(v.n_exclusive > 0 for v in state.vnns.values())  # both levels are exercised
+    pm = PackedModel(state, nets, mode=mode, kernel=kernel)
+    for name in state.vnns:
+        pm.switch(name)
+        with torch.no_grad():
+            ref = nets[name](inputs[name], packed_theta(state, name))
+        assert torch.equal(pm.predict(inputs[name], batch=10), ref)
+        if mode == "gather":
+            assert torch.equal(pm.theta, packed_theta(state, name))
+
+
+@pytest.mark.parametrize("mode,kernel", MODES)
+def test_switching_back_and_forth_gives_the_same_outputs(mode, kernel):
+    state, nets, inputs = packed_two()
+    pm = PackedModel(state, nets, mode=mode, kernel=kernel)
+    first = {}
+    for name in ["conv", "dense", "conv", "conv", "dense", "conv", "dense"]:
+        pm.switch(name)
+        out = pm.predict(inputs[name])
+        assert torch.equal(first.setdefault(name, out), out)
+        assert pm.current == name
+
+
+def test_bytes_accounting():
+    state, nets, _ = packed_two()
+    e_max = max(v.n_exclusive for v in state.vnns.values())
+    n_max = max(v.n_weights for v in state.vnns.values())
+    for mode, kernel in MODES:
+        pm = PackedModel(state, nets, mode=mode, kernel=kernel)
+        for name, v in state.vnns.items():
+            assert pm.bytes_moved_per_switch(name) == v.n_exclusive * P * 4 + v.n_pages * 8
+        flat = 0 if mode == "zero-copy" else max(pm.weights.numel(), n_max) * 4
+        assert pm.device_bytes() == (S + e_max) * P * 4 + flat  # CPU: page tables stay in host memory
+        assert pm.host_bytes() == sum(v.n_exclusive * P * 4 + v.n_pages * 8 for v in state.vnns.values())
+        if mode == "zero-copy":
+            assert all(0.0 <= pm.view_fraction(n) <= 1.0 for n in state.vnns)
+
+
+def test_zero_copy_reads_consecutive_pages_as_views():
+    net = TemplateNet((1, 8, 8), [Conv(3, 3, 4)], dense=[16], classes=3)
+    state = solo_state("solo", net.theta.detach().clone(), P)  # all pages exclusive, in order
+    pm = PackedModel(state, {"solo": net}, mode="zero-copy")
+    pm.switch("solo")
+    assert pm.view_fraction("solo") == 1.0
+    x = torch.randn(5, 1, 8, 8)
+    with torch.no_grad():
+        assert torch.equal(pm(x), net(x, packed_theta(state, "solo")))
+
+
+def test_errors():
+    state, nets, inputs = packed_two()
+    pm = PackedModel(state, nets)
+    with pytest.raises(RuntimeError, match="switch"):
+        pm(inputs["conv"])
+    with pytest.raises(KeyError, match="nope"):
+        pm.switch("nope")
+    with pytest.raises(ValueError, match="mode"):
+        PackedModel(state, nets, mode="mmap")
+    with pytest.raises(ValueError, match="no model"):
+        PackedModel(state, {"conv": nets["conv"]})
+
+
+def _run(args, env, timeout=240):
+    r = subprocess.run([sys.executable, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+    assert r.returncode == 0, f"{args} failed:\n{r.stdout}\n{r.stderr}"
+    return r.stdout
+
+
+def test_ws_and_baseline_execution_end_to_end(cache_with_data, tmp_path):
+    # the stand-in torch backend of weightsep.ops: an extension build inside the temporary cache
+    # would dominate the test's time, and both backends copy the same floats
+    env = {**os.environ, "WEIGHTSEP_OPS_BACKEND": "torch", "OMP_NUM_THREADS": "1"}
+    store = str(tmp_path / "st")
+    _run(["-m", "weightsep", "run", "--dnns", "satellite", "letters", "--train-steps", "200", "--steps", "20",
+          "--store", store, "--results", str(tmp_path / "results")], env)
+    evals = {}
+    for name in ("satellite", "letters"):
+        out = _run(["-m", "weightsep", "eval", name, "--store", store], env)
+        m = re.search(rf"{name}: packed test accuracy ([\d.]+)%, stand-alone ([\d.]+)%", out)
+        assert m, out
+        evals[name] = m.groups()
+    for mode in ("gather", "zero-copy"):
+        out = _run(["ws_execution.py", "--store", store, "--switches", "5", "--mode", mode], env)
+        assert re.search(r"5 switches, total switching time [\d.]+ ms .*total inference time [\d.]+ s", out), out
+        for name, (packed, _) in evals.items():
+            assert f"{name}: packed test accuracy {packed}%" in out, out
+    out = _run(["baseline_execution.py", "--store", store, "--switches", "5", "--train-steps", "200"], env)
+    assert re.search(r"5 switches, total switching time [\d.]+ ms .*total inference time [\d.]+ s", out), out
+    for name, (_, alone) in evals.items():
+        assert f"{name}: stand-alone test accuracy {alone}%" in out, out
+
+    # exactly, not only to two decimals: the evaluate.packed_theta path in this process
+    from weightsep.pipeline import load
+    from weightsep.store import Store
+
+    state = Store(store).load()
+    out = _run(["ws_execution.py", "--store", store, "--switches", "3"], env)
+    for name, item in load(list(state.vnns)).items():
+        exact = item.test_accuracy(packed_theta(state, name))
+        assert f"{name}: packed test accuracy {100 * exact:.2f}% ({exact!r})" in out, out
+
+
+def test_help():
+    for script in ("ws_execution.py", "baseline_execution.py"):
+        assert "--switches" in _run([script, "--help"], os.environ.copy(), timeout=60)

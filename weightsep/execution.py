@@ -1,0 +1,253 @@
+"""Two-level execution of a packed store and fast DNN switching (DESIGN.md 3.7).
+
+Placement:
+
+* level 1, the **shared pages** `[S, P]`: copied ONCE into the first `S` rows of a preallocated
+  device page store `[S + E_max, P]` (`E_max`: the most exclusive pages any DNN has);
+* level 2, the **exclusive pages** of every DNN: kept in host memory (pinned when the device is
+  CUDA, so the copy is a true asynchronous DMA), never all on the device at once;
+* a device page-table buffer `[n_pages_max]` and, in "gather" mode, a flat weight buffer
+  `[n_weights_max]` (the largest DNN's weights), both preallocated (the weight buffer is written in
+  place when `gather_pages` takes `out=` or with `kernel="index_select"`; otherwise the gather's own
+  output is used as is, because copying it into a buffer would double the bytes written per switch).
+
+`kernel="ops"` (default) gathers with `weightsep.ops.gather_pages` (the C++/CUDA extension when
+built, else plain indexing); `kernel="index_select"` with `torch.index_select(..., out=buffer)`,
+one ATen call with no allocation, the fastest CPU gather measured here (docs/execution.md).
+
+`switch(name)` copies the DNN's exclusive pages host -> device into rows `S .. S+E` of the page
+store (the rows its page table's entries `S + e` name) and its page table into the table buffer
+(on CPU, where host memory is the device, the host table is used in place: no copy); then, by mode:
+
+* `"gather"` (the published method): resolve the page table into the flat weight buffer with ONE
+  `weightsep.ops.gather_pages` call (the C++/CUDA kernel when built). `forward` then runs the
+  template net on that flat vector, exactly as `evaluate.packed_theta` + `model(x, theta)` does.
+* `"zero-copy"`: nothing is materialised at switch time. `forward` resolves each weight tensor
+  lazily from the page store just before the layer uses it. A tensor whose pages are consecutive
+  rows of the page store (e.g. it lies inside one page, or the matcher left its pages in order) is
+  a true zero-copy *view* of the store; any other tensor is gathered page by page into a temporary
+  (only its own pages). What it saves: the switch (no full gather, no flat weight buffer on the
+  device: `n_weights_max * 4` bytes less). What it does NOT save: PyTorch's conv/matmul kernels
+  need a dense strided tensor, so non-contiguous tensors are still copied, now at EVERY forward
+  (one small gather per such tensor per call) instead of once per switch; peak transient memory is
+  the largest such tensor. A real zero-copy forward (kernels reading weights through the page
+  table) needs custom conv/GEMM kernels; this module does not pretend to have them.
+  `view_fraction(name)` says how many of a DNN's weights are served as views.
+
+Both modes give bit-identical weights to `evaluate.packed_theta` (gathering copies floats), so
+accuracies equal `python -m weightsep eval` exactly when inputs are batched the same way.
+
+    pm = PackedModel(Store("state").load(), {n: item.model for n, item in loaded.items()})
+    pm.switch("mnist10k")
+    logits = pm.predict(x, batch=2000)
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+
+from weightsep.ops import gather_pages
+
+from .store import PackedState
+
+MODES = ("gather", "zero-copy")
+KERNELS = ("ops", "index_select")  # the gather: weightsep.ops.gather_pages, or torch.index_select(out=buffer)
+FLOAT_BYTES = 4
+
+
+class _LazyTensors(Mapping):
+    """TF-layout weight tensors of the current DNN, each resolved from the page store on access."""
+
+    def __init__(self, owner: PackedModel, name: str):
+        self.owner, self.name = owner, name
+        self.plan = owner._plans[name]
+
+    def __getitem__(self, key: str) -> torch.Tensor:
+        return self.owner._resolve(self.plan[key])
+
+    def __iter__(self):
+        return iter(self.plan)
+
+    def __len__(self) -> int:
+        return len(self.plan)
+
+
+class PackedModel:
+    """A packed store placed on a device in two levels, running one DNN at a time (see the module doc)."""
+
+    def __init__(self, state: PackedState, models: Mapping[str, torch.nn.Module], device: str | torch.device = "cpu",
+                 mode: str = "gather", kernel: str = "ops"):
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        if kernel not in KERNELS:
+            raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
+        self.kernel = kernel
+        missing = [n for n in state.vnns if n not in models]
+        if missing:
+            raise ValueError(f"no model given for packed DNN(s) {missing}")
+        for name, vnn in state.vnns.items():
+            if getattr(models[name], "n_weights", vnn.n_weights) != vnn.n_weights:
+                raise ValueError(f"DNN {name!r}: model has {models[name].n_weights:,} weights, the store {vnn.n_weights:,}")
+        self.device = torch.device(device)
+        self.mode = mode
+        self.models = {n: models[n].to(self.device) for n in state.vnns}
+        self.page_size, self.n_shared = state.page_size, state.n_shared
+        self.vnns = {n: (v.n_weights, v.n_pages, v.n_exclusive) for n, v in state.vnns.items()}
+        cuda = self.device.type == "cuda"
+        S, P = self.n_shared, self.page_size
+        self.e_max = max((v.n_exclusive for v in state.vnns.values()), default=0)
+        self.pages_max = max((v.n_pages for v in state.vnns.values()), default=0)
+        self.n_max = max((v.n_weights for v in state.vnns.values()), default=0)
+
+        # level 2 + page tables: host memory (pinned for asynchronous DMA on CUDA)
+        def host(t: torch.Tensor) -> torch.Tensor:
+            t = t.detach().contiguous().clone()
+            return t.pin_memory() if cuda else t
+
+        self._exclusive = {n: host(v.exclusive_pages) for n, v in state.vnns.items()}
+        self._tables = {n: host(v.page_table.to(torch.int64)) for n, v in state.vnns.items()}
+
+        # level 1 + preallocated device buffers
+        self.store = torch.empty(S + self.e_max, P, device=self.device)
+        self.store[:S].copy_(state.shared_pages)
+        self.store[S:].zero_()
+        self._host_tables = self.device.type == "cpu"
+        self.table = torch.zeros(0 if self._host_tables else self.pages_max, dtype=torch.int64, device=self.device)
+        self._table = self.table
+        self._gather_out = _accepts_out(gather_pages)
+        in_place = mode == "gather" and (self._gather_out or kernel == "index_select")
+        self.weights = torch.empty(self.pages_max * self.page_size if in_place else 0, device=self.device)
+        self._plans = {n: self._plan(n, models[n]) for n in state.vnns} if mode == "zero-copy" else {}
+        self._views = {n: self._switch_views(*self.vnns[n]) for n in state.vnns}  # per-DNN views, made once
+        self.current: str | None = None
+        self.theta: torch.Tensor | None = None
+
+    # -- switching
+
+    def switch(self, name: str) -> None:
+        """Make DNN `name` current: exclusive pages and page table host -> device, then (gather) resolve."""
+        if name not in self.vnns:
+            raise KeyError(f"DNN {name!r} is not packed; packed: {', '.join(self.vnns)}")
+        excl_dst, table_dst, pages_out, theta_out = self._views[name]
+        if excl_dst is not None:
+            excl_dst.copy_(self._exclusive[name], non_blocking=True)
+        if table_dst is None:  # CPU: host memory IS the device; the table is used where it lies
+            table = self._tables[name]
+        else:
+            table = table_dst
+            table.copy_(self._tables[name], non_blocking=True)
+        self._table = table
+        if self.mode == "gather":
+            if self.kernel == "index_select":  # straight into the preallocated weight buffer
+                torch.index_select(self.store, 0, table, out=pages_out)
+                self.theta = theta_out
+            else:
+                with torch.inference_mode():  # no autograd bookkeeping: the custom op's dispatch costs ~40% less
+                    if self._gather_out:
+                        gather_pages(self.store, table, theta_out.numel(), out=theta_out)
+                        self.theta = theta_out
+                    else:  # the kernel's own output; copying it into self.weights would double the bytes written
+                        self.theta = gather_pages(self.store, table, self.vnns[name][0])
+        self.current = name
+
+    def bytes_moved_per_switch(self, name: str) -> int:
+        """Bytes host -> device when switching to `name`: its exclusive pages plus its page table.
+
+        On CPU the table is read where it lies (host memory is the device), so the bytes actually
+        copied are the exclusive pages only; the figure keeps the table, as on a GPU."""
+        n, n_pages, E = self.vnns[name]
+        return E * self.page_size * FLOAT_BYTES + n_pages * self._tables[name].element_size()
+
+    def device_bytes(self) -> int:
+        """Bytes held on the device: page store (shared + E_max rows), page-table buffer and, in gather
+        mode, the flat weights of the current DNN (at most n_weights_max floats)."""
+        flat = max(self.weights.numel() * FLOAT_BYTES, self.n_max * FLOAT_BYTES) if self.mode == "gather" else 0
+        return sum(t.numel() * t.element_size() for t in (self.store, self.table)) + flat
+
+    def host_bytes(self) -> int:
+        """Bytes of level-2 memory (every DNN's exclusive pages and page table) in host memory."""
+        return sum(t.numel() * t.element_size() for d in (self._exclusive, self._tables) for t in d.values())
+
+    def view_fraction(self, name: str) -> float:
+        """zero-copy mode: the fraction of `name`'s weights its forward reads as views of the page store."""
+        plan = self._plans[name]
+        views = sum(p[3] for p in plan.values() if p[0] == "view")
+        return views / sum(p[3] for p in plan.values())
+
+    # -- running
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits of the current DNN for a batch `x` (on the device)."""
+        if self.current is None:
+            raise RuntimeError("no DNN is current: call switch(name) first")
+        model = self.models[self.current]
+        if self.mode == "gather":
+            return model(x, self.theta)
+        lazy = _LazyTensors(self, self.current)
+        model.tensors = lambda theta=None: lazy  # the template's own forward, weights resolved per layer
+        try:
+            return model(x)
+        finally:
+            del model.tensors
+
+    __call__ = forward
+
+    @torch.no_grad()
+    def predict(self, x: torch.Tensor, batch: int = 2000) -> torch.Tensor:
+        """Logits for all of `x` in batches of `batch` (2000 = evaluate.accuracy's batching)."""
+        return torch.cat([self.forward(x[i : i + batch].to(self.device)) for i in range(0, len(x), batch)])
+
+    @torch.no_grad()
+    def correct(self, x: torch.Tensor, y: torch.Tensor, batch: int = 2000) -> int:
+        """Correct argmax predictions of the current DNN on (x, y)."""
+        total = 0
+        for i in range(0, len(x), batch):
+            total += int((self.forward(x[i : i + batch].to(self.device)).argmax(1) == y[i : i + batch].to(self.device)).sum())
+        return total
+
+    def _switch_views(self, n: int, n_pages: int, E: int) -> tuple:
+        """Views of the preallocated buffers one DNN's switch writes (slicing costs us per call)."""
+        S = self.n_shared
+        in_place = self.weights.numel() > 0
+        return (self.store[S : S + E] if E else None,
+                None if self._host_tables else self.table[:n_pages],
+                self.weights[: n_pages * self.page_size].view(n_pages, self.page_size) if in_place else None,
+                self.weights[:n] if in_place else None)
+
+    # -- zero-copy internals
+
+    def _plan(self, name: str, model: torch.nn.Module) -> dict[str, tuple]:
+        """Per weight tensor: ("view", first row, offset, numel, shape) if its pages are consecutive rows
+        of the page store, else ("gather", first logical page, last + 1, numel, shape, offset)."""
+        if not hasattr(model, "layout"):
+            raise ValueError(f"zero-copy mode needs a TemplateNet-like model with a `layout`; {name!r} has none")
+        P, table = self.page_size, self._tables[name].cpu()
+        plan = {}
+        for spec in model.layout:
+            p0, p1 = spec.offset // P, (spec.offset + spec.numel - 1) // P + 1
+            rows = table[p0:p1]
+            a = spec.offset - p0 * P
+            if bool((rows[1:] - rows[:-1] == 1).all()):
+                plan[spec.name] = ("view", int(rows[0]), a, spec.numel, spec.shape)
+            else:
+                plan[spec.name] = ("gather", p0, p1, spec.numel, spec.shape, a)
+        return plan
+
+    def _resolve(self, step: tuple) -> torch.Tensor:
+        if step[0] == "view":
+            _, row, a, numel, shape = step
+            rows = -(-(a + numel) // self.page_size)
+            return self.store[row : row + rows].reshape(-1)[a : a + numel].view(shape)
+        _, p0, p1, numel, shape, a = step
+        return gather_pages(self.store, self._table[p0:p1], a + numel)[a:].view(shape)
+
+
+def _accepts_out(fn) -> bool:
+    """Whether gather_pages takes an `out=` buffer (then the gather writes the weight buffer directly)."""
+    import inspect
+
+    try:
+        return "out" in inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
