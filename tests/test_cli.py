@@ -35,6 +35,8 @@ def test_main_job_then_legacy_modes_then_recovery(cache_with_data, tmp_path):
     assert summary["totals"]["packed_weights"] == (128 + summary["totals"]["exclusive_pages"]) * 512
     assert all(r["control_accuracy"] is not None for r in summary["rows"])
     assert (results / "summary.md").read_text().startswith("# weightsep summary")
+    shown = cli("letters", "--store", store, "--plot", tmp_path / "vnn.png", script=("vnn.py",)).stdout
+    assert "exclusive" in shown and "page table" in shown and (tmp_path / "vnn.png").stat().st_size > 0
 
     flags = ["--store", store]
     assert "satellite" in legacy("-mode=l", *flags).stdout
