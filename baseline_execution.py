@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="the stand-alone training steps the store was built with (default: each folder's TRAIN)")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
-    from weightsep.pipeline import load
+    from weightsep.pipeline import load_packed
     from weightsep.store import Store, StoreError
     from weightsep.train import standalone_models
 
@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     device = torch.device(args.device)
     names = list(state.vnns)
-    loaded = dict(zip(names, load([state.vnns[n].meta.get("folder", n) for n in names], args.dnn_folder).values()))
+    loaded = load_packed(state, extra=args.dnn_folder)
     data = test_tensors(loaded, device)
     models = {n: item.model.to(device) for n, item in loaded.items()}
     with tempfile.TemporaryDirectory(prefix="weightsep-baseline-") as tmp:

@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     from weightsep.execution import PackedModel
-    from weightsep.pipeline import load
+    from weightsep.pipeline import load_packed
     from weightsep.store import Store, StoreError
 
     try:
@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     device = torch.device(args.device)
     names = list(state.vnns)
-    loaded = dict(zip(names, load([state.vnns[n].meta.get("folder", n) for n in names], args.dnn_folder).values()))
+    loaded = load_packed(state, extra=args.dnn_folder)
     data = test_tensors(loaded, device)
     pm = PackedModel(state, {n: item.model for n, item in loaded.items()}, device, args.mode, args.kernel)
     for name in names:  # untimed warm-up: the ops backend resolves (and may build) on first use

@@ -26,7 +26,7 @@ from .fisher import ESTIMATORS, FisherConfig
 from .matching import MATCHERS
 from .optimize import OPTIMIZERS, OptimizeConfig, optimize
 from .pack import MODES, SHARED_CONTENT, PackConfig, remove_vnn
-from .pipeline import RESULTS_DIR, RunConfig, load, pack, run, write_summary
+from .pipeline import RESULTS_DIR, RunConfig, load, load_packed, pack, run, write_summary
 from .store import Store, StoreError
 from .train import set_single_thread, standalone_models
 
@@ -130,8 +130,7 @@ def cmd_add(args) -> None:
 def _optimize_store(args, names: list[str] | None, **fixed) -> None:
     store = Store(args.store)
     state = store.load()
-    names = names or list(state.vnns)
-    loaded = load([state.vnns[n].meta.get("folder", n) if n in state.vnns else n for n in names], args.dnn_folder)
+    loaded = load_packed(state, names, args.dnn_folder)
     config = build_config(OptimizeConfig, args, dnns=tuple(loaded), **fixed)
     state, history = optimize(state, {n: item.task() for n, item in loaded.items()}, config)
     store.save(state)
@@ -150,10 +149,8 @@ def cmd_joint(args) -> None:
 
 def cmd_eval(args) -> None:
     state = Store(args.store).load()
-    if args.vnn_name not in state.vnns:
-        raise ValueError(f"DNN {args.vnn_name!r} is not packed in {args.store}; packed: {', '.join(state.vnns) or 'none'}")
+    item = load_packed(state, [args.vnn_name], args.dnn_folder)[args.vnn_name]
     vnn = state.vnns[args.vnn_name]
-    item = next(iter(load([vnn.meta.get("folder", args.vnn_name)], args.dnn_folder).values()))
     packed = item.test_accuracy(packed_theta(state, args.vnn_name))
     alone = vnn.meta.get("standalone", {}).get("test_accuracy")
     print(f"{args.vnn_name}: packed test accuracy {100 * packed:.2f}%"
@@ -162,7 +159,7 @@ def cmd_eval(args) -> None:
 
 def cmd_report(args) -> None:
     state = Store(args.store).load()
-    loaded = load([v.meta.get("folder", n) for n, v in state.vnns.items()], args.dnn_folder)
+    loaded = load_packed(state, extra=args.dnn_folder)
     rows = [make_row(state, n, state.vnns[n].meta["standalone"]["test_accuracy"], item.test_accuracy(packed_theta(state, n)),
                      published=item.dnn.meta.get("published_accuracy")) for n, item in loaded.items()]
     summary = summarize(state, rows)

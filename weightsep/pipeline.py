@@ -55,6 +55,15 @@ def load(names: list[str], extra: list[Path] = ()) -> dict[str, Loaded]:
     return out
 
 
+def load_packed(state: PackedState, names: list[str] | None = None, extra: list[Path] = ()) -> dict[str, Loaded]:
+    """The folders of packed DNNs (found by the path each was added from), keyed by packed name."""
+    names = list(state.vnns) if names is None else names
+    unknown = [n for n in names if n not in state.vnns]
+    if unknown:
+        raise ValueError(f"DNN(s) {', '.join(unknown)} are not packed; packed: {', '.join(state.vnns) or 'none'}")
+    return {n: next(iter(load([state.vnns[n].meta.get("folder", n)], extra).values())) for n in names}
+
+
 def fisher_for(loaded: Loaded, theta: torch.Tensor, config: FisherConfig) -> torch.Tensor:
     try:
         return compute_fisher(loaded.model, theta, loaded.data.train.x, loaded.data.train.y, config)
