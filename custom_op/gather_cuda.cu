@@ -41,13 +41,11 @@ int max_blocks() {
 
 }  // namespace
 
-at::Tensor gather_pages_cuda(const at::Tensor& pages, const at::Tensor& page_table, int64_t n_weights) {
-  TORCH_CHECK(pages.dim() == 2, "gather_pages: pages must be [rows, page_size], got ", pages.dim(), "-D");
-  check_cuda_inputs(pages, page_table, n_weights, pages.size(1), "gather_pages");
-  const c10::cuda::CUDAGuard guard(pages.device());
+namespace {
+
+void gather_into(const at::Tensor& pages, const at::Tensor& page_table, int64_t n_weights, at::Tensor& flat) {
   const at::Tensor src = pages.contiguous();
   const at::Tensor table = page_table.contiguous();
-  at::Tensor flat = at::empty({n_weights}, pages.options());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES(pages.scalar_type(), "gather_pages_cuda", [&] {
     launch_gather_pages<scalar_t>(src.const_data_ptr<scalar_t>(), table.const_data_ptr<int64_t>(),
@@ -55,7 +53,29 @@ at::Tensor gather_pages_cuda(const at::Tensor& pages, const at::Tensor& page_tab
                                   max_blocks(), stream);
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+}  // namespace
+
+at::Tensor gather_pages_cuda(const at::Tensor& pages, const at::Tensor& page_table, int64_t n_weights) {
+  TORCH_CHECK(pages.dim() == 2, "gather_pages: pages must be [rows, page_size], got ", pages.dim(), "-D");
+  check_cuda_inputs(pages, page_table, n_weights, pages.size(1), "gather_pages");
+  const c10::cuda::CUDAGuard guard(pages.device());
+  at::Tensor flat = at::empty({n_weights}, pages.options());
+  gather_into(pages, page_table, n_weights, flat);
   return flat;
+}
+
+void gather_pages_into_cuda(const at::Tensor& pages, const at::Tensor& page_table, at::Tensor& out) {
+  TORCH_CHECK(pages.dim() == 2, "gather_pages_into: pages must be [rows, page_size], got ", pages.dim(), "-D");
+  TORCH_CHECK(out.dim() == 1 && out.is_contiguous(), "gather_pages_into: out must be a contiguous 1-D buffer, got ",
+              out.sizes());
+  TORCH_CHECK(out.scalar_type() == pages.scalar_type() && out.device() == pages.device(),
+              "gather_pages_into: out is ", out.scalar_type(), " on ", out.device(), " but pages ",
+              pages.scalar_type(), " on ", pages.device());
+  check_cuda_inputs(pages, page_table, out.numel(), pages.size(1), "gather_pages_into");
+  const c10::cuda::CUDAGuard guard(pages.device());
+  gather_into(pages, page_table, out.numel(), out);
 }
 
 at::Tensor scatter_add_pages_cuda(const at::Tensor& grad_flat, const at::Tensor& page_table, int64_t n_rows,
@@ -82,6 +102,7 @@ at::Tensor scatter_add_pages_cuda(const at::Tensor& grad_flat, const at::Tensor&
 TORCH_LIBRARY_IMPL(weightsep, CUDA, m) {
   m.impl("gather_pages", &gather_pages_cuda);
   m.impl("scatter_add_pages", &scatter_add_pages_cuda);
+  m.impl("gather_pages_into", &gather_pages_into_cuda);
 }
 
 }  // namespace weightsep

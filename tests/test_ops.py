@@ -59,6 +59,41 @@ def test_gather_matches_reference_bit_for_bit(ext, shape):
 
 
 @pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("impl", ["extension", "torch"])
+def test_gather_into_matches_reference_bit_for_bit(ext, shape, impl):
+    """The in-place gather (the switch path) writes exactly the reference into a caller's buffer."""
+    pages, table, n = case(**shape)
+    buffer = torch.full((n + 7,), float("nan"))
+    out = buffer[:n]  # a prefix view of a bigger buffer, as PackedModel passes it
+    into = ext.gather_pages_into.default if impl == "extension" else ops._gather_into_reference
+    into(pages, table, out)
+    assert torch.equal(out, gather_pages_reference(pages, table, n))
+    assert buffer[n:].isnan().all()  # nothing written past n
+
+
+def test_gather_into_function_follows_backend(ext):
+    assert ops.gather_into_function() is ext.gather_pages_into.default
+    pages, table, n = case()
+    assert torch.equal(ops.gather_pages_into(pages, table, torch.empty(n)), gather_pages_reference(pages, table, n))
+    ops.set_backend("torch")
+    try:
+        assert ops.gather_into_function() is ops._gather_into_reference
+    finally:
+        ops.set_backend("extension")
+
+
+@pytest.mark.parametrize("out, match", [
+    (torch.empty(20, dtype=torch.float64), "out is Double"),
+    (torch.empty(40)[::2], "contiguous 1-D buffer"),
+    (torch.empty(4, 5), "contiguous 1-D buffer"),
+    (torch.empty(33), "does not fit in 2 pages of 16"),
+])
+def test_gather_into_bad_buffer_raises(ext, out, match):
+    with pytest.raises(RuntimeError, match=match):
+        ext.gather_pages_into(torch.zeros(12, 16), torch.tensor([0, 1]), out)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
 def test_gradient_matches_reference(ext, shape):
     pages, table, n = case(**shape)
     weight = torch.randn(n, generator=torch.Generator().manual_seed(1))
@@ -88,11 +123,13 @@ def test_scatter_add_sums_repeated_rows_and_zeros_unmapped(ext):
     assert torch.equal(out, expected)
 
 
-@pytest.mark.parametrize("op", ["gather_pages", "scatter_add_pages"])
+@pytest.mark.parametrize("op", ["gather_pages", "scatter_add_pages", "gather_pages_into"])
 def test_opcheck(ext, op):
     pages, table, n = case(dtype=torch.float64)
     if op == "gather_pages":
         args = (pages.requires_grad_(), table, n)
+    elif op == "gather_pages_into":
+        args = (pages, table, torch.empty(n, dtype=torch.float64))
     else:
         args = (torch.randn(n, dtype=torch.float64, requires_grad=True), table, pages.shape[0], pages.shape[1])
     torch.library.opcheck(getattr(ext, op).default, args)
@@ -184,6 +221,17 @@ def test_cuda_opcheck_and_stream(ext):
         out = ext.gather_pages(pages, table, n)
     stream.synchronize()
     assert torch.equal(out, gather_pages_reference(pages, table, n))
+
+
+@CUDA
+@pytest.mark.parametrize("shape", SHAPES)
+def test_cuda_gather_into_matches_reference(ext, shape):
+    pages, table, n = case(**shape, device="cuda")
+    buffer = torch.full((n + 7,), float("nan"), device="cuda")
+    ext.gather_pages_into(pages, table, buffer[:n])
+    assert torch.equal(buffer[:n], gather_pages_reference(pages, table, n))
+    assert buffer[n:].isnan().all()
+    torch.library.opcheck(ext.gather_pages_into.default, (pages, table, torch.empty(n, device="cuda")))
 
 
 ARCHS = ["-gencode=arch=compute_80,code=sm_80", "-gencode=arch=compute_90,code=sm_90"]

@@ -7,20 +7,19 @@ Placement:
 * level 2, the **exclusive pages** of every DNN: kept in host memory (pinned when the device is
   CUDA, so the copy is a true asynchronous DMA), never all on the device at once;
 * a device page-table buffer `[n_pages_max]` and, in "gather" mode, a flat weight buffer
-  `[n_weights_max]` (the largest DNN's weights), both preallocated (the weight buffer is written in
-  place when `gather_pages` takes `out=` or with `kernel="index_select"`; otherwise the gather's own
-  output is used as is, because copying it into a buffer would double the bytes written per switch).
+  `[n_pages_max * P]` (room for the largest DNN's weights), both preallocated: a switch allocates
+  nothing.
 
-`kernel="ops"` (default) gathers with `weightsep.ops.gather_pages` (the C++/CUDA extension when
+`kernel="ops"` (default) gathers with `weightsep.ops.gather_pages_into` (the C++/CUDA extension when
 built, else plain indexing); `kernel="index_select"` with `torch.index_select(..., out=buffer)`,
-one ATen call with no allocation, the fastest CPU gather measured here (docs/execution.md).
+the stock ATen gather, for comparison (docs/execution.md). Both write the weight buffer in place.
 
 `switch(name)` copies the DNN's exclusive pages host -> device into rows `S .. S+E` of the page
 store (the rows its page table's entries `S + e` name) and its page table into the table buffer
 (on CPU, where host memory is the device, the host table is used in place: no copy); then, by mode:
 
 * `"gather"` (the published method): resolve the page table into the flat weight buffer with ONE
-  `weightsep.ops.gather_pages` call (the C++/CUDA kernel when built). `forward` then runs the
+  `weightsep.ops.gather_pages_into` call (the C++/CUDA kernel when built). `forward` then runs the
   template net on that flat vector, exactly as `evaluate.packed_theta` + `model(x, theta)` does.
 * `"zero-copy"`: nothing is materialised at switch time. `forward` resolves each weight tensor
   lazily from the page store just before the layer uses it. A tensor whose pages are consecutive
@@ -47,12 +46,12 @@ from collections.abc import Mapping
 
 import torch
 
-from weightsep.ops import gather_pages
+from weightsep.ops import gather_into_function, gather_pages
 
 from .store import PackedState
 
 MODES = ("gather", "zero-copy")
-KERNELS = ("ops", "index_select")  # the gather: weightsep.ops.gather_pages, or torch.index_select(out=buffer)
+KERNELS = ("ops", "index_select")  # the gather: weightsep.ops.gather_pages_into, or torch.index_select(out=buffer)
 FLOAT_BYTES = 4
 
 
@@ -115,9 +114,8 @@ class PackedModel:
         self._host_tables = self.device.type == "cpu"
         self.table = torch.zeros(0 if self._host_tables else self.pages_max, dtype=torch.int64, device=self.device)
         self._table = self.table
-        self._gather_out = _accepts_out(gather_pages)
-        in_place = mode == "gather" and (self._gather_out or kernel == "index_select")
-        self.weights = torch.empty(self.pages_max * self.page_size if in_place else 0, device=self.device)
+        self.weights = torch.empty(self.pages_max * self.page_size if mode == "gather" else 0, device=self.device)
+        self._gather_into = gather_into_function()  # bound once: the per-call lookup is ~10% of a switch
         self._plans = {n: self._plan(n, models[n]) for n in state.vnns} if mode == "zero-copy" else {}
         self._views = {n: self._switch_views(*self.vnns[n]) for n in state.vnns}  # per-DNN views, made once
         self.current: str | None = None
@@ -139,16 +137,11 @@ class PackedModel:
             table.copy_(self._tables[name], non_blocking=True)
         self._table = table
         if self.mode == "gather":
-            if self.kernel == "index_select":  # straight into the preallocated weight buffer
+            if self.kernel == "index_select":
                 torch.index_select(self.store, 0, table, out=pages_out)
-                self.theta = theta_out
             else:
-                with torch.inference_mode():  # no autograd bookkeeping: the custom op's dispatch costs ~40% less
-                    if self._gather_out:
-                        gather_pages(self.store, table, theta_out.numel(), out=theta_out)
-                        self.theta = theta_out
-                    else:  # the kernel's own output; copying it into self.weights would double the bytes written
-                        self.theta = gather_pages(self.store, table, self.vnns[name][0])
+                self._gather_into(self.store, table, theta_out)
+            self.theta = theta_out
         self.current = name
 
     def bytes_moved_per_switch(self, name: str) -> int:
@@ -161,9 +154,8 @@ class PackedModel:
 
     def device_bytes(self) -> int:
         """Bytes held on the device: page store (shared + E_max rows), page-table buffer and, in gather
-        mode, the flat weights of the current DNN (at most n_weights_max floats)."""
-        flat = max(self.weights.numel() * FLOAT_BYTES, self.n_max * FLOAT_BYTES) if self.mode == "gather" else 0
-        return sum(t.numel() * t.element_size() for t in (self.store, self.table)) + flat
+        mode, the flat weight buffer (n_pages_max * P floats)."""
+        return sum(t.numel() * t.element_size() for t in (self.store, self.table, self.weights))
 
     def host_bytes(self) -> int:
         """Bytes of level-2 memory (every DNN's exclusive pages and page table) in host memory."""
@@ -209,11 +201,11 @@ class PackedModel:
     def _switch_views(self, n: int, n_pages: int, E: int) -> tuple:
         """Views of the preallocated buffers one DNN's switch writes (slicing costs us per call)."""
         S = self.n_shared
-        in_place = self.weights.numel() > 0
+        gather = self.mode == "gather"
         return (self.store[S : S + E] if E else None,
                 None if self._host_tables else self.table[:n_pages],
-                self.weights[: n_pages * self.page_size].view(n_pages, self.page_size) if in_place else None,
-                self.weights[:n] if in_place else None)
+                self.weights[: n_pages * self.page_size].view(n_pages, self.page_size) if gather else None,
+                self.weights[:n] if gather else None)
 
     # -- zero-copy internals
 
@@ -242,12 +234,3 @@ class PackedModel:
         _, p0, p1, numel, shape, a = step
         return gather_pages(self.store, self._table[p0:p1], a + numel)[a:].view(shape)
 
-
-def _accepts_out(fn) -> bool:
-    """Whether gather_pages takes an `out=` buffer (then the gather writes the weight buffer directly)."""
-    import inspect
-
-    try:
-        return "out" in inspect.signature(fn).parameters
-    except (TypeError, ValueError):
-        return False

@@ -2,18 +2,20 @@
 
 Two backends, chosen once on first use: "extension" (custom_op/gather.cpp, plus gather_cuda.cu when
 CUDA is available, built with torch.utils.cpp_extension into `cache_dir()/build` and registered as
-`torch.ops.weightsep.gather_pages` / `scatter_add_pages`) or "torch" (plain indexing, native
+`torch.ops.weightsep.gather_pages` / `scatter_add_pages` / `gather_pages_into`) or "torch" (plain indexing, native
 autograd). The setting is auto | torch | extension, from `set_backend` or WEIGHTSEP_OPS_BACKEND;
 "auto" falls back to "torch" when the build fails and logs why, once.
 
-    from weightsep.ops import gather_pages
+    from weightsep.ops import gather_pages, gather_pages_into
     theta = gather_pages(torch.cat([shared_pages, exclusive_pages]), page_table, n_weights)
+    gather_pages_into(page_store, page_table, weight_buffer[:n_weights])   # in place: the switch path
 """
 from __future__ import annotations
 
 import logging
 import os
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -63,6 +65,33 @@ def gather_pages_reference(pages: torch.Tensor, page_table: torch.Tensor, n_weig
     return pages[page_table].reshape(-1)[:n_weights]
 
 
+def gather_pages_into(pages: torch.Tensor, page_table: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """gather_pages(pages, page_table, out.numel()) written into `out` (1-D, contiguous), returned.
+
+    No allocation, so a DNN switch writes a preallocated weight buffer; not differentiable (use
+    gather_pages to train). Hot loops bind `gather_into_function()` once instead."""
+    gather_into_function()(pages, page_table, out)
+    return out
+
+
+def gather_into_function() -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], None]:
+    """The backend's in-place gather as a bare callable (the op handle itself for the extension):
+    the lookups gather_pages_into does per call cost ~1-3 us, a tenth of a 250 KB switch on CPU."""
+    if _resolve() == "extension":
+        return torch.ops.weightsep.gather_pages_into.default
+    return _gather_into_reference
+
+
+def _gather_into_reference(pages: torch.Tensor, page_table: torch.Tensor, out: torch.Tensor) -> None:
+    n, page_size = out.numel(), pages.shape[1]
+    if n > page_table.numel() * page_size:
+        raise ValueError(f"gather_pages_into: out has {n} weights, more than {page_table.numel()} pages of {page_size}")
+    full = n // page_size
+    torch.index_select(pages, 0, page_table[:full], out=out[: full * page_size].view(full, page_size))
+    if n > full * page_size:  # a partial last page
+        out[full * page_size :].copy_(pages[page_table[full], : n - full * page_size])
+
+
 def __getattr__(name: str):
     if name == "BACKEND":
         return _resolve()
@@ -106,8 +135,9 @@ def _load_extension() -> None:
         sources.append(str(SOURCE_DIR / "gather_cuda.cu"))
     build = cache_dir() / "build"
     build.mkdir(parents=True, exist_ok=True)
+    log.info("weightsep ops: loading custom_op from %s (the first build takes ~1 min)", build)
     load(name="weightsep_ops", sources=sources, is_python_module=False, build_directory=str(build), verbose=False,
-         extra_cuda_cflags=CUDA_ARCH_FLAGS)
+         extra_cflags=["-O3"], extra_cuda_cflags=["-O3", *CUDA_ARCH_FLAGS])  # cpp_extension.load adds no -O
     _register_python_parts()
     _loaded = True
 
@@ -115,8 +145,7 @@ def _load_extension() -> None:
 def _register_python_parts() -> None:
     torch.library.register_fake("weightsep::gather_pages")(_gather_fake)
     torch.library.register_fake("weightsep::scatter_add_pages")(_scatter_fake)
-    torch.library.register_autograd("weightsep::gather_pages", _gather_backward, setup_context=_gather_setup)
-    torch.library.register_autograd("weightsep::scatter_add_pages", _scatter_backward, setup_context=_scatter_setup)
+    torch.library.register_fake("weightsep::gather_pages_into")(_gather_into_fake)
 
 
 def _gather_fake(pages, page_table, n_weights):
@@ -125,31 +154,14 @@ def _gather_fake(pages, page_table, n_weights):
     return pages.new_empty(n_weights)
 
 
+def _gather_into_fake(pages, page_table, out):
+    torch._check(pages.dim() == 2, lambda: "gather_pages_into: pages must be [rows, page_size]")
+    torch._check(out.dim() == 1, lambda: "gather_pages_into: out must be 1-D")
+
+
 def _scatter_fake(grad_flat, page_table, n_rows, page_size):
     torch._check(page_table.dtype == torch.int64, lambda: "scatter_add_pages: page_table must be int64")
     return grad_flat.new_empty(n_rows, page_size)
-
-
-def _gather_setup(ctx, inputs, output):
-    pages, page_table, _ = inputs
-    ctx.save_for_backward(page_table)
-    ctx.n_rows, ctx.page_size = pages.shape
-
-
-def _gather_backward(ctx, grad):
-    (page_table,) = ctx.saved_tensors
-    return torch.ops.weightsep.scatter_add_pages(grad, page_table, ctx.n_rows, ctx.page_size), None, None
-
-
-def _scatter_setup(ctx, inputs, output):
-    grad_flat, page_table, _, _ = inputs
-    ctx.save_for_backward(page_table)
-    ctx.n_weights = grad_flat.shape[0]
-
-
-def _scatter_backward(ctx, grad):
-    (page_table,) = ctx.saved_tensors
-    return torch.ops.weightsep.gather_pages(grad, page_table, ctx.n_weights), None, None, None
 
 
 def _summary(exc: BaseException) -> str:
