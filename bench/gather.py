@@ -1,0 +1,171 @@
+"""Page-table gather kernels, side by side in one run: the switch gather and the training gather.
+
+Switch (in place into a preallocated buffer, no autograd; what PackedModel.switch runs), one row per
+size, every kernel timed in turn in each round (so machine load hits them alike):
+
+  ops-extension   torch.ops.weightsep.gather_pages_into (custom_op/gather.cpp: one memcpy per page)
+  index_select    torch.index_select(pages, 0, table, out=buffer): the stock ATen gather
+  torch-fallback  weightsep.ops' pure-torch in-place path (what runs when the extension cannot build)
+  memcpy          buffer.copy_(the same bytes, contiguous): the floor for writing that many weights
+
+Training (what the joint optimiser runs per DNN per step): `materialize` (cat + gather) forward,
+then the gradient w.r.t. the page stores, with the extension (C++ kernels, C++ autograd,
+scatter-add backward) against plain indexing (index + index_put backward); once for the gather
+alone, once for a whole step of the offline suite's five models (batch 64, random inputs).
+
+    python -m bench.gather                 # ~1 minute on 2 CPU cores; results/gather.json
+    python -m bench.gather --device cuda
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+from bench.timing import write_result
+from weightsep import dnn as dnn_mod
+from weightsep import ops
+from weightsep.pages import materialize, n_pages
+
+SUITE = ("fashion", "letters", "mnist10k", "satellite", "watch")
+SWITCH_KERNELS = ("ops-extension", "index_select", "torch-fallback", "memcpy")
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def interleaved(fns: dict, rounds: int, calls: int, device: torch.device) -> dict[str, float]:
+    """Median over `rounds` of the mean time per call (us) of `calls` back-to-back calls, kernels in turn."""
+    for fn in fns.values():  # warm-up
+        for _ in range(max(3, calls // 10)):
+            fn()
+    sync(device)
+    times = {k: [] for k in fns}
+    for _ in range(rounds):
+        for k, fn in fns.items():
+            start = time.perf_counter()
+            for _ in range(calls):
+                fn()
+            sync(device)
+            times[k].append((time.perf_counter() - start) / calls * 1e6)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def random_table(n_logical: int, n_shared: int, n_exclusive: int, g: torch.Generator) -> torch.Tensor:
+    """A page table: `n_exclusive` random logical pages exclusive (rows S + e), the rest random shared rows."""
+    table = torch.randint(0, n_shared, (n_logical,), generator=g)
+    excl = torch.randperm(n_logical, generator=g)[:n_exclusive]
+    table[excl] = n_shared + torch.arange(len(excl))
+    return table
+
+
+def switch_rows(device: torch.device, page_size: int, rounds: int) -> list[dict]:
+    g = torch.Generator().manual_seed(0)
+    rows = []
+    for n_logical in (16, 128, 1024):  # 128: the prototype's case and the suite's ~63k-weight DNNs
+        S, E = max(n_logical, 128), max(1, n_logical // 10)
+        store = torch.randn(S + E, page_size, generator=g).to(device)
+        table = random_table(n_logical, S, E, g).to(device)
+        n = n_logical * page_size
+        out = torch.empty(n, device=device)
+        src = torch.randn(n, generator=g).to(device)
+        ext = ops.gather_into_function()
+        fns = {"ops-extension": lambda: ext(store, table, out),
+               "index_select": lambda: torch.index_select(store, 0, table, out=out.view(n_logical, page_size)),
+               "torch-fallback": lambda: ops._gather_into_reference(store, table, out),
+               "memcpy": lambda: out.copy_(src)}
+        us = interleaved(fns, rounds, calls=200 if n_logical <= 128 else 40, device=device)
+        ext(store, table, out)
+        assert torch.equal(out, ops.gather_pages_reference(store, table, n))
+        rows.append({"pages": n_logical, "weights": n, "kib": n * 4 / 1024, "us": us,
+                     "extension / memcpy": us["ops-extension"] / us["memcpy"],
+                     "index_select / extension": us["index_select"] / us["ops-extension"]})
+    return rows
+
+
+def training_rows(device: torch.device, page_size: int, rounds: int) -> dict:
+    g = torch.Generator().manual_seed(1)
+    models = {n: dnn_mod.get(n).build_model().to(device) for n in SUITE}
+    S = 128
+    pages = {}
+    for name, model in models.items():
+        logical = n_pages(model.n_weights, page_size)
+        E = max(1, logical // 10)
+        pages[name] = (torch.randn(E, page_size, generator=g).to(device).requires_grad_(),
+                       random_table(logical, S, E, g).to(device), model.n_weights)
+    shared = (torch.randn(S, page_size, generator=g) * 0.05).to(device).requires_grad_()
+    x = {n: torch.randn(64, *m.input_shape, generator=g).to(device) for n, m in models.items()}
+    y = {n: torch.randint(0, m.classes, (64,), generator=g).to(device) for n, m in models.items()}
+    weights = {n: torch.randn(m.n_weights, generator=g).to(device) for n, m in models.items()}
+
+    def gather_only(backend: str):
+        def fn():
+            for name, (excl, table, n) in pages.items():
+                theta = materialize(shared, excl, table, n)
+                torch.autograd.grad((theta * weights[name]).sum(), [shared, excl])
+        return _with_backend(backend, fn)
+
+    def joint_step(backend: str):
+        def fn():
+            for name, (excl, table, n) in pages.items():
+                theta = materialize(shared, excl, table, n)
+                loss = F.cross_entropy(models[name](x[name], theta), y[name])
+                torch.autograd.grad(loss, [shared, excl])
+        return _with_backend(backend, fn)
+
+    out = {}
+    for label, make in (("gather + backward, 5 DNNs", gather_only), ("joint step, 5 DNNs (batch 64)", joint_step)):
+        us = interleaved({"extension": make("extension"), "torch": make("torch")}, rounds, calls=5, device=device)
+        out[label] = {"us": us, "torch / extension": us["torch"] / us["extension"]}
+    return out
+
+
+def _with_backend(backend: str, fn):
+    def run():
+        ops.set_backend(backend)
+        try:
+            fn()
+        finally:
+            ops.set_backend("extension")
+    return run
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    p.add_argument("--page-size", type=int, default=512)
+    p.add_argument("--rounds", type=int, default=21, help="interleaved rounds (median reported; default 21)")
+    args = p.parse_args(argv)
+    torch.set_num_threads(1)
+    device = torch.device(args.device)
+    try:
+        ops.set_backend("extension")
+    except ops.ExtensionError as exc:
+        print(f"error: the extension did not build, nothing to compare: {exc}", file=sys.stderr)
+        return 1
+    switch = switch_rows(device, args.page_size, args.rounds)
+    print(f"switch gather, in place, us per call (median of {args.rounds} interleaved rounds), page size {args.page_size}")
+    print(f"{'pages':>6}{'KiB':>8}" + "".join(f"{k:>16}" for k in SWITCH_KERNELS) + f"{'ext/memcpy':>12}")
+    for r in switch:
+        print(f"{r['pages']:>6}{r['kib']:>8.0f}" + "".join(f"{r['us'][k]:>16.2f}" for k in SWITCH_KERNELS)
+              + f"{r['extension / memcpy']:>11.2f}x")
+    training = training_rows(device, args.page_size, max(5, args.rounds // 2))
+    print("\ntraining gather (forward + gradient w.r.t. the pages), us per call")
+    for label, r in training.items():
+        print(f"  {label}: extension {r['us']['extension']:.0f}, torch {r['us']['torch']:.0f}"
+              f"  -> torch / extension {r['torch / extension']:.2f}x")
+    path = write_result("gather", {"command": "python -m bench.gather " + " ".join(sys.argv[1:] if argv is None else argv),
+                                   "device": args.device, "page_size": args.page_size, "switch": switch,
+                                   "training": training})
+    print(f"\nwrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
