@@ -65,28 +65,31 @@ def random_table(n_logical: int, n_shared: int, n_exclusive: int, g: torch.Gener
     return table
 
 
+def switch_row(device: torch.device, page_size: int, n_logical: int, rounds: int, g: torch.Generator) -> dict:
+    """One size: `n_logical` pages gathered from a store of max(n_logical, 128) shared + n/10 exclusive rows."""
+    S, E = max(n_logical, 128), max(1, n_logical // 10)
+    store = torch.randn(S + E, page_size, generator=g).to(device)
+    table = random_table(n_logical, S, E, g).to(device)
+    n = n_logical * page_size
+    out = torch.empty(n, device=device)
+    out_pages = out.view(n_logical, page_size)
+    src = torch.randn(n, generator=g).to(device)
+    ext = ops.gather_into_function()
+    fns = {"ops-extension": lambda: ext(store, table, out),
+           "index_select": lambda: torch.index_select(store, 0, table, out=out_pages),
+           "torch-fallback": lambda: ops._gather_into_reference(store, table, out),
+           "memcpy": lambda: out.copy_(src)}
+    us = interleaved(fns, rounds, calls=200 if n_logical <= 128 else 40, device=device)
+    ext(store, table, out)
+    assert torch.equal(out, ops.gather_pages_reference(store, table, n))
+    return {"pages": n_logical, "weights": n, "kib": n * 4 / 1024, "us": us,
+            "extension / memcpy": us["ops-extension"] / us["memcpy"],
+            "index_select / extension": us["index_select"] / us["ops-extension"]}
+
+
 def switch_rows(device: torch.device, page_size: int, rounds: int) -> list[dict]:
-    g = torch.Generator().manual_seed(0)
-    rows = []
-    for n_logical in (16, 128, 1024):  # 128: the prototype's case and the suite's ~63k-weight DNNs
-        S, E = max(n_logical, 128), max(1, n_logical // 10)
-        store = torch.randn(S + E, page_size, generator=g).to(device)
-        table = random_table(n_logical, S, E, g).to(device)
-        n = n_logical * page_size
-        out = torch.empty(n, device=device)
-        src = torch.randn(n, generator=g).to(device)
-        ext = ops.gather_into_function()
-        fns = {"ops-extension": lambda: ext(store, table, out),
-               "index_select": lambda: torch.index_select(store, 0, table, out=out.view(n_logical, page_size)),
-               "torch-fallback": lambda: ops._gather_into_reference(store, table, out),
-               "memcpy": lambda: out.copy_(src)}
-        us = interleaved(fns, rounds, calls=200 if n_logical <= 128 else 40, device=device)
-        ext(store, table, out)
-        assert torch.equal(out, ops.gather_pages_reference(store, table, n))
-        rows.append({"pages": n_logical, "weights": n, "kib": n * 4 / 1024, "us": us,
-                     "extension / memcpy": us["ops-extension"] / us["memcpy"],
-                     "index_select / extension": us["index_select"] / us["ops-extension"]})
-    return rows
+    g = torch.Generator().manual_seed(0)  # 128 pages: the prototype's case and the suite's ~63k-weight DNNs
+    return [switch_row(device, page_size, n_logical, rounds, g) for n_logical in (16, 128, 1024)]
 
 
 def training_rows(device: torch.device, page_size: int, rounds: int) -> dict:
