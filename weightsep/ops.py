@@ -135,7 +135,8 @@ def _load_extension() -> None:
         sources.append(str(SOURCE_DIR / "gather_cuda.cu"))
     build = cache_dir() / "build"
     build.mkdir(parents=True, exist_ok=True)
-    log.info("weightsep ops: loading custom_op from %s (the first build takes ~1 min)", build)
+    if not (build / "weightsep_ops.so").exists():  # a minute's silence otherwise; rebuilds after edits stay quiet
+        log.warning("weightsep ops: building custom_op/ into %s (~1 min, once)", build)
     load(name="weightsep_ops", sources=sources, is_python_module=False, build_directory=str(build), verbose=False,
          extra_cflags=["-O3"], extra_cuda_cflags=["-O3", *CUDA_ARCH_FLAGS])  # cpp_extension.load adds no -O
     _register_python_parts()
