@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     p = common_args(__doc__.split("\n\n")[0])
     p.add_argument("--mode", choices=("gather", "zero-copy"), default="gather")
     p.add_argument("--kernel", choices=("ops", "index_select"), default="ops",
-                   help="the gather: weightsep.ops.gather_pages (default) or torch.index_select into the buffer")
+                   help="the gather: weightsep.ops.gather_pages_into (default) or torch.index_select into the buffer")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     from weightsep.execution import PackedModel

@@ -8,7 +8,7 @@ Rungs, timed interleaved (switch i: every rung in turn, so machine load hits the
   c-resident     all DNNs resident on the device (no memory saving, the ceiling): pick the tensor
   d-gather       PackedModel(mode="gather").switch: exclusive pages + page table host -> device,
                  then one page-table gather into the flat weights (the published method), with
-                 weightsep.ops.gather_pages (the C++/CUDA extension when built)
+                 weightsep.ops.gather_pages_into (the C++/CUDA extension when built), in place
   d-gather-isel  the same switch with kernel="index_select": torch.index_select(out=) into the
                  preallocated weight buffer (no allocation)
   e-zero-copy    PackedModel(mode="zero-copy").switch: exclusive pages + page table only; the
