@@ -141,3 +141,20 @@ def test_ws_and_baseline_execution_end_to_end(cache_with_data, tmp_path):
 def test_help():
     for script in ("ws_execution.py", "baseline_execution.py"):
         assert "--switches" in _run([script, "--help"], os.environ.copy(), timeout=60)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("mode,kernel", MODES)
+def test_cuda_placement_weights_and_outputs(mode, kernel):
+    """On CUDA: level 2 pinned in host memory, level 1 on the GPU, the same weights bit for bit."""
+    state, nets, inputs = packed_two()
+    pm = PackedModel(state, {n: TemplateNet(m.input_shape, m.convs, m.dense, m.classes) for n, m in nets.items()},
+                     device="cuda", mode=mode, kernel=kernel)
+    assert pm.store.is_cuda and all(t.is_pinned() for t in pm._exclusive.values())
+    for name in ["conv", "dense", "conv"]:
+        pm.switch(name)
+        if mode == "gather":
+            assert torch.equal(pm.theta.cpu(), packed_theta(state, name))
+        with torch.no_grad():
+            ref = nets[name](inputs[name], packed_theta(state, name))
+        torch.testing.assert_close(pm.predict(inputs[name]).cpu(), ref, rtol=1e-4, atol=1e-5)
