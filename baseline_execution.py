@@ -19,7 +19,7 @@ from pathlib import Path
 import safetensors.torch
 import torch
 
-from ws_execution import common_args, report, schedule, sync, test_tensors
+from ws_execution import common_args, open_packed, report, schedule, sync
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -28,19 +28,12 @@ def main(argv: list[str] | None = None) -> int:
                    help="the stand-alone training steps the store was built with (default: each folder's TRAIN)")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
-    from weightsep.pipeline import load_packed
-    from weightsep.store import Store, StoreError
     from weightsep.train import standalone_models
 
-    try:
-        state = Store(args.store).load()
-    except StoreError as e:
-        print(f"error: {e}", file=sys.stderr)
+    if (opened := open_packed(args)) is None:
         return 2
-    device = torch.device(args.device)
+    state, loaded, data, device = opened
     names = list(state.vnns)
-    loaded = load_packed(state, extra=args.dnn_folder)
-    data = test_tensors(loaded, device)
     models = {n: item.model.to(device) for n, item in loaded.items()}
     with tempfile.TemporaryDirectory(prefix="weightsep-baseline-") as tmp:
         files = {}

@@ -40,9 +40,22 @@ def common_args(description: str) -> argparse.ArgumentParser:
     return p
 
 
-def test_tensors(loaded, device: torch.device) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    return {n: (torch.from_numpy(item.data.test.x).to(device), torch.from_numpy(item.data.test.y).to(device))
+def open_packed(args: argparse.Namespace):
+    """The store at --store, its DNNs (folders, models, data) and their test sets on --device; None
+    after printing the error when the store cannot be read."""
+    from weightsep.pipeline import load_packed
+    from weightsep.store import Store, StoreError
+
+    try:
+        state = Store(args.store).load()
+    except StoreError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return None
+    device = torch.device(args.device)
+    loaded = load_packed(state, extra=args.dnn_folder)
+    data = {n: (torch.from_numpy(item.data.test.x).to(device), torch.from_numpy(item.data.test.y).to(device))
             for n, item in loaded.items()}
+    return state, loaded, data, device
 
 
 def report(kind: str, switch_s: float, infer_s: float, switches: int, acc: dict[str, float], label: str) -> None:
@@ -60,18 +73,11 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     from weightsep.execution import PackedModel
-    from weightsep.pipeline import load_packed
-    from weightsep.store import Store, StoreError
 
-    try:
-        state = Store(args.store).load()
-    except StoreError as e:
-        print(f"error: {e}", file=sys.stderr)
+    if (opened := open_packed(args)) is None:
         return 2
-    device = torch.device(args.device)
+    state, loaded, data, device = opened
     names = list(state.vnns)
-    loaded = load_packed(state, extra=args.dnn_folder)
-    data = test_tensors(loaded, device)
     pm = PackedModel(state, {n: item.model for n, item in loaded.items()}, device, args.mode, args.kernel)
     for name in names:  # untimed warm-up: the ops backend resolves (and may build) on first use
         pm.switch(name)

@@ -26,7 +26,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from bench.timing import write_result
+from bench.timing import sync, write_result
 from weightsep import dnn as dnn_mod
 from weightsep import ops
 from weightsep.pages import materialize, n_pages
@@ -34,10 +34,6 @@ from weightsep.pages import materialize, n_pages
 SUITE = ("fashion", "letters", "mnist10k", "satellite", "watch")
 SWITCH_KERNELS = ("ops-extension", "index_select", "torch-fallback", "memcpy")
 
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def interleaved(fns: dict, rounds: int, calls: int, device: torch.device) -> dict[str, float]:

@@ -41,7 +41,7 @@ from pathlib import Path
 import safetensors.torch
 import torch
 
-from bench.timing import RESULTS_DIR, measure, write_result
+from bench.timing import RESULTS_DIR, measure, sync, write_result
 from weightsep import dnn as dnn_mod
 from weightsep.evaluate import packed_theta
 from weightsep.execution import PackedModel
@@ -75,10 +75,6 @@ def synthetic_state(n_dnns: int, models: dict, page_size: int = 512, n_shared: i
     shared = torch.randn(n_shared, page_size, generator=g) * 0.05
     return PackedState(page_size, shared, torch.zeros_like(shared), vnns), dnn_models
 
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def run_scale(label: str, state: PackedState, models: dict, device: torch.device, switches: int, seed: int,

@@ -19,21 +19,25 @@ import torch
 RESULTS_DIR = Path(__file__).resolve().parent.parent / "results"
 
 
-def _sync() -> None:
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
+def sync(device: torch.device | None = None) -> None:
+    """Wait for queued GPU work (`device`'s, or the current CUDA device's when None); no-op on CPU."""
+    if device is None:
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+    elif device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def measure(fn: Callable[[], object], repeat: int = 10, warmup: int = 1) -> dict:
     """Run `fn` `warmup` times untimed, then `repeat` times; seconds as median and p95."""
     for _ in range(warmup):
         fn()
-    _sync()
+    sync()
     times = []
     for _ in range(repeat):
         start = time.perf_counter()
         fn()
-        _sync()
+        sync()
         times.append(time.perf_counter() - start)
     times.sort()
     p95 = times[min(len(times) - 1, int(round(0.95 * (len(times) - 1))))]
