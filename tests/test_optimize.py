@@ -12,10 +12,10 @@ torch.set_num_threads(1)
 P = 64
 
 
-def blobs(seed: int, n: int = 400, features: int = 8, classes: int = 3):
+def blobs(seed: int, n: int = 400, features: int = 8, classes: int = 3, spread: float = 2.0):
     """A learnable toy task: Gaussian blobs around random class centres."""
     g = torch.Generator().manual_seed(seed)
-    centres = torch.randn(classes, features, generator=g) * 2
+    centres = torch.randn(classes, features, generator=g) * spread
     y = torch.randint(0, classes, (n,), generator=g)
     x = centres[y] + torch.randn(n, features, generator=g)
     return x, y
@@ -95,3 +95,63 @@ def test_paper_loss_is_the_batch_wide_softmax_cross_entropy():
     state, tasks = packed_pair()
     _, history = optimize(state, tasks, OptimizeConfig(loss="paper", steps=60, eval_every=30, batch_size=50))
     assert history.mean(history.best_index) > history.mean(0)
+
+
+def trained_pair():
+    """Two harder blob DNNs trained alone (their stand-alone weights), packed with no exclusive page
+    beyond what cannot be shared (a: 11 pages on 10 shared), so sharing costs them accuracy."""
+    tasks, state = {}, new_state(PackConfig(page_size=P, n_shared=10), 10)
+    for seed, (name, hidden) in enumerate([("a", [48]), ("b", [40])]):
+        torch.manual_seed(seed)
+        net = TemplateNet((8,), [], dense=hidden, classes=6)
+        x, y = blobs(seed, classes=6, spread=1.0)
+        opt = torch.optim.Adam([net.theta], lr=1e-2)
+        for _ in range(200):
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(net(x[:300]), y[:300]).backward()
+            opt.step()
+        theta = net.theta.detach().clone()
+        state, _ = add_vnn(state, name, theta, torch.rand_like(theta), PackConfig(page_size=P, n_shared=10),
+                           n_exclusive=0)
+        tasks[name] = Task(net, x[:300], y[:300], x[300:], y[300:], standalone=theta)
+    return state, tasks
+
+
+def test_promotion_moves_pages_of_lagging_dnns_to_exclusive_and_keeps_each_dnn_working():
+    state, tasks = trained_pair()
+    before = {n: v.n_exclusive for n, v in state.vnns.items()}
+    config = OptimizeConfig(steps=60, eval_every=10, batch_size=50, promote_pages=4, promote_start=0.0, promote_end=1.0)
+    result, history = optimize(state, tasks, config)
+    assert history.reference and 0 < len(history.promoted) <= 4
+    assert {n: v.n_exclusive for n, v in state.vnns.items()} == before  # the input state is untouched
+    best_step = history.steps[history.best_index]
+    kept = [p for p in history.promoted if p[0] <= best_step]  # the result has the best check's page tables
+    assert sum(v.n_exclusive for v in result.vnns.values()) == sum(before.values()) + len(kept)
+    result.validate()
+    for name, vnn in result.vnns.items():
+        on_own = vnn.page_table >= result.n_shared
+        assert sorted((vnn.page_table[on_own] - result.n_shared).tolist()) == list(range(vnn.n_exclusive))
+        assert {p for _, n, p in kept if n == name} <= set(on_own.nonzero().flatten().tolist())
+        with torch.no_grad():
+            acc = (tasks[name].model(tasks[name].x_val, packed_theta(result, name)).argmax(1) == tasks[name].y_val)
+        assert acc.float().mean() == pytest.approx(history.val_accuracy[history.best_index][name], abs=1e-6)
+
+
+def test_promotion_gives_pages_to_the_dnn_furthest_below_its_stand_alone_accuracy():
+    state, tasks = trained_pair()
+    from weightsep.optimize import PageOptimizer
+
+    po = PageOptimizer(state, tasks, OptimizeConfig(promote_pages=3), progress=False)
+    give = po.promotions({"a": po.history.reference["a"] - 0.25, "b": po.history.reference["b"] - 0.10}, checks_left=1)
+    assert give == {"a": 2, "b": 1}  # a: 0.25 / 2 pages > b: 0.10 > a: 0.25 / 3 pages
+    assert po.promotions(dict(po.history.reference), checks_left=1) == {}  # nobody lags: nothing is spent
+    assert sum(po.promotions({"a": 0.0, "b": 0.0}, checks_left=3).values()) == 1  # spread over the checks left
+
+
+def test_balanced_selection_does_not_hide_one_dnn_behind_the_others():
+    from weightsep.optimize import select_balanced, select_mean
+
+    ref = {"a": 0.9, "b": 0.9}
+    one_collapses, both_dip = {"a": 1.0, "b": 0.74}, {"a": 0.86, "b": 0.86}
+    assert select_mean(one_collapses, ref) > select_mean(both_dip, ref)
+    assert select_balanced(one_collapses, ref) < select_balanced(both_dip, ref)

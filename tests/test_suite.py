@@ -53,7 +53,7 @@ def test_prepared_data(name):
     for split in datasets.SPLITS:
         s = getattr(data, split)
         assert len(s.y) > 0, split
-        assert s.x.dtype == np.float32 and s.y.dtype == np.int64
+        assert s.x.dtype == np.float16 and s.y.dtype == np.int64  # stored at half precision
         assert np.isfinite(s.x).all(), f"{split} inputs not finite"
         assert 0 <= s.y.min() and s.y.max() < classes
     assert len(np.unique(data.train.y)) == classes, "some class never occurs in training"

@@ -21,17 +21,19 @@ import typing
 from pathlib import Path
 
 from . import dnn as dnn_mod
-from .evaluate import format_table, make_row, packed_theta, summarize
+from .evaluate import format_aggregate, format_table, make_row, packed_theta, summarize
 from .fisher import ESTIMATORS, FisherConfig
 from .matching import MATCHERS
-from .optimize import OPTIMIZERS, OptimizeConfig, optimize
+from .optimize import OPTIMIZERS, SELECTIONS, OptimizeConfig, optimize
 from .pack import MODES, SHARED_CONTENT, PackConfig, remove_vnn
 from .pipeline import RESULTS_DIR, RunConfig, load, load_packed, pack, run, write_summary
+from .separation import SEPARATIONS
 from .store import Store, StoreError
 from .train import set_single_thread, standalone_models
 
 CHOICES = {"mode": MODES, "matching": tuple(MATCHERS), "shared_content": SHARED_CONTENT,
-           "estimator": tuple(ESTIMATORS), "optimizer": tuple(OPTIMIZERS)}
+           "estimator": tuple(ESTIMATORS), "optimizer": tuple(OPTIMIZERS), "separation": SEPARATIONS,
+           "select": tuple(SELECTIONS)}
 FLAG_NAMES = {"estimator": "fisher", "samples": "fisher-samples", "chunk": "fisher-chunk",
               "normalize": "fisher-normalize", "n_shared": "shared-pages"}
 SKIP = {"seed", "version", "dnns"}
@@ -78,7 +80,8 @@ def stored_pack_config(state, args: argparse.Namespace) -> PackConfig:
         if given is not None and given != getattr(stored, name):
             raise ValueError(f"the store was made with {name}={getattr(stored, name)}, not {given}; "
                              "use another --store for a different layout")
-    return build_config(PackConfig, args, mode=stored.mode, page_size=stored.page_size, n_shared=stored.n_shared)
+    return build_config(PackConfig, args, mode=stored.mode, page_size=stored.page_size, n_shared=stored.n_shared,
+                        separation="margin")
 
 
 # ---- operations -------------------------------------------------------------------------------
@@ -100,20 +103,28 @@ def cmd_run(args) -> None:
     config = RunConfig(
         dnns=args.dnns or dnn_mod.suite(), extra_folders=args.dnn_folder, store=args.store, results=args.results,
         workers=args.workers, pack=build_config(PackConfig, args), fisher=build_config(FisherConfig, args),
-        optimize=build_config(OptimizeConfig, args), no_sharing=args.no_sharing, train_steps=args.train_steps)
+        optimize=build_config(OptimizeConfig, args), no_sharing=args.no_sharing, train_steps=args.train_steps,
+        seeds=args.seeds or [args.seed])
     summary = run(config)
-    print(format_table(summary))
-    t = summary["timings"]
-    print(f"time:        stand-alone {t['standalone_seconds']:.0f} s, Fisher {t['fisher_seconds']:.1f} s, "
-          f"matching {t['matching_seconds']:.2f} s, optimisation {t['optimize_seconds']:.0f} s; "
-          f"peak memory {t['peak_memory_mb']:.0f} MB")
-    print(f"\nwrote {args.results / 'summary.json'}, {args.results / 'summary.md'} and the store {args.store}/")
+    for one in summary["seeds"]:
+        if len(config.seeds) > 1:
+            print(f"\n== seed {one['seed']} (store {one['store']})")
+        print(format_table(one))
+        t = one["timings"]
+        print(f"time:        stand-alone {t['standalone_seconds']:.0f} s, Fisher {t['fisher_seconds']:.1f} s, "
+              f"matching {t['matching_seconds']:.2f} s, optimisation {t['optimize_seconds']:.0f} s; "
+              f"peak memory {t['peak_memory_mb']:.0f} MB")
+    if len(config.seeds) > 1:
+        print("\n== over seeds\n" + format_aggregate(summary["aggregate"]))
+    print(f"\nwrote {args.results / 'summary.json'}, {args.results / 'summary.md'} and the store "
+          + ", ".join(one["store"] for one in summary["seeds"]))
 
 
 def cmd_add(args) -> None:
     store = Store(args.store)
     state = store.load() if store.exists() else None
-    config = build_config(PackConfig, args) if state is None else stored_pack_config(state, args)
+    # -mode=a adds one DNN at a time, so the published per-DNN margin decides its exclusive pages
+    config = build_config(PackConfig, args, separation="margin") if state is None else stored_pack_config(state, args)
     if state is not None and args.network_path in state.vnns:
         raise ValueError(f"DNN {args.network_path!r} is already packed in {args.store}; remove it first")
     loaded = load([args.network_path], args.dnn_folder)
@@ -222,6 +233,8 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--dnns", nargs="+", help="DNN names or folders (default: the offline suite)")
     c.add_argument("--no-sharing", action="store_true",
                    help="also train each DNN alone with the same budget (control for extra training)")
+    c.add_argument("--seeds", type=int, nargs="+",
+                   help="run the whole pipeline once per seed and report mean and spread (default: --seed)")
     c = command("prepare", cmd_prepare, "build the offline default's data files (idempotent)")
     c.add_argument("dnns", nargs="*", help="DNN names (default: the offline suite)")
     c = command("add", cmd_add, "add a DNN: form pages, compute Fisher, separate, match (-mode=a)",

@@ -2,7 +2,8 @@
 
 A folder's `prepare(data_dir)` builds a `Dataset` from an installed source (see prepare_data.sh)
 and stores it with `prepare_npz`; its `load_data(data_dir)` reads it back with `load_npz`. The .npz
-holds x_train y_train x_val y_val x_test y_test (float32 / int64) and, optionally, groups_train
+holds x_train y_train x_val y_val x_test y_test (float16 / int64: inputs are stored at half precision,
+which halves the memory of ten DNNs' data held at once; models compute in float32) and, optionally, groups_train
 groups_val groups_test: the unit that must not cross splits (a source row, or a subject), kept so
 that tests can check that the splits are disjoint.
 
@@ -147,21 +148,33 @@ def write_npz(path: Path, **arrays: np.ndarray) -> None:
         raise
 
 
+def _stored_dtype(archive: zipfile.ZipFile, key: str) -> np.dtype:
+    """The dtype of array `key` in an open .npz, read from its header alone."""
+    with archive.open(f"{key}.npy") as f:
+        major, _ = np.lib.format.read_magic(f)
+        read_header = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+        return read_header(f)[2]
+
+
 def is_valid_npz(path: Path) -> bool:
-    """True when `path` is a readable .npz holding every split's x and y."""
+    """True when `path` is a readable .npz holding every split's x (float16, the current format) and y."""
     try:
-        with np.load(path, allow_pickle=False) as npz:
-            return set(NPZ_KEYS) <= set(npz.files)
-    except (OSError, ValueError, zipfile.BadZipFile):
+        with zipfile.ZipFile(path) as archive:
+            keys = {name.removesuffix(".npy") for name in archive.namelist()}
+            return set(NPZ_KEYS) <= keys and all(
+                _stored_dtype(archive, f"x_{split}") == np.float16 for split in SPLITS)
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile):
         return False
 
 
 def save_npz(path: Path, data: Dataset, groups: dict[str, np.ndarray] | None = None) -> None:
-    """Store a Dataset (and optional per-split `groups`, keyed by split name) as one .npz."""
+    """Store a Dataset (and optional per-split `groups`, keyed by split name) as one .npz; inputs as float16."""
     arrays = {}
     for split in SPLITS:
         s = getattr(data, split)
-        arrays[f"x_{split}"], arrays[f"y_{split}"] = s.x, s.y
+        if np.abs(s.x).max(initial=0) > np.finfo(np.float16).max:
+            raise ValueError(f"{path}: {split} inputs exceed float16's range; standardise them first")
+        arrays[f"x_{split}"], arrays[f"y_{split}"] = s.x.astype(np.float16), s.y
     for split, g in (groups or {}).items():
         if len(g) != len(getattr(data, split).y):
             raise ValueError(f"groups_{split} has {len(g)} entries for {len(getattr(data, split).y)} samples")

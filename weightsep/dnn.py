@@ -45,13 +45,14 @@ class DNNError(Exception):
 
 @dataclass
 class Split:
-    x: np.ndarray  # float32 inputs: [N, C, H, W] for conv nets, [N, F] for dense-only nets
+    x: np.ndarray  # float16 or float32 inputs: [N, C, H, W] for conv nets, [N, F] for dense-only nets
     y: np.ndarray  # int64 class labels [N]
 
     def __post_init__(self):
         if len(self.x) != len(self.y):
             raise ValueError(f"{len(self.x)} inputs but {len(self.y)} labels")
-        self.x = np.ascontiguousarray(self.x, dtype=np.float32)
+        # float16 is kept as stored (half the memory; models compute in float32 a batch at a time)
+        self.x = np.ascontiguousarray(self.x, dtype=np.float16 if self.x.dtype == np.float16 else np.float32)
         self.y = np.ascontiguousarray(self.y, dtype=np.int64)
 
 

@@ -53,6 +53,10 @@ class Row:
     def difference_pp(self) -> float:
         return 100.0 * (self.packed_accuracy - self.standalone_accuracy)
 
+    @property
+    def packed_minus_control_pp(self) -> float | None:
+        return None if self.control_accuracy is None else 100.0 * (self.packed_accuracy - self.control_accuracy)
+
 
 def make_row(state: PackedState, name: str, standalone_accuracy: float, packed_accuracy: float,
              control_accuracy: float | None = None, published: dict | None = None) -> Row:
@@ -87,10 +91,70 @@ def summarize(state: PackedState, rows: list[Row]) -> dict:
         "mean_packed_accuracy": mean([r.packed_accuracy for r in rows]),
         "mean_difference_pp": mean([r.difference_pp for r in rows]),
     }
+    totals["worst_difference_pp"] = min(r.difference_pp for r in rows)
     if all(r.control_accuracy is not None for r in rows):
         totals["mean_control_accuracy"] = mean([r.control_accuracy for r in rows])
         totals["mean_packed_minus_control_pp"] = 100 * (totals["mean_packed_accuracy"] - totals["mean_control_accuracy"])
-    return {"rows": [{**asdict(r), "difference_pp": r.difference_pp} for r in rows], "totals": totals}
+        totals["worst_packed_minus_control_pp"] = min(r.packed_minus_control_pp for r in rows)
+    return {"rows": [{**asdict(r), "difference_pp": r.difference_pp, "packed_minus_control_pp": r.packed_minus_control_pp}
+                     for r in rows], "totals": totals}
+
+
+def spread(values: list[float]) -> dict:
+    """Mean, min, max and sample standard deviation (0 for one value) of a figure over seeds."""
+    mean = sum(values) / len(values)
+    var = sum((v - mean) ** 2 for v in values) / (len(values) - 1) if len(values) > 1 else 0.0
+    return {"mean": mean, "min": min(values), "max": max(values), "std": var ** 0.5, "n": len(values)}
+
+
+AGGREGATED_TOTALS = ("ratio_by_count", "ratio_by_bytes", "exclusive_pages", "mean_standalone_accuracy",
+                     "mean_packed_accuracy", "mean_difference_pp", "worst_difference_pp",
+                     "mean_packed_minus_control_pp", "worst_packed_minus_control_pp")
+AGGREGATED_ROWS = ("exclusive_pages", "standalone_accuracy", "packed_accuracy", "difference_pp",
+                   "packed_minus_control_pp")
+
+
+def aggregate(summaries: list[dict]) -> dict:
+    """Every seed's totals and per-DNN figures as spreads (see `spread`)."""
+    totals = {k: spread([s["totals"][k] for s in summaries]) for k in AGGREGATED_TOTALS
+              if all(k in s["totals"] for s in summaries)}
+    names = [r["name"] for r in summaries[0]["rows"]]
+    by_name = [{r["name"]: r for r in s["rows"]} for s in summaries]
+    dnns = {n: {k: spread([rows[n][k] for rows in by_name]) for k in AGGREGATED_ROWS
+                if all(rows[n].get(k) is not None for rows in by_name)} for n in names}
+    return {"seeds": [s.get("seed") for s in summaries], "totals": totals, "dnns": dnns}
+
+
+def format_aggregate(agg: dict, markdown: bool = False) -> str:
+    """The table over seeds: per DNN the mean and [min, max] of each figure, then the totals."""
+    def cell(d: dict, scale: float = 1.0, signed: bool = False, digits: int = 2) -> str:
+        f = f"{{:{'+' if signed else ''}.{digits}f}}"
+        return f"{f.format(scale * d['mean'])} [{f.format(scale * d['min'])}, {f.format(scale * d['max'])}]"
+
+    control = "mean_packed_minus_control_pp" in agg["totals"]
+    head = ["DNN", "exclusive", "stand-alone %", "packed %", "diff pp"] + (["packed - no-sharing pp"] if control else [])
+    body = [[name, cell(d["exclusive_pages"], digits=1), cell(d["standalone_accuracy"], 100), cell(d["packed_accuracy"], 100),
+             cell(d["difference_pp"], signed=True)] + ([cell(d["packed_minus_control_pp"], signed=True)] if control else [])
+            for name, d in agg["dnns"].items()]
+    t = agg["totals"]
+    body.append(["mean", cell(t["exclusive_pages"], digits=1), cell(t["mean_standalone_accuracy"], 100),
+                 cell(t["mean_packed_accuracy"], 100), cell(t["mean_difference_pp"], signed=True)]
+                + ([cell(t["mean_packed_minus_control_pp"], signed=True)] if control else []))
+    if markdown:
+        lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)] + ["| " + " | ".join(r) + " |" for r in body]
+    else:
+        widths = [max(len(x) for x in col) for col in zip(head, *body)]
+        fmt = lambda r: "  ".join(x.rjust(w) if i else x.ljust(w) for i, (x, w) in enumerate(zip(r, widths)))  # noqa: E731
+        lines = [fmt(head), "-" * (sum(widths) + 2 * len(widths) - 2)] + [fmt(r) for r in body]
+    seeds = ", ".join(map(str, agg["seeds"]))
+    lines += ["", f"over {len(agg['seeds'])} seeds ({seeds}): mean [min, max]",
+              f"ratio:       {cell(t['ratio_by_count'])}x by weight count, {cell(t['ratio_by_bytes'])}x by bytes",
+              f"accuracy:    mean difference {cell(t['mean_difference_pp'], signed=True)} pp, "
+              f"worst DNN {cell(t['worst_difference_pp'], signed=True)} pp (packed - stand-alone)"]
+    if control:
+        lines.append(f"             packed - no-sharing control: mean {cell(t['mean_packed_minus_control_pp'], signed=True)} pp, "
+                     f"worst DNN {cell(t['worst_packed_minus_control_pp'], signed=True)} pp")
+    return "\n".join(lines)
 
 
 def format_table(summary: dict, markdown: bool = False) -> str:

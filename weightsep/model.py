@@ -140,6 +140,7 @@ class TemplateNet(nn.Module):
 
     def forward(self, x: torch.Tensor, theta: torch.Tensor | None = None) -> torch.Tensor:
         t = self.tensors(theta)
+        x = x.to(t["weight_0"].dtype)  # data may be stored at half precision (weightsep.datasets)
         act = ACTIVATIONS[self.hidden_act]
         i = 0
         for conv in self.convs:

@@ -13,8 +13,19 @@ up in `OPTIMIZERS`:
   writes its weights back into its shared and exclusive pages.
 * "sequential": round-robin with one round, each DNN once in order.
 
-Selection is on validation data only (best mean validation accuracy over DNNs, measured every
-`eval_every` steps or after every round); test data never enters here. A non-finite loss or
+Selection is on validation data only, measured every `eval_every` steps or after every round;
+test data never enters here. `select` names the rule (`SELECTIONS`): "mean" keeps the state with
+the best mean validation accuracy over DNNs; "balanced" (default, when each task carries its
+stand-alone weights) the best mean change against stand-alone plus the worst DNN's change, so that
+one DNN's loss is not hidden by the others' gains.
+
+Promotion (joint, the "budget" separation's second half): `promote_pages` spare exclusive pages
+are handed out at the validation checks between `promote_start` and `promote_end` (fractions of
+the steps), each to the DNN whose validation accuracy lies furthest below its stand-alone accuracy
+(a DNN already given pages at this check counts its deficit divided among them). The page promoted
+is the DNN's shared page of highest Fisher mass; it starts as the shared page's current content,
+so nothing jumps, and from then on follows only its DNN's gradient. Pages left over when every DNN
+is at its stand-alone accuracy stay unused (the store gets smaller). A non-finite loss or
 gradient of one DNN is dropped from the step with a warning naming the DNN, and a step that leaves
 any page non-finite is rolled back, so a NaN never reaches the shared pages.
 
@@ -23,8 +34,10 @@ any page non-finite is rolled back, so a NaN never reaches the shared pages.
 from __future__ import annotations
 
 import copy
+import math
 import time
 import warnings
+from collections import Counter
 from dataclasses import dataclass, field
 
 import torch
@@ -33,6 +46,7 @@ from tqdm import tqdm
 
 from .evaluate import accuracy
 from .pages import materialize, to_pages
+from .separation import contribution_density
 from .store import PackedState
 from .train import batches
 
@@ -64,6 +78,10 @@ class OptimizeConfig:
     val_samples: int = 2000  # validation samples per DNN per check (the first ones, fixed)
     loss: str = "ce"
     dnns: tuple[str, ...] | None = None  # DNNs whose losses are trained (default: every packed DNN)
+    select: str = "balanced"  # "balanced" (needs stand-alone weights, else "mean") or "mean"
+    promote_pages: int = 0  # joint: spare exclusive pages handed out by validation deficit
+    promote_start: float = 0.1  # joint: first and last fraction of the steps at which pages are handed out
+    promote_end: float = 0.6
     seed: int = 0
 
     def __post_init__(self):
@@ -74,6 +92,10 @@ class OptimizeConfig:
         for name in ("steps", "rounds", "steps_per_turn", "batch_size", "eval_every", "val_samples"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.select not in SELECTIONS:
+            raise ValueError(f"unknown select {self.select!r}; choose from {', '.join(SELECTIONS)}")
+        if self.promote_pages < 0 or not 0.0 <= self.promote_start <= self.promote_end <= 1.0:
+            raise ValueError("promote_pages must be >= 0 and 0 <= promote_start <= promote_end <= 1")
         if self.dnns_per_step is not None and self.dnns_per_step < 1:
             raise ValueError(f"dnns_per_step must be >= 1, got {self.dnns_per_step}")
 
@@ -87,29 +109,50 @@ class Task:
     y_train: torch.Tensor
     x_val: torch.Tensor
     y_val: torch.Tensor
+    standalone: torch.Tensor | None = None  # the DNN's stand-alone weights: its reference accuracy
+
+
+def _mean(values) -> float:
+    values = list(values)
+    return sum(values) / len(values)
+
+
+def select_mean(accs: dict[str, float], reference: dict[str, float]) -> float:
+    return _mean(accs.values())
+
+
+def select_balanced(accs: dict[str, float], reference: dict[str, float]) -> float:
+    change = [accs[n] - reference[n] for n in accs]
+    return _mean(change) + min(change)
+
+
+SELECTIONS = {"balanced": select_balanced, "mean": select_mean}
 
 
 @dataclass
 class History:
     steps: list[int] = field(default_factory=list)  # DNN-batches processed so far, summed over DNNs
     val_accuracy: list[dict[str, float]] = field(default_factory=list)
+    score: list[float] = field(default_factory=list)  # the selection rule's value at each check
     best_index: int = -1
+    reference: dict[str, float] = field(default_factory=dict)  # stand-alone validation accuracy
+    promoted: list[tuple[int, str, int]] = field(default_factory=list)  # (DNN-batches, DNN, logical page)
     skipped: dict[str, int] = field(default_factory=dict)  # DNN -> non-finite steps dropped
     rolled_back: int = 0
     seconds: float = 0.0
 
-    def record(self, dnn_batches: int, accs: dict[str, float]) -> bool:
-        """Log a validation check; True if it is the best mean so far."""
+    def record(self, dnn_batches: int, accs: dict[str, float], score: float) -> bool:
+        """Log a validation check; True if its score is the best so far."""
         self.steps.append(dnn_batches)
         self.val_accuracy.append(accs)
-        mean = sum(accs.values()) / len(accs)
-        best = self.best_index < 0 or mean > self.mean(self.best_index)
+        self.score.append(score)
+        best = self.best_index < 0 or score > self.score[self.best_index]
         if best:
             self.best_index = len(self.steps) - 1
         return best
 
     def mean(self, i: int) -> float:
-        return sum(self.val_accuracy[i].values()) / len(self.val_accuracy[i])
+        return _mean(self.val_accuracy[i].values())
 
 
 def _finite(*tensors: torch.Tensor) -> bool:
@@ -127,13 +170,22 @@ class PageOptimizer:
         missing = [name for name in self.names if name not in tasks]
         if missing:
             raise ValueError(f"no model/data given for packed DNN(s) {missing}")
-        self.state, self.tasks, self.config, self.progress = state, tasks, config, progress
+        self.state = copy.copy(state)  # promotion changes page tables: never the caller's
+        self.state.vnns = dict(state.vnns)
+        self.tasks, self.config, self.progress = tasks, config, progress
         self.loss_fn = LOSSES[config.loss]
         self.gen = torch.Generator().manual_seed(config.seed)
         self.shared = state.shared_pages.clone().requires_grad_(True)
         self.exclusive = {n: v.exclusive_pages.clone().requires_grad_(True) for n, v in state.vnns.items()}
         self.batches = {n: batches(len(tasks[n].x_train), config.batch_size, self.gen) for n in self.names}
         self.history = History()
+        if all(tasks[n].standalone is not None for n in self.names):
+            self.history.reference = {n: self.val_accuracy(n, tasks[n].standalone) for n in self.names}
+        self.select = SELECTIONS[config.select if self.history.reference else "mean"]
+        self.spare_pages = config.promote_pages if self.history.reference else 0
+        if config.promote_pages and not self.history.reference:
+            warnings.warn("promotion needs each DNN's stand-alone weights; no pages will be promoted",
+                          RuntimeWarning, stacklevel=2)
         self.best = self.snapshot()
 
     def theta(self, name: str) -> torch.Tensor:
@@ -150,29 +202,74 @@ class PageOptimizer:
         warnings.warn(f"DNN {name!r}: non-finite {what}; its contribution to this step was dropped",
                       RuntimeWarning, stacklevel=3)
 
-    def snapshot(self) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        return self.shared.detach().clone(), {n: e.detach().clone() for n, e in self.exclusive.items()}
+    def snapshot(self) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """Pages and page tables (promotion changes both)."""
+        return (self.shared.detach().clone(), {n: e.detach().clone() for n, e in self.exclusive.items()},
+                {n: v.page_table for n, v in self.state.vnns.items()})
 
     def restore(self, snap) -> None:
+        """Undo one step (no promotion happens within a step, so the shapes are the same)."""
         with torch.no_grad():
             self.shared.copy_(snap[0])
             for n, e in snap[1].items():
                 self.exclusive[n].copy_(e)
 
     @torch.no_grad()
-    def validate(self, dnn_batches: int) -> None:
-        n = self.config.val_samples
-        accs = {name: accuracy(self.tasks[name].model, self.theta(name), self.tasks[name].x_val[:n],
-                               self.tasks[name].y_val[:n]) for name in self.names}
-        if self.history.record(dnn_batches, accs):
+    def val_accuracy(self, name: str, theta: torch.Tensor) -> float:
+        n, task = self.config.val_samples, self.tasks[name]
+        return accuracy(task.model, theta, task.x_val[:n], task.y_val[:n])
+
+    @torch.no_grad()
+    def validate(self, dnn_batches: int) -> dict[str, float]:
+        accs = {name: self.val_accuracy(name, self.theta(name)) for name in self.names}
+        if self.history.record(dnn_batches, accs, self.select(accs, self.history.reference)):
             self.best = self.snapshot()
+        return accs
+
+    def promotions(self, accs: dict[str, float], checks_left: int) -> Counter:
+        """How many spare pages each lagging DNN gets at this check (see the module docstring)."""
+        deficit = {n: self.history.reference[n] - accs[n] for n in self.names}
+        lagging = [n for n in self.names if deficit[n] > 0 and self.n_sharable(n) > 0]
+        give: Counter = Counter()
+        for _ in range(min(self.spare_pages, math.ceil(self.spare_pages / max(1, checks_left)))):
+            open_ = [n for n in lagging if give[n] < self.n_sharable(n)]
+            if not open_:
+                break
+            give[max(open_, key=lambda n: deficit[n] / (1 + give[n]))] += 1
+        return give
+
+    def n_sharable(self, name: str) -> int:
+        return int((self.state.vnns[name].page_table < self.state.n_shared).sum())
+
+    @torch.no_grad()
+    def promote(self, name: str, count: int, dnn_batches: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Move `name`'s `count` shared pages of highest Fisher mass to new exclusive pages holding
+        their current content; returns (old, new) exclusive tensors, for the optimizer's bookkeeping."""
+        vnn, S, P = self.state.vnns[name], self.state.n_shared, self.state.page_size
+        on_shared = (vnn.page_table < S).nonzero().flatten()
+        mass = contribution_density(vnn.fisher, P)[on_shared]
+        logical = on_shared[torch.argsort(mass, descending=True, stable=True)[:count]]
+        old = self.exclusive[name]
+        new = torch.cat([old.detach(), self.shared.detach()[vnn.page_table[logical]]]).requires_grad_(True)
+        table = vnn.page_table.clone()
+        table[logical] = S + old.shape[0] + torch.arange(len(logical))
+        self.state.shared_fisher = self.state.shared_fisher.clone()
+        self.state.shared_fisher[vnn.page_table[logical]] -= to_pages(vnn.fisher, P)[logical]
+        self.state.shared_fisher.clamp_(min=0)
+        promoted = copy.copy(vnn)
+        promoted.page_table = table
+        self.state.vnns[name] = promoted
+        self.exclusive[name] = new
+        self.spare_pages -= len(logical)
+        self.history.promoted += [(dnn_batches, name, int(p)) for p in logical]
+        return old, new
 
     def result(self) -> PackedState:
         state = copy.copy(self.state)
         state.shared_pages = self.best[0]
         state.vnns = {n: copy.copy(v) for n, v in self.state.vnns.items()}
         for n, vnn in state.vnns.items():
-            vnn.exclusive_pages = self.best[1][n]
+            vnn.exclusive_pages, vnn.page_table = self.best[1][n], self.best[2][n]
         return state
 
 
@@ -180,11 +277,22 @@ def _adam_state(opt: torch.optim.Optimizer) -> dict:
     return copy.deepcopy(opt.state_dict())
 
 
+def _swap_parameter(opt: torch.optim.Optimizer, old: torch.Tensor, new: torch.Tensor) -> None:
+    """Replace a grown exclusive-page tensor in Adam, keeping its moments (zeros for the new rows)."""
+    group = opt.param_groups[0]
+    group["params"] = [new if p is old else p for p in group["params"]]
+    if old in opt.state:
+        state = opt.state.pop(old)
+        grow = lambda t: torch.cat([t, t.new_zeros(new.shape[0] - old.shape[0], *t.shape[1:])])  # noqa: E731
+        opt.state[new] = {k: grow(v) if torch.is_tensor(v) and v.shape == old.shape else v for k, v in state.items()}
+
+
 def joint(po: PageOptimizer) -> None:
     cfg, names = po.config, po.names
-    params = [po.shared, *(po.exclusive[n] for n in names)]
-    opt = torch.optim.Adam(params, lr=cfg.lr)
+    opt = torch.optim.Adam([po.shared, *(po.exclusive[n] for n in names)], lr=cfg.lr)
     per_step = min(cfg.dnns_per_step or len(names), len(names))
+    checks = [s for s in range(1, cfg.steps + 1) if s % cfg.eval_every == 0 or s == cfg.steps]
+    window = [s for s in checks if cfg.promote_start * cfg.steps <= s <= cfg.promote_end * cfg.steps]
     dnn_batches = 0
     po.validate(0)
     for step in tqdm(range(1, cfg.steps + 1), desc="joint optimisation", unit="step", leave=False,
@@ -204,6 +312,7 @@ def joint(po: PageOptimizer) -> None:
             grads[id(po.shared)] = grads.get(id(po.shared), 0) + g_shared
             grads[id(po.exclusive[name])] = g_excl
         dnn_batches += len(chosen)
+        params = opt.param_groups[0]["params"]
         snap, opt_state = po.snapshot(), _adam_state(opt)
         for p in params:
             p.grad = grads.get(id(p))  # None: Adam leaves pages of DNNs not in this step alone
@@ -213,8 +322,11 @@ def joint(po: PageOptimizer) -> None:
             opt.load_state_dict(opt_state)
             po.history.rolled_back += 1
             warnings.warn(f"step {step}: pages became non-finite; step rolled back", RuntimeWarning, stacklevel=2)
-        if step % cfg.eval_every == 0 or step == cfg.steps:
-            po.validate(dnn_batches)
+        if step in checks:
+            accs = po.validate(dnn_batches)
+            if step in window and po.spare_pages:
+                for name, count in po.promotions(accs, len(window) - window.index(step)).items():
+                    _swap_parameter(opt, *po.promote(name, count, dnn_batches))
 
 
 def _overlap_terms(po: PageOptimizer, name: str, last: dict[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:

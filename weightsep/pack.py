@@ -24,7 +24,7 @@ import torch
 
 from .matching import MATCHERS, match
 from .pages import n_pages, to_pages
-from .separation import separate
+from .separation import SEPARATIONS, separate
 from .store import VNN, PackedState
 
 MODES = ("ws", "nwv")
@@ -33,12 +33,15 @@ SHARED_CONTENT = ("fisher-mean", "first", "random")
 
 @dataclass(frozen=True)
 class PackConfig:
-    """How DNNs are packed. Published WS defaults: P=512, S=128, margin 0.1, alpha 0.5."""
+    """How DNNs are packed. Published WS defaults: P=512, S=128, margin 0.1, alpha 0.5 (separation "margin")."""
 
     mode: str = "ws"  # "ws": exclusive + shared pages; "nwv": everything shared, S = largest DNN's pages
     page_size: int = 512
     n_shared: int = 128  # WS only; NWV derives S from the DNNs
-    margin: float = 0.1
+    separation: str = "budget"  # WS: "budget" (one budget for the set, from `ratio`) or "margin" (published)
+    ratio: float = 6.0  # budget: stand-alone weights / packed weights asked for (sets the exclusive pages)
+    at_packing: float = 0.5  # budget: share of the exclusive pages given at packing; the rest by accuracy
+    margin: float = 0.1  # margin: each DNN keeps pages until 1 - margin of its Fisher mass
     target_accuracy: float | None = None  # WS: a target accuracy lowers tpr, so fewer exclusive pages
     alpha: float = 0.5
     matching: str = "optimal"
@@ -52,6 +55,10 @@ class PackConfig:
             raise ValueError(f"unknown matching {self.matching!r}; choose from {', '.join(MATCHERS)}")
         if self.shared_content not in SHARED_CONTENT:
             raise ValueError(f"unknown shared content {self.shared_content!r}; choose from {', '.join(SHARED_CONTENT)}")
+        if self.separation not in SEPARATIONS:
+            raise ValueError(f"unknown separation {self.separation!r}; choose from {', '.join(SEPARATIONS)}")
+        if self.ratio <= 0 or not 0.0 <= self.at_packing <= 1.0:
+            raise ValueError(f"ratio must be positive and at_packing in [0, 1], got {self.ratio}, {self.at_packing}")
         if self.page_size < 1 or self.n_shared < 1:
             raise ValueError("page_size and n_shared must be positive")
 
@@ -72,8 +79,10 @@ def shared_pages_needed(n_weights: list[int], config: PackConfig) -> int:
 
 
 def add_vnn(state: PackedState, name: str, theta: torch.Tensor, fisher: torch.Tensor, config: PackConfig,
-            tpr: float = 1.0) -> tuple[PackedState, dict]:
-    """Separate `name`'s pages, match its sharable ones onto the shared pages, return the new state."""
+            tpr: float = 1.0, n_exclusive: int | None = None) -> tuple[PackedState, dict]:
+    """Separate `name`'s pages, match its sharable ones onto the shared pages, return the new state.
+
+    WS keeps `n_exclusive` pages exclusive when given (a budget's share), else the margin decides."""
     if name in state.vnns:
         raise ValueError(f"DNN {name!r} is already packed; remove it first (-mode=r)")
     if theta.shape != fisher.shape or theta.dim() != 1:
@@ -83,7 +92,7 @@ def add_vnn(state: PackedState, name: str, theta: torch.Tensor, fisher: torch.Te
     P, S = state.page_size, state.n_shared
     total = n_pages(theta.numel(), P)
     if config.mode == "ws":
-        sep = separate(fisher, P, S, config.margin, tpr)
+        sep = separate(fisher, P, S, config.margin, tpr, n_exclusive)
         exclusive, sharable = sep.exclusive, sep.sharable
         info = {"tpr": tpr, "n_overflow": sep.n_overflow}
     else:

@@ -18,11 +18,12 @@ import torch
 from tqdm import tqdm
 
 from . import dnn as dnn_mod
-from .evaluate import accuracy, format_table, make_row, packed_theta, summarize
+from .evaluate import accuracy, aggregate, format_aggregate, format_table, make_row, packed_theta, summarize
 from .fisher import FisherConfig, compute_fisher
 from .optimize import OptimizeConfig, Task, optimize
 from .pack import PackConfig, add_vnn, new_state, shared_pages_needed, solo_state
-from .separation import target_performance_rate
+from .pages import n_pages
+from .separation import allot, exclusive_budget, target_performance_rate
 from .store import PackedState, Store, atomic_write_text
 from .train import Trained, set_single_thread, standalone_models
 
@@ -37,10 +38,10 @@ class Loaded:
     model: torch.nn.Module
     data: dnn_mod.Dataset
 
-    def task(self) -> Task:
+    def task(self, standalone: torch.Tensor | None = None) -> Task:
         d = self.data
         return Task(self.model, torch.from_numpy(d.train.x), torch.from_numpy(d.train.y),
-                    torch.from_numpy(d.val.x), torch.from_numpy(d.val.y))
+                    torch.from_numpy(d.val.x), torch.from_numpy(d.val.y), standalone)
 
     def test_accuracy(self, theta: torch.Tensor) -> float:
         return accuracy(self.model, theta, torch.from_numpy(self.data.test.x), torch.from_numpy(self.data.test.y))
@@ -82,22 +83,49 @@ def tpr_for(loaded: Loaded, theta: torch.Tensor, config: PackConfig, max_samples
                                    config.target_accuracy, config.alpha)
 
 
+def plan_budget(trained: dict[str, Trained], config: PackConfig, n_shared: int) -> tuple[dict[str, int], dict]:
+    """The "budget" separation's plan for a set of DNNs: exclusive pages per DNN now, and the plan
+    itself (its `spare` pages are the optimiser's to promote)."""
+    sizes = {name: t.theta.numel() for name, t in trained.items()}
+    budget = exclusive_budget(list(sizes.values()), config.page_size, n_shared, config.ratio)
+    pages = {name: n_pages(n, config.page_size) for name, n in sizes.items()}
+    counts, spare = allot(budget, pages, n_shared, config.at_packing)
+    return counts, {"ratio": config.ratio, "exclusive_pages": budget, "at_packing": sum(counts.values()),
+                    "spare": spare}
+
+
 def pack(loaded: dict[str, Loaded], trained: dict[str, Trained], pack_config: PackConfig,
          fisher_config: FisherConfig, state: PackedState | None = None) -> tuple[PackedState, dict]:
-    """Add each DNN in order (Fisher, separation, matching) to `state` or to a new store."""
+    """Add each DNN in order (Fisher, separation, matching) to `state` or to a new store.
+
+    The "budget" separation shares one budget among the DNNs packed here, so it packs a set into a
+    new store; its plan is in the state's config and in the returned info (`spare` pages)."""
+    budget = pack_config.mode == "ws" and pack_config.separation == "budget"
+    if budget and state is not None and state.vnns:
+        raise ValueError("the budget separation packs a set of DNNs into a new store; "
+                         "add DNNs to an existing store with --separation margin")
     if state is None:
         n_shared = shared_pages_needed([t.theta.numel() for t in trained.values()], pack_config)
         state = new_state(pack_config, n_shared)
-    timings = {"fisher_seconds": 0.0, "matching_seconds": 0.0}
-    for name in tqdm(loaded, desc="packing (Fisher, separation, matching)", unit="DNN", leave=False):
+    timings = {"fisher_seconds": 0.0, "matching_seconds": 0.0, "spare": 0}
+    fishers = {}
+    for name in tqdm(loaded, desc="Fisher", unit="DNN", leave=False):
         theta = trained[name].theta
         if theta.numel() != loaded[name].model.n_weights:
             raise dnn_mod.DNNError(f"DNN {name!r}: trained weights have {theta.numel():,} entries, its model "
                                    f"{loaded[name].model.n_weights:,} (dnn.py changed during the run? run again)")
         start = time.perf_counter()
-        fisher = fisher_for(loaded[name], theta, fisher_config)
+        fishers[name] = fisher_for(loaded[name], theta, fisher_config)
         timings["fisher_seconds"] += time.perf_counter() - start
-        state, info = add_vnn(state, name, theta, fisher, pack_config, tpr_for(loaded[name], theta, pack_config))
+    counts = {}
+    if budget:
+        counts, plan = plan_budget({n: trained[n] for n in loaded}, pack_config, state.n_shared)
+        state.config["budget"] = plan
+        timings["spare"] = plan["spare"]
+    for name in tqdm(loaded, desc="separation and matching", unit="DNN", leave=False):
+        theta = trained[name].theta
+        state, info = add_vnn(state, name, theta, fishers[name], pack_config,
+                              tpr_for(loaded[name], theta, pack_config), counts.get(name))
         timings["matching_seconds"] += info["matching_seconds"]
         vnn = state.vnns[name]
         vnn.meta.update(folder=str(loaded[name].dnn.path), code_hash=loaded[name].dnn.code_hash(),
@@ -136,7 +164,7 @@ def _control_worker(folders: list[str], thetas: list, config: dict) -> dict[str,
 
 @dataclass
 class RunConfig:
-    """The main job: train (or reuse) stand-alone DNNs, pack, optimise, evaluate, report."""
+    """The main job: train (or reuse) stand-alone DNNs, pack, optimise, evaluate, report; per seed."""
 
     dnns: list[str] = field(default_factory=dnn_mod.suite)
     extra_folders: list[Path] = field(default_factory=list)
@@ -148,35 +176,66 @@ class RunConfig:
     optimize: OptimizeConfig = field(default_factory=OptimizeConfig)
     train_steps: int | None = None  # stand-alone training steps (default: each folder's TRAIN)
     no_sharing: bool = False
+    seeds: list[int] = field(default_factory=lambda: [0])  # the whole pipeline runs once per seed
+
+    def __post_init__(self):
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"seeds must be distinct and at least one, got {self.seeds}")
+
+    def store_for(self, seed: int) -> Path:
+        """The first seed's store is `store`; every other seed's is `store-seedN` beside it."""
+        return self.store if seed == self.seeds[0] else self.store.with_name(f"{self.store.name}-seed{seed}")
 
 
 def run(config: RunConfig) -> dict:
-    """The main job; writes the store, results/summary.json and results/summary.md; returns the summary."""
+    """The main job for every seed; writes the stores, results/summary.json and results/summary.md.
+
+    Returns the first seed's summary (rows, totals, timings) with `seeds` (every seed's) and
+    `aggregate` (mean, min, max and std over seeds) added."""
+    loaded = load(config.dnns, config.extra_folders)
+    per_seed = []
+    for seed in config.seeds:
+        if len(config.seeds) > 1:
+            tqdm.write(f"== seed {seed} ({len(per_seed) + 1} of {len(config.seeds)})")
+        per_seed.append(run_seed(config, loaded, seed))
+    summary = {**per_seed[0], "seeds": per_seed, "aggregate": aggregate(per_seed)}
+    write_summary(summary, config.results)
+    return summary
+
+
+def run_seed(config: RunConfig, loaded: dict[str, Loaded], seed: int) -> dict:
+    """The pipeline once: stand-alone training, Fisher, separation, matching, optimisation, evaluation."""
+    pack_config, fisher_config = replace(config.pack, seed=seed), replace(config.fisher, seed=seed)
+    optimize_config = replace(config.optimize, seed=seed)
     times = {}
     start = time.perf_counter()
-    loaded = load(config.dnns, config.extra_folders)
-    trained = standalone_models([item.dnn for item in loaded.values()], config.workers, config.train_steps)
+    trained = standalone_models([item.dnn for item in loaded.values()], config.workers, config.train_steps, seed=seed)
     times["standalone_seconds"] = time.perf_counter() - start
 
     start = time.perf_counter()
-    state, pack_times = pack(loaded, trained, config.pack, config.fisher)
-    times.update(pack_times, pack_seconds=time.perf_counter() - start)
+    state, pack_info = pack(loaded, trained, pack_config, fisher_config)
+    times.update(fisher_seconds=pack_info["fisher_seconds"], matching_seconds=pack_info["matching_seconds"],
+                 pack_seconds=time.perf_counter() - start)
+    if pack_info["spare"]:
+        optimize_config = replace(optimize_config, promote_pages=pack_info["spare"])
 
     control_job, pool = None, None
     if config.no_sharing:  # the control trains in a second process while the packed DNNs train here
         pool = mp.get_context("spawn").Pool(1)
         control_job = pool.apply_async(_control_worker, (
             [str(item.dnn.path) for item in loaded.values()], [trained[n].theta.numpy() for n in loaded],
-            asdict(config.optimize)))
+            asdict(optimize_config)))
         tqdm.write("no-sharing control: training each DNN alone, with the same budget, in a second process")
 
     start = time.perf_counter()
-    state, history = optimize(state, {n: item.task() for n, item in loaded.items()}, config.optimize)
+    tasks = {n: item.task(trained[n].theta) for n, item in loaded.items()}
+    state, history = optimize(state, tasks, optimize_config)
     times["optimize_seconds"] = time.perf_counter() - start
-    state.config.update(optimize=asdict(config.optimize), history={
-        "steps": history.steps, "val_accuracy": history.val_accuracy, "best_index": history.best_index,
+    state.config.update(optimize=asdict(optimize_config), history={
+        "steps": history.steps, "val_accuracy": history.val_accuracy, "score": history.score,
+        "best_index": history.best_index, "reference": history.reference, "promoted": history.promoted,
         "skipped": history.skipped, "rolled_back": history.rolled_back})
-    Store(config.store).save(state)
+    Store(config.store_for(seed)).save(state)
 
     control = None
     if control_job is not None:
@@ -190,14 +249,20 @@ def run(config: RunConfig) -> dict:
             for name, item in loaded.items()]
     times["peak_memory_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # this process
     summary = summarize(state, rows)
-    summary.update(config={"pack": asdict(config.pack), "fisher": asdict(config.fisher),
-                           "optimize": asdict(config.optimize), "dnns": list(loaded)},
-                   timings=times, best_validation=history.val_accuracy[history.best_index])
-    write_summary(summary, config.results)
+    summary.update(seed=seed, store=str(config.store_for(seed)),
+                   config={"pack": asdict(pack_config), "fisher": asdict(fisher_config),
+                           "optimize": asdict(optimize_config), "dnns": list(loaded)},
+                   timings=times, best_validation=history.val_accuracy[history.best_index],
+                   promoted=len(history.promoted))
     return summary
 
 
 def write_summary(summary: dict, results: Path) -> None:
+    """summary.json, and summary.md: each seed's table, then the spread over seeds."""
     results.mkdir(parents=True, exist_ok=True)
     atomic_write_text(results / "summary.json", json.dumps(summary, indent=2) + "\n")
-    atomic_write_text(results / "summary.md", "# weightsep summary\n\n" + format_table(summary, markdown=True) + "\n")
+    tables = [(f"## Seed {s['seed']}\n\n" if len(summary.get("seeds", [])) > 1 else "") + format_table(s, markdown=True)
+              for s in summary.get("seeds", [summary])]
+    if len(summary.get("seeds", [])) > 1:
+        tables.append("## Over seeds\n\n" + format_aggregate(summary["aggregate"], markdown=True))
+    atomic_write_text(results / "summary.md", "# weightsep summary\n\n" + "\n\n".join(tables) + "\n")

@@ -13,6 +13,16 @@ the exclusive logical pages in the order they were chosen and the sharable rest 
 
     sep = separate(fisher, page_size=512, n_shared=128, margin=0.1)
     sep.exclusive, sep.sharable          # logical page indices
+
+Two ways to decide how many pages each DNN keeps, by name (`SEPARATIONS`):
+
+* "margin" (published WS): each DNN alone, by the margin rule above. The packed size then follows
+  how concentrated each DNN's Fisher is, so it changes from machine to machine and seed to seed.
+* "budget" (default): the DNNs packed together get one exclusive-page budget, set by the packing
+  ratio asked for (`exclusive_budget`). Part of it is shared out evenly at packing time (each DNN
+  its pages of highest cd, `allot`); the rest is a reserve that the joint optimiser hands out one
+  page at a time to the DNNs whose validation accuracy lags their stand-alone accuracy most
+  (`weightsep.optimize`, promotion). So memory is fixed by the user and accuracy decides where it goes.
 """
 from __future__ import annotations
 
@@ -21,6 +31,8 @@ from dataclasses import dataclass
 import torch
 
 from .pages import n_pages, to_pages
+
+SEPARATIONS = ("budget", "margin")
 
 
 @dataclass
@@ -62,17 +74,24 @@ def target_performance_rate(probs: torch.Tensor, labels: torch.Tensor, target_ac
 
 
 def separate(fisher: torch.Tensor, page_size: int, n_shared: int, margin: float = 0.1,
-             tpr: float = 1.0) -> Separation:
-    """Split a DNN's logical pages into exclusive and sharable ones (see the module docstring)."""
+             tpr: float = 1.0, n_exclusive: int | None = None) -> Separation:
+    """Split a DNN's logical pages into exclusive and sharable ones (see the module docstring).
+
+    `n_exclusive` given (the budget separation, `weightsep.budget`): the `n_exclusive` pages of
+    highest cd are exclusive, whatever the margin; overflow still applies.
+    """
     if not 0.0 <= margin <= 1.0:
         raise ValueError(f"margin must be in [0, 1], got {margin}")
     cd = contribution_density(fisher, page_size)
     order = torch.argsort(cd, descending=True, stable=True)
-    cumulative = torch.cumsum(cd[order], 0)
-    before = torch.cat([cd.new_zeros(1), cumulative[:-1]])  # cd already taken when page i is considered
-    chosen = tpr - before >= margin
-    n_exclusive = int(chosen.long().cumprod(0).sum())  # stop at the first page that fails
     total = n_pages(fisher.numel(), page_size)
+    if n_exclusive is None:
+        cumulative = torch.cumsum(cd[order], 0)
+        before = torch.cat([cd.new_zeros(1), cumulative[:-1]])  # cd already taken when page i is considered
+        chosen = tpr - before >= margin
+        n_exclusive = int(chosen.long().cumprod(0).sum())  # stop at the first page that fails
+    elif not 0 <= n_exclusive <= total:
+        raise ValueError(f"n_exclusive must be in [0, {total}], got {n_exclusive}")
     n_overflow = max(0, total - n_exclusive - n_shared)
     n_exclusive += n_overflow
     return Separation(
@@ -82,3 +101,28 @@ def separate(fisher: torch.Tensor, page_size: int, n_shared: int, margin: float 
         n_overflow=n_overflow,
         tpr=tpr,
     )
+
+
+def exclusive_budget(n_weights: list[int], page_size: int, n_shared: int, ratio: float) -> int:
+    """Exclusive pages that keep the packed store `ratio` times smaller than the stand-alone DNNs by
+    weight count: floor(sum(n) / (ratio P)) - S, at least 0 (then the ratio cannot be reached)."""
+    if ratio <= 0:
+        raise ValueError(f"ratio must be positive, got {ratio}")
+    return max(0, int(sum(n_weights) // (ratio * page_size)) - n_shared)
+
+
+def allot(budget: int, pages: dict[str, int], n_shared: int, at_packing: float) -> tuple[dict[str, int], int]:
+    """Exclusive pages per DNN at packing time, and the reserve left for promotion.
+
+    Each DNN first keeps what cannot be shared (its pages beyond S), then `at_packing` of the
+    budget is shared out evenly (the remainder to the DNNs first in order); the rest is the reserve.
+    The budget never goes below what cannot be shared.
+    """
+    if not 0.0 <= at_packing <= 1.0:
+        raise ValueError(f"at_packing must be in [0, 1], got {at_packing}")
+    counts = {name: max(0, p - n_shared) for name, p in pages.items()}
+    free = max(0, budget - sum(counts.values()))
+    now = round(free * at_packing)
+    for i, name in enumerate(counts):
+        counts[name] = min(pages[name], counts[name] + now // len(counts) + (i < now % len(counts)))
+    return counts, max(0, budget - sum(counts.values()))

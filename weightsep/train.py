@@ -100,9 +100,10 @@ def train_theta(model, data: dnn_mod.Dataset, config: TrainConfig) -> Trained:
     return Trained("", theta, best[0], test, best[1], seconds, history=history)
 
 
-def config_for(dnn: dnn_mod.DNN, steps: int | None = None) -> TrainConfig:
-    """Defaults, then the folder's TRAIN overrides, then a step budget from the command line."""
-    return TrainConfig(**{**asdict(TrainConfig()), **dnn.train_overrides, **({"steps": steps} if steps else {})})
+def config_for(dnn: dnn_mod.DNN, steps: int | None = None, seed: int = 0) -> TrainConfig:
+    """Defaults, then the folder's TRAIN overrides, then a step budget and seed from the command line."""
+    return TrainConfig(**{**asdict(TrainConfig()), **dnn.train_overrides, **({"steps": steps} if steps else {}),
+                          "seed": seed})
 
 
 def cache_path(dnn: dnn_mod.DNN, config: TrainConfig) -> Path:
@@ -136,8 +137,8 @@ def _train_worker(args: tuple[str, dict]) -> tuple[str, dict, np.ndarray]:
 
 
 def standalone_models(dnns: list[dnn_mod.DNN], workers: int = 2, steps: int | None = None,
-                      retrain: bool = False) -> dict[str, Trained]:
-    """Trained weights for each DNN: from the cache, else trained in `workers` processes."""
+                      retrain: bool = False, seed: int = 0) -> dict[str, Trained]:
+    """Trained weights for each DNN: from the cache, else trained in `workers` processes (seeded)."""
     results: dict[str, Trained] = {}
     todo = []
     for dnn in dnns:
@@ -145,7 +146,7 @@ def standalone_models(dnns: list[dnn_mod.DNN], workers: int = 2, steps: int | No
         if imported is not None:
             results[dnn.name] = imported
             continue
-        config = config_for(dnn, steps)
+        config = config_for(dnn, steps, seed)
         path = cache_path(dnn, config)
         if path.exists() and not retrain:
             try:
