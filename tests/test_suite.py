@@ -16,7 +16,7 @@ import torch
 from weightsep import datasets, dnn
 
 NAMES = dnn.suite()
-META_KEYS = {"task", "source", "real", "input", "classes", "stands_in_for", "split"}
+META_KEYS = {"task", "source", "licence", "real", "origin", "input", "classes", "stands_in_for", "split"}
 
 
 def folder(name: str) -> dnn.DNN:
@@ -33,7 +33,7 @@ def test_model_size_meta_and_forward(name):
     model = d.build_model()
     assert 40_000 <= model.n_weights <= 75_000, model.describe()
     assert META_KEYS <= set(d.meta), f"META lacks {META_KEYS - set(d.meta)}"
-    assert d.meta["real"] is True
+    assert d.meta["origin"] in dnn.ORIGINS and d.meta["real"] is (d.meta["origin"] == "real")
     assert tuple(d.meta["input"]) == model.input_shape and d.meta["classes"] == model.classes
     assert {"steps", "batch_size", "lr"} <= set(d.train_overrides)
     assert all(d.train_overrides[k] > 0 for k in ("steps", "batch_size", "lr"))

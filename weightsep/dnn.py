@@ -1,7 +1,8 @@
 """DNN plug-ins: a DNN is a folder with a `dnn.py`; folders are discovered, never listed.
 
 Contract (docs/dnn_folders.md): `dnn.py` defines
-    META: dict                         task, source, real (bool), input, classes; free-form extras
+    META: dict                         task, source, real (bool), input, classes; optional origin
+                                       (one of ORIGINS) and free-form extras
     build_model() -> TemplateNet       the architecture (fresh, untrained)
     load_data(data_dir: Path) -> Dataset   train / val / test arrays, labels int64
 and optionally
@@ -28,6 +29,7 @@ import numpy as np
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SUITE_DIR = REPO_ROOT / "suite"
 REQUIRED = ("META", "build_model", "load_data")
+ORIGINS = ("real", "rendered", "synthetic")  # META["origin"]: recorded/measured, rendered from real samples, generated
 
 
 def cache_dir() -> Path:

@@ -149,7 +149,7 @@ def no_sharing_control(loaded: dict[str, Loaded], trained: dict[str, Trained],
     out = {}
     for name, item in loaded.items():
         alone = solo_state(name, trained[name].theta, 512)
-        result, _ = optimize(alone, {name: item.task()}, replace(config, dnns=None), progress=False)
+        result, _ = optimize(alone, {name: item.task()}, replace(config, dnns=None, promote_pages=0), progress=False)
         out[name] = item.test_accuracy(packed_theta(result, name))
     return out
 

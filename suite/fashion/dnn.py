@@ -22,6 +22,7 @@ META = {
     "source": "Debian dataset-fashion-mnist (official Fashion-MNIST IDX files)",
     "licence": "MIT (Zalando Research)",
     "real": True,
+    "origin": "real",
     "input": (1, 28, 28),
     "classes": 10,
     "stands_in_for": "Fashion-MNIST",

@@ -21,6 +21,7 @@ META = {
     "source": "Debian r-cran-mlbench 2.1-3-1: LetterRecognition.rda (UCI Letter Recognition)",
     "licence": "GPL-2 (mlbench package); UCI data",
     "real": True,
+    "origin": "real",
     "input": (16,),
     "classes": 26,
     "stands_in_for": "GTSRB (many classes, high-accuracy regime)",

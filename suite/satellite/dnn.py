@@ -26,6 +26,7 @@ META = {
     "source": "Debian r-cran-mlbench 2.1-3-1: Satellite.rda (UCI Statlog Landsat Satellite)",
     "licence": "GPL-2 (mlbench package); UCI data",
     "real": True,
+    "origin": "real",
     "input": (BANDS, 3, 3),
     "classes": 6,
     "stands_in_for": "CIFAR-10 / obstacle avoidance (real camera-like imagery)",

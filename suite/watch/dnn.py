@@ -24,6 +24,7 @@ META = {
     "source": "PyPI seglearn 1.2.5: watch_dataset.npy (Burns et al. 2018, shoulder physiotherapy)",
     "licence": "BSD-3 (seglearn)",
     "real": True,
+    "origin": "real",
     "input": (6, 1, 128),
     "classes": 7,
     "stands_in_for": "HHAR",
