@@ -131,6 +131,16 @@ def official_split(x: np.ndarray, y: np.ndarray, n_train: int, n_val: int,
     return Dataset(*(Split(xi, y[i]) for xi, i in zip(xs, rows.values()))), rows
 
 
+def split_by_label(x: np.ndarray, y: np.ndarray, groups: np.ndarray, split: np.ndarray,
+                   axis: int | tuple[int, ...] = 0) -> tuple[Dataset, dict[str, np.ndarray]]:
+    """Samples whose `split` entry names a split ("train", "val", "test") go to it, in source order;
+    inputs standardised with the train split's statistics over `axis`. Returns the dataset and the
+    `groups` of each split (the unit that must not cross splits)."""
+    parts = {s: np.flatnonzero(split == s) for s in SPLITS}
+    xs = standardise(*(x[i] for i in parts.values()), axis=axis)
+    return Dataset(*(Split(xi, y[i]) for xi, i in zip(xs, parts.values()))), {s: groups[i] for s, i in parts.items()}
+
+
 def write_npz(path: Path, **arrays: np.ndarray) -> None:
     """Write a compressed .npz atomically (temp file in the same folder, then os.replace)."""
     path = Path(path)

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from weightsep import audio, datasets
-from weightsep.dnn import Dataset, Split
+from weightsep.dnn import Dataset
 from weightsep.model import Conv, TemplateNet
 
 # family: (first GM program, lowest note, highest note); 8 programs each. Drums are channel 10.
@@ -195,11 +195,7 @@ def build(score: list[dict] | None = None, soundfonts: tuple[str, ...] = SOUNDFO
                 groups.append(s * 1000 + e["unit"])
                 split.append("test" if s == TEST_SOUNDFONT else "val" if e["unit"] in held else "train")
     x, y = np.concatenate(xs), np.asarray(ys, np.int64)
-    groups, split = np.asarray(groups, np.int64), np.asarray(split)
-    parts = {s: np.flatnonzero(split == s) for s in datasets.SPLITS}
-    xs = datasets.standardise(*(x[i] for i in parts.values()), axis=(0, 2, 3))
-    data = Dataset(*(Split(xi, y[i]) for xi, i in zip(xs, parts.values())))
-    return data, {s: groups[i] for s, i in parts.items()}
+    return datasets.split_by_label(x, y, np.asarray(groups, np.int64), np.asarray(split), axis=(0, 2, 3))
 
 
 def prepare(data_dir: Path) -> None:

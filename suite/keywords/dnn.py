@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from weightsep import audio, datasets
-from weightsep.dnn import Dataset, Split
+from weightsep.dnn import Dataset
 from weightsep.model import Conv, TemplateNet
 
 WORDS = ("yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go")
@@ -198,10 +198,7 @@ def build(voice_list: list[dict] | None = None, words: tuple[str, ...] = WORDS) 
                 split.append(v["split"])
     x = features(clips, keys)
     y, vid, split = np.asarray(labels, np.int64), np.asarray([k[0] for k in keys], np.int64), np.asarray(split)
-    parts = {s: np.flatnonzero(split == s) for s in datasets.SPLITS}
-    xs = datasets.standardise(*(x[i] for i in parts.values()), axis=(0, 2, 3))
-    data = Dataset(*(Split(xi, y[i]) for xi, i in zip(xs, parts.values())))
-    return data, {s: vid[i] for s, i in parts.items()}
+    return datasets.split_by_label(x, y, vid, split, axis=(0, 2, 3))
 
 
 def prepare(data_dir: Path) -> None:
