@@ -118,4 +118,4 @@ fi
 log "building the suite's .npz files ($PYTHON -m weightsep prepare)"
 cd "$ROOT"
 "$PYTHON" -m weightsep prepare
-log "done"
+log "done in ${SECONDS} s"

@@ -17,8 +17,16 @@ fi
 echo "== installing Python packages (requirements.txt)"
 .venv/bin/python -m pip install --quiet --disable-pip-version-check -r requirements.txt
 echo "== building the page-table gather extension (custom_op/; cached in \${WEIGHTSEP_CACHE:-~/.cache/weightsep}/build)"
-.venv/bin/python -c 'from weightsep import ops; print("ops backend:", ops.BACKEND)'
+# the compile runs beside the data set-up (apt downloads leave the cores idle); its output comes at the end
+build_log="$(mktemp)"
+.venv/bin/python -c 'from weightsep import ops; print("ops backend:", ops.BACKEND)' >"$build_log" 2>&1 &
+build=$!
+status=0
 if [ "${1:-}" != "--no-data" ]; then
-  PYTHON=.venv/bin/python ./prepare_data.sh
+  PYTHON=.venv/bin/python ./prepare_data.sh || status=$?
 fi
+wait "$build" || status=$?
+cat "$build_log"
+rm -f "$build_log"
+[ "$status" -eq 0 ] || { echo "== setup failed" >&2; exit "$status"; }
 echo "== setup done"

@@ -125,7 +125,7 @@ def test_promotion_moves_pages_of_lagging_dnns_to_exclusive_and_keeps_each_dnn_w
     assert history.reference and 0 < len(history.promoted) <= 4
     assert {n: v.n_exclusive for n, v in state.vnns.items()} == before  # the input state is untouched
     best_step = history.steps[history.best_index]
-    kept = [p for p in history.promoted if p[0] <= best_step]  # the result has the best check's page tables
+    kept = [p for p in history.promoted if p[0] < best_step]  # made after a check: the next check has them
     assert sum(v.n_exclusive for v in result.vnns.values()) == sum(before.values()) + len(kept)
     result.validate()
     for name, vnn in result.vnns.items():
@@ -155,3 +155,19 @@ def test_balanced_selection_does_not_hide_one_dnn_behind_the_others():
     one_collapses, both_dip = {"a": 1.0, "b": 0.74}, {"a": 0.86, "b": 0.86}
     assert select_mean(one_collapses, ref) > select_mean(both_dip, ref)
     assert select_balanced(one_collapses, ref) < select_balanced(both_dip, ref)
+
+
+def test_cosine_schedule_warms_up_then_decays_to_zero():
+    from weightsep.optimize import cosine
+
+    assert cosine(1, 100) == pytest.approx(0.2) and cosine(5, 100) == pytest.approx(1.0)
+    assert cosine(52, 100) == pytest.approx(0.5, abs=0.02) and cosine(100, 100) == pytest.approx(0.0, abs=1e-12)
+    values = [cosine(s, 100) for s in range(5, 101)]
+    assert all(a >= b for a, b in zip(values, values[1:]))
+
+
+def test_joint_with_the_cosine_schedule_trains():
+    state, tasks = packed_pair()
+    config = OptimizeConfig(steps=150, eval_every=50, batch_size=50, schedule="cosine", lr=2e-3)
+    _, history = optimize(state, tasks, config, progress=False)
+    assert history.mean(history.best_index) > history.mean(0) + 0.2

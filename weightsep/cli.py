@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
+import time
 import types
 import typing
 from pathlib import Path
@@ -24,7 +25,7 @@ from . import dnn as dnn_mod
 from .evaluate import format_aggregate, format_table, make_row, packed_theta, summarize
 from .fisher import ESTIMATORS, FisherConfig
 from .matching import MATCHERS
-from .optimize import OPTIMIZERS, SELECTIONS, OptimizeConfig, optimize
+from .optimize import OPTIMIZERS, SCHEDULES, SELECTIONS, OptimizeConfig, optimize
 from .pack import MODES, SHARED_CONTENT, PackConfig, remove_vnn
 from .pipeline import RESULTS_DIR, RunConfig, load, load_packed, pack, run, write_summary
 from .separation import SEPARATIONS
@@ -33,7 +34,7 @@ from .train import set_single_thread, standalone_models
 
 CHOICES = {"mode": MODES, "matching": tuple(MATCHERS), "shared_content": SHARED_CONTENT,
            "estimator": tuple(ESTIMATORS), "optimizer": tuple(OPTIMIZERS), "separation": SEPARATIONS,
-           "select": tuple(SELECTIONS)}
+           "select": tuple(SELECTIONS), "schedule": tuple(SCHEDULES)}
 FLAG_NAMES = {"estimator": "fisher", "samples": "fisher-samples", "chunk": "fisher-chunk",
               "normalize": "fisher-normalize", "n_shared": "shared-pages"}
 SKIP = {"seed", "version", "dnns"}
@@ -93,9 +94,11 @@ def cmd_prepare(args) -> None:
         if not hasattr(dnn.module, "prepare"):
             print(f"{name}: no prepare() in its dnn.py; its data is supplied by hand")
             continue
-        print(f"preparing {name} ...", flush=True)
+        print(f"preparing {name} ...", end=" ", flush=True)
         dnn_mod.data_dir().mkdir(parents=True, exist_ok=True)
+        start = time.perf_counter()
         dnn.module.prepare(dnn_mod.data_dir())
+        print(f"{time.perf_counter() - start:.1f} s", flush=True)
     print(f"data ready in {dnn_mod.data_dir()}")
 
 
