@@ -212,20 +212,20 @@ def run_seed(config: RunConfig, loaded: dict[str, Loaded], seed: int) -> dict:
     trained = standalone_models([item.dnn for item in loaded.values()], config.workers, config.train_steps, seed=seed)
     times["standalone_seconds"] = time.perf_counter() - start
 
+    control_job, pool = None, None
+    if config.no_sharing:  # the control needs no packing: it starts now and trains beside the packed DNNs
+        pool = mp.get_context("spawn").Pool(1)
+        control_job = pool.apply_async(_control_worker, (
+            [str(item.dnn.path) for item in loaded.values()], [trained[n].theta.numpy() for n in loaded],
+            asdict(optimize_config)))
+        tqdm.write("no-sharing control: training each DNN alone, with the same budget, in a second process")
+
     start = time.perf_counter()
     state, pack_info = pack(loaded, trained, pack_config, fisher_config)
     times.update(fisher_seconds=pack_info["fisher_seconds"], matching_seconds=pack_info["matching_seconds"],
                  pack_seconds=time.perf_counter() - start)
     if pack_info["spare"]:
         optimize_config = replace(optimize_config, promote_pages=pack_info["spare"])
-
-    control_job, pool = None, None
-    if config.no_sharing:  # the control trains in a second process while the packed DNNs train here
-        pool = mp.get_context("spawn").Pool(1)
-        control_job = pool.apply_async(_control_worker, (
-            [str(item.dnn.path) for item in loaded.values()], [trained[n].theta.numpy() for n in loaded],
-            asdict(optimize_config)))
-        tqdm.write("no-sharing control: training each DNN alone, with the same budget, in a second process")
 
     start = time.perf_counter()
     tasks = {n: item.task(trained[n].theta) for n, item in loaded.items()}
