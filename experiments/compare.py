@@ -6,10 +6,12 @@
 Every configuration packs the same stand-alone DNNs and gets the same number of training batches
 per DNN (`--budget`): joint optimisation runs `budget` steps of all DNNs; round-robin runs rounds
 of `steps_per_turn` steps per DNN adding up to the same. Rows:
-  ours      predicted Fisher K=1000, optimal matching, Fisher-mean shared content, joint
+  ours      budget separation, predicted Fisher K=1000, optimal matching, Fisher-mean shared content,
+            joint with promotion and the cosine schedule
   matching  the same with the published greedy matcher (does lower matching cost train better?)
   optimizer the same with the published round-robin optimizer (lambda 0.1)
-  paper     everything published: paper Fisher (K=50, loop), greedy, random store, round-robin
+  paper     everything published: margin separation, paper Fisher (K=50, loop), greedy, random store,
+            round-robin
 Selection on validation data; test accuracy scored once per configuration.
 """
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from dataclasses import replace
 
 from weightsep import dnn as dnn_mod
 from weightsep.evaluate import make_row, packed_theta, summarize
@@ -31,7 +34,8 @@ CONFIGS = {
     "ours": dict(),
     "greedy matching": dict(matching="greedy"),
     "round-robin optimizer": dict(optimizer="round-robin"),
-    "paper (all published)": dict(fisher="paper", matching="greedy", shared_content="random", optimizer="round-robin"),
+    "paper (all published)": dict(fisher="paper", matching="greedy", shared_content="random", optimizer="round-robin",
+                                  separation="margin"),
 }
 
 
@@ -45,11 +49,12 @@ def main(argv=None) -> int:
     set_single_thread()
     loaded = load(args.dnns or dnn_mod.suite())
     trained = standalone_models([item.dnn for item in loaded.values()])
-    tasks = {n: item.task() for n, item in loaded.items()}
+    tasks = {n: item.task(trained[n].theta) for n, item in loaded.items()}
     rows = []
     for label, change in CONFIGS.items():
         pack_config = PackConfig(mode=args.mode, matching=change.get("matching", "optimal"),
-                                 shared_content=change.get("shared_content", "fisher-mean"))
+                                 shared_content=change.get("shared_content", "fisher-mean"),
+                                 separation=change.get("separation", PackConfig.separation))
         fisher = FisherConfig(change.get("fisher", "predicted"))
         optimizer = change.get("optimizer", "joint")
         opt = OptimizeConfig(optimizer=optimizer, steps=args.budget, steps_per_turn=args.steps_per_turn,
@@ -57,7 +62,8 @@ def main(argv=None) -> int:
         start = time.perf_counter()
         state, timings = pack(loaded, trained, pack_config, fisher)
         packed_before = {n: item.test_accuracy(packed_theta(state, n)) for n, item in loaded.items()}
-        state, history = optimize(state, tasks, opt)
+        # promotion is part of the joint optimiser; round-robin rows keep the pages given at packing
+        state, history = optimize(state, tasks, replace(opt, promote_pages=timings["spare"] if optimizer == "joint" else 0))
         seconds = time.perf_counter() - start
         table = summarize(state, [make_row(state, n, trained[n].test_accuracy, item.test_accuracy(packed_theta(state, n)))
                                   for n, item in loaded.items()])
