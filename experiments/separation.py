@@ -61,18 +61,10 @@ def main(argv=None) -> int:
         control = None
         for label, change in CONFIGS.items():
             print(f"== seed {seed}: {label}", flush=True)
-            config = replace(base, pack=replace(base.pack, **change), store=root / label, no_sharing=control is None)
-            summary = run_seed(replace(config, seeds=[seed]), loaded, seed)
-            if control is None:
-                control = {r["name"]: r["control_accuracy"] for r in summary["rows"]}
-            else:  # the control does not depend on the packing: the first configuration's serves both
-                for r in summary["rows"]:
-                    r["control_accuracy"] = control[r["name"]]
-                    r["packed_minus_control_pp"] = 100 * (r["packed_accuracy"] - r["control_accuracy"])
-                summary["totals"]["mean_control_accuracy"] = sum(control.values()) / len(control)
-                summary["totals"]["mean_packed_minus_control_pp"] = 100 * (
-                    summary["totals"]["mean_packed_accuracy"] - summary["totals"]["mean_control_accuracy"])
-                summary["totals"]["worst_packed_minus_control_pp"] = min(r["packed_minus_control_pp"] for r in summary["rows"])
+            config = replace(base, pack=replace(base.pack, **change), store=root / label, no_sharing=True, seeds=[seed])
+            # the control does not depend on the packing: the first configuration's serves both
+            summary = run_seed(config, loaded, seed, control)
+            control = {r["name"]: r["control_accuracy"] for r in summary["rows"]}
             results[label].append(summary)
             if label == "published":
                 state = Store(root / label).load()

@@ -25,8 +25,8 @@ BYTES_PER_PAGE_TABLE_ENTRY = 4  # int32 on the device
 
 @torch.no_grad()
 def accuracy(model, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor, batch_size: int = 500) -> float:
-    """Fraction of correct argmax predictions of `model` run with weights `theta` (in batches: a conv
-    net's activations for 2,000 32x32 images take ~150 MB, which ten DNNs' main job cannot spare)."""
+    """Fraction of correct argmax predictions of `model` run with weights `theta`, in small batches:
+    a conv net's activations for thousands of 32x32 images would add to the main job's peak memory."""
     correct = 0
     for start in range(0, len(x), batch_size):
         correct += (model(x[start : start + batch_size], theta).argmax(1) == y[start : start + batch_size]).sum().item()

@@ -8,8 +8,7 @@ up in `OPTIMIZERS`:
   DNN (or a random subset of `dnns_per_step`), resolves each DNN's weights through its page table
   (a differentiable gather), sums the task losses and updates the pages once with Adam, its
   learning rate warmed up over the first 5% of the steps and then decayed to 0 along a cosine
-  (`schedule`; "constant" keeps it flat). On the ten-DNN suite this gave -0.01 pp mean test change
-  against -0.24 pp for a constant 1e-3 with the same 1,500 steps (docs/results.md).
+  (`schedule`; "constant" keeps it flat; the comparison is in docs/results.md).
 * "round-robin" (published, DESIGN.md 3.5): for `rounds` rounds, each DNN in turn materialises its
   weights, trains `steps_per_turn` Adam steps on cross-entropy + lambda * overlap loss (the other
   DNNs' Fisher times the squared distance to their last weights on the pages they share), then

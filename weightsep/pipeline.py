@@ -203,8 +203,11 @@ def run(config: RunConfig) -> dict:
     return summary
 
 
-def run_seed(config: RunConfig, loaded: dict[str, Loaded], seed: int) -> dict:
-    """The pipeline once: stand-alone training, Fisher, separation, matching, optimisation, evaluation."""
+def run_seed(config: RunConfig, loaded: dict[str, Loaded], seed: int, control: dict[str, float] | None = None) -> dict:
+    """The pipeline once: stand-alone training, Fisher, separation, matching, optimisation, evaluation.
+
+    `control` (test accuracy per DNN) reuses a no-sharing control already run for this seed and
+    these stand-alone models instead of training one (`config.no_sharing`)."""
     pack_config, fisher_config = replace(config.pack, seed=seed), replace(config.fisher, seed=seed)
     optimize_config = replace(config.optimize, seed=seed)
     times = {}
@@ -213,7 +216,7 @@ def run_seed(config: RunConfig, loaded: dict[str, Loaded], seed: int) -> dict:
     times["standalone_seconds"] = time.perf_counter() - start
 
     control_job, pool = None, None
-    if config.no_sharing:  # the control needs no packing: it starts now and trains beside the packed DNNs
+    if config.no_sharing and control is None:  # the control needs no packing: it starts now and trains beside the packed DNNs
         pool = mp.get_context("spawn").Pool(1)
         control_job = pool.apply_async(_control_worker, (
             [str(item.dnn.path) for item in loaded.values()], [trained[n].theta.numpy() for n in loaded],
@@ -237,7 +240,6 @@ def run_seed(config: RunConfig, loaded: dict[str, Loaded], seed: int) -> dict:
         "skipped": history.skipped, "rolled_back": history.rolled_back})
     Store(config.store_for(seed)).save(state)
 
-    control = None
     if control_job is not None:
         start = time.perf_counter()
         control = control_job.get()
