@@ -171,3 +171,61 @@ def test_joint_with_the_cosine_schedule_trains():
     config = OptimizeConfig(steps=150, eval_every=50, batch_size=50, schedule="cosine", lr=2e-3)
     _, history = optimize(state, tasks, config, progress=False)
     assert history.mean(history.best_index) > history.mean(0) + 0.2
+
+
+def test_gradient_balance_gives_each_dnn_unit_rms_and_sum_leaves_gradients_alone():
+    from weightsep.optimize import GradientBalance
+    g = torch.tensor([3.0, -4.0])  # RMS 5 / sqrt(2)
+    rms = GradientBalance("rms", decay=0.5)
+    assert (rms.factor("a", g) * g).pow(2).mean().sqrt() == pytest.approx(1.0)
+    rms.factor("a", 3 * g)  # running RMS: 0.5 * r + 0.5 * 3r = 2r
+    assert rms.rms["a"] == pytest.approx(2 * 5 / 2 ** 0.5)
+    assert GradientBalance("sum", decay=0.5).factor("a", g) == 1.0
+
+
+@pytest.mark.parametrize("balance, invariant", [("rms", True), ("sum", False)])
+def test_rms_balance_makes_joint_blind_to_one_dnns_loss_scale(monkeypatch, balance, invariant):
+    """Multiplying one DNN's loss by 1000 must not change what "rms" trains; with "sum" it must."""
+    from weightsep import optimize as optimize_mod
+
+    def run(scale_b: float) -> torch.Tensor:
+        task_loss = optimize_mod.PageOptimizer.task_loss
+        monkeypatch.setattr(optimize_mod.PageOptimizer, "task_loss",
+                            lambda self, name, theta: task_loss(self, name, theta) * (scale_b if name == "b" else 1.0))
+        state, tasks = packed_pair()
+        result, _ = optimize(state, tasks, OptimizeConfig(steps=30, eval_every=30, batch_size=50, balance=balance))
+        monkeypatch.undo()
+        return result.shared_pages
+
+    same = torch.allclose(run(1.0), run(1000.0), atol=1e-4)
+    assert same is invariant
+
+
+def test_batches_per_step_water_fills_the_cheapest_dnns_within_the_extra_compute():
+    """FLOPs per sample: a 8-48-3 net ~ 2*(8*48 + 48*3) = 1056, a 8-4-3 net ~ 2*(32 + 12) = 88."""
+    from weightsep.optimize import batches_per_step, flops_per_sample, step_batches
+    x = torch.zeros(4, 8)
+    tasks = {name: Task(TemplateNet((8,), [], dense=[h], classes=3), x, torch.zeros(4, dtype=torch.long), x,
+                        torch.zeros(4, dtype=torch.long)) for name, h in [("big", 48), ("small", 4)]}
+    flops = {n: flops_per_sample(t) for n, t in tasks.items()}
+    assert flops == {"big": 2 * (8 * 48 + 48 * 3), "small": 2 * (8 * 4 + 4 * 3)}
+    # allowance 0.2 * 1144 = 228.8 FLOPs: two extra batches of small (88 each), not a third (264 > 228.8)
+    assert batches_per_step(tasks, 0.2, max_batches=8) == {"big": 1, "small": 3}
+    assert batches_per_step(tasks, 0.2, max_batches=2) == {"big": 1, "small": 2}
+    assert batches_per_step(tasks, 0.0, max_batches=8) == {"big": 1, "small": 1}
+    # a task's own count wins; the published optimizers keep one batch
+    tasks["big"].batches = 5
+    assert step_batches(tasks, OptimizeConfig(extra_compute=0.2, max_batches=8)) == {"big": 5, "small": 3}
+    tasks["big"].batches = None
+    assert step_batches(tasks, OptimizeConfig(optimizer="round-robin", extra_compute=0.2)) == {"big": 1, "small": 1}
+
+
+def test_a_dnn_with_several_batches_per_step_trains_on_that_many_samples(monkeypatch):
+    state, tasks = packed_pair()
+    tasks["b"].batches = 3
+    seen = []
+    forward = TemplateNet.forward
+    monkeypatch.setattr(TemplateNet, "forward", lambda self, x, theta=None: (seen.append(len(x)), forward(self, x, theta))[1])
+    _, history = optimize(state, tasks, OptimizeConfig(steps=4, eval_every=4, batch_size=50, extra_compute=0.0))
+    assert history.steps[-1] == 4 * (1 + 3)  # DNN-batches: a's one and b's three per step
+    assert sorted(set(seen) - {1, 100}) == [50, 150]  # 1: FLOP counting, 100: validation; a: 50, b: 3 x 50

@@ -25,7 +25,7 @@ from . import dnn as dnn_mod
 from .evaluate import format_aggregate, format_table, make_row, packed_theta, summarize
 from .fisher import ESTIMATORS, FisherConfig
 from .matching import MATCHERS
-from .optimize import OPTIMIZERS, SCHEDULES, SELECTIONS, OptimizeConfig, optimize
+from .optimize import BALANCES, OPTIMIZERS, SCHEDULES, SELECTIONS, OptimizeConfig, optimize
 from .pack import MODES, SHARED_CONTENT, PackConfig, remove_vnn
 from .pipeline import RESULTS_DIR, RunConfig, load, load_packed, pack, run, write_summary
 from .separation import SEPARATIONS
@@ -34,7 +34,7 @@ from .train import set_single_thread, standalone_models
 
 CHOICES = {"mode": MODES, "matching": tuple(MATCHERS), "shared_content": SHARED_CONTENT,
            "estimator": tuple(ESTIMATORS), "optimizer": tuple(OPTIMIZERS), "separation": SEPARATIONS,
-           "select": tuple(SELECTIONS), "schedule": tuple(SCHEDULES)}
+           "select": tuple(SELECTIONS), "schedule": tuple(SCHEDULES), "balance": BALANCES}
 FLAG_NAMES = {"estimator": "fisher", "samples": "fisher-samples", "chunk": "fisher-chunk",
               "normalize": "fisher-normalize", "n_shared": "shared-pages"}
 SKIP = {"seed", "version", "dnns"}

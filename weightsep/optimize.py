@@ -8,7 +8,14 @@ up in `OPTIMIZERS`:
   DNN (or a random subset of `dnns_per_step`), resolves each DNN's weights through its page table
   (a differentiable gather), sums the task losses and updates the pages once with Adam, its
   learning rate warmed up over the first 5% of the steps and then decayed to 0 along a cosine
-  (`schedule`; "constant" keeps it flat; the comparison is in docs/results.md).
+  (`schedule`; "constant" keeps it flat; the comparison is in docs/results.md). `balance` says how
+  the DNNs' gradients are summed (`BALANCES`): "rms" (default) divides each DNN's gradient by a
+  running mean (decay `balance_decay`) of its own shared-page gradient's RMS, so every DNN has the
+  same say on the shared pages whatever the scale of its loss's gradient (those scales differ by
+  more than 10x across the suite, and Adam's per-weight step follows the largest); "sum" is the
+  plain sum of the task losses' gradients. DNNs whose batches cost few FLOPs take several per step
+  (`batches_per_step`, within `extra_compute` of a plain step's FLOPs): letters, a dense net at a
+  ninth of the costliest DNN's FLOPs, was the one DNN still climbing when the steps ran out.
 * "round-robin" (published, DESIGN.md 3.5): for `rounds` rounds, each DNN in turn materialises its
   weights, trains `steps_per_turn` Adam steps on cross-entropy + lambda * overlap loss (the other
   DNNs' Fisher times the squared distance to their last weights on the pages they share), then
@@ -44,6 +51,7 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
 from tqdm import tqdm
 
 from .evaluate import accuracy
@@ -85,6 +93,10 @@ class OptimizeConfig:
     promote_pages: int = 0  # joint: spare exclusive pages handed out by validation deficit
     promote_start: float = 0.1  # joint: first and last fraction of the steps at which pages are handed out
     promote_end: float = 0.6
+    balance: str = "rms"  # joint: "rms" (each DNN's gradient over the running RMS of its own) or "sum"
+    balance_decay: float = 0.99  # joint, "rms": decay of the running RMS, per step the DNN is in
+    extra_compute: float = 0.1  # extra FLOPs per step, as a share of one batch of every DNN, for cheap DNNs' extra batches
+    max_batches: int = 4  # the most batches one DNN takes per step
     seed: int = 0
 
     @property
@@ -107,6 +119,12 @@ class OptimizeConfig:
             raise ValueError(f"unknown select {self.select!r}; choose from {', '.join(SELECTIONS)}")
         if self.promote_pages < 0 or not 0.0 <= self.promote_start <= self.promote_end <= 1.0:
             raise ValueError("promote_pages must be >= 0 and 0 <= promote_start <= promote_end <= 1")
+        if self.balance not in BALANCES:
+            raise ValueError(f"unknown balance {self.balance!r}; choose from {', '.join(BALANCES)}")
+        if not 0.0 <= self.balance_decay < 1.0:
+            raise ValueError(f"balance_decay must be in [0, 1), got {self.balance_decay}")
+        if self.extra_compute < 0 or self.max_batches < 1:
+            raise ValueError(f"extra_compute must be >= 0 and max_batches >= 1, got {self.extra_compute}, {self.max_batches}")
         if self.dnns_per_step is not None and self.dnns_per_step < 1:
             raise ValueError(f"dnns_per_step must be >= 1, got {self.dnns_per_step}")
 
@@ -121,6 +139,32 @@ class Task:
     x_val: torch.Tensor
     y_val: torch.Tensor
     standalone: torch.Tensor | None = None  # the DNN's stand-alone weights: its reference accuracy
+    batches: int | None = None  # batches of batch_size per step (None: `batches_per_step` decides)
+
+
+def flops_per_sample(task: Task) -> int:
+    """FLOPs of one sample's forward pass, counted by torch (not timed, so the same on every machine)."""
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        task.model(task.x_train[:1], task.standalone)
+    return counter.get_total_flops()
+
+
+def batches_per_step(tasks: dict[str, Task], extra_compute: float, max_batches: int) -> dict[str, int]:
+    """One batch per step for each DNN, plus extra ones for the cheapest: water-filling on FLOPs.
+
+    Each extra batch goes to the DNN with the fewest FLOPs per step so far (ties by name), while
+    the extra FLOPs stay within `extra_compute` of one batch of every DNN and no DNN takes more than
+    `max_batches`. A DNN's batches in one step form one larger batch."""
+    flops = {name: flops_per_sample(task) for name, task in tasks.items()}
+    count = {name: 1 for name in tasks}
+    allowance = extra_compute * sum(flops.values())
+    while open_ := [n for n in tasks if count[n] < max_batches]:
+        name = min(open_, key=lambda n: (count[n] * flops[n], n))
+        if flops[name] > allowance:
+            break
+        allowance -= flops[name]
+        count[name] += 1
+    return count
 
 
 def _mean(values) -> float:
@@ -147,6 +191,30 @@ def cosine(step: int, steps: int) -> float:
 
 
 SCHEDULES = {"constant": lambda step, steps: 1.0, "cosine": cosine}
+
+BALANCES = ("rms", "sum")
+
+
+def step_batches(tasks: dict[str, Task], config: OptimizeConfig) -> dict[str, int]:
+    """Each DNN's batches per step: its task's own `batches` if set, else `batches_per_step` for the
+    joint optimizer and one for the published ones."""
+    rule = batches_per_step(tasks, config.extra_compute, config.max_batches) if config.optimizer == "joint" else {}
+    return {name: task.batches or rule.get(name, 1) for name, task in tasks.items()}
+
+
+class GradientBalance:
+    """The factor each DNN's gradient is multiplied by before the sum (see `balance` above)."""
+
+    def __init__(self, kind: str, decay: float):
+        self.kind, self.decay = kind, decay
+        self.rms: dict[str, float] = {}  # DNN -> running RMS of its shared-page gradient
+
+    def factor(self, name: str, g_shared: torch.Tensor) -> float:
+        if self.kind == "sum":
+            return 1.0
+        rms = float(g_shared.pow(2).mean().sqrt())
+        self.rms[name] = rms if name not in self.rms else self.decay * self.rms[name] + (1 - self.decay) * rms
+        return 1.0 / self.rms[name] if self.rms[name] > 0 else 1.0  # no shared gradient: nothing to balance
 
 
 @dataclass
@@ -193,6 +261,7 @@ class PageOptimizer:
         self.state = copy.copy(state)  # promotion changes page tables: never the caller's
         self.state.vnns = dict(state.vnns)
         self.tasks, self.config, self.progress = tasks, config, progress
+        self.batches_per_step = step_batches({n: tasks[n] for n in self.names}, config)
         self.loss_fn = LOSSES[config.loss]
         self.gen = torch.Generator().manual_seed(config.seed)
         self.shared = state.shared_pages.clone().requires_grad_(True)
@@ -214,7 +283,7 @@ class PageOptimizer:
 
     def task_loss(self, name: str, theta: torch.Tensor) -> torch.Tensor:
         task = self.tasks[name]
-        idx = next(self.batches[name])
+        idx = torch.cat([next(self.batches[name]) for _ in range(self.batches_per_step[name])])
         return self.loss_fn(task.model(task.x_train[idx], theta), task.y_train[idx])
 
     def drop(self, name: str, what: str) -> None:
@@ -314,6 +383,7 @@ def joint(po: PageOptimizer) -> None:
     per_step = min(cfg.dnns_per_step or len(names), len(names))
     checks = [s for s in range(1, cfg.steps + 1) if s % cfg.eval_every == 0 or s == cfg.steps]
     window = [s for s in checks if cfg.promote_start * cfg.steps <= s <= cfg.promote_end * cfg.steps]
+    balance = GradientBalance(cfg.balance, cfg.balance_decay)
     dnn_batches = 0
     po.validate(0)
     for step in tqdm(range(1, cfg.steps + 1), desc="joint optimisation", unit="step", leave=False,
@@ -330,9 +400,11 @@ def joint(po: PageOptimizer) -> None:
             if not _finite(g_shared, g_excl):
                 po.drop(name, "gradient")
                 continue
+            factor = balance.factor(name, g_shared)
+            g_shared, g_excl = g_shared * factor, g_excl * factor
             grads[id(po.shared)] = grads.get(id(po.shared), 0) + g_shared
             grads[id(po.exclusive[name])] = g_excl
-        dnn_batches += len(chosen)
+        dnn_batches += sum(po.batches_per_step[n] for n in chosen)
         params = opt.param_groups[0]["params"]
         snap, opt_state = po.snapshot(), _adam_state(opt)
         for p in params:
@@ -410,7 +482,7 @@ def round_robin(po: PageOptimizer) -> None:
                     po.history.rolled_back += 1
                     warnings.warn(f"DNN {name!r}: weights became non-finite; step rolled back",
                                   RuntimeWarning, stacklevel=2)
-            dnn_batches += cfg.steps_per_turn
+            dnn_batches += cfg.steps_per_turn * po.batches_per_step[name]
             write_back(po, name, w.detach())
             last[name] = w.detach().clone()
             bar.update()

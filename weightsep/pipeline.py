@@ -20,7 +20,7 @@ from tqdm import tqdm
 from . import dnn as dnn_mod
 from .evaluate import accuracy, aggregate, format_aggregate, format_table, make_row, packed_theta, summarize
 from .fisher import FisherConfig, compute_fisher
-from .optimize import OptimizeConfig, Task, optimize
+from .optimize import OptimizeConfig, Task, optimize, step_batches
 from .pack import PackConfig, add_vnn, new_state, shared_pages_needed, solo_state
 from .pages import n_pages
 from .separation import allot, exclusive_budget, target_performance_rate
@@ -38,10 +38,10 @@ class Loaded:
     model: torch.nn.Module
     data: dnn_mod.Dataset
 
-    def task(self, standalone: torch.Tensor | None = None) -> Task:
+    def task(self, standalone: torch.Tensor | None = None, batches: int | None = None) -> Task:
         d = self.data
         return Task(self.model, torch.from_numpy(d.train.x), torch.from_numpy(d.train.y),
-                    torch.from_numpy(d.val.x), torch.from_numpy(d.val.y), standalone)
+                    torch.from_numpy(d.val.x), torch.from_numpy(d.val.y), standalone, batches)
 
     def test_accuracy(self, theta: torch.Tensor) -> float:
         return accuracy(self.model, theta, torch.from_numpy(self.data.test.x), torch.from_numpy(self.data.test.y))
@@ -135,31 +135,34 @@ def pack(loaded: dict[str, Loaded], trained: dict[str, Trained], pack_config: Pa
     return state, timings
 
 
-def no_sharing_control(loaded: dict[str, Loaded], trained: dict[str, Trained],
-                       config: OptimizeConfig) -> dict[str, float]:
+def no_sharing_control(loaded: dict[str, Loaded], trained: dict[str, Trained], config: OptimizeConfig,
+                       batches: dict[str, int] | None = None) -> dict[str, float]:
     """Test accuracy after the SAME extra training each DNN gets when packed, but alone (no sharing).
 
     Each DNN becomes its own one-DNN store with all pages exclusive and is optimised with the same
-    optimizer, batch size, learning rate and number of its own batches; so any gain it shows comes
-    from the extra training, not from sharing.
+    optimizer, batch size, learning rate and number of its own batches (`batches` per step, as the
+    packed set's `batches_per_step` gave it); so any gain it shows comes from the extra training,
+    not from sharing.
     """
+    batches = batches or {}
     if config.optimizer == "joint" and config.dnns_per_step:  # each DNN saw only a share of the steps
         share = min(config.dnns_per_step, len(loaded)) / len(loaded)
         config = replace(config, steps=max(1, round(config.steps * share)), dnns_per_step=None)
     out = {}
     for name, item in loaded.items():
         alone = solo_state(name, trained[name].theta, 512)
-        result, _ = optimize(alone, {name: item.task()}, replace(config, dnns=None, promote_pages=0), progress=False)
+        result, _ = optimize(alone, {name: item.task(batches=batches.get(name, 1))},
+                             replace(config, dnns=None, promote_pages=0), progress=False)
         out[name] = item.test_accuracy(packed_theta(result, name))
     return out
 
 
-def _control_worker(folders: list[str], thetas: list, config: dict) -> dict[str, float]:
+def _control_worker(folders: list[str], thetas: list, config: dict, batches: dict[str, int]) -> dict[str, float]:
     """no_sharing_control in a worker process (it runs beside the joint optimisation)."""
     set_single_thread()
     loaded = load(folders)
     trained = {name: Trained(name, torch.as_tensor(theta), 0.0, 0.0, 0, 0.0) for name, theta in zip(loaded, thetas)}
-    return no_sharing_control(loaded, trained, OptimizeConfig(**config))
+    return no_sharing_control(loaded, trained, OptimizeConfig(**config), batches)
 
 
 @dataclass
@@ -215,12 +218,16 @@ def run_seed(config: RunConfig, loaded: dict[str, Loaded], seed: int, control: d
     trained = standalone_models([item.dnn for item in loaded.values()], config.workers, config.train_steps, seed=seed)
     times["standalone_seconds"] = time.perf_counter() - start
 
+    tasks = {n: item.task(trained[n].theta) for n, item in loaded.items()}
+    per_step = step_batches(tasks, optimize_config)  # the control trains each DNN on as many batches
+    for name, task in tasks.items():
+        task.batches = per_step[name]
     control_job, pool = None, None
     if config.no_sharing and control is None:  # the control needs no packing: it starts now and trains beside the packed DNNs
         pool = mp.get_context("spawn").Pool(1)
         control_job = pool.apply_async(_control_worker, (
             [str(item.dnn.path) for item in loaded.values()], [trained[n].theta.numpy() for n in loaded],
-            asdict(optimize_config)))
+            asdict(optimize_config), per_step))
         tqdm.write("no-sharing control: training each DNN alone, with the same budget, in a second process")
 
     start = time.perf_counter()
@@ -231,13 +238,12 @@ def run_seed(config: RunConfig, loaded: dict[str, Loaded], seed: int, control: d
         optimize_config = replace(optimize_config, promote_pages=pack_info["spare"])
 
     start = time.perf_counter()
-    tasks = {n: item.task(trained[n].theta) for n, item in loaded.items()}
     state, history = optimize(state, tasks, optimize_config)
     times["optimize_seconds"] = time.perf_counter() - start
     state.config.update(optimize=asdict(optimize_config), history={
         "steps": history.steps, "val_accuracy": history.val_accuracy, "score": history.score,
         "best_index": history.best_index, "reference": history.reference, "promoted": history.promoted,
-        "skipped": history.skipped, "rolled_back": history.rolled_back})
+        "skipped": history.skipped, "rolled_back": history.rolled_back, "batches_per_step": per_step})
     Store(config.store_for(seed)).save(state)
 
     if control_job is not None:
