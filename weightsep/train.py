@@ -6,13 +6,16 @@ only scored once, on that checkpoint). Training is bounded by steps, never by wa
 machine gives the same result, only later. Each worker uses ONE torch thread: on small shared
 machines torch's default thread count makes these small models 4-100x slower.
 
-Trained weights are cached under `<cache>/models/NAME-KEY.safetensors`, KEY hashing the folder's
-dnn.py, the training config and the data file, so a changed model or budget retrains.
+Trained weights are cached under `<cache>/models/NAME-KEY.safetensors`, KEY hashing everything
+that changes the trained weights: the folder's dnn.py, the model and training code
+(`TRAINING_CODE`), the training config and the data files' contents. Anything else (a rebuilt but
+identical data file, another module) reuses the cache.
 
     models = standalone_models([weightsep.dnn.get("mnist10k")], workers=2)
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import multiprocessing as mp
@@ -106,10 +109,28 @@ def config_for(dnn: dnn_mod.DNN, steps: int | None = None, seed: int = 0) -> Tra
                           "seed": seed})
 
 
+TRAINING_CODE = tuple(Path(__file__).with_name(f) for f in ("model.py", "train.py", "evaluate.py"))
+
+
+@functools.lru_cache(maxsize=64)
+def _file_hash(path: Path, size: int, mtime_ns: int) -> str:
+    """sha256 of a file's contents (memoised while its size and mtime stay the same)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def file_hash(path: Path) -> str:
+    stat = Path(path).stat()
+    return _file_hash(Path(path), stat.st_size, stat.st_mtime_ns)
+
+
 def cache_path(dnn: dnn_mod.DNN, config: TrainConfig) -> Path:
-    data_files = sorted(dnn_mod.data_dir().glob(f"{dnn.name}.*"))
-    data_sig = [(p.name, p.stat().st_size, int(p.stat().st_mtime)) for p in data_files]
-    key = json.dumps([dnn.code_hash(), asdict(config), data_sig], sort_keys=True)
+    data = [(p.name, file_hash(p)) for p in sorted(dnn_mod.data_dir().glob(f"{dnn.name}.*"))]
+    code = [file_hash(p) for p in TRAINING_CODE]
+    key = json.dumps([dnn.code_hash(), code, asdict(config), data], sort_keys=True)
     return dnn_mod.cache_dir() / "models" / f"{dnn.name}-{hashlib.sha256(key.encode()).hexdigest()[:12]}.safetensors"
 
 

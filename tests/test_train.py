@@ -1,0 +1,63 @@
+"""The stand-alone training cache: keyed on everything that changes the trained weights, nothing else."""
+import shutil
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from weightsep import dnn as dnn_mod
+from weightsep import train
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def toy(tmp_path, monkeypatch):
+    """A DNN folder, its data file and a copy of the training code, all in tmp_path."""
+    monkeypatch.setenv("WEIGHTSEP_CACHE", str(tmp_path / "cache"))
+    folder = tmp_path / "toy"
+    folder.mkdir()
+    shutil.copy(REPO / "suite" / "letters" / "dnn.py", folder / "dnn.py")
+    data = dnn_mod.data_dir()
+    data.mkdir(parents=True)
+    (data / "toy.npz").write_bytes(b"data v1")
+    code = tmp_path / "code"
+    code.mkdir()
+    copies = []
+    for source in train.TRAINING_CODE:
+        copies.append(code / source.name)
+        shutil.copy(source, copies[-1])
+    monkeypatch.setattr(train, "TRAINING_CODE", tuple(copies))
+    return folder, data / "toy.npz", copies
+
+
+def key(folder: Path, **config) -> Path:
+    dnn = dnn_mod.load_folder(folder)
+    return train.cache_path(dnn, replace(train.config_for(dnn), **config))
+
+
+def edit(path: Path, text: str = "\n# edited\n") -> None:
+    path.write_text(path.read_text() + text)
+
+
+@pytest.mark.parametrize("change", ["dnn.py", "model.py", "train.py", "evaluate.py", "settings", "data"])
+def test_each_change_to_what_trains_the_weights_misses_the_cache(toy, change):
+    folder, data, code = toy
+    before = key(folder)
+    if change == "dnn.py":
+        edit(folder / "dnn.py")
+    elif change == "data":
+        data.write_bytes(b"data v2")
+    elif change != "settings":
+        edit(next(p for p in code if p.name == change))
+    after = key(folder, steps=7) if change == "settings" else key(folder)
+    assert after != before
+
+
+def test_nothing_else_misses_the_cache(toy):
+    folder, data, code = toy
+    before = key(folder)
+    data.write_bytes(data.read_bytes())  # rebuilt with the same contents: a new mtime only
+    (folder / "README.md").write_text("notes")  # another file in the folder
+    assert key(folder) == before
+    assert key(folder) == key(folder)  # and a fresh load of the same folder
