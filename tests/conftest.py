@@ -2,11 +2,23 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
+from weightsep import ops
 from weightsep.dnn import data_dir
 
 REPO = Path(__file__).resolve().parent.parent
 os.environ.setdefault("OMP_NUM_THREADS", "1")  # small models: one thread (see weightsep.train)
+torch.set_num_threads(1)
+
+
+@pytest.fixture(autouse=True)
+def no_global_state_leaks():
+    """Whatever a test does to torch's thread count or the ops backend is undone after it."""
+    threads, backend = torch.get_num_threads(), (ops._setting, ops._backend)  # read without resolving
+    yield
+    torch.set_num_threads(threads)
+    ops._setting, ops._backend = backend
 
 # Under CI=true a skip is a failure (a missing fixture folder, a failed extension build, unprepared
 # data must not pass quietly), except for these, which need hardware or time CI does not have.

@@ -9,7 +9,8 @@ SMALL = ["--train-steps", "300", "--fisher-samples", "64"]
 
 
 def cli(*args, check=True, script=("-m", "weightsep")):
-    result = subprocess.run([sys.executable, *script, *map(str, args)], cwd=REPO, capture_output=True, text=True)
+    result = subprocess.run([sys.executable, *script, *map(str, args)], cwd=REPO, capture_output=True, text=True,
+                            timeout=600)
     if check and result.returncode:
         raise AssertionError(f"{args} exited {result.returncode}:\n{result.stdout}\n{result.stderr}")
     return result
@@ -89,7 +90,7 @@ def test_a_new_dnn_is_a_folder_with_no_code_edit(cache_with_data, tmp_path):
 
 def test_formation_and_optimization_scripts(cache_with_data, tmp_path):
     env_flags = f"--store {tmp_path / 'state'} --train-steps 200"
-    run = lambda *cmd: subprocess.run(cmd, cwd=REPO, capture_output=True, text=True,  # noqa: E731
+    run = lambda *cmd: subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600,  # noqa: E731
                                       env={**__import__("os").environ, "WS_FLAGS": env_flags, "PYTHON": sys.executable})
     formed = run("bash", "formation.sh", "-i", "10", "satellite", "letters")
     assert formed.returncode == 0, formed.stderr

@@ -24,7 +24,7 @@ def hhar_source(root: Path, n_train: int = 12, n_test: int = 5, label_rows: int 
 
 def run(tmp_path: Path, source: str, *dnns: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "WS_DATA_SOURCE": source, "WEIGHTSEP_CACHE": str(tmp_path / "cache"), "PYTHON": sys.executable}
-    return subprocess.run(["bash", str(SCRIPT), *dnns], capture_output=True, text=True, env=env)
+    return subprocess.run(["bash", str(SCRIPT), *dnns], capture_output=True, text=True, env=env, timeout=600)
 
 
 def test_fetches_verifies_and_skips_on_rerun(tmp_path):

@@ -11,7 +11,6 @@ from weightsep.execution import PackedModel
 from weightsep.model import Conv, TemplateNet
 from weightsep.pack import PackConfig, add_vnn, new_state, solo_state
 
-torch.set_num_threads(1)
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 P, S = 64, 12
 MODES = [("gather", "ops"), ("gather", "index_select"), ("zero-copy", "ops")]

@@ -254,7 +254,7 @@ def test_cuda_kernels_compile_with_nvcc(tmp_path):
         " int64_t, int, cudaStream_t);\n"
         "}\n")
     run = subprocess.run([NVCC, "-c", str(unit), "-o", str(tmp_path / "kernels.o"), *ARCHS],
-                         capture_output=True, text=True)
+                         capture_output=True, text=True, timeout=900)
     assert run.returncode == 0, run.stderr
 
 
@@ -275,7 +275,7 @@ def test_cuda_glue_compiles_with_nvcc(tmp_path):
         includes.append(f"-I{tmp_path / 'stub'}")
     run = subprocess.run([NVCC, "-c", str(REPO / "custom_op" / "gather_cuda.cu"), "-o", str(tmp_path / "glue.o"),
                           *includes, "-std=c++20", "-D_GLIBCXX_USE_CXX11_ABI=1", "--expt-relaxed-constexpr", *ARCHS],
-                         capture_output=True, text=True)
+                         capture_output=True, text=True, timeout=900)
     assert run.returncode == 0, run.stderr[-4000:]
 
 
@@ -291,7 +291,7 @@ def test_auto_falls_back_to_torch_and_says_why(tmp_path):
         "ops.gather_pages(p, t, 6)\n"
         "print(ops.BACKEND)\n")
     env = {**os.environ, "WEIGHTSEP_CACHE": str(tmp_path / "cache"), "WEIGHTSEP_OPS_BACKEND": "auto"}
-    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO, env=env)
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO, env=env, timeout=300)
     assert run.returncode == 0, run.stderr
     assert run.stdout.strip() == "torch"
     assert run.stderr.count("extension unavailable") == 1, run.stderr

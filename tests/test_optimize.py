@@ -8,7 +8,6 @@ from weightsep.model import TemplateNet
 from weightsep.optimize import OptimizeConfig, Task, optimize
 from weightsep.pack import PackConfig, add_vnn, new_state
 
-torch.set_num_threads(1)
 P = 64
 
 
@@ -61,7 +60,8 @@ def test_nan_in_one_dnn_never_reaches_the_shared_pages(optimizer):
     assert all(torch.isfinite(v.exclusive_pages).all() for v in result.vnns.values())
     assert history.skipped == {"b": 40}
     assert any("DNN 'b'" in str(w.message) for w in caught)
-    assert history.mean(history.best_index) >= history.mean(0)  # DNN a still trained
+    a_before, a_after = history.val_accuracy[0]["a"], history.val_accuracy[-1]["a"]
+    assert a_after > a_before + 0.2, (a_before, a_after)  # DNN a still trained
 
 
 def test_a_step_that_would_make_pages_non_finite_is_rolled_back():

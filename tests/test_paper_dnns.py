@@ -308,7 +308,7 @@ def test_two_dnn_paper_pipeline_with_the_original_scripts(tmp_path):
     env = {**os.environ, "WS_FLAGS": flags, "PYTHON": sys.executable}
 
     def sh(*cmd):
-        result = subprocess.run(cmd, cwd=repo, capture_output=True, text=True, env=env)
+        result = subprocess.run(cmd, cwd=repo, capture_output=True, text=True, env=env, timeout=900)
         assert result.returncode == 0, result.stderr
         return result.stdout
 

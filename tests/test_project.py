@@ -10,7 +10,8 @@ REPO = Path(__file__).resolve().parent.parent
 def test_import_loads_no_cuda_context_and_no_tensorflow():
     code = ("import sys, torch, weightsep, weightsep.cli, weightsep.pipeline; "
             "assert 'tensorflow' not in sys.modules; assert not torch.cuda.is_initialized(); print('ok')")
-    assert subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True).stdout.strip() == "ok"
+    assert subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
+                          timeout=120).stdout.strip() == "ok"
 
 
 def test_readme_opens_with_the_two_commands_and_ci_runs_the_test_one():
