@@ -23,13 +23,14 @@ NVCC = shutil.which("nvcc")
 @pytest.fixture(scope="module")
 def ext():
     """Build (or load from the cache) once per session; the tests call torch.ops directly."""
-    start = time.perf_counter()
+    start, before = time.perf_counter(), (ops._setting, ops._backend)
     try:
         ops.set_backend("extension")
     except ops.ExtensionError as exc:
         pytest.skip(f"extension did not build here: {exc}")
     logging.getLogger("weightsep").info("weightsep_ops ready in %.1f s", time.perf_counter() - start)
     yield torch.ops.weightsep
+    ops._setting, ops._backend = before
     ops.set_backend("auto")
 
 

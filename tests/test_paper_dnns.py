@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from weightsep import dnn, paper
+from weightsep.checkpoint import read_checkpoint
 from weightsep.originals import fixtures_dir
 
 NAMES = paper.WS_ORDER
@@ -95,18 +96,11 @@ def test_nwv_layout_matches_the_authors_weights(name):
     assert [a.shape for a in load_nwv_arrays(path)] == [s.shape for s in model.layout]
 
 
-def _checkpoint_reader():
-    checkpoint = pytest.importorskip("weightsep.checkpoint")
-    if not hasattr(checkpoint, "read_checkpoint"):
-        pytest.skip("weightsep.checkpoint has no read_checkpoint")
-    return checkpoint.read_checkpoint
-
-
 @pytest.mark.parametrize("name", NAMES)
 def test_ws_layout_matches_the_authors_checkpoint(name):
     if not (WS_DIR / f"{name}.index").is_file():
         pytest.skip(f"WS checkpoint fixtures absent: {WS_DIR / name}.index")
-    tensors = _checkpoint_reader()(WS_DIR / name)
+    tensors = read_checkpoint(WS_DIR / name)
     model = folder(name).build_model()
     assert {s.name: s.shape for s in model.layout} == {
         k: tuple(v.shape) for k, v in tensors.items() if re.fullmatch(r"(weight|bias)_\d+", k)}
