@@ -229,3 +229,98 @@ def test_a_dnn_with_several_batches_per_step_trains_on_that_many_samples(monkeyp
     _, history = optimize(state, tasks, OptimizeConfig(steps=4, eval_every=4, batch_size=50, extra_compute=0.0))
     assert history.steps[-1] == 4 * (1 + 3)  # DNN-batches: a's one and b's three per step
     assert sorted(set(seen) - {1, 100}) == [50, 150]  # 1: FLOP counting, 100: validation; a: 50, b: 3 x 50
+
+
+# Independent references: literal loops over weights and pages, never the code under test.
+
+def literal_theta(shared: torch.Tensor, exclusive: torch.Tensor, table: torch.Tensor, n: int) -> torch.Tensor:
+    S = shared.shape[0]
+    rows = [(int(table[i // P]), i % P) for i in range(n)]
+    return torch.stack([shared[r, j] if r < S else exclusive[r - S, j] for r, j in rows])
+
+
+@pytest.mark.parametrize("balance", ["sum", "rms"])
+def test_one_joint_step_sums_each_dnns_gradient_page_by_page(monkeypatch, balance):
+    """The gradients Adam sees after one joint step, against d(loss)/d(weight) summed into pages by a loop."""
+    state, tasks = packed_pair()
+    seen = {}
+
+    class Recording(torch.optim.Adam):
+        def step(self, closure=None):
+            seen.update({i: p.grad.clone() for i, p in enumerate(self.param_groups[0]["params"])})
+            return super().step(closure)
+
+    monkeypatch.setattr(torch.optim, "Adam", Recording)
+    # batch = the whole training set, so the loss does not depend on the batch order drawn
+    optimize(state, tasks, OptimizeConfig(steps=1, eval_every=1, batch_size=300, balance=balance, extra_compute=0.0))
+
+    S = state.n_shared
+    shared = torch.zeros(S, P)
+    for k, (name, vnn) in enumerate(state.vnns.items(), start=1):
+        theta = literal_theta(state.shared_pages, vnn.exclusive_pages, vnn.page_table, vnn.n_weights)
+        theta.requires_grad_(True)
+        task = tasks[name]
+        g, = torch.autograd.grad(torch.nn.functional.cross_entropy(task.model(task.x_train, theta), task.y_train), theta)
+        mine_shared, mine_exclusive = torch.zeros(S, P), torch.zeros_like(vnn.exclusive_pages)
+        for i in range(vnn.n_weights):
+            row, j = int(vnn.page_table[i // P]), i % P
+            if row < S:
+                mine_shared[row, j] += g[i]
+            else:
+                mine_exclusive[row - S, j] += g[i]
+        factor = 1.0 if balance == "sum" else 1.0 / float(mine_shared.pow(2).mean().sqrt())
+        shared += factor * mine_shared
+        torch.testing.assert_close(seen[k], factor * mine_exclusive, rtol=1e-4, atol=1e-7)
+    torch.testing.assert_close(seen[0], shared, rtol=1e-4, atol=1e-7)
+
+
+def test_overlap_loss_matches_a_double_loop_over_weights_and_other_dnns():
+    from weightsep.optimize import PageOptimizer, _overlap_terms, overlap_loss
+
+    state, tasks = packed_pair()
+    for vnn in state.vnns.values():  # Fisher with zeros, which the published loss leaves out of the mean
+        vnn.fisher = torch.rand(vnn.n_weights) * (torch.rand(vnn.n_weights) > 0.3)
+    po = PageOptimizer(state, tasks, OptimizeConfig(optimizer="round-robin"), progress=False)
+    last = {n: torch.randn(v.n_weights) for n, v in state.vnns.items()}
+    me, lam, S = state.vnns["a"], 0.7, state.n_shared
+    w = torch.randn(me.n_weights)
+    expected = 0.0
+    for i in range(me.n_weights):
+        row, j = int(me.page_table[i // P]), i % P
+        if row >= S:
+            continue
+        terms = []
+        for other, vnn in state.vnns.items():
+            if other == "a":
+                continue
+            for q in range(len(vnn.page_table)):
+                pos = q * P + j
+                if int(vnn.page_table[q]) == row and pos < vnn.n_weights and vnn.fisher[pos] > 0:
+                    terms.append(float(vnn.fisher[pos]) * (float(w[i]) - float(last[other][pos])) ** 2)
+        if terms:
+            expected += lam * sum(terms) / len(terms)
+    got = overlap_loss(w, _overlap_terms(po, "a", last), lam)
+    assert float(got) == pytest.approx(expected, rel=1e-4)
+    assert expected > 0  # the pair does overlap
+
+
+def test_write_back_puts_each_weight_on_its_page_and_leaves_the_rest():
+    from weightsep.optimize import PageOptimizer, write_back
+
+    state, tasks = packed_pair()
+    po = PageOptimizer(state, tasks, OptimizeConfig(optimizer="round-robin"), progress=False)
+    vnn, S = state.vnns["b"], state.n_shared
+    shared_before, a_before = po.shared.detach().clone(), po.exclusive["a"].detach().clone()
+    theta = torch.randn(vnn.n_weights)
+    write_back(po, "b", theta)
+    expected = shared_before.clone()
+    expected_excl = vnn.exclusive_pages.clone()
+    for i in range(vnn.n_weights):
+        row, j = int(vnn.page_table[i // P]), i % P
+        if row < S:
+            expected[row, j] = theta[i]
+        else:
+            expected_excl[row - S, j] = theta[i]
+    assert torch.equal(po.shared.detach(), expected)
+    assert torch.equal(po.exclusive["b"].detach(), expected_excl)
+    assert torch.equal(po.exclusive["a"].detach(), a_before)

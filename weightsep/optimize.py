@@ -447,6 +447,13 @@ def _overlap_terms(po: PageOptimizer, name: str, last: dict[str, torch.Tensor]) 
     return tuple(s.reshape(-1)[: me.n_weights] for s in sums)
 
 
+def overlap_loss(w: torch.Tensor, terms: tuple[torch.Tensor, ...], lam: float) -> torch.Tensor:
+    """lam * sum_i mean_o F_o[i] (w[i] - w_o[i])^2 over the other DNNs o sharing position i (with
+    F_o[i] > 0), from `_overlap_terms`, expanded so the others' terms are computed once per turn."""
+    f_sum, fw_sum, fw2_sum, count = terms
+    return (lam / count.clamp_min(1.0) * (f_sum * w * w - 2 * fw_sum * w + fw2_sum)).sum()
+
+
 def round_robin(po: PageOptimizer) -> None:
     cfg, names = po.config, po.names
     last = {n: po.theta(n).detach().clone() for n in po.state.vnns}  # each DNN's weights after its last turn
@@ -456,15 +463,11 @@ def round_robin(po: PageOptimizer) -> None:
                disable=not po.progress)
     for _ in range(cfg.rounds):
         for name in names:
-            f_sum, fw_sum, fw2_sum, count = _overlap_terms(po, name, last)
-            scale = cfg.lam / count.clamp_min(1.0)
+            terms = _overlap_terms(po, name, last)
             w = po.theta(name).detach().clone().requires_grad_(True)
             opt = torch.optim.Adam([w], lr=cfg.learning_rate)  # a fresh Adam per turn, as the published -mode=t
             for _ in range(cfg.steps_per_turn):
-                ce = po.task_loss(name, w)
-                # sum_o F_o (w - w_o)^2 expanded, so the other DNNs' terms are precomputed once per turn
-                overlap = (scale * (f_sum * w * w - 2 * fw_sum * w + fw2_sum)).sum()
-                loss = ce + overlap
+                loss = po.task_loss(name, w) + overlap_loss(w, terms, cfg.lam)
                 if not torch.isfinite(loss):
                     po.drop(name, "loss")
                     continue
