@@ -48,7 +48,7 @@ import torch
 
 from weightsep.ops import gather_into_function, gather_pages
 
-from .store import PackedState
+from .store import PAGE_TABLE_DTYPE, PackedState
 
 MODES = ("gather", "zero-copy")
 KERNELS = ("ops", "index_select")  # the gather: weightsep.ops.gather_pages_into, or torch.index_select(out=buffer)
@@ -105,14 +105,14 @@ class PackedModel:
             return t.pin_memory() if cuda else t
 
         self._exclusive = {n: host(v.exclusive_pages) for n, v in state.vnns.items()}
-        self._tables = {n: host(v.page_table.to(torch.int64)) for n, v in state.vnns.items()}
+        self._tables = {n: host(v.page_table.to(PAGE_TABLE_DTYPE)) for n, v in state.vnns.items()}
 
         # level 1 + preallocated device buffers
         self.store = torch.empty(S + self.e_max, P, device=self.device)
         self.store[:S].copy_(state.shared_pages)
         self.store[S:].zero_()
         self._host_tables = self.device.type == "cpu"
-        self.table = torch.zeros(0 if self._host_tables else self.pages_max, dtype=torch.int64, device=self.device)
+        self.table = torch.zeros(0 if self._host_tables else self.pages_max, dtype=PAGE_TABLE_DTYPE, device=self.device)
         self._table = self.table
         self.weights = torch.empty(self.pages_max * self.page_size if mode == "gather" else 0, device=self.device)
         self._gather_into = gather_into_function()  # bound once: the per-call lookup is ~10% of a switch

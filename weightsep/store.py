@@ -57,6 +57,7 @@ from weightsep.pages import n_pages as pages_needed
 
 FORMAT = "weightsep-store"
 FORMAT_VERSION = 1
+PAGE_TABLE_DTYPE = torch.int64  # in the store and on the device (execution gathers with it)
 MANIFEST = "manifest.json"
 PREVIOUS = "manifest.prev.json"
 RECOVERY = "restore the previous generation with `python -m weightsep restore` (Store.restore_previous())"
@@ -113,7 +114,7 @@ class VNN:
 
     name: str
     n_weights: int
-    page_table: torch.Tensor  # int64 [n_pages]: entry < S -> shared page; S + e -> exclusive_pages[e]
+    page_table: torch.Tensor  # PAGE_TABLE_DTYPE [n_pages]: entry < S -> shared page; S + e -> exclusive_pages[e]
     exclusive_pages: torch.Tensor  # float32 [E, P], level-2 pages (E may be 0)
     fisher: torch.Tensor  # float32 [n_weights], >= 0: the Fisher used for separation and matching
     meta: dict = field(default_factory=dict)  # JSON-able: folder path, code hash, architecture, accuracies
@@ -135,7 +136,7 @@ class VNN:
             raise ValueError(f"a VNN name must be a non-empty string, got {self.name!r}")
         who = f"VNN {self.name!r}"
         _check_count(self.n_weights, f"{who}: n_weights", 1)
-        _check_tensor(self.page_table, f"{who}: page_table", torch.int64, 1)
+        _check_tensor(self.page_table, f"{who}: page_table", PAGE_TABLE_DTYPE, 1)
         _check_tensor(self.exclusive_pages, f"{who}: exclusive_pages", torch.float32, 2)
         _check_tensor(self.fisher, f"{who}: fisher", torch.float32, 1)
         if self.fisher.numel() != self.n_weights:

@@ -1,0 +1,48 @@
+"""The summary table's totals against hand-worked numbers, and bytes against what execution holds."""
+import pytest
+import torch
+
+from weightsep.evaluate import make_row, summarize
+from weightsep.execution import PackedModel
+from weightsep.model import TemplateNet
+from weightsep.pack import PackConfig, add_vnn, new_state
+
+P, S = 64, 6
+
+
+def state_of_two():
+    """a: 8-24-3 (291 weights, 5 pages), b: 8-20-3 (243 weights, 4 pages), one exclusive page each."""
+    config = PackConfig(page_size=P, n_shared=S)
+    state, models = new_state(config, S), {}
+    for seed, (name, hidden) in enumerate([("a", 24), ("b", 20)]):
+        torch.manual_seed(seed)
+        models[name] = TemplateNet((8,), [], dense=[hidden], classes=3)
+        theta = models[name].theta.detach().clone()
+        state, _ = add_vnn(state, name, theta, torch.rand_like(theta), config, n_exclusive=1)
+    return state, models
+
+
+def test_summary_totals_by_hand():
+    state, _ = state_of_two()
+    rows = [make_row(state, "a", 0.90, 0.88, control_accuracy=0.91), make_row(state, "b", 0.80, 0.81, control_accuracy=0.80)]
+    t = summarize(state, rows)["totals"]
+    assert [r.weights for r in rows] == [291, 243] and [r.pages for r in rows] == [5, 4]
+    assert t["standalone_weights"] == 534
+    assert t["packed_weights"] == (6 + 2) * 64 == 512
+    assert t["ratio_by_count"] == pytest.approx(534 / 512)
+    assert t["standalone_bytes"] == 534 * 4
+    assert t["packed_bytes"] == 512 * 4 + 9 * 8  # float32 pages + nine int64 page-table entries
+    assert t["ratio_by_bytes"] == pytest.approx(534 * 4 / (512 * 4 + 72))
+    assert t["mean_difference_pp"] == pytest.approx((-2.0 + 1.0) / 2)
+    assert t["worst_difference_pp"] == pytest.approx(-2.0)
+    assert t["mean_packed_minus_control_pp"] == pytest.approx((-3.0 + 1.0) / 2)
+    assert t["worst_packed_minus_control_pp"] == pytest.approx(-3.0)
+
+
+def test_bytes_count_page_tables_at_the_width_execution_holds_them():
+    state, models = state_of_two()
+    packed = PackedModel(state, models)
+    width = {packed._tables[n].element_size() for n in state.vnns}
+    rows = [make_row(state, n, 1.0, 1.0) for n in state.vnns]
+    t = summarize(state, rows)["totals"]
+    assert t["packed_bytes"] - t["packed_weights"] * 4 == 9 * width.pop()
