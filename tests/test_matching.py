@@ -149,3 +149,65 @@ def test_nwv_sequential_placement_optimal_never_worse_than_greedy():
         assert results["optimal"].cost <= greedy * (1 + RTOL), name
         assert results["optimal-occupancy"].cost <= greedy * (1 + RTOL), name
         state = place(results["greedy"].assignment, w, F, *state)
+
+
+def published_page_alloc(w_a, F_a, w_s, F_s, occupancy):
+    """A literal, loop-by-loop port of the published greedy allocation (DESIGN 3.4, the CUDA
+    `PageAlloc`), as the reference for `greedy`: nothing from weightsep.matching is used."""
+    m, S, P = len(w_a), len(w_s), len(w_a[0])
+
+    def cost(a, b):
+        total = 0.0
+        for p in range(P):
+            if F_a[a][p] > 0 and F_s[b][p] > 0:
+                total += (F_a[a][p] + F_s[b][p]) * (w_a[a][p] - w_s[b][p]) ** 2
+        return total
+
+    def mass(F, i):
+        return sum(f for f in F[i] if f > 0)
+
+    def heaviest_first(items, F):  # stable: equal masses keep index order
+        return sorted(items, key=lambda i: -mass(F, i))
+
+    assignment = [-1] * m
+    waiting = heaviest_first(range(m), F_a)
+    for level in sorted(set(occupancy)):
+        if not waiting:
+            break
+        tier = heaviest_first([b for b in range(S) if occupancy[b] == level], F_s)
+        take = min(len(tier), len(waiting))
+        tier = tier[len(tier) - take:]  # the tier's heaviest surplus pages stay free
+        rows, waiting = waiting[:take], waiting[take:]  # the DNN's lightest wait for the next tier
+        free_rows, free_cols = list(rows), list(tier)
+        while free_rows:
+            a, b = free_rows[0], free_cols[0]  # the heads: heaviest still free on each side
+            if mass(F_s, b) > mass(F_a, a):  # the shared page takes its cheapest DNN page
+                best = free_rows[0]
+                for r in free_rows:
+                    if cost(r, b) < cost(best, b):
+                        best = r
+                a = best
+            else:  # equal masses: the DNN page takes; equal costs: the heavier partner
+                best = free_cols[0]
+                for c in free_cols:
+                    if cost(a, c) < cost(a, best):
+                        best = c
+                b = best
+            assignment[a] = b
+            free_rows.remove(a)
+            free_cols.remove(b)
+    return assignment
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_greedy_equals_a_literal_port_of_the_published_allocation(seed):
+    """Small integer weights and Fisher, so masses and costs tie exactly and often; three or four
+    occupancy tiers; more DNN pages than the lowest tier holds."""
+    rng = np.random.default_rng(seed)
+    S, P, m = 12, 4, 9
+    w_a, w_s = rng.integers(-2, 3, (m, P)).astype(float), rng.integers(-2, 3, (S, P)).astype(float)
+    F_a, F_s = rng.integers(0, 3, (m, P)).astype(float), rng.integers(0, 3, (S, P)).astype(float)
+    occupancy = rng.integers(0, 3 + seed % 2, S)
+    occupancy[:3] = [0, 1, 2]  # at least three tiers
+    expected = published_page_alloc(w_a.tolist(), F_a.tolist(), w_s.tolist(), F_s.tolist(), occupancy.tolist())
+    assert matching.greedy(w_a, F_a, w_s, F_s, occupancy).tolist() == expected
