@@ -235,12 +235,12 @@ def test_cuda_gather_into_matches_reference(ext, shape):
     torch.library.opcheck(ext.gather_pages_into.default, (pages, table, torch.empty(n, device="cuda")))
 
 
-ARCHS = ["-gencode=arch=compute_80,code=sm_80", "-gencode=arch=compute_90,code=sm_90"]
+ARCHS = ops.CUDA_ARCH_FLAGS  # what the extension build uses
 
 
 @pytest.mark.skipif(NVCC is None, reason="nvcc not on PATH")
 def test_cuda_kernels_compile_with_nvcc(tmp_path):
-    """The header-free kernels (custom_op/gather_kernels.cuh) compile for sm_80 and sm_90."""
+    """The header-free kernels (custom_op/gather_kernels.cuh) compile for sm_80 and sm_90, plus PTX."""
     unit = tmp_path / "kernels.cu"
     unit.write_text(
         f'#include "{REPO / "custom_op" / "gather_kernels.cuh"}"\n'
@@ -257,6 +257,11 @@ def test_cuda_kernels_compile_with_nvcc(tmp_path):
     run = subprocess.run([NVCC, "-c", str(unit), "-o", str(tmp_path / "kernels.o"), *ARCHS],
                          capture_output=True, text=True, timeout=900)
     assert run.returncode == 0, run.stderr
+    # what the fat binary embeds: machine code for sm_80 and sm_90, and PTX that newer GPUs compile
+    plan = subprocess.run([NVCC, "--dryrun", "-c", str(unit), "-o", str(tmp_path / "kernels.o"), *ARCHS],
+                          capture_output=True, text=True, timeout=120).stderr
+    for image in ("kind=elf,sm=80", "kind=elf,sm=90", "kind=ptx,sm=90"):
+        assert image in plan, image
 
 
 @pytest.mark.skipif(NVCC is None, reason="nvcc not on PATH")

@@ -26,7 +26,8 @@ log = logging.getLogger("weightsep")
 
 SETTINGS = ("auto", "torch", "extension")
 SOURCE_DIR = Path(__file__).resolve().parent.parent / "custom_op"
-CUDA_ARCH_FLAGS = ["-gencode=arch=compute_80,code=sm_80", "-gencode=arch=compute_90,code=sm_90"]
+CUDA_ARCH_FLAGS = ["-gencode=arch=compute_80,code=sm_80", "-gencode=arch=compute_90,code=sm_90",
+                   "-gencode=arch=compute_90,code=compute_90"]  # PTX: newer GPUs JIT it
 
 _setting = os.environ.get("WEIGHTSEP_OPS_BACKEND", "auto")
 _backend: str | None = None  # resolved on first use; read it as `ops.BACKEND`
