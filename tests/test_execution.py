@@ -144,8 +144,14 @@ def test_help():
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("mode,kernel", MODES)
-def test_cuda_placement_weights_and_outputs(mode, kernel):
-    """On CUDA: level 2 pinned in host memory, level 1 on the GPU, the same weights bit for bit."""
+def test_cuda_placement_weights_and_outputs(mode, kernel, monkeypatch):
+    """On CUDA: level 2 pinned in host memory, level 1 on the GPU, the same weights bit for bit.
+    TF32 is off, so cuDNN's and cuBLAS's float32 results can be held to the CPU reference."""
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    if kernel == "ops":
+        from weightsep import ops
+        assert ops.BACKEND == "extension", "the CUDA execution test must run the extension's kernel"
     state, nets, inputs = packed_two()
     pm = PackedModel(state, {n: TemplateNet(m.input_shape, m.convs, m.dense, m.classes) for n, m in nets.items()},
                      device="cuda", mode=mode, kernel=kernel)
@@ -157,3 +163,10 @@ def test_cuda_placement_weights_and_outputs(mode, kernel):
         with torch.no_grad():
             ref = nets[name](inputs[name], packed_theta(state, name))
         torch.testing.assert_close(pm.predict(inputs[name]).cpu(), ref, rtol=1e-4, atol=1e-5)
+
+
+def test_a_bad_page_table_row_is_caught_on_the_host_before_any_kernel():
+    state, nets, _ = packed_two()
+    state.vnns["dense"].page_table[0] = state.n_shared + 99  # changed after the state was validated
+    with pytest.raises(ValueError, match="'dense'.*page table"):
+        PackedModel(state, nets)

@@ -46,8 +46,10 @@ def case(n_rows=12, page_size=16, n_pages=7, n_weights=None, seed=0, dtype=torch
     return pages.to(device), table.to(device), n
 
 
-SHAPES = [dict(), dict(n_weights=7 * 16), dict(page_size=1, n_pages=5), dict(n_rows=40, page_size=512, n_pages=30),
-          dict(n_weights=0), dict(n_weights=3 * 16 + 1)]
+SHAPES = [dict(), dict(n_weights=7 * 16), dict(page_size=1, n_pages=9, n_weights=9),
+          dict(n_rows=40, page_size=512, n_pages=30), dict(n_weights=0), dict(n_weights=3 * 16 + 1),
+          # more weights than one pass of the CUDA grid covers (8 blocks of 256 threads per SM)
+          dict(n_rows=2000, page_size=512, n_pages=3000)]
 
 
 @pytest.mark.parametrize("shape", SHAPES)
@@ -222,6 +224,32 @@ def test_cuda_opcheck_and_stream(ext):
         out = ext.gather_pages(pages, table, n)
     stream.synchronize()
     assert torch.equal(out, gather_pages_reference(pages, table, n))
+
+
+@CUDA
+def test_cuda_kernels_launch_on_the_current_stream(ext):
+    """Captured into a CUDA graph: a launch on any stream but the capturing one breaks the capture."""
+    pages, table, n = case(device="cuda")
+    out = torch.empty(n, device="cuda")
+    weight = torch.randn(n, device="cuda")
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):  # warm-up outside the capture
+        ext.gather_pages_into(pages, table, out)
+        grad = ext.scatter_add_pages(weight, table, pages.shape[0], pages.shape[1])
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        ext.gather_pages_into(pages, table, out)
+        grad = ext.scatter_add_pages(weight, table, pages.shape[0], pages.shape[1])
+    out.zero_()
+    graph.replay()
+    torch.cuda.synchronize()
+    assert torch.equal(out, gather_pages_reference(pages, table, n))
+    expected = torch.zeros_like(pages).view(-1)
+    rows = table.repeat_interleave(pages.shape[1]) * pages.shape[1] + torch.arange(pages.shape[1], device="cuda").repeat(len(table))
+    expected.index_add_(0, rows[:n], weight)
+    torch.testing.assert_close(grad, expected.view_as(pages), rtol=0, atol=1e-6)
 
 
 @CUDA

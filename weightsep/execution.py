@@ -85,6 +85,7 @@ class PackedModel:
         missing = [n for n in state.vnns if n not in models]
         if missing:
             raise ValueError(f"no model given for packed DNN(s) {missing}")
+        state.validate()  # page-table rows on the host, once: on CUDA a bad row would only trip a device assert
         for name, vnn in state.vnns.items():
             if getattr(models[name], "n_weights", vnn.n_weights) != vnn.n_weights:
                 raise ValueError(f"DNN {name!r}: model has {models[name].n_weights:,} weights, the store {vnn.n_weights:,}")
