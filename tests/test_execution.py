@@ -170,3 +170,22 @@ def test_a_bad_page_table_row_is_caught_on_the_host_before_any_kernel():
     state.vnns["dense"].page_table[0] = state.n_shared + 99  # changed after the state was validated
     with pytest.raises(ValueError, match="'dense'.*page table"):
         PackedModel(state, nets)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_forward_on_another_stream_sees_the_switched_weights():
+    """Switch on one stream, run on another, switch again: each forward sees its own DNN's weights."""
+    state, nets, inputs = packed_two()
+    pm = PackedModel(state, {n: TemplateNet(m.input_shape, m.convs, m.dense, m.classes) for n, m in nets.items()},
+                     device="cuda")
+    side = torch.cuda.Stream()
+    outputs = {}
+    for name in ["conv", "dense", "conv", "dense"]:
+        pm.switch(name)
+        with torch.cuda.stream(side):
+            outputs[name] = pm.predict(inputs[name])
+        torch.cuda.current_stream().wait_stream(side)
+    for name, out in outputs.items():
+        with torch.no_grad():
+            ref = nets[name](inputs[name], packed_theta(state, name))
+        torch.testing.assert_close(out.cpu(), ref, rtol=1e-3, atol=1e-4)

@@ -121,6 +121,11 @@ class PackedModel:
         self._views = {n: self._switch_views(*self.vnns[n]) for n in state.vnns}  # per-DNN views, made once
         self.current: str | None = None
         self.theta: torch.Tensor | None = None
+        # CUDA streams: the one the last switch wrote on, and those forwards have read on since. A
+        # switch waits for those readers before overwriting the device buffers; a forward on another
+        # stream waits for the switch. On one stream (the usual case) no wait is ever added.
+        self._writer = None
+        self._readers: set = set()
 
     # -- switching
 
@@ -129,6 +134,12 @@ class PackedModel:
         if name not in self.vnns:
             raise KeyError(f"DNN {name!r} is not packed; packed: {', '.join(self.vnns)}")
         excl_dst, table_dst, pages_out, theta_out = self._views[name]
+        if self.device.type == "cuda":
+            stream = torch.cuda.current_stream(self.device)
+            for reader in self._readers - {stream}:
+                stream.wait_stream(reader)
+            self._readers.clear()
+            self._writer = stream
         if excl_dst is not None:
             excl_dst.copy_(self._exclusive[name], non_blocking=True)
         if table_dst is None:  # CPU: host memory IS the device; the table is used where it lies
@@ -174,6 +185,11 @@ class PackedModel:
         """Logits of the current DNN for a batch `x` (on the device)."""
         if self.current is None:
             raise RuntimeError("no DNN is current: call switch(name) first")
+        if self._writer is not None:
+            stream = torch.cuda.current_stream(self.device)
+            if stream != self._writer:
+                stream.wait_stream(self._writer)
+            self._readers.add(stream)
         model = self.models[self.current]
         if self.mode == "gather":
             return model(x, self.theta)
