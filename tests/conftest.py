@@ -53,3 +53,22 @@ def cache_with_data(tmp_path, monkeypatch):
     (cache / "build").symlink_to(build)
     monkeypatch.setenv("WEIGHTSEP_CACHE", str(cache))
     return cache
+
+
+def accuracy_from_store(store: Path, name: str) -> float:
+    """A packed DNN's test accuracy, its weights read page by page from the saved store."""
+    import torch
+
+    from weightsep import dnn as dnn_mod
+    from weightsep.store import Store
+
+    state = Store(store).load()
+    vnn, P, S = state.vnns[name], state.page_size, state.n_shared
+    rows = [int(r) for r in vnn.page_table]
+    theta = torch.stack([state.shared_pages[rows[i // P], i % P] if rows[i // P] < S
+                         else vnn.exclusive_pages[rows[i // P] - S, i % P] for i in range(vnn.n_weights)])
+    folder = dnn_mod.get(name)
+    test = folder.load_data().test
+    with torch.no_grad():
+        predicted = folder.build_model()(torch.from_numpy(test.x), theta).argmax(1)
+    return float((predicted == torch.from_numpy(test.y)).double().mean())

@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import accuracy_from_store
 
 REPO = Path(__file__).resolve().parent.parent
 SMALL = ["--train-steps", "300", "--fisher-samples", "64"]
@@ -16,25 +17,6 @@ def cli(*args, check=True, script=("-m", "weightsep")):
     if check and result.returncode:
         raise AssertionError(f"{args} exited {result.returncode}:\n{result.stdout}\n{result.stderr}")
     return result
-
-
-def accuracy_from_store(store: Path, name: str) -> float:
-    """A packed DNN's test accuracy, its weights read page by page from the saved store."""
-    import torch
-
-    from weightsep import dnn as dnn_mod
-    from weightsep.store import Store
-
-    state = Store(store).load()
-    vnn, P, S = state.vnns[name], state.page_size, state.n_shared
-    rows = [int(r) for r in vnn.page_table]
-    theta = torch.stack([state.shared_pages[rows[i // P], i % P] if rows[i // P] < S
-                         else vnn.exclusive_pages[rows[i // P] - S, i % P] for i in range(vnn.n_weights)])
-    folder = dnn_mod.get(name)
-    test = folder.load_data().test
-    with torch.no_grad():
-        predicted = folder.build_model()(torch.from_numpy(test.x), theta).argmax(1)
-    return float((predicted == torch.from_numpy(test.y)).double().mean())
 
 
 def assert_outcome(summary: dict, store: Path) -> None:
