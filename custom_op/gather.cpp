@@ -45,8 +45,8 @@ namespace {
 
 void check_gather_inputs(const at::Tensor& pages, const at::Tensor& page_table, int64_t n_weights) {
   TORCH_CHECK(pages.dim() == 2, "gather_pages: pages must be [rows, page_size], got ", pages.dim(), "-D");
-  TORCH_CHECK(at::isFloatingType(pages.scalar_type()), "gather_pages: pages must be floating point, got ",
-              pages.scalar_type());
+  TORCH_CHECK(pages.scalar_type() == at::kFloat || pages.scalar_type() == at::kDouble,
+              "gather_pages: pages must be float32 or float64 (as on CUDA), got ", pages.scalar_type());
   TORCH_CHECK(page_table.device() == pages.device(), "gather_pages: page_table is on ", page_table.device(),
               " but pages on ", pages.device());
   check_table(page_table, n_weights, pages.size(1), "gather_pages");
@@ -94,8 +94,8 @@ void gather_pages_into_cpu(const at::Tensor& pages, const at::Tensor& page_table
 at::Tensor scatter_add_pages_cpu(const at::Tensor& grad_flat, const at::Tensor& page_table, int64_t n_rows,
                                  int64_t page_size) {
   TORCH_CHECK(grad_flat.dim() == 1, "scatter_add_pages: grad_flat must be 1-D, got ", grad_flat.dim(), "-D");
-  TORCH_CHECK(at::isFloatingType(grad_flat.scalar_type()), "scatter_add_pages: grad_flat must be floating point, got ",
-              grad_flat.scalar_type());
+  TORCH_CHECK(grad_flat.scalar_type() == at::kFloat || grad_flat.scalar_type() == at::kDouble,
+              "scatter_add_pages: grad_flat must be float32 or float64 (as on CUDA), got ", grad_flat.scalar_type());
   TORCH_CHECK(page_table.device() == grad_flat.device(), "scatter_add_pages: page_table is on ", page_table.device(),
               " but grad_flat on ", grad_flat.device());
   TORCH_CHECK(n_rows >= 0 && page_size >= 0, "scatter_add_pages: n_rows and page_size must be >= 0, got ", n_rows,
@@ -112,7 +112,7 @@ at::Tensor scatter_add_pages_cpu(const at::Tensor& grad_flat, const at::Tensor& 
   // Parallel over columns, serial over pages: two logical pages that map one row never race, and
   // every element sums its contributions in page order (deterministic).
   const int64_t grain = std::max<int64_t>(1, kGrainElements / std::max<int64_t>(1, used));
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad_flat.scalar_type(), "scatter_add_pages_cpu", [&] {
+  AT_DISPATCH_FLOATING_TYPES(grad_flat.scalar_type(), "scatter_add_pages_cpu", [&] {
     const scalar_t* g = grad_t.const_data_ptr<scalar_t>();
     scalar_t* out = grad_pages.mutable_data_ptr<scalar_t>();
     at::parallel_for(0, page_size, grain, [&](int64_t c0, int64_t c1) {

@@ -21,7 +21,7 @@ void check_cuda_inputs(const at::Tensor& data, const at::Tensor& page_table, int
   TORCH_CHECK(data.device() == page_table.device(), op, ": tensors on different devices: ", data.device(), " and ",
               page_table.device());
   TORCH_CHECK(data.scalar_type() == at::kFloat || data.scalar_type() == at::kDouble, op,
-              ": CUDA kernel takes float32 or float64, got ", data.scalar_type());
+              ": must be float32 or float64 (as on CPU), got ", data.scalar_type());
   TORCH_CHECK(page_table.scalar_type() == at::kLong, op, ": page_table must be int64, got ", page_table.scalar_type());
   TORCH_CHECK(page_table.dim() == 1, op, ": page_table must be 1-D, got ", page_table.dim(), "-D");
   TORCH_CHECK(n >= 0, op, ": n_weights must be >= 0, got ", n);
@@ -83,6 +83,8 @@ at::Tensor scatter_add_pages_cuda(const at::Tensor& grad_flat, const at::Tensor&
   TORCH_CHECK(grad_flat.dim() == 1, "scatter_add_pages: grad_flat must be 1-D, got ", grad_flat.dim(), "-D");
   TORCH_CHECK(n_rows >= 0 && page_size >= 0, "scatter_add_pages: n_rows and page_size must be >= 0, got ", n_rows,
               " and ", page_size);
+  // atomicAdd: with three or more pages on one row the rounding depends on the order they land in
+  at::globalContext().alertNotDeterministic("weightsep::scatter_add_pages (CUDA, atomicAdd)");
   const int64_t n = grad_flat.numel();
   check_cuda_inputs(grad_flat, page_table, n, page_size, "scatter_add_pages");
   const c10::cuda::CUDAGuard guard(grad_flat.device());

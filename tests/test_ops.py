@@ -188,7 +188,8 @@ def test_unknown_backend_rejected():
     (dict(table=torch.tensor([0, 12])), "out of range for 12 page rows"),
     (dict(table=torch.tensor([0, -1])), "out of range"),
     (dict(table=torch.tensor([0, 1], dtype=torch.int32)), "page_table must be int64"),
-    (dict(pages=torch.zeros(12, 16, dtype=torch.int32)), "pages must be floating point"),
+    (dict(pages=torch.zeros(12, 16, dtype=torch.int32)), "pages must be float32 or float64"),
+    (dict(pages=torch.zeros(12, 16, dtype=torch.float16)), "pages must be float32 or float64"),
     (dict(pages=torch.zeros(12)), r"pages must be \[rows, page_size\]"),
     (dict(n=3 * 16), "does not fit in 2 pages of 16"),
 ])
@@ -329,3 +330,26 @@ def test_auto_falls_back_to_torch_and_says_why(tmp_path):
     assert run.returncode == 0, run.stderr
     assert run.stdout.strip() == "torch"
     assert run.stderr.count("extension unavailable") == 1, run.stderr
+
+
+@CUDA
+def test_cuda_scatter_add_alerts_in_deterministic_mode(ext):
+    """Its atomics round in arrival order, so torch's deterministic mode must refuse it, not ignore it."""
+    pages, table, n = case(device="cuda")
+    torch.use_deterministic_algorithms(True)
+    try:
+        with pytest.raises(RuntimeError, match="deterministic"):
+            ext.scatter_add_pages(torch.ones(n, device="cuda"), table, pages.shape[0], pages.shape[1])
+    finally:
+        torch.use_deterministic_algorithms(False)
+
+
+def test_cpu_scatter_add_is_deterministic_and_allowed_in_deterministic_mode(ext):
+    pages, table, n = case()
+    torch.use_deterministic_algorithms(True)
+    try:
+        grads = [ext.scatter_add_pages(torch.randn(n, generator=torch.Generator().manual_seed(1)), table,
+                                       pages.shape[0], pages.shape[1]) for _ in range(2)]
+    finally:
+        torch.use_deterministic_algorithms(False)
+    assert torch.equal(grads[0], grads[1])
