@@ -24,12 +24,13 @@ for arg in "$@"; do
   esac
 done
 
-WORK="$(mktemp -d "$(dirname "$ROOT")/weightsep-fresh.XXXXXX")"
+WORK="$(mktemp -d /tmp/weightsep-fresh-cache.XXXXXX)"  # caches and logs
+CLONE="$(mktemp -d "$(dirname "$ROOT")/weightsep-fresh.XXXXXX")"  # beside this checkout: ../shared is the same
 export WEIGHTSEP_CACHE="$WORK/cache" PIP_CACHE_DIR="$WORK/pip-cache"
 mkdir -p "$WEIGHTSEP_CACHE" "$PIP_CACHE_DIR" "$ROOT/results"
 LOG="$ROOT/results/fresh_clone.log"
 : >"$LOG"
-echo "fresh clone in $WORK (log: $LOG)"
+echo "fresh clone in $CLONE, caches in $WORK (log: $LOG)"
 
 if [ "$PURGE" -eq 1 ]; then
   packages=$(sed -n 's/^    "\([a-z0-9.+-]*\):.*/\1/p' "$ROOT/prepare_data.sh")
@@ -40,8 +41,8 @@ if [ "$PURGE" -eq 1 ]; then
   apt-get clean
 fi
 
-git clone -q "$ROOT" "$WORK/weightsep"
-cd "$WORK/weightsep"
+git clone -q "$ROOT" "$CLONE"
+cd "$CLONE"
 received() { awk 'NR > 2 && $1 != "lo:" { sum += $2 } END { print sum }' /proc/net/dev; }
 
 before=$(received)
