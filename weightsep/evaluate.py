@@ -4,7 +4,8 @@ Takes a `PackedState`, each DNN's model and test data and its stand-alone accura
 and totals (weights by count AND by bytes, both ratios, the mean accuracy difference) and formats
 them as a table (text and Markdown). Weight counts of the packed store count whole pages, as the
 WS paper does (128 shared + 94 exclusive pages of 512 = 113,664); bytes are float32 pages plus
-page tables at their dtype (`store.PAGE_TABLE_DTYPE`, int64) for the packed store and float32 weights for the stand-alone DNNs.
+page tables at their dtype (`store.PAGE_TABLE_DTYPE`, int64) for the packed store and float32
+weights for the stand-alone DNNs.
 
     theta = packed_theta(state, "mnist10k")
     summary = summarize(state, rows)

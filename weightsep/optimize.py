@@ -197,8 +197,9 @@ BALANCES = ("rms", "sum")
 
 def step_batches(tasks: dict[str, Task], config: OptimizeConfig) -> dict[str, int]:
     """Each DNN's batches per step: its task's own `batches` if set, else `batches_per_step` for the
-    joint optimizer and one for the published ones."""
-    rule = batches_per_step(tasks, config.extra_compute, config.max_batches) if config.optimizer == "joint" else {}
+    joint optimizer and one for the published ones. FLOPs are counted only when some task needs the rule."""
+    needed = config.optimizer == "joint" and any(task.batches is None for task in tasks.values())
+    rule = batches_per_step(tasks, config.extra_compute, config.max_batches) if needed else {}
     return {name: task.batches or rule.get(name, 1) for name, task in tasks.items()}
 
 
