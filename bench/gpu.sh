@@ -44,7 +44,9 @@ trap 'rm -f "$STAMP"' EXIT
 step versions $PY -c 'import torch; print("torch", torch.__version__, "CUDA", torch.version.cuda, torch.cuda.get_device_name())' || exit 1
 step nvcc nvcc --version
 step build $PY -c 'from weightsep import ops; ops.set_backend("extension"); print("ops backend:", ops.BACKEND)' || exit 1
-step tests $PY -m pytest -q -rs tests/test_ops.py tests/test_execution.py tests/test_bench.py
+# one pytest worker (xdist, where installed) so a test that crashes the interpreter is reported and the rest still run
+WORKER=$($PY -c 'import xdist' 2>/dev/null && echo "-n 1")
+step tests $PY -m pytest -q -rs $WORKER tests/test_ops.py tests/test_execution.py tests/test_bench.py
 step gather $PY -m bench.gather --device cuda
 step switching $PY -m bench.switching --device cuda --no-store --switches "$SWITCHES"
 if [ -d state ]; then

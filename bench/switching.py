@@ -133,8 +133,8 @@ def run_scale(label: str, state: PackedState, models: dict, device: torch.device
     back = {r: 1e6 * measure(lambda fn=fns[r]: [fn(n) for n in order[:k]], repeat=5)["median_s"] / k for r in RUNGS}
     gather.switch(order[-1])
     isel.switch(order[-1])
-    assert torch.equal(gather.theta, thetas[order[-1]])  # the gathers resolved the right weights
-    assert torch.equal(isel.theta, thetas[order[-1]])
+    assert torch.equal(gather.theta.cpu(), thetas[order[-1]])  # the gathers resolved the right weights
+    assert torch.equal(isel.theta.cpu(), thetas[order[-1]])
 
     def stats(ts):
         ts = sorted(ts)

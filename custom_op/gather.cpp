@@ -14,6 +14,8 @@
 #include <torch/autograd.h>
 #include <torch/library.h>
 
+#include "message.h"
+
 #include <cstring>
 
 namespace weightsep {
@@ -23,17 +25,18 @@ namespace {
 constexpr int64_t kGrainElements = 32768;  // per parallel_for chunk; below it threads cost more than they save
 
 void check_table(const at::Tensor& page_table, int64_t n, int64_t page_size, const char* op) {
-  TORCH_CHECK(page_table.scalar_type() == at::kLong, op, ": page_table must be int64, got ", page_table.scalar_type());
-  TORCH_CHECK(page_table.dim() == 1, op, ": page_table must be 1-D, got ", page_table.dim(), "-D");
-  TORCH_CHECK(n >= 0, op, ": n_weights must be >= 0, got ", n);
-  TORCH_CHECK(n <= page_table.numel() * page_size, op, ": n_weights = ", n, " does not fit in ", page_table.numel(),
-              " pages of ", page_size);
+  TORCH_CHECK(page_table.scalar_type() == at::kLong,
+              message(op, ": page_table must be int64, got ", page_table.scalar_type()));
+  TORCH_CHECK(page_table.dim() == 1, message(op, ": page_table must be 1-D, got ", page_table.dim(), "-D"));
+  TORCH_CHECK(n >= 0, message(op, ": n_weights must be >= 0, got ", n));
+  TORCH_CHECK(n <= page_table.numel() * page_size,
+              message(op, ": n_weights = ", n, " does not fit in ", page_table.numel(), " pages of ", page_size));
 }
 
 void check_rows(const int64_t* table, int64_t n_pages, int64_t n_rows, const char* op) {
   for (int64_t i = 0; i < n_pages; ++i) {
-    TORCH_CHECK(table[i] >= 0 && table[i] < n_rows, op, ": page_table[", i, "] = ", table[i],
-                " is out of range for ", n_rows, " page rows");
+    TORCH_CHECK(table[i] >= 0 && table[i] < n_rows,
+                message(op, ": page_table[", i, "] = ", table[i], " is out of range for ", n_rows, " page rows"));
   }
 }
 
@@ -44,11 +47,11 @@ int64_t pages_used(int64_t n, int64_t page_size) { return page_size == 0 ? 0 : (
 namespace {
 
 void check_gather_inputs(const at::Tensor& pages, const at::Tensor& page_table, int64_t n_weights) {
-  TORCH_CHECK(pages.dim() == 2, "gather_pages: pages must be [rows, page_size], got ", pages.dim(), "-D");
+  TORCH_CHECK(pages.dim() == 2, message("gather_pages: pages must be [rows, page_size], got ", pages.dim(), "-D"));
   TORCH_CHECK(pages.scalar_type() == at::kFloat || pages.scalar_type() == at::kDouble,
-              "gather_pages: pages must be float32 or float64 (as on CUDA), got ", pages.scalar_type());
-  TORCH_CHECK(page_table.device() == pages.device(), "gather_pages: page_table is on ", page_table.device(),
-              " but pages on ", pages.device());
+              message("gather_pages: pages must be float32 or float64 (as on CUDA), got ", pages.scalar_type()));
+  TORCH_CHECK(page_table.device() == pages.device(),
+              message("gather_pages: page_table is on ", page_table.device(), " but pages on ", pages.device()));
   check_table(page_table, n_weights, pages.size(1), "gather_pages");
 }
 
@@ -82,24 +85,26 @@ at::Tensor gather_pages_cpu(const at::Tensor& pages, const at::Tensor& page_tabl
 }
 
 void gather_pages_into_cpu(const at::Tensor& pages, const at::Tensor& page_table, at::Tensor& out) {
-  TORCH_CHECK(out.dim() == 1 && out.is_contiguous(), "gather_pages_into: out must be a contiguous 1-D buffer, got ",
-              out.sizes());
+  TORCH_CHECK(out.dim() == 1 && out.is_contiguous(),
+              message("gather_pages_into: out must be a contiguous 1-D buffer, got ", out.sizes()));
   TORCH_CHECK(out.scalar_type() == pages.scalar_type() && out.device() == pages.device(),
-              "gather_pages_into: out is ", out.scalar_type(), " on ", out.device(), " but pages ",
-              pages.scalar_type(), " on ", pages.device());
+              message("gather_pages_into: out is ", out.scalar_type(), " on ", out.device(), " but pages ",
+                      pages.scalar_type(), " on ", pages.device()));
   check_gather_inputs(pages, page_table, out.numel());
   gather_pages_kernel(pages, page_table, out.numel(), out);
 }
 
 at::Tensor scatter_add_pages_cpu(const at::Tensor& grad_flat, const at::Tensor& page_table, int64_t n_rows,
                                  int64_t page_size) {
-  TORCH_CHECK(grad_flat.dim() == 1, "scatter_add_pages: grad_flat must be 1-D, got ", grad_flat.dim(), "-D");
-  TORCH_CHECK(grad_flat.scalar_type() == at::kFloat || grad_flat.scalar_type() == at::kDouble,
-              "scatter_add_pages: grad_flat must be float32 or float64 (as on CUDA), got ", grad_flat.scalar_type());
-  TORCH_CHECK(page_table.device() == grad_flat.device(), "scatter_add_pages: page_table is on ", page_table.device(),
-              " but grad_flat on ", grad_flat.device());
-  TORCH_CHECK(n_rows >= 0 && page_size >= 0, "scatter_add_pages: n_rows and page_size must be >= 0, got ", n_rows,
-              " and ", page_size);
+  TORCH_CHECK(grad_flat.dim() == 1, message("scatter_add_pages: grad_flat must be 1-D, got ", grad_flat.dim(), "-D"));
+  TORCH_CHECK(
+      grad_flat.scalar_type() == at::kFloat || grad_flat.scalar_type() == at::kDouble,
+      message("scatter_add_pages: grad_flat must be float32 or float64 (as on CUDA), got ", grad_flat.scalar_type()));
+  TORCH_CHECK(
+      page_table.device() == grad_flat.device(),
+      message("scatter_add_pages: page_table is on ", page_table.device(), " but grad_flat on ", grad_flat.device()));
+  TORCH_CHECK(n_rows >= 0 && page_size >= 0,
+              message("scatter_add_pages: n_rows and page_size must be >= 0, got ", n_rows, " and ", page_size));
   const int64_t n = grad_flat.numel();
   check_table(page_table, n, page_size, "scatter_add_pages");
   const at::Tensor grad_t = grad_flat.contiguous();
@@ -154,7 +159,7 @@ class GatherPages : public torch::autograd::Function<GatherPages> {
  public:
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& pages, const at::Tensor& page_table,
                             c10::SymInt n_weights) {
-    TORCH_CHECK(pages.dim() == 2, "gather_pages: pages must be [rows, page_size], got ", pages.dim(), "-D");
+    TORCH_CHECK(pages.dim() == 2, message("gather_pages: pages must be [rows, page_size], got ", pages.dim(), "-D"));
     ctx->save_for_backward({page_table});
     ctx->saved_data["n_rows"] = pages.sym_size(0);
     ctx->saved_data["page_size"] = pages.sym_size(1);

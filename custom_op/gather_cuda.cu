@@ -8,6 +8,8 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
+#include "message.h"
+
 #include "gather_kernels.cuh"
 
 namespace weightsep {
@@ -16,17 +18,18 @@ namespace {
 
 void check_cuda_inputs(const at::Tensor& data, const at::Tensor& page_table, int64_t n, int64_t page_size,
                        const char* op) {
-  TORCH_CHECK(data.is_cuda() && page_table.is_cuda(), op, ": expected CUDA tensors, got ", data.device(), " and ",
-              page_table.device());
-  TORCH_CHECK(data.device() == page_table.device(), op, ": tensors on different devices: ", data.device(), " and ",
-              page_table.device());
-  TORCH_CHECK(data.scalar_type() == at::kFloat || data.scalar_type() == at::kDouble, op,
-              ": must be float32 or float64 (as on CPU), got ", data.scalar_type());
-  TORCH_CHECK(page_table.scalar_type() == at::kLong, op, ": page_table must be int64, got ", page_table.scalar_type());
-  TORCH_CHECK(page_table.dim() == 1, op, ": page_table must be 1-D, got ", page_table.dim(), "-D");
-  TORCH_CHECK(n >= 0, op, ": n_weights must be >= 0, got ", n);
-  TORCH_CHECK(n <= page_table.numel() * page_size, op, ": n_weights = ", n, " does not fit in ", page_table.numel(),
-              " pages of ", page_size);
+  TORCH_CHECK(data.is_cuda() && page_table.is_cuda(),
+              message(op, ": expected CUDA tensors, got ", data.device(), " and ", page_table.device()));
+  TORCH_CHECK(data.device() == page_table.device(),
+              message(op, ": tensors on different devices: ", data.device(), " and ", page_table.device()));
+  TORCH_CHECK(data.scalar_type() == at::kFloat || data.scalar_type() == at::kDouble,
+              message(op, ": must be float32 or float64 (as on CPU), got ", data.scalar_type()));
+  TORCH_CHECK(page_table.scalar_type() == at::kLong,
+              message(op, ": page_table must be int64, got ", page_table.scalar_type()));
+  TORCH_CHECK(page_table.dim() == 1, message(op, ": page_table must be 1-D, got ", page_table.dim(), "-D"));
+  TORCH_CHECK(n >= 0, message(op, ": n_weights must be >= 0, got ", n));
+  TORCH_CHECK(n <= page_table.numel() * page_size,
+              message(op, ": n_weights = ", n, " does not fit in ", page_table.numel(), " pages of ", page_size));
   // Row bounds are checked by a device assert in the kernel (a host check would synchronise).
 }
 
@@ -58,7 +61,7 @@ void gather_into(const at::Tensor& pages, const at::Tensor& page_table, int64_t 
 }  // namespace
 
 at::Tensor gather_pages_cuda(const at::Tensor& pages, const at::Tensor& page_table, int64_t n_weights) {
-  TORCH_CHECK(pages.dim() == 2, "gather_pages: pages must be [rows, page_size], got ", pages.dim(), "-D");
+  TORCH_CHECK(pages.dim() == 2, message("gather_pages: pages must be [rows, page_size], got ", pages.dim(), "-D"));
   check_cuda_inputs(pages, page_table, n_weights, pages.size(1), "gather_pages");
   const c10::cuda::CUDAGuard guard(pages.device());
   at::Tensor flat = at::empty({n_weights}, pages.options());
@@ -67,12 +70,12 @@ at::Tensor gather_pages_cuda(const at::Tensor& pages, const at::Tensor& page_tab
 }
 
 void gather_pages_into_cuda(const at::Tensor& pages, const at::Tensor& page_table, at::Tensor& out) {
-  TORCH_CHECK(pages.dim() == 2, "gather_pages_into: pages must be [rows, page_size], got ", pages.dim(), "-D");
-  TORCH_CHECK(out.dim() == 1 && out.is_contiguous(), "gather_pages_into: out must be a contiguous 1-D buffer, got ",
-              out.sizes());
+  TORCH_CHECK(pages.dim() == 2, message("gather_pages_into: pages must be [rows, page_size], got ", pages.dim(), "-D"));
+  TORCH_CHECK(out.dim() == 1 && out.is_contiguous(),
+              message("gather_pages_into: out must be a contiguous 1-D buffer, got ", out.sizes()));
   TORCH_CHECK(out.scalar_type() == pages.scalar_type() && out.device() == pages.device(),
-              "gather_pages_into: out is ", out.scalar_type(), " on ", out.device(), " but pages ",
-              pages.scalar_type(), " on ", pages.device());
+              message("gather_pages_into: out is ", out.scalar_type(), " on ", out.device(), " but pages ",
+                      pages.scalar_type(), " on ", pages.device()));
   check_cuda_inputs(pages, page_table, out.numel(), pages.size(1), "gather_pages_into");
   const c10::cuda::CUDAGuard guard(pages.device());
   gather_into(pages, page_table, out.numel(), out);
@@ -80,9 +83,9 @@ void gather_pages_into_cuda(const at::Tensor& pages, const at::Tensor& page_tabl
 
 at::Tensor scatter_add_pages_cuda(const at::Tensor& grad_flat, const at::Tensor& page_table, int64_t n_rows,
                                   int64_t page_size) {
-  TORCH_CHECK(grad_flat.dim() == 1, "scatter_add_pages: grad_flat must be 1-D, got ", grad_flat.dim(), "-D");
-  TORCH_CHECK(n_rows >= 0 && page_size >= 0, "scatter_add_pages: n_rows and page_size must be >= 0, got ", n_rows,
-              " and ", page_size);
+  TORCH_CHECK(grad_flat.dim() == 1, message("scatter_add_pages: grad_flat must be 1-D, got ", grad_flat.dim(), "-D"));
+  TORCH_CHECK(n_rows >= 0 && page_size >= 0,
+              message("scatter_add_pages: n_rows and page_size must be >= 0, got ", n_rows, " and ", page_size));
   // atomicAdd: with three or more pages on one row the rounding depends on the order they land in
   at::globalContext().alertNotDeterministic("weightsep::scatter_add_pages (CUDA, atomicAdd)");
   const int64_t n = grad_flat.numel();
