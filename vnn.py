@@ -9,6 +9,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from weightsep.state import exclusive_slots, is_shared
 from weightsep.store import Store, StoreError
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -18,16 +19,17 @@ def describe(state, name: str) -> str:
     vnn = state.vnns[name]
     S, occupancy = state.n_shared, state.occupancy()
     table = vnn.page_table
-    shared = table[table < S]
+    shared = table[is_shared(table, S)]
     lines = [f"{name}: {vnn.n_weights:,} weights in {len(table)} pages of {state.page_size} "
              f"({len(shared)} on shared pages, {vnn.exclusive_pages.shape[0]} exclusive)",
              "page table (logical page -> shared page index, or E<slot> for an exclusive page):"]
-    cells = [f"{i}:{int(t)}" if t < S else f"{i}:E{int(t) - S}" for i, t in enumerate(table)]
+    slots = exclusive_slots(table, S)
+    cells = [f"{i}:{int(t)}" if s else f"{i}:E{int(e)}" for i, (t, s, e) in enumerate(zip(table, is_shared(table, S), slots))]
     lines += ["  " + " ".join(cells[i:i + 12]) for i in range(0, len(cells), 12)]
     levels = occupancy[shared].bincount()
     lines.append("occupancy of its shared pages: " + ", ".join(
         f"{int(n)} pages shared by {k} DNN{'s' if k > 1 else ''}" for k, n in enumerate(levels) if n))
-    info = vnn.meta.get("pack", {})
+    info = vnn.provenance.pack or {}
     if info:
         lines.append(f"packing: matching {info.get('matching')}, cost {info.get('matching_cost', 0):.4g}, "
                      f"tpr {info.get('tpr', 1.0):.3f}, overflow pages {info.get('n_overflow', 0)}")
@@ -42,7 +44,7 @@ def plot(state, name: str, path: Path) -> None:
 
     vnn, S, occupancy = state.vnns[name], state.n_shared, state.occupancy()
     table = vnn.page_table
-    on_shared = table < S
+    on_shared = is_shared(table, S)
     heights = [int(occupancy[t]) if s else 0 for t, s in zip(table, on_shared)]
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(11, 5.5), gridspec_kw={"height_ratios": [3, 1]})
     top.bar(range(len(table)), heights, color=["tab:blue" if s else "tab:red" for s in on_shared], width=1.0)

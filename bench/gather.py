@@ -30,6 +30,7 @@ from bench.timing import sync, write_result
 from weightsep import dnn as dnn_mod
 from weightsep import ops
 from weightsep.pages import materialize, n_pages
+from weightsep.state import exclusive_entries
 
 SUITE = ("fashion", "letters", "mnist10k", "satellite", "watch")
 SWITCH_KERNELS = ("ops-extension", "index_select", "torch-fallback", "memcpy")
@@ -57,7 +58,7 @@ def random_table(n_logical: int, n_shared: int, n_exclusive: int, g: torch.Gener
     """A page table: `n_exclusive` random logical pages exclusive (rows S + e), the rest random shared rows."""
     table = torch.randint(0, n_shared, (n_logical,), generator=g)
     excl = torch.randperm(n_logical, generator=g)[:n_exclusive]
-    table[excl] = n_shared + torch.arange(len(excl))
+    table[excl] = exclusive_entries(n_shared, 0, len(excl))
     return table
 
 

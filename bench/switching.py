@@ -46,7 +46,8 @@ from weightsep import dnn as dnn_mod
 from weightsep.evaluate import packed_theta
 from weightsep.execution import PackedModel
 from weightsep.pages import n_pages
-from weightsep.store import VNN, PackedState, Store
+from weightsep.state import VNN, PackedState, exclusive_entries
+from weightsep.store import Store
 
 RUNGS = ("a-safetensors", "a-torch.load", "b-host-copy", "c-resident", "d-gather", "d-gather-isel", "e-zero-copy")
 SUITE = ("fashion", "letters", "mnist10k", "satellite", "watch")
@@ -68,7 +69,7 @@ def synthetic_state(n_dnns: int, models: dict, page_size: int = 512, n_shared: i
         excl = min(exclusive, pages)
         table = torch.empty(pages, dtype=torch.int64)
         order = torch.randperm(pages, generator=g)
-        table[order[:excl]] = n_shared + torch.arange(excl)
+        table[order[:excl]] = exclusive_entries(n_shared, 0, excl)
         table[order[excl:]] = torch.randperm(n_shared, generator=g)[: pages - excl]
         vnns[name] = VNN(name, n, table, torch.randn(excl, page_size, generator=g) * 0.05, torch.zeros(n))
         dnn_models[name] = model

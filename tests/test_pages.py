@@ -2,7 +2,8 @@ import pytest
 import torch
 
 from weightsep.model import Conv, TemplateNet
-from weightsep.pages import from_pages, materialize, n_pages, split_page_table, to_pages
+from weightsep.pages import from_pages, materialize, n_pages, to_pages
+from weightsep.state import exclusive_entries, exclusive_slots, is_shared
 
 
 @pytest.mark.parametrize("n, page_size", [(1, 512), (511, 512), (512, 512), (513, 512), (65402, 512), (1000, 100)])
@@ -45,5 +46,6 @@ def test_materialize_resolves_shared_and_exclusive_pages():
     page_table = torch.tensor([2, 3, 0, 4])  # shared 2, exclusive 0, shared 0, exclusive 1
     theta = materialize(shared, exclusive, page_table, 14)
     assert theta.tolist() == [8, 9, 10, 11, -1, -1, -1, -1, 0, 1, 2, 3, -1, -1]
-    on_shared, on_exclusive = split_page_table(page_table, 3)
-    assert on_shared.tolist() == [0, 2] and on_exclusive.tolist() == [1, 3]
+    assert is_shared(page_table, 3).tolist() == [True, False, True, False]
+    assert exclusive_slots(page_table[~is_shared(page_table, 3)], 3).tolist() == [0, 1]
+    assert exclusive_entries(3, 1, 2).tolist() == [4, 5]

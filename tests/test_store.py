@@ -8,10 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from weightsep.state import VNN, PackedState, Provenance, StateConfig
 from weightsep.store import (
     FORMAT_VERSION,
-    VNN,
-    PackedState,
     Store,
     StoreError,
     atomic_write_text,
@@ -31,8 +30,10 @@ def make_state(seed: int = 0) -> PackedState:
     for name, n, table, n_excl in [("a", 40, [0, 1, 2, 3, 4], 0), ("b", 35, [6, 2, 7, 5, 0], 2),
                                    ("c d/é", 17, [3, 6, 1], 1)]:
         vnns[name] = VNN(name, n, torch.tensor(table), torch.randn(n_excl, P, generator=g),
-                         torch.rand(n, generator=g), {"folder": f"suite/{name}", "acc": [0.1 * seed, None], "k": "é"})
-    return PackedState(P, shared, torch.rand(S, P, generator=g), vnns, {"mode": "ws", "margin": 0.1, "seed": seed})
+                         torch.rand(n, generator=g),
+                         Provenance(folder=f"suite/{name}", pack={"acc": [0.1 * seed, None], "k": "é"}))
+    return PackedState(P, shared, torch.rand(S, P, generator=g), vnns,
+                       StateConfig(pack={"mode": "ws", "margin": 0.1, "seed": seed}))
 
 
 def assert_same(a: PackedState, b: PackedState) -> None:
@@ -43,7 +44,7 @@ def assert_same(a: PackedState, b: PackedState) -> None:
     assert torch.equal(bits(a.shared_pages), bits(b.shared_pages))
     assert torch.equal(bits(a.shared_fisher), bits(b.shared_fisher))
     for x, y in zip(a.vnns.values(), b.vnns.values()):
-        assert (x.name, x.n_weights, x.meta) == (y.name, y.n_weights, y.meta)
+        assert (x.name, x.n_weights, x.provenance) == (y.name, y.n_weights, y.provenance)
         for t in ("page_table", "exclusive_pages", "fisher"):
             u, v = getattr(x, t), getattr(y, t)
             assert u.dtype == v.dtype and torch.equal(bits(u), bits(v))
@@ -60,7 +61,7 @@ def two_generations(root: Path) -> tuple[Store, PackedState, PackedState]:
     new = make_state(0)
     new.shared_pages += 1
     new.vnns["b"].fisher *= 2
-    new.config["seed"] = 1
+    new.config.pack["seed"] = 1
     store.save(new)
     return store, old, new
 
@@ -184,7 +185,12 @@ def test_unknown_format_version(tmp_path, version, says):
     with pytest.raises(StoreError, match="format_version"):  # never overwrite what cannot be read
         store.save(make_state(5))
     assert snapshot(tmp_path) == before
-    assert_same(store.restore_previous(), old)
+    if version == FORMAT_VERSION + 1:  # a newer weightsep's generation is not ours to replace
+        with pytest.raises(StoreError, match="restore refused"):
+            store.restore_previous()
+        assert snapshot(tmp_path) == before
+    else:
+        assert_same(store.restore_previous(), old)
 
 
 def test_shape_mismatch_in_manifest(tmp_path):
@@ -207,6 +213,10 @@ def test_empty_store(tmp_path):
     store = Store(tmp_path / "nothing")
     with pytest.raises(StoreError, match="nothing has been saved"):
         store.load()
+    with pytest.raises(StoreError, match="no such store directory"):  # a typo creates nothing
+        store.restore_previous()
+    assert not store.root.exists()
+    store.root.mkdir()
     with pytest.raises(StoreError, match="no previous generation"):
         store.restore_previous()
 
@@ -251,8 +261,8 @@ def test_validate_catches_bad_fields():
         VNN("x", 4, torch.tensor([0], dtype=torch.int32), torch.zeros(0, 4), torch.zeros(4))
     with pytest.raises(ValueError, match="VNN 'x': fisher has 1 NaN/inf or negative"):
         VNN("x", 4, torch.tensor([0]), torch.zeros(0, 4), torch.tensor([0.0, -1.0, 0.0, 0.0]))
-    with pytest.raises(ValueError, match="VNN 'x': meta is not JSON-able"):
-        VNN("x", 4, torch.tensor([0]), torch.zeros(0, 4), torch.zeros(4), {"path": Path("/")})
+    with pytest.raises(ValueError, match="VNN 'x': provenance is not JSON-able"):
+        VNN("x", 4, torch.tensor([0]), torch.zeros(0, 4), torch.zeros(4), Provenance(pack={"path": Path("/")}))
     state = make_state()
     state.vnns["z"] = state.vnns["a"]
     with pytest.raises(ValueError, match="vnns\\['z'\\] holds VNN 'a'"):
@@ -302,3 +312,92 @@ def test_atomic_write_text_survives_a_failed_replace(tmp_path, monkeypatch):
     with pytest.raises(OSError):
         atomic_write_text(path, "new")
     assert path.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["table.json"]
+
+
+# ---------------------------------------------------------------- one writer, undoable restore, no stale writes
+
+
+def test_stale_write_is_refused(tmp_path):
+    store = Store(tmp_path)
+    store.save(make_state(0))
+    first, second = store.load(), store.load()  # two commands loaded generation 1
+    first.vnns.pop("c d/é")
+    store.save(first)
+    assert first.generation == 2
+    before = snapshot(tmp_path)
+    second.shared_pages += 1
+    with pytest.raises(StoreError, match="changed since this state was loaded .*generation 1.* at generation 2"):
+        store.save(second)
+    assert snapshot(tmp_path) == before
+
+
+def test_restore_is_undoable(tmp_path):
+    store, old, new = two_generations(tmp_path)
+    assert_same(store.restore_previous(), old)
+    assert_same(store.load(), old)
+    assert_same(store.restore_previous(), new)  # the second restore undoes the first
+    assert_same(store.load(), new)
+    m = store.read_manifest()
+    assert m["generation"] == 4 and m["restored_from"] == 2  # generation 2, as it was first saved
+
+
+def test_restore_keeps_an_unreadable_current_manifest(tmp_path):
+    store, old, _ = two_generations(tmp_path)
+    (tmp_path / "manifest.json").write_text("{ not json")
+    assert_same(store.restore_previous(), old)
+    kept = list(tmp_path.glob("manifest.damaged-*.json"))
+    assert len(kept) == 1 and kept[0].read_text() == "{ not json"
+
+
+def test_save_refuses_a_damaged_store_directory(tmp_path):
+    store, old, _ = two_generations(tmp_path)
+    (tmp_path / "manifest.json").unlink()
+    before = snapshot(tmp_path)
+    with pytest.raises(StoreError, match="manifest.json: missing, but .* holds store files .*: a damaged store"):
+        store.save(make_state(3))
+    assert snapshot(tmp_path) == before  # the old DNNs' files are still there
+    assert_same(store.restore_previous(), old)
+
+
+@pytest.mark.parametrize("setup, says", [
+    (lambda p: (p.mkdir(), (p / "notes.txt").write_text("mine")), "other files .*notes.txt.*: not a store"),
+    (lambda p: p.write_text("a file"), "is a file, not a store directory"),
+])
+def test_save_refuses_what_is_not_a_store(tmp_path, setup, says):
+    root = tmp_path / "x"
+    setup(root)
+    with pytest.raises(StoreError, match=says):
+        Store(root).save(make_state(0))
+
+
+def test_a_second_writer_waits_for_the_first(tmp_path):
+    """A writer holding the lock for a whole load -> work -> save makes another process wait."""
+    import subprocess
+    import sys
+    import time
+
+    store = Store(tmp_path)
+    store.save(make_state(0))
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; from weightsep.store import Store\n"
+        f"s = Store({str(tmp_path)!r})\n"
+        "with s.writing('test holder'):\n"
+        "    print('holding', flush=True); time.sleep(2.0)\n")], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "holding"
+    start = time.perf_counter()
+    with store.writing("second"):
+        waited = time.perf_counter() - start
+        state = store.load()
+        store.save(state)
+    assert holder.wait(timeout=30) == 0
+    assert waited > 1.0  # it waited for the holder instead of writing beside it
+
+
+def test_provenance_and_config_are_typed(tmp_path):
+    store, _, _ = two_generations(tmp_path)
+    edit_manifest(store, lambda m: m["vnns"][0]["meta"].update(standalone={"test_accuracy": "high"}))
+    with pytest.raises(StoreError, match="DNN 'a': meta: unknown field|DNN 'a': meta: standalone"):
+        store.load()
+    assert StateConfig.from_json({"pack": {"mode": "ws"}}).pack == {"mode": "ws"}
+    with pytest.raises(ValueError, match="unknown field\\(s\\) seed"):
+        StateConfig.from_json({"seed": 1})

@@ -26,7 +26,7 @@ from .evaluate import format_aggregate, format_table, make_row, packed_theta, su
 from .fisher import ESTIMATORS, FisherConfig
 from .matching import MATCHERS
 from .optimize import BALANCES, OPTIMIZERS, SCHEDULES, SELECTIONS, OptimizeConfig, optimize
-from .pack import MODES, SHARED_CONTENT, PackConfig, remove_vnn
+from .pack import MODES, SHARED_CONTENT, PackConfig, pack_config, remove_vnn
 from .pipeline import RESULTS_DIR, RunConfig, load, load_packed, pack, run, write_summary
 from .separation import SEPARATIONS
 from .store import Store, StoreError
@@ -75,7 +75,7 @@ def build_config(cls: type, args: argparse.Namespace, **fixed):
 
 def stored_pack_config(state, args: argparse.Namespace) -> PackConfig:
     """The store's own pack config; a flag that contradicts its layout is an error."""
-    stored = PackConfig(**state.config["pack"])
+    stored = pack_config(state)
     for name in ("mode", "page_size", "n_shared"):
         given = getattr(args, name, None)
         if given is not None and given != getattr(stored, name):
@@ -125,6 +125,11 @@ def cmd_run(args) -> None:
 
 def cmd_add(args) -> None:
     store = Store(args.store)
+    with store.writing(f"add {args.network_path}"):
+        _add(args, store)
+
+
+def _add(args, store: Store) -> None:
     state = store.load() if store.exists() else None
     # -mode=a adds one DNN at a time, so the published per-DNN margin decides its exclusive pages
     config = build_config(PackConfig, args, separation="margin") if state is None else stored_pack_config(state, args)
@@ -135,7 +140,7 @@ def cmd_add(args) -> None:
     state, timings = pack(loaded, trained, config, build_config(FisherConfig, args), state)
     store.save(state)
     name = next(iter(loaded))
-    info = state.vnns[name].meta["pack"]
+    info = state.vnns[name].provenance.pack
     print(f"added {name}: {info['n_exclusive']} exclusive + {info['n_sharable']} shared pages "
           f"(matching {info['matching']}, cost {info['matching_cost']:.4g}, {info['matching_seconds'] * 1e3:.1f} ms; "
           f"Fisher {timings['fisher_seconds']:.1f} s)")
@@ -143,11 +148,12 @@ def cmd_add(args) -> None:
 
 def _optimize_store(args, names: list[str] | None, **fixed) -> None:
     store = Store(args.store)
-    state = store.load()
-    loaded = load_packed(state, names, args.dnn_folder)
-    config = build_config(OptimizeConfig, args, dnns=tuple(loaded), **fixed)
-    state, history = optimize(state, {n: item.task() for n, item in loaded.items()}, config)
-    store.save(state)
+    with store.writing(args.command):
+        state = store.load()
+        loaded = load_packed(state, names, args.dnn_folder, args.allow_changed_code)
+        config = build_config(OptimizeConfig, args, dnns=tuple(loaded), **fixed)
+        state, history = optimize(state, {n: item.task() for n, item in loaded.items()}, config)
+        store.save(state)
     best = history.val_accuracy[history.best_index]
     print(f"{config.optimizer}: best validation " + ", ".join(f"{n} {100 * a:.2f}%" for n, a in best.items())
           + f" ({history.seconds:.1f} s; non-finite steps dropped: {history.skipped or 'none'})")
@@ -163,19 +169,23 @@ def cmd_joint(args) -> None:
 
 def cmd_eval(args) -> None:
     state = Store(args.store).load()
-    item = load_packed(state, [args.vnn_name], args.dnn_folder)[args.vnn_name]
-    vnn = state.vnns[args.vnn_name]
+    item = load_packed(state, [args.vnn_name], args.dnn_folder, args.allow_changed_code)[args.vnn_name]
+    standalone = state.vnns[args.vnn_name].provenance.standalone
     packed = item.test_accuracy(packed_theta(state, args.vnn_name))
-    alone = vnn.meta.get("standalone", {}).get("test_accuracy")
+    alone = standalone.test_accuracy if standalone else None
     print(f"{args.vnn_name}: packed test accuracy {100 * packed:.2f}%"
           + (f", stand-alone {100 * alone:.2f}% ({100 * (packed - alone):+.2f} pp)" if alone is not None else ""))
 
 
 def cmd_report(args) -> None:
     state = Store(args.store).load()
-    loaded = load_packed(state, extra=args.dnn_folder)
-    rows = [make_row(state, n, state.vnns[n].meta["standalone"]["test_accuracy"], item.test_accuracy(packed_theta(state, n)),
-                     published=item.dnn.meta.get("published_accuracy")) for n, item in loaded.items()]
+    loaded = load_packed(state, extra=args.dnn_folder, allow_changed_code=args.allow_changed_code)
+    missing = [n for n in loaded if state.vnns[n].provenance.standalone is None]
+    if missing:
+        raise ValueError(f"no stand-alone accuracy recorded for {', '.join(missing)}: not packed by `add` or `run`")
+    rows = [make_row(state, n, state.vnns[n].provenance.standalone.test_accuracy,
+                     item.test_accuracy(packed_theta(state, n)), published=item.dnn.meta.get("published_accuracy"))
+            for n, item in loaded.items()]
     summary = summarize(state, rows)
     write_summary(summary, args.results)
     print(format_table(summary))
@@ -188,7 +198,7 @@ def cmd_list(args) -> None:
         return
     occupancy = state.occupancy()
     top = int(occupancy.max()) if len(occupancy) else 0
-    print(f"store {args.store}: mode {state.config['pack']['mode']}, page size {state.page_size}, "
+    print(f"store {args.store}: mode {pack_config(state).mode}, page size {state.page_size}, "
           f"{state.n_shared} shared pages ({int((occupancy > 0).sum())} in use, max occupancy {top})")
     for name, vnn in state.vnns.items():
         excl = vnn.exclusive_pages.shape[0]
@@ -198,7 +208,8 @@ def cmd_list(args) -> None:
 
 def cmd_remove(args) -> None:
     store = Store(args.store)
-    store.save(remove_vnn(store.load(), args.vnn_name))
+    with store.writing(f"remove {args.vnn_name}"):
+        store.save(remove_vnn(store.load(), args.vnn_name))
     print(f"removed {args.vnn_name}; its exclusive pages are gone and its shared pages freed")
 
 
@@ -217,6 +228,8 @@ def parser() -> argparse.ArgumentParser:
     common.add_argument("--seed", type=int, default=0)
     common.add_argument("--workers", type=int, default=2, help="processes for stand-alone training (default 2)")
     common.add_argument("--results", type=Path, default=RESULTS_DIR, help="where summary.json/.md go")
+    common.add_argument("--allow-changed-code", action="store_true",
+                        help="use a packed DNN whose dnn.py changed since it was packed (default: refuse)")
     common.add_argument("--train-steps", type=int, default=None,
                         help="stand-alone training steps per DNN (default: each folder's TRAIN budget)")
 

@@ -143,14 +143,23 @@ def _candidate_folders(extra: list[Path]) -> list[Path]:
             folders.append(path)
         elif path.is_dir():
             folders += _dnn_folders_in(path)
+        elif path.exists():
+            raise DNNError(f"--dnn-folder {path}: a file, not a DNN folder (with dnn.py) or a folder of them")
         else:
-            raise DNNError(f"{path}: neither a DNN folder (with dnn.py) nor a folder of them")
+            raise DNNError(f"--dnn-folder {path}: no such folder")
     return folders
 
 
+def folders(extra: list[Path] | tuple = ()) -> dict[str, Path]:
+    """Every DNN folder by name, nothing imported; a later folder of the same name (e.g. on the
+    command line) wins. Only the DNNs a command uses are imported (`get`), so one broken folder
+    does not block the others."""
+    return {path.name: path for path in _candidate_folders(list(extra))}
+
+
 def discover(extra: list[Path] | tuple = ()) -> dict[str, DNN]:
-    """All DNN folders by name; a later folder of the same name (e.g. on the command line) wins."""
-    return {dnn.name: dnn for dnn in map(load_folder, _candidate_folders(list(extra)))}
+    """All DNN folders by name, imported."""
+    return {name: load_folder(path) for name, path in folders(extra).items()}
 
 
 def suite() -> list[str]:
@@ -160,9 +169,38 @@ def suite() -> list[str]:
 
 def get(name_or_path: str, extra: list[Path] | tuple = ()) -> DNN:
     """One DNN by name (among discovered folders) or by folder path; unknown names list the known."""
-    if is_dnn_folder(Path(name_or_path)):
-        return load_folder(Path(name_or_path))
-    known = discover(extra)
-    if name_or_path not in known:
-        raise DNNError(f"unknown DNN {name_or_path!r}; known: {', '.join(sorted(known)) or 'none'}")
-    return known[name_or_path]
+    text = str(name_or_path)
+    if os.sep not in text and not text.startswith("."):
+        known = folders(extra)
+        if text in known:
+            return load_folder(known[text])
+        if not Path(text).exists():
+            raise DNNError(f"unknown DNN {text!r}; known: {', '.join(sorted(known)) or 'none'}")
+    path = Path(text)
+    if is_dnn_folder(path):
+        return load_folder(path)
+    if not path.exists():
+        raise DNNError(f"{path}: no such DNN folder")
+    if not path.is_dir():
+        raise DNNError(f"{path}: a file, not a DNN folder")
+    if (path / "__init__.py").exists():
+        raise DNNError(f"{path}: a Python package, not a DNN folder")
+    raise DNNError(f"{path}: not a DNN folder: it has no dnn.py (docs/dnn_folders.md says what it needs)")
+
+
+def get_by_name(name: str, extra: list[Path] | tuple = ()) -> DNN:
+    """One DNN by name among the discovered folders and those named on the command line, never by a
+    path from elsewhere (a store names DNNs; their code comes from here)."""
+    known = folders(extra)
+    if name not in known:
+        raise DNNError(f"unknown DNN {name!r}; known: {', '.join(sorted(known)) or 'none'}")
+    return load_folder(known[name])
+
+
+def relative_folder(path: Path) -> str:
+    """A DNN folder as the store records it: relative to the repository when inside it."""
+    path = Path(path).resolve()
+    try:
+        return path.relative_to(REPO_ROOT).as_posix()
+    except ValueError:
+        return str(path)

@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from .pages import materialize, n_pages
-from .store import PAGE_TABLE_DTYPE, PackedState
+from .state import PAGE_TABLE_DTYPE, PackedState
 
 BYTES_PER_WEIGHT = 4  # float32
 BYTES_PER_PAGE_TABLE_ENTRY = PAGE_TABLE_DTYPE.itemsize  # as the execution holds them

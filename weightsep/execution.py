@@ -48,7 +48,7 @@ import torch
 
 from weightsep.ops import gather_into_function, gather_pages
 
-from .store import PAGE_TABLE_DTYPE, PackedState
+from .state import PAGE_TABLE_DTYPE, PackedState
 
 MODES = ("gather", "zero-copy")
 KERNELS = ("ops", "index_select")  # the gather: weightsep.ops.gather_pages_into, or torch.index_select(out=buffer)

@@ -57,7 +57,7 @@ from tqdm import tqdm
 from .evaluate import accuracy
 from .pages import materialize, to_pages
 from .separation import contribution_density
-from .store import PackedState
+from .state import PackedState, exclusive_entries, exclusive_slots, is_shared
 from .train import batches
 
 
@@ -329,20 +329,20 @@ class PageOptimizer:
         return give
 
     def n_sharable(self, name: str) -> int:
-        return int((self.state.vnns[name].page_table < self.state.n_shared).sum())
+        return int(is_shared(self.state.vnns[name].page_table, self.state.n_shared).sum())
 
     @torch.no_grad()
     def promote(self, name: str, count: int, dnn_batches: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Move `name`'s `count` shared pages of highest Fisher mass to new exclusive pages holding
         their current content; returns (old, new) exclusive tensors, for the optimizer's bookkeeping."""
         vnn, S, P = self.state.vnns[name], self.state.n_shared, self.state.page_size
-        on_shared = (vnn.page_table < S).nonzero().flatten()
+        on_shared = is_shared(vnn.page_table, S).nonzero().flatten()
         mass = contribution_density(vnn.fisher, P)[on_shared]
         logical = on_shared[torch.argsort(mass, descending=True, stable=True)[:count]]
         old = self.exclusive[name]
         new = torch.cat([old.detach(), self.shared.detach()[vnn.page_table[logical]]]).requires_grad_(True)
         table = vnn.page_table.clone()
-        table[logical] = S + old.shape[0] + torch.arange(len(logical))
+        table[logical] = exclusive_entries(S, old.shape[0], len(logical))
         self.state.shared_fisher = self.state.shared_fisher.clone()
         self.state.shared_fisher[vnn.page_table[logical]] -= to_pages(vnn.fisher, P)[logical]
         self.state.shared_fisher.clamp_(min=0)
@@ -433,13 +433,13 @@ def _overlap_terms(po: PageOptimizer, name: str, last: dict[str, torch.Tensor]) 
     """
     S, P = po.state.n_shared, po.state.page_size
     me = po.state.vnns[name]
-    on_shared = me.page_table < S
+    on_shared = is_shared(me.page_table, S)
     sums = torch.zeros(4, me.page_table.numel(), P)
     for other, vnn in po.state.vnns.items():
         if other == name:
             continue
         by_shared = torch.zeros(2, S, P)  # the other DNN's Fisher and weights, at their shared pages
-        theirs = vnn.page_table < S
+        theirs = is_shared(vnn.page_table, S)
         by_shared[0, vnn.page_table[theirs]] = to_pages(vnn.fisher, P)[theirs]
         by_shared[1, vnn.page_table[theirs]] = to_pages(last[other], P)[theirs]
         f, w = torch.zeros(2, me.page_table.numel(), P)
@@ -505,9 +505,9 @@ def write_back(po: PageOptimizer, name: str, theta: torch.Tensor) -> None:
     flat = torch.cat([po.shared, po.exclusive[name]])[vnn.page_table].reshape(-1)
     flat[: vnn.n_weights] = theta
     pages = flat.view(-1, po.state.page_size)
-    on_shared = vnn.page_table < S
+    on_shared = is_shared(vnn.page_table, S)
     po.shared[vnn.page_table[on_shared]] = pages[on_shared]
-    po.exclusive[name][vnn.page_table[~on_shared] - S] = pages[~on_shared]
+    po.exclusive[name][exclusive_slots(vnn.page_table[~on_shared], S)] = pages[~on_shared]
 
 
 OPTIMIZERS = {"joint": joint, "round-robin": round_robin, "sequential": round_robin}

@@ -25,7 +25,7 @@ import torch
 from .matching import MATCHERS, match
 from .pages import n_pages, to_pages
 from .separation import SEPARATIONS, separate
-from .store import VNN, PackedState
+from .state import VNN, PackedState, Provenance, StateConfig, exclusive_entries, is_shared
 
 MODES = ("ws", "nwv")
 SHARED_CONTENT = ("fisher-mean", "first", "random")
@@ -70,7 +70,14 @@ def new_state(config: PackConfig, n_shared: int) -> PackedState:
         pages = torch.randn(shape, generator=torch.Generator().manual_seed(config.seed)) * 0.01
     else:
         pages = torch.zeros(shape)
-    return PackedState(config.page_size, pages, torch.zeros(shape), {}, {"pack": asdict(config)})
+    return PackedState(config.page_size, pages, torch.zeros(shape), {}, StateConfig(pack=asdict(config)))
+
+
+def pack_config(state: PackedState) -> PackConfig:
+    """The PackConfig a state was made with (ValueError if it records none: not made by `pack`)."""
+    if state.config.pack is None:
+        raise ValueError("this packed state records no pack config (it was not made by packing DNNs)")
+    return PackConfig(**state.config.pack)
 
 
 def shared_pages_needed(n_weights: list[int], config: PackConfig) -> int:
@@ -114,13 +121,13 @@ def add_vnn(state: PackedState, name: str, theta: torch.Tensor, fisher: torch.Te
                     layout={str(k): v for k, v in result.layout.items()})
     page_table = torch.empty(total, dtype=torch.long)
     page_table[sharable] = torch.as_tensor(assignment, dtype=torch.long)
-    page_table[exclusive] = S + torch.arange(len(exclusive))
+    page_table[exclusive] = exclusive_entries(S, 0, len(exclusive))
 
     new = copy.copy(state)
     new.shared_pages, new.shared_fisher = _land(state, assignment, w_pages[sharable], f_pages[sharable], occupancy,
                                                 config.shared_content)
     info.update(n_exclusive=len(exclusive), n_sharable=len(sharable))
-    vnn = VNN(name, theta.numel(), page_table, w_pages[exclusive].clone(), fisher.clone(), {"pack": info})
+    vnn = VNN(name, theta.numel(), page_table, w_pages[exclusive].clone(), fisher.clone(), Provenance(pack=info))
     new.vnns = {**state.vnns, name: vnn}
     return new, info
 
@@ -147,7 +154,7 @@ def remove_vnn(state: PackedState, name: str) -> PackedState:
     if name not in state.vnns:
         raise ValueError(f"DNN {name!r} is not packed; packed: {', '.join(state.vnns) or 'none'}")
     vnn = state.vnns[name]
-    on_shared = vnn.page_table < state.n_shared
+    on_shared = is_shared(vnn.page_table, state.n_shared)
     new = copy.copy(state)
     new.shared_fisher = state.shared_fisher.clone()
     new.shared_fisher[vnn.page_table[on_shared]] -= to_pages(vnn.fisher, state.page_size)[on_shared]
@@ -159,5 +166,5 @@ def remove_vnn(state: PackedState, name: str) -> PackedState:
 def solo_state(name: str, theta: torch.Tensor, page_size: int) -> PackedState:
     """A one-DNN store with no shared pages and every page exclusive (the no-sharing control)."""
     pages = to_pages(theta, page_size).clone()
-    vnn = VNN(name, theta.numel(), torch.arange(len(pages)), pages, torch.ones_like(theta), {})
-    return PackedState(page_size, torch.zeros(0, page_size), torch.zeros(0, page_size), {name: vnn}, {})
+    vnn = VNN(name, theta.numel(), exclusive_entries(0, 0, len(pages)), pages, torch.ones_like(theta))
+    return PackedState(page_size, torch.zeros(0, page_size), torch.zeros(0, page_size), {name: vnn})

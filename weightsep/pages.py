@@ -2,8 +2,7 @@
 
 Takes a 1-D vector of `n` weights (a `TemplateNet.theta`, TF order) and returns `[ceil(n / P), P]`
 pages, the last one zero-padded; `from_pages` inverts it bit-exactly. A page table maps each
-logical page of a DNN to a row of `cat([shared_pages, exclusive_pages])`: entries below `S` (the
-number of shared pages) are shared pages, entries `S + e` are the DNN's exclusive page `e`.
+logical page of a DNN to a row of `cat([shared_pages, exclusive_pages])` (the rule: state.py).
 
     pages = to_pages(net.theta.detach(), 512)
     theta = materialize(shared_pages, exclusive_pages, page_table, n)
@@ -47,9 +46,3 @@ def materialize(
     else plain indexing."""
     store = torch.cat([shared_pages, exclusive_pages]) if exclusive_pages.numel() else shared_pages
     return gather_pages(store, page_table, n_weights)
-
-
-def split_page_table(page_table: torch.Tensor, n_shared: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Logical page indices that are shared and those that are exclusive, in logical order."""
-    is_shared = page_table < n_shared
-    return is_shared.nonzero().flatten(), (~is_shared).nonzero().flatten()

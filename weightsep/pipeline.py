@@ -7,6 +7,7 @@ folders and their data, and leaves disk to the store. `run` is the main job:
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import multiprocessing as mp
 import resource
@@ -24,7 +25,8 @@ from .optimize import OptimizeConfig, Task, optimize, step_batches
 from .pack import PackConfig, add_vnn, new_state, shared_pages_needed, solo_state
 from .pages import n_pages
 from .separation import allot, exclusive_budget, target_performance_rate
-from .store import PackedState, Store, atomic_write_text
+from .state import PackedState, Provenance, Standalone
+from .store import Store, atomic_write_text
 from .train import Trained, set_single_thread, standalone_models
 
 RESULTS_DIR = dnn_mod.REPO_ROOT / "results"
@@ -56,13 +58,33 @@ def load(names: list[str], extra: list[Path] = ()) -> dict[str, Loaded]:
     return out
 
 
-def load_packed(state: PackedState, names: list[str] | None = None, extra: list[Path] = ()) -> dict[str, Loaded]:
-    """The folders of packed DNNs (found by the path each was added from), keyed by packed name."""
+def load_packed(state: PackedState, names: list[str] | None = None, extra: list[Path] = (),
+                allow_changed_code: bool = False) -> dict[str, Loaded]:
+    """The packed DNNs with their folders' models and data, keyed by packed name.
+
+    Code comes only from the DNN folders discovered or named on the command line (`extra`), found
+    by the packed DNN's name, never from a path the store names; a folder whose dnn.py no longer
+    has the hash recorded at packing is refused unless `allow_changed_code`."""
     names = list(state.vnns) if names is None else names
     unknown = [n for n in names if n not in state.vnns]
     if unknown:
         raise ValueError(f"DNN(s) {', '.join(unknown)} are not packed; packed: {', '.join(state.vnns) or 'none'}")
-    return {n: next(iter(load([state.vnns[n].meta.get("folder", n)], extra).values())) for n in names}
+    out = {}
+    for name in names:
+        recorded = state.vnns[name].provenance
+        try:
+            dnn = dnn_mod.get_by_name(name, extra)
+        except dnn_mod.DNNError:
+            where = f" (it was packed from {recorded.folder}: name that folder with --dnn-folder)" if recorded.folder else ""
+            raise dnn_mod.DNNError(f"DNN {name!r} is packed in this store, but no DNN folder of that name is "
+                                   f"known{where}") from None
+        if recorded.code_hash is not None and dnn.code_hash() != recorded.code_hash and not allow_changed_code:
+            raise dnn_mod.DNNError(
+                f"DNN {name!r}: {dnn.path / 'dnn.py'} changed since it was packed (code hash {recorded.code_hash} "
+                f"then, {dnn.code_hash()} now), so its model or data may not match the store; re-pack it "
+                f"(`remove {name}`, then `add {name}` and `joint`), or pass --allow-changed-code to use it anyway")
+        out[name] = Loaded(dnn, dnn.build_model(), dnn.load_data())
+    return out
 
 
 def fisher_for(loaded: Loaded, theta: torch.Tensor, config: FisherConfig) -> torch.Tensor:
@@ -120,18 +142,18 @@ def pack(loaded: dict[str, Loaded], trained: dict[str, Trained], pack_config: Pa
     counts = {}
     if budget:
         counts, plan = plan_budget({n: trained[n] for n in loaded}, pack_config, state.n_shared)
-        state.config["budget"] = plan
+        state.config.budget = plan
         timings["spare"] = plan["spare"]
     for name in tqdm(loaded, desc="separation and matching", unit="DNN", leave=False):
         theta = trained[name].theta
         state, info = add_vnn(state, name, theta, fishers[name], pack_config,
                               tpr_for(loaded[name], theta, pack_config), counts.get(name))
         timings["matching_seconds"] += info["matching_seconds"]
-        vnn = state.vnns[name]
-        vnn.meta.update(folder=str(loaded[name].dnn.path), code_hash=loaded[name].dnn.code_hash(),
-                        architecture=loaded[name].model.describe(), fisher=asdict(fisher_config),
-                        standalone={"val_accuracy": trained[name].val_accuracy,
-                                    "test_accuracy": trained[name].test_accuracy})
+        dnn = loaded[name].dnn
+        state.vnns[name].provenance = Provenance(
+            folder=dnn_mod.relative_folder(dnn.path), code_hash=dnn.code_hash(),
+            architecture=loaded[name].model.describe(), fisher=asdict(fisher_config),
+            standalone=Standalone(trained[name].val_accuracy, trained[name].test_accuracy), pack=info)
     return state, timings
 
 
@@ -195,12 +217,15 @@ def run(config: RunConfig) -> dict:
 
     Returns the first seed's summary (rows, totals, timings) with `seeds` (every seed's) and
     `aggregate` (mean, min, max and std over seeds) added."""
-    loaded = load(config.dnns, config.extra_folders)
-    per_seed = []
-    for seed in config.seeds:
-        if len(config.seeds) > 1:
-            tqdm.write(f"== seed {seed} ({len(per_seed) + 1} of {len(config.seeds)})")
-        per_seed.append(run_seed(config, loaded, seed))
+    with contextlib.ExitStack() as writing:  # each seed's store: writable, and ours alone, before any work
+        for seed in config.seeds:
+            writing.enter_context(Store(config.store_for(seed)).writing("run"))
+        loaded = load(config.dnns, config.extra_folders)
+        per_seed = []
+        for seed in config.seeds:
+            if len(config.seeds) > 1:
+                tqdm.write(f"== seed {seed} ({len(per_seed) + 1} of {len(config.seeds)})")
+            per_seed.append(run_seed(config, loaded, seed))
     summary = {**per_seed[0], "seeds": per_seed, "aggregate": aggregate(per_seed)}
     write_summary(summary, config.results)
     return summary
@@ -240,10 +265,10 @@ def run_seed(config: RunConfig, loaded: dict[str, Loaded], seed: int, control: d
     start = time.perf_counter()
     state, history = optimize(state, tasks, optimize_config)
     times["optimize_seconds"] = time.perf_counter() - start
-    state.config.update(optimize=asdict(optimize_config), history={
+    state.config.optimize, state.config.history = asdict(optimize_config), {
         "steps": history.steps, "val_accuracy": history.val_accuracy, "score": history.score,
         "best_index": history.best_index, "reference": history.reference, "promoted": history.promoted,
-        "skipped": history.skipped, "rolled_back": history.rolled_back, "batches_per_step": per_step})
+        "skipped": history.skipped, "rolled_back": history.rolled_back, "batches_per_step": per_step}
     Store(config.store_for(seed)).save(state)
 
     if control_job is not None:

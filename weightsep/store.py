@@ -1,8 +1,6 @@
 """The store: the only module that reads and writes packed state on disk.
 
-Data model: `PackedState` (page size, shared pages and their accumulated Fisher, the registered
-DNNs as `VNN`s, the config) and `VNN` (page table, exclusive pages, Fisher, meta). Both validate
-themselves on construction and on `save`.
+It reads and writes `state.PackedState` (the data model, in state.py) and nothing else.
 
 A `Store` is a directory (the CLI picks it, `./state` by default):
 
@@ -15,11 +13,14 @@ A `Store` is a directory (the CLI picks it, `./state` by default):
     shared-<sha12>.safetensors        shared_pages f32 [S, P], shared_fisher f32 [S, P]
     vnn-<name>-<sha12>.safetensors    page_table i64 [n_pages], exclusive_pages f32 [E, P],
                                       fisher f32 [n_weights]
-    .lock                             serialises writers (flock)
+    manifest.damaged-<time>.json      a current manifest that `restore` replaced while unreadable
+    .lock                             one writer at a time (flock), holding who writes
 
 Guarantees: tensor files are content-addressed (`<sha12>` of the file) and never rewritten in
 place; every file goes temp file -> fsync -> os.replace -> fsync(dir); the manifest replace commits
-a save, so a crash at any point leaves the old generation loadable. `save` refuses an invalid state
+a save, so a crash at any point leaves the old generation loadable. A command that changes a store
+holds `Store.writing()` around its whole load -> work -> save, so a second writer waits for it;
+and `save` refuses a state loaded from an older generation than the current one (a stale write). `save` refuses an invalid state
 (ValueError, nothing written) and never overwrites a manifest it cannot read. `load` verifies the
 format name and version, every file's size and sha256, and tensor names, dtypes and shapes, and
 writes nothing; any problem is a `StoreError` naming the file and the recovery
@@ -27,9 +28,10 @@ writes nothing; any problem is a `StoreError` naming the file and the recovery
 files of the current and previous generations are kept. No pickle anywhere. See docs/store.md.
 
     store = Store("state")
-    state = store.load()
-    state.vnns["mnist"].meta["note"] = "checked"
-    store.save(state)
+    with store.writing("rename"):
+        state = store.load()
+        state.vnns["mnist"].provenance.folder = "suite/mnist"
+        store.save(state)
 
 `save_tensors`/`load_tensors` and `atomic_write_text`/`atomic_write_json` give other modules (the
 trained-model cache) the same atomic writes and checksummed safetensors files.
@@ -43,8 +45,9 @@ import json
 import os
 import re
 import secrets
+import sys
+import tempfile
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import lru_cache
 from pathlib import Path
@@ -53,11 +56,10 @@ from typing import Any
 import safetensors.torch
 import torch
 
-from weightsep.pages import n_pages as pages_needed
+from .state import VNN, PackedState, Provenance, StateConfig
 
 FORMAT = "weightsep-store"
 FORMAT_VERSION = 1
-PAGE_TABLE_DTYPE = torch.int64  # in the store and on the device (execution gathers with it)
 MANIFEST = "manifest.json"
 PREVIOUS = "manifest.prev.json"
 RECOVERY = "restore the previous generation with `python -m weightsep restore` (Store.restore_previous())"
@@ -68,160 +70,13 @@ VNN_TENSORS = ("page_table", "exclusive_pages", "fisher")
 _COUNTS = ("name", "n_weights", "n_pages", "n_exclusive")
 
 
+_HELD: set[Path] = set()  # store roots whose writer lock this process holds
+
+
 class StoreError(Exception):
     """Packed state or a tensor file on disk that is missing, damaged or of an unknown format.
 
     The message names the file, says what is wrong and how to recover."""
-
-
-# ---------------------------------------------------------------- data model
-
-
-def _check_tensor(t: Any, what: str, dtype: torch.dtype, dim: int) -> None:
-    if not isinstance(t, torch.Tensor):
-        raise ValueError(f"{what} must be a torch.Tensor, got {type(t).__name__}")
-    if t.dtype != dtype or t.dim() != dim:
-        raise ValueError(f"{what} must be a {dim}-D {dtype} tensor, got {t.dim()}-D {t.dtype} {list(t.shape)}")
-
-
-def _check_values(t: torch.Tensor, what: str, nonnegative: bool = False) -> None:
-    bad = ~torch.isfinite(t)
-    if nonnegative:
-        bad |= t < 0
-    if bad.any():
-        first = int(bad.flatten().nonzero()[0])
-        kind = "NaN/inf or negative" if nonnegative else "NaN/inf"
-        raise ValueError(f"{what} has {int(bad.sum())} {kind} values (first at flat index {first})")
-
-
-def _check_json(obj: Any, what: str) -> None:
-    if not isinstance(obj, dict):
-        raise ValueError(f"{what} must be a dict, got {type(obj).__name__}")
-    try:
-        json.dumps(obj, allow_nan=False)
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"{what} is not JSON-able: {e}") from None
-
-
-def _check_count(value: Any, what: str, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{what} must be an int >= {minimum}, got {value!r}")
-
-
-@dataclass(eq=False)  # tensors have no single truth value: compare fields explicitly
-class VNN:
-    """One registered DNN ("virtual neural network" in the originals' words)."""
-
-    name: str
-    n_weights: int
-    page_table: torch.Tensor  # PAGE_TABLE_DTYPE [n_pages]: entry < S -> shared page; S + e -> exclusive_pages[e]
-    exclusive_pages: torch.Tensor  # float32 [E, P], level-2 pages (E may be 0)
-    fisher: torch.Tensor  # float32 [n_weights], >= 0: the Fisher used for separation and matching
-    meta: dict = field(default_factory=dict)  # JSON-able: folder path, code hash, architecture, accuracies
-
-    def __post_init__(self) -> None:
-        self.validate()
-
-    @property
-    def n_pages(self) -> int:
-        return self.page_table.numel()
-
-    @property
-    def n_exclusive(self) -> int:
-        return self.exclusive_pages.shape[0]
-
-    def validate(self, page_size: int | None = None, n_shared: int | None = None) -> None:
-        """Check dtypes, shapes, values and meta; given the state's P and S, the page table too (ValueError)."""
-        if not isinstance(self.name, str) or not self.name:
-            raise ValueError(f"a VNN name must be a non-empty string, got {self.name!r}")
-        who = f"VNN {self.name!r}"
-        _check_count(self.n_weights, f"{who}: n_weights", 1)
-        _check_tensor(self.page_table, f"{who}: page_table", PAGE_TABLE_DTYPE, 1)
-        _check_tensor(self.exclusive_pages, f"{who}: exclusive_pages", torch.float32, 2)
-        _check_tensor(self.fisher, f"{who}: fisher", torch.float32, 1)
-        if self.fisher.numel() != self.n_weights:
-            raise ValueError(f"{who}: fisher has {self.fisher.numel()} entries, n_weights is {self.n_weights}")
-        _check_values(self.exclusive_pages, f"{who}: exclusive_pages")
-        _check_values(self.fisher, f"{who}: fisher", nonnegative=True)
-        _check_json(self.meta, f"{who}: meta")
-        if page_size is not None and n_shared is not None:
-            self._check_page_table(page_size, n_shared)
-
-    def _check_page_table(self, page_size: int, n_shared: int) -> None:
-        who, S, E = f"VNN {self.name!r}", n_shared, self.n_exclusive
-        if self.exclusive_pages.shape[1] != page_size:
-            raise ValueError(f"{who}: exclusive_pages are {list(self.exclusive_pages.shape)}, pages hold {page_size}")
-        need = pages_needed(self.n_weights, page_size)
-        if self.n_pages != need:
-            raise ValueError(f"{who}: page table has {self.n_pages} entries; {self.n_weights} weights "
-                             f"in pages of {page_size} need {need}")
-        table = self.page_table.cpu()
-        out = (table < 0) | (table >= S + E)
-        if out.any():
-            j = int(out.nonzero()[0])
-            raise ValueError(f"{who}: page table entry {int(table[j])} at logical page {j} is outside "
-                             f"[0, {S + E}) ({S} shared + {E} exclusive pages)")
-        counts = torch.bincount(table, minlength=S + E)
-        if (counts > 1).any():
-            v = int((counts > 1).nonzero()[0])
-            slot = f"shared page {v}" if v < S else f"exclusive slot {v - S}"
-            raise ValueError(f"{who}: {slot} is used by logical pages {(table == v).nonzero().flatten().tolist()}; "
-                             "a DNN maps at most one page onto each shared page or exclusive slot")
-        unused = (counts[S:] == 0).nonzero().flatten()
-        if len(unused):
-            raise ValueError(f"{who}: exclusive slots {unused.tolist()} are not in the page table (dead memory)")
-
-
-@dataclass(eq=False)  # tensors have no single truth value: compare fields explicitly
-class PackedState:
-    """Everything a packing holds: shared pages (level 1) and the registered DNNs (level 2 + tables)."""
-
-    page_size: int
-    shared_pages: torch.Tensor  # float32 [S, P]
-    shared_fisher: torch.Tensor  # float32 [S, P], >= 0: accumulated Fisher of the pages mapped on each page
-    vnns: dict[str, VNN] = field(default_factory=dict)  # insertion order = registration order
-    config: dict = field(default_factory=dict)  # JSON-able: mode (ws/nwv), margin, matching method, history
-
-    def __post_init__(self) -> None:
-        self.validate()
-
-    @property
-    def n_shared(self) -> int:
-        return self.shared_pages.shape[0]
-
-    def n_pages(self, name: str) -> int:
-        """Logical pages of DNN `name`."""
-        return self.vnns[name].n_pages
-
-    def occupancy(self) -> torch.Tensor:
-        """int64 [S]: how many VNNs map a page onto each shared page."""
-        counts = torch.zeros(self.n_shared, dtype=torch.int64)
-        for vnn in self.vnns.values():
-            table = vnn.page_table.cpu()
-            counts += torch.bincount(table[table < self.n_shared], minlength=self.n_shared)
-        return counts
-
-    def validate(self) -> None:
-        """Check every invariant the pipeline and the store rely on; ValueError names the culprit."""
-        _check_count(self.page_size, "page_size", 1)
-        _check_tensor(self.shared_pages, "shared_pages", torch.float32, 2)
-        _check_tensor(self.shared_fisher, "shared_fisher", torch.float32, 2)
-        if self.shared_pages.shape[1] != self.page_size:
-            raise ValueError(f"shared_pages are {list(self.shared_pages.shape)}, page_size is {self.page_size}")
-        if self.shared_fisher.shape != self.shared_pages.shape:
-            raise ValueError(f"shared_fisher is {list(self.shared_fisher.shape)}, "
-                             f"shared_pages are {list(self.shared_pages.shape)}")
-        _check_values(self.shared_pages, "shared_pages")
-        _check_values(self.shared_fisher, "shared_fisher", nonnegative=True)
-        if not isinstance(self.vnns, dict):
-            raise ValueError(f"vnns must be a dict name -> VNN, got {type(self.vnns).__name__}")
-        for key, vnn in self.vnns.items():
-            if not isinstance(vnn, VNN):
-                raise ValueError(f"vnns[{key!r}] is a {type(vnn).__name__}, not a VNN")
-            if key != vnn.name:
-                raise ValueError(f"vnns[{key!r}] holds VNN {vnn.name!r}: key and name must agree")
-            vnn.validate(self.page_size, self.n_shared)
-        _check_json(self.config, "config")
 
 
 # ---------------------------------------------------------------- atomic files, tensor files
@@ -394,11 +249,23 @@ class Store:
         """The current generation, fully verified (CPU tensors); reads only, raises StoreError."""
         return self._load(self.root / MANIFEST, RECOVERY)
 
+    @contextlib.contextmanager
+    def writing(self, command: str) -> Iterator[None]:
+        """Be the store's only writer for a whole load -> work -> save (`command` names it to waiters).
+
+        Checks up front that the store can be written (a directory, writable), so a command fails
+        before its work, not after. A second writer waits here, told who holds the store."""
+        self._check_writable()
+        with self._lock(command):
+            yield
+
     def save(self, state: PackedState) -> dict:
         """Validate `state`, write it as the new current generation and return its manifest.
 
         The current generation becomes the previous one if its files verify; files of older
-        generations are deleted. An invalid state raises ValueError with nothing written."""
+        generations are deleted. An invalid state raises ValueError with nothing written; a state
+        loaded from an older generation than the current one (another command saved in between)
+        raises StoreError with nothing written. `state.generation` is the new generation after."""
         state.validate()
         shared, data = _blob("shared", {"shared_pages": state.shared_pages, "shared_fisher": state.shared_fisher},
                              self._file_meta("shared"))
@@ -409,9 +276,15 @@ class Store:
             tensors = {"page_table": vnn.page_table, "exclusive_pages": vnn.exclusive_pages, "fisher": vnn.fisher}
             entry, data = _blob(f"vnn-{slug}", tensors, self._file_meta("vnn", vnn.name))
             blobs[entry["file"]] = data
-            vnns.append({**counts, "meta": vnn.meta, "file": entry})
-        with self._lock():
+            vnns.append({**counts, "meta": vnn.provenance.to_json(), "file": entry})
+        self._check_writable()
+        with self._lock("save"):
             current_bytes, current = self._current_for_save()
+            if state.generation is not None and (current is None or current["generation"] != state.generation):
+                now_at = f"generation {current['generation']}" if current else "no current generation"
+                raise StoreError(f"{self.root}: changed since this state was loaded (it was generation "
+                                 f"{state.generation}, the store is at {now_at}): another command saved in "
+                                 "between; nothing was written: run the command again on the current store")
             for name, data in blobs.items():
                 if not self._holds(self.root / name, data):
                     atomic_write_bytes(self.root / name, data)
@@ -422,24 +295,42 @@ class Store:
                 "created": current["created"] if current else now, "updated": now,
                 "code_version": code_version(), "torch_version": torch.__version__,
                 "page_size": state.page_size, "n_shared": state.n_shared,
-                "config": state.config, "shared": shared, "vnns": vnns,
+                "config": state.config.to_json(), "shared": shared, "vnns": vnns,
             }
             if current and self._files_intact(current):
                 atomic_write_bytes(self.root / PREVIOUS, current_bytes)
             atomic_write_json(self.root / MANIFEST, manifest)  # the commit point
             self._collect_garbage()
+        state.generation = manifest["generation"]
         return manifest
 
     def restore_previous(self) -> PackedState:
         """Make the previous generation current again after verifying it fully; returns it.
 
-        Nothing is deleted: the discarded generation's files go at the next successful save."""
-        with self._lock():
+        Undoable: the generation it replaces becomes the previous one, so a second restore swaps
+        back. A current manifest that cannot be read is kept as manifest.damaged-<time>.json; one
+        written by a newer weightsep is refused (this one cannot tell what it would lose)."""
+        if not self.root.is_dir():
+            raise StoreError(f"{self.root}: no such store directory")
+        self._check_writable(damaged_ok=True)
+        with self._lock("restore"):
             previous = self.root / PREVIOUS
             if not previous.is_file():
                 raise StoreError(f"{previous}: missing: there is no previous generation to restore; {NO_OLDER}")
             state = self._load(previous, NO_OLDER)
-            atomic_write_bytes(self.root / MANIFEST, previous.read_bytes())
+            restored = self._read_manifest(previous, NO_OLDER)
+            current_bytes, current = self._current_for_restore()
+            now = datetime.now(UTC).isoformat(timespec="seconds")
+            generation = max(restored["generation"], current["generation"] if current else 0) + 1
+            manifest = {**restored, "generation": generation, "updated": now,
+                        "restored_from": restored["generation"]}
+            if current is not None and self._files_intact(current):
+                atomic_write_bytes(previous, current_bytes)  # the generation replaced: restore again to undo
+            elif current_bytes:
+                stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
+                atomic_write_bytes(self.root / f"manifest.damaged-{stamp}.json", current_bytes)
+            atomic_write_json(self.root / MANIFEST, manifest)
+        state.generation = generation
         return state
 
     # -- internals
@@ -449,12 +340,57 @@ class Store:
         meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "kind": kind, "code_version": code_version()}
         return meta if name is None else {**meta, "name": name}
 
+    def _check_writable(self, damaged_ok: bool = False) -> None:
+        """A StoreError now, before any work, if this store cannot be written (or, unless
+        `damaged_ok`, is a directory of store files without its manifest: saving there would start
+        afresh and delete them)."""
+        root = self.root
+        if root.exists() and not root.is_dir():
+            raise StoreError(f"{root}: is a file, not a store directory")
+        existing = next((p for p in [root, *root.parents] if p.exists()), Path("."))
+        try:  # a real write: permissions, read-only mounts and full disks all show here
+            with tempfile.TemporaryFile(dir=existing):
+                pass
+        except OSError as e:
+            raise StoreError(f"{root}: cannot write a store here ({existing}: {e.strerror}); "
+                             "choose another --store") from None
+        if not damaged_ok and root.is_dir() and not (root / MANIFEST).is_file():
+            foreign = sorted(p.name for p in root.iterdir() if p.name != ".lock"
+                             and not (p.name.startswith(".") and p.name.endswith(".tmp")))
+            if foreign:
+                store_files = [n for n in foreign if n == PREVIOUS or _TENSOR_FILE.fullmatch(n)]
+                raise StoreError(
+                    f"{root / MANIFEST}: missing, but {root} holds "
+                    + (f"store files ({', '.join(store_files[:3])}...): a damaged store; {RECOVERY}, "
+                       "or move the directory away to start afresh" if store_files else
+                       f"other files ({', '.join(foreign[:3])}): not a store; choose a new or empty directory"))
+
     @contextlib.contextmanager
-    def _lock(self) -> Iterator[None]:
-        self.root.mkdir(parents=True, exist_ok=True)
-        with open(self.root / ".lock", "a") as f:
-            fcntl.flock(f, fcntl.LOCK_EX)  # released when the file closes
+    def _lock(self, command: str) -> Iterator[None]:
+        """The store's writer lock (flock on .lock); re-entrant within a process (save inside writing)."""
+        key = self.root.resolve()
+        if key in _HELD:
             yield
+            return
+        self.root.mkdir(parents=True, exist_ok=True)
+        with open(self.root / ".lock", "a+") as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                f.seek(0)
+                holder = f.read().strip() or "another process"
+                print(f"{self.root}: waiting for the writer that holds it ({holder}) to finish", file=sys.stderr,
+                      flush=True)
+                fcntl.flock(f, fcntl.LOCK_EX)  # released when the file closes
+            f.seek(0)
+            f.truncate()
+            f.write(f"pid {os.getpid()}, {command}, since {datetime.now(UTC).isoformat(timespec='seconds')}\n")
+            f.flush()
+            _HELD.add(key)
+            try:
+                yield
+            finally:
+                _HELD.discard(key)
 
     def _current_for_save(self) -> tuple[bytes, dict | None]:
         """The current manifest (bytes, parsed); never overwrite one that cannot be read (StoreError)."""
@@ -463,6 +399,19 @@ class Store:
             return b"", None
         data = path.read_bytes()
         return data, self._parse_manifest(data, path, RECOVERY + ", or move the directory away to start afresh")
+
+    def _current_for_restore(self) -> tuple[bytes, dict | None]:
+        """The current manifest (bytes, parsed or None if unreadable); one of a newer format is refused."""
+        path = self.root / MANIFEST
+        if not path.is_file():
+            return b"", None
+        data = path.read_bytes()
+        try:
+            return data, self._parse_manifest(data, path, RECOVERY)
+        except StoreError as e:
+            if "upgrade weightsep" in str(e):
+                raise StoreError(f"{e}; restore refused: this weightsep cannot read what it would replace") from None
+            return data, None
 
     def _read_manifest(self, path: Path, hint: str) -> dict:
         try:
@@ -532,9 +481,11 @@ class Store:
             for entry in m["vnns"]:
                 t = self._read_file(entry["file"], VNN_TENSORS, {"kind": "vnn", "name": entry["name"]},
                                     manifest_path, hint)
+                provenance = Provenance.from_json(entry["meta"], f"DNN {entry['name']!r}: meta")
                 vnns[entry["name"]] = VNN(entry["name"], entry["n_weights"], t["page_table"],
-                                          t["exclusive_pages"], t["fisher"], entry["meta"])
-            state = PackedState(m["page_size"], shared["shared_pages"], shared["shared_fisher"], vnns, m["config"])
+                                          t["exclusive_pages"], t["fisher"], provenance)
+            state = PackedState(m["page_size"], shared["shared_pages"], shared["shared_fisher"], vnns,
+                                StateConfig.from_json(m["config"]), m["generation"])
         except ValueError as e:
             raise StoreError(f"{manifest_path}: the stored state is invalid: {e}; {hint}") from None
         recorded = {"page_size": m["page_size"], "n_shared": m["n_shared"],

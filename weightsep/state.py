@@ -1,0 +1,278 @@
+"""The packed state: the data model every stage works on, and the page-table rules, in one place.
+
+`PackedState` holds the page size P, the S shared pages (level 1) with their accumulated Fisher, the
+registered DNNs as `VNN`s (page table, exclusive pages, Fisher, `Provenance`) and a `StateConfig`.
+Both validate themselves on construction; `store.py` reads and writes them and does nothing else.
+
+The page-table rule: a DNN's page table maps each logical page to a row of
+`cat([shared_pages, exclusive_pages])`. An entry below S names a shared page; the entry `S + e`
+names the DNN's exclusive page `e`. `is_shared`, `exclusive_entries` and `exclusive_slots` are the
+only code that knows this; everything else asks them.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+import torch
+
+from .pages import n_pages as pages_needed
+
+PAGE_TABLE_DTYPE = torch.int64  # in the store and on the device (execution gathers with it)
+
+
+# ---------------------------------------------------------------- the page-table rule
+
+
+def is_shared(page_table: torch.Tensor, n_shared: int) -> torch.Tensor:
+    """bool, per logical page: does it live on a shared page (entry < S)?"""
+    return page_table < n_shared
+
+
+def exclusive_entries(n_shared: int, first: int, count: int) -> torch.Tensor:
+    """Page-table entries of exclusive pages `first .. first + count - 1` (S + e)."""
+    return n_shared + torch.arange(first, first + count, dtype=PAGE_TABLE_DTYPE)
+
+
+def exclusive_slots(entries: torch.Tensor, n_shared: int) -> torch.Tensor:
+    """The exclusive page indices `e` named by page-table entries `S + e`."""
+    return entries - n_shared
+
+
+# ---------------------------------------------------------------- provenance and config
+
+
+def _typed(cls, obj: Any, what: str):
+    """A dataclass from its JSON dict; unknown or mistyped fields are ValueErrors naming them."""
+    if not isinstance(obj, dict):
+        raise ValueError(f"{what} must be a JSON object, got {type(obj).__name__}")
+    known = {f.name: f for f in fields(cls)}
+    unknown = sorted(set(obj) - set(known))
+    if unknown:
+        raise ValueError(f"{what}: unknown field(s) {', '.join(unknown)}")
+    for name, value in obj.items():
+        kinds = _KINDS[cls][name]
+        if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+            raise ValueError(f"{what}: field {name!r} is {type(value).__name__}, expected "
+                             + " or ".join(k.__name__ for k in kinds))
+    return cls(**obj)
+
+
+@dataclass
+class Standalone:
+    """A DNN's accuracies trained alone (fractions), the reference its packed accuracy is held to."""
+
+    val_accuracy: float
+    test_accuracy: float
+
+
+@dataclass
+class Provenance:
+    """Where a packed DNN came from. Names and hashes only: a store is data, never code.
+
+    `folder` is a hint for error messages (relative to the repository for its own folders), never
+    a path to import from: code comes from the DNN folders discovered or named on the command line,
+    found by the DNN's name, and `code_hash` (of its dnn.py) must still match."""
+
+    folder: str | None = None
+    code_hash: str | None = None
+    architecture: str | None = None
+    fisher: dict | None = None  # the FisherConfig used
+    standalone: Standalone | None = None
+    pack: dict | None = None  # what packing reported: exclusive/sharable pages, matching, cost
+
+    def to_json(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+    @classmethod
+    def from_json(cls, obj: Any, what: str = "provenance") -> Provenance:
+        p = _typed(cls, obj, what)
+        if p.standalone is not None:
+            p.standalone = _typed(Standalone, p.standalone, f"{what}: standalone")
+        return p
+
+
+@dataclass
+class StateConfig:
+    """How the state was made: the pack config and, once optimised, the optimiser's config and history.
+
+    JSON dicts of the stage configs (`PackConfig`, `OptimizeConfig`); `pack.pack_config(state)` reads
+    the pack config back, typed."""
+
+    pack: dict | None = None
+    budget: dict | None = None  # the budget separation's plan (exclusive pages, spare pages)
+    optimize: dict | None = None
+    history: dict | None = None
+
+    def to_json(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+    @classmethod
+    def from_json(cls, obj: Any, what: str = "config") -> StateConfig:
+        return _typed(cls, obj, what)
+
+
+_KINDS = {
+    Standalone: {"val_accuracy": (float, int), "test_accuracy": (float, int)},
+    Provenance: {"folder": (str,), "code_hash": (str,), "architecture": (str,), "fisher": (dict,),
+                 "standalone": (dict,), "pack": (dict,)},
+    StateConfig: {"pack": (dict,), "budget": (dict,), "optimize": (dict,), "history": (dict,)},
+}
+
+
+# ---------------------------------------------------------------- checks
+
+
+def _check_tensor(t: Any, what: str, dtype: torch.dtype, dim: int) -> None:
+    if not isinstance(t, torch.Tensor):
+        raise ValueError(f"{what} must be a torch.Tensor, got {type(t).__name__}")
+    if t.dtype != dtype or t.dim() != dim:
+        raise ValueError(f"{what} must be a {dim}-D {dtype} tensor, got {t.dim()}-D {t.dtype} {list(t.shape)}")
+
+
+def _check_values(t: torch.Tensor, what: str, nonnegative: bool = False) -> None:
+    bad = ~torch.isfinite(t)
+    if nonnegative:
+        bad |= t < 0
+    if bad.any():
+        first = int(bad.flatten().nonzero()[0])
+        kind = "NaN/inf or negative" if nonnegative else "NaN/inf"
+        raise ValueError(f"{what} has {int(bad.sum())} {kind} values (first at flat index {first})")
+
+
+def _check_json(obj: Any, what: str) -> None:
+    if not isinstance(obj, dict):
+        raise ValueError(f"{what} must be a dict, got {type(obj).__name__}")
+    try:
+        json.dumps(obj, allow_nan=False)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{what} is not JSON-able: {e}") from None
+
+
+def _check_count(value: Any, what: str, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{what} must be an int >= {minimum}, got {value!r}")
+
+
+@dataclass(eq=False)  # tensors have no single truth value: compare fields explicitly
+class VNN:
+    """One registered DNN ("virtual neural network" in the originals' words)."""
+
+    name: str
+    n_weights: int
+    page_table: torch.Tensor  # PAGE_TABLE_DTYPE [n_pages]: entry < S -> shared page; S + e -> exclusive_pages[e]
+    exclusive_pages: torch.Tensor  # float32 [E, P], level-2 pages (E may be 0)
+    fisher: torch.Tensor  # float32 [n_weights], >= 0: the Fisher used for separation and matching
+    provenance: Provenance = field(default_factory=Provenance)
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    @property
+    def n_pages(self) -> int:
+        return self.page_table.numel()
+
+    @property
+    def n_exclusive(self) -> int:
+        return self.exclusive_pages.shape[0]
+
+    def validate(self, page_size: int | None = None, n_shared: int | None = None) -> None:
+        """Check dtypes, shapes, values and meta; given the state's P and S, the page table too (ValueError)."""
+        if not isinstance(self.name, str) or not self.name:
+            raise ValueError(f"a VNN name must be a non-empty string, got {self.name!r}")
+        who = f"VNN {self.name!r}"
+        _check_count(self.n_weights, f"{who}: n_weights", 1)
+        _check_tensor(self.page_table, f"{who}: page_table", PAGE_TABLE_DTYPE, 1)
+        _check_tensor(self.exclusive_pages, f"{who}: exclusive_pages", torch.float32, 2)
+        _check_tensor(self.fisher, f"{who}: fisher", torch.float32, 1)
+        if self.fisher.numel() != self.n_weights:
+            raise ValueError(f"{who}: fisher has {self.fisher.numel()} entries, n_weights is {self.n_weights}")
+        _check_values(self.exclusive_pages, f"{who}: exclusive_pages")
+        _check_values(self.fisher, f"{who}: fisher", nonnegative=True)
+        if not isinstance(self.provenance, Provenance):
+            raise ValueError(f"{who}: provenance must be a Provenance, got {type(self.provenance).__name__}")
+        _check_json(self.provenance.to_json(), f"{who}: provenance")
+        if page_size is not None and n_shared is not None:
+            self._check_page_table(page_size, n_shared)
+
+    def _check_page_table(self, page_size: int, n_shared: int) -> None:
+        who, S, E = f"VNN {self.name!r}", n_shared, self.n_exclusive
+        if self.exclusive_pages.shape[1] != page_size:
+            raise ValueError(f"{who}: exclusive_pages are {list(self.exclusive_pages.shape)}, pages hold {page_size}")
+        need = pages_needed(self.n_weights, page_size)
+        if self.n_pages != need:
+            raise ValueError(f"{who}: page table has {self.n_pages} entries; {self.n_weights} weights "
+                             f"in pages of {page_size} need {need}")
+        table = self.page_table.cpu()
+        out = (table < 0) | (table >= S + E)
+        if out.any():
+            j = int(out.nonzero()[0])
+            raise ValueError(f"{who}: page table entry {int(table[j])} at logical page {j} is outside "
+                             f"[0, {S + E}) ({S} shared + {E} exclusive pages)")
+        counts = torch.bincount(table, minlength=S + E)
+        if (counts > 1).any():
+            v = int((counts > 1).nonzero()[0])
+            slot = f"shared page {v}" if v < S else f"exclusive slot {v - S}"
+            raise ValueError(f"{who}: {slot} is used by logical pages {(table == v).nonzero().flatten().tolist()}; "
+                             "a DNN maps at most one page onto each shared page or exclusive slot")
+        unused = (counts[S:] == 0).nonzero().flatten()
+        if len(unused):
+            raise ValueError(f"{who}: exclusive slots {unused.tolist()} are not in the page table (dead memory)")
+
+
+@dataclass(eq=False)  # tensors have no single truth value: compare fields explicitly
+class PackedState:
+    """Everything a packing holds: shared pages (level 1) and the registered DNNs (level 2 + tables)."""
+
+    page_size: int
+    shared_pages: torch.Tensor  # float32 [S, P]
+    shared_fisher: torch.Tensor  # float32 [S, P], >= 0: accumulated Fisher of the pages mapped on each page
+    vnns: dict[str, VNN] = field(default_factory=dict)  # insertion order = registration order
+    config: StateConfig = field(default_factory=StateConfig)
+    generation: int | None = None  # the store generation it was loaded from (None: never saved); save checks it
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    @property
+    def n_shared(self) -> int:
+        return self.shared_pages.shape[0]
+
+    def n_pages(self, name: str) -> int:
+        """Logical pages of DNN `name`."""
+        return self.vnns[name].n_pages
+
+    def occupancy(self) -> torch.Tensor:
+        """int64 [S]: how many VNNs map a page onto each shared page."""
+        counts = torch.zeros(self.n_shared, dtype=torch.int64)
+        for vnn in self.vnns.values():
+            table = vnn.page_table.cpu()
+            counts += torch.bincount(table[is_shared(table, self.n_shared)], minlength=self.n_shared)
+        return counts
+
+    def validate(self) -> None:
+        """Check every invariant the pipeline and the store rely on; ValueError names the culprit."""
+        _check_count(self.page_size, "page_size", 1)
+        _check_tensor(self.shared_pages, "shared_pages", torch.float32, 2)
+        _check_tensor(self.shared_fisher, "shared_fisher", torch.float32, 2)
+        if self.shared_pages.shape[1] != self.page_size:
+            raise ValueError(f"shared_pages are {list(self.shared_pages.shape)}, page_size is {self.page_size}")
+        if self.shared_fisher.shape != self.shared_pages.shape:
+            raise ValueError(f"shared_fisher is {list(self.shared_fisher.shape)}, "
+                             f"shared_pages are {list(self.shared_pages.shape)}")
+        _check_values(self.shared_pages, "shared_pages")
+        _check_values(self.shared_fisher, "shared_fisher", nonnegative=True)
+        if not isinstance(self.vnns, dict):
+            raise ValueError(f"vnns must be a dict name -> VNN, got {type(self.vnns).__name__}")
+        for key, vnn in self.vnns.items():
+            if not isinstance(vnn, VNN):
+                raise ValueError(f"vnns[{key!r}] is a {type(vnn).__name__}, not a VNN")
+            if key != vnn.name:
+                raise ValueError(f"vnns[{key!r}] holds VNN {vnn.name!r}: key and name must agree")
+            vnn.validate(self.page_size, self.n_shared)
+        if not isinstance(self.config, StateConfig):
+            raise ValueError(f"config must be a StateConfig, got {type(self.config).__name__}")
+        _check_json(self.config.to_json(), "config")
+
+
