@@ -256,8 +256,14 @@ class Store:
         Checks up front that the store can be written (a directory, writable), so a command fails
         before its work, not after. A second writer waits here, told who holds the store."""
         self._check_writable()
-        with self._lock(command):
-            yield
+        created = not self.root.exists()
+        try:
+            with self._lock(command):
+                yield
+        finally:  # a command that failed before saving leaves no empty store directory behind
+            if created and self.root.is_dir() and {p.name for p in self.root.iterdir()} <= {".lock"}:
+                (self.root / ".lock").unlink(missing_ok=True)
+                self.root.rmdir()
 
     def save(self, state: PackedState) -> dict:
         """Validate `state`, write it as the new current generation and return its manifest.
