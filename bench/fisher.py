@@ -35,7 +35,7 @@ TARGET_SPEEDUP = 2.5  # batched vs loop at K = 1000, from the issue
 
 
 def mnist_net() -> TemplateNet:
-    """WS's MNIST architecture (ORIGINALS.md 2.3): 65,402 weights."""
+    """WS's MNIST architecture (docs/originals.md §1.1): 65,402 weights."""
     return TemplateNet((1, 28, 28), [Conv(3, 3, 16), Conv(3, 3, 32), Conv(3, 3, 48)], dense=[256, 128], classes=10)
 
 

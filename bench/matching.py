@@ -29,7 +29,7 @@ from weightsep.matching import MATCHERS, SharedState, empty_state, match, place
 from weightsep.originals import NWV_ORDER, fixtures_dir, load_nwv_dnn
 from weightsep.pages import to_pages
 
-WS_WEIGHT_COUNTS = (64_670, 65_402, 69_966, 68_639, 64_670, 72_012, 65_101, 65_154, 66_854, 65_114)  # DESIGN 4
+WS_WEIGHT_COUNTS = (64_670, 65_402, 69_966, 68_639, 64_670, 72_012, 65_101, 65_154, 66_854, 65_114)  # docs/algorithms.md §4
 SHORT = {"greedy": "greedy", "optimal-occupancy": "opt-occ", "optimal": "optimal"}
 
 Pages = tuple[str, np.ndarray, np.ndarray]  # name, weight pages [n, P], Fisher pages [n, P]
@@ -56,7 +56,7 @@ def synthetic_dnns(page_size: int, seed: int) -> list[Pages]:
 
 
 def first_state(dnns: list[Pages]) -> SharedState:
-    """The store after the first DNN, mapped identically (DESIGN 3.4)."""
+    """The store after the first DNN, mapped identically (docs/algorithms.md §3.4)."""
     _, w, F = dnns[0]
     state = empty_state(max(len(w_) for _, w_, _ in dnns), w.shape[1])
     return place(np.arange(len(w)), w, F, *state)

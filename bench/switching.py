@@ -1,4 +1,4 @@
-"""Switching benchmark: the baseline ladder of DESIGN.md 3.7 in ONE process, on one random schedule.
+"""Switching benchmark: the baseline ladder of docs/algorithms.md §3.7 in ONE process, on one random schedule.
 
 Rungs, timed interleaved (switch i: every rung in turn, so machine load hits them alike):
 

@@ -4,9 +4,9 @@ Source: the WS authors' preprocessed .npy files (docs/paper_dnns.md), in DATA_DI
 cifar10_{train,test}_{data,label}.npy; fetch them with `./download_dataset.sh cifar10`.
 Split: the authors' train / test; validation = a seeded 10% of train (weightsep.paper.carve_val).
 Preprocessing: the authors' (RGB planes stacked to NHWC, divided by the global max 255;
-ORIGINALS.md 4); here only NHWC -> NCHW and one-hot -> int64.
+docs/originals.md §4); here only NHWC -> NCHW and one-hot -> int64.
 Model: build_model() / arch="ws": WS's CIFAR-10, 64,670 weights, Sigmoid hidden dense layers;
-arch="nwv": NWV's smaller CIFAR-10, 45,490 weights (ORIGINALS.md 2.2, 2.3).
+arch="nwv": NWV's smaller CIFAR-10, 45,490 weights (docs/originals.md §1.1, §3.2).
 """
 from __future__ import annotations
 

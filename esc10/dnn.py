@@ -3,10 +3,10 @@
 Source: the WS authors' preprocessed .npy files (docs/paper_dnns.md), in DATA_DIR/esc10/:
 esc10_{train,test}_{data,label}.npy; fetch them with `./download_dataset.sh esc10`.
 Split: the authors' train / test; validation = a seeded 10% of train (weightsep.paper.carve_val).
-Preprocessing: the authors' (2-channel 60x41 features, pre-made .npy; ORIGINALS.md 4); here only
+Preprocessing: the authors' (2-channel 60x41 features, pre-made .npy; docs/originals.md §4); here only
 NHWC 60x41x2 -> NCHW (2, 60, 41) and one-hot -> int64.
 Model: build_model() / arch="ws" (the only one; shared by WS and NWV repository B): 65,154 weights,
-first kernel 12x6, Sigmoid hidden dense layers (ORIGINALS.md 2.2, 10).
+first kernel 12x6, Sigmoid hidden dense layers (docs/originals.md §3.2).
 """
 from __future__ import annotations
 

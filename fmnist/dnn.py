@@ -5,12 +5,12 @@ Source, first found wins:
    fmnist_{train,test}_{data,label}.npy; fetch them with `./download_dataset.sh fmnist`. If any of
    them is there, all must be (a partial download is an error, never mixed with another source);
 2. the official IDX files of Debian's `dataset-fashion-mnist` (/usr/share/datasets/fashion-mnist),
-   x = uint8 * (1/255): the preprocessing the authors' checkpoint expects (ORIGINALS.md 0.3; it
+   x = uint8 * (1/255): the preprocessing the authors' checkpoint expects (docs/originals.md §1.3; it
    scores 87.49% on that test set, published 85.80%).
 Split: train / test as shipped; validation = a seeded 10% of train (weightsep.paper.carve_val).
 Preprocessing: the authors' .npy as they are (x/255); here only NHWC -> NCHW and one-hot -> int64.
 Model: build_model() / arch="ws" (the only one; shared by WS and NWV repository B): 69,966 weights
-(ORIGINALS.md 2.2, 10).
+(docs/originals.md §3.2).
 """
 from __future__ import annotations
 
@@ -37,7 +37,7 @@ META = paper.meta(
     files=[f"{NAME}/{f}" for f in FILES],
     split="train / test as shipped; val = seeded 10% of train (seed 0)",
     alternative_files=[str(DEBIAN / f"{stem}.gz") for part in ("train", "t10k") for stem in paper.IDX_FILES[part]],
-    checkpoint_accuracy=87.49,  # the WS checkpoint on the official test set, x/255 (ORIGINALS.md 5)
+    checkpoint_accuracy=87.49,  # the WS checkpoint on the official test set, x/255 (docs/originals.md §5)
 )
 TRAIN = {"steps": 9_700, "batch_size": 100, "lr": 1e-3}  # the checkpoint's Adam steps (beta2_power)
 ARCHS = {

@@ -4,9 +4,9 @@ Source: the WS authors' preprocessed .npy files (docs/paper_dnns.md), in DATA_DI
 gsc_v2_{train,validation,test}_{data,label}.npy; fetch them with `./download_dataset.sh gsc`.
 Split: the authors' train / validation / test.
 Preprocessing: the authors' (MFCC, coefficients 1..13 x 61 frames, each sample divided by its L2
-norm; ORIGINALS.md 4); here only (flattened) NHWC 61x13x1 -> NCHW (1, 61, 13) and one-hot -> int64.
+norm; docs/originals.md §4); here only (flattened) NHWC 61x13x1 -> NCHW (1, 61, 13) and one-hot -> int64.
 Model: build_model() / arch="ws": WS's GSC, 65,101 weights (non-square kernels 12x6, 6x3);
-arch="nwv": NWV's GSC, 65,531 weights (ORIGINALS.md 2.2, 2.3, 10).
+arch="nwv": NWV's GSC, 65,531 weights (docs/originals.md §1.1, §3.2).
 """
 from __future__ import annotations
 

@@ -3,10 +3,10 @@
 Source: the WS authors' preprocessed .npy files (docs/paper_dnns.md), in DATA_DIR/gtsrb/:
 GTSRB_{train,test}_{data,label}.npy; fetch them with `./download_dataset.sh gtsrb`.
 Split: the authors' train / test; validation = a seeded 10% of train (weightsep.paper.carve_val).
-Preprocessing: the authors' (greyscale 32x32, each image divided by its own L2 norm; ORIGINALS.md 4);
+Preprocessing: the authors' (greyscale 32x32, each image divided by its own L2 norm; docs/originals.md §4);
 here only (flattened) NHWC -> NCHW and one-hot -> int64.
 Model: build_model() / arch="ws": WS's GTSRB, 68,639 weights; arch="nwv": NWV's GTSRB, 66,475
-weights (ORIGINALS.md 2.2, 2.3, 10).
+weights (docs/originals.md §1.1, §3.2).
 """
 from __future__ import annotations
 

@@ -3,10 +3,10 @@
 Source: the WS authors' preprocessed .npy files (docs/paper_dnns.md), in DATA_DIR/hhar/:
 hhar_{train,test}_{data,label}.npy; fetch them with `./download_dataset.sh hhar`.
 Split: the authors' train / test; validation = a seeded 10% of train (weightsep.paper.carve_val).
-Preprocessing: the authors' (a 1-channel 20x120 sensor image, pre-made .npy; ORIGINALS.md 4); here
+Preprocessing: the authors' (a 1-channel 20x120 sensor image, pre-made .npy; docs/originals.md §4); here
 only NHWC 20x120x1 -> NCHW (1, 20, 120) and one-hot -> int64.
 Model: build_model() / arch="ws" (the only one; shared by WS and NWV repository B): 65,114 weights,
-last kernel 2x3, one Sigmoid hidden dense layer (ORIGINALS.md 2.2, 10).
+last kernel 2x3, one Sigmoid hidden dense layer (docs/originals.md §3.2).
 """
 from __future__ import annotations
 

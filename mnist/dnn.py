@@ -5,9 +5,9 @@ DATA_DIR/mnist/{train-images-idx3,train-labels-idx1,t10k-images-idx3,t10k-labels
 (or unzipped); fetch them with `./download_dataset.sh mnist`. The test set (t10k) is also found in
 the originals' fixtures (weightsep.originals.fixtures_dir() / "mnist_test").
 Split: TF's: train = official train[5000:60000], validation = train[0:5000], test = official t10k.
-Preprocessing: uint8 * (1/255) in float32 (TF's reader), shaped (1, 28, 28) (ORIGINALS.md 4).
+Preprocessing: uint8 * (1/255) in float32 (TF's reader), shaped (1, 28, 28) (docs/originals.md §4).
 Model: build_model() / arch="ws": WS's MNIST, 65,402 weights; arch="nwv": NWV's MNIST, 45,706
-weights (ORIGINALS.md 2.2, 2.3, 10).
+weights (docs/originals.md §1.1, §3.2).
 """
 from __future__ import annotations
 

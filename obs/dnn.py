@@ -3,10 +3,10 @@
 Source: the WS authors' preprocessed .npy files (docs/paper_dnns.md), in DATA_DIR/obs/:
 obstacle_{train,validation,test}_{data,label}.npy; fetch them with `./download_dataset.sh obs`.
 Split: the authors' train / validation / test.
-Preprocessing: the authors' (pre-made .npy; ORIGINALS.md 4); here only NHWC 45x80x1 -> NCHW and
+Preprocessing: the authors' (pre-made .npy; docs/originals.md §4); here only NHWC 45x80x1 -> NCHW and
 one-hot -> int64.
 Model: build_model() / arch="ws" (the only one; shared by WS and NWV repository B): 72,012 weights,
-first kernel 12x24 (ORIGINALS.md 2.2, 10).
+first kernel 12x24 (docs/originals.md §3.2).
 """
 from __future__ import annotations
 

@@ -3,10 +3,10 @@
 Source: the WS authors' preprocessed .npy files (docs/paper_dnns.md), in DATA_DIR/svhn/:
 svhn_{train,validation,test}_{data,label}.npy; fetch them with `./download_dataset.sh svhn`.
 Split: the authors' train / validation / test.
-Preprocessing: the authors' (pre-made .npy; ORIGINALS.md 4); here only NHWC -> NCHW and
+Preprocessing: the authors' (pre-made .npy; docs/originals.md §4); here only NHWC -> NCHW and
 one-hot -> int64.
 Model: build_model() / arch="ws": WS's SVHN, 64,670 weights, Sigmoid hidden dense layers;
-arch="nwv": NWV's smaller SVHN, 45,490 weights (ORIGINALS.md 2.2, 2.3).
+arch="nwv": NWV's smaller SVHN, 45,490 weights (docs/originals.md §1.1, §3.2).
 """
 from __future__ import annotations
 

@@ -76,7 +76,7 @@ def test_all_ten_read_with_published_counts_and_float32(checkpoints):
     assert checkpoints["gsc"]["weight_0"].shape == (12, 6, 1, 14) and checkpoints["gsc"]["weight_2"].shape == (280, 128)
     assert checkpoints["obs"]["weight_0"].shape == (12, 24, 1, 8) and checkpoints["hhar"]["weight_2"].shape == (2, 3, 32, 64)
     assert checkpoints["us8k"]["weight_3"].shape == (480, 124) and checkpoints["cifar10"]["weight_0"].shape == (3, 3, 3, 16)
-    # beta2_power = 0.999^t: WS mnist trained ~8.7k Adam steps (ORIGINALS.md section 1)
+    # beta2_power = 0.999^t: WS mnist trained ~8.7k Adam steps (docs/originals.md §2)
     assert 8_600 < np.log(float(mnist["beta2_power"])) / np.log(0.999) < 8_800
 
 

@@ -152,7 +152,7 @@ def test_nwv_sequential_placement_optimal_never_worse_than_greedy():
 
 
 def published_page_alloc(w_a, F_a, w_s, F_s, occupancy):
-    """A literal, loop-by-loop port of the published greedy allocation (DESIGN 3.4, the CUDA
+    """A literal, loop-by-loop port of the published greedy allocation (docs/algorithms.md §3.4, the CUDA
     `PageAlloc`), as the reference for `greedy`: nothing from weightsep.matching is used."""
     m, S, P = len(w_a), len(w_s), len(w_a[0])
 

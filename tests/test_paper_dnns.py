@@ -2,7 +2,7 @@
 
 Architectures are checked against the published weight counts (WS: ten, NWV: five) and, where the
 originals' fixtures are there, against the authors' trained weights: NWV's MNIST weights on the
-official MNIST test set give 98.08% (ORIGINALS.md 5). The authors' preprocessed .npy datasets are
+official MNIST test set give 98.08% (docs/originals.md §5). The authors' preprocessed .npy datasets are
 not on these machines, so their loading is checked on small synthetic files of the same names and
 layouts; the official MNIST test set (fixtures) and Debian's Fashion-MNIST are loaded for real.
 """
@@ -248,7 +248,7 @@ def test_mnist_nwv_weights_reproduce_the_logged_accuracy(tmp_path):
     weights, _ = load_nwv_dnn("mnist")
     with torch.no_grad():
         predicted = model(torch.from_numpy(test.x), torch.from_numpy(weights)).argmax(1).numpy()
-    assert (predicted == test.y).sum() == 9_808  # 98.08%, NWV's baseline_execute.py log (ORIGINALS.md 5)
+    assert (predicted == test.y).sum() == 9_808  # 98.08%, NWV's baseline_execute.py log (docs/originals.md §5)
 
 
 def _write_idx(path: Path, array: np.ndarray) -> None:

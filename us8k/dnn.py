@@ -3,11 +3,11 @@
 Source: the WS authors' preprocessed .npy files (docs/paper_dnns.md), in DATA_DIR/us8k/:
 US8K_{train,test}_{data,label}.npy; fetch them with `./download_dataset.sh us8k`.
 Split: the authors' train / test; validation = a seeded 10% of train (weightsep.paper.carve_val).
-Preprocessing: the authors' (2-channel 60x41 features, pre-made .npy; ORIGINALS.md 4); here only
+Preprocessing: the authors' (2-channel 60x41 features, pre-made .npy; docs/originals.md §4); here only
 NHWC 60x41x2 -> NCHW (2, 60, 41) and one-hot -> int64. (The authors also wrote NCHW dumps for a C
 runtime; the .npy files read here are the NHWC ones their TF models take.)
 Model: build_model() / arch="ws" (the only one; shared by WS and NWV repository B): 66,854 weights,
-two dense layers (ORIGINALS.md 2.2, 10).
+two dense layers (docs/originals.md §3.2).
 """
 from __future__ import annotations
 

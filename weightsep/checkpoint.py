@@ -3,7 +3,7 @@
 A TF 1.x checkpoint is a "tensor bundle": `PREFIX.index`, a LevelDB-format SSTable that maps each
 variable name to a BundleEntryProto (dtype, shape, shard, byte offset, byte size, crc32c), and
 `PREFIX.data-00000-of-00001`, the raw little-endian row-major tensor bytes. This module parses both
-(docs/originals.md; ../shared/docs/ORIGINALS.md section 8) and verifies everything it can: the
+(docs/originals.md §6) and verifies everything it can: the
 footer magic, every SSTable block's crc32c, the header (one shard, little-endian), each entry's
 byte range and each tensor's crc32c. Every error is a `CheckpointError` naming the file and, where
 one is involved, the tensor.

@@ -8,7 +8,7 @@ Arrays in, arrays out, no disk; everything is computed in float64. Takes
     occupancy        [S]     how many DNNs already map a page onto each shared page
 
 and returns, for each sharable page, the index of its shared page (all distinct; needs m <= S).
-The cost of putting page a on shared page b is (DESIGN 3.4)
+The cost of putting page a on shared page b is (docs/algorithms.md §3.4)
 
     cost(a, b) = sum_p (F_a[p] + F*_b[p]) * (w_a[p] - w*_b[p])^2   over p with F_a[p] > 0 and F*_b[p] > 0
 
@@ -65,7 +65,7 @@ def _fisher(F: np.ndarray) -> np.ndarray:
 
 
 def cost_matrix(w_a: np.ndarray, F_a: np.ndarray, w_shared: np.ndarray, F_shared: np.ndarray) -> np.ndarray:
-    """All pair costs [m, S] with one matrix product A @ B.T (DESIGN 3.4), clipped at 0 against rounding."""
+    """All pair costs [m, S] with one matrix product A @ B.T (docs/algorithms.md §3.4), clipped at 0 against rounding."""
     w_a, w_s = np.asarray(w_a, dtype=np.float64), np.asarray(w_shared, dtype=np.float64)
     F_a, F_s = _fisher(F_a), _fisher(F_shared)
     if w_a.ndim != 2 or w_a.shape != F_a.shape or w_s.shape != F_s.shape or w_s.ndim != 2:
@@ -147,7 +147,7 @@ def _two_sided(cost: np.ndarray, dnn_mass: np.ndarray, shared_mass: np.ndarray) 
 
 def greedy(w_a: np.ndarray, F_a: np.ndarray, w_shared: np.ndarray, F_shared: np.ndarray,
            occupancy: np.ndarray) -> np.ndarray:
-    """Published greedy (DESIGN 3.4), tier by tier, lowest occupancy first: the tier's heaviest
+    """Published greedy (docs/algorithms.md §3.4), tier by tier, lowest occupancy first: the tier's heaviest
     surplus shared pages stay free, the DNN's lightest surplus pages wait for the next tier."""
     cost, occupancy = _problem(w_a, F_a, w_shared, F_shared, occupancy)
     dnn_mass, shared_mass = _fisher(F_a).sum(axis=1), _fisher(F_shared).sum(axis=1)

@@ -2,7 +2,7 @@
 
 A `TemplateNet` is 0-3 conv blocks (VALID conv, LeakyReLU(0.2), VALID max-pool) then dense layers.
 All its trainable weights live in ONE 1-D parameter `theta`, in the originals' canonical order
-(ORIGINALS.md 0.7): weight_0, bias_0, weight_1, ... each row-major in TF layout (conv kernels HWIO,
+(docs/originals.md §1.6): weight_0, bias_0, weight_1, ... each row-major in TF layout (conv kernels HWIO,
 dense kernels [in, out]); the flatten after the convs is in NHWC (h, w, c) order. Pages, Fisher
 vectors and the authors' checkpoints therefore line up with `theta` index for index, and a packed
 DNN runs by handing any 1-D weight vector to `forward(x, theta)`.

@@ -3,11 +3,11 @@
 The ten top-level DNN folders (cifar10 mnist fmnist gtsrb svhn obs gsc esc10 us8k hhar) are DNN
 folders like any other (docs/dnn_folders.md); this module holds what they would otherwise repeat:
 
-* `PUBLISHED`: the papers' numbers (DESIGN.md 4, ORIGINALS.md 2): WS's weight counts and
+* `PUBLISHED`: the papers' numbers (docs/algorithms.md §4, docs/originals.md §3): WS's weight counts and
   accuracies (stand-alone / after separation) and, for the five NWV DNNs, NWV's weight counts;
 * `meta(...)`: a folder's META dict with those numbers filled in;
 * `build(archs, arch, name)`: pick a folder's "ws" (default) or "nwv" architecture;
-* `load_authors_npy(...)`: the WS authors' preprocessed `.npy` files (ORIGINAL_DATA.md) ->
+* `load_authors_npy(...)`: the WS authors' preprocessed `.npy` files (docs/datasets.md §1) ->
   `Dataset`: NHWC (or flattened NHWC) float -> NCHW float32, one-hot float labels -> int64, and a
   seeded validation split carved from train where the authors ship none;
 * `read_mnist_idx(...)`: official IDX files (MNIST; the Debian Fashion-MNIST package).
@@ -94,7 +94,7 @@ def build(archs: dict[str, Callable[[], TemplateNet]], arch: str, name: str) -> 
 
 
 def authors_files(prefix: str, validation: bool) -> list[str]:
-    """The authors' .npy file names (ORIGINAL_DATA.md): PREFIX_{train,[validation,]test}_{data,label}.npy."""
+    """The authors' .npy file names (docs/datasets.md §1): PREFIX_{train,[validation,]test}_{data,label}.npy."""
     splits = ("train", "validation", "test") if validation else ("train", "test")
     return [f"{prefix}_{split}_{kind}.npy" for split in splits for kind in ("data", "label")]
 
@@ -149,7 +149,7 @@ def load_authors_npy(data_dir: Path, name: str, prefix: str, input_shape: tuple[
                      classes: int, validation: bool, also: str = "") -> Dataset:
     """The authors' .npy files in `data_dir/name/` as a Dataset (NCHW float32, int64 labels).
 
-    Files are taken as preprocessed by the authors (ORIGINALS.md 4); only the layout changes.
+    Files are taken as preprocessed by the authors (docs/originals.md §4); only the layout changes.
     Without validation files, VAL_FRACTION of train (seed VAL_SEED) becomes the validation split.
     """
     folder = Path(data_dir) / name

@@ -1,7 +1,7 @@
 """Separation (WS only): which logical pages of a DNN stay exclusive, which get shared.
 
 Takes a DNN's Fisher vector (and, for a target accuracy, its outputs on training data) and returns
-the exclusive logical pages in the order they were chosen and the sharable rest (DESIGN.md 3.3):
+the exclusive logical pages in the order they were chosen and the sharable rest (docs/algorithms.md §3.3):
 
 * contribution density of page j: cd_j = sum(F in page j) / sum(F);
 * pages sorted by cd descending become exclusive while `tpr - cumulative_cd >= margin` (checked
