@@ -18,6 +18,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import math
 import multiprocessing as mp
 import time
 from dataclasses import asdict, dataclass, field
@@ -29,6 +30,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from . import dnn as dnn_mod
+from .checks import at_least
 from .evaluate import accuracy
 from .store import StoreError, load_tensors, save_tensors
 
@@ -44,8 +46,12 @@ class TrainConfig:
     seed: int = 0
 
     def __post_init__(self):
-        if self.steps < 1 or self.batch_size < 1 or self.eval_every < 1 or self.lr <= 0:
-            raise ValueError(f"invalid training config {self}")
+        # steps comes from --train-steps or a folder's TRAIN dict, the others from TRAIN only
+        at_least(self, "steps", 1, "--train-steps (stand-alone training steps)")
+        for name in ("batch_size", "eval_every"):
+            at_least(self, name, 1, f"TRAIN[{name!r}] (stand-alone training)")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"TRAIN['lr'] (stand-alone training) must be a positive finite number, got {self.lr}")
 
 
 @dataclass
@@ -105,7 +111,7 @@ def train_theta(model, data: dnn_mod.Dataset, config: TrainConfig) -> Trained:
 
 def config_for(dnn: dnn_mod.DNN, steps: int | None = None, seed: int = 0) -> TrainConfig:
     """Defaults, then the folder's TRAIN overrides, then a step budget and seed from the command line."""
-    return TrainConfig(**{**asdict(TrainConfig()), **dnn.train_overrides, **({"steps": steps} if steps else {}),
+    return TrainConfig(**{**asdict(TrainConfig()), **dnn.train_overrides, **({"steps": steps} if steps is not None else {}),
                           "seed": seed})
 
 
