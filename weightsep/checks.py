@@ -7,8 +7,11 @@ flags from the configs with the same names).
 """
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import math
+import tempfile
+from pathlib import Path
 
 # config field -> command-line flag, where they differ from the field's name with - for _
 FLAG_NAMES = {"estimator": "fisher", "samples": "fisher-samples", "chunk": "fisher-chunk",
@@ -60,3 +63,44 @@ def one_of(config, field: str, choices) -> None:
     value = getattr(config, field)
     if value not in choices:
         raise ValueError(f"{flag(field)} {value!r} is unknown; choose from {', '.join(choices)}")
+
+
+# ---- command lines ----------------------------------------------------------------------------
+
+class Parser(argparse.ArgumentParser):
+    """argparse with a one-line error: `error: <what is wrong> (see <prog> --help)`, exit status 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
+def int_at_least(low: int):
+    """An argparse type: an int >= low, else a message naming the bound."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {low}, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
+        return value
+    parse.__name__ = f"int >= {low}"
+    return parse
+
+
+def writable_dir(path: Path, flag_name: str) -> None:
+    """Fail now, before any work, if `path` cannot become or be a writable directory: it is a file, a
+    parent is a file, or the nearest existing directory refuses a new file (read-only, no permission)."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{flag_name} {path} is a file, not a directory")
+    existing = path
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ValueError(f"{flag_name} {path}: {existing} is a file, so the directory cannot be made")
+    try:  # os.access says yes to root on a read-only directory; creating a file is the real test
+        with tempfile.TemporaryFile(dir=existing, prefix=".weightsep-write-test-"):
+            pass
+    except OSError as e:
+        raise ValueError(f"{flag_name} {path}: cannot write in {existing} ({e.strerror})") from None
