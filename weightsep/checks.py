@@ -62,7 +62,7 @@ def within(config, field: str, low, high, *, open_high: bool = False, label: str
 def one_of(config, field: str, choices) -> None:
     value = getattr(config, field)
     if value not in choices:
-        raise ValueError(f"{flag(field)} {value!r} is unknown; choose from {', '.join(choices)}")
+        raise ValueError(f"unknown {field.replace('_', ' ')} {value!r} ({flag(field)}); choose from {', '.join(choices)}")
 
 
 # ---- command lines ----------------------------------------------------------------------------
