@@ -11,21 +11,21 @@ A thin adapter: each mode is translated into the matching `python -m weightsep` 
 mean something here (-iter, -margin, -alpha, -target_accuracy) are passed on; --store and the other
 `python -m weightsep` flags may follow.
 """
-import argparse
 import sys
 
+from weightsep.checks import Parser, int_at_least
 from weightsep.cli import main
 
 MODES = {"a": "add", "t": "train", "e": "eval", "l": "list", "r": "remove"}
 
 
 def translate(argv: list[str]) -> list[str]:
-    p = argparse.ArgumentParser(prog="WeightSeparation.py", description=__doc__.split("\n\n")[0],
+    p = Parser(prog="WeightSeparation.py", description=__doc__.split("\n\n")[0],
                                 epilog="modes: " + ", ".join(f"{k} = {v}" for k, v in MODES.items()))
     p.add_argument("-mode", default="l", help="a, t, e, l or r (default l)")
     p.add_argument("-network_path", help="DNN folder or name to add (-mode=a)")
     p.add_argument("-vnn_name", help="packed DNN (-mode=t, e, r)")
-    p.add_argument("-iter", type=int, default=2000, help="training steps for -mode=t (default 2000)")
+    p.add_argument("-iter", type=int_at_least(1), default=2000, help="training steps for -mode=t (default 2000)")
     p.add_argument("-target_accuracy", type=float, help="target accuracy for separation (-mode=a)")
     p.add_argument("-alpha", type=float, default=0.5, help="alpha of the target performance rate (-mode=a)")
     p.add_argument("-margin", type=float, default=0.1, help="separation margin (-mode=a)")

@@ -19,14 +19,16 @@ from pathlib import Path
 import safetensors.torch
 import torch
 
-from ws_execution import common_args, open_packed, report, schedule, sync
+from weightsep.checks import int_at_least
+from ws_execution import check_args, common_args, guarded, open_packed, report, schedule, sync
 
 
 def main(argv: list[str] | None = None) -> int:
     p = common_args(__doc__.split("\n\n")[0])
-    p.add_argument("--train-steps", type=int, default=None,
+    p.add_argument("--train-steps", type=int_at_least(1), default=None,
                    help="the stand-alone training steps the store was built with (default: each folder's TRAIN)")
     args = p.parse_args(argv)
+    check_args(p, args)
     torch.set_num_threads(1)
     from weightsep.train import standalone_models
 
@@ -76,4 +78,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(guarded(main))

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import torch
 
+from weightsep.checks import Parser, int_at_least
+
 
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
@@ -30,14 +32,40 @@ def schedule(names: list[str], switches: int, seed: int) -> list[str]:
 
 
 def common_args(description: str) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=description)
+    p = Parser(description=description)
     p.add_argument("--store", type=Path, default=Path("state"), help="packed store directory (default ./state)")
     p.add_argument("--dnn-folder", type=Path, action="append", default=[], help="an extra DNN folder (repeatable)")
-    p.add_argument("--switches", type=int, default=50, help="random DNN switches (default 50)")
+    p.add_argument("--switches", type=int_at_least(0), default=50, help="random DNN switches (default 50)")
     p.add_argument("--seed", type=int, default=0, help="schedule seed (default 0)")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    p.add_argument("--batch", type=int, default=2000, help="inference batch (default 2000, as `eval`)")
+    p.add_argument("--batch", type=int_at_least(1), default=2000, help="inference batch (default 2000, as `eval`)")
     return p
+
+
+def check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """What can fail before any work: --device cuda without a GPU, --store that is a file."""
+    if args.device == "cuda" and not torch.cuda.is_available():
+        p.error("--device cuda: no CUDA device is available here (torch.cuda.is_available() is False); use --device cpu")
+    if args.store.exists() and not args.store.is_dir():
+        p.error(f"--store {args.store} is a file, not a store directory")
+
+
+def guarded(main):
+    """Run a script's main: a user error is one line `error: ...` and exit status 2; Ctrl-C exits 130."""
+    from weightsep.dnn import DNNError
+    from weightsep.store import StoreError
+
+    try:
+        return main()
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return 130
+    except (DNNError, StoreError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        print(f"error: {(e.filename or '') and f'{e.filename}: '}{e.strerror or e}", file=sys.stderr)
+        return 2
 
 
 def open_packed(args: argparse.Namespace):
@@ -71,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--kernel", choices=("ops", "index_select"), default="ops",
                    help="the gather: weightsep.ops.gather_pages_into (default) or torch.index_select into the buffer")
     args = p.parse_args(argv)
+    check_args(p, args)
     torch.set_num_threads(1)
     from weightsep.execution import PackedModel
 
@@ -109,4 +138,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(guarded(main))

@@ -248,7 +248,8 @@ def test_cuda_kernels_launch_on_the_current_stream(ext):
     torch.cuda.synchronize()
     assert torch.equal(out, gather_pages_reference(pages, table, n))
     expected = torch.zeros_like(pages).view(-1)
-    rows = table.repeat_interleave(pages.shape[1]) * pages.shape[1] + torch.arange(pages.shape[1], device="cuda").repeat(len(table))
+    columns = torch.arange(pages.shape[1], device="cuda").repeat(len(table))
+    rows = table.repeat_interleave(pages.shape[1]) * pages.shape[1] + columns
     expected.index_add_(0, rows[:n], weight)
     torch.testing.assert_close(grad, expected.view_as(pages), rtol=0, atol=1e-6)
 

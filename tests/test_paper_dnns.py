@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from conftest import accuracy_from_store
+
 from weightsep import dnn, paper
 from weightsep.checkpoint import read_checkpoint
 from weightsep.originals import fixtures_dir

@@ -22,10 +22,11 @@ import typing
 from pathlib import Path
 
 from . import dnn as dnn_mod
+from .checks import Parser, flag, int_at_least, writable_dir
 from .evaluate import format_aggregate, format_table, make_row, packed_theta, summarize
 from .fisher import ESTIMATORS, FisherConfig
 from .matching import MATCHERS
-from .optimize import BALANCES, OPTIMIZERS, SCHEDULES, SELECTIONS, OptimizeConfig, optimize
+from .optimize import BALANCES, OPTIMIZERS, SCHEDULES, SELECTIONS, OptimizeConfig, optimize, unused_fields
 from .pack import MODES, SHARED_CONTENT, PackConfig, pack_config, remove_vnn
 from .pipeline import RESULTS_DIR, RunConfig, load, load_packed, pack, run, write_summary
 from .separation import SEPARATIONS
@@ -35,13 +36,11 @@ from .train import set_single_thread, standalone_models
 CHOICES = {"mode": MODES, "matching": tuple(MATCHERS), "shared_content": SHARED_CONTENT,
            "estimator": tuple(ESTIMATORS), "optimizer": tuple(OPTIMIZERS), "separation": SEPARATIONS,
            "select": tuple(SELECTIONS), "schedule": tuple(SCHEDULES), "balance": BALANCES}
-FLAG_NAMES = {"estimator": "fisher", "samples": "fisher-samples", "chunk": "fisher-chunk",
-              "normalize": "fisher-normalize", "n_shared": "shared-pages"}
 SKIP = {"seed", "version", "dnns"}
 
 
-def _scalar_type(annotation) -> type:
-    hint = eval(annotation, vars(typing)) if isinstance(annotation, str) else annotation  # noqa: S307
+def _scalar_type(hint) -> type:
+    """`int` for `int`, `int | None` or `Optional[int]`."""
     args = [a for a in typing.get_args(hint) if a is not type(None)] if isinstance(
         hint, types.UnionType) or typing.get_origin(hint) is typing.Union else [hint]
     return args[0]
@@ -50,17 +49,18 @@ def _scalar_type(annotation) -> type:
 def add_config_flags(parser: argparse.ArgumentParser, cls: type) -> None:
     """One --flag per field of a stage config; default None means: the config's own default."""
     group = parser.add_argument_group(cls.__name__)
+    hints = typing.get_type_hints(cls)  # the annotations resolved (they are strings under `from __future__`)
     for f in dataclasses.fields(cls):
         if f.name in SKIP:
             continue
-        kind = _scalar_type(f.type)
-        flag = "--" + FLAG_NAMES.get(f.name, f.name.replace("_", "-"))
+        kind = _scalar_type(hints[f.name])
+        name = flag(f.name)
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         if kind is bool:
-            group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None,
+            group.add_argument(name, dest=f.name, action=argparse.BooleanOptionalAction, default=None,
                                help=f"(default {default})")
         else:
-            group.add_argument(flag, dest=f.name, type=kind, default=None, choices=CHOICES.get(f.name),
+            group.add_argument(name, dest=f.name, type=kind, default=None, choices=CHOICES.get(f.name),
                                help=f"(default {default})")
 
 
@@ -87,8 +87,15 @@ def stored_pack_config(state, args: argparse.Namespace) -> PackConfig:
 
 # ---- operations -------------------------------------------------------------------------------
 
+def _folder_dnns(folders: list[Path]) -> list[str]:
+    """The DNNs in --dnn-folder folders (each a DNN folder or a folder of them), by name."""
+    roots = [Path(f).resolve() for f in folders]
+    return [name for name, path in dnn_mod.folders(folders).items()
+            if path.resolve() in roots or path.resolve().parent in roots]
+
+
 def cmd_prepare(args) -> None:
-    names = args.dnns or dnn_mod.suite()
+    names = args.dnns or (_folder_dnns(args.dnn_folder) if args.dnn_folder else dnn_mod.suite())
     for name in names:
         dnn = dnn_mod.get(name, args.dnn_folder)
         if not hasattr(dnn.module, "prepare"):
@@ -226,14 +233,14 @@ def parser() -> argparse.ArgumentParser:
     common.add_argument("--dnn-folder", type=Path, action="append", default=[],
                         help="an extra DNN folder, or a folder of them (repeatable)")
     common.add_argument("--seed", type=int, default=0)
-    common.add_argument("--workers", type=int, default=2, help="processes for stand-alone training (default 2)")
+    common.add_argument("--workers", type=int_at_least(1), default=2, help="processes for stand-alone training (default 2)")
     common.add_argument("--results", type=Path, default=RESULTS_DIR, help="where summary.json/.md go")
     common.add_argument("--allow-changed-code", action="store_true",
                         help="use a packed DNN whose dnn.py changed since it was packed (default: refuse)")
-    common.add_argument("--train-steps", type=int, default=None,
+    common.add_argument("--train-steps", type=int_at_least(1), default=None,
                         help="stand-alone training steps per DNN (default: each folder's TRAIN budget)")
 
-    p = argparse.ArgumentParser(prog="python -m weightsep", description=__doc__.split("\n\n")[0],
+    p = Parser(prog="python -m weightsep", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -241,7 +248,7 @@ def parser() -> argparse.ArgumentParser:
         c = sub.add_parser(name, parents=[common], help=help, description=help)
         for cls in configs:
             add_config_flags(c, cls)
-        c.set_defaults(fn=fn)
+        c.set_defaults(fn=fn, configs=configs)
         return c
 
     c = command("run", cmd_run, "the main job: train or reuse stand-alone DNNs, pack, optimise, report",
@@ -252,14 +259,15 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--seeds", type=int, nargs="+",
                    help="run the whole pipeline once per seed and report mean and spread (default: --seed)")
     c = command("prepare", cmd_prepare, "build the offline default's data files (idempotent)")
-    c.add_argument("dnns", nargs="*", help="DNN names (default: the offline suite)")
+    c.add_argument("dnns", nargs="*", help="DNN names or folders (default: the offline suite, or the DNNs in the "
+                   "--dnn-folder folders when given)")
     c = command("add", cmd_add, "add a DNN: form pages, compute Fisher, separate, match (-mode=a)",
                 (PackConfig, FisherConfig))
     c.add_argument("network_path", help="DNN name or folder")
     c = command("train", cmd_train, "train one DNN through its page table: one round-robin turn (-mode=t)",
                 (OptimizeConfig,))
     c.add_argument("vnn_name")
-    c.add_argument("--iter", type=int, default=2000, help="steps (default 2000, as the original)")
+    c.add_argument("--iter", type=int_at_least(1), default=2000, help="steps (default 2000, as the original)")
     command("joint", cmd_joint, "true joint optimisation of every packed DNN", (OptimizeConfig,))
     c = command("eval", cmd_eval, "packed test accuracy of a DNN next to stand-alone (-mode=e)")
     c.add_argument("vnn_name")
@@ -272,16 +280,85 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+# ---- checks before any work --------------------------------------------------------------------
+
+WRITES_STORE = {"run", "add", "train", "joint", "remove", "restore"}
+WRITES_RESULTS = {"run", "report"}
+# fields a command sets itself: giving their flag is an error, not silently overridden
+FIXED = {"joint": {"optimizer": "joint always runs the joint optimiser; for round-robin use `train` per DNN or "
+                                "`run --optimizer round-robin`"},
+         "train": {"optimizer": "train is one round-robin turn (-mode=t); for the joint optimiser use `joint`",
+                   "rounds": "train is one round-robin turn; run it again for another round, or use "
+                             "`run --optimizer round-robin --rounds N`",
+                   "steps_per_turn": "train's steps are set by --iter"}}
+
+
+def _given(args: argparse.Namespace, cls: type) -> list[str]:
+    return [f.name for f in dataclasses.fields(cls) if getattr(args, f.name, None) is not None and f.name not in SKIP]
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """Every check that can fail before the work starts: config values (the configs' own rules),
+    flags the command would override or ignore, and the store and results directories."""
+    for cls in args.configs:
+        build_config(cls, args)  # raises ValueError naming the flag
+    if OptimizeConfig in args.configs:
+        given = _given(args, OptimizeConfig)
+        for name, why in FIXED.get(args.command, {}).items():
+            if name in given:
+                raise ValueError(f"{flag(name)} cannot be given to {args.command}: {why}")
+        optimizer = {"joint": "joint", "train": "round-robin"}.get(args.command) or args.optimizer or OptimizeConfig.optimizer
+        unused = [name for name in given if name in unused_fields(optimizer)]
+        if unused:
+            raise ValueError(f"{', '.join(map(flag, unused))}: no effect on {args.command} with the {optimizer} "
+                             "optimizer, which does not read it; leave it out")
+        if (args.command == "run" and "promote_pages" in given and (args.mode or PackConfig.mode) == "ws"
+                and (args.separation or PackConfig.separation) == "budget"):
+            raise ValueError("--promote-pages is set by the budget separation (the part of the --ratio budget not "
+                             "given at packing); use --at-packing to change it, or --separation margin")
+    if args.store.exists() and not args.store.is_dir():
+        raise ValueError(f"--store {args.store} is a file, not a store directory")
+    if args.command in WRITES_STORE:
+        writable_dir(args.store, "--store")
+    if args.command in WRITES_RESULTS:
+        writable_dir(args.results, "--results")
+    if args.command == "run":
+        for seed in (args.seeds or [args.seed])[1:]:  # the other seeds' stores: store-seedN beside it
+            writable_dir(args.store.with_name(f"{args.store.name}-seed{seed}"), "--store (another seed's)")
+
+
+def _hint_after_add(args: argparse.Namespace) -> None:
+    """A DNN added to a store that holds others sits on pages trained for them: say what comes next."""
+    state, name = Store(args.store).load(), Path(args.network_path).name
+    if name in state.vnns and len(state.vnns) > 1:
+        print(f"hint: {name} shares pages with {len(state.vnns) - 1} DNN(s) already packed, so its packed accuracy can be "
+              f"far below stand-alone until the pages are trained again: python -m weightsep train {name} "
+              f"--store {args.store} (one turn), or python -m weightsep joint --store {args.store}")
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
-    set_single_thread()
+    """The command line; a user error is one line `error: ...` on stderr and exit status 2 (130 on Ctrl-C)."""
+    writes = False
     try:
+        args = parser().parse_args(argv)
+        writes = args.command in WRITES_STORE
+        set_single_thread()
+        check_args(args)
         args.fn(args)
+        if args.command == "add":
+            _hint_after_add(args)
+    except KeyboardInterrupt:
+        print("\ninterrupted" + ("; the store keeps its last good state" if writes else ""), file=sys.stderr)
+        return 130
     except (dnn_mod.DNNError, StoreError, ValueError, FileNotFoundError, FloatingPointError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # disk full, permissions, a path that is a file, ...
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"error: {where}{e.strerror or e}" + ("; the store keeps its last good state" if writes else ""),
+              file=sys.stderr)
+        return 2
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -92,7 +92,7 @@ class DNN:
         try:
             data = self.module.load_data(root)
         except FileNotFoundError as e:
-            hint = "run ./setup.sh (or: python -m weightsep prepare)" if hasattr(self.module, "prepare") else (
+            hint = f"run: {self.prepare_command()}" if hasattr(self.module, "prepare") else (
                 "see the folder's README for the command that fetches it")
             raise DNNError(f"DNN {self.name!r}: data file missing: {e.filename or e}; {hint}") from e
         model = self.build_model()
@@ -104,6 +104,11 @@ class DNN:
             if len(s.y) and (s.y.min() < 0 or s.y.max() >= model.classes):
                 raise DNNError(f"DNN {self.name!r}: {split} labels outside 0..{model.classes - 1}")
         return data
+
+    def prepare_command(self) -> str:
+        """The command that prepares this DNN's data (naming its folder when discovery would not find it)."""
+        inside = self.path.resolve().parent in (REPO_ROOT, SUITE_DIR)
+        return f"python -m weightsep prepare {self.name}" + ("" if inside else f" --dnn-folder {self.path}")
 
     def code_hash(self) -> str:
         """Hash of the folder's dnn.py: cached trained models are keyed by it."""

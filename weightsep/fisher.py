@@ -37,6 +37,8 @@ import torch
 from torch import nn
 from torch.func import functional_call, grad, jacrev, vmap
 
+from .checks import at_least, one_of
+
 VERSION = 1  # bump when an estimator's numbers change, so stored Fisher vectors can be told apart
 
 # (model, theta, x [K, ...], y [K], chunk) -> [n] Fisher averaged over the K samples
@@ -160,12 +162,9 @@ class FisherConfig:
     version: int = VERSION
 
     def __post_init__(self):
-        if self.estimator not in ESTIMATORS:
-            raise ValueError(f"unknown Fisher estimator {self.estimator!r}; choose from {', '.join(ESTIMATORS)}")
-        if self.samples is not None and self.samples < 1:
-            raise ValueError(f"Fisher needs samples (K) >= 1, got {self.samples}")
-        if self.chunk < 1:
-            raise ValueError(f"Fisher chunk must be >= 1, got {self.chunk}")
+        one_of(self, "estimator", tuple(ESTIMATORS))
+        at_least(self, "samples", 1, "--fisher-samples (K)")
+        at_least(self, "chunk", 1)
         if self.version != VERSION:
             raise ValueError(f"FisherConfig version {self.version} is not this code's version {VERSION}")
 

@@ -54,6 +54,7 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 from tqdm import tqdm
 
+from .checks import at_least, finite, one_of, positive, within
 from .evaluate import accuracy
 from .pages import materialize, to_pages
 from .separation import contribution_density
@@ -104,29 +105,24 @@ class OptimizeConfig:
         return self.lr if self.lr is not None else 2e-3 if self.optimizer == "joint" else 1e-3
 
     def __post_init__(self):
-        if self.lr is not None and self.lr <= 0:
-            raise ValueError(f"lr must be positive, got {self.lr}")
-        if self.optimizer not in OPTIMIZERS:
-            raise ValueError(f"unknown optimizer {self.optimizer!r}; choose from {', '.join(OPTIMIZERS)}")
-        if self.loss not in LOSSES:
-            raise ValueError(f"unknown loss {self.loss!r}; choose from {', '.join(LOSSES)}")
-        for name in ("steps", "rounds", "steps_per_turn", "batch_size", "eval_every", "val_samples"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.schedule not in SCHEDULES:
-            raise ValueError(f"unknown schedule {self.schedule!r}; choose from {', '.join(SCHEDULES)}")
-        if self.select not in SELECTIONS:
-            raise ValueError(f"unknown select {self.select!r}; choose from {', '.join(SELECTIONS)}")
-        if self.promote_pages < 0 or not 0.0 <= self.promote_start <= self.promote_end <= 1.0:
-            raise ValueError("promote_pages must be >= 0 and 0 <= promote_start <= promote_end <= 1")
-        if self.balance not in BALANCES:
-            raise ValueError(f"unknown balance {self.balance!r}; choose from {', '.join(BALANCES)}")
-        if not 0.0 <= self.balance_decay < 1.0:
-            raise ValueError(f"balance_decay must be in [0, 1), got {self.balance_decay}")
-        if self.extra_compute < 0 or self.max_batches < 1:
-            raise ValueError(f"extra_compute must be >= 0 and max_batches >= 1, got {self.extra_compute}, {self.max_batches}")
-        if self.dnns_per_step is not None and self.dnns_per_step < 1:
-            raise ValueError(f"dnns_per_step must be >= 1, got {self.dnns_per_step}")
+        one_of(self, "optimizer", tuple(OPTIMIZERS))
+        one_of(self, "loss", tuple(LOSSES))
+        one_of(self, "schedule", tuple(SCHEDULES))
+        one_of(self, "select", tuple(SELECTIONS))
+        one_of(self, "balance", BALANCES)
+        finite(self)
+        positive(self, "lr")
+        for name in ("steps", "rounds", "steps_per_turn", "batch_size", "eval_every", "val_samples", "max_batches",
+                     "dnns_per_step"):
+            at_least(self, name, 1)
+        at_least(self, "lam", 0.0)
+        at_least(self, "extra_compute", 0.0)
+        at_least(self, "promote_pages", 0)
+        within(self, "promote_start", 0.0, 1.0)
+        within(self, "promote_end", 0.0, 1.0)
+        if self.promote_start > self.promote_end:
+            raise ValueError(f"--promote-start ({self.promote_start}) must not be after --promote-end ({self.promote_end})")
+        within(self, "balance_decay", 0.0, 1.0, open_high=True)
 
 
 @dataclass
@@ -511,6 +507,17 @@ def write_back(po: PageOptimizer, name: str, theta: torch.Tensor) -> None:
 
 
 OPTIMIZERS = {"joint": joint, "round-robin": round_robin, "sequential": round_robin}
+
+# OptimizeConfig fields that only one kind of optimizer reads: a flag for a field the chosen
+# optimizer never reads is an error on the command line (`unused_fields`), not silently dropped
+JOINT_ONLY = ("steps", "dnns_per_step", "schedule", "eval_every", "promote_pages", "promote_start", "promote_end",
+              "balance", "balance_decay", "extra_compute", "max_batches")
+ROUND_ROBIN_ONLY = ("rounds", "steps_per_turn", "lam")
+
+
+def unused_fields(optimizer: str) -> tuple[str, ...]:
+    """The OptimizeConfig fields `optimizer` ignores ("sequential" is round-robin with rounds fixed at 1)."""
+    return {"joint": ROUND_ROBIN_ONLY, "round-robin": JOINT_ONLY, "sequential": JOINT_ONLY + ("rounds",)}[optimizer]
 
 
 def optimize(state: PackedState, tasks: dict[str, Task], config: OptimizeConfig,

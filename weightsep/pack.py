@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
+from .checks import MAX_PAGE_SIZE, MAX_SHARED_WEIGHTS, at_least, finite, one_of, positive, within
 from .matching import MATCHERS, match
 from .pages import n_pages, to_pages
 from .separation import SEPARATIONS, separate
@@ -49,18 +50,22 @@ class PackConfig:
     seed: int = 0
 
     def __post_init__(self):
-        if self.mode not in MODES:
-            raise ValueError(f"unknown mode {self.mode!r}; choose from {', '.join(MODES)}")
-        if self.matching not in MATCHERS:
-            raise ValueError(f"unknown matching {self.matching!r}; choose from {', '.join(MATCHERS)}")
-        if self.shared_content not in SHARED_CONTENT:
-            raise ValueError(f"unknown shared content {self.shared_content!r}; choose from {', '.join(SHARED_CONTENT)}")
-        if self.separation not in SEPARATIONS:
-            raise ValueError(f"unknown separation {self.separation!r}; choose from {', '.join(SEPARATIONS)}")
-        if self.ratio <= 0 or not 0.0 <= self.at_packing <= 1.0:
-            raise ValueError(f"ratio must be positive and at_packing in [0, 1], got {self.ratio}, {self.at_packing}")
-        if self.page_size < 1 or self.n_shared < 1:
-            raise ValueError("page_size and n_shared must be positive")
+        one_of(self, "mode", MODES)
+        one_of(self, "matching", tuple(MATCHERS))
+        one_of(self, "shared_content", SHARED_CONTENT)
+        one_of(self, "separation", SEPARATIONS)
+        finite(self)
+        positive(self, "ratio")
+        within(self, "at_packing", 0.0, 1.0)
+        within(self, "margin", 0.0, 1.0)
+        within(self, "target_accuracy", 0.0, 1.0)
+        within(self, "alpha", 0.0, 1.0)  # a threshold on an L2-normalised output row, which lies in [0, 1]
+        within(self, "page_size", 1, MAX_PAGE_SIZE)
+        at_least(self, "n_shared", 1)
+        if self.n_shared * self.page_size > MAX_SHARED_WEIGHTS:  # checked before anything is allocated
+            raise ValueError(f"--shared-pages x --page-size = {self.n_shared:,} x {self.page_size:,} weights "
+                             f"({self.n_shared * self.page_size * 4 / 2**30:.1f} GiB per float32 copy) is over "
+                             f"the limit of {MAX_SHARED_WEIGHTS:,} weights; the published store is 128 x 512")
 
 
 def new_state(config: PackConfig, n_shared: int) -> PackedState:

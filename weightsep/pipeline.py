@@ -205,7 +205,18 @@ class RunConfig:
 
     def __post_init__(self):
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
-            raise ValueError(f"seeds must be distinct and at least one, got {self.seeds}")
+            raise ValueError(f"--seeds must be distinct and at least one, got {self.seeds}")
+        if self.workers < 1:
+            raise ValueError(f"--workers must be >= 1, got {self.workers}")
+        if self.train_steps is not None and self.train_steps < 1:
+            raise ValueError(f"--train-steps must be >= 1, got {self.train_steps}")
+        if not self.dnns:
+            raise ValueError("no DNNs to pack: --dnns is empty")
+        if len(set(self.dnns)) != len(self.dnns):
+            raise ValueError(f"--dnns names a DNN twice: {' '.join(self.dnns)}")
+        for name, path in (("--store", self.store), ("--results", self.results)):
+            if Path(path).exists() and not Path(path).is_dir():
+                raise ValueError(f"{name} {path} is a file, not a directory")
 
     def store_for(self, seed: int) -> Path:
         """The first seed's store is `store`; every other seed's is `store-seedN` beside it."""

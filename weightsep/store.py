@@ -46,7 +46,6 @@ import os
 import re
 import secrets
 import sys
-import tempfile
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from functools import lru_cache
@@ -56,6 +55,7 @@ from typing import Any
 import safetensors.torch
 import torch
 
+from .checks import writable_dir
 from .state import VNN, PackedState, Provenance, StateConfig
 
 FORMAT = "weightsep-store"
@@ -351,15 +351,10 @@ class Store:
         `damaged_ok`, is a directory of store files without its manifest: saving there would start
         afresh and delete them)."""
         root = self.root
-        if root.exists() and not root.is_dir():
-            raise StoreError(f"{root}: is a file, not a store directory")
-        existing = next((p for p in [root, *root.parents] if p.exists()), Path("."))
-        try:  # a real write: permissions, read-only mounts and full disks all show here
-            with tempfile.TemporaryFile(dir=existing):
-                pass
-        except OSError as e:
-            raise StoreError(f"{root}: cannot write a store here ({existing}: {e.strerror}); "
-                             "choose another --store") from None
+        try:
+            writable_dir(root, "store")
+        except ValueError as e:
+            raise StoreError(f"{e}; choose another --store") from None
         if not damaged_ok and root.is_dir() and not (root / MANIFEST).is_file():
             foreign = sorted(p.name for p in root.iterdir() if p.name != ".lock"
                              and not (p.name.startswith(".") and p.name.endswith(".tmp")))

@@ -18,7 +18,9 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import math
 import multiprocessing as mp
+import signal
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -29,6 +31,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from . import dnn as dnn_mod
+from .checks import at_least
 from .evaluate import accuracy
 from .store import StoreError, load_tensors, save_tensors
 
@@ -44,8 +47,12 @@ class TrainConfig:
     seed: int = 0
 
     def __post_init__(self):
-        if self.steps < 1 or self.batch_size < 1 or self.eval_every < 1 or self.lr <= 0:
-            raise ValueError(f"invalid training config {self}")
+        # steps comes from --train-steps or a folder's TRAIN dict, the others from TRAIN only
+        at_least(self, "steps", 1, "--train-steps (stand-alone training steps)")
+        for name in ("batch_size", "eval_every"):
+            at_least(self, name, 1, f"TRAIN[{name!r}] (stand-alone training)")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"TRAIN['lr'] (stand-alone training) must be a positive finite number, got {self.lr}")
 
 
 @dataclass
@@ -86,7 +93,7 @@ def train_theta(model, data: dnn_mod.Dataset, config: TrainConfig) -> Trained:
     for step, idx in enumerate(batches(len(x), config.batch_size, gen), start=1):
         loss = F.cross_entropy(model(x[idx]), y[idx])
         if not torch.isfinite(loss):
-            raise FloatingPointError(f"non-finite training loss at step {step}")
+            raise FloatingPointError(f"non-finite training loss at step {step} (learning rate {config.lr:g}: too high?)")
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -105,7 +112,7 @@ def train_theta(model, data: dnn_mod.Dataset, config: TrainConfig) -> Trained:
 
 def config_for(dnn: dnn_mod.DNN, steps: int | None = None, seed: int = 0) -> TrainConfig:
     """Defaults, then the folder's TRAIN overrides, then a step budget and seed from the command line."""
-    return TrainConfig(**{**asdict(TrainConfig()), **dnn.train_overrides, **({"steps": steps} if steps else {}),
+    return TrainConfig(**{**asdict(TrainConfig()), **dnn.train_overrides, **({"steps": steps} if steps is not None else {}),
                           "seed": seed})
 
 
@@ -143,16 +150,37 @@ def _imported(dnn: dnn_mod.DNN) -> Trained | None:
     if theta.shape != (model.n_weights,):
         raise dnn_mod.DNNError(f"DNN {dnn.name!r}: load_weights gave {tuple(theta.shape)}, the model has {model.n_weights:,}")
     data = dnn.load_data()
+    check_finite_data(dnn.name, data)
     val = accuracy(model, theta, torch.from_numpy(data.val.x), torch.from_numpy(data.val.y))
     test = accuracy(model, theta, torch.from_numpy(data.test.x), torch.from_numpy(data.test.y))
     return Trained(dnn.name, theta, val, test, best_step=0, seconds=0.0, cached=True)
+
+
+def check_finite_data(name: str, data: dnn_mod.Dataset) -> None:
+    """A DNN's data must be finite: NaN or inf inputs give a non-finite loss at some step, far from the cause."""
+    for split in ("train", "val", "test"):
+        x = getattr(data, split).x
+        bad = int(x.size - np.isfinite(x).sum())
+        if bad:
+            raise dnn_mod.DNNError(f"DNN {name!r}: its {split} data has {bad:,} non-finite input values (NaN or inf) "
+                                   f"of {x.size:,}; fix its load_data (or the data files it reads)")
+
+
+def _ignore_sigint() -> None:
+    """Workers leave Ctrl-C to the parent, which stops the pool (no traceback from every worker)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _train_worker(args: tuple[str, dict]) -> tuple[str, dict, np.ndarray]:
     path, config = args
     set_single_thread()
     dnn = dnn_mod.load_folder(Path(path))
-    result = train_theta(dnn.build_model(), dnn.load_data(), TrainConfig(**config))
+    data = dnn.load_data()
+    check_finite_data(dnn.name, data)
+    try:
+        result = train_theta(dnn.build_model(), data, TrainConfig(**config))
+    except FloatingPointError as e:
+        raise dnn_mod.DNNError(f"DNN {dnn.name!r}: stand-alone training failed: {e}") from None
     info = {k: getattr(result, k) for k in ("val_accuracy", "test_accuracy", "best_step", "seconds", "history")}
     return dnn.name, info, result.theta.numpy()
 
@@ -182,7 +210,7 @@ def standalone_models(dnns: list[dnn_mod.DNN], workers: int = 2, steps: int | No
         jobs = [(str(d.path), asdict(c)) for d, c, _ in todo]
         paths = {d.name: p for d, _, p in todo}
         bar = tqdm(total=len(jobs), desc="stand-alone training", unit="DNN")
-        with mp.get_context("spawn").Pool(min(workers, len(jobs))) as pool:
+        with mp.get_context("spawn").Pool(min(workers, len(jobs)), initializer=_ignore_sigint) as pool:
             for name, info, theta in pool.imap_unordered(_train_worker, jobs):
                 theta = torch.from_numpy(theta)
                 save_tensors(paths[name], {"theta": theta}, info)
