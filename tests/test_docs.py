@@ -11,8 +11,6 @@ import subprocess
 from collections import Counter
 from pathlib import Path
 
-import pytest
-
 REPO = Path(__file__).resolve().parent.parent
 SUFFIXES = {".py", ".md", ".sh"}
 
@@ -21,14 +19,6 @@ OUTSIDE = re.compile(
     r"\b(?:DESIGN|STYLE|ORIGINALS|DATASETS|ORIGINAL_DATA)(?:\.md\b|'s\b|\s+(?:section\s+|§\s*)?\d)"
     r"|shared/docs\b"
 )
-
-# TEMPORARY: files being rewritten on other branches, not edited here to avoid merge conflicts; they
-# still cite the outside notes (the replacements are listed in the docs branch's report). Remove each
-# entry once its file points at docs/algorithms.md / docs/originals.md instead.
-OUTSIDE_ALLOWED = {
-    "weightsep/optimize.py",   # DESIGN.md 3.5, ORIGINALS.md 0.2
-    "weightsep/execution.py",  # DESIGN.md 3.7
-}
 
 LINK = re.compile(r"(?<!!)\[[^\]\n]*\]\(([^)\s]+)(?:\s+\"[^\"]*\")?\)")
 MENTION = re.compile(r"(?<![\w/.-])(docs/[\w.-]+\.md)(#[\w-]+)?((?:,?\s*§\s*\d+(?:\.\d+)*)*)")
@@ -103,21 +93,13 @@ def test_the_document_checks_themselves():
 def test_no_file_refers_to_documents_outside_the_repository():
     bad = []
     for path in repo_files():
-        if rel(path) in OUTSIDE_ALLOWED or path == Path(__file__).resolve():
+        if path == Path(__file__).resolve():
             continue
         for i, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
             if m := OUTSIDE.search(line):
                 bad.append(f"{rel(path)}:{i}: {m.group(0)!r} in {line.strip()[:100]!r}")
     assert not bad, "references to documents outside the repository (use docs/algorithms.md, docs/originals.md, " \
                     "docs/datasets.md):\n" + "\n".join(bad)
-
-
-def test_outside_allow_list_names_files_that_still_need_it():
-    for name in OUTSIDE_ALLOWED:
-        path = REPO / name
-        assert path.is_file(), f"{name} is gone: drop it from OUTSIDE_ALLOWED"
-        if not OUTSIDE.search(path.read_text(encoding="utf-8")):
-            pytest.fail(f"{name} no longer refers outside the repository: drop it from OUTSIDE_ALLOWED")
 
 
 def test_relative_markdown_links_resolve():

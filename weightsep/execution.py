@@ -1,4 +1,4 @@
-"""Two-level execution of a packed store and fast DNN switching (DESIGN.md 3.7).
+"""Two-level execution of a packed store and fast DNN switching (docs/algorithms.md §3.7).
 
 Placement:
 

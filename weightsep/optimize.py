@@ -16,7 +16,7 @@ up in `OPTIMIZERS`:
   plain sum of the task losses' gradients. DNNs whose batches cost few FLOPs take several per step
   (`batches_per_step`, within `extra_compute` of a plain step's FLOPs): letters, a dense net at a
   ninth of the costliest DNN's FLOPs, was the one DNN still climbing when the steps ran out.
-* "round-robin" (published, DESIGN.md 3.5): for `rounds` rounds, each DNN in turn materialises its
+* "round-robin" (published, docs/algorithms.md §3.5): for `rounds` rounds, each DNN in turn materialises its
   weights, trains `steps_per_turn` Adam steps on cross-entropy + lambda * overlap loss (the other
   DNNs' Fisher times the squared distance to their last weights on the pages they share), then
   writes its weights back into its shared and exclusive pages.
@@ -63,7 +63,7 @@ from .train import batches
 
 
 def paper_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """The originals' loss: -mean_i log softmax_over_the_WHOLE_batch(z)[i, y_i] (ORIGINALS.md 0.2).
+    """The originals' loss: -mean_i log softmax_over_the_WHOLE_batch(z)[i, y_i] (docs/originals.md §1.2).
 
     Their "softmax" normalises over all N x C logits of the batch, so this is logsumexp(z) -
     mean_i z[i, y_i]: it depends on the batch size (ln(N C) at uniform logits) and its gradient
