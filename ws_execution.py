@@ -35,6 +35,8 @@ def common_args(description: str) -> argparse.ArgumentParser:
     p = Parser(description=description)
     p.add_argument("--store", type=Path, default=Path("state"), help="packed store directory (default ./state)")
     p.add_argument("--dnn-folder", type=Path, action="append", default=[], help="an extra DNN folder (repeatable)")
+    p.add_argument("--allow-changed-code", action="store_true",
+                   help="use a packed DNN whose dnn.py changed since it was packed (default: refuse)")
     p.add_argument("--switches", type=int_at_least(0), default=50, help="random DNN switches (default 50)")
     p.add_argument("--seed", type=int, default=0, help="schedule seed (default 0)")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
@@ -80,7 +82,7 @@ def open_packed(args: argparse.Namespace):
         print(f"error: {e}", file=sys.stderr)
         return None
     device = torch.device(args.device)
-    loaded = load_packed(state, extra=args.dnn_folder)
+    loaded = load_packed(state, extra=args.dnn_folder, allow_changed_code=args.allow_changed_code)
     data = {n: (torch.from_numpy(item.data.test.x).to(device), torch.from_numpy(item.data.test.y).to(device))
             for n, item in loaded.items()}
     return state, loaded, data, device

@@ -32,7 +32,6 @@ from weightsep import ops
 from weightsep.pages import materialize, n_pages
 from weightsep.state import exclusive_entries
 
-SUITE = ("fashion", "letters", "mnist10k", "satellite", "watch")
 SWITCH_KERNELS = ("ops-extension", "index_select", "torch-fallback", "memcpy")
 
 
@@ -89,9 +88,9 @@ def switch_rows(device: torch.device, page_size: int, rounds: int) -> list[dict]
     return [switch_row(device, page_size, n_logical, rounds, g) for n_logical in (16, 128, 1024)]
 
 
-def training_rows(device: torch.device, page_size: int, rounds: int) -> dict:
+def training_rows(device: torch.device, page_size: int, rounds: int, names: list[str]) -> dict:
     g = torch.Generator().manual_seed(1)
-    models = {n: dnn_mod.get(n).build_model().to(device) for n in SUITE}
+    models = {n: dnn_mod.get(n).build_model().to(device) for n in names}
     S = 128
     pages = {}
     for name, model in models.items():
@@ -120,7 +119,8 @@ def training_rows(device: torch.device, page_size: int, rounds: int) -> dict:
         return _with_backend(backend, fn)
 
     out = {}
-    for label, make in (("gather + backward, 5 DNNs", gather_only), ("joint step, 5 DNNs (batch 64)", joint_step)):
+    k = len(models)
+    for label, make in ((f"gather + backward, {k} DNNs", gather_only), (f"joint step, {k} DNNs (batch 64)", joint_step)):
         us = interleaved({"extension": make("extension"), "torch": make("torch")}, rounds, calls=5, device=device)
         out[label] = {"us": us, "torch / extension": us["torch"] / us["extension"]}
     return out
@@ -141,6 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--page-size", type=int, default=512)
     p.add_argument("--rounds", type=int, default=21, help="interleaved rounds (median reported; default 21)")
+    p.add_argument("--dnns", nargs="+", default=None, help="DNN shapes for the training rows (default: the offline suite)")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     device = torch.device(args.device)
@@ -155,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     for r in switch:
         print(f"{r['pages']:>6}{r['kib']:>8.0f}" + "".join(f"{r['us'][k]:>16.2f}" for k in SWITCH_KERNELS)
               + f"{r['extension / memcpy']:>11.2f}x")
-    training = training_rows(device, args.page_size, max(5, args.rounds // 2))
+    training = training_rows(device, args.page_size, max(5, args.rounds // 2), args.dnns or dnn_mod.suite())
     print("\ntraining gather (forward + gradient w.r.t. the pages), us per call")
     for label, r in training.items():
         print(f"  {label}: extension {r['us']['extension']:.0f}, torch {r['us']['torch']:.0f}"

@@ -15,8 +15,8 @@ Rungs, timed interleaved (switch i: every rung in turn, so machine load hits the
                  forward resolves weights per layer (its cost moves into the forward, measured too)
 
 (a)-(c) use each DNN's flat weights as resolved from the store (the same size as its stand-alone
-weights; timing depends only on the size). Two scales: the packed offline-suite store (5 DNNs) and a
-synthetic store of 100 DNNs (random pages, the suite's five shapes cycled, S=128, ~10 random
+weights; timing depends only on the size). Two scales: the packed store (./state) and a
+synthetic store of 100 DNNs (random pages, the suite's shapes cycled (--dnns), S=128, ~10 random
 exclusive pages each, random page tables). Reports per-switch median and p95 latency per rung,
 ratios (a)/(d) for both load kinds and (d)/(b), bytes moved per switch and device memory per rung.
 Interleaving leaves each rung with the caches the previous rungs left (file loads evict them), so
@@ -46,11 +46,11 @@ from weightsep import dnn as dnn_mod
 from weightsep.evaluate import packed_theta
 from weightsep.execution import PackedModel
 from weightsep.pages import n_pages
+from weightsep.pipeline import load_packed
 from weightsep.state import VNN, PackedState, exclusive_entries
 from weightsep.store import Store
 
 RUNGS = ("a-safetensors", "a-torch.load", "b-host-copy", "c-resident", "d-gather", "d-gather-isel", "e-zero-copy")
-SUITE = ("fashion", "letters", "mnist10k", "satellite", "watch")
 ZERO_COPY_TARGET = 1.5  # zero-copy forward / forward on dense resident weights, on a GPU
 TARGETS = {"torch.load / gather": 50.0, "safetensors / gather": 30.0, "gather / host-copy (at most)": 1.2}
 
@@ -264,6 +264,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--switches", type=int, default=2000, help="random switches per scale (default 2000)")
     p.add_argument("--synthetic", type=int, default=100, help="DNNs in the synthetic store (0: skip; default 100)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--dnns", nargs="+", default=None,
+                   help="DNN shapes the synthetic store cycles through (default: the offline suite)")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     device = torch.device(args.device)
@@ -271,17 +273,16 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="weightsep-switching-") as tmp:
         if not args.no_store:
             state = Store(args.store).load()
-            models = {n: dnn_mod.get(v.meta.get("folder", n)).build_model() for n, v in state.vnns.items()}
-            inputs = {}
-            for n, v in state.vnns.items():  # a few test inputs per DNN for the forward-cost check
-                inputs[n] = torch.from_numpy(dnn_mod.get(v.meta.get("folder", n)).load_data().test.x[:256])
+            loaded = load_packed(state)  # by name, code hash checked
+            models = {n: item.model for n, item in loaded.items()}
+            inputs = {n: torch.from_numpy(item.data.test.x[:256]) for n, item in loaded.items()}  # forward-cost check
             results.append(run_scale("store", state, models, device, args.switches, args.seed, Path(tmp), inputs))
             print(table(results[-1]), flush=True)
         if args.synthetic or args.no_store:
-            base = {n: dnn_mod.get(n).build_model() for n in SUITE}
-            synth, synth_models = synthetic_state(max(args.synthetic, len(SUITE)), base, seed=args.seed)
+            base = {n: dnn_mod.get(n).build_model() for n in args.dnns or dnn_mod.suite()}
+            synth, synth_models = synthetic_state(max(args.synthetic, len(base)), base, seed=args.seed)
             g = torch.Generator().manual_seed(args.seed)  # forward cost: one DNN of each shape, random inputs
-            inputs = {n: torch.randn(256, *synth_models[n].input_shape, generator=g) for n in list(synth.vnns)[: len(SUITE)]}
+            inputs = {n: torch.randn(256, *synth_models[n].input_shape, generator=g) for n in list(synth.vnns)[: len(base)]}
             results.append(run_scale("synthetic", synth, synth_models, device, args.switches, args.seed, Path(tmp),
                                      inputs if args.no_store else None))
             print("\n" + table(results[-1]))

@@ -19,14 +19,13 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from dataclasses import replace
 
 from weightsep import dnn as dnn_mod
 from weightsep.evaluate import make_row, packed_theta, summarize
 from weightsep.fisher import FisherConfig
-from weightsep.optimize import OptimizeConfig, optimize
+from weightsep.optimize import OptimizeConfig
 from weightsep.pack import PackConfig
-from weightsep.pipeline import RESULTS_DIR, load, pack
+from weightsep.pipeline import RESULTS_DIR, load, pack_and_optimize
 from weightsep.store import atomic_write_text
 from weightsep.train import set_single_thread, standalone_models
 
@@ -60,27 +59,24 @@ def main(argv=None) -> int:
         opt = OptimizeConfig(optimizer=optimizer, steps=args.budget, steps_per_turn=args.steps_per_turn,
                              rounds=max(1, args.budget // args.steps_per_turn), eval_every=max(1, args.budget // 10))
         start = time.perf_counter()
-        state, timings = pack(loaded, trained, pack_config, fisher)
-        packed_before = {n: item.test_accuracy(packed_theta(state, n)) for n, item in loaded.items()}
-        # promotion is part of the joint optimiser; round-robin rows keep the pages given at packing
-        state, history = optimize(state, tasks, replace(opt, promote_pages=timings["spare"] if optimizer == "joint" else 0))
+        state, history, _, timings = pack_and_optimize(loaded, trained, tasks, pack_config, fisher, opt)
         seconds = time.perf_counter() - start
         table = summarize(state, [make_row(state, n, trained[n].test_accuracy, item.test_accuracy(packed_theta(state, n)))
                                   for n, item in loaded.items()])
-        cost = sum(v.meta["pack"]["matching_cost"] for v in state.vnns.values())
+        cost = sum(v.provenance.pack["matching_cost"] for v in state.vnns.values())
         rows.append({"config": label, **change, "matching_cost": cost, "fisher_seconds": timings["fisher_seconds"],
                      "matching_seconds": timings["matching_seconds"], "seconds": seconds,
                      "best_mean_val": history.mean(history.best_index),
-                     "mean_test_before_training": sum(packed_before.values()) / len(packed_before),
+                     "mean_val_before_training": history.mean(0),  # the first check is at step 0
                      **{k: table["totals"][k] for k in ("mean_standalone_accuracy", "mean_packed_accuracy",
                                                         "mean_difference_pp", "packed_weights", "ratio_by_count")},
                      "per_dnn": {r["name"]: r["packed_accuracy"] for r in table["rows"]}})
         print(f"{label}: matching cost {cost:.4g}, mean test {100 * rows[-1]['mean_packed_accuracy']:.2f}% "
               f"({rows[-1]['mean_difference_pp']:+.2f} pp), {seconds:.0f} s", flush=True)
     lines = [f"DNNs: {', '.join(loaded)}; {args.budget} training batches per DNN; mode {args.mode}", "",
-             "| configuration | matching cost | test acc. before training % | mean test % | diff pp | best mean val % | s |",
+             "| configuration | matching cost | val acc. before training % | mean test % | diff pp | best mean val % | s |",
              "|---|---|---|---|---|---|---|"]
-    lines += [f"| {r['config']} | {r['matching_cost']:.4g} | {100 * r['mean_test_before_training']:.2f} | "
+    lines += [f"| {r['config']} | {r['matching_cost']:.4g} | {100 * r['mean_val_before_training']:.2f} | "
               f"{100 * r['mean_packed_accuracy']:.2f} | {r['mean_difference_pp']:+.2f} | {100 * r['best_mean_val']:.2f} | "
               f"{r['seconds']:.0f} |" for r in rows]
     print("\n".join(lines))

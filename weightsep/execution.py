@@ -193,12 +193,7 @@ class PackedModel:
         model = self.models[self.current]
         if self.mode == "gather":
             return model(x, self.theta)
-        lazy = _LazyTensors(self, self.current)
-        model.tensors = lambda theta=None: lazy  # the template's own forward, weights resolved per layer
-        try:
-            return model(x)
-        finally:
-            del model.tensors
+        return model.forward_with(x, _LazyTensors(self, self.current))  # weights resolved per layer
 
     __call__ = forward
 

@@ -16,6 +16,7 @@ Inputs are NCHW float32 for conv nets (C, H, W), [N, F] for dense-only nets.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
@@ -139,7 +140,10 @@ class TemplateNet(nn.Module):
         return torch.cat(parts)
 
     def forward(self, x: torch.Tensor, theta: torch.Tensor | None = None) -> torch.Tensor:
-        t = self.tensors(theta)
+        return self.forward_with(x, self.tensors(theta))
+
+    def forward_with(self, x: torch.Tensor, t: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """The forward pass on weight tensors by name (TF layout), e.g. resolved lazily per layer."""
         x = x.to(t["weight_0"].dtype)  # data may be stored at half precision (weightsep.datasets)
         act = ACTIVATIONS[self.hidden_act]
         i = 0

@@ -21,7 +21,7 @@ from tqdm import tqdm
 from . import dnn as dnn_mod
 from .evaluate import accuracy, aggregate, format_aggregate, format_table, make_row, packed_theta, summarize
 from .fisher import FisherConfig, compute_fisher
-from .optimize import OptimizeConfig, Task, optimize, step_batches
+from .optimize import History, OptimizeConfig, Task, optimize, step_batches
 from .pack import PackConfig, add_vnn, new_state, shared_pages_needed, solo_state
 from .pages import n_pages
 from .separation import allot, exclusive_budget, target_performance_rate
@@ -157,14 +157,39 @@ def pack(loaded: dict[str, Loaded], trained: dict[str, Trained], pack_config: Pa
     return state, timings
 
 
-def no_sharing_control(loaded: dict[str, Loaded], trained: dict[str, Trained], config: OptimizeConfig,
-                       batches: dict[str, int] | None = None) -> dict[str, float]:
+def pack_and_optimize(loaded: dict[str, Loaded], trained: dict[str, Trained], tasks: dict[str, Task],
+                      pack_config: PackConfig, fisher_config: FisherConfig,
+                      optimize_config: OptimizeConfig) -> tuple[PackedState, History, OptimizeConfig, dict]:
+    """Pack the DNNs into a new state, then optimise it: the one composition `run` and the experiments share.
+
+    The budget separation's spare pages go to the optimiser to promote (the joint optimiser hands
+    them out; round-robin never promotes). The optimiser's config and history are recorded in the
+    state. Returns (state, history, the optimiser config used, timings in seconds)."""
+    start = time.perf_counter()
+    state, info = pack(loaded, trained, pack_config, fisher_config)
+    times = {"fisher_seconds": info["fisher_seconds"], "matching_seconds": info["matching_seconds"],
+             "pack_seconds": time.perf_counter() - start}
+    if info["spare"]:
+        optimize_config = replace(optimize_config, promote_pages=info["spare"])
+    start = time.perf_counter()
+    state, history = optimize(state, tasks, optimize_config)
+    times["optimize_seconds"] = time.perf_counter() - start
+    state.config.optimize, state.config.history = asdict(optimize_config), {
+        "steps": history.steps, "val_accuracy": history.val_accuracy, "score": history.score,
+        "best_index": history.best_index, "reference": history.reference, "promoted": history.promoted,
+        "skipped": history.skipped, "rolled_back": history.rolled_back,
+        "batches_per_step": {n: task.batches for n, task in tasks.items()}}
+    return state, history, optimize_config, times
+
+
+def no_sharing_control(loaded: dict[str, Loaded], thetas: dict[str, torch.Tensor], config: OptimizeConfig,
+                       page_size: int, batches: dict[str, int] | None = None) -> dict[str, float]:
     """Test accuracy after the SAME extra training each DNN gets when packed, but alone (no sharing).
 
-    Each DNN becomes its own one-DNN store with all pages exclusive and is optimised with the same
-    optimizer, batch size, learning rate and number of its own batches (`batches` per step, as the
-    packed set's `batches_per_step` gave it); so any gain it shows comes from the extra training,
-    not from sharing.
+    Each DNN (stand-alone weights `thetas`) becomes its own one-DNN store with all pages exclusive
+    and is optimised with the same optimizer, batch size, learning rate and number of its own
+    batches (`batches` per step, as the packed set's `batches_per_step` gave it); so any gain it
+    shows comes from the extra training, not from sharing.
     """
     batches = batches or {}
     if config.optimizer == "joint" and config.dnns_per_step:  # each DNN saw only a share of the steps
@@ -172,19 +197,20 @@ def no_sharing_control(loaded: dict[str, Loaded], trained: dict[str, Trained], c
         config = replace(config, steps=max(1, round(config.steps * share)), dnns_per_step=None)
     out = {}
     for name, item in loaded.items():
-        alone = solo_state(name, trained[name].theta, 512)
+        alone = solo_state(name, thetas[name], page_size)
         result, _ = optimize(alone, {name: item.task(batches=batches.get(name, 1))},
                              replace(config, dnns=None, promote_pages=0), progress=False)
         out[name] = item.test_accuracy(packed_theta(result, name))
     return out
 
 
-def _control_worker(folders: list[str], thetas: list, config: dict, batches: dict[str, int]) -> dict[str, float]:
+def _control_worker(folders: list[str], thetas: list, config: dict, page_size: int,
+                    batches: dict[str, int]) -> dict[str, float]:
     """no_sharing_control in a worker process (it runs beside the joint optimisation)."""
     set_single_thread()
     loaded = load(folders)
-    trained = {name: Trained(name, torch.as_tensor(theta), 0.0, 0.0, 0, 0.0) for name, theta in zip(loaded, thetas)}
-    return no_sharing_control(loaded, trained, OptimizeConfig(**config), batches)
+    thetas = {name: torch.as_tensor(theta) for name, theta in zip(loaded, thetas)}
+    return no_sharing_control(loaded, thetas, OptimizeConfig(**config), page_size, batches)
 
 
 @dataclass
@@ -263,23 +289,12 @@ def run_seed(config: RunConfig, loaded: dict[str, Loaded], seed: int, control: d
         pool = mp.get_context("spawn").Pool(1)
         control_job = pool.apply_async(_control_worker, (
             [str(item.dnn.path) for item in loaded.values()], [trained[n].theta.numpy() for n in loaded],
-            asdict(optimize_config), per_step))
+            asdict(optimize_config), pack_config.page_size, per_step))
         tqdm.write("no-sharing control: training each DNN alone, with the same budget, in a second process")
 
-    start = time.perf_counter()
-    state, pack_info = pack(loaded, trained, pack_config, fisher_config)
-    times.update(fisher_seconds=pack_info["fisher_seconds"], matching_seconds=pack_info["matching_seconds"],
-                 pack_seconds=time.perf_counter() - start)
-    if pack_info["spare"]:
-        optimize_config = replace(optimize_config, promote_pages=pack_info["spare"])
-
-    start = time.perf_counter()
-    state, history = optimize(state, tasks, optimize_config)
-    times["optimize_seconds"] = time.perf_counter() - start
-    state.config.optimize, state.config.history = asdict(optimize_config), {
-        "steps": history.steps, "val_accuracy": history.val_accuracy, "score": history.score,
-        "best_index": history.best_index, "reference": history.reference, "promoted": history.promoted,
-        "skipped": history.skipped, "rolled_back": history.rolled_back, "batches_per_step": per_step}
+    state, history, optimize_config, pack_times = pack_and_optimize(loaded, trained, tasks, pack_config,
+                                                                    fisher_config, optimize_config)
+    times.update(pack_times)
     Store(config.store_for(seed)).save(state)
 
     if control_job is not None:
