@@ -361,7 +361,7 @@ def test_save_refuses_a_damaged_store_directory(tmp_path):
 
 @pytest.mark.parametrize("setup, says", [
     (lambda p: (p.mkdir(), (p / "notes.txt").write_text("mine")), "other files .*notes.txt.*: not a store"),
-    (lambda p: p.write_text("a file"), "is a file, not a store directory"),
+    (lambda p: p.write_text("a file"), "is a file, not a directory"),
 ])
 def test_save_refuses_what_is_not_a_store(tmp_path, setup, says):
     root = tmp_path / "x"
