@@ -167,15 +167,22 @@ def _bits(t: torch.Tensor) -> torch.Tensor:
     return t.view(torch.int32) if t.dtype == torch.float32 else t
 
 
+def untimed(obj):
+    """JSON with every timing ("...seconds") left out: the one part of meta that differs run to run."""
+    if isinstance(obj, dict):
+        return {k: untimed(v) for k, v in obj.items() if "seconds" not in str(k)}
+    return [untimed(v) for v in obj] if isinstance(obj, list) else obj
+
+
 def same_state(a, b) -> bool:
-    """Bit-exact equality of two PackedStates (tensors, names in order, meta, config)."""
-    if (a.page_size, a.config, list(a.vnns)) != (b.page_size, b.config, list(b.vnns)):
+    """Bit-exact equality of two PackedStates (tensors, names in order, meta and config but timings)."""
+    if (a.page_size, untimed(a.config), list(a.vnns)) != (b.page_size, untimed(b.config), list(b.vnns)):
         return False
     if not all(torch.equal(_bits(x), _bits(y)) for x, y in
                [(a.shared_pages, b.shared_pages), (a.shared_fisher, b.shared_fisher)]):
         return False
     for x, y in zip(a.vnns.values(), b.vnns.values()):
-        if (x.name, x.n_weights, x.meta) != (y.name, y.n_weights, y.meta):
+        if (x.name, x.n_weights, untimed(x.meta)) != (y.name, y.n_weights, untimed(y.meta)):
             return False
         for t in ("page_table", "exclusive_pages", "fisher"):
             u, v = getattr(x, t), getattr(y, t)
