@@ -647,7 +647,8 @@ def run_corruptions(env: Env, names: list[str] | None, cli: tuple[str, ...], job
             rows.append(f.result())
             bar.update()
     n = len(rows)
-    return {"cases": n, "cli_commands": list(cli), "cli_eval_and_restore_every": full_every, "files_shared_by_both_generations": sorted(shared),
+    return {"cases": n, "cli_commands": list(cli), "cli_eval_and_restore_every": full_every,
+            "files_shared_by_both_generations": sorted(shared),
             "detected": sum(r["detected"] for r in rows), "recoverable": sum(r["recoverable"] for r in rows),
             "detected_pct": 100 * sum(r["detected"] for r in rows) / n,
             "recoverable_pct": 100 * sum(r["recoverable"] for r in rows) / n, "rows": rows}
