@@ -828,8 +828,10 @@ def main(*, corruptions_on: bool, cli: tuple[str, ...], full_every: int, kills: 
         payload: dict = {"seed": seed, "targets": TARGETS}
         if corruptions_on:
             payload["corruptions"] = run_corruptions(env, None, cli, jobs, full_every)
+            write_result("store_safety", payload)  # each part as it completes: a cut-short run keeps it
         if kills:
             payload["kill9"] = run_kills(env, kills, seed)
+            write_result("store_safety", payload)
         if concurrent:
             payload["concurrent"] = run_concurrent(env, concurrent, seed)
         payload["seconds"] = round(time.perf_counter() - start, 1)
