@@ -55,7 +55,7 @@ from tqdm import tqdm
 
 from bench.timing import write_result
 from weightsep.dnn import cache_dir
-from weightsep.store import Store, StoreError, load_tensors, save_tensors
+from weightsep.store import Store, StoreError, load_tensors, save_tensors, sealed
 
 REPO = Path(__file__).resolve().parent.parent
 MANIFEST, PREVIOUS = "manifest.json", "manifest.prev.json"
@@ -176,13 +176,13 @@ def untimed(obj):
 
 def same_state(a, b) -> bool:
     """Bit-exact equality of two PackedStates (tensors, names in order, meta and config but timings)."""
-    if (a.page_size, untimed(a.config), list(a.vnns)) != (b.page_size, untimed(b.config), list(b.vnns)):
+    if (a.page_size, untimed(a.config.to_json()), list(a.vnns)) != (b.page_size, untimed(b.config.to_json()), list(b.vnns)):
         return False
     if not all(torch.equal(_bits(x), _bits(y)) for x, y in
                [(a.shared_pages, b.shared_pages), (a.shared_fisher, b.shared_fisher)]):
         return False
     for x, y in zip(a.vnns.values(), b.vnns.values()):
-        if (x.name, x.n_weights, untimed(x.meta)) != (y.name, y.n_weights, untimed(y.meta)):
+        if (x.name, x.n_weights, untimed(x.provenance.to_json())) != (y.name, y.n_weights, untimed(y.provenance.to_json())):
             return False
         for t in ("page_table", "exclusive_pages", "fisher"):
             u, v = getattr(x, t), getattr(y, t)
@@ -245,16 +245,20 @@ def _manifest(store: Path, previous: bool = False) -> dict:
     return json.loads((store / (PREVIOUS if previous else MANIFEST)).read_text())
 
 
-def _write_manifest(store: Path, m, previous: bool = False) -> None:
+def _write_manifest(store: Path, m, previous: bool = False, seal: bool = True) -> None:
+    """Write an edited manifest; `seal` recomputes its checksum (a consistent edit, so the damage
+    reaches the structural checks below the checksum), else the checksum stays stale."""
+    if seal and isinstance(m, dict) and "checksum" in m:
+        m = sealed(m)
     (store / (PREVIOUS if previous else MANIFEST)).write_text(json.dumps(m, indent=2))
 
 
-def edit(fn: Callable[[dict], None]) -> Callable[[Path], None]:
-    """A corruption that edits the parsed current manifest."""
+def edit(fn: Callable[[dict], None], seal: bool = True) -> Callable[[Path], None]:
+    """A corruption that edits the parsed current manifest (checksum resealed unless `seal` is False)."""
     def apply(store: Path) -> None:
         m = _manifest(store)
         fn(m)
-        _write_manifest(store, m)
+        _write_manifest(store, m, seal=seal)
     return apply
 
 
@@ -528,7 +532,8 @@ def corruptions() -> dict[str, tuple[str, Callable[[Path], None]]]:
         "manifest: DNN name empty": edit(lambda m: _vnn(m, A).update(name="")),
         "manifest: DNN name a number": edit(lambda m: _vnn(m, B).update(name=7)),
         "manifest: generation a bool": edit(lambda m: m.update(generation=True)),
-        "manifest: a DNN entry missing": edit(lambda m: m["vnns"].pop()),
+        "manifest: a DNN entry missing, checksum stale": edit(lambda m: m["vnns"].pop(), seal=False),
+        "manifest: a timestamp changed, checksum stale": edit(lambda m: m.update(updated="2000-01-01"), seal=False),
         "manifest: 200,000 nested lists": lambda s: (edit(_deep)(s), _deep_text(s)),
         "manifest: deleted": lambda s: (s / MANIFEST).unlink(),
         "manifest: replaced by a directory": into_directory(None),

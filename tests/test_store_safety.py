@@ -19,6 +19,7 @@ import pytest
 
 from bench import store_safety as ss
 from weightsep.dnn import data_dir
+from weightsep.store import sealed
 
 CASES = ss.corruptions()
 
@@ -85,7 +86,7 @@ def _point_meta_folder(store: Path, name: str, folder: Path) -> None:
     path = store / "manifest.json"
     m = json.loads(path.read_text())
     next(v for v in m["vnns"] if v["name"] == name)["meta"]["folder"] = str(folder)
-    path.write_text(json.dumps(m, indent=2))
+    path.write_text(json.dumps(sealed(m), indent=2))  # a consistent manifest: only the name-based lookup stands between
 
 
 @pytest.mark.parametrize("command, where", [("eval", "store"), ("report", "store"), ("joint", "store"),

@@ -198,6 +198,17 @@ def _counts(state: PackedState) -> dict:
                      for v in state.vnns.values()]}
 
 
+def manifest_checksum(manifest: dict) -> str:
+    """sha256 of a manifest's content without its own "checksum" field (canonical JSON)."""
+    body = {k: v for k, v in manifest.items() if k != "checksum"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, allow_nan=False).encode()).hexdigest()
+
+
+def sealed(manifest: dict) -> dict:
+    """The manifest with its checksum, so an edit that keeps it well-formed is still caught on load."""
+    return {**manifest, "checksum": manifest_checksum(manifest)}
+
+
 def _file_entries(manifest: dict) -> list[dict]:
     return [manifest["shared"], *(v["file"] for v in manifest["vnns"])]
 
@@ -305,6 +316,7 @@ class Store:
             }
             if current and self._files_intact(current):
                 atomic_write_bytes(self.root / PREVIOUS, current_bytes)
+            manifest = sealed(manifest)
             atomic_write_json(self.root / MANIFEST, manifest)  # the commit point
             self._collect_garbage()
         state.generation = manifest["generation"]
@@ -328,8 +340,8 @@ class Store:
             current_bytes, current = self._current_for_restore()
             now = datetime.now(UTC).isoformat(timespec="seconds")
             generation = max(restored["generation"], current["generation"] if current else 0) + 1
-            manifest = {**restored, "generation": generation, "updated": now,
-                        "restored_from": restored["generation"]}
+            manifest = sealed({**restored, "generation": generation, "updated": now,
+                               "restored_from": restored["generation"]})
             if current is not None and self._files_intact(current):
                 atomic_write_bytes(previous, current_bytes)  # the generation replaced: restore again to undo
             elif current_bytes:
@@ -402,8 +414,11 @@ class Store:
         return data, self._parse_manifest(data, path, RECOVERY + ", or move the directory away to start afresh")
 
     def _current_for_restore(self) -> tuple[bytes, dict | None]:
-        """The current manifest (bytes, parsed or None if unreadable); one of a newer format is refused."""
+        """The current manifest (bytes, parsed or None if unreadable); one of a newer format is refused.
+        Anything else in its place (a directory, say) is moved aside as manifest.damaged-<time>."""
         path = self.root / MANIFEST
+        if path.exists() and not path.is_file():
+            path.rename(self.root / f"manifest.damaged-{datetime.now(UTC).strftime('%Y%m%dT%H%M%S')}")
         if not path.is_file():
             return b"", None
         data = path.read_bytes()
@@ -421,14 +436,16 @@ class Store:
             if path.name == MANIFEST and not (self.root / PREVIOUS).is_file():
                 raise StoreError(f"{path}: missing: nothing has been saved in {self.root} yet") from None
             raise StoreError(f"{path}: missing; {hint}") from None
+        except OSError as e:  # a directory where the file should be, no permission, ...
+            raise StoreError(f"{path}: unreadable ({e.strerror}); {hint}") from None
         return self._parse_manifest(data, path, hint)
 
     @staticmethod
     def _parse_manifest(data: bytes, path: Path, hint: str) -> dict:
         try:
             m = json.loads(data)
-        except ValueError as e:
-            raise StoreError(f"{path}: not valid JSON ({e}); {hint}") from None
+        except (ValueError, RecursionError) as e:  # RecursionError: absurdly nested JSON
+            raise StoreError(f"{path}: not valid JSON ({str(e)[:200]}); {hint}") from None
         if not isinstance(m, dict) or m.get("format") != FORMAT:
             found = m.get("format") if isinstance(m, dict) else type(m).__name__
             raise StoreError(f"{path}: not a weightsep store manifest (format {found!r}, expected {FORMAT!r})")
@@ -437,6 +454,8 @@ class Store:
             newer = type(version) is int and version > FORMAT_VERSION
             raise StoreError(f"{path}: format_version {version!r} is unknown to this weightsep, which reads "
                              f"version {FORMAT_VERSION}; " + ("upgrade weightsep" if newer else hint))
+        if "checksum" in m and m["checksum"] != manifest_checksum(m):  # stores before the checksum have none
+            raise StoreError(f"{path}: its checksum does not match its content: edited or corrupt; {hint}")
         problem = _manifest_problem(m)
         if problem:
             raise StoreError(f"{path}: malformed manifest ({problem}); {hint}")
@@ -450,6 +469,8 @@ class Store:
             data = path.read_bytes()
         except FileNotFoundError:
             raise StoreError(f"{path}: missing (listed in {manifest.name}); {hint}") from None
+        except OSError as e:
+            raise StoreError(f"{path}: unreadable ({e.strerror}; listed in {manifest.name}); {hint}") from None
         if len(data) != entry["bytes"]:
             raise StoreError(f"{path}: {len(data)} bytes but {manifest.name} says {entry['bytes']}: "
                              f"truncated or replaced; {hint}")
@@ -501,7 +522,7 @@ class Store:
         """Whether `path` already has exactly `data` (content-addressed files are reused, not rewritten)."""
         try:
             return path.stat().st_size == len(data) and path.read_bytes() == data
-        except FileNotFoundError:
+        except OSError:
             return False
 
     def _files_intact(self, manifest: dict) -> bool:
@@ -521,5 +542,5 @@ class Store:
                 continue
         for path in self.root.iterdir():
             stale_tmp = path.name.startswith(".") and path.name.endswith(".tmp")
-            if stale_tmp or (_TENSOR_FILE.fullmatch(path.name) and path.name not in keep):
+            if (stale_tmp or (_TENSOR_FILE.fullmatch(path.name) and path.name not in keep)) and path.is_file():
                 path.unlink(missing_ok=True)
