@@ -16,6 +16,7 @@ from weightsep.store import (
     atomic_write_text,
     load_tensors,
     save_tensors,
+    sealed,
 )
 
 P, S = 8, 6
@@ -167,11 +168,20 @@ def test_damage_shared_by_both_generations_is_reported_by_restore(tmp_path):
         store.restore_previous()
 
 
-def edit_manifest(store: Store, edit) -> None:
+def edit_manifest(store: Store, edit, seal: bool = True) -> None:
+    """Edit the current manifest; `seal` recomputes its checksum so the edit reaches the checks below it."""
     path = store.root / "manifest.json"
     m = json.loads(path.read_text())
     edit(m)
-    path.write_text(json.dumps(m))
+    path.write_text(json.dumps(sealed(m) if seal else m))
+
+
+def test_an_edit_that_keeps_the_manifest_well_formed_is_caught_by_its_checksum(tmp_path):
+    store, old, _ = two_generations(tmp_path)
+    edit_manifest(store, lambda m: m["vnns"].pop(), seal=False)  # drop a DNN: still a valid manifest
+    with pytest.raises(StoreError, match="checksum does not match its content"):
+        store.load()
+    assert_same(store.restore_previous(), old)
 
 
 @pytest.mark.parametrize("version, says", [(FORMAT_VERSION + 1, "upgrade weightsep"), (0, "restore"), ("1", "restore")])
