@@ -103,6 +103,10 @@ class DNN:
                                f"the model wants {model.input_shape}")
             if len(s.y) and (s.y.min() < 0 or s.y.max() >= model.classes):
                 raise DNNError(f"DNN {self.name!r}: {split} labels outside 0..{model.classes - 1}")
+            bad = int(s.x.size - np.isfinite(s.x).sum())  # else a non-finite loss at some step, far from the cause
+            if bad:
+                raise DNNError(f"DNN {self.name!r}: its {split} data has {bad:,} non-finite input values (NaN or inf) "
+                               f"of {s.x.size:,}; fix its load_data (or the data files it reads)")
         return data
 
     def prepare_command(self) -> str:

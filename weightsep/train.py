@@ -150,23 +150,12 @@ def _imported(dnn: dnn_mod.DNN) -> Trained | None:
     if theta.shape != (model.n_weights,):
         raise dnn_mod.DNNError(f"DNN {dnn.name!r}: load_weights gave {tuple(theta.shape)}, the model has {model.n_weights:,}")
     data = dnn.load_data()
-    check_finite_data(dnn.name, data)
     val = accuracy(model, theta, torch.from_numpy(data.val.x), torch.from_numpy(data.val.y))
     test = accuracy(model, theta, torch.from_numpy(data.test.x), torch.from_numpy(data.test.y))
     return Trained(dnn.name, theta, val, test, best_step=0, seconds=0.0, cached=True)
 
 
-def check_finite_data(name: str, data: dnn_mod.Dataset) -> None:
-    """A DNN's data must be finite: NaN or inf inputs give a non-finite loss at some step, far from the cause."""
-    for split in ("train", "val", "test"):
-        x = getattr(data, split).x
-        bad = int(x.size - np.isfinite(x).sum())
-        if bad:
-            raise dnn_mod.DNNError(f"DNN {name!r}: its {split} data has {bad:,} non-finite input values (NaN or inf) "
-                                   f"of {x.size:,}; fix its load_data (or the data files it reads)")
-
-
-def _ignore_sigint() -> None:
+def ignore_sigint() -> None:
     """Workers leave Ctrl-C to the parent, which stops the pool (no traceback from every worker)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
@@ -176,7 +165,6 @@ def _train_worker(args: tuple[str, dict]) -> tuple[str, dict, np.ndarray]:
     set_single_thread()
     dnn = dnn_mod.load_folder(Path(path))
     data = dnn.load_data()
-    check_finite_data(dnn.name, data)
     try:
         result = train_theta(dnn.build_model(), data, TrainConfig(**config))
     except FloatingPointError as e:
@@ -210,7 +198,7 @@ def standalone_models(dnns: list[dnn_mod.DNN], workers: int = 2, steps: int | No
         jobs = [(str(d.path), asdict(c)) for d, c, _ in todo]
         paths = {d.name: p for d, _, p in todo}
         bar = tqdm(total=len(jobs), desc="stand-alone training", unit="DNN")
-        with mp.get_context("spawn").Pool(min(workers, len(jobs)), initializer=_ignore_sigint) as pool:
+        with mp.get_context("spawn").Pool(min(workers, len(jobs)), initializer=ignore_sigint) as pool:
             for name, info, theta in pool.imap_unordered(_train_worker, jobs):
                 theta = torch.from_numpy(theta)
                 save_tensors(paths[name], {"theta": theta}, info)
