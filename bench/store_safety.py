@@ -197,9 +197,14 @@ def theta(state, name: str) -> torch.Tensor:
     return torch.cat([state.shared_pages, vnn.exclusive_pages])[vnn.page_table].reshape(-1)[: vnn.n_weights]
 
 
+def _content_generation(manifest: dict) -> int:
+    return manifest.get("restored_from", manifest["generation"])
+
+
 @dataclass
 class Snapshot:
-    """A loaded state with its manifest's generation."""
+    """A loaded state with the generation its content was first saved as (a restored generation
+    counts as the one it brought back: `restored_from`)."""
 
     state: object
     generation: int
@@ -214,10 +219,10 @@ class Snapshot:
                     if p.is_file():
                         shutil.copy2(p, tmp / p.name)
                 state = Store(tmp).restore_previous()
-                return cls(state, Store(tmp).read_manifest()["generation"])
+                return cls(state, _content_generation(Store(tmp).read_manifest()))
             finally:
                 shutil.rmtree(tmp)
-        return cls(s.load(), s.read_manifest()["generation"])
+        return cls(s.load(), _content_generation(s.read_manifest()))
 
     def equals(self, store: Path) -> bool:
         try:

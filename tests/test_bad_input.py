@@ -317,3 +317,27 @@ def test_unused_fields_are_the_other_optimizers():
     assert "lam" in unused_fields("joint") and "steps" not in unused_fields("joint")
     assert "steps" in unused_fields("round-robin") and "lam" not in unused_fields("round-robin")
     assert "rounds" in unused_fields("sequential")
+
+
+# ---- DNN folders: found by name, imported only when used, and told apart from a wrong path --------
+
+
+def test_dnn_lookup_messages_and_a_broken_folder_blocks_only_itself(tmp_path):
+    from weightsep import dnn as dnn_mod
+
+    plugins = tmp_path / "plugins"
+    (plugins / "broken").mkdir(parents=True)
+    (plugins / "broken" / "dnn.py").write_text("raise RuntimeError('this folder is broken')\n")
+    (plugins / "empty").mkdir()
+    assert "broken" in dnn_mod.folders([plugins])  # listed without importing anything
+    assert dnn_mod.get("letters", [plugins]).name == "letters"  # the broken neighbour does not block it
+    with pytest.raises(dnn_mod.DNNError, match="broken.*importing dnn.py failed: this folder is broken"):
+        dnn_mod.get("broken", [plugins])
+    with pytest.raises(dnn_mod.DNNError, match="unknown DNN 'nope'"):
+        dnn_mod.get("nope", [plugins])
+    with pytest.raises(dnn_mod.DNNError, match="no such DNN folder"):
+        dnn_mod.get(str(tmp_path / "missing"))
+    with pytest.raises(dnn_mod.DNNError, match="not a DNN folder: it has no dnn.py"):
+        dnn_mod.get(str(plugins / "empty"))
+    with pytest.raises(dnn_mod.DNNError, match="--dnn-folder .*: no such folder"):
+        dnn_mod.folders([tmp_path / "missing"])
