@@ -443,7 +443,8 @@ def _swap_vnn_entries(m: dict) -> None:
 
 def corruptions() -> dict[str, tuple[str, Callable[[Path], None]]]:
     """name -> (target, apply): 'current' damage must make load refuse and restore bring back the
-    previous generation; 'previous' damage must make restore refuse and leave the current as it was."""
+    previous generation; 'previous' damage must make restore refuse and leave the current as it was;
+    'newer' (a newer weightsep's manifest) must make load and restore refuse and change nothing."""
     A, B = "tiny_a", "tiny_b"
     cur = {
         # raw tensor-file damage (the manifest still describes the good file)
@@ -499,7 +500,6 @@ def corruptions() -> dict[str, tuple[str, Callable[[Path], None]]]:
         "manifest: a JSON list": manifest_bytes(lambda d: b"[" + d + b"]"),
         "manifest: JSON null": manifest_bytes(lambda d: b"null"),
         "manifest: wrong format name": edit(lambda m: m.update(format="something-else")),
-        "manifest: newer format_version": edit(lambda m: m.update(format_version=m["format_version"] + 1)),
         "manifest: format_version a string": edit(lambda m: m.update(format_version=str(m["format_version"]))),
         "manifest: 'shared' missing": edit(lambda m: m.pop("shared")),
         "manifest: 'vnns' missing": edit(lambda m: m.pop("vnns")),
@@ -550,7 +550,11 @@ def corruptions() -> dict[str, tuple[str, Callable[[Path], None]]]:
         "previous generation's shared file: bit flip": lambda s: raw_prev(s, "shared"),
         "previous generation's vnn file: deleted": lambda s: _path(s, A, previous=True).unlink(),
     }
-    return {**{k: ("current", v) for k, v in cur.items()}, **{k: ("previous", v) for k, v in prev.items()}}
+    # a newer weightsep's generation: load says to upgrade, restore refuses to replace what it cannot
+    # read, and the store stays as it is (its last good state, for the newer version)
+    newer = {"manifest: newer format_version": edit(lambda m: m.update(format_version=m["format_version"] + 1))}
+    return {**{k: ("current", v) for k, v in cur.items()}, **{k: ("previous", v) for k, v in prev.items()},
+            **{k: ("newer", v) for k, v in newer.items()}}
 
 
 def raw_prev(store: Path, which: str) -> None:
@@ -586,7 +590,7 @@ def check_corruption(env: Env, name: str, target: str, apply: Callable[[Path], N
     except BaseException as e:  # noqa: BLE001
         loaded = f"CRASH {type(e).__name__}: {str(e)[:200]}"
     row["load"] = loaded
-    if target == "current":
+    if target in ("current", "newer"):
         if loaded is None:
             problems.append("Store.load() accepted it")
         elif loaded.startswith("CRASH"):
@@ -599,7 +603,7 @@ def check_corruption(env: Env, name: str, target: str, apply: Callable[[Path], N
         args = {"list": ("list",), "eval": ("eval", "tiny_a")}[command]
         r = env.cli(*args, "--store", store)
         row["cli"][command] = {"rc": r.returncode, "stderr": r.stderr.strip()[-300:]}
-        if target == "current" and not clean_refusal(r):
+        if target in ("current", "newer") and not clean_refusal(r):
             problems.append(f"{command}: exit {r.returncode}" + (" with a Traceback" if "Traceback" in r.stderr else ""))
         if target == "previous" and r.returncode:
             problems.append(f"{command} fails on an intact current generation (exit {r.returncode})")
@@ -612,7 +616,11 @@ def check_corruption(env: Env, name: str, target: str, apply: Callable[[Path], N
     # recovery
     r = env.cli("restore", "--store", store) if cli_restore else _restore_in_process(store)
     row["restore"] = {"rc": r.returncode, "stderr": r.stderr.strip()[-300:], "via": "cli" if cli_restore else "Store"}
-    if target == "current":
+    if target == "newer":
+        row["recoverable"] = clean_refusal(r) and "restore refused" in r.stderr and snapshot_files(store) == before
+        if not row["recoverable"]:
+            problems.append(f"restore over a newer generation: exit {r.returncode}, or it changed the store")
+    elif target == "current":
         row["recoverable"] = r.returncode == 0 and ref_prev.equals(store)
         if not row["recoverable"]:
             problems.append(f"restore: exit {r.returncode}" + (" with a Traceback" if "Traceback" in r.stderr else "")

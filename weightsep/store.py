@@ -201,7 +201,7 @@ def _counts(state: PackedState) -> dict:
 def manifest_checksum(manifest: dict) -> str:
     """sha256 of a manifest's content without its own "checksum" field (canonical JSON)."""
     body = {k: v for k, v in manifest.items() if k != "checksum"}
-    return hashlib.sha256(json.dumps(body, sort_keys=True, allow_nan=False).encode()).hexdigest()
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()  # NaN hashes too: a mismatch, not a crash
 
 
 def sealed(manifest: dict) -> dict:
