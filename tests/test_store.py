@@ -411,3 +411,16 @@ def test_provenance_and_config_are_typed(tmp_path):
     assert StateConfig.from_json({"pack": {"mode": "ws"}}).pack == {"mode": "ws"}
     with pytest.raises(ValueError, match="unknown field\\(s\\) seed"):
         StateConfig.from_json({"seed": 1})
+
+
+def test_a_new_packing_saved_over_a_store_keeps_the_previous_generation(tmp_path):
+    """`run` packs a new state (never loaded: generation None) and saves it over ./state: the
+    store's generation before it stays restorable, like every other write."""
+    store = Store(tmp_path)
+    store.save(make_state(0))
+    assert store.load().generation == 1
+    fresh = make_state(1)
+    assert fresh.generation is None
+    store.save(fresh)
+    assert_same(store.load(), make_state(1))
+    assert_same(store.restore_previous(), make_state(0))
