@@ -82,7 +82,10 @@ def pack_config(state: PackedState) -> PackConfig:
     """The PackConfig a state was made with (ValueError if it records none: not made by `pack`)."""
     if state.config.pack is None:
         raise ValueError("this packed state records no pack config (it was not made by packing DNNs)")
-    return PackConfig(**state.config.pack)
+    try:
+        return PackConfig(**state.config.pack)
+    except TypeError as e:  # a field this version does not know, or one missing
+        raise ValueError(f"the store's pack config does not fit this weightsep's PackConfig: {e}") from None
 
 
 def shared_pages_needed(n_weights: list[int], config: PackConfig) -> int:

@@ -11,8 +11,10 @@ only code that knows this; everything else asks them.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
-from dataclasses import asdict, dataclass, field, fields
+import typing
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
@@ -43,16 +45,25 @@ def exclusive_slots(entries: torch.Tensor, n_shared: int) -> torch.Tensor:
 # ---------------------------------------------------------------- provenance and config
 
 
+def _json_kinds(hint) -> tuple[type, ...]:
+    """The JSON types a field of type `hint` may hold: a nested dataclass is an object, a float may be
+    written as an int, None is left out (an absent field)."""
+    kinds: list[type] = []
+    for arg in [a for a in typing.get_args(hint) if a is not type(None)] or [hint]:
+        kinds += [dict] if dataclasses.is_dataclass(arg) else [float, int] if arg is float else [arg]
+    return tuple(kinds)
+
+
 def _typed(cls, obj: Any, what: str):
     """A dataclass from its JSON dict; unknown or mistyped fields are ValueErrors naming them."""
     if not isinstance(obj, dict):
         raise ValueError(f"{what} must be a JSON object, got {type(obj).__name__}")
-    known = {f.name: f for f in fields(cls)}
-    unknown = sorted(set(obj) - set(known))
+    hints = typing.get_type_hints(cls)
+    unknown = sorted(set(obj) - set(hints))
     if unknown:
         raise ValueError(f"{what}: unknown field(s) {', '.join(unknown)}")
     for name, value in obj.items():
-        kinds = _KINDS[cls][name]
+        kinds = _json_kinds(hints[name])
         if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
             raise ValueError(f"{what}: field {name!r} is {type(value).__name__}, expected "
                              + " or ".join(k.__name__ for k in kinds))
@@ -111,14 +122,6 @@ class StateConfig:
     @classmethod
     def from_json(cls, obj: Any, what: str = "config") -> StateConfig:
         return _typed(cls, obj, what)
-
-
-_KINDS = {
-    Standalone: {"val_accuracy": (float, int), "test_accuracy": (float, int)},
-    Provenance: {"folder": (str,), "code_hash": (str,), "architecture": (str,), "fisher": (dict,),
-                 "standalone": (dict,), "pack": (dict,)},
-    StateConfig: {"pack": (dict,), "budget": (dict,), "optimize": (dict,), "history": (dict,)},
-}
 
 
 # ---------------------------------------------------------------- checks
