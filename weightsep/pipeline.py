@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import multiprocessing as mp
 import resource
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -27,7 +26,7 @@ from .pages import n_pages
 from .separation import allot, exclusive_budget, target_performance_rate
 from .state import PackedState, Provenance, Standalone
 from .store import Store, atomic_write_text
-from .train import Trained, ignore_sigint, set_single_thread, standalone_models
+from .train import Trained, set_single_thread, standalone_models, worker_pool
 
 RESULTS_DIR = dnn_mod.REPO_ROOT / "results"
 
@@ -286,7 +285,7 @@ def run_seed(config: RunConfig, loaded: dict[str, Loaded], seed: int, control: d
         task.batches = per_step[name]
     control_job, pool = None, None
     if config.no_sharing and control is None:  # the control needs no packing: it starts now and trains beside the packed DNNs
-        pool = mp.get_context("spawn").Pool(1, initializer=ignore_sigint)  # Ctrl-C is the parent's
+        pool = worker_pool(1)
         control_job = pool.apply_async(_control_worker, (
             [str(item.dnn.path) for item in loaded.values()], [trained[n].theta.numpy() for n in loaded],
             asdict(optimize_config), pack_config.page_size, per_step))

@@ -20,7 +20,10 @@ import hashlib
 import json
 import math
 import multiprocessing as mp
+import multiprocessing.pool
+import os
 import signal
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -155,9 +158,22 @@ def _imported(dnn: dnn_mod.DNN) -> Trained | None:
     return Trained(dnn.name, theta, val, test, best_step=0, seconds=0.0, cached=True)
 
 
-def ignore_sigint() -> None:
-    """Workers leave Ctrl-C to the parent, which stops the pool (no traceback from every worker)."""
+def worker_pool(processes: int) -> mp.pool.Pool:
+    """A pool of spawned worker processes that leave Ctrl-C to the parent (no traceback from every
+    worker) and end when the parent does, however it ends (an orphan would keep training and hold
+    the parent's output pipes open)."""
+    return mp.get_context("spawn").Pool(processes, initializer=_worker_init, initargs=(os.getpid(),))
+
+
+def _worker_init(parent: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True).start()
 
 
 def _train_worker(args: tuple[str, dict]) -> tuple[str, dict, np.ndarray]:
@@ -198,7 +214,7 @@ def standalone_models(dnns: list[dnn_mod.DNN], workers: int = 2, steps: int | No
         jobs = [(str(d.path), asdict(c)) for d, c, _ in todo]
         paths = {d.name: p for d, _, p in todo}
         bar = tqdm(total=len(jobs), desc="stand-alone training", unit="DNN")
-        with mp.get_context("spawn").Pool(min(workers, len(jobs)), initializer=ignore_sigint) as pool:
+        with worker_pool(min(workers, len(jobs))) as pool:
             for name, info, theta in pool.imap_unordered(_train_worker, jobs):
                 theta = torch.from_numpy(theta)
                 save_tensors(paths[name], {"theta": theta}, info)
