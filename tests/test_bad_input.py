@@ -234,7 +234,10 @@ def test_ctrl_c_is_a_message_and_exit_130(env, tmp_path):
     assert call(env, "prepare", "--dnn-folder", tmp_path / "plugins").returncode == 0
     proc = subprocess.Popen([sys.executable, *M, "add", "slow", "--dnn-folder", str(tmp_path / "plugins"), "--store",
                              str(tmp_path / "s"), "--workers", "1"], cwd=REPO, env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            # as from a terminal: a shell starts background jobs (CI, nohup ... &) with
+                            # SIGINT ignored, and Python keeps an inherited SIG_IGN
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     marker = Path(env["WEIGHTSEP_CACHE"]) / "loaded"
     deadline = time.time() + 60
     while not marker.exists() and time.time() < deadline and proc.poll() is None:
