@@ -244,7 +244,11 @@ def test_ctrl_c_is_a_message_and_exit_130(env, tmp_path):
         time.sleep(0.2)
     time.sleep(2)  # into the stand-alone training
     proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=60)
+    try:
+        out, err = proc.communicate(timeout=60)
+    finally:  # never leave it training (its worker ends with it)
+        if proc.poll() is None:
+            proc.kill()
     assert proc.returncode == 130, (out, err)
     assert "interrupted" in err and "last good state" in err and "Traceback" not in err, err
 
