@@ -179,12 +179,12 @@ def suite() -> list[str]:
 def get(name_or_path: str, extra: list[Path] | tuple = ()) -> DNN:
     """One DNN by name (among discovered folders) or by folder path; unknown names list the known."""
     text = str(name_or_path)
-    if os.sep not in text and not text.startswith("."):
-        known = folders(extra)
-        if text in known:
-            return load_folder(known[text])
-        if not Path(text).exists():
-            raise DNNError(f"unknown DNN {text!r}; known: {', '.join(sorted(known)) or 'none'}")
+    if os.sep not in text and not text.startswith("."):  # a name, unless only a folder here has it
+        try:
+            return get_by_name(text, extra)
+        except DNNError:
+            if not Path(text).exists():
+                raise
     path = Path(text)
     if is_dnn_folder(path):
         return load_folder(path)
