@@ -19,6 +19,8 @@ so an unoccupied shared page (F* = 0) costs nothing. Matchers, by name in `MATCH
 * "optimal": the exact minimum-cost assignment (Hungarian-type solver), unconstrained.
 * "optimal-occupancy": the exact minimum under the greedy's occupancy footprint (as many pages into
   each occupancy tier as the greedy puts there); never costs more than the greedy.
+* "random": a uniformly random assignment that ignores the cost, the control against which the
+  others' lower cost is measured (seeded by the DNN's pages, so a run repeats).
 
 Reference convention for comparing matchers (`place`): a shared page holds its first occupant's
 weights and accumulates every occupant's Fisher. The pipeline retrains the shared pages afterwards,
@@ -31,6 +33,7 @@ so this is the state matching sees, not the final one.
 """
 from __future__ import annotations
 
+import hashlib
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -201,8 +204,16 @@ def optimal_occupancy(w_a: np.ndarray, F_a: np.ndarray, w_shared: np.ndarray, F_
     return assignment
 
 
+def random_assignment(w_a: np.ndarray, F_a: np.ndarray, w_shared: np.ndarray, F_shared: np.ndarray,
+                      occupancy: np.ndarray) -> np.ndarray:
+    """Distinct shared pages drawn uniformly at random, whatever they cost."""
+    seed = int.from_bytes(hashlib.sha256(np.ascontiguousarray(w_a).tobytes()).digest()[:8], "little")
+    return np.random.default_rng(seed).permutation(len(w_shared))[: len(w_a)].astype(np.int64)
+
+
 Matcher = Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray], np.ndarray]
-MATCHERS: dict[str, Matcher] = {"optimal": optimal, "optimal-occupancy": optimal_occupancy, "greedy": greedy}
+MATCHERS: dict[str, Matcher] = {"optimal": optimal, "optimal-occupancy": optimal_occupancy, "greedy": greedy,
+                                "random": random_assignment}
 
 
 def match(method: str, w_a: np.ndarray, F_a: np.ndarray, w_shared: np.ndarray, F_shared: np.ndarray,

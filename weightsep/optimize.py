@@ -225,6 +225,7 @@ class History:
     skipped: dict[str, int] = field(default_factory=dict)  # DNN -> non-finite steps dropped
     rolled_back: int = 0
     seconds: float = 0.0
+    overlap: list[float] = field(default_factory=list)  # round-robin: per round, the DNNs' mean overlap loss (lambda 1) after their turns
 
     def record(self, dnn_batches: int, accs: dict[str, float], score: float) -> bool:
         """Log a validation check; True if its score is the best so far."""
@@ -459,6 +460,7 @@ def round_robin(po: PageOptimizer) -> None:
     bar = tqdm(total=cfg.rounds * len(names), desc=f"{cfg.optimizer} optimisation", unit="turn", leave=False,
                disable=not po.progress)
     for _ in range(cfg.rounds):
+        overlap = 0.0
         for name in names:
             terms = _overlap_terms(po, name, last)
             w = po.theta(name).detach().clone().requires_grad_(True)
@@ -483,9 +485,11 @@ def round_robin(po: PageOptimizer) -> None:
                     warnings.warn(f"DNN {name!r}: weights became non-finite; step rolled back",
                                   RuntimeWarning, stacklevel=2)
             dnn_batches += cfg.steps_per_turn * po.batches_per_step[name]
+            overlap += float(overlap_loss(w.detach(), terms, 1.0)) / len(names)
             write_back(po, name, w.detach())
             last[name] = w.detach().clone()
             bar.update()
+        po.history.overlap.append(overlap)
         po.validate(dnn_batches)
     bar.close()
 

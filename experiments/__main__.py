@@ -1,0 +1,79 @@
+"""Experiments that answer the papers' open questions, one command each, gathered into a report.
+
+    python -m experiments all                  # every experiment at default sizes, then the report
+    python -m experiments all --quick          # every experiment small (three DNNs, two seeds), then the report
+    python -m experiments matching --seeds 0 1 2 3 4 5
+    python -m experiments all --paper          # the same on the paper's DNNs whose data is here
+    python -m experiments report               # results/REPORT.md from the results already written
+
+Each experiment writes results/experiments/<name>.{json,csv,png} (with --paper:
+results/experiments/paper/); `report` gathers them into results/REPORT.md. Runs are cached
+(experiments/harness.py), so a second `all` only re-draws the tables and plots.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from weightsep import dnn as dnn_mod
+
+from . import harness, report
+
+
+def parse(argv) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m experiments", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog="experiments: " + ", ".join(report.experiments()))
+    p.add_argument("name", choices=["all", "report", *report.experiments()], help="an experiment, all of them, or the report")
+    p.add_argument("--quick", action="store_true", help="small sizes: a smoke run of every experiment in minutes")
+    p.add_argument("--paper", action="store_true", help="the paper's DNNs whose data is present instead of the suite")
+    p.add_argument("--dnns", nargs="+", default=None, help="DNN names (default: the offline suite)")
+    p.add_argument("--seeds", type=int, nargs="+", default=None, help="seeds (default: 0 1 2; matching 0-4)")
+    p.add_argument("--steps", type=int, default=None, help="optimisation budget, DNN-batches per DNN (default 300)")
+    p.add_argument("--train-steps", type=int, default=None, help="stand-alone training steps (default: each folder's)")
+    p.add_argument("--workers", type=int, default=None, help="runs at once (default 2)")
+    p.add_argument("--fresh", action="store_true", help="ignore cached runs")
+    args = p.parse_args(argv)
+    for flag in ("seeds", "dnns"):
+        value = getattr(args, flag)
+        if value is not None and (not value or len(set(value)) != len(value)):
+            p.error(f"--{flag} must name distinct values")
+    for flag in ("steps", "train_steps", "workers"):
+        value = getattr(args, flag)
+        if value is not None and value < 1:
+            p.error(f"--{flag.replace('_', '-')} must be >= 1, got {value}")
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse(argv)
+    try:
+        if args.name == "report":
+            print(f"wrote {report.write()}")
+            return 0
+        scale = harness.Scale.default(args.quick, args.paper, dnns=tuple(args.dnns) if args.dnns else None,
+                                      seeds=tuple(args.seeds) if args.seeds else None, steps=args.steps,
+                                      train_steps=args.train_steps, workers=args.workers)
+        for name in args.dnns or ():
+            dnn_mod.get(name)  # an unknown name fails here, before any work
+        names = report.experiments() if args.name == "all" else [args.name]
+        start = time.perf_counter()
+        for name in names:
+            began = time.perf_counter()
+            print(f"== {name}: {report.module(name).QUESTION}", flush=True)
+            png = report.run(name, scale, args.fresh)
+            print(f"   wrote {png} and its .json, .csv ({time.perf_counter() - began:.0f} s)", flush=True)
+        if args.name == "all":
+            print(f"all experiments: {time.perf_counter() - start:.0f} s; wrote {report.write()}")
+        return 0
+    except (dnn_mod.DNNError, ValueError, OSError, RuntimeError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted; finished runs are cached and a rerun resumes from them", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,374 @@
+"""What every experiment shares: a setting of the pipeline, run once per seed in a fresh process,
+cached, with mean and spread over seeds, and the results written as JSON, CSV and a plot.
+
+An experiment module (experiments/<name>.py) defines
+
+    NAME, QUESTION       its file name and the question it answers (one sentence)
+    plan(scale)          -> list of Setting: what to run; the harness runs each for every seed
+    analyse(runs, scale) -> dict with "rows" (one flat dict per table row: the CSV and the report's
+                            table), "answer" (one or two sentences, built from the numbers) and
+                            anything the plot needs
+    plot(result, path)   draws results/experiments/<name>.png
+
+and the harness does the rest (`run_experiment`). A run of one setting for one seed (`run_setting`)
+trains nothing: the stand-alone models of every seed are trained (or taken from the cache) first,
+in the parent, then the runs go to `workers` spawned processes with one thread each (which keep
+the DNNs' data loaded between runs); a setting marked `measure` has its first seed run afterwards,
+alone, in a fresh process, so its timings see no neighbour and its peak RSS is its own. A crash in
+one run names the setting and seed; finished runs stay cached. Runs are cached by setting,
+seed, scale and the code of `weightsep/` (`$WEIGHTSEP_CACHE/experiments/runs`), so a setting that
+several experiments share (our defaults) runs once, and a changed pipeline runs again.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import math
+import os
+import resource
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from weightsep import dnn as dnn_mod
+from weightsep.evaluate import make_row, packed_theta, summarize
+from weightsep.fisher import FisherConfig
+from weightsep.optimize import OptimizeConfig, optimize, step_batches
+from weightsep.pack import PackConfig, solo_state
+from weightsep.pipeline import RESULTS_DIR, load, pack_and_optimize
+from weightsep.store import atomic_write_text
+from weightsep.train import set_single_thread, standalone_models, worker_pool
+
+OUT_DIR = RESULTS_DIR / "experiments"
+QUICK_DNNS = ("dna", "letters", "satellite")  # the three DNNs that train and optimise fastest
+
+
+@dataclass(frozen=True)
+class Scale:
+    """How big every experiment runs: the DNNs, the seeds and the training budgets.
+
+    `steps` is the DNN-batch budget of the optimisers: joint optimisation runs `steps` steps (each a
+    batch of every DNN), the published optimisers the same number of DNN-batches per DNN."""
+
+    dnns: tuple[str, ...]
+    seeds: tuple[int, ...] = (0, 1, 2)
+    steps: int = 300
+    train_steps: int | None = None  # stand-alone training (None: each folder's TRAIN)
+    workers: int = 2  # runs at once (timings and memory are measured in their own phase, one at a time)
+    quick: bool = False
+    paper: bool = False
+
+    @classmethod
+    def default(cls, quick: bool = False, paper: bool = False, **changes) -> Scale:
+        if paper:
+            base = cls(dnns=tuple(paper_dnns_present()), paper=True, steps=320 if quick else 3200)
+            base = replace(base, seeds=(0,) if quick else (0, 1, 2))
+        elif quick:
+            base = cls(dnns=QUICK_DNNS, seeds=(0, 1), steps=40, train_steps=300, quick=True)
+        else:
+            base = cls(dnns=tuple(dnn_mod.suite()))
+        return replace(base, **{k: v for k, v in changes.items() if v is not None})
+
+    def describe(self) -> str:
+        train = "each folder's stand-alone budget" if self.train_steps is None else f"{self.train_steps} stand-alone steps"
+        return (f"DNNs {', '.join(self.dnns)}; seeds {', '.join(map(str, self.seeds))}; "
+                f"{self.steps} DNN-batches per DNN of optimisation; {train}")
+
+
+def paper_dnns_present() -> list[str]:
+    """The paper's DNN folders (repository root) whose data loads here; today mnist and fmnist."""
+    present = []
+    for dnn in sorted(dnn_mod.discover().values(), key=lambda d: d.name):
+        if dnn.meta.get("paper") is None:
+            continue
+        try:
+            dnn.load_data()
+        except (FileNotFoundError, OSError, ValueError):
+            continue
+        present.append(dnn.name)
+    if not present:
+        raise dnn_mod.DNNError("--paper: no paper DNN has its data here (./download_dataset.sh NAME fetches it)")
+    return present
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One configuration of the pipeline: changes to the config dataclasses' defaults.
+
+    `control`: instead of packing, optimise each DNN alone with all its pages exclusive and the same
+    optimiser config (the no-sharing control). `dnns`: a subset of the scale's DNNs (None: all).
+    `replicas`: each DNN packed this many times (synthetic DNNs for time and memory only).
+    `same_budget`: give a published optimiser as many DNN-batches as joint optimisation would take
+    in total (joint gives cheap DNNs extra batches), spread over `turns` turns per DNN."""
+
+    label: str
+    pack: dict = field(default_factory=dict)
+    fisher: dict = field(default_factory=dict)
+    optimize: dict = field(default_factory=dict)
+    dnns: tuple[str, ...] | None = None
+    control: bool = False
+    replicas: int = 1
+    same_budget: bool = False
+    turns: int = 10
+    seeds: tuple[int, ...] | None = None  # None: the scale's seeds
+    measure: bool = False  # timings matter: the first seed runs alone, one process at a time, after the rest
+
+    def key(self, scale: Scale, seed: int) -> str:
+        blob = json.dumps({"setting": {k: v for k, v in asdict(self).items() if k not in ("label", "seeds")},
+                           "seed": seed, "dnns": self.dnns or scale.dnns, "steps": scale.steps,
+                           "train_steps": scale.train_steps, "code": code_hash()}, sort_keys=True, default=list)
+        return hashlib.sha256(blob.encode()).hexdigest()[:20]
+
+
+def code_hash() -> str:
+    """The pipeline's code: a changed weightsep/ or harness invalidates cached runs."""
+    h = hashlib.sha256()
+    for path in sorted((dnn_mod.REPO_ROOT / "weightsep").glob("*.py")) + [Path(__file__)]:
+        h.update(path.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def runs_dir() -> Path:
+    return dnn_mod.cache_dir() / "experiments" / "runs"
+
+
+def configs(setting: Setting, scale: Scale, seed: int) -> tuple[PackConfig, FisherConfig, OptimizeConfig]:
+    """The setting's configs: the dataclasses' defaults, the scale's budget, the setting's changes."""
+    pack = replace(PackConfig(seed=seed), **setting.pack)
+    fisher = replace(FisherConfig(seed=seed), **setting.fisher)
+    checks = max(1, scale.steps // 10)
+    opt = OptimizeConfig(seed=seed, steps=scale.steps, eval_every=checks, rounds=setting.turns,
+                         steps_per_turn=max(1, scale.steps // setting.turns))
+    return pack, fisher, replace(opt, **setting.optimize)
+
+
+def run_setting(setting: Setting, scale: Scale, seed: int) -> dict:
+    """The pipeline once for one setting and seed (in a worker process): a flat row of results."""
+    set_single_thread()
+    names = list(setting.dnns or scale.dnns)
+    loaded = {n: _load(n) for n in names}
+    trained = standalone_models([item.dnn for item in loaded.values()], 1, scale.train_steps, seed=seed)
+    if setting.replicas > 1:  # synthetic DNNs: each real one several times, its data shared
+        loaded = {f"{n}~{r}": item for r in range(setting.replicas) for n, item in loaded.items()}
+        trained = {f"{n}~{r}": trained[n] for r in range(setting.replicas) for n in names}
+    pack_config, fisher_config, opt = configs(setting, scale, seed)
+    tasks = {n: item.task(trained[n].theta) for n, item in loaded.items()}
+    per_step = step_batches(tasks, replace(opt, optimizer="joint"))
+    if setting.same_budget and opt.optimizer != "joint":  # the joint optimiser's DNN-batches, per DNN
+        total = round(opt.steps * sum(per_step.values()) / len(tasks))
+        opt = replace(opt, steps_per_turn=max(1, total // opt.rounds))
+    for name, task in tasks.items():
+        task.batches = per_step[name] if opt.optimizer == "joint" else 1
+    start = time.perf_counter()
+    if setting.control:
+        return _control_row(setting, loaded, trained, tasks, opt, pack_config.page_size, seed, start)
+    state, history, opt, times = pack_and_optimize(loaded, trained, tasks, pack_config, fisher_config, opt)
+    rows = [make_row(state, n, trained[n].test_accuracy, item.test_accuracy(packed_theta(state, n)))
+            for n, item in loaded.items()]
+    table = summarize(state, rows)
+    batches_done = history.steps[-1] if history.steps else 0
+    return {**_common(setting, seed, names, table, start),
+            "matching_cost": sum(v.provenance.pack["matching_cost"] for v in state.vnns.values()),
+            "fisher_seconds": times["fisher_seconds"], "matching_seconds": times["matching_seconds"],
+            "optimize_seconds": times["optimize_seconds"], "dnn_batches": batches_done,
+            "ms_per_dnn_batch": 1000 * times["optimize_seconds"] / max(1, batches_done),
+            "ms_per_step": 1000 * times["optimize_seconds"] / max(1, _steps_run(opt, len(tasks))),
+            "overlap_loss": history.overlap[-1] if history.overlap else None,
+            "curve": {"dnn_batches": history.steps, "val": history.val_accuracy, "best_index": history.best_index}}
+
+
+def _steps_run(opt: OptimizeConfig, n_dnns: int) -> int:
+    """Optimiser steps: joint steps, or the published optimisers' Adam steps (all DNNs' turns)."""
+    rounds = 1 if opt.optimizer == "sequential" else opt.rounds
+    return opt.steps if opt.optimizer == "joint" else rounds * opt.steps_per_turn * n_dnns
+
+
+def _control_row(setting, loaded, trained, tasks, opt, page_size, seed, start) -> dict:
+    """Each DNN optimised alone, every page exclusive, with the same config and its own batches."""
+    accs, curves, seconds = {}, {}, 0.0
+    for name, item in loaded.items():
+        alone = solo_state(name, trained[name].theta, page_size)
+        result, history = optimize(alone, {name: tasks[name]}, replace(opt, promote_pages=0), progress=False)
+        accs[name] = item.test_accuracy(packed_theta(result, name))
+        curves[name] = {"dnn_batches": history.steps, "val": [v[name] for v in history.val_accuracy]}
+        seconds += history.seconds
+    per_dnn = {n: {"standalone": trained[n].test_accuracy, "packed": accs[n],
+                   "difference_pp": 100 * (accs[n] - trained[n].test_accuracy), "exclusive_pages": None}
+               for n in loaded}
+    n = len(loaded)
+    checks = min(len(c["val"]) for c in curves.values())
+    curve = {"dnn_batches": [sum(c["dnn_batches"][i] for c in curves.values()) for i in range(checks)],
+             "val": [{name: curves[name]["val"][i] for name in curves} for i in range(checks)], "best_index": None}
+    weights = sum(t.theta.numel() for t in trained.values())
+    return {"label": setting.label, "seed": seed, "dnns": list(loaded), "per_dnn": per_dnn,
+            "mean_difference_pp": sum(d["difference_pp"] for d in per_dnn.values()) / n,
+            "worst_difference_pp": min(d["difference_pp"] for d in per_dnn.values()),
+            "mean_packed_accuracy": sum(accs.values()) / n, "packed_weights": weights, "ratio_by_count": 1.0,
+            "ratio_by_bytes": 1.0, "packed_bytes": 4 * weights, "optimize_seconds": seconds,
+            "seconds": time.perf_counter() - start, "peak_rss_mb": _peak_rss_mb(), "curve": curve}
+
+
+def _common(setting: Setting, seed: int, names: list[str], table: dict, start: float) -> dict:
+    t = table["totals"]
+    return {"label": setting.label, "seed": seed, "dnns": names,
+            "per_dnn": {r["name"]: {"standalone": r["standalone_accuracy"], "packed": r["packed_accuracy"],
+                                    "difference_pp": r["difference_pp"], "exclusive_pages": r["exclusive_pages"]}
+                        for r in table["rows"]},
+            "mean_difference_pp": t["mean_difference_pp"],
+            "worst_difference_pp": min(r["difference_pp"] for r in table["rows"]),
+            "mean_packed_accuracy": t["mean_packed_accuracy"], "packed_weights": t["packed_weights"],
+            "packed_bytes": t["packed_bytes"], "ratio_by_count": t["ratio_by_count"],
+            "ratio_by_bytes": t["ratio_by_bytes"], "shared_pages": t["shared_pages"],
+            "exclusive_pages": t["exclusive_pages"], "seconds": time.perf_counter() - start,
+            "peak_rss_mb": _peak_rss_mb()}
+
+
+_LOADED: dict = {}  # a worker's DNNs with their data, by name: runs in one process load them once
+
+
+def _load(name: str):
+    if name not in _LOADED:
+        _LOADED.update(load([name]))
+    return _LOADED[name]
+
+
+def _peak_rss_mb() -> float:
+    """This process's peak resident memory (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _worker(setting: Setting, scale: Scale, seed: int, measured: bool) -> dict:
+    row = run_setting(setting, scale, seed)
+    row["measured"] = measured
+    if not measured:  # a reused process: its peak memory is not this run's
+        row["peak_rss_mb"] = None
+    return row
+
+
+def run_all(settings: list[Setting], scale: Scale, fresh: bool = False, desc: str = "runs") -> dict[str, list[dict]]:
+    """Every setting for each of its seeds: cached rows, the rest in fresh processes. Returns label -> rows by seed.
+
+    The first seed of a setting marked `measure` runs one at a time after the others, so its
+    timings see no neighbour (peak memory is a process's own either way)."""
+    seeds = sorted({s for st in settings for s in (st.seeds or scale.seeds)})
+    names = sorted({n for st in settings for n in (st.dnns or scale.dnns)})
+    for seed in seeds:  # train (or load) every seed's stand-alone models once, in parallel, before the runs
+        standalone_models([dnn_mod.get(n) for n in names], scale.workers, scale.train_steps, seed=seed)
+    root = runs_dir()
+    root.mkdir(parents=True, exist_ok=True)
+    jobs, out = [], {st.label: [] for st in settings}
+    for st in settings:
+        for seed in st.seeds or scale.seeds:
+            path = root / f"{st.key(scale, seed)}.json"
+            if path.exists() and not fresh:
+                out[st.label].append(json.loads(path.read_text()))
+            else:
+                jobs.append((st, seed, path, st.measure and seed == (st.seeds or scale.seeds)[0]))
+    bar = tqdm(total=len(jobs), desc=desc, unit="run")
+    for measured in (False, True):
+        batch = [j[:3] for j in jobs if j[3] == measured]
+        if not batch:
+            continue
+        previous, os.environ["TQDM_DISABLE"] = os.environ.get("TQDM_DISABLE"), "1"  # workers' bars would garble ours
+        try:  # a measured run gets a fresh process: its peak memory is its own
+            pool = worker_pool(1 if measured else min(scale.workers, len(batch)), fresh=measured)
+        finally:
+            if previous is None:
+                del os.environ["TQDM_DISABLE"]
+            else:
+                os.environ["TQDM_DISABLE"] = previous
+        with pool:
+            pending = [(st, seed, path, pool.apply_async(_worker, (st, scale, seed, measured))) for st, seed, path in batch]
+            for st, seed, path, job in pending:
+                try:
+                    row = job.get()
+                except Exception as e:
+                    raise RuntimeError(f"setting {st.label!r}, seed {seed}: {type(e).__name__}: {e}") from e
+                atomic_write_text(path, json.dumps(row) + "\n")
+                out[st.label].append(row)
+                bar.set_postfix_str(f"{st.label} seed {seed}: {row['mean_difference_pp']:+.2f} pp")
+                bar.update()
+    bar.close()
+    for rows in out.values():
+        rows.sort(key=lambda r: r["seed"])
+    return out
+
+
+def stats(values: list[float]) -> dict:
+    """Mean, sample standard deviation, min, max and n of a list of numbers."""
+    values = [v for v in values if v is not None]
+    n = len(values)
+    if not n:
+        return {"mean": None, "std": None, "min": None, "max": None, "n": 0}
+    mean = sum(values) / n
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0
+    return {"mean": mean, "std": std, "min": min(values), "max": max(values), "n": n}
+
+
+def paired(a: list[dict], b: list[dict], key: str = "mean_difference_pp") -> dict:
+    """a minus b over the seeds both have: the mean difference, its standard error, and whether it
+    is within seed noise (seeds disagree on the sign, or |mean| under two standard errors)."""
+    by_seed = {r["seed"]: r[key] for r in b}
+    d = [r[key] - by_seed[r["seed"]] for r in a if r["seed"] in by_seed]
+    s = stats(d)
+    if s["n"] == 0:
+        return {**s, "se": None, "noise": True}
+    se = s["std"] / math.sqrt(s["n"]) if s["n"] > 1 else float("inf")
+    noise = s["n"] < 2 or (s["min"] < 0 < s["max"]) or abs(s["mean"]) < 2 * se
+    return {**s, "se": se, "noise": noise}
+
+
+def fmt(s: dict, digits: int = 2, signed: bool = True, unit: str = "") -> str:
+    """A cell: mean ± std over seeds (n)."""
+    if s["mean"] is None:
+        return "–"
+    sign = "+" if signed else ""
+    return f"{s['mean']:{sign}.{digits}f}{unit} ± {s['std']:.{digits}f}"
+
+
+def summary_row(rows: list[dict]) -> dict:
+    """Mean and spread over seeds of the quantities every run has."""
+    keys = ("mean_difference_pp", "worst_difference_pp", "mean_packed_accuracy", "ratio_by_count", "ratio_by_bytes",
+            "packed_weights", "packed_bytes", "optimize_seconds", "peak_rss_mb", "matching_cost", "ms_per_step",
+            "ms_per_dnn_batch", "seconds")
+    return {k: stats([r.get(k) for r in rows]) for k in keys}
+
+
+def write_outputs(name: str, result: dict, plot, out_dir: Path = OUT_DIR) -> Path:
+    """results/experiments/<name>.json (everything), .csv (the table rows) and .png (the plot)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out_dir / f"{name}.json", json.dumps(result, indent=1, default=float) + "\n")
+    rows = result["rows"]
+    if rows:
+        buf = io.StringIO()
+        keys = list(dict.fromkeys(k for r in rows for k in r))
+        writer = csv.DictWriter(buf, fieldnames=keys)
+        writer.writeheader()
+        writer.writerows(rows)
+        atomic_write_text(out_dir / f"{name}.csv", buf.getvalue())
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    plot(result, plt)
+    png = out_dir / f"{name}.png"
+    plt.savefig(png.with_suffix(".tmp.png"), dpi=110, bbox_inches="tight")
+    plt.close("all")
+    os.replace(png.with_suffix(".tmp.png"), png)
+    return png
+
+
+def errorbar(ax, xs, rows_by_x: list[list[dict]], key: str, label: str, **kw) -> None:
+    """A line of means with min-max bars over seeds."""
+    s = [stats([r[key] for r in rows]) for rows in rows_by_x]
+    mean = [v["mean"] for v in s]
+    ax.errorbar(xs, mean, yerr=[[m - v["min"] for m, v in zip(mean, s)], [v["max"] - m for m, v in zip(mean, s)]],
+                label=label, capsize=3, marker="o", **kw)
+
+
+def torch_threads_note() -> str:
+    return f"torch {torch.__version__}, {torch.get_num_threads()} thread per process"

@@ -1,0 +1,98 @@
+"""The experiments, found by discovery, and results/REPORT.md gathered from what they wrote.
+
+An experiment is a module of this package with `SECTION` (its place in the report), `TITLE`,
+`QUESTION` and `run(scale, fresh) -> result`; the result holds `setup`, `table` (markdown),
+`answer` and `rows` (the CSV). `report` reads only results/experiments/*.json: it runs nothing.
+"""
+from __future__ import annotations
+
+import importlib
+import json
+import pkgutil
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+from weightsep.pipeline import RESULTS_DIR
+from weightsep.store import atomic_write_text
+
+from . import harness
+
+PACKAGE = Path(__file__).parent
+REPORT = RESULTS_DIR / "REPORT.md"
+
+
+def experiments() -> list[str]:
+    """Module names of the experiments, in report order."""
+    found = []
+    for info in pkgutil.iter_modules([str(PACKAGE)]):
+        text = (PACKAGE / f"{info.name}.py").read_text()
+        if "\nSECTION = " in text:
+            found.append((int(text.split("\nSECTION = ")[1].split()[0]), info.name))
+    return [name for _, name in sorted(found)]
+
+
+def module(name: str):
+    return importlib.import_module(f"experiments.{name}")
+
+
+def out_dir(paper: bool) -> Path:
+    return harness.OUT_DIR / "paper" if paper else harness.OUT_DIR
+
+
+def run(name: str, scale: harness.Scale, fresh: bool = False) -> Path:
+    """Run one experiment and write its .json, .csv and .png."""
+    mod = module(name)
+    start = time.perf_counter()
+    result = mod.run(scale, fresh)
+    flags = (" --paper" if scale.paper else "") + (" --quick" if scale.quick else "")
+    result.update(name=name, title=mod.TITLE, question=mod.QUESTION, scale=asdict(scale),
+                  command=f"python -m experiments {name}{flags}", seconds=time.perf_counter() - start,
+                  date=time.strftime("%Y-%m-%d %H:%M"), code=harness.code_hash())
+    return harness.write_outputs(name, result, mod.plot, out_dir(scale.paper))
+
+
+def section(result: dict, number: int, png: str) -> str:
+    scale = result["scale"]
+    lines = [f"## {number}. {result['title']}", "", f"**Question.** {result['question']}", "",
+             f"**Setup.** `{result['command']}` ({result['seconds'] / 60:.1f} min, {result['date']}). "
+             f"{result['setup']} Scale: {harness.Scale(**{**scale, 'dnns': tuple(scale['dnns']), 'seeds': tuple(scale['seeds'])}).describe()}.",
+             "", result["table"], "", f"![{result['title']}]({png})", "", f"**Answer.** {result['answer']}", ""]
+    return "\n".join(lines)
+
+
+def write(path: Path = REPORT) -> Path:
+    """results/REPORT.md from the experiments' JSON files (the suite's, then the paper DNNs')."""
+    parts = ["# weightsep: experiments on the papers' open questions", "",
+             "Each section states a question the NWV (MobiSys 2020) and WS (PerCom 2022) papers leave open, the "
+             "setup that measures it (command, DNNs, budget, seeds), the table and plot, and the answer with its "
+             "spread. Cells are mean ± standard deviation over seeds; a difference is called *within seed noise* "
+             "when the seeds disagree on its sign or its mean is under two standard errors of the paired "
+             "per-seed differences. Accuracy changes are test accuracy after packing minus stand-alone, in "
+             "percentage points (pp); selection is on validation data, test scored once. Regenerate with "
+             "`python -m experiments all` (runs are cached) or just this file with `python -m experiments report`.",
+             ""]
+    contents, body = [], []
+    number = 0
+    for paper in (False, True):
+        for name in experiments():
+            file = out_dir(paper) / f"{name}.json"
+            if not file.exists():
+                continue
+            result = json.loads(file.read_text())
+            number += 1
+            title = result["title"] + (" (paper DNNs)" if paper else "")
+            result["title"] = title
+            contents.append(f"{number}. [{title}](#{number}-{anchor(title)})")
+            png = file.with_suffix(".png").relative_to(path.parent).as_posix()
+            body.append(section(result, number, png))
+    if not body:
+        raise ValueError(f"no experiment results in {harness.OUT_DIR}: run `python -m experiments all` first")
+    atomic_write_text(path, "\n".join(parts + contents + [""] + body))
+    return path
+
+
+def anchor(title: str) -> str:
+    """GitHub's heading anchor: lower case, punctuation dropped, spaces to hyphens."""
+    keep = "".join(c for c in title.lower() if c.isalnum() or c in " -_")
+    return keep.replace(" ", "-")
