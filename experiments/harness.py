@@ -323,6 +323,15 @@ def paired(a: list[dict], b: list[dict], key: str = "mean_difference_pp") -> dic
     return {**s, "se": se, "noise": noise}
 
 
+def versus(p: dict) -> str:
+    """A paired difference as a cell: mean ± standard error, "~" when within seed noise."""
+    return f"{p['mean']:+.2f} ± {p['se']:.2f} (se){' ~' if p['noise'] else ''}"
+
+
+def noise_words(noise: bool) -> str:
+    return "within seed noise" if noise else "beyond seed noise"
+
+
 def fmt(s: dict, digits: int = 2, signed: bool = True, unit: str = "") -> str:
     """A cell: mean ± std over seeds (n)."""
     if s["mean"] is None:

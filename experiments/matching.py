@@ -42,14 +42,14 @@ def run(scale: harness.Scale, fresh: bool = False) -> dict:
                      "vs_greedy_pp": vs["mean"], "vs_greedy_noise": vs["noise"], "seeds": len(rs)})
         table.append(f"| {m} | {harness.fmt(cost, 3, False)} | {harness.fmt(before, 2, False)} | "
                      f"{harness.fmt(s['mean_difference_pp'])} | {harness.fmt(s['worst_difference_pp'])} | "
-                     f"{_vs(vs) if m != REFERENCE else '–'} | {harness.fmt(seconds, 2, False)} |")
+                     f"{harness.versus(vs) if m != REFERENCE else '–'} | {harness.fmt(seconds, 2, False)} |")
     by = {r["matcher"]: r for r in rows}
     opt, rnd = by["optimal"], by["random"]
     answer = (f"Optimal matching costs {opt['cost_vs_greedy']:.2f}x the greedy's and random {rnd['cost_vs_greedy']:.1f}x. "
               f"Before optimisation the lower cost shows (validation {opt['val_before_pct']:.1f}% optimal, "
               f"{by['greedy']['val_before_pct']:.1f}% greedy, {rnd['val_before_pct']:.1f}% random); after it, optimal vs "
-              f"greedy is {opt['vs_greedy_pp']:+.2f} pp ({_noise(opt['vs_greedy_noise'])}) and random vs greedy "
-              f"{rnd['vs_greedy_pp']:+.2f} pp ({_noise(rnd['vs_greedy_noise'])}) over {opt['seeds']} seeds.")
+              f"greedy is {opt['vs_greedy_pp']:+.2f} pp ({harness.noise_words(opt['vs_greedy_noise'])}) and random vs greedy "
+              f"{rnd['vs_greedy_pp']:+.2f} pp ({harness.noise_words(rnd['vs_greedy_noise'])}) over {opt['seeds']} seeds.")
     points = {m: [(r["matching_cost"] / g["matching_cost"], r["mean_difference_pp"], 100 * _mean(r["curve"]["val"][0].values()))
                   for r, g in zip(runs[labels[m]], ref)] for m in MATCHERS}
     return {"setup": "Every matcher packs the same stand-alone DNNs per seed; separation, Fisher and joint "
@@ -63,12 +63,6 @@ def _mean(values) -> float:
     return sum(values) / len(values)
 
 
-def _vs(p: dict) -> str:
-    return f"{p['mean']:+.2f} ± {p['se']:.2f} (se){' ~' if p['noise'] else ''}"
-
-
-def _noise(noise: bool) -> str:
-    return "within seed noise" if noise else "beyond seed noise"
 
 
 def plot(result: dict, plt) -> None:

@@ -1,0 +1,87 @@
+"""Page size: how do accuracy, matching cost and time, and the packing ratio depend on P?
+
+P in {64, ..., 2048} with the shared pages' weights held at the published 128 x 512 (so S = 65,536 / P),
+everything else at our defaults (the budget separation's ratio 6 sets the exclusive pages).
+
+    python -m experiments page_size
+"""
+from __future__ import annotations
+
+from weightsep.pack import PackConfig
+
+from . import harness
+
+SECTION = 2
+TITLE = "Page size"
+QUESTION = "How do accuracy after optimisation, matching cost and time, and the packing ratio depend on the page size?"
+SIZES = (64, 128, 256, 512, 1024, 2048)
+SHARED_WEIGHTS = PackConfig.n_shared * PackConfig.page_size
+
+
+def setting(p: int) -> harness.Setting:
+    if p == PackConfig.page_size:
+        return harness.Setting("ours")
+    return harness.Setting(f"P={p}", pack={"page_size": p, "n_shared": SHARED_WEIGHTS // p})
+
+
+def run(scale: harness.Scale, fresh: bool = False) -> dict:
+    settings = {p: setting(p) for p in SIZES}
+    runs = harness.run_all(list(settings.values()), scale, fresh, "page size")
+    ref = runs["ours"]
+    rows, table = [], ["| P | S | mean change pp | worst DNN pp | vs P=512 pp | matching cost | matching s | "
+                       "ratio by count | ratio by bytes |", "|---|---|---|---|---|---|---|---|---|"]
+    for p, st in settings.items():
+        rs = runs[st.label]
+        s = harness.summary_row(rs)
+        vs = harness.paired(rs, ref)
+        seconds = harness.stats([r["matching_seconds"] for r in rs])
+        rows.append({"page_size": p, "shared_pages": SHARED_WEIGHTS // p, "mean_change_pp": s["mean_difference_pp"]["mean"],
+                     "mean_change_std": s["mean_difference_pp"]["std"], "worst_pp": s["worst_difference_pp"]["mean"],
+                     "vs_512_pp": vs["mean"], "vs_512_noise": vs["noise"], "matching_cost": s["matching_cost"]["mean"],
+                     "matching_cost_std": s["matching_cost"]["std"], "matching_seconds": seconds["mean"],
+                     "ratio_by_count": s["ratio_by_count"]["mean"], "ratio_by_bytes": s["ratio_by_bytes"]["mean"],
+                     "seeds": len(rs)})
+        table.append(f"| {p} | {SHARED_WEIGHTS // p} | {harness.fmt(s['mean_difference_pp'])} | "
+                     f"{harness.fmt(s['worst_difference_pp'])} | {'–' if st.label == 'ours' else harness.versus(vs)} | "
+                     f"{harness.fmt(s['matching_cost'], 3, False)} | {harness.fmt(seconds, 2, False)} | "
+                     f"{harness.fmt(s['ratio_by_count'], 2, False)}x | {harness.fmt(s['ratio_by_bytes'], 2, False)}x |")
+    best = max(rows, key=lambda r: r["mean_change_pp"])
+    first, last = rows[0], rows[-1]
+    answer = (f"Smaller pages match more closely (cost {first['matching_cost']:.3g} at P={first['page_size']} vs "
+              f"{last['matching_cost']:.3g} at P={last['page_size']}) but take longer to match "
+              f"({first['matching_seconds']:.2f} s vs {last['matching_seconds']:.2f} s) and their page tables cost bytes "
+              f"(ratio by bytes {first['ratio_by_bytes']:.2f}x vs {last['ratio_by_bytes']:.2f}x). Accuracy is best at "
+              f"P={best['page_size']} ({best['mean_change_pp']:+.2f} pp); P={first['page_size']} is "
+              f"{first['vs_512_pp']:+.2f} pp against P=512 ({harness.noise_words(first['vs_512_noise'])}), P={last['page_size']} "
+              f"{last['vs_512_pp']:+.2f} pp ({harness.noise_words(last['vs_512_noise'])}).")
+    return {"setup": f"Shared pages x page size held at {SHARED_WEIGHTS:,} weights; budget separation at ratio "
+                     f"{PackConfig.ratio:g}; matching cost summed over the DNNs (same units at every P).",
+            "rows": rows, "table": "\n".join(table), "answer": answer}
+
+
+
+
+def plot(result: dict, plt) -> None:
+    rows = result["rows"]
+    xs = [r["page_size"] for r in rows]
+    fig, (a, b, c) = plt.subplots(1, 3, figsize=(14, 4))
+    a.errorbar(xs, [r["mean_change_pp"] for r in rows], yerr=[r["mean_change_std"] for r in rows], marker="o",
+               capsize=3, label="mean over DNNs")
+    a.plot(xs, [r["worst_pp"] for r in rows], marker="s", ls="--", label="worst DNN")
+    a.set(ylabel="test accuracy change (pp)", title="accuracy after optimisation")
+    a.legend()
+    b.errorbar(xs, [r["matching_cost"] for r in rows], yerr=[r["matching_cost_std"] for r in rows], marker="o",
+               capsize=3, color="C2")
+    b.set(ylabel="matching cost (Fisher-weighted squared distance)", title="matching cost (left) and time (right)")
+    twin = b.twinx()
+    twin.plot(xs, [r["matching_seconds"] for r in rows], marker="^", color="C3", ls=":")
+    twin.set_ylabel("matching time (s, all DNNs)", color="C3")
+    c.plot(xs, [r["ratio_by_count"] for r in rows], marker="o", label="by weight count")
+    c.plot(xs, [r["ratio_by_bytes"] for r in rows], marker="s", label="by bytes (page tables included)")
+    c.set(ylabel="packing ratio (x)", title="packing ratio")
+    c.legend()
+    for ax in (a, b, c):
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("page size P (weights)")
+        ax.grid(alpha=0.3)
+    fig.suptitle("Page size, shared weights held constant (mean ± std over seeds)")

@@ -1,0 +1,116 @@
+"""Scaling: how do packed size, accuracy, optimisation time and memory grow with the number of DNNs?
+
+N = 2, 3, 5, 7 and all of the scale's DNNs (two random subsets per N below all, fixed across
+seeds), everything at our defaults; the first seed of each runs alone in a fresh process, so its
+time per step and peak memory (the whole process: data, pages, Adam state, activations) are its
+own. Then synthetic replicas (each DNN packed several times, its data shared) up to 50 DNNs for
+time and memory only, at a short optimisation.
+
+    python -m experiments scaling
+"""
+from __future__ import annotations
+
+import random
+
+from . import harness
+
+SECTION = 1
+TITLE = "Scaling with the number of DNNs"
+QUESTION = ("How do the packed size, the accuracy change, optimisation time and memory grow with 2, 3, 5, 7 and 10 "
+            "DNNs, and how far does the joint optimisation scale?")
+SIZES = (2, 3, 5, 7)
+SUBSETS = 2
+REPLICAS = (1, 2, 3, 5)  # x the scale's DNNs: 10, 20, 30, 50 with the suite
+REPLICA_STEPS = 20
+MEMORY_TARGET_MB = 1024  # the issue's target for the joint optimisation of 10 DNNs
+
+
+def subsets(dnns: tuple[str, ...]) -> list[tuple[int, tuple[str, ...]]]:
+    """(N, DNNs) pairs: SUBSETS random subsets for each N in SIZES below len(dnns), then all of them."""
+    rng = random.Random(0)
+    out = [(n, tuple(sorted(rng.sample(dnns, n)))) for n in SIZES if n < len(dnns) for _ in range(SUBSETS)]
+    return out + [(len(dnns), tuple(dnns))]
+
+
+def plan(scale: harness.Scale) -> tuple[list, list]:
+    real = [(n, harness.Setting(f"N={n} {'+'.join(d) if n < len(scale.dnns) else 'all'}", dnns=d, measure=True))
+            for n, d in subsets(scale.dnns)]
+    replicas = REPLICAS[:2] if scale.quick else REPLICAS
+    synthetic = [(r * len(scale.dnns), harness.Setting(f"{r} x {len(scale.dnns)} replicas", replicas=r, measure=True,
+                                                       seeds=scale.seeds[:1],
+                                                       optimize={"steps": REPLICA_STEPS, "eval_every": REPLICA_STEPS}))
+                 for r in replicas]
+    return real, synthetic
+
+
+def run(scale: harness.Scale, fresh: bool = False) -> dict:
+    real, synthetic = plan(scale)
+    runs = harness.run_all([st for _, st in real + synthetic], scale, fresh, "scaling")
+    by_n: dict[int, list[dict]] = {}
+    for n, st in real:
+        by_n.setdefault(n, []).extend(runs[st.label])
+    rows, table = [], ["| N | runs | packed weights | ratio by count | ratio by bytes | mean change pp | worst DNN pp | "
+                       "ms per step | optimisation s | peak RSS MB |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for n, rs in sorted(by_n.items()):
+        s = harness.summary_row(rs)
+        timed = [r for r in rs if r.get("measured")]
+        t = harness.summary_row(timed)
+        rows.append({"kind": "real", "n": n, "runs": len(rs), "packed_weights": s["packed_weights"]["mean"],
+                     "ratio_by_count": s["ratio_by_count"]["mean"], "ratio_by_bytes": s["ratio_by_bytes"]["mean"],
+                     "mean_change_pp": s["mean_difference_pp"]["mean"], "mean_change_std": s["mean_difference_pp"]["std"],
+                     "worst_pp": s["worst_difference_pp"]["mean"], "worst_std": s["worst_difference_pp"]["std"],
+                     "ms_per_step": t["ms_per_step"]["mean"], "optimize_seconds": t["optimize_seconds"]["mean"],
+                     "peak_rss_mb": t["peak_rss_mb"]["max"]})
+        table.append(f"| {n} | {len(rs)} | {harness.fmt(s['packed_weights'], 0, False)} | "
+                     f"{harness.fmt(s['ratio_by_count'], 2, False)}x | {harness.fmt(s['ratio_by_bytes'], 2, False)}x | "
+                     f"{harness.fmt(s['mean_difference_pp'])} | {harness.fmt(s['worst_difference_pp'])} | "
+                     f"{t['ms_per_step']['mean']:.0f} | {t['optimize_seconds']['mean']:.0f} | {t['peak_rss_mb']['max']:.0f} |")
+    table += ["", "Synthetic replicas (time and memory only; accuracy is not meaningful for copies):", "",
+              "| DNNs | ms per step | ms per DNN-batch | peak RSS MB |", "|---|---|---|---|"]
+    for n, st in synthetic:
+        r = runs[st.label][0]
+        rows.append({"kind": "synthetic", "n": n, "ms_per_step": r["ms_per_step"], "ms_per_dnn_batch": r["ms_per_dnn_batch"],
+                     "peak_rss_mb": r["peak_rss_mb"]})
+        table.append(f"| {n} | {r['ms_per_step']:.0f} | {r['ms_per_dnn_batch']:.1f} | {r['peak_rss_mb']:.0f} |")
+    real_rows = [r for r in rows if r["kind"] == "real"]
+    syn = [r for r in rows if r["kind"] == "synthetic"]
+    small, full = real_rows[0], real_rows[-1]
+    answer = (f"From {small['n']} to {full['n']} DNNs the time per joint step grows {full['ms_per_step'] / small['ms_per_step']:.1f}x "
+              f"(linear in N would be {full['n'] / small['n']:.1f}x) and the accuracy change goes from "
+              f"{small['mean_change_pp']:+.2f} to {full['mean_change_pp']:+.2f} pp (worst DNN {full['worst_pp']:+.2f} pp) "
+              f"at the same budget per DNN; the joint optimisation of {full['n']} DNNs peaks at {full['peak_rss_mb']:.0f} MB "
+              f"(target {MEMORY_TARGET_MB} MB: {'met' if full['peak_rss_mb'] < MEMORY_TARGET_MB else 'NOT met'}). "
+              f"With {syn[-1]['n']} synthetic DNNs a step takes {syn[-1]['ms_per_step']:.0f} ms and the process "
+              f"peaks at {syn[-1]['peak_rss_mb']:.0f} MB: time and memory grow linearly, nothing runs out.")
+    return {"setup": f"Subsets drawn once (seeded), {SUBSETS} per N; ms per step and peak RSS from each setting's first "
+                     f"seed, run alone in a fresh process with one thread; replicas optimise {REPLICA_STEPS} steps.",
+            "rows": rows, "table": "\n".join(table), "answer": answer, "memory_target_mb": MEMORY_TARGET_MB}
+
+
+def plot(result: dict, plt) -> None:
+    real = [r for r in result["rows"] if r["kind"] == "real"]
+    syn = [r for r in result["rows"] if r["kind"] == "synthetic"]
+    fig, (a, b, c) = plt.subplots(1, 3, figsize=(15, 4))
+    ns = [r["n"] for r in real]
+    a.errorbar(ns, [r["mean_change_pp"] for r in real], yerr=[r["mean_change_std"] for r in real], marker="o",
+               capsize=3, label="mean over DNNs")
+    a.errorbar(ns, [r["worst_pp"] for r in real], yerr=[r["worst_std"] for r in real], marker="s", capsize=3, ls="--",
+               label="worst DNN")
+    a.axhline(0, color="grey", lw=0.8)
+    a.set(xlabel="DNNs packed", ylabel="test accuracy change (pp)", title="accuracy (mean ± std over runs)")
+    a.legend()
+    twin = a.twinx()
+    twin.plot(ns, [r["ratio_by_bytes"] for r in real], color="C2", marker="^", ls=":")
+    twin.set_ylabel("packing ratio by bytes (x)", color="C2")
+    b.plot(ns, [r["ms_per_step"] for r in real], marker="o", label="real DNNs")
+    b.plot([r["n"] for r in syn], [r["ms_per_step"] for r in syn], marker="s", ls="--", label="synthetic replicas")
+    b.set(xlabel="DNNs packed", ylabel="time per joint step (ms, one thread)", title="optimisation time per step")
+    b.legend()
+    c.plot(ns, [r["peak_rss_mb"] for r in real], marker="o", label="real DNNs")
+    c.plot([r["n"] for r in syn], [r["peak_rss_mb"] for r in syn], marker="s", ls="--", label="synthetic replicas")
+    c.axhline(result["memory_target_mb"], color="red", ls=":", label="1 GB target (10 DNNs)")
+    c.set(xlabel="DNNs packed", ylabel="peak RSS of the process (MB)", title="memory of the joint optimisation")
+    c.legend()
+    for ax in (a, b, c):
+        ax.grid(alpha=0.3)
+    fig.suptitle("Scaling with the number of DNNs")
