@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
-import os
 import time
 from pathlib import Path
 
@@ -29,10 +28,9 @@ from weightsep.pages import n_pages
 from weightsep.pipeline import fisher_for, load
 from weightsep.separation import contribution_density, separate
 from weightsep.store import atomic_write_text
-from weightsep.train import set_single_thread, standalone_models, worker_pool
+from weightsep.train import set_single_thread, standalone_models
 
 from . import harness
-from .matching import _noise, _vs  # the cells and words of the matching table
 
 SECTION = 6
 TITLE = "Fisher estimators: page agreement and accuracy"
@@ -119,15 +117,7 @@ def agreement_runs(scale: harness.Scale, fresh: bool = False) -> dict[int, dict[
                 jobs.append((name, seed, path))
     if not jobs:
         return out
-    previous, os.environ["TQDM_DISABLE"] = os.environ.get("TQDM_DISABLE"), "1"  # workers' bars would garble ours
-    try:
-        pool = worker_pool(min(scale.workers, len(jobs)))
-    finally:
-        if previous is None:
-            del os.environ["TQDM_DISABLE"]
-        else:
-            os.environ["TQDM_DISABLE"] = previous
-    with pool:
+    with harness.quiet_pool(min(scale.workers, len(jobs))) as pool:
         pending = [(name, seed, path, pool.apply_async(_agreement_job, (name, seed, scale))) for name, seed, path in jobs]
         for name, seed, path, job in pending:
             try:
@@ -186,7 +176,7 @@ def run(scale: harness.Scale, fresh: bool = False) -> dict:
                         "accuracy_change_min": s["min"], "accuracy_change_max": s["max"],
                         "vs_ours_pp": vs["mean"], "vs_ours_noise": vs["noise"]})
             cells[3] = harness.fmt(s)
-            cells[4] = _vs(vs) if run_of[(estimator, k)] != "ours" else "–"
+            cells[4] = harness.versus(vs) if run_of[(estimator, k)] != "ours" else "–"
         row["seeds"] = len(scale.seeds)
         rows.append(row)
         name = f"**{estimator}**" if (estimator, k) == ("predicted", 1000) else estimator
@@ -214,15 +204,15 @@ def _answer(rows: list[dict], base: tuple[str, int]) -> str:
     text = (f"Against the reference, the published Fisher (K = 50) ranks pages with Spearman {paper['spearman']:.3f} "
             f"and agrees on the exclusive pages with Jaccard {paper['jaccard']:.3f} (batched predicted at K = 50: "
             f"{same['spearman']:.3f} and {same['jaccard']:.3f}, {paper['seconds'] / same['seconds']:.1f}x faster); "
-            f"predicted at K = {base[1]} reaches "
-            f"{best['spearman']:.3f} and {best['jaccard']:.3f} (the gap: Spearman {_noise(paper['spearman_vs_base_noise'])}, "
-            f"Jaccard {_noise(paper['jaccard_vs_base_noise'])}), empirical at K = {base[1]} {emp['spearman']:.3f} "
+            f"predicted at K = {base[1]} reaches {best['spearman']:.3f} and {best['jaccard']:.3f} "
+            f"(the gap: Spearman {harness.seed_noise(paper['spearman_vs_base_noise'])}, "
+            f"Jaccard {harness.seed_noise(paper['jaccard_vs_base_noise'])}), empirical at K = {base[1]} {emp['spearman']:.3f} "
             f"and {emp['jaccard']:.3f}. ")
     runs = [r for r in rows if "run" in r and r["run"] != "ours"]
     worst = max(runs, key=lambda r: abs(r["vs_ours_pp"]))
     beyond = [r["run"] for r in runs if not r["vs_ours_noise"]]
     text += (f"After packing, the largest accuracy difference from ours is {worst['run']} at {worst['vs_ours_pp']:+.2f} pp "
-             f"({_noise(worst['vs_ours_noise'])}); " + (f"beyond seed noise: {', '.join(beyond)}." if beyond else
+             f"({harness.seed_noise(worst['vs_ours_noise'])}); " + (f"beyond seed noise: {', '.join(beyond)}." if beyond else
                                                          "every estimator's difference is within seed noise."))
     return text
 

@@ -250,6 +250,18 @@ def _worker(setting: Setting, scale: Scale, seed: int, measured: bool) -> dict:
     return row
 
 
+def quiet_pool(processes: int, fresh: bool = False):
+    """`worker_pool` whose workers show no progress bars (theirs would garble the parent's)."""
+    previous, os.environ["TQDM_DISABLE"] = os.environ.get("TQDM_DISABLE"), "1"
+    try:
+        return worker_pool(processes, fresh)
+    finally:
+        if previous is None:
+            del os.environ["TQDM_DISABLE"]
+        else:
+            os.environ["TQDM_DISABLE"] = previous
+
+
 def run_all(settings: list[Setting], scale: Scale, fresh: bool = False, desc: str = "runs") -> dict[str, list[dict]]:
     """Every setting for each of its seeds: cached rows, the rest in fresh processes. Returns label -> rows by seed.
 
@@ -274,15 +286,8 @@ def run_all(settings: list[Setting], scale: Scale, fresh: bool = False, desc: st
         batch = [j[:3] for j in jobs if j[3] == measured]
         if not batch:
             continue
-        previous, os.environ["TQDM_DISABLE"] = os.environ.get("TQDM_DISABLE"), "1"  # workers' bars would garble ours
-        try:  # a measured run gets a fresh process: its peak memory is its own
-            pool = worker_pool(1 if measured else min(scale.workers, len(batch)), fresh=measured)
-        finally:
-            if previous is None:
-                del os.environ["TQDM_DISABLE"]
-            else:
-                os.environ["TQDM_DISABLE"] = previous
-        with pool:
+        # a measured run gets a fresh process: its peak memory is its own
+        with quiet_pool(1 if measured else min(scale.workers, len(batch)), fresh=measured) as pool:
             pending = [(st, seed, path, pool.apply_async(_worker, (st, scale, seed, measured))) for st, seed, path in batch]
             for st, seed, path, job in pending:
                 try:
@@ -328,7 +333,7 @@ def versus(p: dict) -> str:
     return f"{p['mean']:+.2f} ± {p['se']:.2f} (se){' ~' if p['noise'] else ''}"
 
 
-def noise_words(noise: bool) -> str:
+def seed_noise(noise: bool) -> str:
     return "within seed noise" if noise else "beyond seed noise"
 
 

@@ -48,8 +48,8 @@ def run(scale: harness.Scale, fresh: bool = False) -> dict:
     answer = (f"Optimal matching costs {opt['cost_vs_greedy']:.2f}x the greedy's and random {rnd['cost_vs_greedy']:.1f}x. "
               f"Before optimisation the lower cost shows (validation {opt['val_before_pct']:.1f}% optimal, "
               f"{by['greedy']['val_before_pct']:.1f}% greedy, {rnd['val_before_pct']:.1f}% random); after it, optimal vs "
-              f"greedy is {opt['vs_greedy_pp']:+.2f} pp ({harness.noise_words(opt['vs_greedy_noise'])}) and random vs greedy "
-              f"{rnd['vs_greedy_pp']:+.2f} pp ({harness.noise_words(rnd['vs_greedy_noise'])}) over {opt['seeds']} seeds.")
+              f"greedy is {opt['vs_greedy_pp']:+.2f} pp ({harness.seed_noise(opt['vs_greedy_noise'])}) and random vs greedy "
+              f"{rnd['vs_greedy_pp']:+.2f} pp ({harness.seed_noise(rnd['vs_greedy_noise'])}) over {opt['seeds']} seeds.")
     points = {m: [(r["matching_cost"] / g["matching_cost"], r["mean_difference_pp"], 100 * _mean(r["curve"]["val"][0].values()))
                   for r, g in zip(runs[labels[m]], ref)] for m in MATCHERS}
     return {"setup": "Every matcher packs the same stand-alone DNNs per seed; separation, Fisher and joint "

@@ -46,9 +46,9 @@ def run(scale: harness.Scale, fresh: bool = False) -> dict:
     gain = _gain(runs["ours"])
     answer = (f"Joint optimisation converges: mean validation accuracy rises by {gain['mean']:+.1f} ± {gain['std']:.1f} pp "
               f"from packing to the best check. At the same budget round-robin is {rr['vs_joint_pp']:+.2f} pp against "
-              f"joint ({harness.noise_words(rr['vs_joint_noise'])}) and sequential {sq['vs_joint_pp']:+.2f} pp "
-              f"({harness.noise_words(sq['vs_joint_noise'])}); the no-sharing control is {ctl['vs_joint_pp']:+.2f} pp, the cost of "
-              f"sharing at this budget.")
+              f"joint ({harness.seed_noise(rr['vs_joint_noise'])}) and sequential {sq['vs_joint_pp']:+.2f} pp "
+              f"({harness.seed_noise(sq['vs_joint_noise'])}); the no-sharing control is {ctl['vs_joint_pp']:+.2f} pp, "
+              f"the cost of sharing at this budget.")
     curves = {st.label: [r["curve"] for r in runs[st.label]] for st in SETTINGS}
     return {"setup": "Same stand-alone DNNs per seed; packing at our defaults; the published optimisers get joint's "
                      "total DNN-batches as 10 rounds (round-robin) or one turn per DNN (sequential).",

@@ -47,8 +47,8 @@ def run(scale: harness.Scale, fresh: bool = False) -> dict:
     answer = (f"The overlap loss falls from {low['overlap_loss']:.3g} at lambda 0 to {high['overlap_loss']:.3g} at "
               f"lambda {high['lambda']:g}: lambda does pull the DNNs' shared weights together. Accuracy is best at "
               f"lambda {best['lambda']:g} ({best['mean_change_pp']:+.2f} pp); against the published 0.1, lambda 0 is "
-              f"{low['vs_published_pp']:+.2f} pp ({harness.noise_words(low['vs_published_noise'])}) and lambda {high['lambda']:g} "
-              f"{high['vs_published_pp']:+.2f} pp ({harness.noise_words(high['vs_published_noise'])}).")
+              f"{low['vs_published_pp']:+.2f} pp ({harness.seed_noise(low['vs_published_noise'])}) and lambda {high['lambda']:g} "
+              f"{high['vs_published_pp']:+.2f} pp ({harness.seed_noise(high['vs_published_noise'])}).")
     return {"setup": "Round-robin at joint's DNN-batch budget in 10 rounds, packing at our defaults; only lambda "
                      "changes.", "rows": rows, "table": "\n".join(table), "answer": answer}
 

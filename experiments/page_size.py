@@ -52,8 +52,8 @@ def run(scale: harness.Scale, fresh: bool = False) -> dict:
               f"({first['matching_seconds']:.2f} s vs {last['matching_seconds']:.2f} s) and their page tables cost bytes "
               f"(ratio by bytes {first['ratio_by_bytes']:.2f}x vs {last['ratio_by_bytes']:.2f}x). Accuracy is best at "
               f"P={best['page_size']} ({best['mean_change_pp']:+.2f} pp); P={first['page_size']} is "
-              f"{first['vs_512_pp']:+.2f} pp against P=512 ({harness.noise_words(first['vs_512_noise'])}), P={last['page_size']} "
-              f"{last['vs_512_pp']:+.2f} pp ({harness.noise_words(last['vs_512_noise'])}).")
+              f"{first['vs_512_pp']:+.2f} pp against P=512 ({harness.seed_noise(first['vs_512_noise'])}), P={last['page_size']} "
+              f"{last['vs_512_pp']:+.2f} pp ({harness.seed_noise(last['vs_512_noise'])}).")
     return {"setup": f"Shared pages x page size held at {SHARED_WEIGHTS:,} weights; budget separation at ratio "
                      f"{PackConfig.ratio:g}; matching cost summed over the DNNs (same units at every P).",
             "rows": rows, "table": "\n".join(table), "answer": answer}

@@ -46,17 +46,16 @@ def run(name: str, scale: harness.Scale, fresh: bool = False) -> Path:
     start = time.perf_counter()
     result = mod.run(scale, fresh)
     flags = (" --paper" if scale.paper else "") + (" --quick" if scale.quick else "")
-    result.update(name=name, title=mod.TITLE, question=mod.QUESTION, scale=asdict(scale),
+    result.update(name=name, title=mod.TITLE, question=mod.QUESTION, scale=asdict(scale), scale_text=scale.describe(),
                   command=f"python -m experiments {name}{flags}", seconds=time.perf_counter() - start,
                   date=time.strftime("%Y-%m-%d %H:%M"), code=harness.code_hash())
     return harness.write_outputs(name, result, mod.plot, out_dir(scale.paper))
 
 
 def section(result: dict, number: int, png: str) -> str:
-    scale = result["scale"]
     lines = [f"## {number}. {result['title']}", "", f"**Question.** {result['question']}", "",
              f"**Setup.** `{result['command']}` ({result['seconds'] / 60:.1f} min, {result['date']}). "
-             f"{result['setup']} Scale: {harness.Scale(**{**scale, 'dnns': tuple(scale['dnns']), 'seeds': tuple(scale['seeds'])}).describe()}.",
+             f"{result['setup']} Scale: {result['scale_text']}.",
              "", result["table"], "", f"![{result['title']}]({png})", "", f"**Answer.** {result['answer']}", ""]
     return "\n".join(lines)
 

@@ -75,7 +75,8 @@ def run(scale: harness.Scale, fresh: bool = False) -> dict:
     real_rows = [r for r in rows if r["kind"] == "real"]
     syn = [r for r in rows if r["kind"] == "synthetic"]
     small, full = real_rows[0], real_rows[-1]
-    answer = (f"From {small['n']} to {full['n']} DNNs the time per joint step grows {full['ms_per_step'] / small['ms_per_step']:.1f}x "
+    growth = full["ms_per_step"] / small["ms_per_step"]
+    answer = (f"From {small['n']} to {full['n']} DNNs the time per joint step grows {growth:.1f}x "
               f"(linear in N would be {full['n'] / small['n']:.1f}x) and the accuracy change goes from "
               f"{small['mean_change_pp']:+.2f} to {full['mean_change_pp']:+.2f} pp (worst DNN {full['worst_pp']:+.2f} pp) "
               f"at the same budget per DNN; the joint optimisation of {full['n']} DNNs peaks at {full['peak_rss_mb']:.0f} MB "
