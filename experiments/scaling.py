@@ -25,16 +25,16 @@ REPLICA_STEPS = 20
 MEMORY_TARGET_MB = 1024  # the issue's target for the joint optimisation of 10 DNNs
 
 
-def subsets(dnns: tuple[str, ...]) -> list[tuple[int, tuple[str, ...]]]:
-    """(N, DNNs) pairs: SUBSETS random subsets for each N in SIZES below len(dnns), then all of them."""
+def subsets(dnns: tuple[str, ...], per_size: int = SUBSETS) -> list[tuple[int, tuple[str, ...]]]:
+    """(N, DNNs) pairs: `per_size` random subsets for each N in SIZES below len(dnns), then all of them."""
     rng = random.Random(0)
-    out = [(n, tuple(sorted(rng.sample(dnns, n)))) for n in SIZES if n < len(dnns) for _ in range(SUBSETS)]
+    out = [(n, tuple(sorted(rng.sample(dnns, n)))) for n in SIZES if n < len(dnns) for _ in range(per_size)]
     return out + [(len(dnns), tuple(dnns))]
 
 
 def plan(scale: harness.Scale) -> tuple[list, list]:
     real = [(n, harness.Setting(f"N={n} {'+'.join(d) if n < len(scale.dnns) else 'all'}", dnns=d, measure=True))
-            for n, d in subsets(scale.dnns)]
+            for n, d in subsets(scale.dnns, 1 if scale.quick else SUBSETS)]
     replicas = REPLICAS[:2] if scale.quick else REPLICAS
     synthetic = [(r * len(scale.dnns), harness.Setting(f"{r} x {len(scale.dnns)} replicas", replicas=r, measure=True,
                                                        seeds=scale.seeds[:1],
