@@ -15,8 +15,10 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from pathlib import Path
 
 from weightsep import dnn as dnn_mod
+from weightsep.pipeline import RESULTS_DIR
 
 from . import harness, report
 
@@ -34,6 +36,7 @@ def parse(argv) -> argparse.Namespace:
     p.add_argument("--train-steps", type=int, default=None, help="stand-alone training steps (default: each folder's)")
     p.add_argument("--workers", type=int, default=None, help="runs at once (default 2)")
     p.add_argument("--fresh", action="store_true", help="ignore cached runs")
+    p.add_argument("--results", type=Path, default=RESULTS_DIR, help="where experiments/ and REPORT.md go (default results/)")
     args = p.parse_args(argv)
     for flag in ("seeds", "dnns"):
         value = getattr(args, flag)
@@ -50,7 +53,7 @@ def main(argv=None) -> int:
     args = parse(argv)
     try:
         if args.name == "report":
-            print(f"wrote {report.write()}")
+            print(f"wrote {report.write(args.results)}")
             return 0
         scale = harness.Scale.default(args.quick, args.paper, dnns=tuple(args.dnns) if args.dnns else None,
                                       seeds=tuple(args.seeds) if args.seeds else None, steps=args.steps,
@@ -62,10 +65,10 @@ def main(argv=None) -> int:
         for name in names:
             began = time.perf_counter()
             print(f"== {name}: {report.module(name).QUESTION}", flush=True)
-            png = report.run(name, scale, args.fresh)
+            png = report.run(name, scale, args.fresh, args.results)
             print(f"   wrote {png} and its .json, .csv ({time.perf_counter() - began:.0f} s)", flush=True)
         if args.name == "all":
-            print(f"all experiments: {time.perf_counter() - start:.0f} s; wrote {report.write()}")
+            print(f"all experiments: {time.perf_counter() - start:.0f} s; wrote {report.write(args.results)}")
         return 0
     except (dnn_mod.DNNError, ValueError, OSError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -40,11 +40,10 @@ from weightsep.evaluate import make_row, packed_theta, summarize
 from weightsep.fisher import FisherConfig
 from weightsep.optimize import OptimizeConfig, optimize, step_batches
 from weightsep.pack import PackConfig, solo_state
-from weightsep.pipeline import RESULTS_DIR, load, pack_and_optimize
+from weightsep.pipeline import load, pack_and_optimize
 from weightsep.store import atomic_write_text
 from weightsep.train import set_single_thread, standalone_models, worker_pool
 
-OUT_DIR = RESULTS_DIR / "experiments"
 QUICK_DNNS = ("dna", "letters", "satellite")  # the three DNNs that train and optimise fastest
 
 
@@ -57,7 +56,7 @@ class Scale:
 
     dnns: tuple[str, ...]
     seeds: tuple[int, ...] = (0, 1, 2)
-    steps: int = 300
+    steps: int = 200
     train_steps: int | None = None  # stand-alone training (None: each folder's TRAIN)
     workers: int = 2  # runs at once (timings and memory are measured in their own phase, one at a time)
     quick: bool = False
@@ -65,13 +64,14 @@ class Scale:
 
     @classmethod
     def default(cls, quick: bool = False, paper: bool = False, **changes) -> Scale:
-        if paper:
-            base = cls(dnns=tuple(paper_dnns_present()), paper=True, steps=320 if quick else 3200)
-            base = replace(base, seeds=(0,) if quick else (0, 1, 2))
-        elif quick:
+        """The suite at full size; `quick`: three fast DNNs, two seeds, short budgets; `paper`: the
+        paper's DNNs whose data is here (their stand-alone weights are the authors' checkpoints)."""
+        if quick:
             base = cls(dnns=QUICK_DNNS, seeds=(0, 1), steps=40, train_steps=300, quick=True)
         else:
             base = cls(dnns=tuple(dnn_mod.suite()))
+        if paper:
+            base = replace(base, dnns=tuple(paper_dnns_present()), train_steps=None, paper=True)
         return replace(base, **{k: v for k, v in changes.items() if v is not None})
 
     def describe(self) -> str:
@@ -88,7 +88,7 @@ def paper_dnns_present() -> list[str]:
             continue
         try:
             dnn.load_data()
-        except (FileNotFoundError, OSError, ValueError):
+        except dnn_mod.DNNError:  # its data is not here
             continue
         present.append(dnn.name)
     if not present:
@@ -353,7 +353,7 @@ def summary_row(rows: list[dict]) -> dict:
     return {k: stats([r.get(k) for r in rows]) for k in keys}
 
 
-def write_outputs(name: str, result: dict, plot, out_dir: Path = OUT_DIR) -> Path:
+def write_outputs(name: str, result: dict, plot, out_dir: Path) -> Path:
     """results/experiments/<name>.json (everything), .csv (the table rows) and .png (the plot)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out_dir / f"{name}.json", json.dumps(result, indent=1, default=float) + "\n")

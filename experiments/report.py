@@ -19,7 +19,6 @@ from weightsep.store import atomic_write_text
 from . import harness
 
 PACKAGE = Path(__file__).parent
-REPORT = RESULTS_DIR / "REPORT.md"
 
 
 def experiments() -> list[str]:
@@ -36,12 +35,13 @@ def module(name: str):
     return importlib.import_module(f"experiments.{name}")
 
 
-def out_dir(paper: bool) -> Path:
-    return harness.OUT_DIR / "paper" if paper else harness.OUT_DIR
+def out_dir(results: Path, paper: bool) -> Path:
+    """Where an experiment's files go: results/experiments/, the paper DNNs' in its paper/."""
+    return results / "experiments" / "paper" if paper else results / "experiments"
 
 
-def run(name: str, scale: harness.Scale, fresh: bool = False) -> Path:
-    """Run one experiment and write its .json, .csv and .png."""
+def run(name: str, scale: harness.Scale, fresh: bool = False, results: Path = RESULTS_DIR) -> Path:
+    """Run one experiment and write its .json, .csv and .png under `results`/experiments."""
     mod = module(name)
     start = time.perf_counter()
     result = mod.run(scale, fresh)
@@ -49,7 +49,7 @@ def run(name: str, scale: harness.Scale, fresh: bool = False) -> Path:
     result.update(name=name, title=mod.TITLE, question=mod.QUESTION, scale=asdict(scale), scale_text=scale.describe(),
                   command=f"python -m experiments {name}{flags}", seconds=time.perf_counter() - start,
                   date=time.strftime("%Y-%m-%d %H:%M"), code=harness.code_hash())
-    return harness.write_outputs(name, result, mod.plot, out_dir(scale.paper))
+    return harness.write_outputs(name, result, mod.plot, out_dir(results, scale.paper))
 
 
 def section(result: dict, number: int, png: str) -> str:
@@ -60,8 +60,9 @@ def section(result: dict, number: int, png: str) -> str:
     return "\n".join(lines)
 
 
-def write(path: Path = REPORT) -> Path:
-    """results/REPORT.md from the experiments' JSON files (the suite's, then the paper DNNs')."""
+def write(results: Path = RESULTS_DIR) -> Path:
+    """`results`/REPORT.md from the experiments' JSON files (the suite's, then the paper DNNs')."""
+    path = results / "REPORT.md"
     parts = ["# weightsep: experiments on the papers' open questions", "",
              "Each section states a question the NWV (MobiSys 2020) and WS (PerCom 2022) papers leave open, the "
              "setup that measures it (command, DNNs, budget, seeds), the table and plot, and the answer with its "
@@ -75,7 +76,7 @@ def write(path: Path = REPORT) -> Path:
     number = 0
     for paper in (False, True):
         for name in experiments():
-            file = out_dir(paper) / f"{name}.json"
+            file = out_dir(results, paper) / f"{name}.json"
             if not file.exists():
                 continue
             result = json.loads(file.read_text())
@@ -86,7 +87,7 @@ def write(path: Path = REPORT) -> Path:
             png = file.with_suffix(".png").relative_to(path.parent).as_posix()
             body.append(section(result, number, png))
     if not body:
-        raise ValueError(f"no experiment results in {harness.OUT_DIR}: run `python -m experiments all` first")
+        raise ValueError(f"no experiment results in {out_dir(results, False)}: run `python -m experiments all` first")
     atomic_write_text(path, "\n".join(parts + contents + [""] + body))
     return path
 

@@ -1,0 +1,133 @@
+"""The experiments package: the harness's statistics and caching keys, each experiment's pure parts,
+discovery, the CLI's errors, and `all --quick` end to end (the test the issue asks for)."""
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from experiments import budget, harness, report, scaling
+from weightsep.dnn import data_dir, suite
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def cli(*args, timeout=900):
+    return subprocess.run([sys.executable, "-m", "experiments", *map(str, args)], cwd=REPO, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def test_stats_mean_sample_std_min_max():
+    s = harness.stats([1.0, 2.0, 3.0, None])
+    assert (s["mean"], s["min"], s["max"], s["n"]) == (2.0, 1.0, 3.0, 3)
+    assert math.isclose(s["std"], 1.0)
+    assert harness.stats([])["mean"] is None
+
+
+def rows(values):
+    return [{"seed": i, "mean_difference_pp": v} for i, v in enumerate(values)]
+
+
+def test_paired_calls_consistent_differences_beyond_noise_and_sign_flips_within():
+    base = rows([0.0, 1.0, -1.0])
+    clear = harness.paired(rows([2.0, 3.1, 0.9]), base)
+    assert math.isclose(clear["mean"], 2.0) and not clear["noise"]
+    flipping = harness.paired(rows([1.0, 0.0, -0.5]), base)  # +1, -1, +0.5
+    assert flipping["noise"]
+    assert harness.paired(rows([5.0]), rows([0.0]))["noise"]  # one seed says nothing about noise
+    assert harness.paired(rows([1.0, 2.0]), rows([0.0]))["n"] == 1  # only the seeds both have
+
+
+def test_pareto_front_keeps_the_points_nothing_beats():
+    points = [(2.0, 1.0), (3.0, 0.5), (2.5, 0.2), (1.0, 1.0), (3.0, -1.0)]
+    assert budget.pareto(points) == [0, 1]
+
+
+def test_scaling_subsets_are_seeded_distinct_and_end_with_all():
+    dnns = tuple(f"d{i}" for i in range(10))
+    out = scaling.subsets(dnns)
+    assert out == scaling.subsets(dnns)
+    assert [n for n, _ in out] == [2, 2, 3, 3, 5, 5, 7, 7, 10]
+    assert out[-1] == (10, dnns)
+    assert all(len(set(d)) == n and set(d) <= set(dnns) for n, d in out)
+    assert [n for n, _ in scaling.subsets(dnns[:3], 1)] == [2, 3]
+
+
+def test_setting_key_follows_what_changes_the_run_not_the_label():
+    scale = harness.Scale(dnns=("a", "b"))
+    a = harness.Setting("x", pack={"matching": "greedy"})
+    assert a.key(scale, 0) == harness.Setting("y", pack={"matching": "greedy"}).key(scale, 0)
+    assert a.key(scale, 0) != a.key(scale, 1)
+    assert a.key(scale, 0) != harness.Setting("x", pack={"matching": "optimal"}).key(scale, 0)
+    assert a.key(scale, 0) != a.key(harness.Scale(dnns=("a", "b"), steps=7), 0)
+    assert a.key(scale, 0) != harness.Setting("x", pack={"matching": "greedy"}, measure=True).key(scale, 0)
+
+
+def test_the_configs_take_the_scale_budget_and_the_setting_changes():
+    scale = harness.Scale(dnns=("a",), steps=50)
+    pack, fisher, opt = harness.configs(harness.Setting("x", pack={"page_size": 128}, optimize={"lam": 1.0}), scale, 3)
+    assert (pack.page_size, pack.seed, fisher.seed, opt.seed, opt.steps, opt.lam) == (128, 3, 3, 3, 50, 1.0)
+
+
+def test_experiments_are_discovered_in_report_order():
+    names = report.experiments()
+    assert names[:8] == ["scaling", "page_size", "optimizers", "overlap", "matching", "fisher", "budget", "switching"]
+    for name in names:
+        mod = report.module(name)
+        assert mod.TITLE and mod.QUESTION.endswith("?") and callable(mod.run) and callable(mod.plot)
+
+
+def test_anchor_is_the_code_hosts_heading_anchor():
+    assert report.anchor("Optimisers: joint, round-robin, no sharing") == "optimisers-joint-round-robin-no-sharing"
+
+
+def test_cli_errors_name_the_problem_without_a_traceback(tmp_path):
+    unknown = cli("matching", "--dnns", "nosuch", "--quick", "--results", tmp_path)
+    assert unknown.returncode == 1 and "nosuch" in unknown.stderr and "Traceback" not in unknown.stderr
+    empty = cli("report", "--results", tmp_path)
+    assert empty.returncode == 1 and "no experiment results" in empty.stderr and "Traceback" not in empty.stderr
+    bad = cli("nosuch")
+    assert bad.returncode == 2 and "invalid choice" in bad.stderr
+    steps = cli("matching", "--steps", "0")
+    assert steps.returncode == 2 and "--steps must be >= 1" in steps.stderr
+
+
+def needs_suite_data():
+    missing = [n for n in harness.QUICK_DNNS if not (data_dir() / f"{n}.npz").exists()]
+    if missing:
+        pytest.skip(f"offline data not prepared in {data_dir()} (run ./setup.sh): {', '.join(missing)}")
+
+
+def test_all_quick_writes_every_experiment_and_a_report_whose_plots_exist(tmp_path):
+    """The whole package on three DNNs, end to end, from no cached run (--fresh)."""
+    needs_suite_data()
+    assert set(harness.QUICK_DNNS) <= set(suite())
+    result = cli("all", "--quick", "--fresh", "--results", tmp_path, timeout=1500)
+    assert result.returncode == 0, result.stderr[-3000:]
+    text = (tmp_path / "REPORT.md").read_text()
+    for name in report.experiments():
+        out = json.loads((tmp_path / "experiments" / f"{name}.json").read_text())
+        assert out["rows"] and out["answer"] and out["table"].startswith("|")
+        assert "nan" not in out["answer"].lower()
+        assert (tmp_path / "experiments" / f"{name}.csv").read_text().count("\n") >= 2
+        png = tmp_path / "experiments" / f"{name}.png"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+        assert f"](experiments/{name}.png)" in text and out["answer"] in text
+    second = cli("report", "--results", tmp_path)  # the report alone runs nothing and writes the same file
+    assert second.returncode == 0 and (tmp_path / "REPORT.md").read_text() == text
+
+
+def test_paper_mode_runs_on_the_paper_dnns_whose_data_is_here(tmp_path):
+    """--paper on mnist + fmnist (the authors' checkpoints from the fixtures), a tiny budget."""
+    fixtures = Path(os.environ.get("WEIGHTSEP_FIXTURES", REPO.parent / "shared" / "fixtures" / "originals"))
+    if not (fixtures / "ws").is_dir():
+        pytest.skip(f"no originals' fixtures in {fixtures}")
+    present = harness.paper_dnns_present()
+    assert {"mnist", "fmnist"} <= set(present)
+    result = cli("matching", "--paper", "--quick", "--steps", "4", "--seeds", "0", "--results", tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = json.loads((tmp_path / "experiments" / "paper" / "matching.json").read_text())
+    assert out["scale"]["dnns"] == present and out["scale"]["paper"]
