@@ -40,7 +40,7 @@ from weightsep.evaluate import make_row, packed_theta, summarize
 from weightsep.fisher import FisherConfig
 from weightsep.optimize import OptimizeConfig, optimize, step_batches
 from weightsep.pack import PackConfig, solo_state
-from weightsep.pipeline import load, pack_and_optimize
+from weightsep.pipeline import load, pack, pack_and_optimize
 from weightsep.store import atomic_write_text
 from weightsep.train import set_single_thread, standalone_models, worker_pool
 
@@ -301,6 +301,20 @@ def run_all(settings: list[Setting], scale: Scale, fresh: bool = False, desc: st
     bar.close()
     for rows in out.values():
         rows.sort(key=lambda r: r["seed"])
+    return out
+
+
+def matching_seconds(settings: list[Setting], scale: Scale) -> dict[str, float]:
+    """Seconds of the matching stage for each setting (first seed), timed in this process one setting at a
+    time with one thread, after the runs (their own timings come from two runs at a time)."""
+    set_single_thread()
+    seed = scale.seeds[0]
+    loaded = {n: _load(n) for n in scale.dnns}
+    trained = standalone_models([item.dnn for item in loaded.values()], 1, scale.train_steps, seed=seed)
+    out = {}
+    for st in tqdm(settings, desc="timing the matching", unit="setting", leave=False):
+        pack_config, fisher_config, _ = configs(st, scale, seed)
+        out[st.label] = pack(loaded, trained, pack_config, fisher_config)[1]["matching_seconds"]
     return out
 
 

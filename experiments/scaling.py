@@ -81,8 +81,9 @@ def run(scale: harness.Scale, fresh: bool = False) -> dict:
               f"{small['mean_change_pp']:+.2f} to {full['mean_change_pp']:+.2f} pp (worst DNN {full['worst_pp']:+.2f} pp) "
               f"at the same budget per DNN; the joint optimisation of {full['n']} DNNs peaks at {full['peak_rss_mb']:.0f} MB "
               f"(target {MEMORY_TARGET_MB} MB: {'met' if full['peak_rss_mb'] < MEMORY_TARGET_MB else 'NOT met'}). "
-              f"With {syn[-1]['n']} synthetic DNNs a step takes {syn[-1]['ms_per_step']:.0f} ms and the process "
-              f"peaks at {syn[-1]['peak_rss_mb']:.0f} MB: time and memory grow linearly, nothing runs out.")
+              f"With {syn[-1]['n']} synthetic DNNs a step takes {syn[-1]['ms_per_step']:.0f} ms "
+              f"({syn[-1]['ms_per_dnn_batch']:.1f} ms per DNN-batch, {syn[0]['ms_per_dnn_batch']:.1f} with {syn[0]['n']}) "
+              f"and the process peaks at {syn[-1]['peak_rss_mb']:.0f} MB.")
     return {"setup": f"Subsets drawn once (seeded), {SUBSETS} per N; ms per step and peak RSS from each setting's first "
                      f"seed, run alone in a fresh process with one thread; replicas optimise {REPLICA_STEPS} steps.",
             "rows": rows, "table": "\n".join(table), "answer": answer, "memory_target_mb": MEMORY_TARGET_MB}
