@@ -92,27 +92,31 @@ def run(scale: harness.Scale, fresh: bool = False) -> dict:
 def plot(result: dict, plt) -> None:
     real = [r for r in result["rows"] if r["kind"] == "real"]
     syn = [r for r in result["rows"] if r["kind"] == "synthetic"]
-    fig, (a, b, c) = plt.subplots(1, 3, figsize=(15, 4))
-    ns = [r["n"] for r in real]
-    a.errorbar(ns, [r["mean_change_pp"] for r in real], yerr=[r["mean_change_std"] for r in real], marker="o",
+    fig, (a, r, b, c) = plt.subplots(1, 4, figsize=(18, 4.2))
+    ns = [row["n"] for row in real]
+    a.errorbar(ns, [row["mean_change_pp"] for row in real], yerr=[row["mean_change_std"] for row in real], marker="o",
                capsize=3, label="mean over DNNs")
-    a.errorbar(ns, [r["worst_pp"] for r in real], yerr=[r["worst_std"] for r in real], marker="s", capsize=3, ls="--",
-               label="worst DNN")
+    a.errorbar(ns, [row["worst_pp"] for row in real], yerr=[row["worst_std"] for row in real], marker="s", capsize=3,
+               ls="--", label="worst DNN")
     a.axhline(0, color="grey", lw=0.8)
-    a.set(xlabel="DNNs packed", ylabel="test accuracy change (pp)", title="accuracy (mean ± std over runs)")
+    a.set(ylabel="test accuracy change (pp)", title="accuracy (mean ± std over runs)")
     a.legend()
-    twin = a.twinx()
-    twin.plot(ns, [r["ratio_by_bytes"] for r in real], color="C2", marker="^", ls=":")
-    twin.set_ylabel("packing ratio by bytes (x)", color="C2")
-    b.plot(ns, [r["ms_per_step"] for r in real], marker="o", label="real DNNs")
-    b.plot([r["n"] for r in syn], [r["ms_per_step"] for r in syn], marker="s", ls="--", label="synthetic replicas")
-    b.set(xlabel="DNNs packed", ylabel="time per joint step (ms, one thread)", title="optimisation time per step")
+    r.plot(ns, [row["ratio_by_count"] for row in real], marker="o", label="by weight count")
+    r.plot(ns, [row["ratio_by_bytes"] for row in real], marker="s", ls="--", label="by bytes (page tables included)")
+    r.set(ylabel="packing ratio (x)", title="packing ratio")
+    r.legend()
+    b.plot(ns, [row["ms_per_step"] for row in real], marker="o", label="real DNNs")
+    b.plot([row["n"] for row in syn], [row["ms_per_step"] for row in syn], marker="s", ls="--", label="synthetic replicas")
+    b.set(ylabel="time per joint step (ms, one thread)", title="optimisation time per step")
     b.legend()
-    c.plot(ns, [r["peak_rss_mb"] for r in real], marker="o", label="real DNNs")
-    c.plot([r["n"] for r in syn], [r["peak_rss_mb"] for r in syn], marker="s", ls="--", label="synthetic replicas")
+    c.plot(ns, [row["peak_rss_mb"] for row in real], marker="o", label="real DNNs")
+    c.plot([row["n"] for row in syn], [row["peak_rss_mb"] for row in syn], marker="s", ls="--", label="synthetic replicas")
     c.axhline(result["memory_target_mb"], color="red", ls=":", label="1 GB target (10 DNNs)")
-    c.set(xlabel="DNNs packed", ylabel="peak RSS of the process (MB)", title="memory of the joint optimisation")
+    c.set(ylabel="peak RSS of the process (MB)", title="memory of the joint optimisation")
+    c.set_ylim(bottom=0)
     c.legend()
-    for ax in (a, b, c):
+    for ax in (a, r, b, c):
+        ax.set_xlabel("DNNs packed")
         ax.grid(alpha=0.3)
-    fig.suptitle("Scaling with the number of DNNs")
+    fig.suptitle("Scaling with the number of DNNs (time and memory: first seed, alone, one thread)")
+    fig.tight_layout()
