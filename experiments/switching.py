@@ -110,7 +110,8 @@ def table(summary: dict[int, dict[str, dict]]) -> str:
         cells += [harness.fmt(s[k], 1, False) for k in ("d-gather p95 us", "gather KiB moved", "host-copy KiB moved")]
         ratios.append(f"| {n} | " + " | ".join(cells) + " |")
     return ("Median switch latency, microseconds (switches interleaved over the rungs):\n\n" + "\n".join(latency)
-            + "\n\nRatios of median latencies (x) and bytes moved per switch:\n\n" + "\n".join(ratios))
+            + "\n\nRatios (x; interleaved: of the medians, back to back: of the means per switch) and bytes moved "
+            "per switch:\n\n" + "\n".join(ratios))
 
 
 def answer(summary: dict[int, dict[str, dict]]) -> str:
@@ -120,7 +121,7 @@ def answer(summary: dict[int, dict[str, dict]]) -> str:
 
     def span(k: str) -> str:
         means = [summary[n][k]["mean"] for n in counts]
-        return f"{min(means):.2f}-{max(means):.2f}x"
+        return f"{min(means):.3g}-{max(means):.3g}x"
 
     ranges = ", ".join(f"{r.split(' (')[0]} {span(r)} ({span(b2b)} back to back; paper target "
                        f"{'<=' if 'at most' in r else '>='} {bench.TARGETS[r]:g})" for r, b2b in RATIOS.items())
@@ -143,7 +144,8 @@ def plot(result: dict, plt) -> None:
         b.axhline(target, color=color, ls="--", lw=1)
         b.annotate(f"target {'<=' if 'at most' in ratio else '>='} {target:g}", (1.01, target), color=color,
                    xycoords=("axes fraction", "data"), va="center", fontsize=8)
-    b.set(yscale="log", ylabel="ratio of median latencies (x, log)", title="ratios; dashed: the papers' targets")
+    b.set(yscale="log", ylabel="latency ratio (x, log)",
+          title="ratios: solid of interleaved medians, dotted back to back;\ndashed: the papers' targets")
     for ax in (a, b):
         ax.set_xscale("log")
         ax.set_xticks(counts, [str(n) for n in counts])

@@ -27,4 +27,4 @@ def test_answer_is_built_from_the_numbers():
     points = [_point(n, seed, us) for n, us in ((2, 50.0), (100, 70.0)) for seed in (0, 1)]
     text = switching.answer(switching.summarise(points))
     assert "50.0 us with 2 DNNs to 70.0 us with 100: it grows" in text
-    assert "torch.load / gather 10.50-10.50x" in text
+    assert "torch.load / gather 10.5-10.5x" in text
