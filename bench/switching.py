@@ -77,6 +77,10 @@ def synthetic_state(n_dnns: int, models: dict, page_size: int = 512, n_shared: i
     return PackedState(page_size, shared, torch.zeros_like(shared), vnns), dnn_models
 
 
+def template_models(names: list[str] | None = None) -> dict:
+    """A freshly built model per DNN name (default: the offline suite): the shapes `synthetic_state` cycles."""
+    return {n: dnn_mod.get(n).build_model() for n in names or dnn_mod.suite()}
+
 
 def run_scale(label: str, state: PackedState, models: dict, device: torch.device, switches: int, seed: int,
               tmp: Path, forward_check: dict | None = None) -> dict:
@@ -279,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
             results.append(run_scale("store", state, models, device, args.switches, args.seed, Path(tmp), inputs))
             print(table(results[-1]), flush=True)
         if args.synthetic or args.no_store:
-            base = {n: dnn_mod.get(n).build_model() for n in args.dnns or dnn_mod.suite()}
+            base = template_models(args.dnns)
             synth, synth_models = synthetic_state(max(args.synthetic, len(base)), base, seed=args.seed)
             g = torch.Generator().manual_seed(args.seed)  # forward cost: one DNN of each shape, random inputs
             inputs = {n: torch.randn(256, *synth_models[n].input_shape, generator=g) for n in list(synth.vnns)[: len(base)]}
