@@ -46,9 +46,10 @@ def run(name: str, scale: harness.Scale, fresh: bool = False, results: Path = RE
     start = time.perf_counter()
     result = mod.run(scale, fresh)
     flags = (" --paper" if scale.paper else "") + (" --quick" if scale.quick else "")
-    result.update(name=name, title=mod.TITLE, question=mod.QUESTION, scale=asdict(scale), scale_text=scale.describe(),
+    result.update(name=name, title=mod.TITLE, question=mod.QUESTION, scale=asdict(scale),
                   command=f"python -m experiments {name}{flags}", seconds=time.perf_counter() - start,
                   date=time.strftime("%Y-%m-%d %H:%M"), code=harness.code_hash())
+    result.setdefault("scale_text", scale.describe())  # an experiment that ignores part of the scale says so
     return harness.write_outputs(name, result, mod.plot, out_dir(results, scale.paper))
 
 

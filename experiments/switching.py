@@ -96,7 +96,8 @@ def run(scale: harness.Scale, fresh: bool = False) -> dict:
              f"a time in the parent process on the CPU, {threads_note}; the weight files are in the "
              "page cache.")
     return {"setup": setup, "table": table(summary), "rows": rows, "answer": answer(summary),
-            "points": points, "counts": list(counts), "targets": bench.TARGETS}
+            "points": points, "counts": list(counts), "targets": bench.TARGETS,
+            "scale_text": f"seeds {', '.join(map(str, seeds))} (no optimisation: timings only)"}
 
 
 def table(summary: dict[int, dict[str, dict]]) -> str:
