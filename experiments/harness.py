@@ -250,16 +250,23 @@ def _worker(setting: Setting, scale: Scale, seed: int, measured: bool) -> dict:
     return row
 
 
-def quiet_pool(processes: int, fresh: bool = False):
+def quiet_pool(processes: int):
     """`worker_pool` whose workers show no progress bars (theirs would garble the parent's)."""
     previous, os.environ["TQDM_DISABLE"] = os.environ.get("TQDM_DISABLE"), "1"
     try:
-        return worker_pool(processes, fresh)
+        return worker_pool(processes)
     finally:
         if previous is None:
             del os.environ["TQDM_DISABLE"]
         else:
             os.environ["TQDM_DISABLE"] = previous
+
+
+def _result(job, setting: Setting, seed: int) -> dict:
+    try:
+        return job.get()
+    except Exception as e:
+        raise RuntimeError(f"setting {setting.label!r}, seed {seed}: {type(e).__name__}: {e}") from e
 
 
 def run_all(settings: list[Setting], scale: Scale, fresh: bool = False, desc: str = "runs") -> dict[str, list[dict]]:
@@ -282,22 +289,21 @@ def run_all(settings: list[Setting], scale: Scale, fresh: bool = False, desc: st
             else:
                 jobs.append((st, seed, path, st.measure and seed == (st.seeds or scale.seeds)[0]))
     bar = tqdm(total=len(jobs), desc=desc, unit="run")
-    for measured in (False, True):
-        batch = [j[:3] for j in jobs if j[3] == measured]
-        if not batch:
-            continue
-        # a measured run gets a fresh process: its peak memory is its own
-        with quiet_pool(1 if measured else min(scale.workers, len(batch)), fresh=measured) as pool:
-            pending = [(st, seed, path, pool.apply_async(_worker, (st, scale, seed, measured))) for st, seed, path in batch]
+    def done(st: Setting, seed: int, path: Path, row: dict) -> None:
+        atomic_write_text(path, json.dumps(row) + "\n")
+        out[st.label].append(row)
+        bar.set_postfix_str(f"{st.label} seed {seed}: {row['mean_difference_pp']:+.2f} pp")
+        bar.update()
+
+    shared = [j[:3] for j in jobs if not j[3]]
+    if shared:
+        with quiet_pool(min(scale.workers, len(shared))) as pool:
+            pending = [(st, seed, path, pool.apply_async(_worker, (st, scale, seed, False))) for st, seed, path in shared]
             for st, seed, path, job in pending:
-                try:
-                    row = job.get()
-                except Exception as e:
-                    raise RuntimeError(f"setting {st.label!r}, seed {seed}: {type(e).__name__}: {e}") from e
-                atomic_write_text(path, json.dumps(row) + "\n")
-                out[st.label].append(row)
-                bar.set_postfix_str(f"{st.label} seed {seed}: {row['mean_difference_pp']:+.2f} pp")
-                bar.update()
+                done(st, seed, path, _result(job, st, seed))
+    for st, seed, path, _ in (j for j in jobs if j[3]):  # alone, each in a new process: its peak memory is its own
+        with quiet_pool(1) as pool:
+            done(st, seed, path, _result(pool.apply_async(_worker, (st, scale, seed, True)), st, seed))
     bar.close()
     for rows in out.values():
         rows.sort(key=lambda r: r["seed"])

@@ -158,12 +158,11 @@ def _imported(dnn: dnn_mod.DNN) -> Trained | None:
     return Trained(dnn.name, theta, val, test, best_step=0, seconds=0.0, cached=True)
 
 
-def worker_pool(processes: int, fresh: bool = False) -> mp.pool.Pool:
+def worker_pool(processes: int) -> mp.pool.Pool:
     """A pool of spawned worker processes that leave Ctrl-C to the parent (no traceback from every
     worker) and end when the parent does, however it ends (an orphan would keep training and hold
-    the parent's output pipes open). `fresh`: a new process for every task (its own peak memory)."""
-    return mp.get_context("spawn").Pool(processes, initializer=_worker_init, initargs=(os.getpid(),),
-                                        maxtasksperchild=1 if fresh else None)
+    the parent's output pipes open)."""
+    return mp.get_context("spawn").Pool(processes, initializer=_worker_init, initargs=(os.getpid(),))
 
 
 def _worker_init(parent: int) -> None:
