@@ -1,3 +1,4 @@
+import math
 import warnings
 
 import pytest
@@ -47,6 +48,18 @@ def test_optimizers_raise_validation_accuracy_and_keep_the_input_state(optimizer
         with torch.no_grad():
             acc = (task.model(task.x_val, packed_theta(result, name)).argmax(1) == task.y_val).float().mean()
         assert acc == pytest.approx(history.val_accuracy[history.best_index][name], abs=1e-6)
+
+
+def test_round_robin_records_the_overlap_loss_per_round_and_a_large_lambda_shrinks_it():
+    """History.overlap: the mean over DNNs of the unweighted overlap loss after their turns, one per round."""
+    state, tasks = packed_pair()
+    loss = {}
+    for lam in (0.0, 100.0):
+        config = OptimizeConfig(optimizer="round-robin", rounds=3, steps_per_turn=30, batch_size=50, lam=lam)
+        _, history = optimize(state, tasks, config, progress=False)
+        assert len(history.overlap) == 3 and all(v >= 0 and math.isfinite(v) for v in history.overlap)
+        loss[lam] = history.overlap[-1]
+    assert loss[100.0] < 0.5 * loss[0.0]
 
 
 @pytest.mark.parametrize("optimizer", ["joint", "round-robin"])
