@@ -21,6 +21,7 @@ several experiments share (our defaults) runs once, and a changed pipeline runs 
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import io
@@ -29,6 +30,7 @@ import math
 import os
 import resource
 import time
+import warnings
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -56,7 +58,7 @@ class Scale:
 
     dnns: tuple[str, ...]
     seeds: tuple[int, ...] = (0, 1, 2)
-    steps: int = 200
+    steps: int = 150
     train_steps: int | None = None  # stand-alone training (None: each folder's TRAIN)
     workers: int = 2  # runs at once (timings and memory are measured in their own phase, one at a time)
     quick: bool = False
@@ -167,7 +169,8 @@ def run_setting(setting: Setting, scale: Scale, seed: int) -> dict:
     start = time.perf_counter()
     if setting.control:
         return _control_row(setting, loaded, trained, tasks, opt, pack_config.page_size, seed, start)
-    state, history, opt, times = pack_and_optimize(loaded, trained, tasks, pack_config, fisher_config, opt)
+    state, history, opt, times = pack_and_optimize(loaded, trained, tasks, pack_config, fisher_config, opt,
+                                                   fishers_for(fisher_config, scale))
     rows = [make_row(state, n, trained[n].test_accuracy, item.test_accuracy(packed_theta(state, n)))
             for n, item in loaded.items()]
     table = summarize(state, rows)
@@ -229,6 +232,13 @@ def _common(setting: Setting, seed: int, names: list[str], table: dict, start: f
 
 
 _LOADED: dict = {}  # a worker's DNNs with their data, by name: runs in one process load them once
+_FISHERS: dict = {}  # a process's Fisher vectors by config and training budget, then DNN name
+
+
+def fishers_for(config: FisherConfig, scale: Scale) -> dict:
+    """This process's Fisher vectors for one Fisher config (its seed included) and stand-alone budget,
+    by DNN name: settings that change only later stages reuse them instead of computing them again."""
+    return _FISHERS.setdefault((json.dumps(asdict(config), sort_keys=True), scale.train_steps), {})
 
 
 def _load(name: str):
@@ -243,7 +253,12 @@ def _peak_rss_mb() -> float:
 
 
 def _worker(setting: Setting, scale: Scale, seed: int, measured: bool) -> dict:
-    row = run_setting(setting, scale, seed)
+    """run_setting in a worker: its progress bars are dropped (they would garble the parent's) and its
+    warnings come back in the row, for the parent to print."""
+    with contextlib.redirect_stderr(io.StringIO()), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        row = run_setting(setting, scale, seed)
+    row["warnings"] = sorted({f"{w.category.__name__}: {w.message}" for w in caught})
     row["measured"] = measured
     if not measured:  # a reused process: its peak memory is not this run's
         row["peak_rss_mb"] = None
@@ -292,6 +307,8 @@ def run_all(settings: list[Setting], scale: Scale, fresh: bool = False, desc: st
     def done(st: Setting, seed: int, path: Path, row: dict) -> None:
         atomic_write_text(path, json.dumps(row) + "\n")
         out[st.label].append(row)
+        for warning in row["warnings"]:
+            tqdm.write(f"{st.label}, seed {seed}: {warning}")
         bar.set_postfix_str(f"{st.label} seed {seed}: {row['mean_difference_pp']:+.2f} pp")
         bar.update()
 
@@ -320,7 +337,8 @@ def matching_seconds(settings: list[Setting], scale: Scale) -> dict[str, float]:
     out = {}
     for st in tqdm(settings, desc="timing the matching", unit="setting", leave=False):
         pack_config, fisher_config, _ = configs(st, scale, seed)
-        out[st.label] = pack(loaded, trained, pack_config, fisher_config)[1]["matching_seconds"]
+        out[st.label] = pack(loaded, trained, pack_config, fisher_config, fishers=fishers_for(fisher_config, scale))[1][
+            "matching_seconds"]
     return out
 
 

@@ -225,7 +225,7 @@ class History:
     skipped: dict[str, int] = field(default_factory=dict)  # DNN -> non-finite steps dropped
     rolled_back: int = 0
     seconds: float = 0.0
-    overlap: list[float] = field(default_factory=list)  # round-robin: per round, the DNNs' mean overlap loss (lambda 1) after their turns
+    overlap: list[float] = field(default_factory=list)  # round-robin, per round: mean overlap loss (lambda 1) after the turns
 
     def record(self, dnn_batches: int, accs: dict[str, float], score: float) -> bool:
         """Log a validation check; True if its score is the best so far."""

@@ -116,8 +116,13 @@ def plan_budget(trained: dict[str, Trained], config: PackConfig, n_shared: int) 
 
 
 def pack(loaded: dict[str, Loaded], trained: dict[str, Trained], pack_config: PackConfig,
-         fisher_config: FisherConfig, state: PackedState | None = None) -> tuple[PackedState, dict]:
+         fisher_config: FisherConfig, state: PackedState | None = None,
+         fishers: dict[str, torch.Tensor] | None = None) -> tuple[PackedState, dict]:
     """Add each DNN in order (Fisher, separation, matching) to `state` or to a new store.
+
+    `fishers`: Fisher vectors by DNN name, computed with `fisher_config` on these trained weights;
+    they are used instead of computing them again, and the ones computed are added (the experiments
+    pack the same DNNs many ways).
 
     The "budget" separation shares one budget among the DNNs packed here, so it packs a set into a
     new store; its plan is in the state's config and in the returned info (`spare` pages)."""
@@ -129,8 +134,8 @@ def pack(loaded: dict[str, Loaded], trained: dict[str, Trained], pack_config: Pa
         n_shared = shared_pages_needed([t.theta.numel() for t in trained.values()], pack_config)
         state = new_state(pack_config, n_shared)
     timings = {"fisher_seconds": 0.0, "matching_seconds": 0.0, "spare": 0}
-    fishers = {}
-    for name in tqdm(loaded, desc="Fisher", unit="DNN", leave=False):
+    fishers = {} if fishers is None else fishers
+    for name in tqdm([n for n in loaded if n not in fishers], desc="Fisher", unit="DNN", leave=False):
         theta = trained[name].theta
         if theta.numel() != loaded[name].model.n_weights:
             raise dnn_mod.DNNError(f"DNN {name!r}: trained weights have {theta.numel():,} entries, its model "
@@ -157,15 +162,15 @@ def pack(loaded: dict[str, Loaded], trained: dict[str, Trained], pack_config: Pa
 
 
 def pack_and_optimize(loaded: dict[str, Loaded], trained: dict[str, Trained], tasks: dict[str, Task],
-                      pack_config: PackConfig, fisher_config: FisherConfig,
-                      optimize_config: OptimizeConfig) -> tuple[PackedState, History, OptimizeConfig, dict]:
+                      pack_config: PackConfig, fisher_config: FisherConfig, optimize_config: OptimizeConfig,
+                      fishers: dict[str, torch.Tensor] | None = None) -> tuple[PackedState, History, OptimizeConfig, dict]:
     """Pack the DNNs into a new state, then optimise it: the one composition `run` and the experiments share.
 
     The budget separation's spare pages go to the optimiser to promote (the joint optimiser hands
     them out; round-robin never promotes). The optimiser's config and history are recorded in the
     state. Returns (state, history, the optimiser config used, timings in seconds)."""
     start = time.perf_counter()
-    state, info = pack(loaded, trained, pack_config, fisher_config)
+    state, info = pack(loaded, trained, pack_config, fisher_config, fishers=fishers)
     times = {"fisher_seconds": info["fisher_seconds"], "matching_seconds": info["matching_seconds"],
              "pack_seconds": time.perf_counter() - start}
     if info["spare"]:
