@@ -1,23 +1,18 @@
-"""What every experiment shares: a setting of the pipeline, run once per seed in a fresh process,
+"""What every experiment shares: settings of the pipeline run once per seed in worker processes,
 cached, with mean and spread over seeds, and the results written as JSON, CSV and a plot.
 
-An experiment module (experiments/<name>.py) defines
+An experiment (experiments/<name>.py, found by experiments/report.py) lists `Setting`s, hands them
+to `run_all` with the `Scale` (DNNs, seeds, budget), and turns the rows it gets back into a table
+and an answer with `summary_row`, `paired` and `stats`.
 
-    NAME, QUESTION       its file name and the question it answers (one sentence)
-    plan(scale)          -> list of Setting: what to run; the harness runs each for every seed
-    analyse(runs, scale) -> dict with "rows" (one flat dict per table row: the CSV and the report's
-                            table), "answer" (one or two sentences, built from the numbers) and
-                            anything the plot needs
-    plot(result, path)   draws results/experiments/<name>.png
-
-and the harness does the rest (`run_experiment`). A run of one setting for one seed (`run_setting`)
-trains nothing: the stand-alone models of every seed are trained (or taken from the cache) first,
-in the parent, then the runs go to `workers` spawned processes with one thread each (which keep
-the DNNs' data loaded between runs); a setting marked `measure` has its first seed run afterwards,
-alone, in a fresh process, so its timings see no neighbour and its peak RSS is its own. A crash in
-one run names the setting and seed; finished runs stay cached. Runs are cached by setting,
-seed, scale and the code of `weightsep/` (`$WEIGHTSEP_CACHE/experiments/runs`), so a setting that
-several experiments share (our defaults) runs once, and a changed pipeline runs again.
+A run of one setting for one seed (`run_setting`) trains nothing: the stand-alone models of every
+seed are trained (or taken from the cache) first, in the parent; then the runs go to `workers`
+spawned processes with one thread each (which keep the DNNs' data and Fisher vectors between
+runs). A setting marked `measure` has its first seed run afterwards, alone, in a new process, so
+its timings see no neighbour and its peak RSS is its own. A crash in one run names the setting
+and seed; finished runs stay cached. Runs are cached by setting, seed, scale and the code of
+`weightsep/` and this file (`$WEIGHTSEP_CACHE/experiments/runs`), so a setting that several
+experiments share (our defaults, `ours`) runs once, and a changed pipeline runs again.
 """
 from __future__ import annotations
 
@@ -60,7 +55,7 @@ class Scale:
     seeds: tuple[int, ...] = (0, 1, 2)
     steps: int = 150
     train_steps: int | None = None  # stand-alone training (None: each folder's TRAIN)
-    workers: int = 2  # runs at once (timings and memory are measured in their own phase, one at a time)
+    workers: int = 2  # runs at once (measured runs go one at a time, after the others)
     quick: bool = False
     paper: bool = False
 
