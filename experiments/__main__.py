@@ -4,6 +4,7 @@
     python -m experiments all --quick          # every experiment small (three DNNs, two seeds), then the report
     python -m experiments matching --seeds 0 1 2 3 4 5
     python -m experiments all --paper          # the same on the paper's DNNs whose data is here
+    python -m experiments paper_gap            # the gap to the published two-DNN accuracy (not in `all`: ~1 h)
     python -m experiments report               # results/REPORT.md from the results already written
 
 Each experiment writes results/experiments/<name>.{json,csv,png} (with --paper:
@@ -32,7 +33,8 @@ def parse(argv) -> argparse.Namespace:
     p.add_argument("--paper", action="store_true", help="the paper's DNNs whose data is present instead of the suite")
     p.add_argument("--dnns", nargs="+", default=None, help="DNN names (default: the offline suite)")
     p.add_argument("--seeds", type=int, nargs="+", default=None, help="seeds (default: 0 1 2; matching at least five)")
-    p.add_argument("--steps", type=int, default=None, help=f"optimisation budget, DNN-batches per DNN (default {harness.Scale.steps})")
+    p.add_argument("--steps", type=int, default=None,
+                   help=f"optimisation budget, DNN-batches per DNN (default {harness.Scale.steps})")
     p.add_argument("--train-steps", type=int, default=None, help="stand-alone training steps (default: each folder's)")
     p.add_argument("--workers", type=int, default=None, help="runs at once (default 2)")
     p.add_argument("--fresh", action="store_true", help="ignore cached runs")
@@ -60,7 +62,7 @@ def main(argv=None) -> int:
                                       train_steps=args.train_steps, workers=args.workers)
         for name in args.dnns or ():
             dnn_mod.get(name)  # an unknown name fails here, before any work
-        names = report.experiments() if args.name == "all" else [args.name]
+        names = report.in_all() if args.name == "all" else [args.name]
         start = time.perf_counter()
         for name in names:
             began = time.perf_counter()

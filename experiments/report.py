@@ -31,6 +31,11 @@ def experiments() -> list[str]:
     return [name for _, name in sorted(found)]
 
 
+def in_all() -> list[str]:
+    """The experiments `all` runs: every one but those that set IN_ALL = False (fixed DNNs and budgets)."""
+    return [name for name in experiments() if getattr(module(name), "IN_ALL", True)]
+
+
 def module(name: str):
     return importlib.import_module(f"experiments.{name}")
 
