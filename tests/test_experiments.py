@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from experiments import budget, harness, report, scaling
@@ -133,3 +134,20 @@ def test_paper_mode_runs_on_the_paper_dnns_whose_data_is_here(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     out = json.loads((tmp_path / "experiments" / "paper" / "matching.json").read_text())
     assert out["scale"]["dnns"] == present and out["scale"]["paper"]
+
+
+def test_paper_gap_more_mnist_data_moves_all_but_1000_validation_images_into_training():
+    from experiments import paper_gap
+    from weightsep.dnn import Dataset, Split
+
+    def split(n, offset):
+        x = (offset + np.arange(n, dtype=np.float32)).reshape(n, 1)
+        return Split(x, (np.arange(n) % 10).astype(np.int64))
+
+    data = Dataset(split(5000, 0), split(5000, 10_000), split(100, 50_000))
+    more = paper_gap.more_mnist_data(data)
+    assert len(more.train.y) == 9000 and len(more.val.y) == 1000 and more.test is data.test
+    moved = set(more.train.x[5000:, 0].tolist())
+    kept = set(more.val.x[:, 0].tolist())
+    assert not moved & kept and moved | kept == set(data.val.x[:, 0].tolist())  # every image once
+    assert np.array_equal(more.train.y[5000:], (more.train.x[5000:, 0].astype(np.int64) - 10_000) % 10)  # pairs kept
