@@ -92,7 +92,8 @@ def run(scale: harness.Scale, fresh: bool = False) -> dict:
               f"{syn[-1]['peak_rss_mb']:.0f} MB.")
     return {"setup": f"Subsets drawn once (seeded), {SUBSETS} per N; ms per step and peak RSS from each setting's first "
                      f"seed, run alone in a fresh process with one thread (time per step includes the validation "
-                     f"checks); replicas optimise {REPLICA_STEPS} steps with one check, so checks weigh more in their time per step.",
+                     f"checks); replicas optimise {REPLICA_STEPS} steps with one check, so checks weigh more in "
+                     "their time per step.",
             "rows": rows, "table": "\n".join(table), "answer": answer, "memory_target_mb": MEMORY_TARGET_MB}
 
 
