@@ -68,7 +68,7 @@ def run(scale: harness.Scale, fresh: bool = False) -> dict:
 def plot(result: dict, plt) -> None:
     rows = result["rows"]
     xs = [r["page_size"] for r in rows]
-    fig, (a, b, c) = plt.subplots(1, 3, figsize=(14, 4))
+    fig, (a, b, c) = plt.subplots(1, 3, figsize=(16, 4.5))
     a.errorbar(xs, [r["mean_change_pp"] for r in rows], yerr=[r["mean_change_std"] for r in rows], marker="o",
                capsize=3, label="mean over DNNs")
     a.plot(xs, [r["worst_pp"] for r in rows], marker="s", ls="--", label="worst DNN")
@@ -79,13 +79,16 @@ def plot(result: dict, plt) -> None:
     b.set(ylabel="matching cost (Fisher-weighted squared distance)", title="matching cost (left) and time (right)")
     twin = b.twinx()
     twin.plot(xs, [r["matching_seconds"] for r in rows], marker="^", color="C3", ls=":")
-    twin.set_ylabel("matching time (s, all DNNs)", color="C3")
+    twin.set_ylabel("matching time (s, all DNNs; log)", color="C3")
+    twin.set_yscale("log")
     c.plot(xs, [r["ratio_by_count"] for r in rows], marker="o", label="by weight count")
     c.plot(xs, [r["ratio_by_bytes"] for r in rows], marker="s", label="by bytes (page tables included)")
     c.set(ylabel="packing ratio (x)", title="packing ratio")
     c.legend()
     for ax in (a, b, c):
         ax.set_xscale("log", base=2)
+        ax.set_xticks(xs, [str(x) for x in xs])
         ax.set_xlabel("page size P (weights)")
         ax.grid(alpha=0.3)
     fig.suptitle("Page size, shared weights held constant (mean ± std over seeds)")
+    fig.tight_layout()

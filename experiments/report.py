@@ -60,7 +60,7 @@ def run(name: str, scale: harness.Scale, fresh: bool = False, results: Path = RE
 
 def section(result: dict, number: int, png: str) -> str:
     lines = [f"## {number}. {result['title']}", "", f"**Question.** {result['question']}", "",
-             f"**Setup.** `{result['command']}` ({result['seconds'] / 60:.1f} min, {result['date']}). "
+             f"**Setup.** `{result['command']}` ({result['date']}). "
              f"{result['setup']} Scale: {result['scale_text']}.",
              "", result["table"], "", f"![{result['title']}]({png})", "", f"**Answer.** {result['answer']}", ""]
     return "\n".join(lines)
