@@ -91,9 +91,9 @@ def plot(result: dict, plt) -> None:
         pts = [r for r in rows if r["family"] == family]
         ax.errorbar([r["ratio_by_bytes"] for r in pts], [r["mean_change_pp"] for r in pts],
                     yerr=[r["mean_change_std"] for r in pts], fmt=marker, capsize=3, label=family)
-        for r in pts:
-            ax.annotate(r["setting"].replace("budget ", ""), (r["ratio_by_bytes"], r["mean_change_pp"]), fontsize=7,
-                        textcoords="offset points", xytext=(4, 4))
+    for i, r in enumerate(sorted(rows, key=lambda r: r["ratio_by_bytes"])):  # labels above and below in turn
+        ax.annotate(r["setting"].replace("budget ", ""), (r["ratio_by_bytes"], r["mean_change_pp"]), fontsize=7,
+                    textcoords="offset points", xytext=(5, 6) if i % 2 == 0 else (5, -12))
     front = sorted((r for r in rows if r["pareto"]), key=lambda r: r["ratio_by_bytes"])
     ax.plot([r["ratio_by_bytes"] for r in front], [r["mean_change_pp"] for r in front], color="grey", ls="--", lw=1,
             label="Pareto front")
