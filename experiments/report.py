@@ -13,6 +13,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
+from weightsep.optimize import OptimizeConfig
 from weightsep.pipeline import RESULTS_DIR
 from weightsep.store import atomic_write_text
 
@@ -77,7 +78,12 @@ def write(results: Path = RESULTS_DIR) -> Path:
              "per-seed differences. Accuracy changes are test accuracy after packing minus stand-alone, in "
              "percentage points (pp); selection is on validation data, test scored once. Regenerate with "
              "`python -m experiments all` (runs are cached) or just this file with `python -m experiments report`.",
-             ""]
+             "",
+             f"The default budget, {harness.Scale.steps} DNN-batches per DNN, is a tenth of the main job's "
+             f"{OptimizeConfig.steps:,} joint steps, so that the experiments fit in about an hour on two cores: compare "
+             "rows within a section, at equal budget; the absolute accuracy changes are far below the main job's "
+             "([docs/results.md](../docs/results.md)), and a ranking that depends on convergence may change at the full budget "
+             "(section Optimisers shows the curves).", ""]
     contents, body = [], []
     number = 0
     for paper in (False, True):
