@@ -89,8 +89,8 @@ def plot(result: dict, plt) -> None:
     b.set(xlabel="matching cost / greedy's (same seed)", ylabel="mean test accuracy change (pp)",
           title="after joint optimisation")
     for ax in (a, b):
-        ax.set_xscale("log")
         ax.grid(alpha=0.3)
     b.axhline(0, color="grey", lw=0.8)
     a.legend(title="matcher (one point per seed)")
     fig.suptitle("Matching: does lower cost train better?")
+    fig.tight_layout()
