@@ -113,7 +113,7 @@ def test_all_quick_writes_every_experiment_and_a_report_whose_plots_exist(tmp_pa
     text = (tmp_path / "REPORT.md").read_text()
     for name in report.in_all():
         out = json.loads((tmp_path / "experiments" / f"{name}.json").read_text())
-        assert out["rows"] and out["answer"] and out["table"].startswith("|")
+        assert out["rows"] and out["answer"] and "\n|---" in out["table"]
         assert "nan" not in out["answer"].lower()
         assert (tmp_path / "experiments" / f"{name}.csv").read_text().count("\n") >= 2
         png = tmp_path / "experiments" / f"{name}.png"
