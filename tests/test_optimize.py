@@ -233,12 +233,12 @@ def test_batches_per_step_water_fills_the_cheapest_dnns_within_the_extra_compute
     x = torch.zeros(4, 8)
     tasks = {name: Task(TemplateNet((8,), [], dense=[h], classes=3), x, torch.zeros(4, dtype=torch.long), x,
                         torch.zeros(4, dtype=torch.long)) for name, h in [("big", 48), ("small", 4)]}
-    flops = {n: flops_per_sample(t) for n, t in tasks.items()}
+    flops = {n: flops_per_sample(t.model) for n, t in tasks.items()}
     assert flops == {"big": 2 * (8 * 48 + 48 * 3), "small": 2 * (8 * 4 + 4 * 3)}
     # allowance 0.2 * 1144 = 228.8 FLOPs: two extra batches of small (88 each), not a third (264 > 228.8)
-    assert batches_per_step(tasks, 0.2, max_batches=8) == {"big": 1, "small": 3}
-    assert batches_per_step(tasks, 0.2, max_batches=2) == {"big": 1, "small": 2}
-    assert batches_per_step(tasks, 0.0, max_batches=8) == {"big": 1, "small": 1}
+    assert batches_per_step(flops, 0.2, max_batches=8) == {"big": 1, "small": 3}
+    assert batches_per_step(flops, 0.2, max_batches=2) == {"big": 1, "small": 2}
+    assert batches_per_step(flops, 0.0, max_batches=8) == {"big": 1, "small": 1}
     # a task's own count wins; the published optimizers keep one batch
     tasks["big"].batches = 5
     assert step_batches(tasks, OptimizeConfig(extra_compute=0.2, max_batches=8)) == {"big": 5, "small": 3}

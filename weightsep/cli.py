@@ -14,6 +14,7 @@ new field is a new flag with no edit here.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import sys
 import time
@@ -21,6 +22,7 @@ import types
 import typing
 from pathlib import Path
 
+from . import distributed
 from . import dnn as dnn_mod
 from .checks import Parser, flag, int_at_least, writable_dir
 from .evaluate import format_aggregate, format_table, make_row, packed_theta, summarize
@@ -28,7 +30,7 @@ from .fisher import ESTIMATORS, FisherConfig
 from .matching import MATCHERS
 from .optimize import BALANCES, OPTIMIZERS, SCHEDULES, SELECTIONS, OptimizeConfig, optimize, unused_fields
 from .pack import MODES, SHARED_CONTENT, PackConfig, pack_config, remove_vnn
-from .pipeline import RESULTS_DIR, RunConfig, load, load_packed, pack, run, write_summary
+from .pipeline import RESULTS_DIR, RunConfig, hold, load, load_packed, pack, run, shard, write_summary
 from .separation import SEPARATIONS
 from .store import Store, StoreError
 from .train import set_single_thread, standalone_models
@@ -114,16 +116,20 @@ def cmd_run(args) -> None:
         dnns=args.dnns or dnn_mod.suite(), extra_folders=args.dnn_folder, store=args.store, results=args.results,
         workers=args.workers, pack=build_config(PackConfig, args), fisher=build_config(FisherConfig, args),
         optimize=build_config(OptimizeConfig, args), no_sharing=args.no_sharing, train_steps=args.train_steps,
-        seeds=args.seeds or [args.seed])
+        seeds=args.seeds or [args.seed], procs=args.procs, backend=args.backend)
     summary = run(config)
+    if summary is None:  # a rank other than 0 under torchrun: rank 0 reports
+        return
     for one in summary["seeds"]:
         if len(config.seeds) > 1:
             print(f"\n== seed {one['seed']} (store {one['store']})")
         print(format_table(one))
         t = one["timings"]
+        ranks = (f" ({config.procs} ranks, all-reduce {t['communication_seconds']:.1f} s; per rank "
+                 + ", ".join(f"{m:.0f}" for m in t["peak_memory_mb_per_rank"]) + " MB)") if "peak_memory_mb_per_rank" in t else ""
         print(f"time:        stand-alone {t['standalone_seconds']:.0f} s, Fisher {t['fisher_seconds']:.1f} s, "
               f"matching {t['matching_seconds']:.2f} s, optimisation {t['optimize_seconds']:.0f} s; "
-              f"peak memory {t['peak_memory_mb']:.0f} MB")
+              f"peak memory {t['peak_memory_mb']:.0f} MB" + ranks)
     if len(config.seeds) > 1:
         print("\n== over seeds\n" + format_aggregate(summary["aggregate"]))
     print(f"\nwrote {args.results / 'summary.json'}, {args.results / 'summary.md'} and the store "
@@ -154,16 +160,29 @@ def _add(args, store: Store) -> None:
 
 
 def _optimize_store(args, names: list[str] | None, **fixed) -> None:
-    store = Store(args.store)
-    with store.writing(args.command):
-        state = store.load()
-        loaded = load_packed(state, names, args.dnn_folder, args.allow_changed_code)
-        config = build_config(OptimizeConfig, args, dnns=tuple(loaded), **fixed)
-        state, history = optimize(state, {n: item.task() for n, item in loaded.items()}, config)
-        store.save(state)
-    best = history.val_accuracy[history.best_index]
-    print(f"{config.optimizer}: best validation " + ", ".join(f"{n} {100 * a:.2f}%" for n, a in best.items())
+    report = distributed.launch(getattr(args, "procs", 1), _optimize_store_here, args, names, fixed,
+                                backend=getattr(args, "backend", "auto"))
+    if report is None:  # a rank other than 0 under torchrun
+        return
+    optimizer, best, history = report
+    print(f"{optimizer}: best validation " + ", ".join(f"{n} {100 * a:.2f}%" for n, a in best.items())
           + f" ({history.seconds:.1f} s; non-finite steps dropped: {history.skipped or 'none'})")
+
+
+def _optimize_store_here(args, names: list[str] | None, fixed: dict):
+    """This rank's part: rank 0 reads the store and sends it to the others, each trains its DNNs,
+    rank 0 writes the result. Returns (optimizer, best validation accuracies, history) on rank 0."""
+    world, store = distributed.current(), Store(args.store)
+    with store.writing(args.command) if world.writer else contextlib.nullcontext():
+        state = distributed.broadcast(store.load() if world.writer else None)
+        loaded = load_packed(state, names, args.dnn_folder, args.allow_changed_code, data=not world.distributed)
+        config = build_config(OptimizeConfig, args, dnns=tuple(loaded), **fixed)
+        mine = hold(loaded, config)
+        state, history = optimize(state if world.writer else shard(state, mine),
+                                  {n: loaded[n].task() for n in mine}, config)
+        if world.writer:
+            store.save(state)
+    return config.optimizer, history.val_accuracy[history.best_index], history
 
 
 def cmd_train(args) -> None:
@@ -239,20 +258,27 @@ def parser() -> argparse.ArgumentParser:
                         help="use a packed DNN whose dnn.py changed since it was packed (default: refuse)")
     common.add_argument("--train-steps", type=int_at_least(1), default=None,
                         help="stand-alone training steps per DNN (default: each folder's TRAIN budget)")
+    ranks = argparse.ArgumentParser(add_help=False)
+    group = ranks.add_argument_group("scale-out (docs/distributed.md)")
+    group.add_argument("--procs", type=int_at_least(1), default=1,
+                       help="ranks for the joint optimisation on this machine, each with its own DNNs and one thread "
+                            "(default 1; under torchrun leave it out: torchrun starts the ranks)")
+    group.add_argument("--backend", choices=distributed.BACKENDS, default="auto",
+                       help="torch.distributed backend (default auto: gloo on CPU, NCCL when every rank has a GPU)")
 
     p = Parser(prog="python -m weightsep", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
 
-    def command(name, fn, help, configs=()):
-        c = sub.add_parser(name, parents=[common], help=help, description=help)
+    def command(name, fn, help, configs=(), parents=()):
+        c = sub.add_parser(name, parents=[common, *parents], help=help, description=help)
         for cls in configs:
             add_config_flags(c, cls)
         c.set_defaults(fn=fn, configs=configs)
         return c
 
     c = command("run", cmd_run, "the main job: train or reuse stand-alone DNNs, pack, optimise, report",
-                (PackConfig, FisherConfig, OptimizeConfig))
+                (PackConfig, FisherConfig, OptimizeConfig), parents=[ranks])
     c.add_argument("--dnns", nargs="+", help="DNN names or folders (default: the offline suite)")
     c.add_argument("--no-sharing", action="store_true",
                    help="also train each DNN alone with the same budget (control for extra training)")
@@ -268,7 +294,7 @@ def parser() -> argparse.ArgumentParser:
                 (OptimizeConfig,))
     c.add_argument("vnn_name")
     c.add_argument("--iter", type=int_at_least(1), default=2000, help="steps (default 2000, as the original)")
-    command("joint", cmd_joint, "true joint optimisation of every packed DNN", (OptimizeConfig,))
+    command("joint", cmd_joint, "true joint optimisation of every packed DNN", (OptimizeConfig,), parents=[ranks])
     c = command("eval", cmd_eval, "packed test accuracy of a DNN next to stand-alone (-mode=e)")
     c.add_argument("vnn_name")
     command("report", cmd_report, "evaluate every packed DNN and print/write the paper-style table")
@@ -350,7 +376,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("\ninterrupted" + ("; the store keeps its last good state" if writes else ""), file=sys.stderr)
         return 130
-    except (dnn_mod.DNNError, StoreError, ValueError, FileNotFoundError, FloatingPointError) as e:
+    except (dnn_mod.DNNError, StoreError, ValueError, FileNotFoundError, FloatingPointError, distributed.RankError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except OSError as e:  # disk full, permissions, a path that is a file, ...

@@ -43,6 +43,7 @@ any page non-finite is rolled back, so a NaN never reaches the shared pages.
 from __future__ import annotations
 
 import copy
+import hashlib
 import math
 import time
 import warnings
@@ -54,6 +55,7 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 from tqdm import tqdm
 
+from . import distributed
 from .checks import at_least, finite, one_of, positive, within
 from .evaluate import accuracy
 from .pages import materialize, to_pages
@@ -138,23 +140,24 @@ class Task:
     batches: int | None = None  # batches of batch_size per step (None: `batches_per_step` decides)
 
 
-def flops_per_sample(task: Task) -> int:
-    """FLOPs of one sample's forward pass, counted by torch (not timed, so the same on every machine)."""
+def flops_per_sample(model: torch.nn.Module) -> int:
+    """FLOPs of one sample's forward pass, counted by torch (not timed, so the same on every machine,
+    and without data: a rank can count DNNs whose data it does not hold)."""
     with FlopCounterMode(display=False) as counter, torch.no_grad():
-        task.model(task.x_train[:1], task.standalone)
+        model(torch.zeros(1, *model.input_shape))
     return counter.get_total_flops()
 
 
-def batches_per_step(tasks: dict[str, Task], extra_compute: float, max_batches: int) -> dict[str, int]:
-    """One batch per step for each DNN, plus extra ones for the cheapest: water-filling on FLOPs.
+def batches_per_step(flops: dict[str, int], extra_compute: float, max_batches: int) -> dict[str, int]:
+    """One batch per step for each DNN, plus extra ones for the cheapest: water-filling on FLOPs
+    (`flops`: FLOPs per sample by DNN).
 
     Each extra batch goes to the DNN with the fewest FLOPs per step so far (ties by name), while
     the extra FLOPs stay within `extra_compute` of one batch of every DNN and no DNN takes more than
     `max_batches`. A DNN's batches in one step form one larger batch."""
-    flops = {name: flops_per_sample(task) for name, task in tasks.items()}
-    count = {name: 1 for name in tasks}
+    count = {name: 1 for name in flops}
     allowance = extra_compute * sum(flops.values())
-    while open_ := [n for n in tasks if count[n] < max_batches]:
+    while open_ := [n for n in flops if count[n] < max_batches]:
         name = min(open_, key=lambda n: (count[n] * flops[n], n))
         if flops[name] > allowance:
             break
@@ -193,10 +196,27 @@ BALANCES = ("rms", "sum")
 
 def step_batches(tasks: dict[str, Task], config: OptimizeConfig) -> dict[str, int]:
     """Each DNN's batches per step: its task's own `batches` if set, else `batches_per_step` for the
-    joint optimizer and one for the published ones. FLOPs are counted only when some task needs the rule."""
-    needed = config.optimizer == "joint" and any(task.batches is None for task in tasks.values())
-    rule = batches_per_step(tasks, config.extra_compute, config.max_batches) if needed else {}
-    return {name: task.batches or rule.get(name, 1) for name, task in tasks.items()}
+    joint optimizer and one for the published ones. FLOPs are counted only when some task needs the rule.
+    Over several ranks `tasks` are this rank's and the answer covers every rank's DNNs."""
+    needed = distributed.any_(config.optimizer == "joint" and any(task.batches is None for task in tasks.values()))
+    flops = distributed.merged(distributed.all_gather({n: flops_per_sample(t.model) for n, t in tasks.items()})
+                               if needed else [])
+    rule = batches_per_step(flops, config.extra_compute, config.max_batches) if needed else {}
+    return distributed.merged(distributed.all_gather({n: t.batches or rule.get(n, 1) for n, t in tasks.items()}))
+
+
+def step_costs(models: dict[str, torch.nn.Module], config: OptimizeConfig) -> dict[str, float]:
+    """Forward FLOPs each DNN adds to a joint step (per sample x samples per step): what `distributed.assign`
+    balances. Counted, not timed, so every rank computes the same split."""
+    flops = {name: flops_per_sample(model) for name, model in models.items()}
+    per_step = batches_per_step(flops, config.extra_compute, config.max_batches) if config.optimizer == "joint" else {}
+    return {name: float(f * config.batch_size * per_step.get(name, 1)) for name, f in flops.items()}
+
+
+def dnn_generator(seed: int, name: str) -> torch.Generator:
+    """A DNN's own batch-order generator: its batches do not depend on which other DNNs are packed
+    or which rank trains it (Python's hash() differs between processes; sha256 does not)."""
+    return torch.Generator().manual_seed(int.from_bytes(hashlib.sha256(f"{seed}/{name}".encode()).digest()[:8], "little"))
 
 
 class GradientBalance:
@@ -226,6 +246,7 @@ class History:
     rolled_back: int = 0
     seconds: float = 0.0
     overlap: list[float] = field(default_factory=list)  # round-robin, per round: mean overlap loss (lambda 1) after the turns
+    communication_seconds: float = 0.0  # joint over several ranks: time this rank spent in the shared gradient's all-reduce
 
     def record(self, dnn_batches: int, accs: dict[str, float], score: float) -> bool:
         """Log a validation check; True if its score is the best so far."""
@@ -254,36 +275,63 @@ def validation_subset(task: Task, n: int, seed: int) -> tuple[torch.Tensor, torc
     return task.x_val[index], task.y_val[index]
 
 
+def _held_once(names: list[str], held: list[list[str]]) -> None:
+    """Every DNN trained is held (given a model and data) by exactly one rank."""
+    holders = {n: [r for r, part in enumerate(held) if n in part] for n in names}
+    missing = [n for n, ranks in holders.items() if not ranks]
+    if missing:
+        raise ValueError(f"no model/data given for packed DNN(s) {missing}")
+    twice = {n: ranks for n, ranks in holders.items() if len(ranks) > 1}
+    if twice:
+        raise ValueError(f"DNN(s) held by more than one rank: {twice}")
+
+
 class PageOptimizer:
-    """Holds the page tensors as parameters and the bookkeeping every optimizer shares."""
+    """Holds the page tensors as parameters and the bookkeeping every optimizer shares.
+
+    Over several ranks (`distributed.current()`), `tasks` are this rank's DNNs (`local`); every
+    rank knows every DNN's page table (promotion changes them in step on all ranks) but holds only
+    its own DNNs' exclusive pages (and rank 0 those of packed DNNs nobody trains)."""
 
     def __init__(self, state: PackedState, tasks: dict[str, Task], config: OptimizeConfig, progress: bool = True):
+        self.world = distributed.current()
         self.names = list(config.dnns or state.vnns)
         unknown = [name for name in self.names if name not in state.vnns]
         if unknown:
             raise ValueError(f"DNN(s) {unknown} are not packed; packed: {', '.join(state.vnns)}")
-        missing = [name for name in self.names if name not in tasks]
-        if missing:
-            raise ValueError(f"no model/data given for packed DNN(s) {missing}")
+        self.local = [name for name in self.names if name in tasks]
+        _held_once(self.names, distributed.all_gather(self.local))
         self.state = copy.copy(state)  # promotion changes page tables: never the caller's
         self.state.vnns = dict(state.vnns)
-        self.tasks, self.config, self.progress = tasks, config, progress
-        self.batches_per_step = step_batches({n: tasks[n] for n in self.names}, config)
+        self.tasks, self.config, self.progress = tasks, config, progress and self.world.writer
+        self.batches_per_step = step_batches({n: tasks[n] for n in self.local}, config)
         self.loss_fn = LOSSES[config.loss]
-        self.gen = torch.Generator().manual_seed(config.seed)
+        self.gen = torch.Generator().manual_seed(config.seed)  # which DNNs a step draws: the same on every rank
         self.shared = state.shared_pages.clone().requires_grad_(True)
-        self.exclusive = {n: v.exclusive_pages.clone().requires_grad_(True) for n, v in state.vnns.items()}
-        self.batches = {n: batches(len(tasks[n].x_train), config.batch_size, self.gen) for n in self.names}
-        self.val = {n: validation_subset(tasks[n], config.val_samples, config.seed) for n in self.names}
+        self.exclusive = {n: v.exclusive_pages.clone().requires_grad_(True) for n, v in state.vnns.items()
+                          if self.holds(n)}
+        self.batches = {n: batches(len(tasks[n].x_train), config.batch_size, dnn_generator(config.seed, n))
+                        for n in self.local}
+        self.val = {n: validation_subset(tasks[n], config.val_samples, config.seed) for n in self.local}
         self.history = History()
-        if all(tasks[n].standalone is not None for n in self.names):
-            self.history.reference = {n: self.val_accuracy(n, tasks[n].standalone) for n in self.names}
+        if all(distributed.all_gather(all(tasks[n].standalone is not None for n in self.local))):
+            reference = {n: self.val_accuracy(n, tasks[n].standalone) for n in self.local}
+            self.history.reference = self.in_order(distributed.all_gather(reference))
         self.select = SELECTIONS[config.select if self.history.reference else "mean"]
         self.spare_pages = config.promote_pages if self.history.reference else 0
         if config.promote_pages and not self.history.reference:
             warnings.warn("promotion needs each DNN's stand-alone weights; no pages will be promoted",
                           RuntimeWarning, stacklevel=2)
         self.best = self.snapshot()
+
+    def holds(self, name: str) -> bool:
+        """This rank holds `name`'s exclusive pages: it trains it, or (rank 0) nobody trains it."""
+        return name in self.local if name in self.names else self.world.writer
+
+    def in_order(self, parts: list[dict]) -> dict:
+        """Per-DNN values gathered from every rank, in the order of `names`."""
+        values = distributed.merged(parts)
+        return {n: values[n] for n in self.names}
 
     def theta(self, name: str) -> torch.Tensor:
         vnn = self.state.vnns[name]
@@ -317,7 +365,7 @@ class PageOptimizer:
 
     @torch.no_grad()
     def validate(self, dnn_batches: int) -> dict[str, float]:
-        accs = {name: self.val_accuracy(name, self.theta(name)) for name in self.names}
+        accs = self.in_order(distributed.all_gather({n: self.val_accuracy(n, self.theta(n)) for n in self.local}))
         if self.history.record(dnn_batches, accs, self.select(accs, self.history.reference)):
             self.best = self.snapshot()
         return accs
@@ -345,27 +393,38 @@ class PageOptimizer:
         on_shared = is_shared(vnn.page_table, S).nonzero().flatten()
         mass = contribution_density(vnn.fisher, P)[on_shared]
         logical = on_shared[torch.argsort(mass, descending=True, stable=True)[:count]]
-        old = self.exclusive[name]
-        new = torch.cat([old.detach(), self.shared.detach()[vnn.page_table[logical]]]).requires_grad_(True)
         table = vnn.page_table.clone()
-        table[logical] = exclusive_entries(S, old.shape[0], len(logical))
+        table[logical] = exclusive_entries(S, len(vnn.page_table) - len(on_shared), len(logical))
         self.state.shared_fisher = self.state.shared_fisher.clone()
         self.state.shared_fisher[vnn.page_table[logical]] -= to_pages(vnn.fisher, P)[logical]
         self.state.shared_fisher.clamp_(min=0)
         promoted = copy.copy(vnn)
         promoted.page_table = table
         self.state.vnns[name] = promoted
-        self.exclusive[name] = new
         self.spare_pages -= len(logical)
         self.history.promoted += [(dnn_batches, name, int(p)) for p in logical]
-        return old, new
+        if not self.holds(name):  # another rank grows its pages; every rank keeps the tables
+            return None
+        old = self.exclusive[name]
+        self.exclusive[name] = torch.cat([old.detach(), self.shared.detach()[vnn.page_table[logical]]]).requires_grad_(True)
+        return old, self.exclusive[name]
 
     def result(self) -> PackedState:
+        """The best check's state: whole on rank 0 (the ranks' exclusive pages gathered); on the
+        other ranks only their own DNNs' exclusive pages are filled (the others' are empty)."""
+        exclusive = dict(self.best[1])
+        if self.world.distributed:
+            parts = distributed.gather({n: exclusive[n] for n in self.local})
+            exclusive = distributed.merged(parts) | exclusive if parts else exclusive
+            skipped = distributed.gather(self.history.skipped)
+            if skipped:
+                self.history.skipped = dict(sum((Counter(part) for part in skipped), Counter()))
         state = copy.copy(self.state)
         state.shared_pages = self.best[0]
         state.vnns = {n: copy.copy(v) for n, v in self.state.vnns.items()}
         for n, vnn in state.vnns.items():
-            vnn.exclusive_pages, vnn.page_table = self.best[1][n], self.best[2][n]
+            vnn.exclusive_pages = exclusive.get(n, vnn.exclusive_pages.new_zeros(0, self.state.page_size))
+            vnn.page_table = self.best[2][n]
         return state
 
 
@@ -383,9 +442,21 @@ def _swap_parameter(opt: torch.optim.Optimizer, old: torch.Tensor, new: torch.Te
         opt.state[new] = {k: grow(v) if torch.is_tensor(v) and v.shape == old.shape else v for k, v in state.items()}
 
 
+def _sum_over_ranks(po: PageOptimizer, g_shared: torch.Tensor | None, contributors: int) -> torch.Tensor | None:
+    """The shared pages' gradient summed over every rank's DNNs, in one all-reduce (the count of
+    DNNs that contributed rides along: None when none did, as on one process, so Adam skips the
+    shared pages rather than stepping on a zero gradient)."""
+    buffer = torch.cat([torch.zeros(po.shared.numel()) if g_shared is None else g_shared.reshape(-1),
+                        torch.tensor([float(contributors)])])
+    start = time.perf_counter()
+    distributed.sum_(buffer)
+    po.history.communication_seconds += time.perf_counter() - start
+    return buffer[:-1].view_as(po.shared) if buffer[-1] > 0 else None
+
+
 def joint(po: PageOptimizer) -> None:
     cfg, names = po.config, po.names
-    opt = torch.optim.Adam([po.shared, *(po.exclusive[n] for n in names)], lr=cfg.learning_rate)
+    opt = torch.optim.Adam([po.shared, *(po.exclusive[n] for n in po.local)], lr=cfg.learning_rate)
     schedule = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: SCHEDULES[cfg.schedule](step + 1, cfg.steps))
     per_step = min(cfg.dnns_per_step or len(names), len(names))
     checks = [s for s in range(1, cfg.steps + 1) if s % cfg.eval_every == 0 or s == cfg.steps]
@@ -397,7 +468,8 @@ def joint(po: PageOptimizer) -> None:
                      disable=not po.progress):
         chosen = names if per_step == len(names) else [names[i] for i in torch.randperm(len(names), generator=po.gen)[:per_step]]
         grads: dict[int, torch.Tensor] = {}
-        for name in chosen:
+        contributors = 0
+        for name in (n for n in chosen if n in po.local):
             loss = po.task_loss(name, po.theta(name))
             if not torch.isfinite(loss):
                 po.drop(name, "loss")
@@ -411,13 +483,16 @@ def joint(po: PageOptimizer) -> None:
             g_shared, g_excl = g_shared * factor, g_excl * factor
             grads[id(po.shared)] = grads.get(id(po.shared), 0) + g_shared
             grads[id(po.exclusive[name])] = g_excl
+            contributors += 1
+        if po.world.distributed:
+            grads[id(po.shared)] = _sum_over_ranks(po, grads.get(id(po.shared)), contributors)
         dnn_batches += sum(po.batches_per_step[n] for n in chosen)
         params = opt.param_groups[0]["params"]
         snap, opt_state = po.snapshot(), _adam_state(opt)
         for p in params:
             p.grad = grads.get(id(p))  # None: Adam leaves pages of DNNs not in this step alone
         opt.step()
-        if not _finite(*params):
+        if distributed.any_(not _finite(*params)):  # every rank rolls back, or none
             po.restore(snap)
             opt.load_state_dict(opt_state)
             po.history.rolled_back += 1
@@ -427,7 +502,8 @@ def joint(po: PageOptimizer) -> None:
             accs = po.validate(dnn_batches)
             if step in window and po.spare_pages:
                 for name, count in po.promotions(accs, len(window) - window.index(step)).items():
-                    _swap_parameter(opt, *po.promote(name, count, dnn_batches))
+                    if grown := po.promote(name, count, dnn_batches):
+                        _swap_parameter(opt, *grown)
 
 
 def _overlap_terms(po: PageOptimizer, name: str, last: dict[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
@@ -536,6 +612,9 @@ def unused_fields(optimizer: str) -> tuple[str, ...]:
 def optimize(state: PackedState, tasks: dict[str, Task], config: OptimizeConfig,
              progress: bool = True) -> tuple[PackedState, History]:
     """Train the pages of `state` (see the module docstring); returns the best-validation state."""
+    if config.optimizer != "joint" and distributed.current().distributed:
+        raise ValueError(f"the {config.optimizer} optimiser trains one DNN at a time, each turn on the pages the last "
+                         "one left: it runs on one process (--procs 1); the joint optimiser runs on several")
     if config.optimizer == "sequential":
         config = OptimizeConfig(**{**config.__dict__, "rounds": 1})
     po = PageOptimizer(state, tasks, config, progress)

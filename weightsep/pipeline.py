@@ -8,7 +8,9 @@ folders and their data, and leaves disk to the store. `run` is the main job:
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
+import os
 import resource
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -17,10 +19,11 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from . import distributed
 from . import dnn as dnn_mod
 from .evaluate import accuracy, aggregate, format_aggregate, format_table, make_row, packed_theta, summarize
 from .fisher import FisherConfig, compute_fisher
-from .optimize import History, OptimizeConfig, Task, optimize, step_batches
+from .optimize import History, OptimizeConfig, Task, optimize, step_batches, step_costs
 from .pack import PackConfig, add_vnn, new_state, shared_pages_needed, solo_state
 from .pages import n_pages
 from .separation import allot, exclusive_budget, target_performance_rate
@@ -33,11 +36,12 @@ RESULTS_DIR = dnn_mod.REPO_ROOT / "results"
 
 @dataclass
 class Loaded:
-    """A DNN folder with its model and data, as tensors."""
+    """A DNN folder with its model and data, as tensors (over several ranks, only the rank that
+    trains the DNN loads its data: `data` is None on the others)."""
 
     dnn: dnn_mod.DNN
     model: torch.nn.Module
-    data: dnn_mod.Dataset
+    data: dnn_mod.Dataset | None
 
     def task(self, standalone: torch.Tensor | None = None, batches: int | None = None) -> Task:
         d = self.data
@@ -48,17 +52,44 @@ class Loaded:
         return accuracy(self.model, theta, torch.from_numpy(self.data.test.x), torch.from_numpy(self.data.test.y))
 
 
-def load(names: list[str], extra: list[Path] = ()) -> dict[str, Loaded]:
-    """DNN folders by name (or path), each with a fresh model and its data."""
+def load(names: list[str], extra: list[Path] = (), data: bool = True) -> dict[str, Loaded]:
+    """DNN folders by name (or path), each with a fresh model and (unless `data` is False) its data."""
     out = {}
     for name in names:
         dnn = dnn_mod.get(name, extra)
-        out[dnn.name] = Loaded(dnn, dnn.build_model(), dnn.load_data())
+        out[dnn.name] = Loaded(dnn, dnn.build_model(), dnn.load_data() if data else None)
     return out
 
 
+def hold(loaded: dict[str, Loaded], config: OptimizeConfig) -> list[str]:
+    """The DNNs this rank trains, with their data loaded: all of them on one process; over several
+    ranks, each rank's share, balanced by joint-step cost (`distributed.assign`)."""
+    world = distributed.current()
+    if not world.distributed:
+        return list(loaded)
+    owner = distributed.assign(step_costs({n: item.model for n, item in loaded.items()}, config), world.size)
+    mine = [n for n in loaded if owner[n] == world.rank]
+    for name in mine:
+        if loaded[name].data is None:
+            loaded[name].data = loaded[name].dnn.load_data()
+    distributed.announce(mine)
+    return mine
+
+
+def shard(state: PackedState, names: list[str]) -> PackedState:
+    """One rank's part of a packed state: every page table and Fisher, the shared pages, and only
+    `names`' exclusive pages (the others' are emptied, so the memory is not held)."""
+    part = copy.copy(state)
+    part.vnns = {}
+    for name, vnn in state.vnns.items():
+        part.vnns[name] = copy.copy(vnn)
+        if name not in names:
+            part.vnns[name].exclusive_pages = vnn.exclusive_pages.new_zeros(0, state.page_size)
+    return part
+
+
 def load_packed(state: PackedState, names: list[str] | None = None, extra: list[Path] = (),
-                allow_changed_code: bool = False) -> dict[str, Loaded]:
+                allow_changed_code: bool = False, data: bool = True) -> dict[str, Loaded]:
     """The packed DNNs with their folders' models and data, keyed by packed name.
 
     Code comes only from the DNN folders discovered or named on the command line (`extra`), found
@@ -82,7 +113,7 @@ def load_packed(state: PackedState, names: list[str] | None = None, extra: list[
                 f"DNN {name!r}: {dnn.path / 'dnn.py'} changed since it was packed (code hash {recorded.code_hash} "
                 f"then, {dnn.code_hash()} now), so its model or data may not match the store; re-pack it "
                 f"(`remove {name}`, then `add {name}` and `joint`), or pass --allow-changed-code to use it anyway")
-        out[name] = Loaded(dnn, dnn.build_model(), dnn.load_data())
+        out[name] = Loaded(dnn, dnn.build_model(), dnn.load_data() if data else None)
     return out
 
 
@@ -125,17 +156,19 @@ def pack(loaded: dict[str, Loaded], trained: dict[str, Trained], pack_config: Pa
     pack the same DNNs many ways).
 
     The "budget" separation shares one budget among the DNNs packed here, so it packs a set into a
-    new store; its plan is in the state's config and in the returned info (`spare` pages)."""
+    new store; its plan is in the state's config and in the returned info (`spare` pages).
+
+    Over several ranks `trained` holds this rank's DNNs: each rank computes their Fisher, rank 0
+    gathers them and separates and matches, and every rank gets its `shard` of the state."""
+    world = distributed.current()
     budget = pack_config.mode == "ws" and pack_config.separation == "budget"
     if budget and state is not None and state.vnns:
         raise ValueError("the budget separation packs a set of DNNs into a new store; "
                          "add DNNs to an existing store with --separation margin")
-    if state is None:
-        n_shared = shared_pages_needed([t.theta.numel() for t in trained.values()], pack_config)
-        state = new_state(pack_config, n_shared)
     timings = {"fisher_seconds": 0.0, "matching_seconds": 0.0, "spare": 0}
     fishers = {} if fishers is None else fishers
-    for name in tqdm([n for n in loaded if n not in fishers], desc="Fisher", unit="DNN", leave=False):
+    mine = [n for n in loaded if n in trained]
+    for name in tqdm([n for n in mine if n not in fishers], desc="Fisher", unit="DNN", leave=False):
         theta = trained[name].theta
         if theta.numel() != loaded[name].model.n_weights:
             raise dnn_mod.DNNError(f"DNN {name!r}: trained weights have {theta.numel():,} entries, its model "
@@ -143,6 +176,19 @@ def pack(loaded: dict[str, Loaded], trained: dict[str, Trained], pack_config: Pa
         start = time.perf_counter()
         fishers[name] = fisher_for(loaded[name], theta, fisher_config)
         timings["fisher_seconds"] += time.perf_counter() - start
+    tprs = {name: tpr_for(loaded[name], trained[name].theta, pack_config) for name in mine}
+    if world.distributed:
+        parts = distributed.gather(({n: trained[n] for n in mine}, {n: fishers[n] for n in mine}, tprs,
+                                    timings["fisher_seconds"]))
+        if world.writer:
+            trained, fishers, tprs = (distributed.merged([part[i] for part in parts]) for i in range(3))
+            timings["fisher_seconds"] = max(part[3] for part in parts)  # the ranks compute theirs side by side
+        else:
+            state, timings = distributed.broadcast(None)
+            return shard(state, mine), timings
+    if state is None:
+        n_shared = shared_pages_needed([trained[n].theta.numel() for n in loaded], pack_config)
+        state = new_state(pack_config, n_shared)
     counts = {}
     if budget:
         counts, plan = plan_budget({n: trained[n] for n in loaded}, pack_config, state.n_shared)
@@ -150,14 +196,15 @@ def pack(loaded: dict[str, Loaded], trained: dict[str, Trained], pack_config: Pa
         timings["spare"] = plan["spare"]
     for name in tqdm(loaded, desc="separation and matching", unit="DNN", leave=False):
         theta = trained[name].theta
-        state, info = add_vnn(state, name, theta, fishers[name], pack_config,
-                              tpr_for(loaded[name], theta, pack_config), counts.get(name))
+        state, info = add_vnn(state, name, theta, fishers[name], pack_config, tprs[name], counts.get(name))
         timings["matching_seconds"] += info["matching_seconds"]
         dnn = loaded[name].dnn
         state.vnns[name].provenance = Provenance(
             folder=dnn_mod.relative_folder(dnn.path), code_hash=dnn.code_hash(),
             architecture=loaded[name].model.describe(), fisher=asdict(fisher_config),
             standalone=Standalone(trained[name].val_accuracy, trained[name].test_accuracy), pack=info)
+    if world.distributed:
+        distributed.broadcast((state, timings))
     return state, timings
 
 
@@ -182,7 +229,7 @@ def pack_and_optimize(loaded: dict[str, Loaded], trained: dict[str, Trained], ta
         "steps": history.steps, "val_accuracy": history.val_accuracy, "score": history.score,
         "best_index": history.best_index, "reference": history.reference, "promoted": history.promoted,
         "skipped": history.skipped, "rolled_back": history.rolled_back,
-        "batches_per_step": {n: task.batches for n, task in tasks.items()}}
+        "batches_per_step": step_batches(tasks, optimize_config)}
     return state, history, optimize_config, times
 
 
@@ -232,12 +279,21 @@ class RunConfig:
     train_steps: int | None = None  # stand-alone training steps (default: each folder's TRAIN)
     no_sharing: bool = False
     seeds: list[int] = field(default_factory=lambda: [0])  # the whole pipeline runs once per seed
+    procs: int = 1  # ranks for the joint optimisation on this machine (weightsep/distributed.py); torchrun: its own
+    backend: str = "auto"  # torch.distributed backend: gloo on CPU, NCCL when every rank has a GPU
 
     def __post_init__(self):
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"--seeds must be distinct and at least one, got {self.seeds}")
         if self.workers < 1:
             raise ValueError(f"--workers must be >= 1, got {self.workers}")
+        if self.procs < 1:
+            raise ValueError(f"--procs must be >= 1, got {self.procs}")
+        if self.procs > 1 and self.optimize.optimizer != "joint":
+            raise ValueError(f"--procs {self.procs}: only the joint optimiser runs on several processes; the "
+                             f"{self.optimize.optimizer} optimiser trains one DNN at a time (use --procs 1)")
+        if self.procs > len(self.dnns):
+            raise ValueError(f"--procs {self.procs} but only {len(self.dnns)} DNN(s): at most one rank per DNN")
         if self.train_steps is not None and self.train_steps < 1:
             raise ValueError(f"--train-steps must be >= 1, got {self.train_steps}")
         if not self.dnns:
@@ -254,37 +310,51 @@ class RunConfig:
 
 
 def run(config: RunConfig) -> dict:
-    """The main job for every seed; writes the stores, results/summary.json and results/summary.md.
+    """The main job for every seed, on `config.procs` ranks (`distributed.launch`); writes the stores,
+    results/summary.json and results/summary.md. Returns the first seed's summary (rows, totals,
+    timings) with `seeds` (every seed's) and `aggregate` (mean, min, max and std over seeds) added."""
+    return distributed.launch(config.procs, run_here, config, backend=config.backend)
 
-    Returns the first seed's summary (rows, totals, timings) with `seeds` (every seed's) and
-    `aggregate` (mean, min, max and std over seeds) added."""
+
+def run_here(config: RunConfig) -> dict | None:
+    """`run` as this process's rank (the whole job on one process); rank 0 returns the summary."""
+    world = distributed.current()
     with contextlib.ExitStack() as writing:  # each seed's store: writable, and ours alone, before any work
-        for seed in config.seeds:
-            writing.enter_context(Store(config.store_for(seed)).writing("run"))
-        loaded = load(config.dnns, config.extra_folders)
+        if world.writer:
+            for seed in config.seeds:
+                writing.enter_context(Store(config.store_for(seed)).writing("run"))
+        loaded = load(config.dnns, config.extra_folders, data=not world.distributed)
+        hold(loaded, config.optimize)
         per_seed = []
         for seed in config.seeds:
-            if len(config.seeds) > 1:
+            if len(config.seeds) > 1 and world.writer:
                 tqdm.write(f"== seed {seed} ({len(per_seed) + 1} of {len(config.seeds)})")
             per_seed.append(run_seed(config, loaded, seed))
+    if not world.writer:
+        return None
     summary = {**per_seed[0], "seeds": per_seed, "aggregate": aggregate(per_seed)}
     write_summary(summary, config.results)
     return summary
 
 
-def run_seed(config: RunConfig, loaded: dict[str, Loaded], seed: int, control: dict[str, float] | None = None) -> dict:
+def run_seed(config: RunConfig, loaded: dict[str, Loaded], seed: int, control: dict[str, float] | None = None) -> dict | None:
     """The pipeline once: stand-alone training, Fisher, separation, matching, optimisation, evaluation.
 
-    `control` (test accuracy per DNN) reuses a no-sharing control already run for this seed and
-    these stand-alone models instead of training one (`config.no_sharing`)."""
+    Over several ranks each rank does its own DNNs' (those whose data it holds) stand-alone
+    training, Fisher, control and test scores; rank 0 packs, writes the store and returns the
+    summary (None on the other ranks). `control` (test accuracy per DNN) reuses a no-sharing control
+    already run for this seed and these stand-alone models instead of training one (`config.no_sharing`)."""
+    world = distributed.current()
+    mine = [n for n, item in loaded.items() if item.data is not None]
     pack_config, fisher_config = replace(config.pack, seed=seed), replace(config.fisher, seed=seed)
     optimize_config = replace(config.optimize, seed=seed)
+    workers = max(1, config.workers // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))  # the machine's ranks share its cores
     times = {}
     start = time.perf_counter()
-    trained = standalone_models([item.dnn for item in loaded.values()], config.workers, config.train_steps, seed=seed)
+    trained = standalone_models([loaded[n].dnn for n in mine], workers, config.train_steps, seed=seed)
     times["standalone_seconds"] = time.perf_counter() - start
 
-    tasks = {n: item.task(trained[n].theta) for n, item in loaded.items()}
+    tasks = {n: loaded[n].task(trained[n].theta) for n in mine}
     per_step = step_batches(tasks, optimize_config)  # the control trains each DNN on as many batches
     for name, task in tasks.items():
         task.batches = per_step[name]
@@ -292,25 +362,35 @@ def run_seed(config: RunConfig, loaded: dict[str, Loaded], seed: int, control: d
     if config.no_sharing and control is None:  # the control needs no packing: it starts now and trains beside the packed DNNs
         pool = worker_pool(1)
         control_job = pool.apply_async(_control_worker, (
-            [str(item.dnn.path) for item in loaded.values()], [trained[n].theta.numpy() for n in loaded],
-            asdict(optimize_config), pack_config.page_size, per_step))
-        tqdm.write("no-sharing control: training each DNN alone, with the same budget, in a second process")
+            [str(loaded[n].dnn.path) for n in mine], [trained[n].theta.numpy() for n in mine],
+            asdict(optimize_config), pack_config.page_size, {n: per_step[n] for n in mine}))
+        if world.writer:
+            tqdm.write("no-sharing control: training each DNN alone, with the same budget, in a second process")
 
     state, history, optimize_config, pack_times = pack_and_optimize(loaded, trained, tasks, pack_config,
                                                                     fisher_config, optimize_config)
-    times.update(pack_times)
-    Store(config.store_for(seed)).save(state)
+    times.update(pack_times, communication_seconds=history.communication_seconds)
+    if world.writer:
+        Store(config.store_for(seed)).save(state)
 
     if control_job is not None:
         start = time.perf_counter()
         control = control_job.get()
         pool.close()
         times["no_sharing_wait_seconds"] = time.perf_counter() - start
-
-    rows = [make_row(state, name, trained[name].test_accuracy, item.test_accuracy(packed_theta(state, name)),
+    packed = {n: loaded[n].test_accuracy(packed_theta(state, n)) for n in mine}
+    memory = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # this rank's process
+    parts = distributed.gather((packed, control, memory))
+    if not world.writer:
+        return None
+    packed = distributed.merged(part[0] for part in parts)
+    control = None if control is None else distributed.merged(part[1] for part in parts)
+    rows = [make_row(state, name, state.vnns[name].provenance.standalone.test_accuracy, packed[name],
                      None if control is None else control[name], item.dnn.meta.get("published_accuracy"))
             for name, item in loaded.items()]
-    times["peak_memory_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # this process
+    times["peak_memory_mb"] = max(part[2] for part in parts)
+    if world.distributed:
+        times["peak_memory_mb_per_rank"] = [part[2] for part in parts]
     summary = summarize(state, rows)
     summary.update(seed=seed, store=str(config.store_for(seed)),
                    config={"pack": asdict(pack_config), "fisher": asdict(fisher_config),
