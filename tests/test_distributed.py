@@ -2,11 +2,12 @@
 
 The ranks are real processes in a gloo group over loopback, started by `distributed.launch`."""
 import os
+import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -66,7 +67,7 @@ def test_two_ranks_give_the_pages_of_one_process_with_uneven_dnns_per_rank(confi
     for key in alone[0]:
         torch.testing.assert_close(split[0][key], alone[0][key], rtol=1e-5, atol=1e-6)
     assert all(torch.equal(split[1][n], alone[1][n]) for n in names)  # the same promotions, the same tables
-    assert split[3] == alone[3]
+    assert split[3] == alone[3] and bool(alone[3]) == bool(config.promote_pages)  # pages were promoted
     assert len(split[2]) == len(alone[2])
     for mine, theirs in zip(split[2], alone[2]):
         assert list(mine) == names and mine == pytest.approx(theirs, abs=1e-9)
@@ -120,3 +121,82 @@ def test_round_robin_refuses_several_ranks():
     names = ["a", "b"]
     with pytest.raises(distributed.RankError, match="round-robin optimiser trains one DNN at a time"):
         distributed.launch(2, optimise_here, names, {"a": 0, "b": 1}, OptimizeConfig(optimizer="round-robin", rounds=1))
+
+
+# ---- the command line, end to end, on real offline data ---------------------------------------------
+
+REPO = Path(__file__).resolve().parent.parent
+RUN = ["--dnns", "satellite", "letters", "dna", "--train-steps", "200", "--fisher-samples", "64", "--eval-every", "20",
+       "--no-sharing"]
+
+
+def cli(*args, launcher=("-m", "weightsep"), **kwargs):
+    return subprocess.run([sys.executable, *launcher, *map(str, args)], cwd=REPO, capture_output=True, text=True,
+                          timeout=600, **kwargs)
+
+
+def pages(store):
+    from weightsep.store import Store
+    state = Store(store).load()
+    return state, {"shared": state.shared_pages, **{n: v.exclusive_pages for n, v in state.vnns.items()}}
+
+
+def assert_same_pages(a, b):
+    (state_a, pages_a), (state_b, pages_b) = pages(a), pages(b)
+    assert list(state_a.vnns) == list(state_b.vnns)
+    assert all(torch.equal(state_a.vnns[n].page_table, state_b.vnns[n].page_table) for n in state_a.vnns)
+    for key in pages_a:
+        torch.testing.assert_close(pages_b[key], pages_a[key], rtol=1e-4, atol=1e-5)
+
+
+def test_run_and_joint_on_two_ranks_give_the_one_process_result_and_the_same_table(cache_with_data, tmp_path):
+    one = cli("run", *RUN, "--steps", "60", "--store", tmp_path / "one", "--results", tmp_path / "r1")
+    two = cli("run", *RUN, "--steps", "60", "--store", tmp_path / "two", "--results", tmp_path / "r2", "--procs", "2")
+    assert one.returncode == 0 and two.returncode == 0, one.stderr + two.stderr
+    assert "started 2 ranks (gloo" in two.stderr and "rank 1 of 2 holds" in two.stderr
+    assert "2 ranks, all-reduce" in two.stdout
+    assert_same_pages(tmp_path / "one", tmp_path / "two")
+    table = lambda out: [line for line in out.splitlines() if line.startswith(("satellite", "letters", "dna", "ratio"))]  # noqa: E731
+    assert table(one.stdout) == table(two.stdout)  # accuracies (packed and control) to the printed digit
+    # joint on the stored state: 2 spawned ranks, torchrun's 2 ranks and one process agree
+    for store in ("one", "two"):
+        args = ["joint", "--store", tmp_path / store, "--steps", "30", "--eval-every", "10"]
+        assert cli(*args, *(["--procs", "2"] if store == "two" else [])).returncode == 0
+    assert_same_pages(tmp_path / "one", tmp_path / "two")
+    shutil.copytree(tmp_path / "one", tmp_path / "torchrun", ignore=shutil.ignore_patterns(".lock"))
+    for store in ("one", "torchrun"):
+        args = ["joint", "--store", tmp_path / store, "--steps", "20", "--eval-every", "10"]
+        done = cli(*args, launcher=("-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m",
+                                    "weightsep") if store == "torchrun" else ("-m", "weightsep"))
+        assert done.returncode == 0, done.stderr
+    assert_same_pages(tmp_path / "one", tmp_path / "torchrun")
+
+
+def test_a_rank_killed_during_joint_fails_cleanly_and_the_store_is_intact(cache_with_data, tmp_path):
+    store = tmp_path / "state"
+    assert cli("run", *RUN[:-1], "--steps", "20", "--store", store, "--results", tmp_path / "r").returncode == 0
+    before = {p.name: p.read_bytes() for p in store.iterdir() if p.is_file() and p.name != ".lock"}
+    process = subprocess.Popen([sys.executable, "-m", "weightsep", "joint", "--store", str(store), "--steps", "100000",
+                                "--procs", "2"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    err = b""
+    deadline = time.monotonic() + 300
+    while b"joint optimisation:" not in err and time.monotonic() < deadline:  # rank 0's progress bar: steps run
+        err += os.read(process.stderr.fileno(), 4096)
+    pid = int(err.split(b"rank 1 pid ")[1].split()[0])
+    os.kill(pid, signal.SIGKILL)
+    out, rest = process.communicate(timeout=120)
+    err = (err + rest).decode()
+    assert process.returncode == 2
+    assert "Traceback" not in err
+    assert "error: rank 1 (" in err and "died: killed by signal 9 (SIGKILL)" in err, err[-2000:]
+    assert "the store keeps its last good state" in err
+    after = {p.name: p.read_bytes() for p in store.iterdir() if p.is_file() and p.name != ".lock"}
+    assert after == before
+    assert cli("list", "--store", store).returncode == 0
+
+
+def test_procs_refuses_what_it_cannot_do(cache_with_data, tmp_path):
+    for args, message in ((["--procs", "4"], "at most one rank per DNN"),
+                          (["--procs", "2", "--optimizer", "round-robin"], "only the joint optimiser runs on several")):
+        done = cli("run", "--dnns", "satellite", "letters", *args, "--store", tmp_path / "s", "--results", tmp_path / "r")
+        assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr

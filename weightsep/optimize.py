@@ -22,6 +22,12 @@ up in `OPTIMIZERS`:
   writes its weights back into its shared and exclusive pages.
 * "sequential": round-robin with one round, each DNN once in order.
 
+Over several torch.distributed ranks (weightsep/distributed.py, docs/distributed.md) the joint
+optimizer runs as one: `tasks` holds the rank's own DNNs, their shared-page gradients are summed
+over the ranks by one all-reduce per step, validation accuracies are gathered, and every rank takes
+the same decisions, so the pages equal one process's to float32 rounding. Each DNN draws its
+batches from its own generator (`dnn_generator`), so they do not depend on which ranks train it.
+
 Selection is on validation data only, measured every `eval_every` steps or after every round;
 test data never enters here. `select` names the rule (`SELECTIONS`): "mean" keeps the state with
 the best mean validation accuracy over DNNs; "balanced" (default, when each task carries its
@@ -207,7 +213,8 @@ def step_batches(tasks: dict[str, Task], config: OptimizeConfig) -> dict[str, in
 
 def step_costs(models: dict[str, torch.nn.Module], config: OptimizeConfig) -> dict[str, float]:
     """Forward FLOPs each DNN adds to a joint step (per sample x samples per step): what `distributed.assign`
-    balances. Counted, not timed, so every rank computes the same split."""
+    balances. Counted, not timed, so every rank and every run computes the same split, and a command gives
+    the same pages each time it runs (a timed split follows the machine's noise; docs/distributed.md)."""
     flops = {name: flops_per_sample(model) for name, model in models.items()}
     per_step = batches_per_step(flops, config.extra_compute, config.max_batches) if config.optimizer == "joint" else {}
     return {name: float(f * config.batch_size * per_step.get(name, 1)) for name, f in flops.items()}
