@@ -103,8 +103,9 @@ def _reduce_and_adam(sizes: list[int], repeats: int) -> dict:
     return out
 
 
-def measure_collectives(repeats: int) -> list[dict]:
-    sizes = [1 << k for k in range(10, 25, 2)]  # 1,024 .. 16.8M floats: 4 KiB .. 64 MiB
+def measure_collectives(repeats: int, sizes: tuple[int, ...] = tuple(1 << k for k in range(10, 25, 2))) -> list[dict]:
+    """The all-reduce and Adam curve (default 1,024 .. 16.8M floats: 4 KiB .. 64 MiB) on 2 ranks."""
+    sizes = list(sizes)
     result = distributed.launch(2, _reduce_and_adam, sizes, repeats)
     return [{"floats": n, "bytes": 4 * n, **result[n]} for n in sizes]
 

@@ -24,3 +24,21 @@ def test_switching_ladder_on_a_small_synthetic_store(tmp_path):
     assert rungs["e-zero-copy"]["device_bytes"] < rungs["d-gather"]["device_bytes"]
     assert set(result["targets_met"]) >= set(switching.TARGETS)
     assert "tiny: 3 DNNs" in switching.table(result)
+
+
+def test_distributed_bench_measures_collectives_on_two_ranks_and_models_by_the_formula():
+    import pytest
+    from bench import distributed as bench_distributed
+    curve = bench_distributed.measure_collectives(repeats=1, sizes=(1024, 4096))
+    assert [c["floats"] for c in curve] == [1024, 4096] and [c["bytes"] for c in curve] == [4096, 16384]
+    assert all(c["allreduce_s"] > 0 and c["adam_s"] > 0 for c in curve)
+    curve = [{"floats": 1024, "allreduce_s": 1e-4, "adam_s": 1e-5}, {"floats": 1 << 20, "allreduce_s": 1e-2, "adam_s": 1e-3}]
+    rows = bench_distributed.model(per_dnn_step_s=0.01, shared_floats_per_dnn=1000.0, curve=curve)
+    two = next(m for m in rows if m["dnns"] == 10 and m["ranks"] == 2)
+    network = 2 * 1 / 2 * 4 * 10_000 / bench_distributed.NETWORK_BYTES_PER_SECOND + 2 * 1 * 1e-4  # ring: bytes + latency
+    assert two["compute_s"] == pytest.approx(0.05) and two["allreduce_network_s"] == pytest.approx(network)
+    assert two["step_s"] == pytest.approx(0.05 + two["adam_s"] + network)
+    assert two["communication_share"] == pytest.approx(network / two["step_s"])
+    assert not [m for m in rows if m["ranks"] > m["dnns"]]
+    shares = [m["communication_share"] for m in rows if m["dnns"] == 100]
+    assert shares == sorted(shares)  # more ranks, more of each step is communication

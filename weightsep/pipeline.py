@@ -63,12 +63,16 @@ def load(names: list[str], extra: list[Path] = (), data: bool = True) -> dict[st
 
 def hold(loaded: dict[str, Loaded], config: OptimizeConfig) -> list[str]:
     """The DNNs this rank trains, with their data loaded: all of them on one process; over several
-    ranks, each rank's share, balanced by joint-step cost (`distributed.assign`)."""
+    ranks, each rank's share, balanced by joint-step cost (`distributed.assign`). Every rank builds
+    every model to count its cost; then ranks other than 0 (which packs and records every DNN's
+    architecture) drop the others' from `loaded`."""
     world = distributed.current()
     if not world.distributed:
         return list(loaded)
     owner = distributed.assign(step_costs({n: item.model for n, item in loaded.items()}, config), world.size)
     mine = [n for n in loaded if owner[n] == world.rank]
+    for name in [n for n in loaded if n not in mine and not world.writer]:
+        del loaded[name]
     for name in mine:
         if loaded[name].data is None:
             loaded[name].data = loaded[name].dnn.load_data()
