@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -35,7 +36,7 @@ from bench.timing import write_result
 from weightsep import distributed
 from weightsep import dnn as dnn_mod
 from weightsep.fisher import FisherConfig
-from weightsep.optimize import OptimizeConfig, optimize, step_batches
+from weightsep.optimize import OptimizeConfig, optimize
 from weightsep.pack import PackConfig
 from weightsep.pipeline import hold, load, pack, shard
 from weightsep.train import set_single_thread, standalone_models, worker_pool
@@ -51,9 +52,6 @@ def timed_joint(state, standalone: dict[str, torch.Tensor], config: OptimizeConf
     loaded = load(list(standalone), data=not distributed.current().distributed)
     mine = hold(loaded, config)
     tasks = {n: loaded[n].task(standalone[n]) for n in mine}
-    per_step = step_batches(tasks, config)
-    for name, task in tasks.items():
-        task.batches = per_step[name]
     _, history = optimize(shard(state, mine), tasks, config, progress=False)
     in_reduce = distributed.all_gather(history.communication_seconds)
     return {"seconds": history.seconds, "dnns_per_rank": distributed.all_gather(mine),
@@ -81,7 +79,6 @@ def measure_steps(state, standalone: dict[str, torch.Tensor], config: OptimizeCo
 
 def _reduce_and_adam(sizes: list[int], repeats: int) -> dict:
     """On each rank: median seconds of a SUM all-reduce and of one Adam step, per buffer size (floats)."""
-    import time
     out = {}
     for n in sizes:
         buffer = torch.ones(n)
@@ -183,7 +180,8 @@ def plot(result: dict, path: Path) -> None:
                   color="grey", transform=left.get_xaxis_transform())
     left.set_xlabel("buffer (KiB)")
     left.set_ylabel("time (ms)")
-    left.set_title("the shared gradient's all-reduce and Adam step\n(dotted: the shared pages of N DNNs like the suite's)", fontsize=10)
+    left.set_title("the shared gradient's all-reduce and Adam step\n"
+                   "(dotted: the shared pages of N DNNs like the suite's)", fontsize=10)
     left.legend(fontsize=8, loc="upper left")
     for n in SCALES:
         rows = [m for m in result["model"] if m["dnns"] == n and m["ranks"] > 1]

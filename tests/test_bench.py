@@ -28,6 +28,7 @@ def test_switching_ladder_on_a_small_synthetic_store(tmp_path):
 
 def test_distributed_bench_measures_collectives_on_two_ranks_and_models_by_the_formula():
     import pytest
+
     from bench import distributed as bench_distributed
     curve = bench_distributed.measure_collectives(repeats=1, sizes=(1024, 4096))
     assert [c["floats"] for c in curve] == [1024, 4096] and [c["bytes"] for c in curve] == [4096, 16384]

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_optimize import blobs
 
 from weightsep import distributed
 from weightsep.model import TemplateNet
@@ -19,13 +20,6 @@ from weightsep.pack import PackConfig, add_vnn, new_state
 
 P = 64
 HIDDEN = {"a": [48], "b": [40], "c": [24], "d": [8], "e": [56]}
-
-
-def blobs(seed: int, n: int = 400, features: int = 8, classes: int = 3):
-    g = torch.Generator().manual_seed(seed)
-    centres = torch.randn(classes, features, generator=g) * 2.0
-    y = torch.randint(0, classes, (n,), generator=g)
-    return centres[y] + torch.randn(n, features, generator=g), y
 
 
 def packed(names: list[str], n_shared: int = 8):

@@ -32,7 +32,7 @@ from .optimize import BALANCES, OPTIMIZERS, SCHEDULES, SELECTIONS, OptimizeConfi
 from .pack import MODES, SHARED_CONTENT, PackConfig, pack_config, remove_vnn
 from .pipeline import RESULTS_DIR, RunConfig, hold, load, load_packed, pack, run, shard, write_summary
 from .separation import SEPARATIONS
-from .store import Store, StoreError
+from .store import Store
 from .train import set_single_thread, standalone_models
 
 CHOICES = {"mode": MODES, "matching": tuple(MATCHERS), "shared_content": SHARED_CONTENT,
@@ -376,7 +376,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("\ninterrupted" + ("; the store keeps its last good state" if writes else ""), file=sys.stderr)
         return 130
-    except (dnn_mod.DNNError, StoreError, ValueError, FileNotFoundError, FloatingPointError, distributed.RankError) as e:
+    except distributed.USER_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except OSError as e:  # disk full, permissions, a path that is a file, ...

@@ -34,6 +34,9 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
+from .dnn import DNNError
+from .store import StoreError
+
 BACKENDS = ("auto", "gloo", "nccl")
 TIMEOUT = timedelta(hours=2)  # the longest a rank waits in a collective for a slow (not a dead) peer
 GRACE_SECONDS = 10.0  # after one rank fails, how long the others get to stop on their own
@@ -44,6 +47,10 @@ _LAUNCHER = None  # a spawned rank's pipe to the launcher
 
 class RankError(RuntimeError):
     """A rank failed or died; the message names it (and its DNNs when known)."""
+
+
+# what the command line reports as one `error:` line (no traceback); a spawned rank reports the same
+USER_ERRORS = (DNNError, StoreError, ValueError, FileNotFoundError, FloatingPointError, RankError)
 
 
 @dataclass(frozen=True)
@@ -173,8 +180,12 @@ def backend_for(choice: str) -> str:
     """`auto`: NCCL when every rank on this machine has a GPU of its own, else gloo."""
     if choice != "auto":
         return choice
-    ranks_here = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("WORLD_SIZE", "1")))
-    return "nccl" if torch.cuda.is_available() and torch.cuda.device_count() >= ranks_here else "gloo"
+    return "nccl" if torch.cuda.is_available() and torch.cuda.device_count() >= ranks_here() else "gloo"
+
+
+def ranks_here() -> int:
+    """Ranks on this machine (they share its cores and GPUs): 1 outside a group."""
+    return int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("WORLD_SIZE", "1")))
 
 
 def under_torchrun() -> bool:
@@ -251,13 +262,11 @@ def _spawned_rank(rank: int, size: int, port: int, backend: str, fn, args, paren
     set_single_thread()
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(size),
                       LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(size))
-    from . import dnn as dnn_mod
-    from .store import StoreError
     global _LAUNCHER
     _LAUNCHER = conn
     try:
         _report(conn, "ok", _as_rank(fn, args, backend))
-    except (dnn_mod.DNNError, StoreError, ValueError, FileNotFoundError, FloatingPointError, RankError, OSError) as e:
+    except (*USER_ERRORS, OSError) as e:
         _report(conn, "error", str(e))
         sys.exit(2)
     except BaseException as e:  # a bug: its traceback is the report

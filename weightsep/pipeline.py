@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
-import os
 import resource
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -352,7 +351,7 @@ def run_seed(config: RunConfig, loaded: dict[str, Loaded], seed: int, control: d
     mine = [n for n, item in loaded.items() if item.data is not None]
     pack_config, fisher_config = replace(config.pack, seed=seed), replace(config.fisher, seed=seed)
     optimize_config = replace(config.optimize, seed=seed)
-    workers = max(1, config.workers // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))  # the machine's ranks share its cores
+    workers = max(1, config.workers // distributed.ranks_here())  # the machine's ranks share its cores
     times = {}
     start = time.perf_counter()
     trained = standalone_models([loaded[n].dnn for n in mine], workers, config.train_steps, seed=seed)
