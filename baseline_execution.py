@@ -30,6 +30,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     check_args(p, args)
     torch.set_num_threads(1)
+    from weightsep.flat import evaluating, load_buffer_state
+    from weightsep.store import BUFFER
     from weightsep.train import standalone_models
 
     if (opened := open_packed(args)) is None:
@@ -40,9 +42,10 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="weightsep-baseline-") as tmp:
         files = {}
         for name, item in loaded.items():
-            theta = standalone_models([item.dnn], workers=1, steps=args.train_steps)[name].theta
+            trained = standalone_models([item.dnn], workers=1, steps=args.train_steps)[name]
             files[name] = Path(tmp) / f"{name}.safetensors"
-            safetensors.torch.save_file({"theta": theta.contiguous()}, files[name])
+            safetensors.torch.save_file({"theta": trained.theta.contiguous(),
+                                         **{BUFFER + k: b.contiguous() for k, b in trained.buffers.items()}}, files[name])
         print(f"stand-alone DNNs: {len(names)}, {sum(f.stat().st_size for f in files.values()) / 1024:.1f} KiB "
               f"of safetensors files in {tmp}; loaded to {device} at every switch")
 
@@ -52,11 +55,13 @@ def main(argv: list[str] | None = None) -> int:
         def run(name: str) -> tuple[float, float, int]:
             sync(device)
             start = time.perf_counter()
-            theta = safetensors.torch.load_file(files[name], device=str(device))["theta"]
+            tensors = safetensors.torch.load_file(files[name], device=str(device))
+            theta = tensors.pop("theta")
+            load_buffer_state(models[name], {k.removeprefix(BUFFER): b for k, b in tensors.items()}, name)
             sync(device)
             mid = time.perf_counter()
             x, y = data[name]
-            with torch.no_grad():
+            with torch.no_grad(), evaluating(models[name]):
                 c = sum(int((models[name](x[i : i + args.batch], theta).argmax(1) == y[i : i + args.batch]).sum())
                         for i in range(0, len(x), args.batch))
             sync(device)

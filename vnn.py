@@ -9,6 +9,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from weightsep.flat import page_labels
 from weightsep.state import exclusive_slots, is_shared
 from weightsep.store import Store, StoreError
 
@@ -29,6 +30,18 @@ def describe(state, name: str) -> str:
     levels = occupancy[shared].bincount()
     lines.append("occupancy of its shared pages: " + ", ".join(
         f"{int(n)} pages shared by {k} DNN{'s' if k > 1 else ''}" for k, n in enumerate(levels) if n))
+    if vnn.provenance.parameters:  # recorded at packing (stores from before have none)
+        lines.append("parameters by logical page (E: exclusive):")
+        labels = page_labels(vnn.provenance.parameters, state.page_size)
+        runs = []  # consecutive pages covering the same parameters
+        for i, label in enumerate(labels):
+            if runs and runs[-1][2] == label:
+                runs[-1][1] = i
+            else:
+                runs.append([i, i, label])
+        for a, b, label in runs:
+            kinds = "".join("E" if not is_shared(table[i : i + 1], S) else "s" for i in range(a, b + 1))
+            lines.append(f"  {a if a == b else f'{a}-{b}':>9}  {label}  [{kinds}]")
     info = vnn.provenance.pack or {}
     if info:
         lines.append(f"packing: matching {info.get('matching')}, cost {info.get('matching_cost', 0):.4g}, "

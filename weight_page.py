@@ -14,6 +14,7 @@ import torch
 
 from weightsep import dnn as dnn_mod
 from weightsep.fisher import ESTIMATORS, FisherConfig
+from weightsep.flat import load_buffer_state, page_labels, parameter_sizes
 from weightsep.pages import to_pages
 from weightsep.pipeline import fisher_for, load
 from weightsep.separation import separate
@@ -62,7 +63,9 @@ def main(argv=None) -> int:
     try:
         loaded = load([args.dnn], args.dnn_folder)
         name, item = next(iter(loaded.items()))
-        theta = standalone_models([item.dnn])[name].theta
+        trained = standalone_models([item.dnn])[name]
+        theta = trained.theta
+        load_buffer_state(item.model, trained.buffers, f"DNN {name!r}, stand-alone")
         fisher = fisher_for(item, theta, FisherConfig(args.fisher, args.fisher_samples))
     except (dnn_mod.DNNError, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
@@ -75,11 +78,12 @@ def main(argv=None) -> int:
     top_tenth = cd.sort(descending=True).values[: max(1, len(cd) // 10)].sum()
     print(f"margin {args.margin}: {len(sep.exclusive)} exclusive pages ({sep.n_overflow} of them overflow), "
           f"{len(sep.sharable)} sharable; the top 10% of pages hold {top_tenth:.1%} of the Fisher")
-    print(f"{'page':>5} {'Fisher mass':>12} {'cd':>8} {'cumulative':>10}")
+    labels = page_labels(parameter_sizes(item.model), args.page_size)
+    print(f"{'page':>5} {'Fisher mass':>12} {'cd':>8} {'cumulative':>10}  parameters")
     cumulative = 0.0
     for page in torch.argsort(cd, descending=True)[:15].tolist():
         cumulative += float(cd[page])
-        print(f"{page:>5} {float(mass[page]):>12.4g} {float(cd[page]):>8.4f} {cumulative:>10.4f}")
+        print(f"{page:>5} {float(mass[page]):>12.4g} {float(cd[page]):>8.4f} {cumulative:>10.4f}  {labels[page]}")
     if not args.no_plot:
         path = args.plot or RESULTS / f"weight_page_{name}.png"
         plot(name, mass, cd, len(sep.exclusive), args.margin, path)

@@ -166,7 +166,7 @@ def run_setting(setting: Setting, scale: Scale, seed: int) -> dict:
         return _control_row(setting, loaded, trained, tasks, opt, pack_config.page_size, seed, start)
     state, history, opt, times = pack_and_optimize(loaded, trained, tasks, pack_config, fisher_config, opt,
                                                    fishers_for(fisher_config, scale))
-    rows = [make_row(state, n, trained[n].test_accuracy, item.test_accuracy(packed_theta(state, n)))
+    rows = [make_row(state, n, trained[n].test_accuracy, item.test_accuracy(packed_theta(state, n, item.model)))
             for n, item in loaded.items()]
     table = summarize(state, rows)
     batches_done = history.steps[-1] if history.steps else 0
@@ -190,9 +190,9 @@ def _control_row(setting, loaded, trained, tasks, opt, page_size, seed, start) -
     """Each DNN optimised alone, every page exclusive, with the same config and its own batches."""
     accs, curves, seconds = {}, {}, 0.0
     for name, item in loaded.items():
-        alone = solo_state(name, trained[name].theta, page_size)
+        alone = solo_state(name, trained[name].theta, page_size, trained[name].buffers)
         result, history = optimize(alone, {name: tasks[name]}, replace(opt, promote_pages=0), progress=False)
-        accs[name] = item.test_accuracy(packed_theta(result, name))
+        accs[name] = item.test_accuracy(packed_theta(result, name, item.model))
         curves[name] = {"dnn_batches": history.steps, "val": [v[name] for v in history.val_accuracy]}
         seconds += history.seconds
     per_dnn = {n: {"standalone": trained[n].test_accuracy, "packed": accs[n],

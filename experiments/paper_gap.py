@@ -128,7 +128,7 @@ def published_with_test_curve(setting: harness.Setting, scale: harness.Scale, fr
     po = TestScored(state, tasks, opt, {n: item.test_accuracy for n, item in loaded.items()})
     OPTIMIZERS[opt.optimizer](po)
     final = po.result()
-    rows = [make_row(final, n, trained[n].test_accuracy, item.test_accuracy(packed_theta(final, n)))
+    rows = [make_row(final, n, trained[n].test_accuracy, item.test_accuracy(packed_theta(final, n, item.model)))
             for n, item in loaded.items()]
     table = summarize(final, rows)
     h = po.history

@@ -82,7 +82,7 @@ def test_round_trip_is_bit_exact_and_load_writes_nothing(tmp_path):
     assert_same(store.load(), state)
     assert snapshot(tmp_path) == before
     assert store.exists() and manifest == store.read_manifest()
-    assert (manifest["format"], manifest["format_version"], manifest["generation"]) == ("weightsep-store", 1, 1)
+    assert (manifest["format"], manifest["format_version"], manifest["generation"]) == ("weightsep-store", FORMAT_VERSION, 1)
     assert [v["name"] for v in manifest["vnns"]] == ["a", "b", "c d/é"]
     assert [(v["n_pages"], v["n_exclusive"]) for v in manifest["vnns"]] == [(5, 0), (5, 2), (3, 1)]
     assert manifest["code_version"].startswith("weightsep-") and manifest["created"]

@@ -197,7 +197,7 @@ def cmd_eval(args) -> None:
     state = Store(args.store).load()
     item = load_packed(state, [args.vnn_name], args.dnn_folder, args.allow_changed_code)[args.vnn_name]
     standalone = state.vnns[args.vnn_name].provenance.standalone
-    packed = item.test_accuracy(packed_theta(state, args.vnn_name))
+    packed = item.test_accuracy(packed_theta(state, args.vnn_name, item.model))
     alone = standalone.test_accuracy if standalone else None
     print(f"{args.vnn_name}: packed test accuracy {100 * packed:.2f}%"
           + (f", stand-alone {100 * alone:.2f}% ({100 * (packed - alone):+.2f} pp)" if alone is not None else ""))
@@ -210,7 +210,7 @@ def cmd_report(args) -> None:
     if missing:
         raise ValueError(f"no stand-alone accuracy recorded for {', '.join(missing)}: not packed by `add` or `run`")
     rows = [make_row(state, n, state.vnns[n].provenance.standalone.test_accuracy,
-                     item.test_accuracy(packed_theta(state, n)), published=item.dnn.meta.get("published_accuracy"))
+                     item.test_accuracy(packed_theta(state, n, item.model)), published=item.dnn.meta.get("published_accuracy"))
             for n, item in loaded.items()]
     summary = summarize(state, rows)
     write_summary(summary, args.results)

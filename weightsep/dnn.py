@@ -3,7 +3,7 @@
 Contract (docs/dnn_folders.md): `dnn.py` defines
     META: dict                         task, source, real (bool), input, classes; optional origin
                                        (one of ORIGINS) and free-form extras
-    build_model() -> TemplateNet       the architecture (fresh, untrained)
+    build_model() -> nn.Module         the architecture (fresh): a TemplateNet or any module (weightsep.flat)
     load_data(data_dir: Path) -> Dataset   train / val / test arrays, labels int64
 and optionally
     prepare(data_dir: Path) -> None    builds its data files from installed packages (idempotent)
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,8 +27,12 @@ from types import ModuleType
 
 import numpy as np
 
+from . import flat
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SUITE_DIR = REPO_ROOT / "suite"
+# run from the repository (or installed editable from it); a wheel installed elsewhere has no DNN folders
+IN_REPOSITORY = (REPO_ROOT / "pyproject.toml").is_file() and SUITE_DIR.is_dir()
 REQUIRED = ("META", "build_model", "load_data")
 ORIGINS = ("real", "rendered", "synthetic")  # META["origin"]: recorded/measured, rendered from real samples, generated
 
@@ -80,7 +85,27 @@ class DNN:
         return getattr(self.module, "TRAIN", {})
 
     def build_model(self):
-        return self.module.build_model()
+        """A fresh model in the form every stage runs (`flat.as_flat`: `TemplateNet` as it is, any
+        other `nn.Module` as a `FlatModule`). The first build in a process builds twice: a model
+        whose parameters change between builds cannot be packed (its pages would not line up)."""
+        model = self._build()
+        known = getattr(self.module, "_weightsep_signature", None)
+        if known is None:
+            known = self.module._weightsep_signature = flat.signature(self._build())
+        now = flat.signature(model)
+        if now != known:
+            first = next((f"{a} vs {b}" for a, b in zip(known, now) if a != b), f"{len(known)} vs {len(now)} tensors")
+            raise DNNError(f"DNN {self.name!r}: build_model() gave a different model on another build "
+                           f"({sum(math.prod(s) for _, s in known):,} vs {sum(math.prod(s) for _, s in now):,} weights; "
+                           f"first difference: {first}); it must build the same architecture every time")
+        return model
+
+    def _build(self):
+        try:
+            module = self.module.build_model()
+            return flat.as_flat(module, self.meta["input"], self.meta["classes"])
+        except flat.FlatError as e:
+            raise DNNError(f"DNN {self.name!r}: build_model(): {e}") from None
 
     def load_weights(self, model):
         """The folder's own trained weights (flat, TF order), or None: then weightsep trains them."""
@@ -146,7 +171,7 @@ def _dnn_folders_in(path: Path) -> list[Path]:
 
 
 def _candidate_folders(extra: list[Path]) -> list[Path]:
-    folders = _dnn_folders_in(REPO_ROOT) + _dnn_folders_in(SUITE_DIR)
+    folders = _dnn_folders_in(REPO_ROOT) + _dnn_folders_in(SUITE_DIR) if IN_REPOSITORY else []
     for path in map(Path, extra):
         if is_dnn_folder(path):
             folders.append(path)
@@ -173,7 +198,7 @@ def discover(extra: list[Path] | tuple = ()) -> dict[str, DNN]:
 
 def suite() -> list[str]:
     """Names of the embedded offline default's DNNs (the folders under suite/)."""
-    return [p.name for p in _dnn_folders_in(SUITE_DIR)]
+    return [p.name for p in _dnn_folders_in(SUITE_DIR)] if IN_REPOSITORY else []
 
 
 def get(name_or_path: str, extra: list[Path] | tuple = ()) -> DNN:

@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from .flat import evaluating, load_buffer_state
 from .pages import materialize, n_pages
 from .state import PAGE_TABLE_DTYPE, PackedState
 
@@ -26,17 +27,22 @@ BYTES_PER_PAGE_TABLE_ENTRY = PAGE_TABLE_DTYPE.itemsize  # as the execution holds
 
 @torch.no_grad()
 def accuracy(model, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor, batch_size: int = 500) -> float:
-    """Fraction of correct argmax predictions of `model` run with weights `theta`, in small batches:
-    a conv net's activations for thousands of 32x32 images would add to the main job's peak memory."""
+    """Fraction of correct argmax predictions of `model` run with weights `theta` in eval mode (its
+    buffers as they are), in small batches: a conv net's activations for thousands of 32x32 images
+    would add to the main job's peak memory."""
     correct = 0
-    for start in range(0, len(x), batch_size):
-        correct += (model(x[start : start + batch_size], theta).argmax(1) == y[start : start + batch_size]).sum().item()
+    with evaluating(model):
+        for start in range(0, len(x), batch_size):
+            correct += (model(x[start : start + batch_size], theta).argmax(1) == y[start : start + batch_size]).sum().item()
     return correct / max(1, len(x))
 
 
-def packed_theta(state: PackedState, name: str) -> torch.Tensor:
-    """DNN `name`'s flat weights resolved through its page table."""
+def packed_theta(state: PackedState, name: str, model: torch.nn.Module | None = None) -> torch.Tensor:
+    """DNN `name`'s flat weights resolved through its page table. Given its `model`, the DNN's stored
+    buffers (batch-norm statistics...) are loaded into it too: the two together run it as packed."""
     vnn = state.vnns[name]
+    if model is not None:
+        load_buffer_state(model, vnn.buffers, f"DNN {name!r} in the store")
     return materialize(state.shared_pages, vnn.exclusive_pages, vnn.page_table, vnn.n_weights)
 
 

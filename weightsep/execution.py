@@ -20,7 +20,7 @@ store (the rows its page table's entries `S + e` name) and its page table into t
 
 * `"gather"` (the published method): resolve the page table into the flat weight buffer with ONE
   `weightsep.ops.gather_pages_into` call (the C++/CUDA kernel when built). `forward` then runs the
-  template net on that flat vector, exactly as `evaluate.packed_theta` + `model(x, theta)` does.
+  model on that flat vector, exactly as `evaluate.packed_theta` + `model(x, theta)` does.
 * `"zero-copy"`: nothing is materialised at switch time. `forward` resolves each weight tensor
   lazily from the page store just before the layer uses it. A tensor whose pages are consecutive
   rows of the page store (e.g. it lies inside one page, or the matcher left its pages in order) is
@@ -48,6 +48,7 @@ import torch
 
 from weightsep.ops import gather_into_function, gather_pages
 
+from .flat import as_flat, check_parameters, load_buffer_state
 from .state import PAGE_TABLE_DTYPE, PackedState
 
 MODES = ("gather", "zero-copy")
@@ -56,7 +57,8 @@ FLOAT_BYTES = 4
 
 
 class _LazyTensors(Mapping):
-    """TF-layout weight tensors of the current DNN, each resolved from the page store on access."""
+    """The current DNN's weight tensors by name (`model.layout`), each resolved from the page store on
+    access: a `TemplateNet` resolves them layer by layer, a `FlatModule` all at once before its forward."""
 
     def __init__(self, owner: PackedModel, name: str):
         self.owner, self.name = owner, name
@@ -86,12 +88,14 @@ class PackedModel:
         if missing:
             raise ValueError(f"no model given for packed DNN(s) {missing}")
         state.validate()  # page-table rows on the host, once: on CUDA a bad row would only trip a device assert
+        models = {n: as_flat(models[n]) for n in state.vnns}  # any nn.Module: its parameters as one flat vector
         for name, vnn in state.vnns.items():
-            if getattr(models[name], "n_weights", vnn.n_weights) != vnn.n_weights:
-                raise ValueError(f"DNN {name!r}: model has {models[name].n_weights:,} weights, the store {vnn.n_weights:,}")
+            check_parameters(models[name], vnn.n_weights, vnn.provenance.parameters, f"DNN {name!r}")
         self.device = torch.device(device)
         self.mode = mode
-        self.models = {n: models[n].to(self.device) for n in state.vnns}
+        for name, vnn in state.vnns.items():  # each DNN's own buffers (batch-norm statistics), loaded once
+            load_buffer_state(models[name], vnn.buffers, f"DNN {name!r} in the store")
+        self.models = {n: models[n].to(self.device).eval() for n in state.vnns}
         self.page_size, self.n_shared = state.page_size, state.n_shared
         self.vnns = {n: (v.n_weights, v.n_pages, v.n_exclusive) for n, v in state.vnns.items()}
         cuda = self.device.type == "cuda"
@@ -225,7 +229,7 @@ class PackedModel:
         """Per weight tensor: ("view", first row, offset, numel, shape) if its pages are consecutive rows
         of the page store, else ("gather", first logical page, last + 1, numel, shape, offset)."""
         if not hasattr(model, "layout"):
-            raise ValueError(f"zero-copy mode needs a TemplateNet-like model with a `layout`; {name!r} has none")
+            raise ValueError(f"zero-copy mode needs a model with a `layout` (weightsep.flat.as_flat); {name!r} has none")
         P, table = self.page_size, self._tables[name].cpu()
         plan = {}
         for spec in model.layout:

@@ -29,6 +29,7 @@ the Fisher stage's budget (~2 s per DNN on one CPU thread; timings in docs/fishe
 """
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -38,6 +39,7 @@ from torch import nn
 from torch.func import functional_call, grad, jacrev, vmap
 
 from .checks import at_least, one_of
+from .flat import evaluating
 
 VERSION = 1  # bump when an estimator's numbers change, so stored Fisher vectors can be told apart
 
@@ -81,12 +83,38 @@ def _chunks(n: int, size: int) -> list[slice]:
     return [slice(i, min(i + size, n)) for i in range(0, n, size)]
 
 
+def _per_sample(fn: Callable, in_dims: tuple) -> Callable:
+    """`vmap(fn, in_dims)`; for a module vmap cannot batch (e.g. a recurrent layer that makes its own
+    initial state inside forward), the same per-sample values from a loop over the samples, slower,
+    with a warning saying so."""
+    batched = vmap(fn, in_dims=in_dims)
+    fallback = False
+
+    def loop(*args):
+        n = next(len(a) for a, d in zip(args, in_dims) if d == 0)
+        outs = [fn(*(a[i] if d == 0 else a for a, d in zip(args, in_dims))) for i in range(n)]
+        return tuple(map(torch.stack, zip(*outs))) if isinstance(outs[0], tuple) else torch.stack(outs)
+
+    def run(*args):
+        nonlocal fallback
+        if not fallback:
+            try:
+                return batched(*args)
+            except RuntimeError as e:
+                fallback = True
+                warnings.warn(f"Fisher: vmap cannot batch this model's per-sample gradients ({str(e)[:160]}); "
+                              "computing them one sample at a time (same values, slower)", RuntimeWarning, stacklevel=2)
+        return loop(*args)
+
+    return run
+
+
 def _predicted_batched(
     model: nn.Module, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor, chunk: int
 ) -> torch.Tensor:
     """The published estimator with `chunk` per-sample gradients at a time (memory: chunk x n floats)."""
     theta = theta.detach()
-    per_sample = vmap(grad(lambda t, xi: _predicted_target(model, t, xi), has_aux=True), in_dims=(None, 0))
+    per_sample = _per_sample(grad(lambda t, xi: _predicted_target(model, t, xi), has_aux=True), (None, 0))
     total = torch.zeros_like(theta, dtype=torch.float64)
     for part in _chunks(len(x), chunk):
         grads, weights = per_sample(theta, x[part])
@@ -99,7 +127,7 @@ def _empirical_batched(
 ) -> torch.Tensor:
     """Empirical Fisher: squared gradient of the true label's log-probability, unweighted."""
     theta = theta.detach()
-    per_sample = vmap(grad(lambda t, xi, yi: _label_target(model, t, xi, yi)), in_dims=(None, 0, 0))
+    per_sample = _per_sample(grad(lambda t, xi, yi: _label_target(model, t, xi, yi)), (None, 0, 0))
     total = torch.zeros_like(theta, dtype=torch.float64)
     for part in _chunks(len(x), chunk):
         total += per_sample(theta, x[part], y[part]).square_().sum(0)
@@ -116,7 +144,7 @@ def _true_batched(
         log_p = _log_probs(model, t, xi)
         return log_p, log_p.detach().exp()
 
-    per_sample = vmap(jacrev(log_probs, has_aux=True), in_dims=(None, 0))  # [B, C, n], [B, C]
+    per_sample = _per_sample(jacrev(log_probs, has_aux=True), (None, 0))  # [B, C, n], [B, C]
     classes = _log_probs(model, theta, x[0]).numel()
     total = torch.zeros_like(theta, dtype=torch.float64)
     for part in _chunks(len(x), max(1, chunk // classes)):
@@ -205,7 +233,8 @@ def compute_fisher(
     index = draw_samples(len(x_train), config.k, config.seed)
     x = torch.as_tensor(x_train)[index].to(device=theta.device, dtype=theta.dtype)
     y = torch.as_tensor(y_train)[index].to(device=theta.device, dtype=torch.long)
-    fisher = ESTIMATORS[config.estimator].fn(model, theta, x, y, config.chunk)
+    with evaluating(model):  # batch norm on its running statistics: per-sample gradients are defined
+        fisher = ESTIMATORS[config.estimator].fn(model, theta, x, y, config.chunk)
     bad = (~torch.isfinite(fisher)).sum().item()
     if bad:
         raise FloatingPointError(

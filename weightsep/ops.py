@@ -25,7 +25,10 @@ from weightsep.dnn import cache_dir
 log = logging.getLogger("weightsep")
 
 SETTINGS = ("auto", "torch", "extension")
-SOURCE_DIR = Path(__file__).resolve().parent.parent / "custom_op"
+# the repository's custom_op/; a wheel carries it as weightsep/custom_op (pyproject.toml)
+_HERE = Path(__file__).resolve().parent
+SOURCE_DIR = next((d for d in (_HERE / "custom_op", _HERE.parent / "custom_op") if (d / "gather.cpp").is_file()),
+                  _HERE.parent / "custom_op")
 CUDA_ARCH_FLAGS = ["-gencode=arch=compute_80,code=sm_80", "-gencode=arch=compute_90,code=sm_90",
                    "-gencode=arch=compute_90,code=compute_90"]  # PTX: newer GPUs JIT it
 

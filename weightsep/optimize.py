@@ -64,6 +64,7 @@ from tqdm import tqdm
 from . import distributed
 from .checks import at_least, finite, one_of, positive, within
 from .evaluate import accuracy
+from .flat import buffer_state, evaluating, load_buffer_state
 from .pages import materialize, to_pages
 from .separation import contribution_density
 from .state import PackedState, exclusive_entries, exclusive_slots, is_shared
@@ -149,7 +150,7 @@ class Task:
 def flops_per_sample(model: torch.nn.Module) -> int:
     """FLOPs of one sample's forward pass, counted by torch (not timed, so the same on every machine,
     and without data: a rank can count DNNs whose data it does not hold)."""
-    with FlopCounterMode(display=False) as counter, torch.no_grad():
+    with FlopCounterMode(display=False) as counter, torch.no_grad(), evaluating(model):
         model(torch.zeros(1, *model.input_shape))
     return counter.get_total_flops()
 
@@ -320,6 +321,9 @@ class PageOptimizer:
         self.batches = {n: batches(len(tasks[n].x_train), config.batch_size, dnn_generator(config.seed, n))
                         for n in self.local}
         self.val = {n: validation_subset(tasks[n], config.val_samples, config.seed) for n in self.local}
+        for n in self.local:  # the DNN's own buffers (batch-norm statistics) go on training with its pages
+            load_buffer_state(tasks[n].model, state.vnns[n].buffers, f"DNN {n!r} in the packed state")
+            tasks[n].model.train()
         self.history = History()
         if all(distributed.all_gather(all(tasks[n].standalone is not None for n in self.local))):
             reference = {n: self.val_accuracy(n, tasks[n].standalone) for n in self.local}
@@ -354,10 +358,11 @@ class PageOptimizer:
         warnings.warn(f"DNN {name!r}: non-finite {what}; its contribution to this step was dropped",
                       RuntimeWarning, stacklevel=3)
 
-    def snapshot(self) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-        """Pages and page tables (promotion changes both)."""
+    def snapshot(self) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, torch.Tensor], dict[str, dict]]:
+        """Pages and page tables (promotion changes both), and this rank's DNNs' buffers."""
         return (self.shared.detach().clone(), {n: e.detach().clone() for n, e in self.exclusive.items()},
-                {n: v.page_table for n, v in self.state.vnns.items()})
+                {n: v.page_table for n, v in self.state.vnns.items()},
+                {n: buffer_state(self.tasks[n].model) for n in self.local})
 
     def restore(self, snap) -> None:
         """Undo one step (no promotion happens within a step, so the shapes are the same)."""
@@ -365,6 +370,8 @@ class PageOptimizer:
             self.shared.copy_(snap[0])
             for n, e in snap[1].items():
                 self.exclusive[n].copy_(e)
+        for n, buffers in snap[3].items():
+            load_buffer_state(self.tasks[n].model, buffers, f"DNN {n!r}")
 
     @torch.no_grad()
     def val_accuracy(self, name: str, theta: torch.Tensor) -> float:
@@ -419,10 +426,11 @@ class PageOptimizer:
     def result(self) -> PackedState:
         """The best check's state: whole on rank 0 (the ranks' exclusive pages gathered); on the
         other ranks only their own DNNs' exclusive pages are filled (the others' are empty)."""
-        exclusive = dict(self.best[1])
+        exclusive, buffers = dict(self.best[1]), dict(self.best[3])
         if self.world.distributed:
-            parts = distributed.gather({n: exclusive[n] for n in self.local})
-            exclusive = distributed.merged(parts) | exclusive if parts else exclusive
+            parts = distributed.gather(({n: exclusive[n] for n in self.local}, buffers))
+            exclusive = distributed.merged(p[0] for p in parts) | exclusive if parts else exclusive
+            buffers = distributed.merged(p[1] for p in parts) if parts else buffers
             skipped = distributed.gather(self.history.skipped)
             if skipped:
                 self.history.skipped = dict(sum((Counter(part) for part in skipped), Counter()))
@@ -432,6 +440,7 @@ class PageOptimizer:
         for n, vnn in state.vnns.items():
             vnn.exclusive_pages = exclusive.get(n, vnn.exclusive_pages.new_zeros(0, self.state.page_size))
             vnn.page_table = self.best[2][n]
+            vnn.buffers = buffers.get(n, vnn.buffers)
         return state
 
 

@@ -171,8 +171,10 @@ def remove_vnn(state: PackedState, name: str) -> PackedState:
     return new
 
 
-def solo_state(name: str, theta: torch.Tensor, page_size: int) -> PackedState:
-    """A one-DNN store with no shared pages and every page exclusive (the no-sharing control)."""
+def solo_state(name: str, theta: torch.Tensor, page_size: int, buffers: dict[str, torch.Tensor] | None = None) -> PackedState:
+    """A one-DNN store with no shared pages and every page exclusive (the no-sharing control);
+    `buffers`: the model's buffers that go with `theta` (batch-norm statistics...)."""
     pages = to_pages(theta, page_size).clone()
-    vnn = VNN(name, theta.numel(), exclusive_entries(0, 0, len(pages)), pages, torch.ones_like(theta))
+    vnn = VNN(name, theta.numel(), exclusive_entries(0, 0, len(pages)), pages, torch.ones_like(theta),
+              buffers=dict(buffers or {}))
     return PackedState(page_size, torch.zeros(0, page_size), torch.zeros(0, page_size), {name: vnn})

@@ -22,6 +22,7 @@ from . import distributed
 from . import dnn as dnn_mod
 from .evaluate import accuracy, aggregate, format_aggregate, format_table, make_row, packed_theta, summarize
 from .fisher import FisherConfig, compute_fisher
+from .flat import evaluating, load_buffer_state, parameter_sizes
 from .optimize import History, OptimizeConfig, Task, optimize, step_batches, step_costs
 from .pack import PackConfig, add_vnn, new_state, shared_pages_needed, solo_state
 from .pages import n_pages
@@ -30,17 +31,23 @@ from .state import PackedState, Provenance, Standalone
 from .store import Store, atomic_write_text
 from .train import Trained, set_single_thread, standalone_models, worker_pool
 
-RESULTS_DIR = dnn_mod.REPO_ROOT / "results"
+RESULTS_DIR = dnn_mod.REPO_ROOT / "results" if dnn_mod.IN_REPOSITORY else Path("results")
 
 
 @dataclass
 class Loaded:
     """A DNN folder with its model and data, as tensors (over several ranks, only the rank that
-    trains the DNN loads its data: `data` is None on the others)."""
+    trains the DNN loads its data: `data` is None on the others). A module packed from memory
+    (`weightsep.api`) has no folder: `dnn` is None and `label` names it."""
 
-    dnn: dnn_mod.DNN
+    dnn: dnn_mod.DNN | None
     model: torch.nn.Module
     data: dnn_mod.Dataset | None
+    label: str | None = None
+
+    @property
+    def name(self) -> str:
+        return self.dnn.name if self.dnn is not None else self.label
 
     def task(self, standalone: torch.Tensor | None = None, batches: int | None = None) -> Task:
         d = self.data
@@ -124,7 +131,7 @@ def fisher_for(loaded: Loaded, theta: torch.Tensor, config: FisherConfig) -> tor
     try:
         return compute_fisher(loaded.model, theta, loaded.data.train.x, loaded.data.train.y, config)
     except (FloatingPointError, ValueError) as e:
-        raise dnn_mod.DNNError(f"DNN {loaded.dnn.name!r}: Fisher failed: {e}") from e
+        raise dnn_mod.DNNError(f"DNN {loaded.name!r}: Fisher failed: {e}") from e
 
 
 def tpr_for(loaded: Loaded, theta: torch.Tensor, config: PackConfig, max_samples: int = 10000) -> float:
@@ -132,7 +139,7 @@ def tpr_for(loaded: Loaded, theta: torch.Tensor, config: PackConfig, max_samples
     if config.target_accuracy is None:
         return 1.0
     x = torch.from_numpy(loaded.data.train.x[:max_samples])
-    with torch.no_grad():
+    with torch.no_grad(), evaluating(loaded.model):
         probs = torch.softmax(loaded.model(x, theta), 1)
     return target_performance_rate(probs, torch.from_numpy(loaded.data.train.y[:max_samples]),
                                    config.target_accuracy, config.alpha)
@@ -177,6 +184,7 @@ def pack(loaded: dict[str, Loaded], trained: dict[str, Trained], pack_config: Pa
             raise dnn_mod.DNNError(f"DNN {name!r}: trained weights have {theta.numel():,} entries, its model "
                                    f"{loaded[name].model.n_weights:,} (dnn.py changed during the run? run again)")
         start = time.perf_counter()
+        load_buffer_state(loaded[name].model, trained[name].buffers, f"DNN {name!r}, stand-alone")
         fishers[name] = fisher_for(loaded[name], theta, fisher_config)
         timings["fisher_seconds"] += time.perf_counter() - start
     tprs = {name: tpr_for(loaded[name], trained[name].theta, pack_config) for name in mine}
@@ -201,10 +209,12 @@ def pack(loaded: dict[str, Loaded], trained: dict[str, Trained], pack_config: Pa
         theta = trained[name].theta
         state, info = add_vnn(state, name, theta, fishers[name], pack_config, tprs[name], counts.get(name))
         timings["matching_seconds"] += info["matching_seconds"]
-        dnn = loaded[name].dnn
+        state.vnns[name].buffers = dict(trained[name].buffers)  # the DNN's own: the optimiser trains them on
+        dnn = loaded[name].dnn  # None for a module packed from memory: no folder, no code hash
         state.vnns[name].provenance = Provenance(
-            folder=dnn_mod.relative_folder(dnn.path), code_hash=dnn.code_hash(),
-            architecture=loaded[name].model.describe(), fisher=asdict(fisher_config),
+            folder=dnn and dnn_mod.relative_folder(dnn.path), code_hash=dnn and dnn.code_hash(),
+            architecture=loaded[name].model.describe(), parameters=parameter_sizes(loaded[name].model),
+            fisher=asdict(fisher_config),
             standalone=Standalone(trained[name].val_accuracy, trained[name].test_accuracy), pack=info)
     if world.distributed:
         distributed.broadcast((state, timings))
@@ -237,10 +247,11 @@ def pack_and_optimize(loaded: dict[str, Loaded], trained: dict[str, Trained], ta
 
 
 def no_sharing_control(loaded: dict[str, Loaded], thetas: dict[str, torch.Tensor], config: OptimizeConfig,
-                       page_size: int, batches: dict[str, int] | None = None) -> dict[str, float]:
+                       page_size: int, batches: dict[str, int] | None = None,
+                       buffers: dict[str, dict[str, torch.Tensor]] | None = None) -> dict[str, float]:
     """Test accuracy after the SAME extra training each DNN gets when packed, but alone (no sharing).
 
-    Each DNN (stand-alone weights `thetas`) becomes its own one-DNN store with all pages exclusive
+    Each DNN (stand-alone weights `thetas` and `buffers`) becomes its own one-DNN store with all pages exclusive
     and is optimised with the same optimizer, batch size, learning rate and number of its own
     batches (`batches` per step, as the packed set's `batches_per_step` gave it); so any gain it
     shows comes from the extra training, not from sharing.
@@ -251,20 +262,21 @@ def no_sharing_control(loaded: dict[str, Loaded], thetas: dict[str, torch.Tensor
         config = replace(config, steps=max(1, round(config.steps * share)), dnns_per_step=None)
     out = {}
     for name, item in loaded.items():
-        alone = solo_state(name, thetas[name], page_size)
+        alone = solo_state(name, thetas[name], page_size, (buffers or {}).get(name))
         result, _ = optimize(alone, {name: item.task(batches=batches.get(name, 1))},
                              replace(config, dnns=None, promote_pages=0), progress=False)
-        out[name] = item.test_accuracy(packed_theta(result, name))
+        out[name] = item.test_accuracy(packed_theta(result, name, item.model))
     return out
 
 
-def _control_worker(folders: list[str], thetas: list, config: dict, page_size: int,
+def _control_worker(folders: list[str], thetas: list, buffers: list[dict], config: dict, page_size: int,
                     batches: dict[str, int]) -> dict[str, float]:
     """no_sharing_control in a worker process (it runs beside the joint optimisation)."""
     set_single_thread()
     loaded = load(folders)
     thetas = {name: torch.as_tensor(theta) for name, theta in zip(loaded, thetas)}
-    return no_sharing_control(loaded, thetas, OptimizeConfig(**config), page_size, batches)
+    buffers = {name: {k: torch.as_tensor(b) for k, b in held.items()} for name, held in zip(loaded, buffers)}
+    return no_sharing_control(loaded, thetas, OptimizeConfig(**config), page_size, batches, buffers)
 
 
 @dataclass
@@ -366,7 +378,8 @@ def run_seed(config: RunConfig, loaded: dict[str, Loaded], seed: int, control: d
         pool = worker_pool(1)
         control_job = pool.apply_async(_control_worker, (
             [str(loaded[n].dnn.path) for n in mine], [trained[n].theta.numpy() for n in mine],
-            asdict(optimize_config), pack_config.page_size, {n: per_step[n] for n in mine}))
+            [{k: b.numpy() for k, b in trained[n].buffers.items()} for n in mine], asdict(optimize_config),
+            pack_config.page_size, {n: per_step[n] for n in mine}))
         if world.writer:
             tqdm.write("no-sharing control: training each DNN alone, with the same budget, in a second process")
 
@@ -381,7 +394,7 @@ def run_seed(config: RunConfig, loaded: dict[str, Loaded], seed: int, control: d
         control = control_job.get()
         pool.close()
         times["no_sharing_wait_seconds"] = time.perf_counter() - start
-    packed = {n: loaded[n].test_accuracy(packed_theta(state, n)) for n in mine}
+    packed = {n: loaded[n].test_accuracy(packed_theta(state, n, loaded[n].model)) for n in mine}
     memory = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # this rank's process
     parts = distributed.gather((packed, control, memory))
     if not world.writer:

@@ -92,6 +92,7 @@ class Provenance:
     fisher: dict | None = None  # the FisherConfig used
     standalone: Standalone | None = None
     pack: dict | None = None  # what packing reported: exclusive/sharable pages, matching, cost
+    parameters: list | None = None  # [[name, numel], ...] in flat order: labels pages without the DNN's code
 
     def to_json(self) -> dict:
         return {k: v for k, v in asdict(self).items() if v is not None}
@@ -168,6 +169,8 @@ class VNN:
     exclusive_pages: torch.Tensor  # float32 [E, P], level-2 pages (E may be 0)
     fisher: torch.Tensor  # float32 [n_weights], >= 0: the Fisher used for separation and matching
     provenance: Provenance = field(default_factory=Provenance)
+    # the model's buffers by name (batch-norm running statistics...): the DNN's own, never paged or shared
+    buffers: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.validate()
@@ -193,6 +196,13 @@ class VNN:
             raise ValueError(f"{who}: fisher has {self.fisher.numel()} entries, n_weights is {self.n_weights}")
         _check_values(self.exclusive_pages, f"{who}: exclusive_pages")
         _check_values(self.fisher, f"{who}: fisher", nonnegative=True)
+        if not isinstance(self.buffers, dict):
+            raise ValueError(f"{who}: buffers must be a dict name -> tensor, got {type(self.buffers).__name__}")
+        for key, b in self.buffers.items():
+            if not isinstance(key, str) or not isinstance(b, torch.Tensor):
+                raise ValueError(f"{who}: buffers must map names to tensors, got {key!r}: {type(b).__name__}")
+            if b.is_floating_point():
+                _check_values(b, f"{who}: buffer {key!r}")
         if not isinstance(self.provenance, Provenance):
             raise ValueError(f"{who}: provenance must be a Provenance, got {type(self.provenance).__name__}")
         _check_json(self.provenance.to_json(), f"{who}: provenance")

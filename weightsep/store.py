@@ -12,7 +12,8 @@ A `Store` is a directory (the CLI picks it, `./state` by default):
     manifest.prev.json                the generation before it, restorable
     shared-<sha12>.safetensors        shared_pages f32 [S, P], shared_fisher f32 [S, P]
     vnn-<name>-<sha12>.safetensors    page_table i64 [n_pages], exclusive_pages f32 [E, P],
-                                      fisher f32 [n_weights]
+                                      fisher f32 [n_weights], and the DNN's buffers (batch-norm
+                                      statistics...) as `buffer.<name>`, any dtype (format 2)
     manifest.damaged-<time>.json      a current manifest that `restore` replaced while unreadable
     .lock                             one writer at a time (flock), holding who writes
 
@@ -59,7 +60,8 @@ from .checks import writable_dir
 from .state import VNN, PackedState, Provenance, StateConfig
 
 FORMAT = "weightsep-store"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: a DNN's file may hold its buffers
+READABLE_VERSIONS = (1, 2)  # a version-1 store is a version-2 store without buffers
 MANIFEST = "manifest.json"
 PREVIOUS = "manifest.prev.json"
 RECOVERY = "restore the previous generation with `python -m weightsep restore` (Store.restore_previous())"
@@ -67,6 +69,7 @@ NO_OLDER = "no older generation is kept: rebuild the packed state"
 _TENSOR_FILE = re.compile(r"(shared|vnn-[A-Za-z0-9_.-]*)-[0-9a-f]{12}\.safetensors")
 SHARED_TENSORS = ("shared_pages", "shared_fisher")
 VNN_TENSORS = ("page_table", "exclusive_pages", "fisher")
+BUFFER = "buffer."  # prefix of a buffer's tensor name in a DNN's file
 _COUNTS = ("name", "n_weights", "n_pages", "n_exclusive")
 
 
@@ -290,7 +293,8 @@ class Store:
         vnns = []
         for vnn, counts in zip(state.vnns.values(), _counts(state)["vnns"]):
             slug = re.sub(r"[^A-Za-z0-9_.-]", "_", vnn.name)[:48]
-            tensors = {"page_table": vnn.page_table, "exclusive_pages": vnn.exclusive_pages, "fisher": vnn.fisher}
+            tensors = {"page_table": vnn.page_table, "exclusive_pages": vnn.exclusive_pages, "fisher": vnn.fisher,
+                       **{BUFFER + k: b for k, b in vnn.buffers.items()}}
             entry, data = _blob(f"vnn-{slug}", tensors, self._file_meta("vnn", vnn.name))
             blobs[entry["file"]] = data
             vnns.append({**counts, "meta": vnn.provenance.to_json(), "file": entry})
@@ -450,10 +454,10 @@ class Store:
             found = m.get("format") if isinstance(m, dict) else type(m).__name__
             raise StoreError(f"{path}: not a weightsep store manifest (format {found!r}, expected {FORMAT!r})")
         version = m.get("format_version")
-        if type(version) is not int or version != FORMAT_VERSION:
+        if type(version) is not int or version not in READABLE_VERSIONS:
             newer = type(version) is int and version > FORMAT_VERSION
             raise StoreError(f"{path}: format_version {version!r} is unknown to this weightsep, which reads "
-                             f"version {FORMAT_VERSION}; " + ("upgrade weightsep" if newer else hint))
+                             f"versions {', '.join(map(str, READABLE_VERSIONS))}; " + ("upgrade weightsep" if newer else hint))
         if "checksum" in m and m["checksum"] != manifest_checksum(m):  # stores before the checksum have none
             raise StoreError(f"{path}: its checksum does not match its content: edited or corrupt; {hint}")
         problem = _manifest_problem(m)
@@ -501,11 +505,13 @@ class Store:
         try:
             vnns = {}
             for entry in m["vnns"]:
-                t = self._read_file(entry["file"], VNN_TENSORS, {"kind": "vnn", "name": entry["name"]},
+                buffers = tuple(k for k in entry["file"]["tensors"] if k.startswith(BUFFER))  # the sealed manifest's list
+                t = self._read_file(entry["file"], VNN_TENSORS + buffers, {"kind": "vnn", "name": entry["name"]},
                                     manifest_path, hint)
                 provenance = Provenance.from_json(entry["meta"], f"DNN {entry['name']!r}: meta")
                 vnns[entry["name"]] = VNN(entry["name"], entry["n_weights"], t["page_table"],
-                                          t["exclusive_pages"], t["fisher"], provenance)
+                                          t["exclusive_pages"], t["fisher"], provenance,
+                                          {k.removeprefix(BUFFER): t[k] for k in buffers})
             state = PackedState(m["page_size"], shared["shared_pages"], shared["shared_fisher"], vnns,
                                 StateConfig.from_json(m["config"]), m["generation"])
         except ValueError as e:

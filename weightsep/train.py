@@ -1,7 +1,8 @@
 """Stand-alone training of DNN folders, in worker processes, cached by content.
 
-Takes DNN folders; returns each one's trained flat weight vector (TF order) and its validation and
-test accuracy. The checkpoint kept is the one with the best validation accuracy (the test set is
+Takes DNN folders; returns each one's trained flat weight vector (`model.theta`'s order), its
+buffers (batch-norm statistics, as the module's own code updated them; none for `TemplateNet`) and
+its validation and test accuracy. The checkpoint kept is the one with the best validation accuracy (the test set is
 only scored once, on that checkpoint). Training is bounded by steps, never by wall time, so a busy
 machine gives the same result, only later. Each worker uses ONE torch thread: on small shared
 machines torch's default thread count makes these small models 4-100x slower.
@@ -36,7 +37,8 @@ from tqdm import tqdm
 from . import dnn as dnn_mod
 from .checks import at_least
 from .evaluate import accuracy
-from .store import StoreError, load_tensors, save_tensors
+from .flat import buffer_state, load_buffer_state
+from .store import BUFFER, StoreError, load_tensors, save_tensors
 
 
 @dataclass(frozen=True)
@@ -61,13 +63,14 @@ class TrainConfig:
 @dataclass
 class Trained:
     name: str
-    theta: torch.Tensor  # float32 [n_weights], TF order
+    theta: torch.Tensor  # float32 [n_weights], the model's flat order
     val_accuracy: float
     test_accuracy: float
     best_step: int
     seconds: float
     cached: bool = False
     history: list = field(default_factory=list)
+    buffers: dict[str, torch.Tensor] = field(default_factory=dict)  # the model's buffers at the kept checkpoint
 
 
 def set_single_thread() -> None:
@@ -84,13 +87,15 @@ def batches(n: int, batch_size: int, generator: torch.Generator):
 
 
 def train_theta(model, data: dnn_mod.Dataset, config: TrainConfig) -> Trained:
-    """Adam on per-sample cross-entropy; keeps the best-validation checkpoint."""
+    """Adam on per-sample cross-entropy, the model in train mode; keeps the best-validation
+    checkpoint (weights and buffers) and leaves its buffers in the model."""
     gen = torch.Generator().manual_seed(config.seed)
     model.reset_parameters(gen)
+    model.train()
     x, y = torch.from_numpy(data.train.x), torch.from_numpy(data.train.y)
     xv, yv = torch.from_numpy(data.val.x), torch.from_numpy(data.val.y)
     opt = torch.optim.Adam([model.theta], lr=config.lr)
-    best = (-1.0, 0, model.theta.detach().clone())
+    best = (-1.0, 0, model.theta.detach().clone(), buffer_state(model))
     history = []
     start = time.perf_counter()
     for step, idx in enumerate(batches(len(x), config.batch_size, gen), start=1):
@@ -104,13 +109,14 @@ def train_theta(model, data: dnn_mod.Dataset, config: TrainConfig) -> Trained:
             val = accuracy(model, model.theta, xv, yv)
             history.append((step, val))
             if val > best[0]:
-                best = (val, step, model.theta.detach().clone())
+                best = (val, step, model.theta.detach().clone(), buffer_state(model))
         if step == config.steps:
             break
     seconds = time.perf_counter() - start
-    theta = best[2]
+    theta, buffers = best[2], best[3]
+    load_buffer_state(model, buffers, "the best checkpoint")
     test = accuracy(model, theta, torch.from_numpy(data.test.x), torch.from_numpy(data.test.y))
-    return Trained("", theta, best[0], test, best[1], seconds, history=history)
+    return Trained("", theta, best[0], test, best[1], seconds, history=history, buffers=buffers)
 
 
 def config_for(dnn: dnn_mod.DNN, steps: int | None = None, seed: int = 0) -> TrainConfig:
@@ -119,7 +125,7 @@ def config_for(dnn: dnn_mod.DNN, steps: int | None = None, seed: int = 0) -> Tra
                           "seed": seed})
 
 
-TRAINING_CODE = tuple(Path(__file__).with_name(f) for f in ("model.py", "train.py", "evaluate.py"))
+TRAINING_CODE = tuple(Path(__file__).with_name(f) for f in ("model.py", "flat.py", "train.py", "evaluate.py"))
 
 
 @functools.lru_cache(maxsize=64)
@@ -176,7 +182,7 @@ def _worker_init(parent: int) -> None:
     threading.Thread(target=watch, daemon=True).start()
 
 
-def _train_worker(args: tuple[str, dict]) -> tuple[str, dict, np.ndarray]:
+def _train_worker(args: tuple[str, dict]) -> tuple[str, dict, np.ndarray, dict[str, np.ndarray]]:
     path, config = args
     set_single_thread()
     dnn = dnn_mod.load_folder(Path(path))
@@ -186,7 +192,7 @@ def _train_worker(args: tuple[str, dict]) -> tuple[str, dict, np.ndarray]:
     except FloatingPointError as e:
         raise dnn_mod.DNNError(f"DNN {dnn.name!r}: stand-alone training failed: {e}") from None
     info = {k: getattr(result, k) for k in ("val_accuracy", "test_accuracy", "best_step", "seconds", "history")}
-    return dnn.name, info, result.theta.numpy()
+    return dnn.name, info, result.theta.numpy(), {k: b.numpy() for k, b in result.buffers.items()}
 
 
 def standalone_models(dnns: list[dnn_mod.DNN], workers: int = 2, steps: int | None = None,
@@ -204,8 +210,10 @@ def standalone_models(dnns: list[dnn_mod.DNN], workers: int = 2, steps: int | No
         if path.exists() and not retrain:
             try:
                 tensors, meta = load_tensors(path)
+                buffers = {k.removeprefix(BUFFER): t for k, t in tensors.items() if k.startswith(BUFFER)}
                 results[dnn.name] = Trained(dnn.name, tensors["theta"], meta["val_accuracy"], meta["test_accuracy"],
-                                            meta["best_step"], meta["seconds"], cached=True, history=meta["history"])
+                                            meta["best_step"], meta["seconds"], cached=True, history=meta["history"],
+                                            buffers=buffers)
                 continue
             except (StoreError, KeyError) as e:
                 tqdm.write(f"retraining {dnn.name}: cached model unusable ({e})")
@@ -215,10 +223,10 @@ def standalone_models(dnns: list[dnn_mod.DNN], workers: int = 2, steps: int | No
         paths = {d.name: p for d, _, p in todo}
         bar = tqdm(total=len(jobs), desc="stand-alone training", unit="DNN")
         with worker_pool(min(workers, len(jobs))) as pool:
-            for name, info, theta in pool.imap_unordered(_train_worker, jobs):
-                theta = torch.from_numpy(theta)
-                save_tensors(paths[name], {"theta": theta}, info)
-                results[name] = Trained(name, theta, **info)
+            for name, info, theta, buffers in pool.imap_unordered(_train_worker, jobs):
+                theta, buffers = torch.from_numpy(theta), {k: torch.from_numpy(b) for k, b in buffers.items()}
+                save_tensors(paths[name], {"theta": theta, **{BUFFER + k: b for k, b in buffers.items()}}, info)
+                results[name] = Trained(name, theta, **info, buffers=buffers)
                 bar.set_postfix_str(f"{name}: val {info['val_accuracy']:.4f} in {info['seconds']:.0f}s")
                 bar.update()
         bar.close()

@@ -1,0 +1,116 @@
+"""Pack trained modules held in memory: weightsep as a library in an engineer's own project.
+
+No DNN folder, no cache, no disk: each DNN is a trained `nn.Module` with its own training and
+validation data, as tensors `(x, y)` or any iterable of `(x, y)` batches (a `DataLoader`), which is
+read into memory once (the optimiser draws its own seeded batches). The modules' current weights and
+buffers are the stand-alone reference. The stages are the CLI's (Fisher, separation, matching, joint
+optimisation, docs/pipeline.md) with the same defaults; the result is a `PackedState`, which
+`PackedModel` runs and `Store` saves.
+
+    from weightsep.api import PackedModel, Store, pack
+    state = pack({"kws": (kws, (x_train, y_train), (x_val, y_val)),
+                  "har": (har, train_loader, val_loader)})
+    packed = PackedModel(state, {"kws": kws, "har": har})
+    packed.switch("kws")
+    logits = packed(x)
+    Store("packed").save(state)        # and Store("packed").load() in another process
+
+Packing works on copies of the modules: the caller's are never changed. `PackedModel` runs the
+caller's modules on the packed weights, loading each DNN's packed buffers into its module.
+"""
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable, Mapping
+from dataclasses import replace
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import flat
+from .dnn import Dataset, Split
+from .evaluate import accuracy
+from .execution import PackedModel
+from .fisher import FisherConfig
+from .optimize import OptimizeConfig
+from .pack import PackConfig
+from .pipeline import Loaded, pack_and_optimize
+from .state import PackedState
+from .store import Store
+from .train import Trained
+
+__all__ = ["pack", "PackedModel", "PackedState", "Store", "PackConfig", "FisherConfig", "OptimizeConfig"]
+
+Data = tuple[torch.Tensor, torch.Tensor] | Iterable
+
+
+def _as_arrays(data: Data, who: str) -> tuple[np.ndarray, np.ndarray]:
+    """(x, y) tensors or arrays, or an iterable of (x, y) batches, as numpy arrays (checked)."""
+    if isinstance(data, tuple | list) and len(data) == 2 and all(isinstance(t, torch.Tensor | np.ndarray) for t in data):
+        x, y = data
+    else:
+        try:
+            batches = [(b[0], b[1]) for b in data]
+        except (TypeError, IndexError, KeyError) as e:
+            raise ValueError(f"{who}: expected (x, y) tensors or an iterable of (x, y) batches (e.g. a DataLoader), "
+                             f"got {type(data).__name__} ({e})") from None
+        if not batches:
+            raise ValueError(f"{who}: the data is empty")
+        x, y = torch.cat([torch.as_tensor(b[0]) for b in batches]), torch.cat([torch.as_tensor(b[1]) for b in batches])
+    x, y = torch.as_tensor(x), torch.as_tensor(y)
+    if y.is_floating_point() or y.is_complex() or y.dim() != 1:
+        raise ValueError(f"{who}: labels must be a 1-D integer tensor of class indices, got {y.dtype} {list(y.shape)}")
+    if len(x) != len(y) or len(x) == 0:
+        raise ValueError(f"{who}: {len(x)} inputs and {len(y)} labels (need the same number, at least one)")
+    if not torch.isfinite(x.float()).all():
+        raise ValueError(f"{who}: the inputs hold NaN or inf")
+    return x.detach().cpu().numpy(), y.detach().cpu().numpy()
+
+
+def _loaded(name: str, entry: tuple) -> tuple[Loaded, Trained]:
+    if not isinstance(entry, tuple | list) or len(entry) not in (3, 4):
+        raise ValueError(f"DNN {name!r}: expected (module, train data, validation data[, test data]), "
+                         f"got {type(entry).__name__} of {len(entry) if isinstance(entry, tuple | list) else 1}")
+    module, *splits = entry
+    if not isinstance(module, nn.Module):
+        raise ValueError(f"DNN {name!r}: {type(module).__name__} is not a torch.nn.Module")
+    arrays = [_as_arrays(data, f"DNN {name!r}, {part} data") for data, part in zip(splits, ("training", "validation", "test"))]
+    try:
+        module = copy.deepcopy(module)  # packing trains buffers (batch norm): never the caller's module
+        if isinstance(module, flat.TemplateNet | flat.FlatModule):
+            model = module
+        else:
+            with torch.no_grad(), flat.evaluating(module):  # the number of classes: the logits' width
+                classes = module(torch.from_numpy(arrays[1][0][:2]).float()).shape[-1]
+            model = flat.as_flat(module, tuple(arrays[0][0].shape[1:]), int(classes))
+    except flat.FlatError as e:
+        raise ValueError(f"DNN {name!r}: {e}") from None
+    dataset = Dataset(*(Split(*a) for a in (arrays + [arrays[1]])[:3]))  # without test data, validation stands in
+    splits = (dataset.train, dataset.val, dataset.test)
+    if max(int(s.y.max()) for s in splits) >= model.classes or min(int(s.y.min()) for s in splits) < 0:
+        raise ValueError(f"DNN {name!r}: labels outside 0..{model.classes - 1} (the module gives {model.classes} logits)")
+    theta = model.theta.detach().clone()
+    score = {part: accuracy(model, theta, torch.from_numpy(s.x), torch.from_numpy(s.y))
+             for part, s in (("val", dataset.val), ("test", dataset.test))}
+    trained = Trained(name, theta, score["val"], score["test"], best_step=0, seconds=0.0, cached=True,
+                      buffers=flat.buffer_state(model))
+    return Loaded(None, model, dataset, label=name), trained
+
+
+def pack(dnns: Mapping[str, tuple], pack_config: PackConfig | None = None, fisher_config: FisherConfig | None = None,
+         optimize_config: OptimizeConfig | None = None, seed: int = 0) -> PackedState:
+    """Pack trained modules: `dnns` maps a name to `(module, train, val)` or `(module, train, val, test)`
+    (data: `(x, y)` tensors or an iterable of `(x, y)` batches). Returns the optimised `PackedState`;
+    each DNN's stand-alone accuracy (on its test data, else validation data) is in its provenance.
+    Configs default to the CLI's. Bad input is a ValueError naming the DNN."""
+    if not dnns:
+        raise ValueError("no DNNs to pack")
+    loaded, trained = {}, {}
+    for name, entry in dnns.items():
+        loaded[name], trained[name] = _loaded(name, entry)
+    tasks = {n: item.task(trained[n].theta) for n, item in loaded.items()}
+    configs = [replace(c or default(), seed=seed) for c, default in
+               ((pack_config, PackConfig), (fisher_config, FisherConfig), (optimize_config, OptimizeConfig))]
+    state, *_ = pack_and_optimize(loaded, trained, tasks, *configs)
+    return state
