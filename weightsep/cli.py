@@ -266,7 +266,8 @@ def parser() -> argparse.ArgumentParser:
     group.add_argument("--backend", choices=distributed.BACKENDS, default="auto",
                        help="torch.distributed backend (default auto: gloo on CPU, NCCL when every rank has a GPU)")
 
-    p = Parser(prog="python -m weightsep", description=__doc__.split("\n\n")[0],
+    installed = Path(sys.argv[0]).name == "weightsep"  # the console command of `pip install .`
+    p = Parser(prog="weightsep" if installed else "python -m weightsep", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
 

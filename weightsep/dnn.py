@@ -28,6 +28,7 @@ from types import ModuleType
 import numpy as np
 
 from . import flat
+from .model import TemplateNet
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SUITE_DIR = REPO_ROOT / "suite"
@@ -101,8 +102,14 @@ class DNN:
         return model
 
     def _build(self):
+        module = self.module.build_model()
+        if isinstance(module, TemplateNet):  # knows its input shape and classes
+            return module
+        missing = [k for k in ("input", "classes") if k not in self.meta]
+        if missing:
+            raise DNNError(f"DNN {self.name!r}: META lacks {' and '.join(map(repr, missing))}, which a model other "
+                           "than TemplateNet needs (its input shape and number of classes)")
         try:
-            module = self.module.build_model()
             return flat.as_flat(module, self.meta["input"], self.meta["classes"])
         except flat.FlatError as e:
             raise DNNError(f"DNN {self.name!r}: build_model(): {e}") from None

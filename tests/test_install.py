@@ -1,0 +1,135 @@
+"""`pip install .` and `pip install -e .`, then weightsep used from outside the repository.
+
+Each test makes a fresh virtual environment whose only extra path is this environment's
+site-packages (a .pth file: torch and the other dependencies are found there, nothing is
+downloaded: `--no-index`), installs a copy of the package's sources into it and runs Python from a
+directory outside the repository."""
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+import textwrap
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+PACKAGE_SOURCES = ("pyproject.toml", "README.md", "weightsep", "custom_op")
+
+# packs two small modules (batch norm, a GRU) from memory, runs them packed, saves and reloads the store
+API_SCRIPT = textwrap.dedent("""
+    import sys, torch
+    from torch import nn
+    from weightsep.api import OptimizeConfig, PackConfig, PackedModel, Store, pack
+    import weightsep, weightsep.ops, weightsep.dnn
+    print("module", weightsep.__file__)
+    print("sources", (weightsep.ops.SOURCE_DIR / "gather.cpp").is_file())
+    print("suite", weightsep.dnn.suite())
+    torch.manual_seed(0)
+
+    class BN(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.bn, self.out = nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.Linear(8 * 6 * 6, 4)
+        def forward(self, x):
+            return self.out(torch.relu(self.bn(self.conv(x))).flatten(1))
+
+    class Recurrent(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.gru, self.out = nn.GRU(5, 16, batch_first=True), nn.Linear(16, 3)
+        def forward(self, x):
+            return self.out(self.gru(x, x.new_zeros(1, len(x), 16))[0].mean(1))
+
+    def data(shape, classes, n=600):
+        x = torch.randn(n, *shape)
+        y = (x.flatten(1) @ torch.randn(x[0].numel(), classes)).argmax(1)
+        return (x[:500], y[:500]), (x[500:], y[500:])
+
+    dnns = {}
+    for name, model, shape, classes in (("bn", BN(), (3, 8, 8), 4), ("gru", Recurrent(), (7, 5), 3)):
+        train, val = data(shape, classes)
+        opt = torch.optim.Adam(model.parameters(), 1e-2)
+        for _ in range(100):
+            loss = nn.functional.cross_entropy(model(train[0]), train[1])
+            opt.zero_grad(); loss.backward(); opt.step()
+        dnns[name] = (model, train, val)
+    before = {n: m.eval()(v[0]).detach() for n, (m, _, v) in dnns.items()}
+    state = pack(dnns, PackConfig(page_size=64, n_shared=24, ratio=1.5),
+                 optimize_config=OptimizeConfig(steps=60, eval_every=20))
+    assert all(torch.equal(m.eval()(v[0]), before[n]) for n, (m, _, v) in dnns.items()), "pack changed a module"
+    Store(sys.argv[1]).save(state)
+    back = Store(sys.argv[1]).load()
+    packed = PackedModel(back, {n: m for n, (m, _, _) in dnns.items()})
+    for name, (model, _, (x, y)) in dnns.items():
+        packed.switch(name)
+        print(name, "buffers", len(back.vnns[name].buffers), "accuracy", packed.correct(x, y) / len(y))
+""")
+
+
+def site_packages(venv: Path) -> Path:
+    return next((venv / "lib").glob("python3*/site-packages"))
+
+
+def make_env(tmp_path: Path) -> tuple[Path, Path]:
+    """A fresh venv seeing this environment's packages, and a copy of the package's sources."""
+    venv, src = tmp_path / "venv", tmp_path / "src"
+    # no pip of its own: this environment's pip and setuptools (>= 70.1, requirements.txt) build and install
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, capture_output=True)
+    (site_packages(venv) / "host-packages.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    src.mkdir()
+    for name in PACKAGE_SOURCES:
+        (shutil.copytree if (REPO / name).is_dir() else shutil.copy)(REPO / name, src / name)
+    return venv, src
+
+
+def pip_install(venv: Path, *args: str) -> None:
+    result = subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet", "--no-index",
+                             "--no-build-isolation", "--disable-pip-version-check", *args],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def run_outside(venv: Path, tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
+    work = tmp_path / "elsewhere"
+    work.mkdir(exist_ok=True)
+    env = {**os.environ, "WEIGHTSEP_OPS_BACKEND": "torch"}  # the extension's build is tested elsewhere (test_ops)
+    return subprocess.run([str(venv / "bin" / args[0]), *args[1:]], cwd=work, capture_output=True, text=True,
+                          timeout=600, env=env)
+
+
+@pytest.mark.parametrize("editable", [False, True], ids=["pip install .", "pip install -e ."])
+def test_installed_package_packs_modules_from_memory_outside_the_repository(tmp_path, editable):
+    venv, src = make_env(tmp_path)
+    pip_install(venv, *(["-e"] if editable else []), str(src))
+
+    result = run_outside(venv, tmp_path, "python", "-c", API_SCRIPT, str(tmp_path / "store"))
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = dict(line.split(" ", 1) for line in result.stdout.splitlines())
+    installed_in = src if editable else site_packages(venv)
+    assert Path(lines["module"]).is_relative_to(installed_in), lines["module"]
+    assert lines["sources"] == "True"  # custom_op/ travels with the package: the extension can build
+    assert lines["suite"] == "[]"  # DNN folders stay in the repository (an editable install of a bare copy has none)
+    for name, n_buffers in (("bn", "3"), ("gru", "0")):
+        said = lines[name].split()
+        assert said[1] == n_buffers and 0.0 <= float(said[3]) <= 1.0
+
+    command = run_outside(venv, tmp_path, "weightsep", "--help")
+    assert command.returncode == 0 and "usage: weightsep" in command.stdout, command.stdout + command.stderr
+    missing = run_outside(venv, tmp_path, "weightsep", "run", "--dnns", "nosuchdnn")
+    assert missing.returncode == 2 and "unknown DNN 'nosuchdnn'" in missing.stderr
+    assert "Traceback" not in missing.stderr
+
+
+def test_the_package_declares_its_dependencies_and_command(tmp_path):
+    venv, src = make_env(tmp_path)
+    pip_install(venv, str(src))
+    code = ("import importlib.metadata as m; print(m.requires('weightsep')); "
+            "print([e.value for e in m.entry_points(group='console_scripts') if e.name == 'weightsep'])")
+    result = run_outside(venv, tmp_path, "python", "-c", code)
+    assert result.returncode == 0, result.stderr
+    requires, scripts = result.stdout.splitlines()
+    for dependency in ("torch==2.13.0", "numpy", "scipy", "tqdm", "safetensors"):
+        assert dependency in requires
+    assert scripts == "['weightsep.cli:main']"
