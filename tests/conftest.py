@@ -55,11 +55,13 @@ def cache_with_data(tmp_path, monkeypatch):
     return cache
 
 
-def accuracy_from_store(store: Path, name: str) -> float:
-    """A packed DNN's test accuracy, its weights read page by page from the saved store."""
+def accuracy_from_store(store: Path, name: str, extra: tuple = ()) -> float:
+    """A packed DNN's test accuracy, its weights read page by page from the saved store (its
+    buffers too), its folder found by name (among `extra` folders too)."""
     import torch
 
     from weightsep import dnn as dnn_mod
+    from weightsep.flat import load_buffer_state
     from weightsep.store import Store
 
     state = Store(store).load()
@@ -67,8 +69,10 @@ def accuracy_from_store(store: Path, name: str) -> float:
     rows = [int(r) for r in vnn.page_table]
     theta = torch.stack([state.shared_pages[rows[i // P], i % P] if rows[i // P] < S
                          else vnn.exclusive_pages[rows[i // P] - S, i % P] for i in range(vnn.n_weights)])
-    folder = dnn_mod.get(name)
+    folder = dnn_mod.get(name, extra)
     test = folder.load_data().test
+    model = folder.build_model().eval()
+    load_buffer_state(model, vnn.buffers, name)
     with torch.no_grad():
-        predicted = folder.build_model()(torch.from_numpy(test.x), theta).argmax(1)
+        predicted = model(torch.from_numpy(test.x), theta).argmax(1)
     return float((predicted == torch.from_numpy(test.y)).double().mean())

@@ -1,9 +1,12 @@
 """Any nn.Module as one flat weight vector (weightsep.flat), over the example folders and TemplateNet."""
+import json
+import subprocess
+import sys
 import warnings
 
 import pytest
 import torch
-from conftest import REPO
+from conftest import REPO, accuracy_from_store
 from torch import nn
 
 from weightsep import dnn as dnn_mod
@@ -220,3 +223,33 @@ def test_a_dnn_folder_whose_model_changes_between_builds_is_refused(tmp_path):
         "def load_data(d):\n    raise FileNotFoundError(d)\n")
     with pytest.raises(dnn_mod.DNNError, match="wobbly.*different model on another build.*0.weight"):
         dnn_mod.get(str(folder)).build_model()
+
+
+def test_an_example_module_packs_with_a_suite_dnn_end_to_end(cache_with_data, tmp_path):
+    if not (cache_with_data / "data" / "watch.npz").exists():
+        pytest.skip("offline data not prepared: watch.npz (run ./setup.sh)")
+    store, results, examples = tmp_path / "state", tmp_path / "results", REPO / "examples"
+
+    def cli(*args):
+        result = subprocess.run([sys.executable, *map(str, args)], cwd=REPO, capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, result.stdout + result.stderr
+        return result.stdout
+
+    cli("-m", "weightsep", "run", "--dnn-folder", examples, "--dnns", "gru_watch", "letters", "--train-steps", "200",
+        "--fisher-samples", "64", "--steps", "100", "--eval-every", "25", "--store", store, "--results", results)
+    summary = json.loads((results / "summary.json").read_text())
+    for row in summary["rows"]:  # the table's packed accuracy is the store's, buffers included
+        assert row["packed_accuracy"] == pytest.approx(accuracy_from_store(store, row["name"], (examples,)), abs=1e-9)
+        assert row["difference_pp"] > -10 and row["packed_accuracy"] > 0.5, row
+    state = Store(store).load()
+    buffers = state.vnns["gru_watch"].buffers
+    assert set(buffers) == {"module.bn.running_mean", "module.bn.running_var", "module.bn.num_batches_tracked"}
+    assert int(buffers["module.bn.num_batches_tracked"]) > 200  # trained stand-alone, then on with its pages
+    assert state.vnns["letters"].buffers == {}
+    assert [p[0] for p in state.vnns["gru_watch"].provenance.parameters][:3] == ["conv.weight", "bn.weight", "bn.bias"]
+
+    row = next(r for r in summary["rows"] if r["name"] == "gru_watch")
+    said = cli("-m", "weightsep", "eval", "gru_watch", "--dnn-folder", examples, "--store", store, "--results", results)
+    assert f"{100 * row['packed_accuracy']:.2f}" in said
+    shown = cli("vnn.py", "gru_watch", "--store", store, "--no-plot")
+    assert "gru.weight_hh_l0" in shown and "parameters by logical page" in shown

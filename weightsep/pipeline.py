@@ -178,13 +178,14 @@ def pack(loaded: dict[str, Loaded], trained: dict[str, Trained], pack_config: Pa
     timings = {"fisher_seconds": 0.0, "matching_seconds": 0.0, "spare": 0}
     fishers = {} if fishers is None else fishers
     mine = [n for n in loaded if n in trained]
+    for name in mine:  # the stand-alone buffers go with the stand-alone weights (Fisher, tpr)
+        load_buffer_state(loaded[name].model, trained[name].buffers, f"DNN {name!r}, stand-alone")
     for name in tqdm([n for n in mine if n not in fishers], desc="Fisher", unit="DNN", leave=False):
         theta = trained[name].theta
         if theta.numel() != loaded[name].model.n_weights:
             raise dnn_mod.DNNError(f"DNN {name!r}: trained weights have {theta.numel():,} entries, its model "
                                    f"{loaded[name].model.n_weights:,} (dnn.py changed during the run? run again)")
         start = time.perf_counter()
-        load_buffer_state(loaded[name].model, trained[name].buffers, f"DNN {name!r}, stand-alone")
         fishers[name] = fisher_for(loaded[name], theta, fisher_config)
         timings["fisher_seconds"] += time.perf_counter() - start
     tprs = {name: tpr_for(loaded[name], trained[name].theta, pack_config) for name in mine}

@@ -161,7 +161,7 @@ def _imported(dnn: dnn_mod.DNN) -> Trained | None:
     data = dnn.load_data()
     val = accuracy(model, theta, torch.from_numpy(data.val.x), torch.from_numpy(data.val.y))
     test = accuracy(model, theta, torch.from_numpy(data.test.x), torch.from_numpy(data.test.y))
-    return Trained(dnn.name, theta, val, test, best_step=0, seconds=0.0, cached=True)
+    return Trained(dnn.name, theta, val, test, best_step=0, seconds=0.0, cached=True, buffers=buffer_state(model))
 
 
 def worker_pool(processes: int) -> mp.pool.Pool:
