@@ -253,3 +253,44 @@ def test_an_example_module_packs_with_a_suite_dnn_end_to_end(cache_with_data, tm
     assert f"{100 * row['packed_accuracy']:.2f}" in said
     shown = cli("vnn.py", "gru_watch", "--store", store, "--no-plot")
     assert "gru.weight_hh_l0" in shown and "parameters by logical page" in shown
+
+
+class BNDense(nn.Module):
+    def __init__(self, hidden: int):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(8, hidden), nn.BatchNorm1d(hidden), nn.ReLU(), nn.Linear(hidden, 3))
+
+    def forward(self, x):
+        return self.net(x)
+
+
+@pytest.mark.parametrize("optimizer", ["joint", "round-robin", "sequential"])
+def test_optimizers_train_batch_norm_buffers_and_keep_the_best_checks(optimizer):
+    from test_optimize import blobs
+
+    from weightsep.optimize import OptimizeConfig, Task, optimize
+
+    config = PackConfig(page_size=64, n_shared=6, margin=0.5)
+    state, tasks, nets = new_state(config, 6), {}, {}
+    for seed, (name, hidden) in enumerate([("a", 40), ("b", 32)]):
+        torch.manual_seed(seed)
+        nets[name] = as_flat(BNDense(hidden), (8,), 3)
+        x, y = blobs(seed, spread=1.0)
+        theta = nets[name].theta.detach().clone()
+        state, _ = add_vnn(state, name, theta, torch.rand_like(theta), config)
+        state.vnns[name].buffers = buffer_state(nets[name])
+        tasks[name] = Task(nets[name], x[:300], y[:300], x[300:], y[300:])
+    before = {n: buffer_state(m) for n, m in nets.items()}
+    # a constant, high learning rate: later checks score lower, so the best check is not the last one
+    result, history = optimize(state, tasks, OptimizeConfig(optimizer=optimizer, steps=150, rounds=3, steps_per_turn=50,
+                                                            eval_every=25, batch_size=50, lr=0.05, schedule="constant"))
+    assert history.mean(history.best_index) > history.mean(0) + 0.2
+    if optimizer != "sequential":  # one check only: its last is its best
+        assert history.best_index < len(history.steps) - 1  # else this could not tell the best check's buffers from the last's
+    for name, task in tasks.items():
+        assert not torch.equal(result.vnns[name].buffers["module.net.1.running_mean"], before[name]["module.net.1.running_mean"])
+        assert torch.equal(state.vnns[name].buffers["module.net.1.running_mean"], before[name]["module.net.1.running_mean"])
+        fresh = as_flat(BNDense(32 if name == "b" else 40), (8,), 3).eval()
+        with torch.no_grad():  # the best check's pages AND buffers give the best check's accuracy
+            acc = (fresh(task.x_val, packed_theta(result, name, fresh)).argmax(1) == task.y_val).float().mean()
+        assert acc == pytest.approx(history.val_accuracy[history.best_index][name], abs=1e-6)
