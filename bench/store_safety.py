@@ -55,7 +55,7 @@ from tqdm import tqdm
 
 from bench.timing import write_result
 from weightsep.dnn import cache_dir
-from weightsep.store import Store, StoreError, load_tensors, save_tensors, sealed
+from weightsep.store import FORMAT_VERSION, Store, StoreError, load_tensors, save_tensors, sealed
 
 REPO = Path(__file__).resolve().parent.parent
 MANIFEST, PREVIOUS = "manifest.json", "manifest.prev.json"
@@ -546,7 +546,7 @@ def corruptions() -> dict[str, tuple[str, Callable[[Path], None]]]:
     prev = {
         "previous manifest: invalid JSON": manifest_bytes(lambda d: d[:-10], previous=True),
         "previous manifest: newer format_version": manifest_bytes(
-            lambda d: d.replace(b'"format_version": 1', b'"format_version": 99'), previous=True),
+            lambda d: d.replace(f'"format_version": {FORMAT_VERSION}'.encode(), b'"format_version": 99'), previous=True),
         "previous generation's shared file: bit flip": lambda s: raw_prev(s, "shared"),
         "previous generation's vnn file: deleted": lambda s: _path(s, A, previous=True).unlink(),
     }
