@@ -123,6 +123,7 @@ def plot(rows: list[dict], path) -> None:
     speedups = [r["fisher"]["speedup"] for r in rows]
     bars = left.bar(names, speedups, color="tab:blue")
     left.bar_label(bars, fmt="%.1fx")
+    left.set_ylim(0, 1.12 * max(speedups))  # room for the labels
     left.axhline(1, color="gray", linewidth=0.8)
     k = rows[0]["fisher"]["samples"]
     left.set(ylabel="loop time / batched time", title=f"Fisher: batched (vmap) vs per-sample loop, K={k}")
