@@ -31,7 +31,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from .model import TemplateNet, TensorSpec
+from .model import TemplateNet, TensorSpec, flatten, views
 
 
 class FlatError(ValueError):
@@ -120,23 +120,11 @@ class FlatModule(nn.Module):
 
     def tensors(self, theta: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """Parameter-shaped views of a flat vector (default: `theta`), by parameter name."""
-        theta = self.theta if theta is None else theta
-        parts = theta.split([s.numel for s in self.layout])  # one split: a single cat in backward (see TemplateNet)
-        return {s.name: part.view(s.shape) for s, part in zip(self.layout, parts)}
+        return views(self.layout, self.theta if theta is None else theta)
 
     def flatten(self, tensors: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """The inverse of `tensors`: parameters by name -> one flat vector, checking names and shapes."""
-        missing = [s.name for s in self.layout if s.name not in tensors]
-        extra = sorted(set(tensors) - {s.name for s in self.layout})
-        if missing or extra:
-            raise FlatError(f"parameter names do not match the module: missing {missing}, unexpected {extra}")
-        parts = []
-        for s in self.layout:
-            t = torch.as_tensor(tensors[s.name])
-            if tuple(t.shape) != s.shape:
-                raise FlatError(f"{s.name}: shape {tuple(t.shape)} does not match the module's {s.shape}")
-            parts.append(t.reshape(-1).to(self.theta.dtype))
-        return torch.cat(parts)
+        return flatten(self.layout, tensors, self.theta.dtype)
 
     def forward(self, x: torch.Tensor, theta: torch.Tensor | None = None) -> torch.Tensor:
         return self.forward_with(x, self.tensors(theta))

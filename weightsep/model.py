@@ -53,6 +53,29 @@ class TensorSpec:
         return math.prod(self.shape)
 
 
+def views(layout: list[TensorSpec], theta: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Each tensor of `layout` as a view of the flat vector `theta`, by name (no copy)."""
+    # one split, not one slice per tensor: under vmap(grad) each slice's backward would fill a
+    # zero [chunk, n] tensor (80% of batched-Fisher time); split's backward is a single cat
+    parts = theta.split([s.numel for s in layout])
+    return {s.name: part.view(s.shape) for s, part in zip(layout, parts)}
+
+
+def flatten(layout: list[TensorSpec], tensors: Mapping[str, torch.Tensor], dtype: torch.dtype) -> torch.Tensor:
+    """The inverse of `views`: tensors by name -> one flat vector, checking names and shapes (ValueError)."""
+    missing = [s.name for s in layout if s.name not in tensors]
+    extra = sorted(set(tensors) - {s.name for s in layout})
+    if missing or extra:
+        raise ValueError(f"tensor names do not match the model: missing {missing}, unexpected {extra}")
+    parts = []
+    for s in layout:
+        t = torch.as_tensor(tensors[s.name])
+        if tuple(t.shape) != s.shape:
+            raise ValueError(f"{s.name}: shape {tuple(t.shape)} does not match the model's {s.shape}")
+        parts.append(t.reshape(-1).to(dtype))
+    return torch.cat(parts)
+
+
 class TemplateNet(nn.Module):
     def __init__(
         self,
@@ -119,25 +142,11 @@ class TemplateNet(nn.Module):
 
     def tensors(self, theta: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """TF-layout views of a flat vector (default: this net's own `theta`)."""
-        theta = self.theta if theta is None else theta
-        # one split, not one slice per tensor: under vmap(grad) each slice's backward would fill a
-        # zero [chunk, n] tensor (80% of batched-Fisher time); split's backward is a single cat
-        parts = theta.split([s.numel for s in self.layout])
-        return {s.name: part.view(s.shape) for s, part in zip(self.layout, parts)}
+        return views(self.layout, self.theta if theta is None else theta)
 
-    def flatten(self, tensors: dict[str, torch.Tensor]) -> torch.Tensor:
+    def flatten(self, tensors: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """The inverse of `tensors`: TF-layout arrays -> one flat vector, checking names and shapes."""
-        missing = [s.name for s in self.layout if s.name not in tensors]
-        extra = sorted(set(tensors) - {s.name for s in self.layout})
-        if missing or extra:
-            raise ValueError(f"tensor names do not match the architecture: missing {missing}, unexpected {extra}")
-        parts = []
-        for s in self.layout:
-            t = torch.as_tensor(tensors[s.name])
-            if tuple(t.shape) != s.shape:
-                raise ValueError(f"{s.name}: shape {tuple(t.shape)} does not match the architecture's {s.shape}")
-            parts.append(t.reshape(-1).to(torch.float32))
-        return torch.cat(parts)
+        return flatten(self.layout, tensors, torch.float32)
 
     def forward(self, x: torch.Tensor, theta: torch.Tensor | None = None) -> torch.Tensor:
         return self.forward_with(x, self.tensors(theta))
