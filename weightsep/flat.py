@@ -85,8 +85,8 @@ class FlatModule(nn.Module):
 
     def _tie(self) -> None:
         """Point the module's own parameters at views of `theta` (shared storage: no copy, one truth)."""
-        views = self.tensors(self.theta.detach())
-        by_tensor = {id(p): views[n] for n, p in self.module.named_parameters()}
+        parts = self.tensors(self.theta.detach())
+        by_tensor = {id(p): parts[n] for n, p in self.module.named_parameters()}
         for alias in self._aliases:
             owner, leaf = _owner(self.module, alias)
             p = getattr(owner, leaf)
