@@ -95,10 +95,10 @@ class DNN:
             known = self.module._weightsep_signature = flat.signature(self._build())
         now = flat.signature(model)
         if now != known:
-            first = next((f"{a} vs {b}" for a, b in zip(known, now) if a != b), f"{len(known)} vs {len(now)} tensors")
             raise DNNError(f"DNN {self.name!r}: build_model() gave a different model on another build "
                            f"({sum(math.prod(s) for _, s in known):,} vs {sum(math.prod(s) for _, s in now):,} weights; "
-                           f"first difference: {first}); it must build the same architecture every time")
+                           f"first difference: {flat.first_difference(known, now)}); it must build the same "
+                           "architecture every time")
         return model
 
     def _build(self):

@@ -205,9 +205,13 @@ def check_parameters(model: nn.Module, n_weights: int, recorded: list | None, wh
     if model.n_weights != n_weights:
         raise ValueError(f"{who}: the model has {model.n_weights:,} weights, the store {n_weights:,}")
     if recorded is not None and recorded != parameter_sizes(model):
-        first = next((f"{a} vs {b}" for a, b in zip(recorded, parameter_sizes(model)) if a != b),
-                     f"{len(recorded)} vs {len(model.layout)} tensors")
-        raise ValueError(f"{who}: the model's parameters are not the ones packed (store vs model: {first})")
+        raise ValueError(f"{who}: the model's parameters are not the ones packed "
+                         f"(store vs model: {first_difference(recorded, parameter_sizes(model))})")
+
+
+def first_difference(expected: list, found: list) -> str:
+    """Where two parameter lists (names with shapes or sizes, in flat order) first disagree, for messages."""
+    return next((f"{a} vs {b}" for a, b in zip(expected, found) if a != b), f"{len(expected)} vs {len(found)} tensors")
 
 
 def page_labels(sizes: list[list], page_size: int) -> list[str]:
