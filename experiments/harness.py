@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import functools
 import hashlib
 import io
 import json
@@ -35,9 +36,12 @@ from tqdm import tqdm
 from weightsep import dnn as dnn_mod
 from weightsep.evaluate import make_row, packed_theta, summarize
 from weightsep.fisher import FisherConfig
+from weightsep.flat import load_buffer_state
 from weightsep.optimize import OptimizeConfig, optimize, step_batches
 from weightsep.pack import PackConfig, solo_state
 from weightsep.pipeline import load, pack, pack_and_optimize
+from weightsep.precision import PrecisionConfig
+from weightsep.quant import per_channel_int8, per_channel_int8_bytes
 from weightsep.store import atomic_write_text
 from weightsep.train import set_single_thread, standalone_models, worker_pool
 
@@ -98,7 +102,10 @@ class Setting:
     """One configuration of the pipeline: changes to the config dataclasses' defaults.
 
     `control`: instead of packing, optimise each DNN alone with all its pages exclusive and the same
-    optimiser config (the no-sharing control). `dnns`: a subset of the scale's DNNs (None: all).
+    optimiser config (the no-sharing control); with `alone` = "int8-qat" it trains through
+    `quant.per_channel_int8` (quantisation-aware), with "int8-ptq" it is quantised and not trained
+    (quantisation alone, the baseline of quantised packing). `precision`: the `PrecisionConfig`
+    fields of the packed pages (default float32). `dnns`: a subset of the scale's DNNs (None: all).
     `replicas`: each DNN packed this many times (synthetic DNNs for time and memory only).
     `same_budget`: give a published optimiser as many DNN-batches as joint optimisation would take
     in total (joint gives cheap DNNs extra batches), spread over `turns` turns per DNN."""
@@ -109,6 +116,8 @@ class Setting:
     optimize: dict = field(default_factory=dict)
     dnns: tuple[str, ...] | None = None
     control: bool = False
+    alone: str | None = None
+    precision: dict = field(default_factory=dict)
     replicas: int = 1
     same_budget: bool = False
     turns: int = 10
@@ -165,7 +174,7 @@ def run_setting(setting: Setting, scale: Scale, seed: int) -> dict:
     if setting.control:
         return _control_row(setting, loaded, trained, tasks, opt, pack_config.page_size, seed, start)
     state, history, opt, times = pack_and_optimize(loaded, trained, tasks, pack_config, fisher_config, opt,
-                                                   fishers_for(fisher_config, scale))
+                                                   fishers_for(fisher_config, scale), PrecisionConfig(**setting.precision))
     rows = [make_row(state, n, trained[n].test_accuracy, item.test_accuracy(packed_theta(state, n, item.model)))
             for n, item in loaded.items()]
     table = summarize(state, rows)
@@ -187,27 +196,37 @@ def _steps_run(opt: OptimizeConfig, n_dnns: int) -> int:
 
 
 def _control_row(setting, loaded, trained, tasks, opt, page_size, seed, start) -> dict:
-    """Each DNN optimised alone, every page exclusive, with the same config and its own batches."""
-    accs, curves, seconds = {}, {}, 0.0
+    """Each DNN alone, every page exclusive: optimised with the same config and its own batches (the
+    no-sharing control), through the per-channel int8 quantiser ("int8-qat"), or only quantised ("int8-ptq")."""
+    accs, curves, seconds, quantised = {}, {}, 0.0, setting.alone is not None
     for name, item in loaded.items():
-        alone = solo_state(name, trained[name].theta, page_size, trained[name].buffers)
-        result, history = optimize(alone, {name: tasks[name]}, replace(opt, promote_pages=0), progress=False)
-        accs[name] = item.test_accuracy(packed_theta(result, name, item.model))
-        curves[name] = {"dnn_batches": history.steps, "val": [v[name] for v in history.val_accuracy]}
-        seconds += history.seconds
+        transform = functools.partial(per_channel_int8, model=item.model) if quantised else None
+        if setting.alone == "int8-ptq":
+            load_buffer_state(item.model, trained[name].buffers, f"DNN {name!r}, stand-alone")
+            theta = trained[name].theta
+        else:
+            tasks[name].transform = transform
+            alone = solo_state(name, trained[name].theta, page_size, trained[name].buffers)
+            result, history = optimize(alone, {name: tasks[name]}, replace(opt, promote_pages=0), progress=False)
+            theta = packed_theta(result, name, item.model)
+            curves[name] = {"dnn_batches": history.steps, "val": [v[name] for v in history.val_accuracy]}
+            seconds += history.seconds
+        with torch.no_grad():
+            accs[name] = item.test_accuracy(theta if transform is None else transform(theta))
     per_dnn = {n: {"standalone": trained[n].test_accuracy, "packed": accs[n],
                    "difference_pp": 100 * (accs[n] - trained[n].test_accuracy), "exclusive_pages": None}
                for n in loaded}
     n = len(loaded)
-    checks = min(len(c["val"]) for c in curves.values())
+    checks = min((len(c["val"]) for c in curves.values()), default=0)
     curve = {"dnn_batches": [sum(c["dnn_batches"][i] for c in curves.values()) for i in range(checks)],
              "val": [{name: curves[name]["val"][i] for name in curves} for i in range(checks)], "best_index": None}
     weights = sum(t.theta.numel() for t in trained.values())
+    packed_bytes = sum(per_channel_int8_bytes(item.model) for item in loaded.values()) if quantised else 4 * weights
     return {"label": setting.label, "seed": seed, "dnns": list(loaded), "per_dnn": per_dnn,
             "mean_difference_pp": sum(d["difference_pp"] for d in per_dnn.values()) / n,
             "worst_difference_pp": min(d["difference_pp"] for d in per_dnn.values()),
             "mean_packed_accuracy": sum(accs.values()) / n, "packed_weights": weights, "ratio_by_count": 1.0,
-            "ratio_by_bytes": 1.0, "packed_bytes": 4 * weights, "optimize_seconds": seconds,
+            "ratio_by_bytes": 4 * weights / packed_bytes, "packed_bytes": packed_bytes, "optimize_seconds": seconds,
             "seconds": time.perf_counter() - start, "peak_rss_mb": _peak_rss_mb(), "curve": curve}
 
 
@@ -222,7 +241,8 @@ def _common(setting: Setting, seed: int, names: list[str], table: dict, start: f
             "mean_packed_accuracy": t["mean_packed_accuracy"], "packed_weights": t["packed_weights"],
             "packed_bytes": t["packed_bytes"], "ratio_by_count": t["ratio_by_count"],
             "ratio_by_bytes": t["ratio_by_bytes"], "shared_pages": t["shared_pages"],
-            "exclusive_pages": t["exclusive_pages"], "seconds": time.perf_counter() - start,
+            "exclusive_pages": t["exclusive_pages"], "page_formats": t["page_formats"],
+            "packed_bytes_by_part": t["packed_bytes_by_part"], "seconds": time.perf_counter() - start,
             "peak_rss_mb": _peak_rss_mb()}
 
 

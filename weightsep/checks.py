@@ -15,7 +15,8 @@ from pathlib import Path
 
 # config field -> command-line flag, where they differ from the field's name with - for _
 FLAG_NAMES = {"estimator": "fisher", "samples": "fisher-samples", "chunk": "fisher-chunk",
-              "normalize": "fisher-normalize", "n_shared": "shared-pages"}
+              "normalize": "fisher-normalize", "n_shared": "shared-pages",
+              "group": "int4-group"}
 
 MAX_PAGE_SIZE = 1 << 20  # weights per page (4 MiB of float32); the published P is 512
 MAX_SHARED_WEIGHTS = 1 << 28  # shared pages x page size: 1 GiB per float32 copy of the shared store

@@ -8,8 +8,8 @@
     python -m weightsep report                    # the paper-style table of the store
     python -m weightsep list | remove NAME | restore | prepare
 
-Config flags are derived from the stage configs (PackConfig, FisherConfig, OptimizeConfig), so a
-new field is a new flag with no edit here.
+Config flags are derived from the stage configs (PackConfig, FisherConfig, OptimizeConfig,
+PrecisionConfig), so a new field is a new flag with no edit here.
 """
 from __future__ import annotations
 
@@ -31,13 +31,16 @@ from .matching import MATCHERS
 from .optimize import BALANCES, OPTIMIZERS, SCHEDULES, SELECTIONS, OptimizeConfig, optimize, unused_fields
 from .pack import MODES, SHARED_CONTENT, PackConfig, pack_config, remove_vnn
 from .pipeline import RESULTS_DIR, RunConfig, hold, load, load_packed, pack, run, shard, write_summary
+from .precision import POLICIES, PrecisionConfig
+from .quant import FORMATS
 from .separation import SEPARATIONS
 from .store import Store
 from .train import set_single_thread, standalone_models
 
 CHOICES = {"mode": MODES, "matching": tuple(MATCHERS), "shared_content": SHARED_CONTENT,
            "estimator": tuple(ESTIMATORS), "optimizer": tuple(OPTIMIZERS), "separation": SEPARATIONS,
-           "select": tuple(SELECTIONS), "schedule": tuple(SCHEDULES), "balance": BALANCES}
+           "select": tuple(SELECTIONS), "schedule": tuple(SCHEDULES), "balance": BALANCES,
+           "precision": POLICIES, "shared_dtype": FORMATS, "exclusive_dtype": FORMATS}
 SKIP = {"seed", "version", "dnns"}
 
 
@@ -115,7 +118,8 @@ def cmd_run(args) -> None:
     config = RunConfig(
         dnns=args.dnns or dnn_mod.suite(), extra_folders=args.dnn_folder, store=args.store, results=args.results,
         workers=args.workers, pack=build_config(PackConfig, args), fisher=build_config(FisherConfig, args),
-        optimize=build_config(OptimizeConfig, args), no_sharing=args.no_sharing, train_steps=args.train_steps,
+        optimize=build_config(OptimizeConfig, args), precision=build_config(PrecisionConfig, args),
+        no_sharing=args.no_sharing, train_steps=args.train_steps,
         seeds=args.seeds or [args.seed], procs=args.procs, backend=args.backend)
     summary = run(config)
     if summary is None:  # a rank other than 0 under torchrun: rank 0 reports
@@ -279,7 +283,7 @@ def parser() -> argparse.ArgumentParser:
         return c
 
     c = command("run", cmd_run, "the main job: train or reuse stand-alone DNNs, pack, optimise, report",
-                (PackConfig, FisherConfig, OptimizeConfig), parents=[ranks])
+                (PackConfig, FisherConfig, OptimizeConfig, PrecisionConfig), parents=[ranks])
     c.add_argument("--dnns", nargs="+", help="DNN names or folders (default: the offline suite)")
     c.add_argument("--no-sharing", action="store_true",
                    help="also train each DNN alone with the same budget (control for extra training)")

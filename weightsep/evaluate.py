@@ -3,9 +3,10 @@
 Takes a `PackedState`, each DNN's model and test data and its stand-alone accuracy; returns rows
 and totals (weights by count AND by bytes, both ratios, the mean accuracy difference) and formats
 them as a table (text and Markdown). Weight counts of the packed store count whole pages, as the
-WS paper does (128 shared + 94 exclusive pages of 512 = 113,664); bytes are float32 pages plus
-page tables at their dtype (`store.PAGE_TABLE_DTYPE`, int64) for the packed store and float32
-weights for the stand-alone DNNs.
+WS paper does (128 shared + 94 exclusive pages of 512 = 113,664); bytes are the pages in their
+formats (float32 unless quantised; values plus scales, `precision.packed_bytes`) plus page tables
+at their dtype (`state.PAGE_TABLE_DTYPE`, int64) for the packed store and float32 weights for the
+stand-alone DNNs.
 
     theta = packed_theta(state, "mnist10k")
     summary = summarize(state, rows)
@@ -17,12 +18,12 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from . import precision
 from .flat import evaluating, load_buffer_state
 from .pages import materialize, n_pages
-from .state import PAGE_TABLE_DTYPE, PackedState
+from .state import PackedState
 
 BYTES_PER_WEIGHT = 4  # float32
-BYTES_PER_PAGE_TABLE_ENTRY = PAGE_TABLE_DTYPE.itemsize  # as the execution holds them
 
 
 @torch.no_grad()
@@ -79,9 +80,9 @@ def summarize(state: PackedState, rows: list[Row]) -> dict:
     standalone_weights = sum(r.weights for r in rows)
     exclusive = sum(r.exclusive_pages for r in rows)
     packed_weights = (state.n_shared + exclusive) * P
-    table_entries = sum(r.pages for r in rows)
     standalone_bytes = standalone_weights * BYTES_PER_WEIGHT
-    packed_bytes = packed_weights * BYTES_PER_WEIGHT + table_entries * BYTES_PER_PAGE_TABLE_ENTRY
+    by_format = precision.packed_bytes(state)
+    packed_bytes = sum(by_format.values())
     mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
     totals = {
         "dnns": len(rows),
@@ -95,6 +96,8 @@ def summarize(state: PackedState, rows: list[Row]) -> dict:
         "packed_bytes": packed_bytes,
         "ratio_by_bytes": standalone_bytes / packed_bytes,
         "packed_fraction_by_count": packed_weights / standalone_weights,
+        "page_formats": precision.format_counts(state),
+        "packed_bytes_by_part": by_format,
         "mean_standalone_accuracy": mean([r.standalone_accuracy for r in rows]),
         "mean_packed_accuracy": mean([r.packed_accuracy for r in rows]),
         "mean_difference_pp": mean([r.difference_pp for r in rows]),
@@ -195,7 +198,9 @@ def format_table(summary: dict, markdown: bool = False) -> str:
         "",
         f"stand-alone: {t['standalone_weights']:,} weights, {t['standalone_bytes'] / 1024:,.1f} KiB",
         f"packed:      {t['packed_weights']:,} weights ({t['shared_pages']} shared + {t['exclusive_pages']} exclusive "
-        f"pages of {t['page_size']}), {t['packed_bytes'] / 1024:,.1f} KiB with page tables",
+        f"pages of {t['page_size']}), {t['packed_bytes'] / 1024:,.1f} KiB with page tables"
+        + ("" if list(t.get("page_formats", {"float32": 0})) == ["float32"] else
+           " (pages: " + ", ".join(f"{n} {f}" for f, n in t["page_formats"].items()) + ")"),
         f"ratio:       {t['ratio_by_count']:.2f}x by weight count ({100 * t['packed_fraction_by_count']:.1f}% of stand-alone), "
         f"{t['ratio_by_bytes']:.2f}x by bytes",
         f"accuracy:    mean difference {t['mean_difference_pp']:+.2f} pp (packed - stand-alone)"

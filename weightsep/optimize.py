@@ -54,6 +54,7 @@ import math
 import time
 import warnings
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -65,7 +66,9 @@ from . import distributed
 from .checks import at_least, finite, one_of, positive, within
 from .evaluate import accuracy
 from .flat import buffer_state, evaluating, load_buffer_state
-from .pages import materialize, to_pages
+from .pages import from_pages, materialize, to_pages
+from .precision import quantized
+from .quant import fake_quantize
 from .separation import contribution_density
 from .state import PackedState, exclusive_entries, exclusive_slots, is_shared
 from .train import batches
@@ -145,6 +148,12 @@ class Task:
     y_val: torch.Tensor
     standalone: torch.Tensor | None = None  # the DNN's stand-alone weights: its reference accuracy
     batches: int | None = None  # batches of batch_size per step (None: `batches_per_step` decides)
+    # what the DNN's flat weights become before its forward, in training and at the checks (e.g.
+    # quant.per_channel_int8, differentiable: the quantisation-alone baseline); None: themselves
+    transform: Callable[[torch.Tensor], torch.Tensor] | None = None
+
+    def weights(self, theta: torch.Tensor) -> torch.Tensor:
+        return theta if self.transform is None else self.transform(theta)
 
 
 def flops_per_sample(model: torch.nn.Module) -> int:
@@ -316,6 +325,9 @@ class PageOptimizer:
         self.loss_fn = LOSSES[config.loss]
         self.gen = torch.Generator().manual_seed(config.seed)  # which DNNs a step draws: the same on every rank
         self.shared = state.shared_pages.clone().requires_grad_(True)
+        self.precision = state.precision  # a quantised state: pages train through their formats' fake quantiser
+        if self.precision is not None:
+            self.exclusive_codes = dict(self.precision.exclusive_codes)  # promotion appends; every rank keeps all
         self.exclusive = {n: v.exclusive_pages.clone().requires_grad_(True) for n, v in state.vnns.items()
                           if self.holds(n)}
         self.batches = {n: batches(len(tasks[n].x_train), config.batch_size, dnn_generator(config.seed, n))
@@ -345,13 +357,30 @@ class PageOptimizer:
         return {n: values[n] for n in self.names}
 
     def theta(self, name: str) -> torch.Tensor:
+        """`name`'s weights as it runs: its pages gathered, each in its format (fake-quantised:
+        rounded forward, straight-through backward) when the state is quantised."""
         vnn = self.state.vnns[name]
-        return materialize(self.shared, self.exclusive[name], vnn.page_table, vnn.n_weights)
+        if self.precision is None:
+            return materialize(self.shared, self.exclusive[name], vnn.page_table, vnn.n_weights)
+        group = self.precision.group
+        return materialize(fake_quantize(self.shared, self.precision.shared_codes, group),
+                           fake_quantize(self.exclusive[name], self.exclusive_codes[name], group),
+                           vnn.page_table, vnn.n_weights)
+
+    def deployed(self, name: str, w: torch.Tensor) -> torch.Tensor:
+        """A DNN's flat weights `w` rounded page by page to the formats of the pages they live on
+        (round-robin trains `w` itself; a last page's padding is taken as zeros, not the shared
+        page's other content, so its scale may differ slightly from the stored page's)."""
+        if self.precision is None:
+            return w
+        vnn = self.state.vnns[name]
+        codes = torch.cat([self.precision.shared_codes, self.exclusive_codes[name]])[vnn.page_table]
+        return from_pages(fake_quantize(to_pages(w, self.state.page_size), codes, self.precision.group), vnn.n_weights)
 
     def task_loss(self, name: str, theta: torch.Tensor) -> torch.Tensor:
         task = self.tasks[name]
         idx = torch.cat([next(self.batches[name]) for _ in range(self.batches_per_step[name])])
-        return self.loss_fn(task.model(task.x_train[idx], theta), task.y_train[idx])
+        return self.loss_fn(task.model(task.x_train[idx], task.weights(theta)), task.y_train[idx])
 
     def drop(self, name: str, what: str) -> None:
         self.history.skipped[name] = self.history.skipped.get(name, 0) + 1
@@ -375,7 +404,7 @@ class PageOptimizer:
 
     @torch.no_grad()
     def val_accuracy(self, name: str, theta: torch.Tensor) -> float:
-        return accuracy(self.tasks[name].model, theta, *self.val[name])
+        return accuracy(self.tasks[name].model, self.tasks[name].weights(theta), *self.val[name])
 
     @torch.no_grad()
     def validate(self, dnn_batches: int) -> dict[str, float]:
@@ -417,6 +446,9 @@ class PageOptimizer:
         self.state.vnns[name] = promoted
         self.spare_pages -= len(logical)
         self.history.promoted += [(dnn_batches, name, int(p)) for p in logical]
+        if self.precision is not None:  # a promoted page keeps the format of the shared page it copies
+            self.exclusive_codes[name] = torch.cat([self.exclusive_codes[name],
+                                                    self.precision.shared_codes[vnn.page_table[logical]]])
         if not self.holds(name):  # another rank grows its pages; every rank keeps the tables
             return None
         old = self.exclusive[name]
@@ -441,7 +473,12 @@ class PageOptimizer:
             vnn.exclusive_pages = exclusive.get(n, vnn.exclusive_pages.new_zeros(0, self.state.page_size))
             vnn.page_table = self.best[2][n]
             vnn.buffers = buffers.get(n, vnn.buffers)
-        return state
+        if self.precision is None:
+            return state
+        # the master pages rounded to their formats: exactly the weights the checks scored
+        codes = {n: self.exclusive_codes[n][: v.n_exclusive] for n, v in state.vnns.items()}
+        state.precision = None
+        return quantized(state, self.precision.shared_codes, codes, self.precision.group, self.precision.policy)
 
 
 def _adam_state(opt: torch.optim.Optimizer) -> dict:
@@ -567,7 +604,7 @@ def round_robin(po: PageOptimizer) -> None:
             w = po.theta(name).detach().clone().requires_grad_(True)
             opt = torch.optim.Adam([w], lr=cfg.learning_rate)  # a fresh Adam per turn, as the published -mode=t
             for _ in range(cfg.steps_per_turn):
-                loss = po.task_loss(name, w) + overlap_loss(w, terms, cfg.lam)
+                loss = po.task_loss(name, po.deployed(name, w)) + overlap_loss(w, terms, cfg.lam)
                 if not torch.isfinite(loss):
                     po.drop(name, "loss")
                     continue

@@ -100,6 +100,9 @@ def add_vnn(state: PackedState, name: str, theta: torch.Tensor, fisher: torch.Te
     WS keeps `n_exclusive` pages exclusive when given (a budget's share), else the margin decides."""
     if name in state.vnns:
         raise ValueError(f"DNN {name!r} is already packed; remove it first (-mode=r)")
+    if state.precision is not None:
+        raise ValueError(f"cannot add DNN {name!r} to a quantised store: its pages would leave their formats' "
+                         "grids; pack the DNNs together with --precision (run), or add to a float32 store")
     if theta.shape != fisher.shape or theta.dim() != 1:
         raise ValueError(f"DNN {name!r}: weights {tuple(theta.shape)} and Fisher {tuple(fisher.shape)} must be equal 1-D")
     if state.page_size != config.page_size:
@@ -168,6 +171,10 @@ def remove_vnn(state: PackedState, name: str) -> PackedState:
     new.shared_fisher[vnn.page_table[on_shared]] -= to_pages(vnn.fisher, state.page_size)[on_shared]
     new.shared_fisher.clamp_(min=0)
     new.vnns = {n: v for n, v in state.vnns.items() if n != name}
+    if state.precision is not None:
+        new.precision = copy.copy(state.precision)
+        new.precision.exclusive_codes = {n: c for n, c in state.precision.exclusive_codes.items() if n != name}
+        new.precision.exclusive_scales = {n: c for n, c in state.precision.exclusive_scales.items() if n != name}
     return new
 
 

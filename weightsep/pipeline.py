@@ -26,6 +26,7 @@ from .flat import evaluating, load_buffer_state, parameter_sizes
 from .optimize import History, OptimizeConfig, Task, optimize, step_batches, step_costs
 from .pack import PackConfig, add_vnn, new_state, shared_pages_needed, solo_state
 from .pages import n_pages
+from .precision import PrecisionConfig, assign
 from .separation import allot, exclusive_budget, target_performance_rate
 from .state import PackedState, Provenance, Standalone
 from .store import Store, atomic_write_text
@@ -91,10 +92,16 @@ def shard(state: PackedState, names: list[str]) -> PackedState:
     `names`' exclusive pages (the others' are emptied, so the memory is not held)."""
     part = copy.copy(state)
     part.vnns = {}
+    if state.precision is not None:
+        part.precision = copy.copy(state.precision)
+        part.precision.exclusive_codes, part.precision.exclusive_scales = {}, {}
     for name, vnn in state.vnns.items():
         part.vnns[name] = copy.copy(vnn)
-        if name not in names:
-            part.vnns[name].exclusive_pages = vnn.exclusive_pages.new_zeros(0, state.page_size)
+        keep = slice(None) if name in names else slice(0)
+        part.vnns[name].exclusive_pages = vnn.exclusive_pages[keep]
+        if state.precision is not None:
+            part.precision.exclusive_codes[name] = state.precision.exclusive_codes[name][keep]
+            part.precision.exclusive_scales[name] = state.precision.exclusive_scales[name][keep]
     return part
 
 
@@ -224,8 +231,10 @@ def pack(loaded: dict[str, Loaded], trained: dict[str, Trained], pack_config: Pa
 
 def pack_and_optimize(loaded: dict[str, Loaded], trained: dict[str, Trained], tasks: dict[str, Task],
                       pack_config: PackConfig, fisher_config: FisherConfig, optimize_config: OptimizeConfig,
-                      fishers: dict[str, torch.Tensor] | None = None) -> tuple[PackedState, History, OptimizeConfig, dict]:
-    """Pack the DNNs into a new state, then optimise it: the one composition `run` and the experiments share.
+                      fishers: dict[str, torch.Tensor] | None = None,
+                      precision_config: PrecisionConfig | None = None) -> tuple[PackedState, History, OptimizeConfig, dict]:
+    """Pack the DNNs into a new state, give its pages their formats (`precision_config`; float32 by
+    default), then optimise it: the one composition `run` and the experiments share.
 
     The budget separation's spare pages go to the optimiser to promote (the joint optimiser hands
     them out; round-robin never promotes). The optimiser's config and history are recorded in the
@@ -236,6 +245,7 @@ def pack_and_optimize(loaded: dict[str, Loaded], trained: dict[str, Trained], ta
              "pack_seconds": time.perf_counter() - start}
     if info["spare"]:
         optimize_config = replace(optimize_config, promote_pages=info["spare"])
+    state = assign(state, precision_config or PrecisionConfig(), info["spare"])
     start = time.perf_counter()
     state, history = optimize(state, tasks, optimize_config)
     times["optimize_seconds"] = time.perf_counter() - start
@@ -292,6 +302,7 @@ class RunConfig:
     pack: PackConfig = field(default_factory=PackConfig)
     fisher: FisherConfig = field(default_factory=FisherConfig)
     optimize: OptimizeConfig = field(default_factory=OptimizeConfig)
+    precision: PrecisionConfig = field(default_factory=PrecisionConfig)
     train_steps: int | None = None  # stand-alone training steps (default: each folder's TRAIN)
     no_sharing: bool = False
     seeds: list[int] = field(default_factory=lambda: [0])  # the whole pipeline runs once per seed
@@ -385,7 +396,8 @@ def run_seed(config: RunConfig, loaded: dict[str, Loaded], seed: int, control: d
             tqdm.write("no-sharing control: training each DNN alone, with the same budget, in a second process")
 
     state, history, optimize_config, pack_times = pack_and_optimize(loaded, trained, tasks, pack_config,
-                                                                    fisher_config, optimize_config)
+                                                                    fisher_config, optimize_config,
+                                                                    precision_config=config.precision)
     times.update(pack_times, communication_seconds=history.communication_seconds)
     if world.writer:
         Store(config.store_for(seed)).save(state)
@@ -411,7 +423,8 @@ def run_seed(config: RunConfig, loaded: dict[str, Loaded], seed: int, control: d
     summary = summarize(state, rows)
     summary.update(seed=seed, store=str(config.store_for(seed)),
                    config={"pack": asdict(pack_config), "fisher": asdict(fisher_config),
-                           "optimize": asdict(optimize_config), "dnns": list(loaded)},
+                           "optimize": asdict(optimize_config), "precision": asdict(config.precision),
+                           "dnns": list(loaded)},
                    timings=times, best_validation=history.val_accuracy[history.best_index],
                    promoted=len(history.promoted))
     return summary

@@ -210,13 +210,68 @@ def dequantize_rows(fmt: str, rows: torch.Tensor, scales: torch.Tensor | None, p
 
 
 def decode(blocks: dict[str, tuple], codes: torch.Tensor, page_size: int, group: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Inverse of `encode`: (values float32 [R, P], scales float32 [R, G])."""
-    R = codes.numel()
+    """Inverse of `encode`: (values float32 [R, P], scales float32 [R, G]). Blocks whose rows, widths,
+    dtypes or scales do not fit the codes are a ValueError naming the format."""
+    R, G = codes.numel(), n_groups(page_size, group)
     values = torch.zeros(R, page_size)
-    scales = torch.zeros(R, n_groups(page_size, group))
-    for fmt, (rows, s) in blocks.items():
+    scales = torch.zeros(R, G)
+    counts = torch.bincount(codes.long(), minlength=len(FORMATS)).tolist() if R else [0] * len(FORMATS)
+    if len(counts) > len(FORMATS):
+        raise ValueError(f"format code {len(counts) - 1} is not one of {len(FORMATS)} ({', '.join(FORMATS)})")
+    for fmt, count in zip(FORMATS, counts):
+        rows, s = blocks.get(fmt, (None, None))
+        if rows is None:
+            if count:
+                raise ValueError(f"{count} pages are {fmt} but no {fmt} rows are stored")
+            continue
+        dtype = FLOATS.get(fmt, torch.int8 if fmt == "int8" else torch.uint8)
+        width = page_size if fmt != "int4" else -(-page_size // 2)
+        n_scales = {"int8": 1, "int4": G}.get(fmt)
+        if rows.dtype != dtype or list(rows.shape) != [count, width]:
+            raise ValueError(f"{fmt} rows are {rows.dtype} {list(rows.shape)}, expected {dtype} [{count}, {width}]")
+        if n_scales is not None and (s is None or s.dtype != torch.float32 or list(s.shape) != [count, n_scales]):
+            found = "none" if s is None else f"{s.dtype} {list(s.shape)}"
+            raise ValueError(f"{fmt} scales are {found}, expected float32 [{count}, {n_scales}]")
         where = codes == CODE[fmt]
         values[where] = dequantize_rows(fmt, rows, s, page_size, group)
         if s is not None:
-            scales[where] = s.expand(-1, scales.shape[1]) if fmt == "int8" else s
+            scales[where] = s.expand(-1, G) if fmt == "int8" else s
     return values, scales
+
+
+# ---------------------------------------------------------------- the baseline: each DNN quantised alone
+
+
+def channel_axis(model: torch.nn.Module) -> int:
+    """The output-channel axis of a model's weight tensors: last in TemplateNet's TF layout (HWIO,
+    [in, out]), first in PyTorch's (a FlatModule's parameters)."""
+    from .model import TemplateNet  # model.py builds on pages -> ops; a top-level import would cycle
+
+    return -1 if isinstance(model, TemplateNet) else 0
+
+
+def per_channel_int8(theta: torch.Tensor, model: torch.nn.Module) -> torch.Tensor:
+    """`theta` with every weight tensor of 2 or more dimensions quantised to int8, symmetric, one
+    scale per output channel, and 1-D tensors (biases, norms) left float32: the usual post-training
+    quantisation of one DNN, no sharing. Differentiable (straight-through: torch's fake quantiser),
+    so the same function fine-tunes for it (quantisation-aware training)."""
+    axis, parts = channel_axis(model), []
+    for spec, w in zip(model.layout, theta.split([s.numel for s in model.layout])):
+        if len(spec.shape) < 2:
+            parts.append(w)
+            continue
+        rows = w.view(spec.shape).movedim(axis, 0)
+        flat = rows.reshape(rows.shape[0], -1)
+        amax = flat.detach().abs().amax(1)
+        scale = torch.where(amax > 0, amax / QMAX["int8"], torch.ones_like(amax))
+        q = torch.fake_quantize_per_channel_affine(flat, scale, torch.zeros_like(scale, dtype=torch.int32), 0,
+                                                   -QMAX["int8"], QMAX["int8"])
+        parts.append(q.view(rows.shape).movedim(0, axis).reshape(-1))
+    return torch.cat(parts)
+
+
+def per_channel_int8_bytes(model: torch.nn.Module) -> int:
+    """Bytes of `per_channel_int8`'s model: int8 weights and a float32 scale per output channel for
+    tensors of 2+ dimensions, float32 for 1-D tensors."""
+    axis = channel_axis(model)
+    return sum(s.numel + SCALE_BYTES * s.shape[axis] if len(s.shape) >= 2 else 4 * s.numel for s in model.layout)

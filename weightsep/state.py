@@ -1,8 +1,9 @@
 """The packed state: the data model every stage works on, and the page-table rules, in one place.
 
 `PackedState` holds the page size P, the S shared pages (level 1) with their accumulated Fisher, the
-registered DNNs as `VNN`s (page table, exclusive pages, Fisher, `Provenance`) and a `StateConfig`.
-Both validate themselves on construction; `store.py` reads and writes them and does nothing else.
+registered DNNs as `VNN`s (page table, exclusive pages, Fisher, `Provenance`), a `StateConfig` and,
+for a quantised state, its `Precision` (each page's format and scales, quant.py; None: all float32).
+They validate themselves on construction; `store.py` reads and writes them and does nothing else.
 
 The page-table rule: a DNN's page table maps each logical page to a row of
 `cat([shared_pages, exclusive_pages])`. An entry below S names a shared page; the entry `S + e`
@@ -19,6 +20,7 @@ from typing import Any
 
 import torch
 
+from . import quant
 from .pages import n_pages as pages_needed
 
 PAGE_TABLE_DTYPE = torch.int64  # in the store and on the device (execution gathers with it)
@@ -235,6 +237,48 @@ class VNN:
 
 
 @dataclass(eq=False)  # tensors have no single truth value: compare fields explicitly
+class Precision:
+    """Each page's format (a `quant.FORMATS` code) and scales, for the shared pages and every DNN's
+    exclusive pages. The state's page tensors hold the dequantised float32 values, exactly on their
+    formats' grids (checked): what every stage reads is what the device runs."""
+
+    group: int  # int4: weights per scale
+    shared_codes: torch.Tensor  # uint8 [S]
+    shared_scales: torch.Tensor  # float32 [S, G], G = ceil(P / group) (quant.py: which columns mean what)
+    exclusive_codes: dict[str, torch.Tensor] = field(default_factory=dict)  # DNN -> uint8 [E]
+    exclusive_scales: dict[str, torch.Tensor] = field(default_factory=dict)  # DNN -> float32 [E, G]
+    policy: dict = field(default_factory=dict)  # how the formats were chosen (precision.PrecisionConfig, JSON)
+
+    def blocks(self, state: PackedState) -> list[tuple[str, torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """(what, values, codes, scales) of the shared block and each DNN's exclusive block."""
+        return [("shared pages", state.shared_pages, self.shared_codes, self.shared_scales),
+                *((f"DNN {n!r}: exclusive pages", v.exclusive_pages, self.exclusive_codes.get(n),
+                   self.exclusive_scales.get(n)) for n, v in state.vnns.items())]
+
+    def validate(self, state: PackedState) -> None:
+        _check_count(self.group, "precision: group", 1)
+        if set(self.exclusive_codes) != set(state.vnns) or set(self.exclusive_scales) != set(state.vnns):
+            raise ValueError(f"precision: exclusive formats are given for {sorted(self.exclusive_codes)}, "
+                             f"scales for {sorted(self.exclusive_scales)}; the DNNs are {sorted(state.vnns)}")
+        _check_json(self.policy, "precision: policy")
+        G = quant.n_groups(state.page_size, self.group)
+        for what, values, codes, scales in self.blocks(state):
+            _check_tensor(codes, f"precision: {what}: codes", torch.uint8, 1)
+            _check_tensor(scales, f"precision: {what}: scales", torch.float32, 2)
+            if codes.numel() != values.shape[0] or list(scales.shape) != [values.shape[0], G]:
+                raise ValueError(f"precision: {what}: {values.shape[0]} pages, {codes.numel()} codes and scales "
+                                 f"{list(scales.shape)} (expected [{values.shape[0]}, {G}])")
+            if codes.numel() and int(codes.max()) >= len(quant.FORMATS):
+                raise ValueError(f"precision: {what}: format code {int(codes.max())} is not one of "
+                                 f"{len(quant.FORMATS)} ({', '.join(quant.FORMATS)})")
+            _check_values(scales, f"precision: {what}: scales", nonnegative=True)
+            if codes.numel() and not bool(quant.is_exact(values, codes, scales, self.group).all()):
+                page = int((~quant.is_exact(values, codes, scales, self.group)).nonzero()[0])
+                raise ValueError(f"precision: {what}: page {page} ({quant.FORMATS[int(codes[page])]}) holds values "
+                                 "its format cannot represent with its scales")
+
+
+@dataclass(eq=False)  # tensors have no single truth value: compare fields explicitly
 class PackedState:
     """Everything a packing holds: shared pages (level 1) and the registered DNNs (level 2 + tables)."""
 
@@ -244,6 +288,7 @@ class PackedState:
     vnns: dict[str, VNN] = field(default_factory=dict)  # insertion order = registration order
     config: StateConfig = field(default_factory=StateConfig)
     generation: int | None = None  # the store generation it was loaded from (None: never saved); save checks it
+    precision: Precision | None = None  # quantised pages: each page's format and scales (None: all float32)
 
     def __post_init__(self) -> None:
         self.validate()
@@ -287,5 +332,9 @@ class PackedState:
         if not isinstance(self.config, StateConfig):
             raise ValueError(f"config must be a StateConfig, got {type(self.config).__name__}")
         _check_json(self.config.to_json(), "config")
+        if self.precision is not None:
+            if not isinstance(self.precision, Precision):
+                raise ValueError(f"precision must be a Precision, got {type(self.precision).__name__}")
+            self.precision.validate(self)
 
 

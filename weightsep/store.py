@@ -14,6 +14,12 @@ A `Store` is a directory (the CLI picks it, `./state` by default):
     vnn-<name>-<sha12>.safetensors    page_table i64 [n_pages], exclusive_pages f32 [E, P],
                                       fisher f32 [n_weights], and the DNN's buffers (batch-norm
                                       statistics...) as `buffer.<name>`, any dtype (format 2)
+
+A quantised store (format 3, the manifest's "precision": int4 group and policy) holds each page
+block in its formats instead of float32: `shared_codes` / `exclusive_codes` u8 (a quant.FORMATS
+index per page) and, per format present, `shared.<format>` rows (f32, f16, bf16, i8, or u8 two int4
+a byte) and `shared_scales.<format>` f32 (int8 [rows, 1], int4 [rows, G]); the same for
+`exclusive`. Loading dequantises them: the state's pages are exactly the values the device runs.
     manifest.damaged-<time>.json      a current manifest that `restore` replaced while unreadable
     .lock                             one writer at a time (flock), holding who writes
 
@@ -56,12 +62,13 @@ from typing import Any
 import safetensors.torch
 import torch
 
+from . import quant
 from .checks import writable_dir
-from .state import VNN, PackedState, Provenance, StateConfig
+from .state import VNN, PackedState, Precision, Provenance, StateConfig
 
 FORMAT = "weightsep-store"
-FORMAT_VERSION = 2  # 2: a DNN's file may hold its buffers
-READABLE_VERSIONS = (1, 2)  # a version-1 store is a version-2 store without buffers
+FORMAT_VERSION = 3  # 2: a DNN's file may hold its buffers; 3: pages may be quantised
+READABLE_VERSIONS = (1, 2, 3)  # each version reads as the next one without what that one added
 MANIFEST = "manifest.json"
 PREVIOUS = "manifest.prev.json"
 RECOVERY = "restore the previous generation with `python -m weightsep restore` (Store.restore_previous())"
@@ -70,6 +77,9 @@ _TENSOR_FILE = re.compile(r"(shared|vnn-[A-Za-z0-9_.-]*)-[0-9a-f]{12}\.safetenso
 SHARED_TENSORS = ("shared_pages", "shared_fisher")
 VNN_TENSORS = ("page_table", "exclusive_pages", "fisher")
 BUFFER = "buffer."  # prefix of a buffer's tensor name in a DNN's file
+# a quantised store (format 3) keeps, instead of shared_pages / exclusive_pages: the codes (quant.FORMATS
+# index per page) and per format present the rows `<block>.<format>` and int scales `<block>_scales.<format>`
+QUANTISED = {"shared_pages": "shared", "exclusive_pages": "exclusive"}
 _COUNTS = ("name", "n_weights", "n_pages", "n_exclusive")
 
 
@@ -230,6 +240,8 @@ def _manifest_problem(m: dict) -> str | None:
                              "n_shared": int, "config": dict, "shared": dict, "vnns": list})
     if key:
         return f"field {key!r} missing or mistyped"
+    if "precision" in m and _missing_field(m["precision"], {"group": int, "policy": dict}):
+        return f"precision: field {_missing_field(m['precision'], {'group': int, 'policy': dict})!r} missing or mistyped"
     for i, vnn in enumerate(m["vnns"]):
         key = _missing_field(vnn, {"name": str, "n_weights": int, "n_pages": int, "n_exclusive": int,
                                    "meta": dict, "file": dict})
@@ -242,6 +254,52 @@ def _manifest_problem(m: dict) -> str | None:
         if not _TENSOR_FILE.fullmatch(entry["file"]):
             return f"bad tensor file name {entry['file']!r}"
     return None
+
+
+def _pages(name: str, values: torch.Tensor, codes: torch.Tensor | None, scales: torch.Tensor | None,
+           group: int | None) -> dict[str, torch.Tensor]:
+    """A page block's tensors in a file: `name` as float32, or (quantised) its codes and per-format rows."""
+    if codes is None:
+        return {name: values}
+    block = QUANTISED[name]
+    out = {f"{block}_codes": codes}
+    for fmt, (rows, s) in quant.encode(values, codes, scales, group).items():
+        out[f"{block}.{fmt}"] = rows
+        if s is not None:
+            out[f"{block}_scales.{fmt}"] = s
+    return out
+
+
+def _expected(names: tuple[str, ...], entry: dict, group: int | None) -> tuple[str, ...]:
+    """A file's tensor names: `names`, a quantised store's page blocks in place of its float32 pages."""
+    if group is None:
+        return names
+    out = []
+    for name in names:
+        if name not in QUANTISED:
+            out.append(name)
+            continue
+        block = QUANTISED[name]
+        known = {f"{block}_codes"} | {f"{block}{part}.{f}" for f in quant.FORMATS for part in ("", "_scales")}
+        out += [f"{block}_codes", *sorted(k for k in entry["tensors"] if k in known - {f"{block}_codes"})]
+    return tuple(out)
+
+
+def _unpages(name: str, t: dict[str, torch.Tensor], page_size: int, group: int | None,
+             what: str) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """Inverse of `_pages`: (float32 values, codes, scales); codes and scales None for float32 files."""
+    if group is None:
+        return t[name], None, None
+    block = QUANTISED[name]
+    codes = t[f"{block}_codes"]
+    if codes.dtype != torch.uint8 or codes.dim() != 1:
+        raise ValueError(f"{what}: codes are {codes.dtype} {list(codes.shape)}, expected uint8 1-D")
+    blocks = {f: (t[f"{block}.{f}"], t.get(f"{block}_scales.{f}")) for f in quant.FORMATS if f"{block}.{f}" in t}
+    try:
+        values, scales = quant.decode(blocks, codes, page_size, group)
+    except ValueError as e:
+        raise ValueError(f"{what}: {e}") from None
+    return values, codes, scales
 
 
 class Store:
@@ -287,13 +345,17 @@ class Store:
         loaded from an older generation than the current one (another command saved in between)
         raises StoreError with nothing written. `state.generation` is the new generation after."""
         state.validate()
-        shared, data = _blob("shared", {"shared_pages": state.shared_pages, "shared_fisher": state.shared_fisher},
-                             self._file_meta("shared"))
+        q = state.precision
+        shared, data = _blob("shared", {**_pages("shared_pages", state.shared_pages, q and q.shared_codes,
+                                                 q and q.shared_scales, q and q.group),
+                                        "shared_fisher": state.shared_fisher}, self._file_meta("shared"))
         blobs = {shared["file"]: data}
         vnns = []
         for vnn, counts in zip(state.vnns.values(), _counts(state)["vnns"]):
             slug = re.sub(r"[^A-Za-z0-9_.-]", "_", vnn.name)[:48]
-            tensors = {"page_table": vnn.page_table, "exclusive_pages": vnn.exclusive_pages, "fisher": vnn.fisher,
+            tensors = {"page_table": vnn.page_table, "fisher": vnn.fisher,
+                       **_pages("exclusive_pages", vnn.exclusive_pages, q and q.exclusive_codes[vnn.name],
+                                q and q.exclusive_scales[vnn.name], q and q.group),
                        **{BUFFER + k: b for k, b in vnn.buffers.items()}}
             entry, data = _blob(f"vnn-{slug}", tensors, self._file_meta("vnn", vnn.name))
             blobs[entry["file"]] = data
@@ -317,6 +379,7 @@ class Store:
                 "code_version": code_version(), "torch_version": torch.__version__,
                 "page_size": state.page_size, "n_shared": state.n_shared,
                 "config": state.config.to_json(), "shared": shared, "vnns": vnns,
+                **({"precision": {"group": q.group, "policy": q.policy}} if q else {}),
             }
             if current and self._files_intact(current):
                 atomic_write_bytes(self.root / PREVIOUS, current_bytes)
@@ -501,19 +564,26 @@ class Store:
 
     def _load(self, manifest_path: Path, hint: str) -> PackedState:
         m = self._read_manifest(manifest_path, hint)
-        shared = self._read_file(m["shared"], SHARED_TENSORS, {"kind": "shared"}, manifest_path, hint)
+        group = m["precision"]["group"] if "precision" in m else None
+        names = _expected(SHARED_TENSORS, m["shared"], group)
+        shared = self._read_file(m["shared"], names, {"kind": "shared"}, manifest_path, hint)
         try:
+            P = m["page_size"]
+            shared_pages, codes, scales = _unpages("shared_pages", shared, P, group, "the shared pages")
+            precision = None if group is None else Precision(group, codes, scales, policy=m["precision"]["policy"])
             vnns = {}
             for entry in m["vnns"]:
                 buffers = tuple(k for k in entry["file"]["tensors"] if k.startswith(BUFFER))  # the sealed manifest's list
-                t = self._read_file(entry["file"], VNN_TENSORS + buffers, {"kind": "vnn", "name": entry["name"]},
-                                    manifest_path, hint)
+                t = self._read_file(entry["file"], _expected(VNN_TENSORS, entry["file"], group) + buffers,
+                                    {"kind": "vnn", "name": entry["name"]}, manifest_path, hint)
+                pages, codes, scales = _unpages("exclusive_pages", t, P, group, f"DNN {entry['name']!r}: exclusive pages")
+                if precision is not None:
+                    precision.exclusive_codes[entry["name"]], precision.exclusive_scales[entry["name"]] = codes, scales
                 provenance = Provenance.from_json(entry["meta"], f"DNN {entry['name']!r}: meta")
-                vnns[entry["name"]] = VNN(entry["name"], entry["n_weights"], t["page_table"],
-                                          t["exclusive_pages"], t["fisher"], provenance,
-                                          {k.removeprefix(BUFFER): t[k] for k in buffers})
-            state = PackedState(m["page_size"], shared["shared_pages"], shared["shared_fisher"], vnns,
-                                StateConfig.from_json(m["config"]), m["generation"])
+                vnns[entry["name"]] = VNN(entry["name"], entry["n_weights"], t["page_table"], pages, t["fisher"],
+                                          provenance, {k.removeprefix(BUFFER): t[k] for k in buffers})
+            state = PackedState(P, shared_pages, shared["shared_fisher"], vnns, StateConfig.from_json(m["config"]),
+                                m["generation"], precision)
         except ValueError as e:
             raise StoreError(f"{manifest_path}: the stored state is invalid: {e}; {hint}") from None
         recorded = {"page_size": m["page_size"], "n_shared": m["n_shared"],

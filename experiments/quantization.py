@@ -1,0 +1,129 @@
+"""Quantised pages: what page sharing adds on top of quantisation, in bytes and accuracy.
+
+Packed settings (budget separation at the default ratio, joint optimisation trained through the
+pages' formats): every page float32 (today's packing), int8 (one scale per page), int4 (a scale
+per 64 weights), and formats chosen page by page by Fisher information under byte budgets
+(`--precision fisher --budget-kib B`). Baselines without sharing, each DNN alone: per-channel int8
+post-training quantisation of the stand-alone weights, and the same fine-tuned through the
+quantiser (quantisation-aware) with the joint optimiser's config and each DNN's own batches. Bytes
+include page tables and scales; accuracy changes are against the float32 stand-alone DNNs.
+
+The default budget is the main job's (`OptimizeConfig.steps` DNN-batches per DNN), where the issue's
+targets are set; `--steps` (other than the experiments' default) sets another.
+
+    python -m experiments quantization            # ten suite DNNs, seeds 0 1 2 (about an hour on 2 cores)
+"""
+from __future__ import annotations
+
+from dataclasses import replace
+
+from weightsep.optimize import OptimizeConfig
+
+from . import harness
+from .budget import PUBLISHED_POINT
+
+SECTION = 10
+IN_ALL = False  # its own budget (the main job's): run on its own
+TITLE = "Quantised pages: sharing on top of quantisation"
+QUESTION = ("How small does the packed store get when its pages are quantised (uniformly, or with bits allocated "
+            "by Fisher information), at what accuracy, and what does sharing add over quantising each DNN alone?")
+FISHER_BUDGETS_KIB = (80, 112, 160)  # about the int4 and int8 stores' sizes and between int8 and float16
+PUBLISHED_BYTES_RATIO = 4.84  # WS (PerCom 2022), ten DNNs, by bytes with page tables
+TARGET = {"ratio_by_bytes": 12.0, "mean_difference_pp": -0.5}  # the issue's target (ten DNNs, every seed)
+
+
+def settings(scale: harness.Scale) -> dict[str, tuple[str, harness.Setting]]:
+    """label -> (family, setting)."""
+    out = {"float32 packing": ("packing, float32", harness.Setting("float32 packing"))}
+    for fmt in ("int8", "int4"):
+        out[f"{fmt} packing"] = ("packing, one format", harness.Setting(f"{fmt} packing", precision={"precision": fmt}))
+    for kib in FISHER_BUDGETS_KIB if not scale.quick else FISHER_BUDGETS_KIB[1:2]:
+        label = f"Fisher packing, {kib} KiB"
+        out[label] = ("packing, formats by Fisher", harness.Setting(
+            label, precision={"precision": "fisher", "budget_kib": float(kib)}))
+    out["int8 alone (PTQ)"] = ("quantisation alone", harness.Setting("int8 alone (PTQ)", control=True, alone="int8-ptq"))
+    out["int8 alone (QAT)"] = ("quantisation alone", harness.Setting("int8 alone (QAT)", control=True, alone="int8-qat"))
+    return out
+
+
+def scaled(scale: harness.Scale) -> harness.Scale:
+    """The main job's optimisation budget unless --steps asked for another."""
+    return replace(scale, steps=OptimizeConfig.steps) if scale.steps == harness.Scale.steps else scale
+
+
+def run(scale: harness.Scale, fresh: bool = False) -> dict:
+    scale = scaled(scale)
+    plan = settings(scale)
+    runs = harness.run_all([st for _, st in plan.values()], scale, fresh, "quantization")
+    rows = []
+    for label, (family, _) in plan.items():
+        s = harness.summary_row(runs[label])
+        seeds = runs[label]
+        rows.append({"setting": label, "family": family, "packed_kib": s["packed_bytes"]["mean"] / 1024,
+                     "ratio_by_bytes": s["ratio_by_bytes"]["mean"], "ratio_by_bytes_std": s["ratio_by_bytes"]["std"],
+                     "mean_change_pp": s["mean_difference_pp"]["mean"], "mean_change_std": s["mean_difference_pp"]["std"],
+                     "mean_change_min": s["mean_difference_pp"]["min"], "worst_pp": s["worst_difference_pp"]["mean"],
+                     "per_seed_change_pp": [r["mean_difference_pp"] for r in seeds],
+                     "per_seed_ratio": [r["ratio_by_bytes"] for r in seeds],
+                     "page_formats": seeds[0].get("page_formats"), "seeds": len(seeds),
+                     "meets_target": all(r["ratio_by_bytes"] >= TARGET["ratio_by_bytes"]
+                                         and r["mean_difference_pp"] >= TARGET["mean_difference_pp"] for r in seeds)})
+    table = ["| setting | packed KiB | ratio by bytes | mean change pp (per seed) | worst DNN pp | pages | "
+             "12x at >= -0.5 pp, every seed |", "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        pages = ", ".join(f"{n} {f}" for f, n in (r["page_formats"] or {}).items()) or "per-channel int8"
+        table.append(f"| {r['setting']} | {r['packed_kib']:.1f} | {r['ratio_by_bytes']:.2f}x ± {r['ratio_by_bytes_std']:.2f} | "
+                     f"{r['mean_change_pp']:+.2f} ± {r['mean_change_std']:.2f} "
+                     f"({', '.join(f'{v:+.2f}' for v in r['per_seed_change_pp'])}) | {r['worst_pp']:+.2f} | {pages} | "
+                     f"{'yes' if r['meets_target'] else 'no'} |")
+    by = {r["setting"]: r for r in rows}
+    met = [r["setting"] for r in rows if r["meets_target"]]
+    alone = by["int8 alone (QAT)"]
+    best = max((r for r in rows if r["family"].startswith("packing") and r["meets_target"]),
+               key=lambda r: r["ratio_by_bytes"], default=None)
+    answer = (f"Settings at >= {TARGET['ratio_by_bytes']:g}x by bytes with a mean change >= "
+              f"{TARGET['mean_difference_pp']:+g} pp in every seed: {', '.join(met) or 'none'}. "
+              f"Quantisation alone (per-channel int8, fine-tuned) reaches {alone['ratio_by_bytes']:.2f}x at "
+              f"{alone['mean_change_pp']:+.2f} pp; post-training only {by['int8 alone (PTQ)']['mean_change_pp']:+.2f} pp. ")
+    if best is not None:
+        answer += (f"The smallest packed store that meets the target, {best['setting']}, is "
+                   f"{best['ratio_by_bytes'] / alone['ratio_by_bytes']:.1f}x smaller than int8 alone "
+                   f"({best['ratio_by_bytes']:.2f}x vs {alone['ratio_by_bytes']:.2f}x) at "
+                   f"{best['mean_change_pp'] - alone['mean_change_pp']:+.2f} pp against it.")
+    return {"setup": "Ten suite DNNs packed at the default ratio (6x by weight count), pages in the formats named, "
+                     "joint optimisation through a per-page fake quantiser (straight-through); quantisation alone: "
+                     "each DNN's 2-D+ tensors per-channel int8, biases float32, without and with fine-tuning at the "
+                     "same optimiser config. Bytes include scales and page tables.",
+            "rows": rows, "table": "\n".join(table), "answer": answer, "target": TARGET,
+            "published_point": {"ratio": PUBLISHED_BYTES_RATIO, "change_pp": PUBLISHED_POINT["change_pp"]},
+            "scale_text": scale.describe()}
+
+
+def plot(result: dict, plt) -> None:
+    rows = result["rows"]
+    fig, ax = plt.subplots(figsize=(8, 5))
+    markers = {"packing, float32": ("s", "tab:blue"), "packing, one format": ("o", "tab:green"),
+               "packing, formats by Fisher": ("^", "tab:purple"), "quantisation alone": ("D", "tab:red")}
+    for family, (marker, color) in markers.items():
+        pts = sorted((r for r in rows if r["family"] == family), key=lambda r: r["ratio_by_bytes"])
+        if not pts:
+            continue
+        ax.errorbar([r["ratio_by_bytes"] for r in pts], [r["mean_change_pp"] for r in pts],
+                    yerr=[r["mean_change_std"] for r in pts], fmt=marker + ("-" if len(pts) > 1 else ""),
+                    color=color, capsize=3, label=family)
+        for r in pts:
+            ax.annotate(r["setting"].replace(" packing", "").replace("Fisher, ", "Fisher "),
+                        (r["ratio_by_bytes"], r["mean_change_pp"]), fontsize=7, textcoords="offset points",
+                        xytext=(5, 6))
+    p = result["published_point"]
+    ax.scatter([p["ratio"]], [p["change_pp"]], marker="*", s=200, color="gold", edgecolor="black", zorder=5,
+               label="published WS (10 paper DNNs, by bytes)")
+    t = result["target"]
+    ax.axvline(t["ratio_by_bytes"], color="grey", ls=":", lw=1)
+    ax.axhline(t["mean_difference_pp"], color="grey", ls=":", lw=1, label="target: >= 12x at >= -0.5 pp")
+    ax.axhline(0, color="grey", lw=0.8)
+    ax.set_xscale("log")
+    ax.set(xlabel="compression by bytes (stand-alone float32 bytes / stored bytes, x, log scale)",
+           ylabel="mean test accuracy change (pp)", title="Accuracy against bytes (mean ± std over seeds)")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8, loc="lower left")
