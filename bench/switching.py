@@ -13,12 +13,17 @@ Rungs, timed interleaved (switch i: every rung in turn, so machine load hits the
                  preallocated weight buffer (no allocation)
   e-zero-copy    PackedModel(mode="zero-copy").switch: exclusive pages + page table only; the
                  forward resolves weights per layer (its cost moves into the forward, measured too)
+  d-gather-<fmt> the d-gather switch of the same store with every page in float16, int8 or int4
+                 (weightsep.precision, rounded from its float32 pages: bytes and time, not accuracy):
+                 exclusive rows and scales + page table host -> device, then one dequantising gather
+                 (weightsep.ops.gather_dequant_into) into the float32 weights
 
 (a)-(c) use each DNN's flat weights as resolved from the store (the same size as its stand-alone
 weights; timing depends only on the size). Two scales: the packed store (./state) and a
 synthetic store of 100 DNNs (random pages, the suite's shapes cycled (--dnns), S=128, ~10 random
 exclusive pages each, random page tables). Reports per-switch median and p95 latency per rung,
-ratios (a)/(d) for both load kinds and (d)/(b), bytes moved per switch and device memory per rung.
+ratios (a)/(d) for both load kinds and (d)/(b), the quantised gathers over the float32 one (time and
+bytes moved), bytes moved per switch and device memory per rung (by format in the JSON).
 Interleaving leaves each rung with the caches the previous rungs left (file loads evict them), so
 every rung is also timed BACK TO BACK (each alone over the first 500 switches of the schedule,
 bench.timing.measure, 5 repeats; mean per switch, warm caches: how the prototype measured);
@@ -30,6 +35,7 @@ writes results/switching.json and results/switching.png.
 from __future__ import annotations
 
 import argparse
+import copy
 import math
 import random
 import statistics
@@ -47,12 +53,16 @@ from weightsep.evaluate import packed_theta
 from weightsep.execution import PackedModel
 from weightsep.pages import n_pages
 from weightsep.pipeline import load_packed
+from weightsep.precision import PrecisionConfig, assign
 from weightsep.state import VNN, PackedState, exclusive_entries
 from weightsep.store import Store
 
-RUNGS = ("a-safetensors", "a-torch.load", "b-host-copy", "c-resident", "d-gather", "d-gather-isel", "e-zero-copy")
+QUANTISED = ("float16", "int8", "int4")
+RUNGS = ("a-safetensors", "a-torch.load", "b-host-copy", "c-resident", "d-gather", "d-gather-isel", "e-zero-copy",
+         *(f"d-gather-{fmt}" for fmt in QUANTISED))
 ZERO_COPY_TARGET = 1.5  # zero-copy forward / forward on dense resident weights, on a GPU
 TARGETS = {"torch.load / gather": 50.0, "safetensors / gather": 30.0, "gather / host-copy (at most)": 1.2}
+QUANTISED_TARGETS = {"gather int8 / gather float32 (at most)": 1.3, "bytes moved int8 / float32 (at most)": 1 / 3}
 
 
 def synthetic_state(n_dnns: int, models: dict, page_size: int = 512, n_shared: int = 128, exclusive: int = 10,
@@ -100,6 +110,10 @@ def run_scale(label: str, state: PackedState, models: dict, device: torch.device
     gather = PackedModel(state, models, device, "gather")
     isel = PackedModel(state, models, device, "gather", kernel="index_select")
     zero = PackedModel(state, models, device, "zero-copy")
+    float32 = copy.copy(state)
+    float32.precision = None  # a quantised store's pages are floats too: each format is rounded from them
+    pm_states = {fmt: assign(float32, PrecisionConfig(precision=fmt)) for fmt in QUANTISED}
+    quantised = {fmt: PackedModel(st, models, device, "gather") for fmt, st in pm_states.items()}
     loadee = {n: models[n] for n in names}
     sink = {}
 
@@ -116,7 +130,8 @@ def run_scale(label: str, state: PackedState, models: dict, device: torch.device
         sink["t"] = resident[n]
 
     fns = {"a-safetensors": a_st, "a-torch.load": a_pt, "b-host-copy": b, "c-resident": c,
-           "d-gather": gather.switch, "d-gather-isel": isel.switch, "e-zero-copy": zero.switch}
+           "d-gather": gather.switch, "d-gather-isel": isel.switch, "e-zero-copy": zero.switch,
+           **{f"d-gather-{fmt}": pm.switch for fmt, pm in quantised.items()}}
     for n in names:  # warm the page cache, the allocator, and each code path once per DNN
         for fn in fns.values():
             fn(n)
@@ -156,15 +171,22 @@ def run_scale(label: str, state: PackedState, models: dict, device: torch.device
         "d-gather": mean([gather.bytes_moved_per_switch(n) for n in order]),
         "d-gather-isel": mean([isel.bytes_moved_per_switch(n) for n in order]),
         "e-zero-copy": mean([zero.bytes_moved_per_switch(n) for n in order]),
+        **{f"d-gather-{fmt}": mean([pm.bytes_moved_per_switch(n) for n in order]) for fmt, pm in quantised.items()},
     }
     device_mem = {"a-safetensors": n_max * 4, "a-torch.load": n_max * 4, "b-host-copy": n_max * 4,
                   "c-resident": total, "d-gather": gather.device_bytes(), "d-gather-isel": isel.device_bytes(),
-                  "e-zero-copy": zero.device_bytes()}
+                  "e-zero-copy": zero.device_bytes(),
+                  **{f"d-gather-{fmt}": pm.device_bytes() for fmt, pm in quantised.items()}}
+    by_format = {"d-gather": gather.device_bytes_by_format(), "e-zero-copy": zero.device_bytes_by_format(),
+                 **{f"d-gather-{fmt}": pm.device_bytes_by_format() for fmt, pm in quantised.items()}}
     host_mem = {"a-safetensors": 0, "a-torch.load": 0, "b-host-copy": total, "c-resident": 0,
-                "d-gather": gather.host_bytes(), "d-gather-isel": isel.host_bytes(), "e-zero-copy": zero.host_bytes()}
+                "d-gather": gather.host_bytes(), "d-gather-isel": isel.host_bytes(), "e-zero-copy": zero.host_bytes(),
+                **{f"d-gather-{fmt}": pm.host_bytes() for fmt, pm in quantised.items()}}
     for r in RUNGS:
         per[r].update(back_to_back_mean_us=back[r], bytes_moved_per_switch=bytes_moved[r],
                       device_bytes=device_mem[r], host_bytes=host_mem[r])
+        if r in by_format:
+            per[r]["device_bytes_by_format"] = by_format[r]
     ratios, met = {}, {}
     for rung, tag in (("d-gather", ""), ("d-gather-isel", " [isel]")):
         d = per[rung]["median_us"]
@@ -177,9 +199,19 @@ def run_scale(label: str, state: PackedState, models: dict, device: torch.device
         mine["gather / host-copy, back to back"] = back[rung] / back["b-host-copy"]
         ratios.update({k + tag: v for k, v in mine.items()})
         met.update({k + tag: (mine[k] <= v if "at most" in k else mine[k] >= v) for k, v in TARGETS.items()})
+    for fmt, pm in quantised.items():
+        pm.switch(order[-1])
+        assert torch.equal(pm.theta.cpu(), packed_theta(pm_states[fmt], order[-1]))
+    ratios["gather int8 / gather float32 (at most)"] = per["d-gather-int8"]["median_us"] / per["d-gather"]["median_us"]
+    ratios["bytes moved int8 / float32 (at most)"] = bytes_moved["d-gather-int8"] / bytes_moved["d-gather"]
+    ratios.update({f"gather {fmt} / gather float32": per[f"d-gather-{fmt}"]["median_us"] / per["d-gather"]["median_us"]
+                   for fmt in QUANTISED if fmt != "int8"})
+    if state.precision is None:  # the float32 gather is d-gather only for a float32 store
+        met.update({k: ratios[k] <= v for k, v in QUANTISED_TARGETS.items()})
     out = {"label": label, "dnns": len(names), "switches": switches, "page_size": state.page_size,
            "shared_pages": state.n_shared, "exclusive_pages": sum(v.n_exclusive for v in state.vnns.values()),
-           "weights": total // 4, "rungs": per, "ratios": ratios, "targets": TARGETS, "targets_met": met}
+           "weights": total // 4, "rungs": per, "ratios": ratios, "targets": {**TARGETS, **QUANTISED_TARGETS},
+           "targets_met": met}
     if forward_check:  # the other side of zero-copy: what the forward costs per call
         out["forward"] = forward_cost(gather, zero, list(forward_check), forward_check)
         out["zero_copy_view_fraction"] = {n: zero.view_fraction(n) for n in names}
@@ -214,7 +246,7 @@ def table(result: dict) -> str:
                      f"{s['bytes_moved_per_switch'] / 1024:>11.1f}"
                      f"{s['device_bytes'] / 1024:>12.1f}{s['host_bytes'] / 1024:>10.1f}")
     for k, v in result["ratios"].items():
-        target = result["targets"].get(k.replace(" [isel]", ""))
+        target = result["targets"].get(k.replace(" [isel]", "")) if k in result["targets_met"] else None
         mark = "" if target is None else f"   target {'<=' if 'at most' in k else '>='} {target}: " + (
             "met" if result["targets_met"][k] else "NOT met")
         lines.append(f"  {k}: {v:.2f}x{mark}")
@@ -230,8 +262,9 @@ def plot(results: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(2, len(results), figsize=(6 * len(results), 8), squeeze=False)
-    colors = ["#c44e52", "#dd8452", "#8172b3", "#937860", "#4c72b0", "#64b5cd", "#55a868"]
+    fig, axes = plt.subplots(2, len(results), figsize=(8 * len(results), 8), squeeze=False)
+    colors = ["#c44e52", "#dd8452", "#8172b3", "#937860", "#4c72b0", "#64b5cd", "#55a868", "#8c8c8c", "#da8bc3",
+              "#ccb974"]
     for j, res in enumerate(results):
         med = [res["rungs"][r]["median_us"] for r in RUNGS]
         p95 = [res["rungs"][r]["p95_us"] for r in RUNGS]

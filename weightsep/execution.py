@@ -36,6 +36,15 @@ store (the rows its page table's entries `S + e` name) and its page table into t
 Both modes give bit-identical weights to `evaluate.packed_theta` (gathering copies floats), so
 accuracies equal `python -m weightsep eval` exactly when inputs are batched the same way.
 
+A quantised state (`state.precision`, quant.py) is placed in its formats: one device block per
+format present (its shared rows, then room for the most exclusive rows of that format any DNN has)
+with the int formats' scales, and per DNN, in host memory, its exclusive rows per format, their
+scales and its page table in the dequantising gather's encoding (quant.table_entries: format code
+and row in that format's block). A switch copies those, then ONE `ops.gather_dequant_into` call
+resolves and dequantises the table into the weight buffer (gather mode); zero-copy mode dequantises
+each weight tensor's pages just before its layer (only float32 pages can be views). The weights are
+bit-identical to `evaluate.packed_theta` of the same state (the state holds the dequantised values).
+
     pm = PackedModel(Store("state").load(), {n: item.model for n, item in loaded.items()})
     pm.switch("mnist10k")
     logits = pm.predict(x, batch=2000)
@@ -46,8 +55,9 @@ from collections.abc import Mapping
 
 import torch
 
-from weightsep.ops import gather_into_function, gather_pages
+from weightsep.ops import gather_dequant_function, gather_into_function, gather_pages
 
+from . import quant
 from .flat import as_flat, check_parameters, load_buffer_state
 from .state import PAGE_TABLE_DTYPE, PackedState
 
@@ -74,6 +84,70 @@ class _LazyTensors(Mapping):
         return len(self.plan)
 
 
+class _QuantizedPages:
+    """A quantised state's pages on the device, one block per format, and each DNN's level-2 part
+    (exclusive rows and scales per format, the encoded page table) in host memory (see the module doc)."""
+
+    def __init__(self, state: PackedState, device: torch.device, host):
+        q, P = state.precision, state.page_size
+        self.page_size, self.group = P, q.group
+        shared = quant.encode(state.shared_pages, q.shared_codes, q.shared_scales, q.group)
+        self.exclusive, self.tables, counts = {}, {}, {}
+        for name, vnn in state.vnns.items():
+            codes = q.exclusive_codes[name]
+            self.exclusive[name] = {f: (host(rows), None if sc is None else host(sc)) for f, (rows, sc) in
+                                    quant.encode(vnn.exclusive_pages, codes, q.exclusive_scales[name], q.group).items()}
+            counts[name] = {f: rows.shape[0] for f, (rows, _) in self.exclusive[name].items()}
+            # rows of [shared; exclusive] in their formats' blocks: shared rows first, the DNN's after them
+            every = torch.cat([q.shared_codes, codes])
+            self.tables[name] = host(quant.table_entries(every[vnn.page_table], self._local_rows(every)[vnn.page_table]))
+        self.shared_rows = {f: rows.shape[0] for f, (rows, _) in shared.items()}
+        self.blocks, self.scales = [], []
+        for fmt in quant.FORMATS:
+            n_shared = self.shared_rows.get(fmt, 0)
+            n = n_shared + max((c.get(fmt, 0) for c in counts.values()), default=0)
+            width = -(-P // 2) if fmt == "int4" else P
+            dtype = quant.FLOATS.get(fmt, torch.int8 if fmt == "int8" else torch.uint8)
+            block = torch.zeros(n, width, dtype=dtype, device=device)
+            scales = torch.zeros(n, quant.scale_count(fmt, P, q.group), device=device)
+            if n_shared:
+                block[:n_shared].copy_(shared[fmt][0])
+                if shared[fmt][1] is not None:
+                    scales[:n_shared].copy_(shared[fmt][1])
+            self.blocks.append(block)
+            self.scales.append(scales)
+
+    @staticmethod
+    def _local_rows(codes: torch.Tensor) -> torch.Tensor:
+        """Each page's row within its format's block: its rank among the pages of that format."""
+        rows = torch.zeros_like(codes, dtype=torch.int64)
+        for code in range(len(quant.FORMATS)):
+            where = (codes == code).nonzero().flatten()
+            rows[where] = torch.arange(len(where))
+        return rows
+
+    def switch_copies(self, name: str) -> None:
+        """The DNN's exclusive rows and scales host -> device, after each format's shared rows."""
+        for fmt, (rows, scales) in self.exclusive[name].items():
+            code, first = quant.CODE[fmt], self.shared_rows.get(fmt, 0)
+            self.blocks[code][first : first + rows.shape[0]].copy_(rows, non_blocking=True)
+            if scales is not None:
+                self.scales[code][first : first + rows.shape[0]].copy_(scales, non_blocking=True)
+
+    def bytes_moved(self, name: str) -> int:
+        """Exclusive rows and scales (every format) and the encoded page table."""
+        return (sum(t.numel() * t.element_size() for pair in self.exclusive[name].values() for t in pair
+                    if t is not None) + self.tables[name].numel() * self.tables[name].element_size())
+
+    def device_bytes_by_format(self) -> dict[str, int]:
+        return {fmt: b.numel() * b.element_size() + s.numel() * s.element_size()
+                for fmt, b, s in zip(quant.FORMATS, self.blocks, self.scales) if b.numel()}
+
+    def host_bytes(self) -> int:
+        return sum(t.numel() * t.element_size() for d in self.exclusive.values() for pair in d.values()
+                   for t in pair if t is not None) + sum(t.numel() * t.element_size() for t in self.tables.values())
+
+
 class PackedModel:
     """A packed store placed on a device in two levels, running one DNN at a time (see the module doc)."""
 
@@ -83,6 +157,9 @@ class PackedModel:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         if kernel not in KERNELS:
             raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
+        if kernel != "ops" and state.precision is not None:
+            raise ValueError(f"kernel {kernel!r} gathers float32 pages only; a quantised store runs the dequantising "
+                             "gather (kernel='ops')")
         self.kernel = kernel
         missing = [n for n in state.vnns if n not in models]
         if missing:
@@ -109,18 +186,25 @@ class PackedModel:
             t = t.detach().contiguous().clone()
             return t.pin_memory() if cuda else t
 
-        self._exclusive = {n: host(v.exclusive_pages) for n, v in state.vnns.items()}
-        self._tables = {n: host(v.page_table.to(PAGE_TABLE_DTYPE)) for n, v in state.vnns.items()}
+        # a quantised state: its own blocks per format; the float32 page store stays empty
+        self.quantized = None if state.precision is None else _QuantizedPages(state, self.device, host)
+        if self.quantized is None:
+            self._exclusive = {n: host(v.exclusive_pages) for n, v in state.vnns.items()}
+            self._tables = {n: host(v.page_table.to(PAGE_TABLE_DTYPE)) for n, v in state.vnns.items()}
+        else:
+            self._exclusive, self._tables = {}, self.quantized.tables
+            S = self.e_max = 0
 
         # level 1 + preallocated device buffers
         self.store = torch.empty(S + self.e_max, P, device=self.device)
-        self.store[:S].copy_(state.shared_pages)
+        self.store[:S].copy_(state.shared_pages[:S])
         self.store[S:].zero_()
         self._host_tables = self.device.type == "cpu"
         self.table = torch.zeros(0 if self._host_tables else self.pages_max, dtype=PAGE_TABLE_DTYPE, device=self.device)
         self._table = self.table
         self.weights = torch.empty(self.pages_max * self.page_size if mode == "gather" else 0, device=self.device)
         self._gather_into = gather_into_function()  # bound once: the per-call lookup is ~10% of a switch
+        self._gather_dequant = gather_dequant_function()
         self._plans = {n: self._plan(n, models[n]) for n in state.vnns} if mode == "zero-copy" else {}
         self._views = {n: self._switch_views(*self.vnns[n]) for n in state.vnns}  # per-DNN views, made once
         self.current: str | None = None
@@ -146,6 +230,8 @@ class PackedModel:
             self._writer = stream
         if excl_dst is not None:
             excl_dst.copy_(self._exclusive[name], non_blocking=True)
+        if self.quantized is not None:
+            self.quantized.switch_copies(name)
         if table_dst is None:  # CPU: host memory IS the device; the table is used where it lies
             table = self._tables[name]
         else:
@@ -153,7 +239,10 @@ class PackedModel:
             table.copy_(self._tables[name], non_blocking=True)
         self._table = table
         if self.mode == "gather":
-            if self.kernel == "index_select":
+            if self.quantized is not None:
+                q = self.quantized
+                self._gather_dequant(q.blocks, q.scales, table, self.page_size, q.group, theta_out)
+            elif self.kernel == "index_select":
                 torch.index_select(self.store, 0, table, out=pages_out)
             else:
                 self._gather_into(self.store, table, theta_out)
@@ -165,16 +254,28 @@ class PackedModel:
 
         On CPU the table is read where it lies (host memory is the device), so the bytes actually
         copied are the exclusive pages only; the figure keeps the table, as on a GPU."""
+        if self.quantized is not None:
+            return self.quantized.bytes_moved(name)
         n, n_pages, E = self.vnns[name]
         return E * self.page_size * FLOAT_BYTES + n_pages * self._tables[name].element_size()
 
     def device_bytes(self) -> int:
         """Bytes held on the device: page store (shared + E_max rows), page-table buffer and, in gather
-        mode, the flat weight buffer (n_pages_max * P floats)."""
-        return sum(t.numel() * t.element_size() for t in (self.store, self.table, self.weights))
+        mode, the flat weight buffer (n_pages_max * P floats); a quantised store its blocks and scales."""
+        return sum(self.device_bytes_by_format().values())
+
+    def device_bytes_by_format(self) -> dict[str, int]:
+        """`device_bytes` by part: the pages of each format (values and scales), the page-table
+        buffer and the flat float32 weight buffer."""
+        pages = {"float32": self.store.numel() * self.store.element_size()} if self.quantized is None \
+            else self.quantized.device_bytes_by_format()
+        return {**pages, "page_table": self.table.numel() * self.table.element_size(),
+                "weight_buffer": self.weights.numel() * self.weights.element_size()}
 
     def host_bytes(self) -> int:
         """Bytes of level-2 memory (every DNN's exclusive pages and page table) in host memory."""
+        if self.quantized is not None:
+            return self.quantized.host_bytes()
         return sum(t.numel() * t.element_size() for d in (self._exclusive, self._tables) for t in d.values())
 
     def view_fraction(self, name: str) -> float:
@@ -218,7 +319,7 @@ class PackedModel:
         """Views of the preallocated buffers one DNN's switch writes (slicing costs us per call)."""
         S = self.n_shared
         gather = self.mode == "gather"
-        return (self.store[S : S + E] if E else None,
+        return (self.store[S : S + E] if E and self.quantized is None else None,
                 None if self._host_tables else self.table[:n_pages],
                 self.weights[: n_pages * self.page_size].view(n_pages, self.page_size) if gather else None,
                 self.weights[:n] if gather else None)
@@ -236,7 +337,8 @@ class PackedModel:
             p0, p1 = spec.offset // P, (spec.offset + spec.numel - 1) // P + 1
             rows = table[p0:p1]
             a = spec.offset - p0 * P
-            if bool((rows[1:] - rows[:-1] == 1).all()):
+            # float32 entries are plain rows (quant.table_entries), of the float32 block when quantised
+            if bool((rows[1:] - rows[:-1] == 1).all()) and bool((rows >> quant.TABLE_SHIFT == 0).all()):
                 plan[spec.name] = ("view", int(rows[0]), a, spec.numel, spec.shape)
             else:
                 plan[spec.name] = ("gather", p0, p1, spec.numel, spec.shape, a)
@@ -246,7 +348,12 @@ class PackedModel:
         if step[0] == "view":
             _, row, a, numel, shape = step
             rows = -(-(a + numel) // self.page_size)
-            return self.store[row : row + rows].reshape(-1)[a : a + numel].view(shape)
+            store = self.store if self.quantized is None else self.quantized.blocks[quant.CODE["float32"]]
+            return store[row : row + rows].reshape(-1)[a : a + numel].view(shape)
         _, p0, p1, numel, shape, a = step
-        return gather_pages(self.store, self._table[p0:p1], a + numel)[a:].view(shape)
+        if self.quantized is None:
+            return gather_pages(self.store, self._table[p0:p1], a + numel)[a:].view(shape)
+        q, out = self.quantized, torch.empty(a + numel, device=self.device)  # dequantised per layer
+        self._gather_dequant(q.blocks, q.scales, self._table[p0:p1], self.page_size, q.group, out)
+        return out[a:].view(shape)
 
