@@ -36,11 +36,13 @@ from .fisher import FisherConfig
 from .optimize import OptimizeConfig
 from .pack import PackConfig
 from .pipeline import Loaded, pack_and_optimize
+from .precision import PrecisionConfig
 from .state import PackedState
 from .store import Store
 from .train import Trained
 
-__all__ = ["pack", "PackedModel", "PackedState", "Store", "PackConfig", "FisherConfig", "OptimizeConfig"]
+__all__ = ["pack", "PackedModel", "PackedState", "Store", "PackConfig", "FisherConfig", "OptimizeConfig",
+           "PrecisionConfig"]
 
 Data = tuple[torch.Tensor, torch.Tensor] | Iterable
 
@@ -99,11 +101,13 @@ def _loaded(name: str, entry: tuple) -> tuple[Loaded, Trained]:
 
 
 def pack(dnns: Mapping[str, tuple], pack_config: PackConfig | None = None, fisher_config: FisherConfig | None = None,
-         optimize_config: OptimizeConfig | None = None, seed: int = 0) -> PackedState:
+         optimize_config: OptimizeConfig | None = None, seed: int = 0,
+         precision_config: PrecisionConfig | None = None) -> PackedState:
     """Pack trained modules: `dnns` maps a name to `(module, train, val)` or `(module, train, val, test)`
     (data: `(x, y)` tensors or an iterable of `(x, y)` batches). Returns the optimised `PackedState`;
     each DNN's stand-alone accuracy (on its test data, else validation data) is in its provenance.
-    Configs default to the CLI's. Bad input is a ValueError naming the DNN."""
+    Configs default to the CLI's (`precision_config`: float32 pages; e.g. `PrecisionConfig(precision="int8")`).
+    Bad input is a ValueError naming the DNN."""
     if not dnns:
         raise ValueError("no DNNs to pack")
     loaded, trained = {}, {}
@@ -112,5 +116,5 @@ def pack(dnns: Mapping[str, tuple], pack_config: PackConfig | None = None, fishe
     tasks = {n: item.task(trained[n].theta) for n, item in loaded.items()}
     configs = [replace(c or default(), seed=seed) for c, default in
                ((pack_config, PackConfig), (fisher_config, FisherConfig), (optimize_config, OptimizeConfig))]
-    state, *_ = pack_and_optimize(loaded, trained, tasks, *configs)
+    state, *_ = pack_and_optimize(loaded, trained, tasks, *configs, precision_config=precision_config)
     return state
