@@ -6,6 +6,7 @@
     python -m weightsep eval mnist10k             # = -mode=e
     python -m weightsep joint --steps 1500        # true joint optimisation of the packed store
     python -m weightsep report                    # the paper-style table of the store
+    python -m weightsep quantize --precision int8 # hold the store's pages in int8 (then `joint`)
     python -m weightsep list | remove NAME | restore | prepare
 
 Config flags are derived from the stage configs (PackConfig, FisherConfig, OptimizeConfig,
@@ -31,7 +32,7 @@ from .matching import MATCHERS
 from .optimize import BALANCES, OPTIMIZERS, SCHEDULES, SELECTIONS, OptimizeConfig, optimize, unused_fields
 from .pack import MODES, SHARED_CONTENT, PackConfig, pack_config, remove_vnn
 from .pipeline import RESULTS_DIR, RunConfig, hold, load, load_packed, pack, run, shard, write_summary
-from .precision import POLICIES, PrecisionConfig
+from .precision import POLICIES, PrecisionConfig, assign, format_counts, packed_bytes
 from .quant import FORMATS
 from .separation import SEPARATIONS
 from .store import Store
@@ -243,6 +244,19 @@ def cmd_remove(args) -> None:
     print(f"removed {args.vnn_name}; its exclusive pages are gone and its shared pages freed")
 
 
+def cmd_quantize(args) -> None:
+    store = Store(args.store)
+    config = build_config(PrecisionConfig, args)
+    with store.writing("quantize"):
+        state = assign(store.load(), config)
+        if state.precision is None:
+            raise ValueError("--precision float32 leaves the store as it is; name a format or fisher")
+        store.save(state)
+    counts = ", ".join(f"{n} {f}" for f, n in format_counts(state).items())
+    print(f"quantised {args.store}: pages {counts}, {sum(packed_bytes(state).values()) / 1024:,.1f} KiB with "
+          "page tables; `joint` now trains the pages for these formats")
+
+
 def cmd_restore(args) -> None:
     Store(args.store).restore_previous()
     print(f"{args.store}: the previous state is current again")
@@ -307,6 +321,8 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--names", action="store_true", help="only the names, one a line (for scripts)")
     c = command("remove", cmd_remove, "remove a DNN, freeing its pages (-mode=r)")
     c.add_argument("vnn_name")
+    command("quantize", cmd_quantize, "hold a float32 store's pages in other formats (then `joint` trains for them)",
+            (PrecisionConfig,))
     command("restore", cmd_restore, "make the previous good state current again")
     return p
 
