@@ -14,6 +14,7 @@
 #include <torch/autograd.h>
 #include <torch/library.h>
 
+#include "checks.h"
 #include "message.h"
 
 #include <cstring>
@@ -22,29 +23,12 @@ namespace weightsep {
 
 namespace {
 
-constexpr int64_t kGrainElements = 32768;  // per parallel_for chunk; below it threads cost more than they save
-
-void check_table(const at::Tensor& page_table, int64_t n, int64_t page_size, const char* op) {
-  TORCH_CHECK(page_table.scalar_type() == at::kLong,
-              message(op, ": page_table must be int64, got ", page_table.scalar_type()));
-  TORCH_CHECK(page_table.dim() == 1, message(op, ": page_table must be 1-D, got ", page_table.dim(), "-D"));
-  TORCH_CHECK(n >= 0, message(op, ": n_weights must be >= 0, got ", n));
-  TORCH_CHECK(n <= page_table.numel() * page_size,
-              message(op, ": n_weights = ", n, " does not fit in ", page_table.numel(), " pages of ", page_size));
-}
-
 void check_rows(const int64_t* table, int64_t n_pages, int64_t n_rows, const char* op) {
   for (int64_t i = 0; i < n_pages; ++i) {
     TORCH_CHECK(table[i] >= 0 && table[i] < n_rows,
                 message(op, ": page_table[", i, "] = ", table[i], " is out of range for ", n_rows, " page rows"));
   }
 }
-
-int64_t pages_used(int64_t n, int64_t page_size) { return page_size == 0 ? 0 : (n + page_size - 1) / page_size; }
-
-}  // namespace
-
-namespace {
 
 void check_gather_inputs(const at::Tensor& pages, const at::Tensor& page_table, int64_t n_weights) {
   TORCH_CHECK(pages.dim() == 2, message("gather_pages: pages must be [rows, page_size], got ", pages.dim(), "-D"));

@@ -1,4 +1,5 @@
-// CUDA implementations of weightsep::gather_pages / scatter_add_pages (schema in gather.cpp).
+// CUDA implementations of weightsep::gather_pages / scatter_add_pages / gather_pages_into (schema in
+// gather.cpp) and gather_dequant_into (schema in gather_dequant.cpp).
 // The kernels live in gather_kernels.cuh; this file checks inputs, allocates, and launches them on
 // the current CUDA stream of the tensors' device.
 #include <ATen/ATen.h>
@@ -8,6 +9,7 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
+#include "checks.h"
 #include "message.h"
 
 #include "gather_kernels.cuh"
@@ -24,12 +26,7 @@ void check_cuda_inputs(const at::Tensor& data, const at::Tensor& page_table, int
               message(op, ": tensors on different devices: ", data.device(), " and ", page_table.device()));
   TORCH_CHECK(data.scalar_type() == at::kFloat || data.scalar_type() == at::kDouble,
               message(op, ": must be float32 or float64 (as on CPU), got ", data.scalar_type()));
-  TORCH_CHECK(page_table.scalar_type() == at::kLong,
-              message(op, ": page_table must be int64, got ", page_table.scalar_type()));
-  TORCH_CHECK(page_table.dim() == 1, message(op, ": page_table must be 1-D, got ", page_table.dim(), "-D"));
-  TORCH_CHECK(n >= 0, message(op, ": n_weights must be >= 0, got ", n));
-  TORCH_CHECK(n <= page_table.numel() * page_size,
-              message(op, ": n_weights = ", n, " does not fit in ", page_table.numel(), " pages of ", page_size));
+  check_table(page_table, n, page_size, op);
   // Row bounds are checked by a device assert in the kernel (a host check would synchronise).
 }
 
@@ -104,10 +101,22 @@ at::Tensor scatter_add_pages_cuda(const at::Tensor& grad_flat, const at::Tensor&
   return grad_pages;
 }
 
+void gather_dequant_into_cuda(at::TensorList blocks, at::TensorList scales, const at::Tensor& page_table,
+                              int64_t page_size, int64_t group, at::Tensor& out) {
+  TORCH_CHECK(out.is_cuda(), message("gather_dequant_into: expected CUDA tensors, got out on ", out.device()));
+  const c10::cuda::CUDAGuard guard(out.device());
+  const DequantInputs in = dequant_inputs(blocks, scales, page_table, page_size, group, out);  // all on out's device
+  // Entries (codes, rows) are checked by a device assert in the kernel (a host check would synchronise).
+  launch_gather_dequant(in.source, in.table.const_data_ptr<int64_t>(), out.mutable_data_ptr<float>(), out.numel(),
+                        max_blocks(), c10::cuda::getCurrentCUDAStream());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
 TORCH_LIBRARY_IMPL(weightsep, CUDA, m) {
   m.impl("gather_pages", &gather_pages_cuda);
   m.impl("scatter_add_pages", &scatter_add_pages_cuda);
   m.impl("gather_pages_into", &gather_pages_into_cuda);
+  m.impl("gather_dequant_into", &gather_dequant_into_cuda);
 }
 
 }  // namespace weightsep

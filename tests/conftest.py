@@ -1,4 +1,6 @@
+import logging
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -19,6 +21,21 @@ def no_global_state_leaks():
     yield
     torch.set_num_threads(threads)
     ops._setting, ops._backend = backend
+
+
+@pytest.fixture(scope="module")
+def ext():
+    """The ops extension, built (or loaded from the cache) once; tests call its torch.ops directly."""
+    start, before = time.perf_counter(), (ops._setting, ops._backend)
+    try:
+        ops.set_backend("extension")
+    except ops.ExtensionError as exc:
+        pytest.skip(f"extension did not build here: {exc}")
+    logging.getLogger("weightsep").info("weightsep_ops ready in %.1f s", time.perf_counter() - start)
+    yield torch.ops.weightsep
+    ops._setting, ops._backend = before
+    ops.set_backend("auto")
+
 
 # Under CI=true a skip is a failure (a missing fixture folder, a failed extension build, unprepared
 # data must not pass quietly), except for these, which need hardware or time CI does not have.

@@ -13,6 +13,14 @@ def test_gather_bench_row_checks_and_reports_every_kernel():
     assert row["weights"] == 32 and row["extension / memcpy"] > 0
 
 
+def test_gather_bench_dequant_row_checks_and_reports_every_format():
+    row = bench_gather.dequant_row(torch.device("cpu"), page_size=16, group=8, n_weights=57, rounds=2,
+                                   g=torch.Generator().manual_seed(0))
+    assert set(row["us"]) == {"float32", *bench_gather.DEQUANT_FORMATS} and all(t > 0 for t in row["us"].values())
+    assert set(row["ratio to float32"]) == set(bench_gather.DEQUANT_FORMATS)
+    assert row["bytes read"]["int4"] < row["bytes read"]["int8"] < row["bytes read"]["float32"]
+
+
 def test_switching_ladder_on_a_small_synthetic_store(tmp_path):
     models = {n: dnn.get(n).build_model() for n in ("letters", "satellite")}
     state, synth_models = switching.synthetic_state(3, models, exclusive=2)

@@ -1,4 +1,4 @@
-"""weightsep.ops: the page-table gather extension against the pure-torch reference.
+"""weightsep.ops: the page-table gather extension against the pure-torch reference (`ext`: conftest.py).
 
 The first run builds custom_op/ into cache_dir()/build (~30 s on 2 cores); later runs reuse it."""
 import logging
@@ -6,7 +6,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -18,20 +17,6 @@ from weightsep.ops import gather_pages_reference
 REPO = Path(__file__).resolve().parent.parent
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 NVCC = shutil.which("nvcc")
-
-
-@pytest.fixture(scope="module")
-def ext():
-    """Build (or load from the cache) once per session; the tests call torch.ops directly."""
-    start, before = time.perf_counter(), (ops._setting, ops._backend)
-    try:
-        ops.set_backend("extension")
-    except ops.ExtensionError as exc:
-        pytest.skip(f"extension did not build here: {exc}")
-    logging.getLogger("weightsep").info("weightsep_ops ready in %.1f s", time.perf_counter() - start)
-    yield torch.ops.weightsep
-    ops._setting, ops._backend = before
-    ops.set_backend("auto")
 
 
 def case(n_rows=12, page_size=16, n_pages=7, n_weights=None, seed=0, dtype=torch.float32, device="cpu"):

@@ -1,14 +1,23 @@
-"""The page-table gather as a custom op: flat weights = pages[page_table].reshape(-1)[:n_weights].
+"""The page-table gathers as custom ops: flat weights = pages[page_table].reshape(-1)[:n_weights], and
+the same over quantised pages, dequantising as it copies (`gather_dequant_into`).
 
-Two backends, chosen once on first use: "extension" (custom_op/gather.cpp, plus gather_cuda.cu when
-CUDA is available, built with torch.utils.cpp_extension into `cache_dir()/build` and registered as
-`torch.ops.weightsep.gather_pages` / `scatter_add_pages` / `gather_pages_into`) or "torch" (plain indexing, native
-autograd). The setting is auto | torch | extension, from `set_backend` or WEIGHTSEP_OPS_BACKEND;
-"auto" falls back to "torch" when the build fails and logs why, once.
+Two backends, chosen once on first use: "extension" (custom_op/gather.cpp and gather_dequant.cpp,
+plus gather_cuda.cu when CUDA is available, built with torch.utils.cpp_extension into
+`cache_dir()/build` and registered as `torch.ops.weightsep.gather_pages` / `scatter_add_pages` /
+`gather_pages_into` / `gather_dequant_into`) or "torch" (plain indexing, native autograd). The
+setting is auto | torch | extension, from `set_backend` or WEIGHTSEP_OPS_BACKEND; "auto" falls back
+to "torch" when the build fails and logs why, once.
 
-    from weightsep.ops import gather_pages, gather_pages_into
+The dequantising gather reads quantised pages (weightsep.quant's formats): `blocks` and `scales`
+hold one tensor per format in quant.FORMATS order (an absent format: 0 rows), and each page-table
+entry is quant.table_entries' (code << TABLE_SHIFT) | row-in-its-block.
+
+    from weightsep.ops import dequant_operands, gather_dequant_into, gather_pages, gather_pages_into
     theta = gather_pages(torch.cat([shared_pages, exclusive_pages]), page_table, n_weights)
     gather_pages_into(page_store, page_table, weight_buffer[:n_weights])   # in place: the switch path
+    blocks, scales = dequant_operands(quant.encode(values, codes, page_scales, group), page_size, group)
+    entries = quant.table_entries(page_codes, rows_in_their_blocks)
+    gather_dequant_into(blocks, scales, entries, page_size, group, weight_buffer[:n_weights])
 """
 from __future__ import annotations
 
@@ -20,6 +29,7 @@ from pathlib import Path
 
 import torch
 
+from weightsep import quant
 from weightsep.dnn import cache_dir
 
 log = logging.getLogger("weightsep")
@@ -96,6 +106,62 @@ def _gather_into_reference(pages: torch.Tensor, page_table: torch.Tensor, out: t
         out[full * page_size :].copy_(pages[page_table[full], : n - full * page_size])
 
 
+def dequant_operands(encoded: dict[str, tuple], page_size: int, group: int) -> tuple[list, list]:
+    """quant.encode's dict as gather_dequant_into's (blocks, scales): one each per format in
+    quant.FORMATS order, 0 rows of the right dtype and width where a format is absent."""
+    blocks, scales = [], []
+    for fmt in quant.FORMATS:
+        rows, s = encoded.get(fmt, (None, None))
+        if rows is None:
+            dtype = quant.FLOATS.get(fmt, torch.int8 if fmt == "int8" else torch.uint8)
+            rows = torch.empty(0, quant.row_bytes("int4", page_size) if fmt == "int4" else page_size, dtype=dtype)
+        blocks.append(rows)
+        scales.append(torch.empty(0, quant.scale_count(fmt, page_size, group)) if s is None else s)
+    return blocks, scales
+
+
+def gather_dequant_reference(blocks: list[torch.Tensor], scales: list[torch.Tensor], page_table: torch.Tensor,
+                             page_size: int, group: int, n_weights: int) -> torch.Tensor:
+    """float32 [n_weights]: the pages the table names, each dequantised by quant.dequantize_rows (the
+    pure-torch path: the "torch" backend, and the tests' reference). Only the used pages are read."""
+    if n_weights > page_table.numel() * page_size:
+        raise ValueError(f"gather_dequant_into: {n_weights} weights do not fit in {page_table.numel()} pages of {page_size}")
+    entries = page_table[: -(-n_weights // page_size)]
+    codes, rows = entries >> quant.TABLE_SHIFT, entries & ((1 << quant.TABLE_SHIFT) - 1)
+    if bool(((codes < 0) | (codes >= len(quant.FORMATS))).any()):
+        raise ValueError(f"gather_dequant_into: page-table codes must be 0..{len(quant.FORMATS) - 1} ({quant.FORMATS})")
+    pages = torch.empty(len(entries), page_size, device=page_table.device)
+    for code, fmt in enumerate(quant.FORMATS):
+        where = (codes == code).nonzero().flatten()
+        if len(where):
+            r = rows[where]
+            s = scales[code][r] if fmt in quant.QMAX else None
+            pages[where] = quant.dequantize_rows(fmt, blocks[code][r], s, page_size, group)
+    return pages.reshape(-1)[:n_weights]
+
+
+def gather_dequant_into(blocks: list[torch.Tensor], scales: list[torch.Tensor], page_table: torch.Tensor,
+                        page_size: int, group: int, out: torch.Tensor) -> torch.Tensor:
+    """gather_dequant_reference(..., out.numel()) written into `out` (float32, 1-D, contiguous), returned.
+
+    blocks: float32 [R0, P], float16 [R1, P], bfloat16 [R2, P], int8 [R3, P], uint8 [R4, ceil(P/2)];
+    scales: float32, [R3, 1] at 3 and [R4, ceil(P/group)] at 4 (0-2 unused); page_table: int64
+    quant.table_entries. Not differentiable; hot loops bind `gather_dequant_function()` once."""
+    gather_dequant_function()(blocks, scales, page_table, page_size, group, out)
+    return out
+
+
+def gather_dequant_function() -> Callable[..., None]:
+    """The backend's dequantising in-place gather as a bare callable (the op handle for the extension)."""
+    if _resolve() == "extension":
+        return torch.ops.weightsep.gather_dequant_into.default
+    return _gather_dequant_into_reference
+
+
+def _gather_dequant_into_reference(blocks, scales, page_table, page_size, group, out) -> None:
+    out.copy_(gather_dequant_reference(blocks, scales, page_table, page_size, group, out.numel()))
+
+
 def __getattr__(name: str):
     if name == "BACKEND":
         return _resolve()
@@ -134,7 +200,7 @@ def _load_extension() -> None:
         return
     from torch.utils.cpp_extension import load
 
-    sources = [str(SOURCE_DIR / "gather.cpp")]
+    sources = [str(SOURCE_DIR / "gather.cpp"), str(SOURCE_DIR / "gather_dequant.cpp")]
     if torch.cuda.is_available():
         sources.append(str(SOURCE_DIR / "gather_cuda.cu"))
     build = cache_dir() / "build"
@@ -151,6 +217,7 @@ def _register_python_parts() -> None:
     torch.library.register_fake("weightsep::gather_pages")(_gather_fake)
     torch.library.register_fake("weightsep::scatter_add_pages")(_scatter_fake)
     torch.library.register_fake("weightsep::gather_pages_into")(_gather_into_fake)
+    torch.library.register_fake("weightsep::gather_dequant_into")(_gather_dequant_into_fake)
 
 
 def _gather_fake(pages, page_table, n_weights):
@@ -162,6 +229,12 @@ def _gather_fake(pages, page_table, n_weights):
 def _gather_into_fake(pages, page_table, out):
     torch._check(pages.dim() == 2, lambda: "gather_pages_into: pages must be [rows, page_size]")
     torch._check(out.dim() == 1, lambda: "gather_pages_into: out must be 1-D")
+
+
+def _gather_dequant_into_fake(blocks, scales, page_table, page_size, group, out):
+    torch._check(len(blocks) == len(scales) == len(quant.FORMATS),
+                 lambda: "gather_dequant_into: blocks and scales must be 5 tensors each")
+    torch._check(out.dim() == 1, lambda: "gather_dequant_into: out must be 1-D")
 
 
 def _scatter_fake(grad_flat, page_table, n_rows, page_size):
