@@ -245,7 +245,7 @@ def pack_and_optimize(loaded: dict[str, Loaded], trained: dict[str, Trained], ta
              "pack_seconds": time.perf_counter() - start}
     if info["spare"]:
         optimize_config = replace(optimize_config, promote_pages=info["spare"])
-    state = assign(state, precision_config or PrecisionConfig(), info["spare"])
+    state = quantize(state, precision_config or PrecisionConfig(), info["spare"], list(tasks))
     start = time.perf_counter()
     state, history = optimize(state, tasks, optimize_config)
     times["optimize_seconds"] = time.perf_counter() - start
@@ -255,6 +255,18 @@ def pack_and_optimize(loaded: dict[str, Loaded], trained: dict[str, Trained], ta
         "skipped": history.skipped, "rolled_back": history.rolled_back,
         "batches_per_step": step_batches(tasks, optimize_config)}
     return state, history, optimize_config, times
+
+
+def quantize(state: PackedState, config: PrecisionConfig, spare_pages: int, mine: list[str]) -> PackedState:
+    """`precision.assign` on the whole state: over several ranks rank 0 (which holds it whole) assigns
+    the formats (the Fisher policy's budget spans every DNN) and every rank takes its `shard`."""
+    if config.is_float32:
+        return state
+    world = distributed.current()
+    if not world.distributed:
+        return assign(state, config, spare_pages)
+    whole = distributed.broadcast(assign(state, config, spare_pages) if world.writer else None)
+    return whole if world.writer else shard(whole, mine)
 
 
 def no_sharing_control(loaded: dict[str, Loaded], thetas: dict[str, torch.Tensor], config: OptimizeConfig,

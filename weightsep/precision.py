@@ -92,14 +92,17 @@ def assign(state: PackedState, config: PrecisionConfig, spare_pages: int = 0) ->
         shared_codes = torch.full((state.n_shared,), code(config.shared_dtype), dtype=torch.uint8)
         exclusive_codes = {n: torch.full((v.n_exclusive,), code(config.exclusive_dtype), dtype=torch.uint8)
                            for n, v in state.vnns.items()}
-    return quantized(state, shared_codes, exclusive_codes, config.group, asdict(config))
+    new = quantized(state, shared_codes, exclusive_codes, config.group, asdict(config))
+    new.validate()
+    return new
 
 
 def quantized(state: PackedState, shared_codes: torch.Tensor, exclusive_codes: dict[str, torch.Tensor],
               group: int, policy: dict, shared: torch.Tensor | None = None,
               exclusive: dict[str, torch.Tensor] | None = None) -> PackedState:
     """A copy of `state` whose pages are `shared`/`exclusive` (default: its own) rounded to these
-    formats, with their scales: how both the policy and the optimiser's result make a quantised state."""
+    formats, with their scales: how both the policy and the optimiser's result make a quantised state
+    (not validated here: over several ranks the optimiser's result is a rank's shard)."""
     new = copy.copy(state)
     new.shared_pages, shared_scales = quant.quantize(state.shared_pages if shared is None else shared,
                                                      shared_codes, group)
@@ -109,7 +112,6 @@ def quantized(state: PackedState, shared_codes: torch.Tensor, exclusive_codes: d
         pages = vnn.exclusive_pages if exclusive is None else exclusive[name]
         new.vnns[name].exclusive_pages, exclusive_scales[name] = quant.quantize(pages, exclusive_codes[name], group)
     new.precision = Precision(group, shared_codes, shared_scales, dict(exclusive_codes), exclusive_scales, policy)
-    new.validate()
     return new
 
 
