@@ -110,10 +110,9 @@ def dequant_row(device: torch.device, page_size: int, group: int, n_weights: int
     for fmt in DEQUANT_FORMATS:
         codes = torch.full((S + E,), quant.CODE[fmt], dtype=torch.uint8)
         values, scales = quant.quantize(store, codes, group)
-        encoded = ops.dequant_operands(quant.encode(values, codes, scales, group), page_size, group)
-        blocks, block_scales = ([t.to(device) for t in ts] for ts in encoded)
+        q = ops.dequant_operands(quant.encode(values, codes, scales, group), page_size, group, device=device)
         entries = quant.table_entries(codes[rows], rows).to(device)
-        fns[fmt] = lambda b=blocks, s=block_scales, e=entries: dequant(b, s, e, page_size, group, out)
+        fns[fmt] = lambda q=q, e=entries: dequant(q.pages, q.scales, q.layout, e, out)
         read[fmt] = n_logical * (quant.page_bytes(fmt, page_size, group) + 8)  # + 8: the int64 table entry
         fns[fmt]()
         assert torch.equal(out.cpu(), values[rows].reshape(-1)[:n_weights])

@@ -6,7 +6,6 @@
 #include "dequant.h"
 #include "message.h"
 
-#include <array>
 #include <string>
 
 namespace weightsep {
@@ -27,67 +26,81 @@ inline int64_t pages_used(int64_t n, int64_t page_size) { return page_size == 0 
 // torch's name for a dtype ("int8", not c10's "Char"): the dequant checks name several integer dtypes.
 inline std::string dtype_name(c10::ScalarType t) { return std::string(c10::getDtypeNames(t).first); }
 
-// gather_dequant_into's inputs, checked and made contiguous (held here, so `source` stays valid).
+// Does [first, first + count * each) lie in [0, total)? (Without overflow, whatever the values.)
+inline bool fits(int64_t first, int64_t count, int64_t each, int64_t total) {
+  return first >= 0 && count >= 0 && first <= total && (each == 0 || count <= (total - first) / each);
+}
+
+inline void check_buffer(const at::Tensor& t, c10::ScalarType dtype, const char* name, const at::Tensor& out) {
+  TORCH_CHECK(t.scalar_type() == dtype && t.dim() == 1 && t.is_contiguous(),
+              message("gather_dequant_into: ", name, " must be a contiguous 1-D ", dtype_name(dtype), " buffer, got ",
+                      dtype_name(t.scalar_type()), " ", t.sizes(), t.is_contiguous() ? "" : " (not contiguous)"));
+  TORCH_CHECK(t.device() == out.device(),
+              message("gather_dequant_into: ", name, " is on ", t.device(), " but out on ", out.device()));
+}
+
+// gather_dequant_into's inputs, checked, as raw pointers (`table` holds the contiguous page table).
 struct DequantInputs {
-  std::array<at::Tensor, kFormats> blocks;
-  at::Tensor int8_scales, int4_scales, table;
+  at::Tensor table;
   DequantSource source;
 };
 
-inline DequantInputs dequant_inputs(at::TensorList blocks, at::TensorList scales, const at::Tensor& page_table,
-                                    int64_t page_size, int64_t group, const at::Tensor& out) {
+inline DequantInputs dequant_inputs(const at::Tensor& pages, const at::Tensor& scales, const at::Tensor& layout,
+                                    const at::Tensor& page_table, const at::Tensor& out) {
   constexpr const char* op = "gather_dequant_into";
-  TORCH_CHECK(blocks.size() == kFormats && scales.size() == kFormats,
-              message(op, ": blocks and scales must be 5 tensors each, one per format (float32, float16, bfloat16, "
-                          "int8, int4), got ", static_cast<int64_t>(blocks.size()), " and ",
-                      static_cast<int64_t>(scales.size())));
+  TORCH_CHECK(layout.scalar_type() == at::kLong && layout.dim() == 1 && layout.numel() == kLayoutSize &&
+                  layout.is_contiguous() && layout.is_cpu(),
+              message(op, ": layout must be a contiguous int64 CPU tensor of ", kLayoutSize,
+                      " values (page_size, group, then byte offset, rows and first scale per format), got ",
+                      dtype_name(layout.scalar_type()), " ", layout.sizes(), " on ", layout.device()));
+  const int64_t* l = layout.const_data_ptr<int64_t>();
+  const int64_t page_size = l[kPageSize], group = l[kGroup];
   TORCH_CHECK(page_size > 0 && group > 0,
               message(op, ": page_size and group must be > 0, got ", page_size, " and ", group));
   TORCH_CHECK(out.scalar_type() == at::kFloat && out.dim() == 1 && out.is_contiguous(),
               message(op, ": out must be a contiguous 1-D float32 buffer, got ", dtype_name(out.scalar_type()), " ",
                       out.sizes(), out.is_contiguous() ? "" : " (not contiguous)"));
+  check_buffer(pages, at::kByte, "pages", out);
+  check_buffer(scales, at::kFloat, "scales", out);
   TORCH_CHECK(page_table.device() == out.device(),
               message(op, ": page_table is on ", page_table.device(), " but out on ", out.device()));
   check_table(page_table, out.numel(), page_size, op);
 
   const int64_t groups = (page_size + group - 1) / group, int4_width = (page_size + 1) / 2;
-  constexpr std::array<c10::ScalarType, kFormats> dtypes = {at::kFloat, at::kHalf, at::kBFloat16, at::kChar,
-                                                            at::kByte};
+  constexpr int64_t elements[kFormats] = {4, 2, 2, 1, 1};  // bytes an element of each block
+  const auto* base = static_cast<const uint8_t*>(pages.const_data_ptr());
+  const float* scale_base = scales.const_data_ptr<float>();
+  const uint8_t* blocks[kFormats];
+  const float* first_scales[kFormats];
   DequantInputs in;
   for (int64_t f = 0; f < kFormats; ++f) {
-    const at::Tensor& b = blocks[f];
-    const int64_t width = f == kInt4 ? int4_width : page_size;
-    TORCH_CHECK(b.scalar_type() == dtypes[f], message(op, ": blocks[", f, "] (", kFormatNames[f], ") must be ",
-                                                      dtype_name(dtypes[f]), ", got ", dtype_name(b.scalar_type())));
-    TORCH_CHECK(b.dim() == 2 && b.size(1) == width,
-                message(op, ": blocks[", f, "] (", kFormatNames[f], ") must be [rows, ", width, "] for page size ",
-                        page_size, ", got ", b.sizes()));
-    TORCH_CHECK(b.device() == out.device(), message(op, ": blocks[", f, "] (", kFormatNames[f], ") is on ",
-                                                    b.device(), " but out on ", out.device()));
-    in.blocks[f] = b.contiguous();
-    in.source.rows[f] = b.size(0);
+    const int64_t* b = l + kFirstBlock + kBlockFields * f;
+    const int64_t offset = b[kOffset], rows = b[kRows], first = b[kFirstScale];
+    const int64_t row_bytes = f == kInt4 ? int4_width : page_size * elements[f];
+    const int64_t columns = f == kInt8 ? 1 : f == kInt4 ? groups : 0;  // scales a row
+    TORCH_CHECK(fits(offset, rows, row_bytes, pages.numel()),
+                message(op, ": layout's ", kFormatNames[f], " block, ", rows, " rows of ", row_bytes,
+                        " bytes at byte offset ", offset, ", does not fit in pages (", pages.numel(), " bytes)"));
+    TORCH_CHECK(reinterpret_cast<uintptr_t>(base + offset) % elements[f] == 0,
+                message(op, ": layout's ", kFormatNames[f], " block at byte offset ", offset,
+                        " is not aligned to its ", elements[f], "-byte elements"));
+    TORCH_CHECK(columns == 0 || fits(first, rows, columns, scales.numel()),
+                message(op, ": layout's ", kFormatNames[f], " scales, ", rows, " rows of ", columns, " from scale ",
+                        first, ", do not fit in scales (", scales.numel(), " floats)"));
+    blocks[f] = base + offset;
+    first_scales[f] = columns ? scale_base + first : nullptr;
+    in.source.rows[f] = rows;
   }
-  for (const int64_t f : {kInt8, kInt4}) {
-    const at::Tensor& s = scales[f];
-    const int64_t columns = f == kInt8 ? 1 : groups;  // int8: one scale a page; int4: one a group
-    TORCH_CHECK(s.scalar_type() == at::kFloat && s.dim() == 2 && s.size(0) == blocks[f].size(0) && s.size(1) == columns,
-                message(op, ": scales[", f, "] (", kFormatNames[f], ") must be float32 [", blocks[f].size(0), ", ",
-                        columns, "], got ", dtype_name(s.scalar_type()), " ", s.sizes()));
-    TORCH_CHECK(s.device() == out.device(), message(op, ": scales[", f, "] (", kFormatNames[f], ") is on ",
-                                                    s.device(), " but out on ", out.device()));
-  }
-  in.int8_scales = scales[kInt8].contiguous();
-  in.int4_scales = scales[kInt4].contiguous();
   in.table = page_table.contiguous();
 
   DequantSource& src = in.source;
-  src.float32 = in.blocks[kFloat32].const_data_ptr<float>();
-  src.float16 = static_cast<const uint16_t*>(in.blocks[kFloat16].const_data_ptr());
-  src.bfloat16 = static_cast<const uint16_t*>(in.blocks[kBFloat16].const_data_ptr());
-  src.int8 = in.blocks[kInt8].const_data_ptr<int8_t>();
-  src.int4 = in.blocks[kInt4].const_data_ptr<uint8_t>();
-  src.int8_scales = in.int8_scales.const_data_ptr<float>();
-  src.int4_scales = in.int4_scales.const_data_ptr<float>();
+  src.float32 = reinterpret_cast<const float*>(blocks[kFloat32]);
+  src.float16 = reinterpret_cast<const uint16_t*>(blocks[kFloat16]);
+  src.bfloat16 = reinterpret_cast<const uint16_t*>(blocks[kBFloat16]);
+  src.int8 = reinterpret_cast<const int8_t*>(blocks[kInt8]);
+  src.int4 = blocks[kInt4];
+  src.int8_scales = first_scales[kInt8];
+  src.int4_scales = first_scales[kInt4];
   src.page_size = page_size;
   src.group = group;
   src.groups = groups;

@@ -101,11 +101,12 @@ at::Tensor scatter_add_pages_cuda(const at::Tensor& grad_flat, const at::Tensor&
   return grad_pages;
 }
 
-void gather_dequant_into_cuda(at::TensorList blocks, at::TensorList scales, const at::Tensor& page_table,
-                              int64_t page_size, int64_t group, at::Tensor& out) {
+void gather_dequant_into_cuda(const at::Tensor& pages, const at::Tensor& scales, const at::Tensor& layout,
+                              const at::Tensor& page_table, at::Tensor& out) {
   TORCH_CHECK(out.is_cuda(), message("gather_dequant_into: expected CUDA tensors, got out on ", out.device()));
   const c10::cuda::CUDAGuard guard(out.device());
-  const DequantInputs in = dequant_inputs(blocks, scales, page_table, page_size, group, out);  // all on out's device
+  // pages, scales and the table on out's device; the layout on the host, read here (no copy, no sync)
+  const DequantInputs in = dequant_inputs(pages, scales, layout, page_table, out);
   // Entries (codes, rows) are checked by a device assert in the kernel (a host check would synchronise).
   launch_gather_dequant(in.source, in.table.const_data_ptr<int64_t>(), out.mutable_data_ptr<float>(), out.numel(),
                         max_blocks(), c10::cuda::getCurrentCUDAStream());

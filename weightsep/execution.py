@@ -36,11 +36,11 @@ store (the rows its page table's entries `S + e` name) and its page table into t
 Both modes give bit-identical weights to `evaluate.packed_theta` (gathering copies floats), so
 accuracies equal `python -m weightsep eval` exactly when inputs are batched the same way.
 
-A quantised state (`state.precision`, quant.py) is placed in its formats: one device block per
-format present (its shared rows, then room for the most exclusive rows of that format any DNN has)
-with the int formats' scales, and per DNN, in host memory, its exclusive rows per format, their
-scales and its page table in the dequantising gather's encoding (quant.table_entries: format code
-and row in that format's block). A switch copies those, then ONE `ops.gather_dequant_into` call
+A quantised state (`state.precision`, quant.py) is placed in its formats: one device buffer holding
+a block per format (its shared rows, then room for the most exclusive rows of that format any DNN
+has) and one of the int formats' scales (`ops.dequant_operands`), and per DNN, in host memory, its
+exclusive rows per format, their scales and its page table in the dequantising gather's encoding
+(quant.table_entries: format code and row in that format's block). A switch copies those, then ONE `ops.gather_dequant_into` call
 resolves and dequantises the table into the weight buffer (gather mode); zero-copy mode dequantises
 each weight tensor's pages just before its layer (only float32 pages can be views). The weights are
 bit-identical to `evaluate.packed_theta` of the same state (the state holds the dequantised values).
@@ -55,7 +55,7 @@ from collections.abc import Mapping
 
 import torch
 
-from weightsep.ops import gather_dequant_function, gather_into_function, gather_pages
+from weightsep.ops import dequant_operands, gather_dequant_function, gather_into_function, gather_pages
 
 from . import quant
 from .flat import as_flat, check_parameters, load_buffer_state
@@ -85,37 +85,31 @@ class _LazyTensors(Mapping):
 
 
 class _QuantizedPages:
-    """A quantised state's pages on the device, one block per format, and each DNN's level-2 part
-    (exclusive rows and scales per format, the encoded page table) in host memory (see the module doc)."""
+    """A quantised state's pages on the device, every format's block in one buffer (`ops.dequant_operands`:
+    its shared rows, then room for the most exclusive rows of that format any DNN has), and each DNN's
+    level-2 part (exclusive rows and scales per format, the encoded page table) in host memory."""
 
     def __init__(self, state: PackedState, device: torch.device, host):
-        q, P = state.precision, state.page_size
-        self.page_size, self.group = P, q.group
-        shared = quant.encode(state.shared_pages, q.shared_codes, q.shared_scales, q.group)
-        self.exclusive, self.tables, counts = {}, {}, {}
+        q = state.precision
+        exclusive, self.tables = {}, {}
         for name, vnn in state.vnns.items():
             codes = q.exclusive_codes[name]
-            self.exclusive[name] = {f: (host(rows), None if sc is None else host(sc)) for f, (rows, sc) in
-                                    quant.encode(vnn.exclusive_pages, codes, q.exclusive_scales[name], q.group).items()}
-            counts[name] = {f: rows.shape[0] for f, (rows, _) in self.exclusive[name].items()}
+            exclusive[name] = {f: (host(rows), None if sc is None else host(sc)) for f, (rows, sc) in
+                               quant.encode(vnn.exclusive_pages, codes, q.exclusive_scales[name], q.group).items()}
             # rows of [shared; exclusive] in their formats' blocks: shared rows first, the DNN's after them
             every = torch.cat([q.shared_codes, codes])
             self.tables[name] = host(quant.table_entries(every[vnn.page_table], self._local_rows(every)[vnn.page_table]))
-        self.shared_rows = {f: rows.shape[0] for f, (rows, _) in shared.items()}
-        self.blocks, self.scales = [], []
-        for fmt in quant.FORMATS:
-            n_shared = self.shared_rows.get(fmt, 0)
-            n = n_shared + max((c.get(fmt, 0) for c in counts.values()), default=0)
-            width = -(-P // 2) if fmt == "int4" else P
-            dtype = quant.FLOATS.get(fmt, torch.int8 if fmt == "int8" else torch.uint8)
-            block = torch.zeros(n, width, dtype=dtype, device=device)
-            scales = torch.zeros(n, quant.scale_count(fmt, P, q.group), device=device)
-            if n_shared:
-                block[:n_shared].copy_(shared[fmt][0])
-                if shared[fmt][1] is not None:
-                    scales[:n_shared].copy_(shared[fmt][1])
-            self.blocks.append(block)
-            self.scales.append(scales)
+        shared = quant.encode(state.shared_pages, q.shared_codes, q.shared_scales, q.group)
+        room = {f: max((len(e[f][0]) for e in exclusive.values() if f in e), default=0) for f in quant.FORMATS}
+        self.operands = dequant_operands(shared, state.page_size, q.group, room, device)
+        self.copies = {}  # per DNN, the (device view, host tensor) pairs a switch copies, sliced once here
+        for name, parts in exclusive.items():
+            self.copies[name] = []
+            for fmt, (rows, scales) in parts.items():
+                first = len(shared[fmt][0]) if fmt in shared else 0
+                self.copies[name].append((self.operands.rows[fmt][first : first + len(rows)], rows))
+                if scales is not None:
+                    self.copies[name].append((self.operands.row_scales[fmt][first : first + len(rows)], scales))
 
     @staticmethod
     def _local_rows(codes: torch.Tensor) -> torch.Tensor:
@@ -128,24 +122,22 @@ class _QuantizedPages:
 
     def switch_copies(self, name: str) -> None:
         """The DNN's exclusive rows and scales host -> device, after each format's shared rows."""
-        for fmt, (rows, scales) in self.exclusive[name].items():
-            code, first = quant.CODE[fmt], self.shared_rows.get(fmt, 0)
-            self.blocks[code][first : first + rows.shape[0]].copy_(rows, non_blocking=True)
-            if scales is not None:
-                self.scales[code][first : first + rows.shape[0]].copy_(scales, non_blocking=True)
+        for dst, src in self.copies[name]:
+            dst.copy_(src, non_blocking=True)
 
     def bytes_moved(self, name: str) -> int:
         """Exclusive rows and scales (every format) and the encoded page table."""
-        return (sum(t.numel() * t.element_size() for pair in self.exclusive[name].values() for t in pair
-                    if t is not None) + self.tables[name].numel() * self.tables[name].element_size())
+        return sum(src.nbytes for _, src in self.copies[name]) + self.tables[name].nbytes
 
     def device_bytes_by_format(self) -> dict[str, int]:
-        return {fmt: b.numel() * b.element_size() + s.numel() * s.element_size()
-                for fmt, b, s in zip(quant.FORMATS, self.blocks, self.scales) if b.numel()}
+        """Each format's rows and scales (not the < 64 bytes aligning each block)."""
+        o = self.operands
+        return {fmt: rows.nbytes + (o.row_scales[fmt].nbytes if fmt in o.row_scales else 0)
+                for fmt, rows in o.rows.items() if len(rows)}
 
     def host_bytes(self) -> int:
-        return sum(t.numel() * t.element_size() for d in self.exclusive.values() for pair in d.values()
-                   for t in pair if t is not None) + sum(t.numel() * t.element_size() for t in self.tables.values())
+        """Every DNN's exclusive rows, scales and page table."""
+        return sum(self.bytes_moved(name) for name in self.tables)
 
 
 class PackedModel:
@@ -240,8 +232,8 @@ class PackedModel:
         self._table = table
         if self.mode == "gather":
             if self.quantized is not None:
-                q = self.quantized
-                self._gather_dequant(q.blocks, q.scales, table, self.page_size, q.group, theta_out)
+                q = self.quantized.operands
+                self._gather_dequant(q.pages, q.scales, q.layout, table, theta_out)
             elif self.kernel == "index_select":
                 torch.index_select(self.store, 0, table, out=pages_out)
             else:
@@ -348,12 +340,12 @@ class PackedModel:
         if step[0] == "view":
             _, row, a, numel, shape = step
             rows = -(-(a + numel) // self.page_size)
-            store = self.store if self.quantized is None else self.quantized.blocks[quant.CODE["float32"]]
+            store = self.store if self.quantized is None else self.quantized.operands.rows["float32"]
             return store[row : row + rows].reshape(-1)[a : a + numel].view(shape)
         _, p0, p1, numel, shape, a = step
         if self.quantized is None:
             return gather_pages(self.store, self._table[p0:p1], a + numel)[a:].view(shape)
-        q, out = self.quantized, torch.empty(a + numel, device=self.device)  # dequantised per layer
-        self._gather_dequant(q.blocks, q.scales, self._table[p0:p1], self.page_size, q.group, out)
+        q, out = self.quantized.operands, torch.empty(a + numel, device=self.device)  # dequantised per layer
+        self._gather_dequant(q.pages, q.scales, q.layout, self._table[p0:p1], out)
         return out[a:].view(shape)
 

@@ -8,16 +8,17 @@ plus gather_cuda.cu when CUDA is available, built with torch.utils.cpp_extension
 setting is auto | torch | extension, from `set_backend` or WEIGHTSEP_OPS_BACKEND; "auto" falls back
 to "torch" when the build fails and logs why, once.
 
-The dequantising gather reads quantised pages (weightsep.quant's formats): `blocks` and `scales`
-hold one tensor per format in quant.FORMATS order (an absent format: 0 rows), and each page-table
+The dequantising gather reads quantised pages (weightsep.quant's formats) from three buffers that
+`dequant_operands` builds: `pages` (uint8: every format's block of rows), `scales` (float32) and
+`layout` (int64, on the host: the page size, the int4 group, where each block lies); each page-table
 entry is quant.table_entries' (code << TABLE_SHIFT) | row-in-its-block.
 
     from weightsep.ops import dequant_operands, gather_dequant_into, gather_pages, gather_pages_into
     theta = gather_pages(torch.cat([shared_pages, exclusive_pages]), page_table, n_weights)
     gather_pages_into(page_store, page_table, weight_buffer[:n_weights])   # in place: the switch path
-    blocks, scales = dequant_operands(quant.encode(values, codes, page_scales, group), page_size, group)
+    q = dequant_operands(quant.encode(values, codes, page_scales, group), page_size, group)
     entries = quant.table_entries(page_codes, rows_in_their_blocks)
-    gather_dequant_into(blocks, scales, entries, page_size, group, weight_buffer[:n_weights])
+    gather_dequant_into(q.pages, q.scales, q.layout, entries, weight_buffer[:n_weights])
 """
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ import logging
 import os
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -106,48 +108,88 @@ def _gather_into_reference(pages: torch.Tensor, page_table: torch.Tensor, out: t
         out[full * page_size :].copy_(pages[page_table[full], : n - full * page_size])
 
 
-def dequant_operands(encoded: dict[str, tuple], page_size: int, group: int) -> tuple[list, list]:
-    """quant.encode's dict as gather_dequant_into's (blocks, scales): one each per format in
-    quant.FORMATS order, 0 rows of the right dtype and width where a format is absent."""
-    blocks, scales = [], []
+ALIGN = 64  # bytes: where each block starts in `pages` (typed views, aligned vector loads)
+LAYOUT_SIZE = 2 + 3 * len(quant.FORMATS)  # custom_op/dequant.h's kLayoutSize
+
+
+@dataclass(frozen=True, eq=False)  # tensors: compared by identity
+class DequantOperands:
+    """gather_dequant_into's buffers, and typed views into them of each format's rows and scales."""
+
+    pages: torch.Tensor  # uint8: every format's block in quant.FORMATS order, each at a multiple of ALIGN bytes
+    scales: torch.Tensor  # float32: the int8 block's one scale a row, then the int4 block's G a row
+    layout: torch.Tensor  # int64 [LAYOUT_SIZE] on the host: page_size, group, then (offset, rows, first scale) a format
+    rows: dict[str, torch.Tensor]  # every format: [R_f, quant.row_width] of quant.STORAGE[fmt], views of `pages`
+    row_scales: dict[str, torch.Tensor]  # int8 [R, 1], int4 [R, G]: views of `scales`
+
+
+def dequant_operands(encoded: dict[str, tuple], page_size: int, group: int, room: dict[str, int] | None = None,
+                     device: torch.device | str | None = None) -> DequantOperands:
+    """quant.encode's dict as gather_dequant_into's buffers on `device` (the layout on the host): each
+    format's block holds its encoded rows and scales, then `room[fmt]` rows of zeros (where
+    execution writes a DNN's exclusive rows, through `rows` and `row_scales`, at a switch)."""
+    room = room or {}
+    layout, offset, first = [page_size, group], 0, 0
     for fmt in quant.FORMATS:
-        rows, s = encoded.get(fmt, (None, None))
-        if rows is None:
-            dtype = quant.FLOATS.get(fmt, torch.int8 if fmt == "int8" else torch.uint8)
-            rows = torch.empty(0, quant.row_bytes("int4", page_size) if fmt == "int4" else page_size, dtype=dtype)
-        blocks.append(rows)
-        scales.append(torch.empty(0, quant.scale_count(fmt, page_size, group)) if s is None else s)
-    return blocks, scales
+        n = (len(encoded[fmt][0]) if fmt in encoded else 0) + room.get(fmt, 0)
+        layout += [offset, n, first]
+        offset += -(-n * quant.row_bytes(fmt, page_size) // ALIGN) * ALIGN
+        first += n * quant.scale_count(fmt, page_size, group)
+    pages = torch.zeros(offset, dtype=torch.uint8, device=device)
+    scales = torch.zeros(first, dtype=torch.float32, device=device)
+    layout = torch.tensor(layout, dtype=torch.int64)
+    operands = DequantOperands(pages, scales, layout, *dequant_views(pages, scales, layout))
+    for fmt, (rows, s) in encoded.items():
+        operands.rows[fmt][: len(rows)].copy_(rows)
+        if s is not None:
+            operands.row_scales[fmt][: len(s)].copy_(s)
+    return operands
 
 
-def gather_dequant_reference(blocks: list[torch.Tensor], scales: list[torch.Tensor], page_table: torch.Tensor,
-                             page_size: int, group: int, n_weights: int) -> torch.Tensor:
+def dequant_views(pages: torch.Tensor, scales: torch.Tensor,
+                  layout: torch.Tensor) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """(rows, row_scales) of DequantOperands: each format's block and scales where `layout` places them."""
+    page_size, group, *blocks = layout.tolist()
+    rows, row_scales = {}, {}
+    for code, fmt in enumerate(quant.FORMATS):
+        offset, n, first = blocks[3 * code : 3 * code + 3]
+        rows[fmt] = (pages[offset : offset + n * quant.row_bytes(fmt, page_size)].view(quant.STORAGE[fmt])
+                     .view(n, quant.row_width(fmt, page_size)))
+        count = quant.scale_count(fmt, page_size, group)
+        if count:
+            row_scales[fmt] = scales[first : first + n * count].view(n, count)
+    return rows, row_scales
+
+
+def gather_dequant_reference(pages: torch.Tensor, scales: torch.Tensor, layout: torch.Tensor, page_table: torch.Tensor,
+                             n_weights: int) -> torch.Tensor:
     """float32 [n_weights]: the pages the table names, each dequantised by quant.dequantize_rows (the
     pure-torch path: the "torch" backend, and the tests' reference). Only the used pages are read."""
+    page_size, group = layout[:2].tolist()
     if n_weights > page_table.numel() * page_size:
         raise ValueError(f"gather_dequant_into: {n_weights} weights do not fit in {page_table.numel()} pages of {page_size}")
     entries = page_table[: -(-n_weights // page_size)]
     codes, rows = entries >> quant.TABLE_SHIFT, entries & ((1 << quant.TABLE_SHIFT) - 1)
     if bool(((codes < 0) | (codes >= len(quant.FORMATS))).any()):
         raise ValueError(f"gather_dequant_into: page-table codes must be 0..{len(quant.FORMATS) - 1} ({quant.FORMATS})")
-    pages = torch.empty(len(entries), page_size, device=page_table.device)
+    blocks, block_scales = dequant_views(pages, scales, layout)
+    out = torch.empty(len(entries), page_size, device=page_table.device)
     for code, fmt in enumerate(quant.FORMATS):
         where = (codes == code).nonzero().flatten()
         if len(where):
             r = rows[where]
-            s = scales[code][r] if fmt in quant.QMAX else None
-            pages[where] = quant.dequantize_rows(fmt, blocks[code][r], s, page_size, group)
-    return pages.reshape(-1)[:n_weights]
+            s = block_scales[fmt][r] if fmt in block_scales else None
+            out[where] = quant.dequantize_rows(fmt, blocks[fmt][r], s, page_size, group)
+    return out.reshape(-1)[:n_weights]
 
 
-def gather_dequant_into(blocks: list[torch.Tensor], scales: list[torch.Tensor], page_table: torch.Tensor,
-                        page_size: int, group: int, out: torch.Tensor) -> torch.Tensor:
+def gather_dequant_into(pages: torch.Tensor, scales: torch.Tensor, layout: torch.Tensor, page_table: torch.Tensor,
+                        out: torch.Tensor) -> torch.Tensor:
     """gather_dequant_reference(..., out.numel()) written into `out` (float32, 1-D, contiguous), returned.
 
-    blocks: float32 [R0, P], float16 [R1, P], bfloat16 [R2, P], int8 [R3, P], uint8 [R4, ceil(P/2)];
-    scales: float32, [R3, 1] at 3 and [R4, ceil(P/group)] at 4 (0-2 unused); page_table: int64
+    pages, scales, layout: a DequantOperands' (`dequant_operands`); page_table: int64
     quant.table_entries. Not differentiable; hot loops bind `gather_dequant_function()` once."""
-    gather_dequant_function()(blocks, scales, page_table, page_size, group, out)
+    gather_dequant_function()(pages, scales, layout, page_table, out)
     return out
 
 
@@ -158,8 +200,8 @@ def gather_dequant_function() -> Callable[..., None]:
     return _gather_dequant_into_reference
 
 
-def _gather_dequant_into_reference(blocks, scales, page_table, page_size, group, out) -> None:
-    out.copy_(gather_dequant_reference(blocks, scales, page_table, page_size, group, out.numel()))
+def _gather_dequant_into_reference(pages, scales, layout, page_table, out) -> None:
+    out.copy_(gather_dequant_reference(pages, scales, layout, page_table, out.numel()))
 
 
 def __getattr__(name: str):
@@ -231,10 +273,10 @@ def _gather_into_fake(pages, page_table, out):
     torch._check(out.dim() == 1, lambda: "gather_pages_into: out must be 1-D")
 
 
-def _gather_dequant_into_fake(blocks, scales, page_table, page_size, group, out):
-    torch._check(len(blocks) == len(scales) == len(quant.FORMATS),
-                 lambda: "gather_dequant_into: blocks and scales must be 5 tensors each")
-    torch._check(out.dim() == 1, lambda: "gather_dequant_into: out must be 1-D")
+def _gather_dequant_into_fake(pages, scales, layout, page_table, out):
+    torch._check(layout.numel() == LAYOUT_SIZE, lambda: f"gather_dequant_into: layout must hold {LAYOUT_SIZE} values")
+    torch._check(pages.dim() == scales.dim() == out.dim() == 1,
+                 lambda: "gather_dequant_into: pages, scales and out must be 1-D")
 
 
 def _scatter_fake(grad_flat, page_table, n_rows, page_size):

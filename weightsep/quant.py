@@ -30,6 +30,7 @@ import torch.nn.functional as F
 FORMATS = ("float32", "float16", "bfloat16", "int8", "int4")
 CODE = {name: code for code, name in enumerate(FORMATS)}
 FLOATS = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+STORAGE = {**FLOATS, "int8": torch.int8, "int4": torch.uint8}  # the dtype of a format's compact rows (`encode`)
 QMAX = {"int8": 127, "int4": 7}  # symmetric: q in [-QMAX, QMAX]
 BITS = {"float32": 32, "float16": 16, "bfloat16": 16, "int8": 8, "int4": 4}
 SCALE_BYTES = 4  # a float32 scale
@@ -45,6 +46,11 @@ def n_groups(page_size: int, group: int) -> int:
 def row_bytes(fmt: str, page_size: int) -> int:
     """Bytes of one page's values in `fmt` (int4: two a byte, rounded up)."""
     return -(-page_size * BITS[fmt] // 8)
+
+
+def row_width(fmt: str, page_size: int) -> int:
+    """Elements of STORAGE[fmt] in one page's compact row: P, or ceil(P/2) bytes for int4."""
+    return row_bytes(fmt, page_size) // STORAGE[fmt].itemsize
 
 
 def scale_count(fmt: str, page_size: int, group: int) -> int:
@@ -224,12 +230,10 @@ def decode(blocks: dict[str, tuple], codes: torch.Tensor, page_size: int, group:
             if count:
                 raise ValueError(f"{count} pages are {fmt} but no {fmt} rows are stored")
             continue
-        dtype = FLOATS.get(fmt, torch.int8 if fmt == "int8" else torch.uint8)
-        width = page_size if fmt != "int4" else -(-page_size // 2)
-        n_scales = {"int8": 1, "int4": G}.get(fmt)
+        dtype, width, n_scales = STORAGE[fmt], row_width(fmt, page_size), scale_count(fmt, page_size, group)
         if rows.dtype != dtype or list(rows.shape) != [count, width]:
             raise ValueError(f"{fmt} rows are {rows.dtype} {list(rows.shape)}, expected {dtype} [{count}, {width}]")
-        if n_scales is not None and (s is None or s.dtype != torch.float32 or list(s.shape) != [count, n_scales]):
+        if n_scales and (s is None or s.dtype != torch.float32 or list(s.shape) != [count, n_scales]):
             found = "none" if s is None else f"{s.dtype} {list(s.shape)}"
             raise ValueError(f"{fmt} scales are {found}, expected float32 [{count}, {n_scales}]")
         where = codes == CODE[fmt]
