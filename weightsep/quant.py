@@ -63,12 +63,6 @@ def page_bytes(fmt: str, page_size: int, group: int) -> int:
     return row_bytes(fmt, page_size) + SCALE_BYTES * scale_count(fmt, page_size, group)
 
 
-def block_bytes(codes: torch.Tensor, page_size: int, group: int) -> int:
-    """Bytes of a block of pages with these format codes (values plus scales)."""
-    counts = torch.bincount(codes.long(), minlength=len(FORMATS)).tolist()
-    return sum(c * page_bytes(fmt, page_size, group) for fmt, c in zip(FORMATS, counts))
-
-
 def _grouped(pages: torch.Tensor, group: int) -> torch.Tensor:
     """[R, P] -> [R, G, group], zero-padded (padding never changes a group's max)."""
     R, P = pages.shape
