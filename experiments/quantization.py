@@ -101,7 +101,8 @@ def summary(rows: list[dict]) -> str:
             f"int8 packing holds that fine-tuned accuracy ({int8['mean_change_pp']:+.2f} ± {int8['mean_change_std']:.2f} pp) "
             f"in a store {int8['ratio_by_bytes'] / alone['ratio_by_bytes']:.1f}x smaller ({int8['ratio_by_bytes']:.2f}x). "
             f"Formats chosen by Fisher at about the int8 store's bytes ({fisher['packed_kib']:.0f} KiB against "
-            f"{int8['packed_kib']:.0f}) did not beat uniform int8: {fisher['mean_change_pp']:+.2f} ± "
+            f"{int8['packed_kib']:.0f}) {'beat' if fisher['mean_change_pp'] > int8['mean_change_pp'] else 'did not beat'} "
+            f"uniform int8: {fisher['mean_change_pp']:+.2f} ± "
             f"{fisher['mean_change_std']:.2f} pp, worst DNN {fisher['worst_pp']:+.2f} against {int8['worst_pp']:+.2f} pp.")
 
 

@@ -76,8 +76,8 @@ def test_the_configs_take_the_scale_budget_and_the_setting_changes():
 def test_experiments_are_discovered_in_report_order():
     names = report.experiments()
     assert names == ["scaling", "page_size", "optimizers", "overlap", "matching", "fisher", "budget", "switching",
-                     "paper_gap"]
-    assert report.in_all() == names[:-1]
+                     "paper_gap", "quantization"]
+    assert report.in_all() == names[:-2]  # paper_gap and quantization have their own budgets
     for name in names:
         mod = report.module(name)
         assert mod.TITLE and mod.QUESTION.endswith("?") and callable(mod.run) and callable(mod.plot)
@@ -134,6 +134,31 @@ def test_paper_mode_runs_on_the_paper_dnns_whose_data_is_here(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     out = json.loads((tmp_path / "experiments" / "paper" / "matching.json").read_text())
     assert out["scale"]["dnns"] == present and out["scale"]["paper"]
+
+
+def test_quantization_answer_and_plot_from_rows(tmp_path):
+    from experiments import harness, quantization
+
+    def row(setting, family, kib, ratio, changes, worst):
+        mean = sum(changes) / len(changes)
+        return {"setting": setting, "family": family, "packed_kib": kib, "ratio_by_bytes": ratio,
+                "ratio_by_bytes_std": 0.0, "mean_change_pp": mean, "mean_change_std": 0.1, "worst_pp": worst,
+                "per_seed_change_pp": changes, "per_seed_ratio": [ratio] * 3, "page_formats": None, "seeds": 3,
+                "meets_target": ratio >= 12 and min(changes) >= -0.5}
+
+    rows = [row("float32 packing", "packing, float32", 400, 6.0, [0.1, -0.2, 0.0], -1.5),
+            row("int8 packing", "packing, int8", 112, 21.8, [0.5, 0.6, 0.7], -1.0),
+            row("Fisher packing, 112 KiB", "packing, formats by Fisher", 110, 22.4, [0.6, -0.6, 0.9], -1.4),
+            row("int8 alone (PTQ)", "quantisation alone", 645, 3.8, [0.0, 0.1, 0.0], -0.1),
+            row("int8 alone (QAT)", "quantisation alone", 645, 3.8, [0.7, 0.8, 0.1], -0.7)]
+    answer = quantization.summary(rows)
+    assert "every seed: int8 packing." in answer  # Fisher misses in one seed, float32 is under 12x
+    assert "5.7x smaller" in answer and "did not beat uniform int8" in answer
+    rows[2]["mean_change_pp"] = 0.9
+    assert "Fisher at about the int8 store's bytes (110 KiB against 112) beat uniform int8" in quantization.summary(rows)
+    result = {"rows": rows, "target": quantization.TARGET, "published_point": {"ratio": 4.84, "change_pp": -0.22},
+              "table": "", "answer": answer, "setup": quantization.SETUP}
+    assert harness.write_outputs("quantization", result, quantization.plot, tmp_path).stat().st_size > 10_000
 
 
 def test_paper_gap_more_mnist_data_moves_all_but_1000_validation_images_into_training():
