@@ -178,19 +178,20 @@ class PackedModel:
             t = t.detach().contiguous().clone()
             return t.pin_memory() if cuda else t
 
-        # a quantised state: its own blocks per format; the float32 page store stays empty
+        # level 1 + preallocated device buffers; a quantised state has its own blocks per format
+        # (and the float32 page store stays empty)
         self.quantized = None if state.precision is None else _QuantizedPages(state, self.device, host)
         if self.quantized is None:
             self._exclusive = {n: host(v.exclusive_pages) for n, v in state.vnns.items()}
             self._tables = {n: host(v.page_table.to(PAGE_TABLE_DTYPE)) for n, v in state.vnns.items()}
+            self.store = torch.empty(S + self.e_max, P, device=self.device)
+            self.store[:S].copy_(state.shared_pages)
+            self.store[S:].zero_()
         else:
             self._exclusive, self._tables = {}, self.quantized.tables
-            S = self.e_max = 0
-
-        # level 1 + preallocated device buffers
-        self.store = torch.empty(S + self.e_max, P, device=self.device)
-        self.store[:S].copy_(state.shared_pages[:S])
-        self.store[S:].zero_()
+            self.store = torch.empty(0, P, device=self.device)
+        # zero-copy views are of float32 rows: the page store, or a quantised store's float32 block
+        self._float_rows = self.store if self.quantized is None else self.quantized.operands.rows["float32"]
         self._host_tables = self.device.type == "cpu"
         self.table = torch.zeros(0 if self._host_tables else self.pages_max, dtype=PAGE_TABLE_DTYPE, device=self.device)
         self._table = self.table
@@ -340,8 +341,7 @@ class PackedModel:
         if step[0] == "view":
             _, row, a, numel, shape = step
             rows = -(-(a + numel) // self.page_size)
-            store = self.store if self.quantized is None else self.quantized.operands.rows["float32"]
-            return store[row : row + rows].reshape(-1)[a : a + numel].view(shape)
+            return self._float_rows[row : row + rows].reshape(-1)[a : a + numel].view(shape)
         _, p0, p1, numel, shape, a = step
         if self.quantized is None:
             return gather_pages(self.store, self._table[p0:p1], a + numel)[a:].view(shape)
