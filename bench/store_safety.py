@@ -94,23 +94,25 @@ def load_data(data_dir):
 class Env:
     """A private cache, the tiny DNN folders and a template store (three generations)."""
 
-    root: Path  # work directory: cache/, plugins/, template/
+    root: Path  # work directory: cache/, plugins/, template/, template-int8/
     cache: Path
     plugins: Path
     template: Path
+    quantised: Path  # the template's current generation quantised to int8 (`quantize`): a fourth generation
 
     def vars(self) -> dict[str, str]:
         return {**os.environ, "WEIGHTSEP_CACHE": str(self.cache), "WEIGHTSEP_OPS_BACKEND": "torch",
                 "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
 
-    def argv(self, *args) -> list[str]:
-        """`python -m weightsep COMMAND ...`; commands other than restore also see the DNN folders."""
+    def argv(self, *args, plugins: bool = True) -> list[str]:
+        """`python -m weightsep COMMAND ...`; commands other than restore also see the DNN folders
+        (unless `plugins` is False), after the folders `args` name (a later folder of a name wins)."""
         args = [str(a) for a in args]
-        folders = [] if args[0] == "restore" else ["--dnn-folder", str(self.plugins)]
-        return [sys.executable, "-m", "weightsep", *args, *folders]
+        folders = ["--dnn-folder", str(self.plugins)] if plugins and args[0] != "restore" else []
+        return [sys.executable, "-m", "weightsep", args[0], *folders, *args[1:]]
 
-    def cli(self, *args, check: bool = False, timeout: float = 300) -> subprocess.CompletedProcess:
-        r = subprocess.run(self.argv(*args), cwd=REPO, env=self.vars(), capture_output=True, text=True,
+    def cli(self, *args, check: bool = False, timeout: float = 300, plugins: bool = True) -> subprocess.CompletedProcess:
+        r = subprocess.run(self.argv(*args, plugins=plugins), cwd=REPO, env=self.vars(), capture_output=True, text=True,
                            timeout=timeout)
         if check and r.returncode:
             raise RuntimeError(f"{' '.join(map(str, args))} exited {r.returncode}:\n{r.stderr[-3000:]}")
@@ -121,12 +123,12 @@ class Env:
         return subprocess.Popen(self.argv(*args), cwd=REPO, env=self.vars(), stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True, start_new_session=True)
 
-    def copy(self, name: str) -> Path:
-        """A fresh copy of the template store under root/name."""
+    def copy(self, name: str, template: Path | None = None) -> Path:
+        """A fresh copy of the template store (or of `template`) under root/trials/name."""
         dst = self.root / "trials" / name
         if dst.exists():
             shutil.rmtree(dst)
-        shutil.copytree(self.template, dst)
+        shutil.copytree(template or self.template, dst, symlinks=True)
         return dst
 
 
@@ -142,7 +144,7 @@ def prepare(root: Path) -> Env:
     if not (data / "letters.npz").exists():
         raise FileNotFoundError(f"{data / 'letters.npz'} is missing: run ./setup.sh first")
     root.mkdir(parents=True, exist_ok=True)
-    env = Env(root, root / "cache", root / "plugins", root / "template")
+    env = Env(root, root / "cache", root / "plugins", root / "template", root / "template-int8")
     env.cache.mkdir(exist_ok=True)
     if not (env.cache / "data").exists():
         (env.cache / "data").symlink_to(data)
@@ -157,6 +159,10 @@ def prepare(root: Path) -> Env:
         env.cli("add", "tiny_c", "--store", scratch, *LAYOUT, *SMALL, check=True)  # train c and d once (cached)
         env.cli("add", "tiny_d", "--store", scratch, *SMALL, check=True)
         shutil.rmtree(scratch)
+    if not (env.quantised / MANIFEST).exists():
+        shutil.rmtree(env.quantised, ignore_errors=True)
+        shutil.copytree(env.template, env.quantised)
+        env.cli("quantize", "--precision", "int8", "--store", env.quantised, check=True)
     return env
 
 
@@ -218,7 +224,7 @@ class Snapshot:
                 for p in store.iterdir():
                     if p.is_file():
                         shutil.copy2(p, tmp / p.name)
-                state = Store(tmp).restore_previous()
+                state = Store(tmp).restore_previous().state
                 return cls(state, _content_generation(Store(tmp).read_manifest()))
             finally:
                 shutil.rmtree(tmp)
@@ -294,13 +300,15 @@ def raw(which: str, fn: Callable[[bytes], bytes], consistent: bool = False) -> C
     return apply
 
 
-def retensor(which: str, fn: Callable[[dict[str, torch.Tensor]], None]) -> Callable[[Path], None]:
-    """Rewrite a tensor file's tensors with every checksum valid (file, manifest entry, inner
-    checksum): the damage is in the values, for validation to catch."""
+def retensor(which: str, fn: Callable[[dict[str, torch.Tensor]], None], meta_update: dict | None = None
+             ) -> Callable[[Path], None]:
+    """Rewrite a tensor file's tensors (and its metadata) with every checksum valid (file, manifest
+    entry, inner checksum): the damage is in the values, for validation to catch."""
     def apply(store: Path) -> None:
         old = _path(store, which)
         tensors, meta = load_tensors(old)
         fn(tensors)
+        meta.update(meta_update or {})
         tmp = store / "retensor.tmp"
         save_tensors(tmp, tensors, meta)
         data = tmp.read_bytes()
@@ -396,6 +404,57 @@ def dangling_link(which: str) -> Callable[[Path], None]:
         p.unlink()
         p.symlink_to(store / "no-such-file")
     return apply
+
+
+def _file(store: Path, which: str | None) -> Path:
+    """A tensor file of 'shared' or a DNN's name, or (None) the manifest."""
+    return store / MANIFEST if which is None else _path(store, which)
+
+
+def link_to_copy(which: str | None) -> Callable[[Path], None]:
+    """The file moved elsewhere and a symbolic link left in its place: the bytes are intact, but a
+    store never follows a link (a received one could point anywhere)."""
+    def apply(store: Path) -> None:
+        p = _file(store, which)
+        (store / "elsewhere").mkdir(exist_ok=True)
+        p.rename(store / "elsewhere" / p.name)
+        p.symlink_to(store / "elsewhere" / p.name)
+    return apply
+
+
+def link_to(which: str | None, target: str) -> Callable[[Path], None]:
+    def apply(store: Path) -> None:
+        p = _file(store, which)
+        p.unlink()
+        p.symlink_to(target)
+    return apply
+
+
+def fifo(which: str | None) -> Callable[[Path], None]:
+    """A named pipe in the file's place: reading it would wait for a writer forever."""
+    def apply(store: Path) -> None:
+        p = _file(store, which)
+        p.unlink()
+        os.mkfifo(p)
+    return apply
+
+
+def rename_dnn(old: str, new: str) -> Callable[[Path], None]:
+    """A DNN renamed consistently (its file's metadata and the resealed manifest agree), so only the
+    name's own check stands between it and the paths it becomes."""
+    def apply(store: Path) -> None:
+        retensor(old, lambda t: None, {"name": new})(store)
+        edit(lambda m: _vnn(m, old).update(name=new))(store)
+    return apply
+
+
+def _standalone(name: str, **values) -> Callable[[dict], None]:
+    return lambda m: _vnn(m, name)["meta"]["standalone"].update(values)
+
+
+def _scale(block: str, value: float) -> Callable[[dict[str, torch.Tensor]], None]:
+    """An int8 page's scale set to `value` in a quantised file (its values follow: q * scale)."""
+    return lambda t: t[f"{block}_scales.int8"].__setitem__((0, 0), value)
 
 
 def manifest_bytes(fn: Callable[[bytes], bytes], previous: bool = False) -> Callable[[Path], None]:
@@ -542,6 +601,50 @@ def corruptions() -> dict[str, tuple[str, Callable[[Path], None]]]:
         "manifest: 200,000 nested lists": lambda s: (edit(_deep)(s), _deep_text(s)),
         "manifest: deleted": lambda s: (s / MANIFEST).unlink(),
         "manifest: replaced by a directory": into_directory(None),
+        # a store received from someone else: links, pipes, names that become paths, absurd values
+        "hostile: shared file a link to an intact copy elsewhere": link_to_copy("shared"),
+        "hostile: vnn file a link to an intact copy elsewhere": link_to_copy(B),
+        "hostile: manifest a link to an intact copy elsewhere": link_to_copy(None),
+        "hostile: vnn file a link to /dev/zero": link_to(A, "/dev/zero"),
+        "hostile: shared file a link to /etc/passwd": link_to("shared", "/etc/passwd"),
+        "hostile: manifest a link to /dev/zero": link_to(None, "/dev/zero"),
+        "hostile: vnn file a named pipe": fifo(A),
+        "hostile: manifest a named pipe": fifo(None),
+        "hostile: checksum removed (format 3)": edit(lambda m: m.pop("checksum"), seal=False),
+        "hostile: a DNN entry dropped and the checksum removed": edit(lambda m: (m["vnns"].pop(), m.pop("checksum")),
+                                                                       seal=False),
+        "hostile: DNN renamed with path parts": rename_dnn(A, "x/../../../pwned"),
+        "hostile: DNN renamed to '..'": rename_dnn(B, ".."),
+        "hostile: DNN renamed to a hidden name": rename_dnn(A, ".bashrc"),
+        "hostile: DNN renamed with a newline": rename_dnn(B, "tiny\nb"),
+        "hostile: DNN renamed with a backslash": rename_dnn(A, "..\\..\\x"),
+        "hostile: stand-alone accuracy 7.5": edit(_standalone(A, test_accuracy=7.5)),
+        "hostile: stand-alone accuracy negative": edit(_standalone(B, val_accuracy=-0.25)),
+        "hostile: stand-alone accuracy NaN": edit(_standalone(A, test_accuracy=float("nan"))),
+        "hostile: stand-alone accuracy a bool": edit(_standalone(B, val_accuracy=True)),
+        "hostile: quantised pages declared on a float32 store": edit(lambda m: m.update(precision={"group": 64,
+                                                                                                  "policy": {}})),
+        "hostile: page_size above the limit": edit(lambda m: m.update(page_size=2**21)),
+        "hostile: n_shared negative": edit(lambda m: m.update(n_shared=-3)),
+        "hostile: generation 0": edit(lambda m: m.update(generation=0)),
+        "hostile: format_version 1 with a checksum that does not match": edit(
+            lambda m: m.update(format_version=1), seal=False),
+    }
+    int8 = {  # the quantised template (int8 pages, scales in the files)
+        "int8: int4 group 0": edit(lambda m: m["precision"].update(group=0)),
+        "int8: int4 group negative": edit(lambda m: m["precision"].update(group=-64)),
+        "int8: format_version 2 on a quantised store": edit(lambda m: m.update(format_version=2)),
+        "int8: format_version 1 on a quantised store": edit(lambda m: m.update(format_version=1)),
+        "int8: precision removed from the manifest": edit(lambda m: m.pop("precision")),
+        "int8: a shared page's scale 1e30": retensor("shared", _scale("shared", 1e30)),
+        "int8: a shared page's scale NaN": retensor("shared", _scale("shared", float("nan"))),
+        "int8: a shared page's scale negative": retensor("shared", _scale("shared", -0.01)),
+        "int8: a shared page's scale 0": retensor("shared", _scale("shared", 0.0)),
+        "int8: a shared page's scale subnormal": retensor("shared", _scale("shared", 1e-45)),
+        "int8: a format code out of range": retensor("shared", lambda t: t["shared_codes"].__setitem__(0, 9)),
+        "int8: a page's code says int4": retensor("shared", lambda t: t["shared_codes"].__setitem__(0, 4)),
+        "int8: rows of the wrong dtype": retensor("shared", lambda t: t.__setitem__("shared.int8", t["shared.int8"].short())),
+        "int8: a row missing": retensor("shared", lambda t: t.__setitem__("shared.int8", t["shared.int8"][1:].clone())),
     }
     prev = {
         "previous manifest: invalid JSON": manifest_bytes(lambda d: d[:-10], previous=True),
@@ -549,12 +652,27 @@ def corruptions() -> dict[str, tuple[str, Callable[[Path], None]]]:
             lambda d: d.replace(f'"format_version": {FORMAT_VERSION}'.encode(), b'"format_version": 99'), previous=True),
         "previous generation's shared file: bit flip": lambda s: raw_prev(s, "shared"),
         "previous generation's vnn file: deleted": lambda s: _path(s, A, previous=True).unlink(),
+        "previous manifest: checksum removed": lambda s: _write_manifest(
+            s, {k: v for k, v in _manifest(s, True).items() if k != "checksum"}, previous=True, seal=False),
+        "previous manifest: a link to an intact copy elsewhere": lambda s: _link_previous(s),
     }
     # a newer weightsep's generation: load says to upgrade, restore refuses to replace what it cannot
     # read, and the store stays as it is (its last good state, for the newer version)
     newer = {"manifest: newer format_version": edit(lambda m: m.update(format_version=m["format_version"] + 1))}
     return {**{k: ("current", v) for k, v in cur.items()}, **{k: ("previous", v) for k, v in prev.items()},
-            **{k: ("newer", v) for k, v in newer.items()}}
+            **{k: ("newer", v) for k, v in newer.items()}, **{k: ("current", v) for k, v in int8.items()}}
+
+
+def template_of(name: str, env: Env) -> Path:
+    """The template a damage case applies to: the quantised one for the "int8:" cases."""
+    return env.quantised if name.startswith("int8:") else env.template
+
+
+def _link_previous(store: Path) -> None:
+    p = store / PREVIOUS
+    (store / "elsewhere").mkdir(exist_ok=True)
+    p.rename(store / "elsewhere" / p.name)
+    p.symlink_to(store / "elsewhere" / p.name)
 
 
 def raw_prev(store: Path, which: str) -> None:
@@ -571,8 +689,8 @@ def check_corruption(env: Env, name: str, target: str, apply: Callable[[Path], N
                      ref_prev: Snapshot, cli: tuple[str, ...], key: str, cli_restore: bool = True) -> dict:
     """Apply one corruption to a copy of the template and check detection and recovery: `cli` are
     the commands run on it, recovery is `python -m weightsep restore` if `cli_restore`, else the
-    function it calls, `Store.restore_previous()`."""
-    store = env.copy(key)
+    function it calls, `Store.restore_previous()`; the refs are those of `template_of(name)`."""
+    store = env.copy(key, template_of(name, env))
     row = {"name": name, "target": target, "detected": False, "recoverable": False, "problems": []}
     try:
         apply(store)
@@ -653,12 +771,12 @@ def run_corruptions(env: Env, names: list[str] | None, cli: tuple[str, ...], job
     `restore` through the CLI (else Store.restore_previous() in process: the CLI costs ~3 s a call)."""
     table = corruptions()
     names = list(table) if names is None else names
-    ref_cur, ref_prev = Snapshot.of(env.template), Snapshot.of(env.template, previous=True)
+    refs = {t: (Snapshot.of(t), Snapshot.of(t, previous=True)) for t in (env.template, env.quantised)}
     shared = set(_file_names(_manifest(env.template))) & set(_file_names(_manifest(env.template, True)))
     rows = []
     with concurrent.futures.ThreadPoolExecutor(jobs) as pool, \
             tqdm(total=len(names), desc="corruptions", unit="case") as bar:
-        futures = [pool.submit(check_corruption, env, n, *table[n], ref_cur, ref_prev,
+        futures = [pool.submit(check_corruption, env, n, *table[n], *refs[template_of(n, env)],
                                tuple(dict.fromkeys([*cli, "eval"])) if full else cli, f"c{i}", full)
                    for i, n in enumerate(names) for full in [full_every > 0 and i % full_every == 0]]
         for f in futures:

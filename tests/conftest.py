@@ -23,6 +23,27 @@ def no_global_state_leaks():
     ops._setting, ops._backend = backend
 
 
+def _checkout_outputs() -> dict[str, tuple[int, int]]:
+    """(size, mtime in ns) of every file under the checkout's results/ and state/ (the main job's)."""
+    out = {}
+    for top in (REPO / "results", REPO / "state"):
+        for path in [top, *top.rglob("*")] if top.exists() else []:
+            st = path.lstat()
+            out[str(path.relative_to(REPO))] = (st.st_size, st.st_mtime_ns)
+    return out
+
+
+@pytest.fixture(autouse=True)
+def checkout_outputs_untouched(request):
+    """A test writes only under its own temporary directory: the checkout's results/ and state/
+    (the main job's summary and store) are the same after every test, file for file."""
+    before = _checkout_outputs()
+    yield
+    after = _checkout_outputs()
+    changed = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
+    assert not changed, f"{request.node.nodeid} changed the checkout's {', '.join(changed[:5])}: write under tmp_path"
+
+
 @pytest.fixture(scope="module")
 def ext():
     """The ops extension, built (or loaded from the cache) once; tests call its torch.ops directly."""

@@ -209,6 +209,22 @@ def test_gradient_balance_gives_each_dnn_unit_rms_and_sum_leaves_gradients_alone
     assert GradientBalance("sum", decay=0.5).factor("a", g) == 1.0
 
 
+def test_gradient_balance_running_rms_over_several_steps_against_a_literal_recurrence():
+    """decay 0.9 and four different gradients: the old value weighs 0.9, the new one 0.1 (a decay of
+    0.5, as above, cannot tell the two weights apart); each DNN keeps its own average."""
+    from weightsep.optimize import GradientBalance
+    balance = GradientBalance("rms", decay=0.9)
+    steps = [torch.tensor([3.0, -4.0]), torch.tensor([1.0, 1.0]), torch.tensor([0.0, 10.0]), torch.tensor([-2.0, 0.5])]
+    expected = None
+    for g in steps:
+        rms = ((g[0] ** 2 + g[1] ** 2) / 2).sqrt().item()
+        expected = rms if expected is None else 0.9 * expected + 0.1 * rms
+        assert balance.factor("a", g) == pytest.approx(1 / expected)
+        assert balance.rms["a"] == pytest.approx(expected)
+    balance.factor("b", torch.tensor([6.0, 8.0]))
+    assert balance.rms["b"] == pytest.approx(50 ** 0.5) and balance.rms["a"] == pytest.approx(expected)
+
+
 @pytest.mark.parametrize("balance, invariant", [("rms", True), ("sum", False)])
 def test_rms_balance_makes_joint_blind_to_one_dnns_loss_scale(monkeypatch, balance, invariant):
     """Multiplying one DNN's loss by 1000 must not change what "rms" trains; with "sum" it must."""

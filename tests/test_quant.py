@@ -256,12 +256,12 @@ def test_cli_packs_in_int8_and_refuses_bad_precision_flags(cache_with_data, tmp_
     assert summary["totals"]["ratio_by_bytes"] > 3.5 * summary["totals"]["ratio_by_count"]
     assert "packed test accuracy" in cli("eval", "letters", "--store", store).stdout
     cli("joint", "--store", store, "--steps", "5")  # re-optimising keeps the formats
-    assert "int8)" in cli("report", "--store", store).stdout
+    assert "int8)" in cli("report", "--store", store, "--results", results).stdout
     again = cli("quantize", "--precision", "int4", "--store", store, check=False)
     assert again.returncode == 2 and "quantised already" in again.stderr
     for flags, message in ((["--precision", "fisher"], "--budget-kib"),
                            (["--precision", "fisher", "--budget-kib", "1"], "needs at least")):
         bad = cli("run", "--dnns", "satellite", "letters", *SMALL, "--steps", "5", "--store", tmp_path / "bad",
-                  *flags, check=False)
+                  "--results", results, *flags, check=False)
         assert bad.returncode != 0 and message in bad.stderr and "Traceback" not in bad.stderr
     assert not (tmp_path / "bad").exists()

@@ -29,7 +29,7 @@ def make_state(seed: int = 0) -> PackedState:
     shared[0, :3] = torch.tensor([-0.0, 1e-45, 3.4e38])  # signed zero, subnormal, near max: bits must survive
     vnns = {}
     for name, n, table, n_excl in [("a", 40, [0, 1, 2, 3, 4], 0), ("b", 35, [6, 2, 7, 5, 0], 2),
-                                   ("c d/é", 17, [3, 6, 1], 1)]:
+                                   ("c d-é", 17, [3, 6, 1], 1)]:
         vnns[name] = VNN(name, n, torch.tensor(table), torch.randn(n_excl, P, generator=g),
                          torch.rand(n, generator=g),
                          Provenance(folder=f"suite/{name}", pack={"acc": [0.1 * seed, None], "k": "é"}))
@@ -83,7 +83,7 @@ def test_round_trip_is_bit_exact_and_load_writes_nothing(tmp_path):
     assert snapshot(tmp_path) == before
     assert store.exists() and manifest == store.read_manifest()
     assert (manifest["format"], manifest["format_version"], manifest["generation"]) == ("weightsep-store", FORMAT_VERSION, 1)
-    assert [v["name"] for v in manifest["vnns"]] == ["a", "b", "c d/é"]
+    assert [v["name"] for v in manifest["vnns"]] == ["a", "b", "c d-é"]
     assert [(v["n_pages"], v["n_exclusive"]) for v in manifest["vnns"]] == [(5, 0), (5, 2), (3, 1)]
     assert manifest["code_version"].startswith("weightsep-") and manifest["created"]
     assert not list(tmp_path.glob("*.pkl")) and not list(tmp_path.glob(".*.tmp"))
@@ -91,7 +91,7 @@ def test_round_trip_is_bit_exact_and_load_writes_nothing(tmp_path):
 
 def test_occupancy_and_counts():
     state = make_state()
-    assert state.n_shared == S and state.n_pages("c d/é") == 3
+    assert state.n_shared == S and state.n_pages("c d-é") == 3
     assert state.occupancy().tolist() == [2, 2, 2, 2, 1, 1]
 
 
@@ -126,7 +126,7 @@ def test_crash_during_save_leaves_old_state(tmp_path, monkeypatch, crash_at):
     assert not list(tmp_path.glob(".*.tmp"))
     store.save(new)  # the next save succeeds and collects the orphans of the crashed one
     assert_same(store.load(), new)
-    assert_same(store.restore_previous(), old)
+    assert_same(store.restore_previous().state, old)
 
 
 def flip(path: Path) -> None:
@@ -154,7 +154,7 @@ def test_damaged_file_is_named_and_previous_restorable(tmp_path, damage, says, v
         store.load()
     assert victim.name in str(err.value) and says in str(err.value)
     assert snapshot(tmp_path) == before  # a failed load changes nothing
-    assert_same(store.restore_previous(), old)
+    assert_same(store.restore_previous().state, old)
     assert_same(store.load(), old)
 
 
@@ -181,7 +181,7 @@ def test_an_edit_that_keeps_the_manifest_well_formed_is_caught_by_its_checksum(t
     edit_manifest(store, lambda m: m["vnns"].pop(), seal=False)  # drop a DNN: still a valid manifest
     with pytest.raises(StoreError, match="checksum does not match its content"):
         store.load()
-    assert_same(store.restore_previous(), old)
+    assert_same(store.restore_previous().state, old)
 
 
 @pytest.mark.parametrize("version, says", [(FORMAT_VERSION + 1, "upgrade weightsep"), (0, "restore"), ("1", "restore")])
@@ -200,7 +200,7 @@ def test_unknown_format_version(tmp_path, version, says):
             store.restore_previous()
         assert snapshot(tmp_path) == before
     else:
-        assert_same(store.restore_previous(), old)
+        assert_same(store.restore_previous().state, old)
 
 
 def test_shape_mismatch_in_manifest(tmp_path):
@@ -209,7 +209,7 @@ def test_shape_mismatch_in_manifest(tmp_path):
     with pytest.raises(StoreError, match="'fisher'") as err:
         store.load()
     assert file_of(store, "b").name in str(err.value) and "manifest.json" in str(err.value)
-    assert_same(store.restore_previous(), old)
+    assert_same(store.restore_previous().state, old)
 
 
 def test_count_mismatch_in_manifest(tmp_path):
@@ -283,14 +283,16 @@ def test_garbage_collection_keeps_current_and_previous(tmp_path):
     store = Store(tmp_path)
     for seed in range(4):
         store.save(make_state(seed))
-    (tmp_path / ".shared-x.safetensors.1.ab.tmp").write_bytes(b"left by a crash")
+    (tmp_path / ".shared-0123456789ab.safetensors.1234.deadbeef.tmp").write_bytes(b"left by a crash")
+    (tmp_path / ".manifest.json.77.0badf00d.tmp").write_bytes(b"left by a crash")
     (tmp_path / "notes.txt").write_text("not ours")
+    (tmp_path / ".editor-swap.tmp").write_text("not ours either, though a dotfile ending .tmp")
     store.save(make_state(4))
     listed = {e["file"] for prev in (False, True) for m in [store.read_manifest(prev)]
               for e in [m["shared"], *(v["file"] for v in m["vnns"])]}
     on_disk = {p.name for p in tmp_path.glob("*.safetensors")}
     assert on_disk == listed and len(listed) == 8
-    assert not list(tmp_path.glob(".*.tmp")) and (tmp_path / "notes.txt").exists()
+    assert [p.name for p in tmp_path.glob(".*.tmp")] == [".editor-swap.tmp"] and (tmp_path / "notes.txt").exists()
     assert_same(store.load(), make_state(4))
 
 
@@ -331,7 +333,7 @@ def test_stale_write_is_refused(tmp_path):
     store = Store(tmp_path)
     store.save(make_state(0))
     first, second = store.load(), store.load()  # two commands loaded generation 1
-    first.vnns.pop("c d/é")
+    first.vnns.pop("c d-é")
     store.save(first)
     assert first.generation == 2
     before = snapshot(tmp_path)
@@ -343,9 +345,9 @@ def test_stale_write_is_refused(tmp_path):
 
 def test_restore_is_undoable(tmp_path):
     store, old, new = two_generations(tmp_path)
-    assert_same(store.restore_previous(), old)
+    assert_same(store.restore_previous().state, old)
     assert_same(store.load(), old)
-    assert_same(store.restore_previous(), new)  # the second restore undoes the first
+    assert_same(store.restore_previous().state, new)  # the second restore undoes the first
     assert_same(store.load(), new)
     m = store.read_manifest()
     assert m["generation"] == 4 and m["restored_from"] == 2  # generation 2, as it was first saved
@@ -354,7 +356,7 @@ def test_restore_is_undoable(tmp_path):
 def test_restore_keeps_an_unreadable_current_manifest(tmp_path):
     store, old, _ = two_generations(tmp_path)
     (tmp_path / "manifest.json").write_text("{ not json")
-    assert_same(store.restore_previous(), old)
+    assert_same(store.restore_previous().state, old)
     kept = list(tmp_path.glob("manifest.damaged-*.json"))
     assert len(kept) == 1 and kept[0].read_text() == "{ not json"
 
@@ -366,7 +368,7 @@ def test_save_refuses_a_damaged_store_directory(tmp_path):
     with pytest.raises(StoreError, match="manifest.json: missing, but .* holds store files .*: a damaged store"):
         store.save(make_state(3))
     assert snapshot(tmp_path) == before  # the old DNNs' files are still there
-    assert_same(store.restore_previous(), old)
+    assert_same(store.restore_previous().state, old)
 
 
 @pytest.mark.parametrize("setup, says", [
@@ -423,4 +425,4 @@ def test_a_new_packing_saved_over_a_store_keeps_the_previous_generation(tmp_path
     assert fresh.generation is None
     store.save(fresh)
     assert_same(store.load(), make_state(1))
-    assert_same(store.restore_previous(), make_state(0))
+    assert_same(store.restore_previous().state, make_state(0))

@@ -13,12 +13,16 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from bench import store_safety as ss
 from weightsep.dnn import data_dir
+from weightsep.pages import to_pages
 from weightsep.store import sealed
 
 CASES = ss.corruptions()
@@ -32,15 +36,16 @@ def env(tmp_path_factory) -> ss.Env:
 
 
 @pytest.fixture(scope="module")
-def refs(env) -> tuple[ss.Snapshot, ss.Snapshot]:
-    return ss.Snapshot.of(env.template), ss.Snapshot.of(env.template, previous=True)
+def refs(env) -> dict[Path, tuple[ss.Snapshot, ss.Snapshot]]:
+    """The current and previous generation of each template (float32, int8)."""
+    return {t: (ss.Snapshot.of(t), ss.Snapshot.of(t, previous=True)) for t in (env.template, env.quantised)}
 
 
 def test_the_template_has_no_file_shared_between_generations(env, refs):
-    current, previous = refs
+    current, previous = refs[env.template]
     assert (current.generation, previous.generation) == (3, 2)
     assert not set(ss._file_names(ss._manifest(env.template))) & set(ss._file_names(ss._manifest(env.template, True)))
-    assert len(CASES) >= 30
+    assert len(CASES) >= 60
 
 
 @pytest.mark.parametrize("name", list(CASES))
@@ -49,17 +54,20 @@ def test_damage_is_refused_and_the_last_good_state_recovers(env, refs, name):
     brings back the previous generation exactly (previous-generation damage: restore refuses and the
     current generation is untouched)."""
     target, apply = CASES[name]
-    row = ss.check_corruption(env, name, target, apply, *refs, cli=(), key=f"t-{abs(hash(name))}",
-                              cli_restore=False)
+    row = ss.check_corruption(env, name, target, apply, *refs[ss.template_of(name, env)], cli=(),
+                              key=f"t-{abs(hash(name))}", cli_restore=False)
     assert row["problems"] == [], row
 
 
 @pytest.mark.parametrize("name", ["shared: bit flip in the data", "consistent: page table entry out of range",
-                                  "manifest: newer format_version"])
+                                  "manifest: newer format_version", "hostile: vnn file a link to /dev/zero",
+                                  "hostile: manifest a named pipe", "hostile: DNN renamed with path parts",
+                                  "int8: a shared page's scale 1e30"])
 def test_damage_through_the_cli(env, refs, name):
     """`list` and `eval` exit 2 with `error: ...` naming the problem and no Traceback; `restore` recovers."""
     target, apply = CASES[name]
-    row = ss.check_corruption(env, name, target, apply, *refs, cli=("list", "eval"), key=f"cli-{abs(hash(name))}")
+    row = ss.check_corruption(env, name, target, apply, *refs[ss.template_of(name, env)], cli=("list", "eval"),
+                              key=f"cli-{abs(hash(name))}")
     assert row["problems"] == [], row
     assert row["detected"] and row["recoverable"]
     for result in row["cli"].values():
@@ -124,3 +132,195 @@ def test_editing_a_packed_dnns_code_makes_eval_refuse(env, tmp_path):
     assert r.returncode == 2 and "Traceback" not in r.stderr, (r.returncode, r.stdout, r.stderr)
     assert re.search(r"(?i)chang|edit|modif|differ", r.stderr) and re.search(r"dnn\.py|code", r.stderr), r.stderr
     shutil.rmtree(store, ignore_errors=True)
+
+
+# ---- a store received from someone else (issue 24): inert data, true messages ------------------
+
+
+def _victim(tmp_path: Path) -> Path:
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n")
+    return victim
+
+
+@pytest.mark.parametrize("kind", ["symlink", "hard link", "fifo"])
+def test_a_lock_file_that_is_not_the_stores_own_is_never_written(env, tmp_path, kind):
+    """`.lock -> ~/.bashrc` in a received store: every writer refuses, naming the lock, and the
+    link's target is unchanged (it was truncated and overwritten before)."""
+    import os
+
+    from weightsep.store import Store, StoreError
+
+    store, victim = env.copy(f"lock-{kind}"), _victim(tmp_path)
+    (store / ".lock").unlink(missing_ok=True)
+    {"symlink": lambda: (store / ".lock").symlink_to(victim), "hard link": lambda: os.link(victim, store / ".lock"),
+     "fifo": lambda: os.mkfifo(store / ".lock")}[kind]()
+    before = ss.snapshot_files(store)
+    for write in (lambda: Store(store).restore_previous(), lambda: Store(store).save(Store(store).load()),
+                  lambda: Store(store).writing("x").__enter__()):
+        with pytest.raises(StoreError, match=r"\.lock"):
+            write()
+    if kind == "symlink":  # the reproduction, through the command line
+        r = env.cli("remove", "tiny_a", "--store", store)
+        assert ss.clean_refusal(r) and ".lock" in r.stderr and "symbolic link" in r.stderr, r.stderr
+    assert victim.read_text() == "precious\n" and ss.snapshot_files(store) == before
+
+
+def _store_named_like_its_dnn(env, tmp_path: Path, code: str, match_hash: bool) -> tuple[Path, Path, Path]:
+    """A received store directory named `tiny_a` holding a dnn.py (which writes a marker when run)
+    inside a folder passed as --dnn-folder: discovery would take it for tiny_a's DNN folder. With
+    `match_hash` the manifest records that file's hash, as a hostile store would."""
+    from weightsep.dnn import code_hash
+    from weightsep.store import sealed
+
+    parent, marker = tmp_path / "received", tmp_path / "executed.marker"
+    store = parent / "tiny_a"
+    parent.mkdir()
+    shutil.copytree(env.template, store)
+    source = f"open({str(marker)!r}, 'w').write('executed')\n" + code
+    (store / "dnn.py").write_text(source)
+    if match_hash:
+        m = json.loads((store / "manifest.json").read_text())
+        next(v for v in m["vnns"] if v["name"] == "tiny_a")["meta"]["code_hash"] = code_hash(source.encode())
+        (store / "manifest.json").write_text(json.dumps(sealed(m), indent=2))
+    return store, parent, marker
+
+
+@pytest.mark.parametrize("command", ["eval", "report", "joint", "train", "ws_execution.py", "baseline_execution.py"])
+def test_a_dnn_py_inside_the_store_directory_never_runs(env, tmp_path, command):
+    """The store's own dnn.py, with the hash its manifest records: never executed, whatever the
+    command (the discovered tiny_a's code is then refused by its hash, before it runs)."""
+    store, parent, marker = _store_named_like_its_dnn(env, tmp_path, ss.DNN_PY.format(hidden=ss.TINY["tiny_a"]), True)
+    args = {"eval": ("eval", "tiny_a"), "report": ("report", "--results", tmp_path / "results"),
+            "joint": ("joint", "--steps", "1", *ss.JOINT), "train": ("train", "tiny_a", "--iter", "1")}
+    if command.endswith(".py"):
+        r = subprocess.run([sys.executable, command, "--store", str(store), "--dnn-folder", str(env.plugins),
+                            "--dnn-folder", str(parent), "--switches", "2"], cwd=ss.REPO, env=env.vars(),
+                           capture_output=True, text=True, timeout=300)
+    else:
+        r = env.cli(*args[command], "--store", store, "--dnn-folder", parent)
+    assert not marker.exists(), f"{command} executed the dnn.py inside the store (exit {r.returncode}): {r.stderr[-500:]}"
+    assert "Traceback" not in r.stderr, r.stderr
+    assert r.returncode == 2 and "not the code this DNN was packed with" in r.stderr and "was not run" in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize("code", ["dnn", "not a dnn"])
+def test_a_dnn_py_inside_the_store_with_a_wrong_hash_or_no_dnn_never_runs(env, tmp_path, code):
+    """The store's own dnn.py, not matching the recorded hash, or no DNN at all: never run; the
+    discovered tiny_a (matching the record) is used, or its absence named truly."""
+    source = ss.DNN_PY.format(hidden=ss.TINY["tiny_a"]) if code == "dnn" else "x = 1\n"
+    store, parent, marker = _store_named_like_its_dnn(env, tmp_path, source, False)
+    r = env.cli("eval", "tiny_a", "--store", store, "--dnn-folder", parent)
+    assert not marker.exists() and r.returncode == 0, r.stderr
+    direct = env.cli("eval", "tiny_a", "--store", store, "--dnn-folder", store)  # the store itself as a DNN folder
+    assert ss.clean_refusal(direct) and "store directory" in direct.stderr and not marker.exists(), direct.stderr
+
+
+def test_an_edited_dnn_py_is_refused_before_its_code_runs(env, tmp_path):
+    """The hash is checked on the file's bytes before import: module-level code of an edited
+    dnn.py never runs (it did, and was refused only afterwards)."""
+    folder, marker = tmp_path / "plugins", tmp_path / "imported.marker"
+    shutil.copytree(env.plugins / "tiny_a", folder / "tiny_a")
+    dnn_py = folder / "tiny_a" / "dnn.py"
+    dnn_py.write_text(f"open({str(marker)!r}, 'w').write('executed')\n" + dnn_py.read_text())
+    store = env.copy("edited-before-import")
+    r = env.cli("eval", "tiny_a", "--store", store, "--dnn-folder", folder)
+    assert ss.clean_refusal(r) and "not the code this DNN was packed with" in r.stderr, r.stderr
+    assert not marker.exists()
+    allowed = env.cli("eval", "tiny_a", "--store", store, "--dnn-folder", folder, "--allow-changed-code")
+    assert allowed.returncode == 0 and marker.exists(), allowed.stderr  # asked for: then it runs
+
+
+@pytest.mark.parametrize("problem, words", [
+    ("raise RuntimeError('broken on purpose')\n", ["importing dnn.py failed", "RuntimeError", "broken on purpose"]),
+    ("def build_model():\n    pass\n", ["lacks META"]),
+])
+def test_discovery_errors_say_what_is_wrong_with_which_folder(env, tmp_path, problem, words):
+    folder = tmp_path / "plugins" / "tiny_a"
+    folder.mkdir(parents=True)
+    (folder / "dnn.py").write_text(problem)
+    store = env.copy(f"discovery-{len(problem)}")
+    r = env.cli("eval", "tiny_a", "--store", store, "--dnn-folder", tmp_path / "plugins", "--allow-changed-code")
+    assert ss.clean_refusal(r) and str(folder) in r.stderr and all(w in r.stderr for w in words), r.stderr
+    missing = env.cli("eval", "tiny_a", "--store", store, "--dnn-folder", tmp_path / "nowhere")
+    assert ss.clean_refusal(missing) and "no such folder" in missing.stderr, missing.stderr
+
+
+def test_a_damaged_dnn_in_a_single_generation_store_can_be_removed_keeping_the_others(env, tmp_path):
+    """No previous generation, tiny_b's file damaged: every command says so and names `remove
+    tiny_b`; that removes it without reading it and keeps tiny_a exactly."""
+    from weightsep.store import Store, StoreError
+
+    store = env.copy("salvage")
+    (store / "manifest.prev.json").unlink()
+    good = Store(store).load()
+    ss.raw("tiny_b", ss.flip_at(ss._mid_data))(store)
+    with pytest.raises(StoreError, match="no previous generation") as info:
+        Store(store).load()
+    assert "remove 'tiny_b'" in str(info.value)
+    listed = env.cli("list", "--store", store)
+    assert ss.clean_refusal(listed) and "remove 'tiny_b'" in listed.stderr, listed.stderr
+    r = env.cli("remove", "tiny_b", "--store", store)
+    assert r.returncode == 0 and "damaged" in r.stdout, r.stderr
+    kept = Store(store).load()
+    assert list(kept.vnns) == ["tiny_a"] and torch.equal(ss.theta(kept, "tiny_a"), ss.theta(good, "tiny_a"))
+    a = good.vnns["tiny_a"]  # the Fisher left on the shared pages is tiny_a's alone, page by page
+    on_shared = a.page_table < good.n_shared
+    assert torch.equal(kept.shared_fisher[a.page_table[on_shared]], to_pages(a.fisher, good.page_size)[on_shared])
+    assert not kept.shared_fisher[[p for p in range(good.n_shared) if p not in a.page_table.tolist()]].any()
+
+
+def test_restore_names_the_generations_and_dnns_it_brought_back_and_replaced(env):
+    store = env.copy("restore-message")
+    env.cli("remove", "tiny_a", "--store", store, check=True)  # generation 4: tiny_b only
+    r = env.cli("restore", "--store", store)
+    assert r.returncode == 0, r.stderr
+    assert "generation 3 (tiny_a, tiny_b) is current again, as generation 5" in r.stdout, r.stdout
+    assert "replaced generation 4 (tiny_b); back: tiny_a" in r.stdout and "restore` again to undo" in r.stdout, r.stdout
+
+
+def test_nan_logits_at_evaluation_are_reported_not_scored(env):
+    """Pages that are finite but overflow the forward pass (3e38): eval says so, naming the DNN."""
+    store = env.copy("nan-logits")
+    ss.retensor("shared", lambda t: t["shared_pages"].fill_(3e38))(store)
+    r = env.cli("eval", "tiny_a", "--store", store)
+    assert ss.clean_refusal(r) and "tiny_a" in r.stderr and "NaN or inf logits" in r.stderr, r.stderr
+
+
+def test_a_round_robin_turn_that_wrecks_the_others_is_undone(env):
+    """`train tiny_a --lr 1e6` would help tiny_a and wreck tiny_b on their shared pages: undone,
+    nothing written, the message names tiny_b's fall; a --max-harm of 100 keeps it."""
+    from weightsep.store import Store
+
+    store = env.root / "trials" / "guard"  # four shared pages: the two DNNs must share some
+    shutil.rmtree(store, ignore_errors=True)
+    env.cli("add", "tiny_a", "--store", store, "--page-size", "64", "--shared-pages", "4", *ss.SMALL, check=True)
+    env.cli("add", "tiny_b", "--store", store, *ss.SMALL, check=True)
+    assert Store(store).load().sharing("tiny_a") == ["tiny_b"]
+    before = ss.Snapshot.of(store)
+    r = env.cli("train", "tiny_a", "--iter", "30", "--lr", "1e6", "--store", store)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr  # after the progress bar: the error line
+    assert "error: the turn on tiny_a was undone" in r.stderr and "tiny_b" in r.stderr and "--max-harm" in r.stderr
+    assert before.equals(store)
+    kept = env.cli("train", "tiny_a", "--iter", "30", "--lr", "1e6", "--max-harm", "100", "--store", store)
+    assert kept.returncode == 0, kept.stderr
+    assert Store(store).read_manifest()["generation"] == before.generation + 1
+
+
+def test_an_interrupt_after_the_commit_says_the_new_generation_is_there(env, monkeypatch, capsys):
+    """Ctrl-C between the save and the end of the command: the message says what the store now
+    holds (it said "the store keeps its last good state", which a user would restore over)."""
+    from weightsep import cli
+    from weightsep.store import Store
+
+    store, save = env.copy("interrupted-after-commit"), Store.save
+
+    def save_then_interrupt(self, state):
+        save(self, state)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Store, "save", save_then_interrupt)
+    assert cli.main(["remove", "tiny_a", "--store", str(store)]) == 130
+    err = capsys.readouterr().err
+    assert f"{store} holds the new generation 4" in err and "last good state" not in err, err
+    assert list(Store(store).load().vnns) == ["tiny_b"]

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from . import distributed
 from . import dnn as dnn_mod
+from . import store as store_mod
 from .checks import Parser, flag, int_at_least, writable_dir
 from .evaluate import format_aggregate, format_table, make_row, packed_theta, summarize
 from .fisher import ESTIMATORS, FisherConfig
@@ -35,7 +36,7 @@ from .pipeline import RESULTS_DIR, RunConfig, hold, load, load_packed, pack, run
 from .precision import POLICIES, PrecisionConfig, assign, format_counts, packed_bytes
 from .quant import FORMATS
 from .separation import SEPARATIONS
-from .store import Store
+from .store import PREVIOUS, Store, StoreError
 from .train import set_single_thread, standalone_models
 
 CHOICES = {"mode": MODES, "matching": tuple(MATCHERS), "shared_content": SHARED_CONTENT,
@@ -164,14 +165,19 @@ def _add(args, store: Store) -> None:
           f"Fisher {timings['fisher_seconds']:.1f} s)")
 
 
-def _optimize_store(args, names: list[str] | None, **fixed) -> None:
+def _optimize_store(args, names, **fixed):
+    """Optimise the store's pages (`names`: the DNNs to load, or a function of the state giving
+    them); returns the optimiser's history (None on a rank other than 0 under torchrun)."""
+    if getattr(args, "procs", 1) > 1:  # before any rank starts: the manifest alone, not the pages
+        distributed.check_procs(args.procs, len(Store(args.store).read_manifest()["vnns"]))
     report = distributed.launch(getattr(args, "procs", 1), _optimize_store_here, args, names, fixed,
                                 backend=getattr(args, "backend", "auto"))
     if report is None:  # a rank other than 0 under torchrun
-        return
+        return None
     optimizer, best, history = report
     print(f"{optimizer}: best validation " + ", ".join(f"{n} {100 * a:.2f}%" for n, a in best.items())
           + f" ({history.seconds:.1f} s; non-finite steps dropped: {history.skipped or 'none'})")
+    return history
 
 
 def _optimize_store_here(args, names: list[str] | None, fixed: dict):
@@ -180,18 +186,29 @@ def _optimize_store_here(args, names: list[str] | None, fixed: dict):
     world, store = distributed.current(), Store(args.store)
     with store.writing(args.command) if world.writer else contextlib.nullcontext():
         state = distributed.broadcast(store.load() if world.writer else None)
+        names = names(state) if callable(names) else names
         loaded = load_packed(state, names, args.dnn_folder, args.allow_changed_code, data=not world.distributed)
-        config = build_config(OptimizeConfig, args, dnns=tuple(loaded), **fixed)
+        config = build_config(OptimizeConfig, args, **{"dnns": tuple(loaded), **fixed})
         mine = hold(loaded, config)
         state, history = optimize(state if world.writer else shard(state, mine),
                                   {n: loaded[n].task() for n in mine}, config)
-        if world.writer:
-            store.save(state)
+        if world.writer and not history.rejected:  # a turn undone: the state is the one loaded
+            distributed.save(store, state)
     return config.optimizer, history.val_accuracy[history.best_index], history
 
 
 def cmd_train(args) -> None:
-    _optimize_store(args, [args.vnn_name], optimizer="round-robin", rounds=1, steps_per_turn=args.iter)
+    """One round-robin turn of the DNN; the DNNs it shares pages with are watched (OptimizeConfig.max_harm)."""
+    name = args.vnn_name
+    bound = OptimizeConfig.max_harm if args.max_harm is None else args.max_harm
+    watch = bound < 100  # at 100 pp no turn can be undone: nothing to watch
+    history = _optimize_store(args, lambda state: [name, *(state.sharing(name) if watch and name in state.vnns else [])],
+                              optimizer="round-robin", rounds=1, steps_per_turn=args.iter, dnns=(name,))
+    for trained, harmed in history.rejected:  # one turn: at most one
+        raise ValueError(f"the turn on {trained} was undone: it lowered " + ", ".join(
+            f"{n}'s validation accuracy from {100 * a:.2f}% to {100 * b:.2f}% ({100 * (b - a):+.2f} pp)"
+            for n, (a, b) in harmed.items()) + f", more than --max-harm {bound:g} pp; nothing was written: the store "
+            "keeps its last good state (a lower --lr or fewer --iter harm less; --max-harm 100 keeps any turn)")
 
 
 def cmd_joint(args) -> None:
@@ -238,10 +255,17 @@ def cmd_list(args) -> None:
 
 
 def cmd_remove(args) -> None:
-    store = Store(args.store)
-    with store.writing(f"remove {args.vnn_name}"):
-        store.save(remove_vnn(store.load(), args.vnn_name))
-    print(f"removed {args.vnn_name}; its exclusive pages are gone and its shared pages freed")
+    store, name = Store(args.store), args.vnn_name
+    with store.writing(f"remove {name}"):
+        try:
+            state, damage = remove_vnn(store.load(), name), None
+        except StoreError as e:  # salvage: if only this DNN's file is damaged, the others load without it
+            state, damage = store.load(without=name), e
+        manifest = store.save(state)
+    print(f"removed {name}; its exclusive pages are gone and its shared pages freed (generation {manifest['generation']})")
+    if damage is not None:
+        print(f"note: {name}'s own data was damaged, so the others were kept without reading it ({str(damage)[:300]}); "
+              "the shared pages' Fisher was summed afresh from the DNNs kept")
 
 
 def cmd_quantize(args) -> None:
@@ -258,8 +282,21 @@ def cmd_quantize(args) -> None:
 
 
 def cmd_restore(args) -> None:
-    Store(args.store).restore_previous()
-    print(f"{args.store}: the previous state is current again")
+    done = Store(args.store).restore_previous()
+
+    def listed(names: list[str]) -> str:
+        return ", ".join(names) or "no DNNs"
+
+    print(f"{args.store}: generation {done.restored_from} ({listed(done.dnns)}) is current again, as generation "
+          f"{done.generation}")
+    if done.replaced is not None:
+        back, gone = [n for n in done.dnns if n not in done.replaced_dnns], [n for n in done.replaced_dnns if n not in done.dnns]
+        print(f"it replaced generation {done.replaced} ({listed(done.replaced_dnns)})"
+              + (f"; back: {', '.join(back)}" if back else "") + (f"; gone: {', '.join(gone)}" if gone else ""))
+    if done.kept_as is not None and done.kept_as.name == PREVIOUS:
+        print(f"generation {done.replaced} is kept as the previous one: `restore` again to undo")
+    elif done.kept_as is not None:
+        print(f"the replaced generation's files were damaged; its manifest is kept as {done.kept_as}")
 
 
 # ---- parser -----------------------------------------------------------------------------------
@@ -329,11 +366,12 @@ def parser() -> argparse.ArgumentParser:
 
 # ---- checks before any work --------------------------------------------------------------------
 
-WRITES_STORE = {"run", "add", "train", "joint", "remove", "restore"}
+WRITES_STORE = {"run", "add", "train", "joint", "remove", "quantize", "restore"}
 WRITES_RESULTS = {"run", "report"}
 # fields a command sets itself: giving their flag is an error, not silently overridden
 FIXED = {"joint": {"optimizer": "joint always runs the joint optimiser; for round-robin use `train` per DNN or "
                                 "`run --optimizer round-robin`"},
+         "run": {"max_harm": "run trains every DNN; only `train` watches the DNNs it does not train"},
          "train": {"optimizer": "train is one round-robin turn (-mode=t); for the joint optimiser use `joint`",
                    "rounds": "train is one round-robin turn; run it again for another round, or use "
                              "`run --optimizer round-robin --rounds N`",
@@ -385,7 +423,7 @@ def _hint_after_add(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """The command line; a user error is one line `error: ...` on stderr and exit status 2 (130 on Ctrl-C)."""
-    writes = False
+    writes, first_commit = False, len(store_mod.COMMITS)
     try:
         args = parser().parse_args(argv)
         writes = args.command in WRITES_STORE
@@ -395,17 +433,26 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "add":
             _hint_after_add(args)
     except KeyboardInterrupt:
-        print("\ninterrupted" + ("; the store keeps its last good state" if writes else ""), file=sys.stderr)
+        print("\ninterrupted" + (_written(first_commit) if writes else ""), file=sys.stderr)
         return 130
-    except distributed.USER_ERRORS as e:
-        print(f"error: {e}", file=sys.stderr)
+    except distributed.USER_ERRORS as e:  # after a save, the message says so (it may claim nothing was written)
+        saved = _written(first_commit) if len(store_mod.COMMITS) > first_commit else ""
+        print(f"error: {e}{saved}", file=sys.stderr)
         return 2
     except OSError as e:  # disk full, permissions, a path that is a file, ...
         where = f"{e.filename}: " if e.filename else ""
-        print(f"error: {where}{e.strerror or e}" + ("; the store keeps its last good state" if writes else ""),
-              file=sys.stderr)
+        print(f"error: {where}{e.strerror or e}" + (_written(first_commit) if writes else ""), file=sys.stderr)
         return 2
     return 0
+
+
+def _written(first_commit: int) -> str:
+    """What a command that stopped early left in its stores: the generations it committed, or nothing."""
+    latest = dict(store_mod.COMMITS[first_commit:])  # store -> its last generation committed by this command
+    if not latest:
+        return "; nothing was written: the store keeps its last good state"
+    return "; but " + ", ".join(f"{root} holds the new generation {generation}" for root, generation in latest.items()) + (
+        ", saved before the stop")
 
 if __name__ == "__main__":
     sys.exit(main())

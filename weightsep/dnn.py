@@ -51,6 +51,15 @@ class DNNError(Exception):
     """A DNN folder that cannot be found, imported or loaded; the message names it."""
 
 
+class ChangedCode(DNNError):
+    """A DNN folder whose dnn.py is not the one a store recorded (its code was not run)."""
+
+    def __init__(self, path: Path, recorded: str, now: str):
+        super().__init__(f"{path / 'dnn.py'} is not the code this DNN was packed with (code hash {recorded} then, "
+                         f"{now} now; its code was not run)")
+        self.path, self.recorded, self.now = path, recorded, now
+
+
 @dataclass
 class Split:
     x: np.ndarray  # float16 or float32 inputs: [N, C, H, W] for conv nets, [N, F] for dense-only nets
@@ -128,8 +137,13 @@ class DNN:
                 "see the folder's README for the command that fetches it")
             raise DNNError(f"DNN {self.name!r}: data file missing: {e.filename or e}; {hint}") from e
         model = self.build_model()
+        if not isinstance(data, Dataset):
+            raise DNNError(f"DNN {self.name!r}: load_data returned {type(data).__name__}, not a weightsep.dnn.Dataset")
         for split in ("train", "val", "test"):
             s = getattr(data, split)
+            if not len(s.y):  # training draws no batch, selection and the table would score nothing
+                raise DNNError(f"DNN {self.name!r}: its {split} split is empty; load_data must give every split "
+                               "at least one example")
             if tuple(s.x.shape[1:]) != tuple(model.input_shape):
                 raise DNNError(f"DNN {self.name!r}: {split} inputs have shape {s.x.shape[1:]}, "
                                f"the model wants {model.input_shape}")
@@ -147,21 +161,34 @@ class DNN:
         return f"python -m weightsep prepare {self.name}" + ("" if inside else f" --dnn-folder {self.path}")
 
     def code_hash(self) -> str:
-        """Hash of the folder's dnn.py: cached trained models are keyed by it."""
-        return hashlib.sha256((self.path / "dnn.py").read_bytes()).hexdigest()[:16]
+        """Hash of the folder's dnn.py: cached trained models are keyed by it, stores record it."""
+        return code_hash((self.path / "dnn.py").read_bytes())
 
 
-def load_folder(path: Path) -> DNN:
+def code_hash(source: bytes) -> str:
+    """The hash a DNN's dnn.py is known by (16 hex digits of its sha256)."""
+    return hashlib.sha256(source).hexdigest()[:16]
+
+
+def load_folder(path: Path, expected_hash: str | None = None) -> DNN:
+    """Import a DNN folder's dnn.py. With `expected_hash` (a store's record), the file's bytes are
+    checked BEFORE any of its code runs, and exactly the bytes checked are executed."""
     path = Path(path).resolve()
     file = path / "dnn.py"
     if not file.is_file():
         raise DNNError(f"{path} is not a DNN folder: it has no dnn.py")
+    try:
+        source = file.read_bytes()
+    except OSError as e:
+        raise DNNError(f"DNN folder {path}: cannot read dnn.py ({e.strerror})") from None
+    if expected_hash is not None and code_hash(source) != expected_hash:
+        raise ChangedCode(path, expected_hash, code_hash(source))
     spec = importlib.util.spec_from_file_location(f"weightsep_dnn_{path.name}", file)
     module = importlib.util.module_from_spec(spec)
     try:
-        spec.loader.exec_module(module)
+        exec(compile(source, str(file), "exec"), module.__dict__)  # noqa: S102 - the DNN folder's own code
     except Exception as e:
-        raise DNNError(f"DNN folder {path}: importing dnn.py failed: {e}") from e
+        raise DNNError(f"DNN folder {path}: importing dnn.py failed: {type(e).__name__}: {e}") from e
     missing = [name for name in REQUIRED if not hasattr(module, name)]
     if missing:
         raise DNNError(f"DNN folder {path}: dnn.py lacks {', '.join(missing)} (see docs/dnn_folders.md)")
@@ -169,8 +196,18 @@ def load_folder(path: Path) -> DNN:
 
 
 def is_dnn_folder(path: Path) -> bool:
-    """A folder with a dnn.py that is not a Python package (so weightsep/ itself never counts)."""
-    return (path / "dnn.py").is_file() and not (path / "__init__.py").exists()
+    """A folder with a dnn.py that is not a Python package (so weightsep/ itself never counts) and
+    is not a store directory or inside one (a store is data: code in it never runs)."""
+    return ((path / "dnn.py").is_file() and not (path / "__init__.py").exists()
+            and not in_store(path))
+
+
+def in_store(path: Path) -> bool:
+    """Whether `path` is a store directory (it holds a store manifest) or a folder right inside one."""
+    from .store import MANIFEST, PREVIOUS  # store -> state -> pages -> ops -> dnn: imported when asked
+
+    return any(os.path.lexists(folder / name) for folder in (path, Path(path).resolve().parent)
+               for name in (MANIFEST, PREVIOUS))
 
 
 def _dnn_folders_in(path: Path) -> list[Path]:
@@ -180,6 +217,9 @@ def _dnn_folders_in(path: Path) -> list[Path]:
 def _candidate_folders(extra: list[Path]) -> list[Path]:
     folders = _dnn_folders_in(REPO_ROOT) + _dnn_folders_in(SUITE_DIR) if IN_REPOSITORY else []
     for path in map(Path, extra):
+        if path.is_dir() and in_store(path):
+            raise DNNError(f"--dnn-folder {path}: a store directory or a folder inside one, which never holds "
+                           "DNN code (a store is data); name the DNN folder itself")
         if is_dnn_folder(path):
             folders.append(path)
         elif path.is_dir():
@@ -226,6 +266,8 @@ def get(name_or_path: str, extra: list[Path] | tuple = ()) -> DNN:
         raise DNNError(f"{path}: a file, not a DNN folder")
     if (path / "__init__.py").exists():
         raise DNNError(f"{path}: a Python package, not a DNN folder")
+    if in_store(path):
+        raise DNNError(f"{path}: a store directory or a folder inside one, never a DNN folder (a store is data)")
     raise DNNError(f"{path}: not a DNN folder: it has no dnn.py (docs/dnn_folders.md says what it needs)")
 
 

@@ -26,16 +26,37 @@ from .state import PackedState
 BYTES_PER_WEIGHT = 4  # float32
 
 
+NO_PREDICTION = -1  # the prediction for an input whose logits are not all finite: never a class
+
+
 @torch.no_grad()
-def accuracy(model, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor, batch_size: int = 500) -> float:
-    """Fraction of correct argmax predictions of `model` run with weights `theta` in eval mode (its
-    buffers as they are), in small batches: a conv net's activations for thousands of 32x32 images
-    would add to the main job's peak memory."""
-    correct = 0
+def predictions(model, theta: torch.Tensor, x: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
+    """int64 [N]: `model`'s argmax per input, run with weights `theta` in eval mode (its buffers as
+    they are), in small batches (a conv net's activations for thousands of 32x32 images would add
+    to the main job's peak memory); `NO_PREDICTION` where a logit is NaN or inf (argmax would
+    name a class for them)."""
+    out = []
     with evaluating(model):
         for start in range(0, len(x), batch_size):
-            correct += (model(x[start : start + batch_size], theta).argmax(1) == y[start : start + batch_size]).sum().item()
-    return correct / max(1, len(x))
+            logits = model(x[start : start + batch_size], theta)
+            out.append(torch.where(torch.isfinite(logits).all(1), logits.argmax(1), NO_PREDICTION))
+    return torch.cat(out) if out else torch.zeros(0, dtype=torch.int64)
+
+
+def accuracy(model, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor, batch_size: int = 500) -> float:
+    """Fraction of inputs `model` with weights `theta` classifies correctly (non-finite logits: wrong)."""
+    return (predictions(model, theta, x, batch_size) == y).sum().item() / max(1, len(x))
+
+
+def reported_accuracy(model, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor, who: str) -> float:
+    """`accuracy` for a reported figure: inputs with NaN or inf logits are a FloatingPointError
+    naming `who`, not a score (its weights or buffers are damaged or diverged)."""
+    predicted = predictions(model, theta, x)
+    broken = int((predicted == NO_PREDICTION).sum())
+    if broken:
+        raise FloatingPointError(f"{who}: {broken:,} of {len(x):,} test inputs give NaN or inf logits: its packed "
+                                 "weights or buffers are damaged or diverged; not scored")
+    return (predicted == y).sum().item() / max(1, len(x))
 
 
 def packed_theta(state: PackedState, name: str, model: torch.nn.Module | None = None) -> torch.Tensor:

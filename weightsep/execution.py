@@ -302,10 +302,16 @@ class PackedModel:
 
     @torch.no_grad()
     def correct(self, x: torch.Tensor, y: torch.Tensor, batch: int = 2000) -> int:
-        """Correct argmax predictions of the current DNN on (x, y)."""
+        """Correct argmax predictions of the current DNN on (x, y); an input with NaN or inf logits
+        is a FloatingPointError naming the DNN (reported, never scored as a prediction)."""
         total = 0
         for i in range(0, len(x), batch):
-            total += int((self.forward(x[i : i + batch].to(self.device)).argmax(1) == y[i : i + batch].to(self.device)).sum())
+            logits = self.forward(x[i : i + batch].to(self.device))
+            broken = int((~torch.isfinite(logits).all(1)).sum())
+            if broken:
+                raise FloatingPointError(f"DNN {self.current!r}: {broken:,} of the {len(logits):,} inputs from {i:,} give "
+                                         "NaN or inf logits: its packed weights or buffers are damaged or diverged")
+            total += int((logits.argmax(1) == y[i : i + batch].to(self.device)).sum())
         return total
 
     def _switch_views(self, n: int, n_pages: int, E: int) -> tuple:

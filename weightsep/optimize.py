@@ -22,6 +22,12 @@ up in `OPTIMIZERS`:
   writes its weights back into its shared and exclusive pages.
 * "sequential": round-robin with one round, each DNN once in order.
 
+Round-robin turns keep the DNNs that are not trained safe: DNNs given in `tasks` but not in
+`dnns` are *watched*. A turn after which a watched DNN's validation accuracy lies more than
+`max_harm` percentage points below where it was before the first turn is undone and logged in
+`History.rejected` (`train X` trains X alone and watches every DNN it shares pages with: an
+update that helps X by wrecking them is not kept).
+
 Over several torch.distributed ranks (weightsep/distributed.py, docs/distributed.md) the joint
 optimizer runs as one: `tasks` holds the rank's own DNNs, their shared-page gradients are summed
 over the ranks by one all-reduce per step, validation accuracies are gathered, and every rank takes
@@ -110,6 +116,7 @@ class OptimizeConfig:
     balance_decay: float = 0.99  # joint, "rms": decay of the running RMS, per step the DNN is in
     extra_compute: float = 0.1  # extra FLOPs per step, as a share of one batch of every DNN, for cheap DNNs' extra batches
     max_batches: int = 4  # the most batches one DNN takes per step
+    max_harm: float = 15.0  # round-robin: pp a watched (untrained) DNN's validation accuracy may fall before a turn is undone (docs/algorithms.md)
     seed: int = 0
 
     @property
@@ -130,6 +137,7 @@ class OptimizeConfig:
         at_least(self, "lam", 0.0)
         at_least(self, "extra_compute", 0.0)
         at_least(self, "promote_pages", 0)
+        at_least(self, "max_harm", 0.0)
         within(self, "promote_start", 0.0, 1.0)
         within(self, "promote_end", 0.0, 1.0)
         if self.promote_start > self.promote_end:
@@ -263,6 +271,8 @@ class History:
     rolled_back: int = 0
     seconds: float = 0.0
     overlap: list[float] = field(default_factory=list)  # round-robin, per round: mean overlap loss (lambda 1) after the turns
+    # round-robin: turns undone, (DNN trained, {watched DNN: [accuracy before the turns, after this turn]})
+    rejected: list[tuple[str, dict[str, list[float]]]] = field(default_factory=list)
     communication_seconds: float = 0.0  # joint over several ranks: time this rank spent in the shared gradient's all-reduce
 
     def record(self, dnn_batches: int, accs: dict[str, float], score: float) -> bool:
@@ -317,6 +327,7 @@ class PageOptimizer:
         if unknown:
             raise ValueError(f"DNN(s) {unknown} are not packed; packed: {', '.join(state.vnns)}")
         self.local = [name for name in self.names if name in tasks]
+        self.watched = [name for name in tasks if name not in self.names]  # round-robin: validated, never trained
         _held_once(self.names, distributed.all_gather(self.local))
         self.state = copy.copy(state)  # promotion changes page tables: never the caller's
         self.state.vnns = dict(state.vnns)
@@ -336,6 +347,9 @@ class PageOptimizer:
         for n in self.local:  # the DNN's own buffers (batch-norm statistics) go on training with its pages
             load_buffer_state(tasks[n].model, state.vnns[n].buffers, f"DNN {n!r} in the packed state")
             tasks[n].model.train()
+        for n in self.watched:
+            load_buffer_state(tasks[n].model, state.vnns[n].buffers, f"DNN {n!r} in the packed state")
+            self.val[n] = validation_subset(tasks[n], config.val_samples, config.seed)
         self.history = History()
         if all(distributed.all_gather(all(tasks[n].standalone is not None for n in self.local))):
             reference = {n: self.val_accuracy(n, tasks[n].standalone) for n in self.local}
@@ -590,11 +604,18 @@ def overlap_loss(w: torch.Tensor, terms: tuple[torch.Tensor, ...], lam: float) -
     return (lam / count.clamp_min(1.0) * (f_sum * w * w - 2 * fw_sum * w + fw2_sum)).sum()
 
 
+def _harmed(po: PageOptimizer, before: dict[str, float]) -> dict[str, list[float]]:
+    """The watched DNNs whose validation accuracy fell more than `max_harm` pp below `before`."""
+    now = {n: po.val_accuracy(n, po.theta(n)) for n in po.watched}
+    return {n: [before[n], now[n]] for n in po.watched if 100 * (before[n] - now[n]) > po.config.max_harm}
+
+
 def round_robin(po: PageOptimizer) -> None:
     cfg, names = po.config, po.names
     last = {n: po.theta(n).detach().clone() for n in po.state.vnns}  # each DNN's weights after its last turn
     dnn_batches = 0
     po.validate(0)
+    watched = {n: po.val_accuracy(n, po.theta(n)) for n in po.watched}
     bar = tqdm(total=cfg.rounds * len(names), desc=f"{cfg.optimizer} optimisation", unit="turn", leave=False,
                disable=not po.progress)
     for _ in range(cfg.rounds):
@@ -603,6 +624,7 @@ def round_robin(po: PageOptimizer) -> None:
             terms = _overlap_terms(po, name, last)
             w = po.theta(name).detach().clone().requires_grad_(True)
             opt = torch.optim.Adam([w], lr=cfg.learning_rate)  # a fresh Adam per turn, as the published -mode=t
+            before_turn = po.snapshot() if po.watched else None
             for _ in range(cfg.steps_per_turn):
                 loss = po.task_loss(name, po.deployed(name, w)) + overlap_loss(w, terms, cfg.lam)
                 if not torch.isfinite(loss):
@@ -625,7 +647,12 @@ def round_robin(po: PageOptimizer) -> None:
             dnn_batches += cfg.steps_per_turn * po.batches_per_step[name]
             overlap += float(overlap_loss(w.detach(), terms, 1.0)) / len(names)
             write_back(po, name, w.detach())
-            last[name] = w.detach().clone()
+            harmed = _harmed(po, watched) if po.watched else {}
+            if harmed:
+                po.restore(before_turn)
+                po.history.rejected.append((name, harmed))
+            else:
+                last[name] = w.detach().clone()
             bar.update()
         po.history.overlap.append(overlap)
         po.validate(dnn_batches)
@@ -654,7 +681,7 @@ OPTIMIZERS = {"joint": joint, "round-robin": round_robin, "sequential": round_ro
 # optimizer never reads is an error on the command line (`unused_fields`), not silently dropped
 JOINT_ONLY = ("steps", "dnns_per_step", "schedule", "eval_every", "promote_pages", "promote_start", "promote_end",
               "balance", "balance_decay", "extra_compute", "max_batches")
-ROUND_ROBIN_ONLY = ("rounds", "steps_per_turn", "lam")
+ROUND_ROBIN_ONLY = ("rounds", "steps_per_turn", "lam", "max_harm")
 
 
 def unused_fields(optimizer: str) -> tuple[str, ...]:

@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from . import distributed
 from . import dnn as dnn_mod
-from .evaluate import accuracy, aggregate, format_aggregate, format_table, make_row, packed_theta, summarize
+from .evaluate import aggregate, format_aggregate, format_table, make_row, packed_theta, reported_accuracy, summarize
 from .fisher import FisherConfig, compute_fisher
 from .flat import evaluating, load_buffer_state, parameter_sizes
 from .optimize import History, OptimizeConfig, Task, optimize, step_batches, step_costs
@@ -56,7 +56,9 @@ class Loaded:
                     torch.from_numpy(d.val.x), torch.from_numpy(d.val.y), standalone, batches)
 
     def test_accuracy(self, theta: torch.Tensor) -> float:
-        return accuracy(self.model, theta, torch.from_numpy(self.data.test.x), torch.from_numpy(self.data.test.y))
+        """Test accuracy with weights `theta`; NaN or inf logits are a FloatingPointError naming the DNN."""
+        return reported_accuracy(self.model, theta, torch.from_numpy(self.data.test.x), torch.from_numpy(self.data.test.y),
+                             f"DNN {self.name!r}")
 
 
 def load(names: list[str], extra: list[Path] = (), data: bool = True) -> dict[str, Loaded]:
@@ -111,25 +113,29 @@ def load_packed(state: PackedState, names: list[str] | None = None, extra: list[
 
     Code comes only from the DNN folders discovered or named on the command line (`extra`), found
     by the packed DNN's name, never from a path the store names; a folder whose dnn.py no longer
-    has the hash recorded at packing is refused unless `allow_changed_code`."""
+    has the hash recorded at packing is refused before any of its code runs, unless
+    `allow_changed_code`."""
     names = list(state.vnns) if names is None else names
     unknown = [n for n in names if n not in state.vnns]
     if unknown:
         raise ValueError(f"DNN(s) {', '.join(unknown)} are not packed; packed: {', '.join(state.vnns) or 'none'}")
     out = {}
+    known = dnn_mod.folders(extra)  # nothing imported yet; a bad --dnn-folder says what is wrong with it
     for name in names:
         recorded = state.vnns[name].provenance
+        if name not in known:
+            where = (f"; the store says it was packed from {recorded.folder!r}, a hint only: a store never "
+                     "chooses the code that runs" if recorded.folder else "")
+            raise dnn_mod.DNNError(f"DNN {name!r} is packed in this store, but no DNN folder of that name is known "
+                                   "(searched: the repository's DNN folders, suite/ and --dnn-folder"
+                                   f"{' ' + ', '.join(map(str, extra)) if extra else ''}): name the folder that holds "
+                                   f"its code with --dnn-folder{where}")
         try:
-            dnn = dnn_mod.get_by_name(name, extra)
-        except dnn_mod.DNNError:
-            where = f" (it was packed from {recorded.folder}: name that folder with --dnn-folder)" if recorded.folder else ""
-            raise dnn_mod.DNNError(f"DNN {name!r} is packed in this store, but no DNN folder of that name is "
-                                   f"known{where}") from None
-        if recorded.code_hash is not None and dnn.code_hash() != recorded.code_hash and not allow_changed_code:
+            dnn = dnn_mod.load_folder(known[name], None if allow_changed_code else recorded.code_hash)
+        except dnn_mod.ChangedCode as e:
             raise dnn_mod.DNNError(
-                f"DNN {name!r}: {dnn.path / 'dnn.py'} changed since it was packed (code hash {recorded.code_hash} "
-                f"then, {dnn.code_hash()} now), so its model or data may not match the store; re-pack it "
-                f"(`remove {name}`, then `add {name}` and `joint`), or pass --allow-changed-code to use it anyway")
+                f"DNN {name!r}: {e}, so its model or data may not match the store; re-pack it (`remove {name}`, "
+                f"then `add {name}` and `joint`), or pass --allow-changed-code to use it anyway") from None
         out[name] = Loaded(dnn, dnn.build_model(), dnn.load_data() if data else None)
     return out
 
@@ -412,7 +418,7 @@ def run_seed(config: RunConfig, loaded: dict[str, Loaded], seed: int, control: d
                                                                     precision_config=config.precision)
     times.update(pack_times, communication_seconds=history.communication_seconds)
     if world.writer:
-        Store(config.store_for(seed)).save(state)
+        distributed.save(Store(config.store_for(seed)), state)
 
     if control_job is not None:
         start = time.perf_counter()

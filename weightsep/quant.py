@@ -32,6 +32,9 @@ CODE = {name: code for code, name in enumerate(FORMATS)}
 FLOATS = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 STORAGE = {**FLOATS, "int8": torch.int8, "int4": torch.uint8}  # the dtype of a format's compact rows (`encode`)
 QMAX = {"int8": 127, "int4": 7}  # symmetric: q in [-QMAX, QMAX]
+# the largest |weight| an integer page's scale may put on its grid: trained weights are O(1), and a
+# scale beyond this (an edited manifest's 1e30) would load as finite garbage, so it is damage
+MAX_WEIGHT = 1e4
 BITS = {"float32": 32, "float16": 16, "bfloat16": 16, "int8": 8, "int4": 4}
 SCALE_BYTES = 4  # a float32 scale
 DEFAULT_GROUP = 64  # int4: weights per scale

@@ -22,8 +22,10 @@ import torch
 
 from . import quant
 from .pages import n_pages as pages_needed
+from .pages import to_pages
 
 PAGE_TABLE_DTYPE = torch.int64  # in the store and on the device (execution gathers with it)
+MAX_NAME = 128  # characters of a DNN name
 
 
 # ---------------------------------------------------------------- the page-table rule
@@ -79,6 +81,12 @@ class Standalone:
     val_accuracy: float
     test_accuracy: float
 
+    def __post_init__(self) -> None:
+        for name in ("val_accuracy", "test_accuracy"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= value <= 1.0:
+                raise ValueError(f"stand-alone {name.replace('_', ' ')} must be a fraction in [0, 1], got {value!r}")
+
 
 @dataclass
 class Provenance:
@@ -103,7 +111,10 @@ class Provenance:
     def from_json(cls, obj: Any, what: str = "provenance") -> Provenance:
         p = _typed(cls, obj, what)
         if p.standalone is not None:
-            p.standalone = _typed(Standalone, p.standalone, f"{what}: standalone")
+            try:
+                p.standalone = _typed(Standalone, p.standalone, f"{what}: standalone")
+            except ValueError as e:
+                raise ValueError(f"{what}: {e}") from None
         return p
 
 
@@ -156,6 +167,19 @@ def _check_json(obj: Any, what: str) -> None:
         raise ValueError(f"{what} is not JSON-able: {e}") from None
 
 
+def check_name(name: Any) -> None:
+    """A DNN name becomes part of file names (the store's, plots', results'): a plain name only, so a
+    name from a received store can never reach outside a directory (no separators, no leading dot)."""
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"a DNN name must be a non-empty string, got {name!r}")
+    bad = [c for c in name if c in "/\\" or not c.isprintable()]
+    if bad or name.startswith(".") or len(name) > MAX_NAME:
+        why = (f"holds {bad[0]!r}" if bad else "starts with '.'" if name.startswith(".") else
+               f"is longer than {MAX_NAME} characters")
+        raise ValueError(f"DNN name {name[:80]!r} {why}: a name may not hold path separators or control "
+                         "characters, start with '.', or be that long")
+
+
 def _check_count(value: Any, what: str, minimum: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ValueError(f"{what} must be an int >= {minimum}, got {value!r}")
@@ -187,8 +211,7 @@ class VNN:
 
     def validate(self, page_size: int | None = None, n_shared: int | None = None) -> None:
         """Check dtypes, shapes, values and meta; given the state's P and S, the page table too (ValueError)."""
-        if not isinstance(self.name, str) or not self.name:
-            raise ValueError(f"a VNN name must be a non-empty string, got {self.name!r}")
+        check_name(self.name)
         who = f"VNN {self.name!r}"
         _check_count(self.n_weights, f"{who}: n_weights", 1)
         _check_tensor(self.page_table, f"{who}: page_table", PAGE_TABLE_DTYPE, 1)
@@ -272,6 +295,13 @@ class Precision:
                 raise ValueError(f"precision: {what}: format code {int(codes.max())} is not one of "
                                  f"{len(quant.FORMATS)} ({', '.join(quant.FORMATS)})")
             _check_values(scales, f"precision: {what}: scales", nonnegative=True)
+            largest = (scales.amax(1) * torch.tensor([quant.QMAX.get(f, 0) for f in quant.FORMATS])[codes.long()]
+                       if codes.numel() else scales.new_zeros(0))
+            if (largest > quant.MAX_WEIGHT).any():
+                page = int((largest > quant.MAX_WEIGHT).nonzero()[0])
+                raise ValueError(f"precision: {what}: page {page}'s scale {float(scales[page].max()):.4g} puts its "
+                                 f"weights up to {float(largest[page]):.4g}, beyond the +-{quant.MAX_WEIGHT:g} any "
+                                 "weight may reach: damaged")
             if codes.numel() and not bool(quant.is_exact(values, codes, scales, self.group).all()):
                 page = int((~quant.is_exact(values, codes, scales, self.group)).nonzero()[0])
                 raise ValueError(f"precision: {what}: page {page} ({quant.FORMATS[int(codes[page])]}) holds values "
@@ -308,6 +338,23 @@ class PackedState:
             table = vnn.page_table.cpu()
             counts += torch.bincount(table[is_shared(table, self.n_shared)], minlength=self.n_shared)
         return counts
+
+    def sharing(self, name: str) -> list[str]:
+        """The other DNNs that map a page onto a shared page DNN `name` maps onto (training `name`
+        changes their weights too), in registration order."""
+        mine = self.vnns[name].page_table
+        mine = set(mine[is_shared(mine, self.n_shared)].tolist())
+        return [n for n, v in self.vnns.items() if n != name
+                and mine & set(v.page_table[is_shared(v.page_table, self.n_shared)].tolist())]
+
+    def summed_fisher(self) -> torch.Tensor:
+        """float32 [S, P]: each shared page's Fisher summed afresh from the pages its DNNs map onto it
+        (what `shared_fisher` accumulates as DNNs are added, promoted and removed)."""
+        total = torch.zeros_like(self.shared_fisher)
+        for vnn in self.vnns.values():
+            on_shared = is_shared(vnn.page_table, self.n_shared)
+            total.index_add_(0, vnn.page_table[on_shared], to_pages(vnn.fisher, self.page_size)[on_shared])
+        return total
 
     def validate(self) -> None:
         """Check every invariant the pipeline and the store rely on; ValueError names the culprit."""

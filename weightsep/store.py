@@ -46,14 +46,17 @@ trained-model cache) the same atomic writes and checksummed safetensors files.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import json
 import os
 import re
 import secrets
+import stat
 import sys
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import lru_cache
 from pathlib import Path
@@ -63,7 +66,7 @@ import safetensors.torch
 import torch
 
 from . import quant
-from .checks import writable_dir
+from .checks import MAX_PAGE_SIZE, MAX_SHARED_WEIGHTS, writable_dir
 from .state import VNN, PackedState, Precision, Provenance, StateConfig
 
 FORMAT = "weightsep-store"
@@ -74,6 +77,12 @@ PREVIOUS = "manifest.prev.json"
 RECOVERY = "restore the previous generation with `python -m weightsep restore` (Store.restore_previous())"
 NO_OLDER = "no older generation is kept: rebuild the packed state"
 _TENSOR_FILE = re.compile(r"(shared|vnn-[A-Za-z0-9_.-]*)-[0-9a-f]{12}\.safetensors")
+# a temp file of an interrupted `atomic_write_bytes` of one of the store's own files (nothing else is collected)
+_TEMP_FILE = re.compile(r"\.(manifest(\.prev|\.damaged-[0-9T]+)?\.json|(shared|vnn-[A-Za-z0-9_.-]*)-[0-9a-f]{12}"
+                        r"\.safetensors)\.[0-9]+\.[0-9a-f]{8}\.tmp")
+LOCK = ".lock"
+MAX_MANIFEST_BYTES = 64 << 20  # a manifest is a few KiB to a few MiB; more is not ours (never read whole)
+CHECKSUM_SINCE = 2  # every manifest of this format version or later carries its checksum
 SHARED_TENSORS = ("shared_pages", "shared_fisher")
 VNN_TENSORS = ("page_table", "exclusive_pages", "fisher")
 BUFFER = "buffer."  # prefix of a buffer's tensor name in a DNN's file
@@ -84,6 +93,7 @@ _COUNTS = ("name", "n_weights", "n_pages", "n_exclusive")
 
 
 _HELD: set[Path] = set()  # store roots whose writer lock this process holds
+COMMITS: list[tuple[Path, int]] = []  # (store, generation) this process committed, in order: what an interrupt left
 
 
 class StoreError(Exception):
@@ -101,6 +111,31 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+class NotRegularFile(OSError):
+    """A store path that is a symbolic link, a directory, a FIFO or a device: a received store
+    could point its files at /dev/zero or at a file of the user's, so it is never followed."""
+
+
+def read_regular(path: Path, max_bytes: int | None = None) -> bytes:
+    """The bytes of `path` if it is a regular file (not followed if a link; a FIFO is not waited
+    on) of at most `max_bytes`; else `NotRegularFile`, or the OSError that opening raised."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise NotRegularFile(errno.ELOOP, "a symbolic link, which a store never follows", str(path)) from None
+        raise
+    with os.fdopen(fd, "rb") as f:
+        mode = os.fstat(fd)
+        if not stat.S_ISREG(mode.st_mode):
+            kind = "a directory" if stat.S_ISDIR(mode.st_mode) else "not a regular file"
+            raise NotRegularFile(errno.EINVAL, f"{kind}, where the store keeps a file", str(path))
+        if max_bytes is not None and mode.st_size > max_bytes:
+            raise NotRegularFile(errno.EFBIG, f"{mode.st_size:,} bytes, more than the {max_bytes:,} such a file "
+                                 "may have", str(path))
+        return f.read()
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
@@ -240,19 +275,36 @@ def _manifest_problem(m: dict) -> str | None:
                              "n_shared": int, "config": dict, "shared": dict, "vnns": list})
     if key:
         return f"field {key!r} missing or mistyped"
-    if "precision" in m and _missing_field(m["precision"], {"group": int, "policy": dict}):
-        return f"precision: field {_missing_field(m['precision'], {'group': int, 'policy': dict})!r} missing or mistyped"
+    if "precision" in m:
+        key = _missing_field(m["precision"], {"group": int, "policy": dict})
+        if key:
+            return f"precision: field {key!r} missing or mistyped"
+        if not 1 <= m["precision"]["group"] <= MAX_PAGE_SIZE:
+            return f"precision: int4 group {m['precision']['group']} is not in [1, {MAX_PAGE_SIZE}]"
+        if m["format_version"] < 3:
+            return f"quantised pages (its 'precision') in a format_version {m['format_version']} manifest (since 3)"
+    if m["generation"] < 1:
+        return f"generation {m['generation']} (generations count from 1)"
+    if not 1 <= m["page_size"] <= MAX_PAGE_SIZE:
+        return f"page_size {m['page_size']} is not in [1, {MAX_PAGE_SIZE}]"
+    if not 0 <= m["n_shared"] * m["page_size"] <= MAX_SHARED_WEIGHTS:
+        return f"n_shared {m['n_shared']} pages of {m['page_size']} is not in [0, {MAX_SHARED_WEIGHTS:,}] weights"
     for i, vnn in enumerate(m["vnns"]):
         key = _missing_field(vnn, {"name": str, "n_weights": int, "n_pages": int, "n_exclusive": int,
                                    "meta": dict, "file": dict})
         if key:
             return f"vnns[{i}]: field {key!r} missing or mistyped"
+        if m["format_version"] < 2 and isinstance(vnn["file"].get("tensors"), dict) and any(
+                k.startswith(BUFFER) for k in vnn["file"]["tensors"]):
+            return f"vnns[{i}]: buffers in a format_version {m['format_version']} manifest (since 2)"
     for entry in _file_entries(m):
         key = _missing_field(entry, {"file": str, "sha256": str, "bytes": int, "tensors": dict})
         if key:
             return f"a file entry's field {key!r} missing or mistyped"
         if not _TENSOR_FILE.fullmatch(entry["file"]):
             return f"bad tensor file name {entry['file']!r}"
+        if entry["bytes"] < 0:
+            return f"{entry['file']}: negative size {entry['bytes']}"
     return None
 
 
@@ -302,6 +354,22 @@ def _unpages(name: str, t: dict[str, torch.Tensor], page_size: int, group: int |
     return values, codes, scales
 
 
+@dataclass
+class Restored:
+    """What `Store.restore_previous` did: generation `restored_from` (its DNNs `dnns`) is current
+    again as generation `generation`; it replaced generation `replaced` (DNNs `replaced_dnns`; both
+    None when the current manifest was missing or unreadable), kept as `kept_as` (manifest.prev.json:
+    restore again to undo; manifest.damaged-<time>.json: unreadable; None: nothing to keep)."""
+
+    state: PackedState
+    generation: int
+    restored_from: int
+    dnns: list[str]
+    replaced: int | None
+    replaced_dnns: list[str] | None
+    kept_as: Path | None
+
+
 class Store:
     """A directory of packed state: versioned, checksummed generations, replaced atomically."""
 
@@ -317,9 +385,13 @@ class Store:
         path = self.root / (PREVIOUS if previous else MANIFEST)
         return self._read_manifest(path, NO_OLDER if previous else RECOVERY)
 
-    def load(self) -> PackedState:
-        """The current generation, fully verified (CPU tensors); reads only, raises StoreError."""
-        return self._load(self.root / MANIFEST, RECOVERY)
+    def load(self, without: str | None = None) -> PackedState:
+        """The current generation, fully verified (CPU tensors); reads only, raises StoreError.
+
+        `without`: the state less that DNN, whose tensor file is not read (salvage: a store whose one
+        DNN file is damaged keeps the others by removing it); the shared pages' accumulated Fisher is
+        then summed afresh from the DNNs kept, since the one removed cannot be subtracted."""
+        return self._load(self.root / MANIFEST, self._recovery(), without)
 
     @contextlib.contextmanager
     def writing(self, command: str) -> Iterator[None]:
@@ -333,8 +405,8 @@ class Store:
             with self._lock(command):
                 yield
         finally:  # a command that failed before saving leaves no empty store directory behind
-            if created and self.root.is_dir() and {p.name for p in self.root.iterdir()} <= {".lock"}:
-                (self.root / ".lock").unlink(missing_ok=True)
+            if created and self.root.is_dir() and {p.name for p in self.root.iterdir()} <= {LOCK}:
+                (self.root / LOCK).unlink(missing_ok=True)
                 self.root.rmdir()
 
     def save(self, state: PackedState) -> dict:
@@ -344,6 +416,8 @@ class Store:
         generations are deleted. An invalid state raises ValueError with nothing written; a state
         loaded from an older generation than the current one (another command saved in between)
         raises StoreError with nothing written. `state.generation` is the new generation after."""
+        if not isinstance(state, PackedState):  # bad input is a ValueError here too (docs/library.md)
+            raise ValueError(f"Store.save takes a PackedState, got {type(state).__name__}; nothing written")
         state.validate()
         q = state.precision
         shared, data = _blob("shared", {**_pages("shared_pages", state.shared_pages, q and q.shared_codes,
@@ -385,12 +459,13 @@ class Store:
                 atomic_write_bytes(self.root / PREVIOUS, current_bytes)
             manifest = sealed(manifest)
             atomic_write_json(self.root / MANIFEST, manifest)  # the commit point
+            COMMITS.append((self.root, manifest["generation"]))
             self._collect_garbage()
         state.generation = manifest["generation"]
         return manifest
 
-    def restore_previous(self) -> PackedState:
-        """Make the previous generation current again after verifying it fully; returns it.
+    def restore_previous(self) -> Restored:
+        """Make the previous generation current again after verifying it fully; says what it did.
 
         Undoable: the generation it replaces becomes the previous one, so a second restore swaps
         back. A current manifest that cannot be read is kept as manifest.damaged-<time>.json; one
@@ -409,14 +484,19 @@ class Store:
             generation = max(restored["generation"], current["generation"] if current else 0) + 1
             manifest = sealed({**restored, "generation": generation, "updated": now,
                                "restored_from": restored["generation"]})
+            kept_as = None
             if current is not None and self._files_intact(current):
                 atomic_write_bytes(previous, current_bytes)  # the generation replaced: restore again to undo
+                kept_as = previous
             elif current_bytes:
-                stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
-                atomic_write_bytes(self.root / f"manifest.damaged-{stamp}.json", current_bytes)
+                kept_as = self.root / f"manifest.damaged-{datetime.now(UTC).strftime('%Y%m%dT%H%M%S')}.json"
+                atomic_write_bytes(kept_as, current_bytes)
             atomic_write_json(self.root / MANIFEST, manifest)
+            COMMITS.append((self.root, generation))
         state.generation = generation
-        return state
+        return Restored(state, generation, restored["generation"], [v["name"] for v in restored["vnns"]],
+                        current and current["generation"], current and [v["name"] for v in current["vnns"]],
+                        kept_as)
 
     # -- internals
 
@@ -435,8 +515,7 @@ class Store:
         except ValueError as e:
             raise StoreError(f"{e}; choose another --store") from None
         if not damaged_ok and root.is_dir() and not (root / MANIFEST).is_file():
-            foreign = sorted(p.name for p in root.iterdir() if p.name != ".lock"
-                             and not (p.name.startswith(".") and p.name.endswith(".tmp")))
+            foreign = sorted(p.name for p in root.iterdir() if p.name != LOCK and not _TEMP_FILE.fullmatch(p.name))
             if foreign:
                 store_files = [n for n in foreign if n == PREVIOUS or _TENSOR_FILE.fullmatch(n)]
                 raise StoreError(
@@ -453,7 +532,7 @@ class Store:
             yield
             return
         self.root.mkdir(parents=True, exist_ok=True)
-        with open(self.root / ".lock", "a+") as f:
+        with self._open_lock() as f:
             try:
                 fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -472,23 +551,45 @@ class Store:
             finally:
                 _HELD.discard(key)
 
+    def _open_lock(self):
+        """The lock file, opened for writing only if it is the store's own regular file: a link (to
+        ~/.bashrc, say, in a received store) is never followed, a FIFO never waited on."""
+        path = self.root / LOCK
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o644)
+        except OSError as e:
+            if e.errno != errno.ELOOP:
+                raise
+            raise StoreError(f"{path}: a symbolic link; the lock file is written, so it must be the store's own "
+                             "regular file: delete the link (nothing was written)") from None
+        mode = os.fstat(fd)
+        if not stat.S_ISREG(mode.st_mode) or mode.st_nlink != 1:
+            os.close(fd)
+            what = "not a regular file" if not stat.S_ISREG(mode.st_mode) else f"a hard link ({mode.st_nlink} names)"
+            raise StoreError(f"{path}: {what}; the lock file is written, so it must be the store's own regular file: "
+                             "delete it (nothing was written)")
+        return os.fdopen(fd, "r+")
+
     def _current_for_save(self) -> tuple[bytes, dict | None]:
         """The current manifest (bytes, parsed); never overwrite one that cannot be read (StoreError)."""
         path = self.root / MANIFEST
         if not path.is_file():
             return b"", None
-        data = path.read_bytes()
-        return data, self._parse_manifest(data, path, RECOVERY + ", or move the directory away to start afresh")
+        data = self._manifest_bytes(path, self._recovery() + ", or move the directory away to start afresh")
+        return data, self._parse_manifest(data, path, self._recovery() + ", or move the directory away to start afresh")
 
     def _current_for_restore(self) -> tuple[bytes, dict | None]:
         """The current manifest (bytes, parsed or None if unreadable); one of a newer format is refused.
         Anything else in its place (a directory, say) is moved aside as manifest.damaged-<time>."""
         path = self.root / MANIFEST
-        if path.exists() and not path.is_file():
+        if path.is_symlink() or (path.exists() and not path.is_file()):
             path.rename(self.root / f"manifest.damaged-{datetime.now(UTC).strftime('%Y%m%dT%H%M%S')}")
         if not path.is_file():
             return b"", None
-        data = path.read_bytes()
+        try:
+            data = read_regular(path, MAX_MANIFEST_BYTES)
+        except OSError:  # too large, or made unreadable meanwhile: replaced like any damaged manifest
+            return b"", None
         try:
             return data, self._parse_manifest(data, path, RECOVERY)
         except StoreError as e:
@@ -498,14 +599,22 @@ class Store:
 
     def _read_manifest(self, path: Path, hint: str) -> dict:
         try:
-            data = path.read_bytes()
+            data = self._manifest_bytes(path, hint)
         except FileNotFoundError:
             if path.name == MANIFEST and not (self.root / PREVIOUS).is_file():
                 raise StoreError(f"{path}: missing: nothing has been saved in {self.root} yet") from None
             raise StoreError(f"{path}: missing; {hint}") from None
-        except OSError as e:  # a directory where the file should be, no permission, ...
-            raise StoreError(f"{path}: unreadable ({e.strerror}); {hint}") from None
         return self._parse_manifest(data, path, hint)
+
+    @staticmethod
+    def _manifest_bytes(path: Path, hint: str) -> bytes:
+        """A manifest's bytes; FileNotFoundError if missing, any other problem a StoreError."""
+        try:
+            return read_regular(path, MAX_MANIFEST_BYTES)
+        except FileNotFoundError:
+            raise
+        except OSError as e:  # a link, a directory where the file should be, no permission, ...
+            raise StoreError(f"{path}: unreadable ({e.strerror}); {hint}") from None
 
     @staticmethod
     def _parse_manifest(data: bytes, path: Path, hint: str) -> dict:
@@ -521,7 +630,10 @@ class Store:
             newer = type(version) is int and version > FORMAT_VERSION
             raise StoreError(f"{path}: format_version {version!r} is unknown to this weightsep, which reads "
                              f"versions {', '.join(map(str, READABLE_VERSIONS))}; " + ("upgrade weightsep" if newer else hint))
-        if "checksum" in m and m["checksum"] != manifest_checksum(m):  # stores before the checksum have none
+        if "checksum" not in m and version >= CHECKSUM_SINCE:  # only stores from before the checksum have none
+            raise StoreError(f"{path}: no checksum, which every format_version {version} manifest carries: edited "
+                             f"(an entry dropped from it would lose that DNN's files at the next save); {hint}")
+        if "checksum" in m and m["checksum"] != manifest_checksum(m):
             raise StoreError(f"{path}: its checksum does not match its content: edited or corrupt; {hint}")
         problem = _manifest_problem(m)
         if problem:
@@ -533,9 +645,14 @@ class Store:
         """One tensor file, checked against its manifest entry (size, sha256, names, dtypes, shapes)."""
         path = self.root / entry["file"]
         try:
-            data = path.read_bytes()
+            data = read_regular(path, entry["bytes"])
         except FileNotFoundError:
             raise StoreError(f"{path}: missing (listed in {manifest.name}); {hint}") from None
+        except NotRegularFile as e:
+            if e.errno == errno.EFBIG:  # larger than listed: not read
+                raise StoreError(f"{path}: {e.strerror.split(',')[0]} but {manifest.name} says {entry['bytes']}: "
+                                 f"replaced; {hint}") from None
+            raise StoreError(f"{path}: unreadable ({e.strerror}; listed in {manifest.name}); {hint}") from None
         except OSError as e:
             raise StoreError(f"{path}: unreadable ({e.strerror}; listed in {manifest.name}); {hint}") from None
         if len(data) != entry["bytes"]:
@@ -562,8 +679,11 @@ class Store:
                              f"(expected {expected_meta}); {hint}")
         return tensors
 
-    def _load(self, manifest_path: Path, hint: str) -> PackedState:
+    def _load(self, manifest_path: Path, hint: str, without: str | None = None) -> PackedState:
         m = self._read_manifest(manifest_path, hint)
+        entries = [v for v in m["vnns"] if v["name"] != without]
+        if without is not None and len(entries) == len(m["vnns"]):
+            raise ValueError(f"DNN {without!r} is not packed; packed: {', '.join(v['name'] for v in m['vnns']) or 'none'}")
         group = m["precision"]["group"] if "precision" in m else None
         names = _expected(SHARED_TENSORS, m["shared"], group)
         shared = self._read_file(m["shared"], names, {"kind": "shared"}, manifest_path, hint)
@@ -572,44 +692,60 @@ class Store:
             shared_pages, codes, scales = _unpages("shared_pages", shared, P, group, "the shared pages")
             precision = None if group is None else Precision(group, codes, scales, policy=m["precision"]["policy"])
             vnns = {}
-            for entry in m["vnns"]:
+            for entry in entries:
+                name = entry["name"]
+                salvage = (f"; or keep the other DNNs by removing this one: python -m weightsep remove {name!r} "
+                           f"--store {self.root}" if manifest_path.name == MANIFEST and len(m["vnns"]) > 1 else "")
                 buffers = tuple(k for k in entry["file"]["tensors"] if k.startswith(BUFFER))  # the sealed manifest's list
                 t = self._read_file(entry["file"], _expected(VNN_TENSORS, entry["file"], group) + buffers,
-                                    {"kind": "vnn", "name": entry["name"]}, manifest_path, hint)
-                pages, codes, scales = _unpages("exclusive_pages", t, P, group, f"DNN {entry['name']!r}: exclusive pages")
-                if precision is not None:
-                    precision.exclusive_codes[entry["name"]], precision.exclusive_scales[entry["name"]] = codes, scales
-                provenance = Provenance.from_json(entry["meta"], f"DNN {entry['name']!r}: meta")
-                vnns[entry["name"]] = VNN(entry["name"], entry["n_weights"], t["page_table"], pages, t["fisher"],
-                                          provenance, {k.removeprefix(BUFFER): t[k] for k in buffers})
+                                    {"kind": "vnn", "name": name}, manifest_path, hint + salvage)
+                try:
+                    pages, codes, scales = _unpages("exclusive_pages", t, P, group, f"DNN {name!r}: exclusive pages")
+                    if precision is not None:
+                        precision.exclusive_codes[name], precision.exclusive_scales[name] = codes, scales
+                    provenance = Provenance.from_json(entry["meta"], f"DNN {name!r}: meta")
+                    vnns[name] = VNN(name, entry["n_weights"], t["page_table"], pages, t["fisher"], provenance,
+                                     {k.removeprefix(BUFFER): t[k] for k in buffers})
+                except ValueError as e:
+                    raise ValueError(f"{e}{salvage}") from None
             state = PackedState(P, shared_pages, shared["shared_fisher"], vnns, StateConfig.from_json(m["config"]),
                                 m["generation"], precision)
         except ValueError as e:
             raise StoreError(f"{manifest_path}: the stored state is invalid: {e}; {hint}") from None
         recorded = {"page_size": m["page_size"], "n_shared": m["n_shared"],
-                    "vnns": [{k: v[k] for k in _COUNTS} for v in m["vnns"]]}
+                    "vnns": [{k: v[k] for k in _COUNTS} for v in entries]}
         if recorded != _counts(state):
             raise StoreError(f"{manifest_path}: its counts {recorded} disagree with the tensor files "
                              f"{_counts(state)}; {hint}")
+        if without is not None:
+            state.shared_fisher = state.summed_fisher()
         return state
+
+    def _recovery(self) -> str:
+        """What to do about a damaged current generation: restore the previous one, if there is one."""
+        return RECOVERY if (self.root / PREVIOUS).is_file() else f"there is no previous generation to restore; {NO_OLDER}"
 
     @staticmethod
     def _holds(path: Path, data: bytes) -> bool:
         """Whether `path` already has exactly `data` (content-addressed files are reused, not rewritten)."""
         try:
-            return path.stat().st_size == len(data) and path.read_bytes() == data
+            return read_regular(path, len(data)) == data
         except OSError:
             return False
 
     def _files_intact(self, manifest: dict) -> bool:
         for entry in _file_entries(manifest):
-            path = self.root / entry["file"]
-            if not path.is_file() or hashlib.sha256(path.read_bytes()).hexdigest() != entry["sha256"]:
+            try:
+                data = read_regular(self.root / entry["file"], entry["bytes"])
+            except OSError:
+                return False
+            if hashlib.sha256(data).hexdigest() != entry["sha256"]:
                 return False
         return True
 
     def _collect_garbage(self) -> None:
-        """Delete tensor files neither manifest lists, and temp files of interrupted writes."""
+        """Delete tensor files neither manifest lists, and temp files of the store's own interrupted
+        writes: nothing else in the directory (a user's file, a link's target) is touched."""
         keep = set()
         for name in (MANIFEST, PREVIOUS):
             try:
@@ -617,6 +753,7 @@ class Store:
             except StoreError:  # an unreadable previous manifest protects nothing
                 continue
         for path in self.root.iterdir():
-            stale_tmp = path.name.startswith(".") and path.name.endswith(".tmp")
-            if (stale_tmp or (_TENSOR_FILE.fullmatch(path.name) and path.name not in keep)) and path.is_file():
+            stale_tmp = _TEMP_FILE.fullmatch(path.name)
+            if (stale_tmp or (_TENSOR_FILE.fullmatch(path.name) and path.name not in keep)) and (
+                    path.is_symlink() or path.is_file()):  # a link is removed, never what it points to
                 path.unlink(missing_ok=True)
