@@ -8,16 +8,19 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 from test_optimize import blobs
 
+from weightsep import cli as cli_mod
 from weightsep import distributed
 from weightsep.model import TemplateNet
 from weightsep.optimize import OptimizeConfig, Task, optimize
 from weightsep.pack import PackConfig, add_vnn, new_state
 from weightsep.precision import PrecisionConfig, assign
+from weightsep.store import Store
 
 P = 64
 HIDDEN = {"a": [48], "b": [40], "c": [24], "d": [8], "e": [56]}
@@ -127,6 +130,132 @@ def test_a_failing_rank_ends_the_run_naming_it(how):
     assert "store keeps its last good state" in message
 
 
+SAVE_POINTS = ("before the save", "in the save, before the commit", "in the save, after the commit", "after the save")
+
+
+def _kill_in_save(root: str, victim: int, point: str):
+    """Rank 0 saves a new generation of the store at `root`; rank `victim` is SIGKILLed at `point`,
+    the commit being the replace of manifest.json (hooked in rank 0's process only)."""
+    pids, writer = distributed.all_gather(os.getpid()), distributed.current().writer
+
+    def kill(at: str) -> None:
+        if at == point:
+            os.kill(pids[victim], signal.SIGKILL)
+
+    if writer:
+        kill("before the save")
+    distributed.any_(False)  # as the gather before a real save: a peer dead by now is seen here
+    if not writer:
+        return  # waits in the final barrier
+    replace = os.replace
+
+    def hooked(src, dst):
+        if Path(dst).name == "manifest.json":
+            kill("in the save, before the commit")
+            replace(src, dst)
+            kill("in the save, after the commit")
+        else:
+            replace(src, dst)
+
+    os.replace = hooked
+    store = Store(root)
+    distributed.save(store, store.load())
+    kill("after the save")
+
+
+@pytest.mark.parametrize("victim", [1, 0])
+@pytest.mark.parametrize("point", SAVE_POINTS)
+def test_a_rank_killed_around_rank_0s_save_gets_a_message_true_to_the_store(tmp_path, monkeypatch, victim, point):
+    root = tmp_path / "state"
+    Store(root).save(packed(["a", "b"])[0])  # generation 1
+    monkeypatch.setattr(distributed, "GRACE_SECONDS", 2.0)  # a survivor that hangs is stopped sooner
+    with pytest.raises(distributed.RankError) as caught:
+        distributed.launch(2, _kill_in_save, str(root), victim, point)
+    message, generation = str(caught.value), Store(root).read_manifest()["generation"]
+    assert message.startswith(f"rank {victim}: died: killed by signal 9 (SIGKILL)"), message
+    # rank 0 commits unless it dies before the manifest's replace or sees rank 1 dead before its save
+    assert generation == (1 if point == "before the save" or (victim, point) == (0, SAVE_POINTS[1]) else 2)
+    if generation == 2:
+        assert message.endswith(f"rank 0 had committed generation 2 of {root} before the failure: the store holds "
+                                "the new result (do not rerun)"), message
+        assert "nothing was written" not in message
+    else:
+        said = (f"nothing was written to {root}: the store keeps its last good state (generation 1)"  # its save begun
+                if "in the save" in point else "nothing was written: the store keeps its last good state")
+        assert message.endswith(said), message
+        assert "committed" not in message
+    assert Store(root).load().vnns.keys() == {"a", "b"}  # whichever generation, it loads
+
+
+def _fail_under_torchrun(root: str):
+    """Rank 0 commits a new generation, then fails with a user error; rank 1 waits for it."""
+    if distributed.current().writer:
+        store = Store(root)
+        distributed.save(store, store.load())
+        raise ValueError("something went wrong after the save")
+
+
+TORCHRUN_SCRIPT = """import sys
+from weightsep import distributed
+from test_distributed import _fail_under_torchrun
+try:
+    distributed.launch(1, _fail_under_torchrun, sys.argv[1], backend="gloo")
+except distributed.USER_ERRORS as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+"""
+
+
+def test_under_torchrun_rank_0s_own_message_says_it_had_committed(tmp_path):
+    root, script = tmp_path / "state", tmp_path / "script.py"
+    Store(root).save(packed(["a", "b"])[0])
+    script.write_text(TORCHRUN_SCRIPT)
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                           str(script), str(root)], cwd=REPO, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "tests")])})
+    assert done.returncode != 0
+    assert Store(root).read_manifest()["generation"] == 2
+    assert (f"error: something went wrong after the save; rank 0 had committed generation 2 of {root} before the "
+            "failure: the store holds the new result (do not rerun)") in done.stderr, done.stderr[-3000:]
+
+
+def _die_while_rank_0_works(seconds: float):
+    """Rank 1 dies at once; rank 0 computes on, in no collective, so only the launcher can stop it."""
+    if distributed.current().rank == 1:
+        os.kill(os.getpid(), signal.SIGKILL)
+    time.sleep(seconds)
+
+
+def test_the_rank_that_died_is_named_before_the_one_the_launcher_terminated(monkeypatch):
+    monkeypatch.setattr(distributed, "GRACE_SECONDS", 1.0)
+    with pytest.raises(distributed.RankError) as caught:
+        distributed.launch(2, _die_while_rank_0_works, 120.0)
+    message = str(caught.value)
+    assert message.startswith("rank 1: died: killed by signal 9 (SIGKILL); rank 0 then stopped: terminated by the "
+                              "launcher: still running 1 s after the first failure"), message
+
+
+def _ended(rank: int, ended: int, exitcode: int, outcome=None, terminated: bool = False):
+    return distributed._Rank(rank, SimpleNamespace(exitcode=exitcode), None, outcome, ended=ended, terminated=terminated)
+
+
+@pytest.mark.parametrize("ranks, first", [
+    # failed on its own beats terminated by the launcher, even when seen to end later
+    ([_ended(0, 1, -15, terminated=True), _ended(1, 2, -9)], 1),
+    # ... and beats a rank that lost contact, seen to end earlier
+    ([_ended(0, 0, 2, ("lost", "rank 0 lost contact")), _ended(1, 1, 2, ("error", "DNN 'c': bad"))], 1),
+    # among ranks that failed on their own: the one seen to end first, whatever its rank or how it failed
+    ([_ended(0, 3, 2, ("lost", "rank 0 lost contact")), _ended(1, 2, 2, ("error", "DNN 'c': bad")), _ended(2, 1, -9),
+      _ended(3, 0, 1, ("crash", "ZeroDivisionError"))], 3),
+    # SIGTERM from anyone but the launcher is a death of its own
+    ([_ended(0, 1, -15, terminated=True), _ended(1, 0, -15)], 1),
+])
+def test_the_first_rank_named_is_the_first_to_fail_on_its_own(ranks, first):
+    message = distributed._failure(ranks)
+    assert message.startswith(f"rank {first}: ")
+    assert message.count("then stopped") == len(ranks) - 1
+
+
 def test_round_robin_refuses_several_ranks():
     names = ["a", "b"]
     with pytest.raises(distributed.RankError, match="round-robin optimiser trains one DNN at a time"):
@@ -140,9 +269,18 @@ RUN = ["--dnns", "satellite", "letters", "dna", "--train-steps", "200", "--fishe
        "--no-sharing"]
 
 
+def cli_env() -> dict:
+    """The torch ops backend, fixed. Under "auto" every new process (each rank too) takes the lock file of
+    the extension's build folder, which every job on this machine shares, to run ninja: it waits there
+    for another job's build (minutes under load), and forever for a lock left by a process killed while
+    holding it (torch's FileBaton has no timeout), as a rank killed below could leave it. These tests
+    are about the ranks; tests/test_ops.py tests the extension."""
+    return {**os.environ, "WEIGHTSEP_OPS_BACKEND": "torch"}
+
+
 def cli(*args, launcher=("-m", "weightsep"), **kwargs):
     return subprocess.run([sys.executable, *launcher, *map(str, args)], cwd=REPO, capture_output=True, text=True,
-                          timeout=600, **kwargs)
+                          timeout=600, env=cli_env(), **kwargs)
 
 
 def pages(store):
@@ -171,7 +309,8 @@ def test_run_and_joint_on_two_ranks_give_the_one_process_result_and_the_same_tab
     # joint on the stored state: 2 spawned ranks, torchrun's 2 ranks and one process agree
     for store in ("one", "two"):
         args = ["joint", "--store", tmp_path / store, "--steps", "30", "--eval-every", "10"]
-        assert cli(*args, *(["--procs", "2"] if store == "two" else [])).returncode == 0
+        done = cli(*args, *(["--procs", "2"] if store == "two" else []))
+        assert done.returncode == 0, done.stderr
     assert_same_pages(tmp_path / "one", tmp_path / "two")
     shutil.copytree(tmp_path / "one", tmp_path / "torchrun", ignore=shutil.ignore_patterns(".lock"))
     for store in ("one", "torchrun"):
@@ -187,7 +326,7 @@ def test_a_rank_killed_during_joint_fails_cleanly_and_the_store_is_intact(cache_
     assert cli("run", *RUN[:-1], "--steps", "20", "--store", store, "--results", tmp_path / "r").returncode == 0
     before = {p.name: p.read_bytes() for p in store.iterdir() if p.is_file() and p.name != ".lock"}
     process = subprocess.Popen([sys.executable, "-m", "weightsep", "joint", "--store", str(store), "--steps", "100000",
-                                "--procs", "2"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                                "--procs", "2"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=cli_env())
     err = b""
     deadline = time.monotonic() + 300
     while b"joint optimisation:" not in err and time.monotonic() < deadline:  # rank 0's progress bar: steps run
@@ -199,7 +338,7 @@ def test_a_rank_killed_during_joint_fails_cleanly_and_the_store_is_intact(cache_
     assert process.returncode == 2
     assert "Traceback" not in err
     assert "error: rank 1 (" in err and "died: killed by signal 9 (SIGKILL)" in err, err[-2000:]
-    assert "the store keeps its last good state" in err
+    assert "nothing was written: the store keeps its last good state" in err  # rank 0 never reached its save
     after = {p.name: p.read_bytes() for p in store.iterdir() if p.is_file() and p.name != ".lock"}
     assert after == before
     assert cli("list", "--store", store).returncode == 0
@@ -210,3 +349,12 @@ def test_procs_refuses_what_it_cannot_do(cache_with_data, tmp_path):
                           (["--procs", "2", "--optimizer", "round-robin"], "only the joint optimiser runs on several")):
         done = cli("run", "--dnns", "satellite", "letters", *args, "--store", tmp_path / "s", "--results", tmp_path / "r")
         assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr
+
+
+def test_joint_refuses_more_ranks_than_packed_dnns_before_starting_any(tmp_path, monkeypatch, capsys):
+    Store(tmp_path / "state").save(packed(["a", "b"])[0])
+    started = []
+    monkeypatch.setattr(distributed, "_spawn", lambda *args: started.append(args))
+    assert cli_mod.main(["joint", "--store", str(tmp_path / "state"), "--procs", "1000"]) == 2
+    assert capsys.readouterr().err == "error: --procs 1000 but only 2 DNN(s) to train: at most one rank per DNN\n"
+    assert not started

@@ -19,23 +19,25 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import itertools
 import multiprocessing as mp
 import multiprocessing.connection
 import os
 import pickle
 import signal
-import socket
 import sys
 import time
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
 from .dnn import DNNError
-from .store import StoreError
+from .state import PackedState
+from .store import COMMITS, Store, StoreError
 
 BACKENDS = ("auto", "gloo", "nccl")
 TIMEOUT = timedelta(hours=2)  # the longest a rank waits in a collective for a slow (not a dead) peer
@@ -43,10 +45,15 @@ GRACE_SECONDS = 10.0  # after one rank fails, how long the others get to stop on
 
 
 _LAUNCHER = None  # a spawned rank's pipe to the launcher
+_SAVES: dict[str, list] = {}  # this rank's saves: store -> [generation before, generation committed or None]
 
 
 class RankError(RuntimeError):
     """A rank failed or died; the message names it (and its DNNs when known)."""
+
+
+class LostContact(RankError):
+    """A collective broke because another rank failed or died: the cause is that rank's."""
 
 
 # what the command line reports as one `error:` line (no traceback); a spawned rank reports the same
@@ -81,14 +88,20 @@ def assign(costs: dict[str, float], size: int) -> dict[str, int]:
     """DNN -> rank. Longest processing time first: each DNN, costliest first, goes to the rank with
     the least cost so far (ties: the lower rank), so the slowest rank, which every step waits for,
     carries at most 4/3 of the best split's. The same on every rank (no randomness, no timing)."""
-    if size > len(costs):
-        raise ValueError(f"--procs {size} but only {len(costs)} DNN(s) to train: at most one rank per DNN")
+    check_procs(size, len(costs))
     load, owner = [0.0] * size, {}
     for name in sorted(costs, key=lambda n: (-costs[n], n)):
         rank = min(range(size), key=lambda r: (load[r], r))
         owner[name] = rank
         load[rank] += costs[name]
     return {name: owner[name] for name in costs}
+
+
+def check_procs(procs: int, dnns: int) -> None:
+    """At most one rank per DNN (a rank without one would only wait); a command checks it before
+    starting any rank, as each imports torch and builds every model (150-250 MB)."""
+    if procs > dnns:
+        raise ValueError(f"--procs {procs} but only {dnns} DNN(s) to train: at most one rank per DNN")
 
 
 # ---- collectives (no-ops on one rank) ------------------------------------------------------------
@@ -100,7 +113,7 @@ def _collective(what: str):
         yield
     except RuntimeError as e:
         first = str(e).split("] ", 1)[-1].split(". ")[0]
-        raise RankError(f"rank {dist.get_rank()} lost contact with the other ranks in {what} (another rank failed "
+        raise LostContact(f"rank {dist.get_rank()} lost contact with the other ranks in {what} (another rank failed "
                         f"or died: its own message says why): {first}") from None
 
 
@@ -170,8 +183,61 @@ def announce(names: list[str]) -> None:
     world = current()
     if world.distributed:
         print(f"rank {world.rank} of {world.size} holds {', '.join(names)}", file=sys.stderr, flush=True)
-        if _LAUNCHER is not None:
-            _report(_LAUNCHER, "dnns", names)
+        _tell("dnns", names)
+
+
+def save(store: Store, state: PackedState) -> dict:
+    """`store.save(state)`, recorded and told to the launcher before and after, so that a failed run's
+    message says truly whether it committed a new generation (the launcher reads the store's manifest
+    when this rank ended inside the save). Returns the new manifest."""
+    root = str(store.root)
+    try:
+        before = _generation(root)
+    except StoreError:  # an unreadable manifest: store.save refuses it below, writing nothing
+        return store.save(state)
+    _SAVES[root] = [before, None]
+    _tell("saving", (root, before))
+    manifest = store.save(state)
+    _SAVES[root][1] = manifest["generation"]
+    _tell("saved", (root, manifest["generation"]))
+    return manifest
+
+
+def _generation(root: str) -> int:
+    """The store's current generation (0 before its first save), from its manifest, the commit point."""
+    store = Store(root)
+    return store.read_manifest()["generation"] if store.exists() else 0
+
+
+def _committed(root: str, before: int, committed: int | None) -> int | None:
+    """The generation a save committed: as the rank reported it, else (the rank ended inside the save)
+    as the store's manifest says, None if it is still `before` (StoreError if it cannot be read)."""
+    if committed is not None:
+        return committed
+    now = _generation(root)
+    return now if now > before else None
+
+
+def _written(saves: dict[str, list]) -> str:
+    """What a failed run left in the stores, for its message: each save's committed generation, or the
+    generation the store kept; a save the rank did not live to report is judged by the manifest."""
+    if not saves:
+        return "nothing was written: the store keeps its last good state"
+    said = []
+    for root, (before, committed) in saves.items():
+        try:
+            committed = _committed(root, before, committed)
+        except StoreError as e:
+            said.append(f"rank 0 ended while saving {root}, whose manifest cannot be read now: {e}")
+            continue
+        if committed is not None:
+            said.append(f"rank 0 had committed generation {committed} of {root} before the failure: the store "
+                        "holds the new result (do not rerun)")
+        elif before:
+            said.append(f"nothing was written to {root}: the store keeps its last good state (generation {before})")
+        else:
+            said.append(f"nothing was written to {root}: no generation was ever saved there")
+    return "; ".join(said)
 
 
 # ---- starting the ranks ----------------------------------------------------------------------------
@@ -214,15 +280,20 @@ def launch(procs: int, fn, *args, backend: str = "auto"):
     Under torchrun this process is one rank: it joins torchrun's group (`--procs` must be 1 or
     torchrun's world size). Otherwise `procs` ranks are spawned on this machine, each with one
     torch thread, over loopback; this process only waits for them. A rank that fails or dies
-    ends the run with a RankError naming it; rank 0 writes nothing after that, so the store keeps
-    its last good state."""
+    ends the run with a RankError naming it and saying whether rank 0 had committed a new
+    generation of the store (`save`) or nothing was written."""
     if backend not in BACKENDS:
         raise ValueError(f"--backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
     if under_torchrun():
         size = int(os.environ["WORLD_SIZE"])
         if procs not in (1, size):
             raise ValueError(f"--procs {procs} under torchrun, which started {size} ranks: leave --procs out")
-        return _as_rank(fn, args, backend)
+        try:
+            return _as_rank(fn, args, backend)
+        except USER_ERRORS as e:  # no launcher to say it: rank 0's own message says what its saves left
+            if int(os.environ["RANK"]):
+                raise
+            raise RankError(f"{e}; {_written(_SAVES)}") from None
     if procs == 1:
         return fn(*args)
     return _spawn(procs, fn, args, backend)
@@ -230,6 +301,7 @@ def launch(procs: int, fn, *args, backend: str = "auto"):
 
 def _as_rank(fn, args, backend: str):
     """Run `fn` as one rank of the group in the environment (torchrun's or ours)."""
+    _SAVES.clear()
     _join(backend)
     rank = dist.get_rank()
     if rank:
@@ -243,110 +315,165 @@ def _as_rank(fn, args, backend: str):
         dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _report(conn, kind: str, content) -> None:
     """To the launcher, by plain pickle: multiprocessing's own would hand tensors over in shared
     memory that dies with this process."""
     conn.send_bytes(pickle.dumps((kind, content)))
 
 
+def _tell(kind: str, content) -> None:
+    """`_report` to the launcher, if one started this rank."""
+    if _LAUNCHER is not None:
+        _report(_LAUNCHER, kind, content)
+
+
 def _spawned_rank(rank: int, size: int, port: int, backend: str, fn, args, parent: int, conn) -> None:
-    """One spawned rank: reports ('ok', result) from rank 0 or ('error', message) to the launcher."""
+    """One spawned rank: reports ('ok', result) from rank 0, or ('lost' | 'error' | 'crash', message),
+    to the launcher, which hosts the group's store at `port` (as torchrun's agent does)."""
     from .train import _worker_init, set_single_thread  # ends this rank with the launcher, however it ends
     _worker_init(parent)
     set_single_thread()
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(size),
-                      LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(size))
+                      LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(size), TORCHELASTIC_USE_AGENT_STORE="True")
     global _LAUNCHER
     _LAUNCHER = conn
     try:
         _report(conn, "ok", _as_rank(fn, args, backend))
     except (*USER_ERRORS, OSError) as e:
-        _report(conn, "error", str(e))
+        _report(conn, "lost" if isinstance(e, LostContact) else "error", str(e))
         sys.exit(2)
+    except KeyboardInterrupt:  # Ctrl-C reaches every rank of the terminal's process group: the launcher says it
+        sys.exit(130)
     except BaseException as e:  # a bug: its traceback is the report
         _report(conn, "crash", "".join(traceback.format_exception_only(type(e), e)).strip())
         traceback.print_exc()
         sys.exit(1)
 
 
-def _spawn(procs: int, fn, args, backend: str):
-    ctx = mp.get_context("spawn")
-    port, pipes, ranks = _free_port(), [], []
-    for rank in range(procs):
-        receive, send = ctx.Pipe(duplex=False)
-        process = ctx.Process(target=_spawned_rank, name=f"weightsep-rank{rank}",
-                              args=(rank, procs, port, backend, fn, args, os.getpid(), send))
-        process.start()
-        send.close()
-        pipes.append(receive)
-        ranks.append(process)
-    print(f"started {procs} ranks ({backend_for(backend)} over loopback): "
-          + ", ".join(f"rank {r} pid {p.pid}" for r, p in enumerate(ranks)), file=sys.stderr, flush=True)
-    reports: dict[int, tuple[str, object]] = {}
-    try:
-        _wait(ranks, pipes, reports)
-    except BaseException:  # Ctrl-C or anything else here: no rank outlives the launcher
-        for process in ranks:
-            if process.is_alive():
-                process.terminate()
-        raise
-    for process in ranks:
-        process.join()
-    failed = {r: p.exitcode for r, p in enumerate(ranks) if p.exitcode != 0}
-    if failed:
-        raise RankError(_failure(failed, reports))
-    return reports[0][1]
+@dataclass
+class _Rank:
+    """What the launcher knows of one spawned rank, from its reports and its end."""
 
+    rank: int
+    process: mp.process.BaseProcess
+    pipe: mp.connection.Connection
+    outcome: tuple[str, object] | None = None  # ('ok', result) or ('lost' | 'error' | 'crash', message)
+    dnns: list[str] | None = None
+    saves: dict[str, list] = field(default_factory=dict)  # as its _SAVES
+    ended: int | None = None  # the order in which the launcher saw the ranks end or report a failure
+    terminated: bool = False  # the launcher stopped it (SIGTERM): still running GRACE_SECONDS after a failure
 
-def _wait(ranks: list, pipes: list, reports: dict) -> None:
-    """Collect each rank's report until all have ended; once one fails, stop the others after GRACE_SECONDS."""
-    open_pipes = {pipe: r for r, pipe in enumerate(pipes)}
-    deadline = None
-    while any(p.is_alive() for p in ranks) or open_pipes:
-        waiting = list(open_pipes) + [p.sentinel for p in ranks if p.is_alive()]
-        for ready in mp.connection.wait(waiting, timeout=1.0):
-            if ready in open_pipes:
-                rank = open_pipes[ready]
-                try:
-                    kind, content = pickle.loads(ready.recv_bytes())
-                    reports[(rank, "dnns") if kind == "dnns" else rank] = (kind, content)
-                except (EOFError, OSError):  # ended without a report: killed, or exited hard
-                    del open_pipes[ready]
-        if deadline is None and any(p.exitcode not in (None, 0) for p in ranks):
-            deadline = time.monotonic() + GRACE_SECONDS
-        if deadline is not None and time.monotonic() > deadline:
-            for process in ranks:
-                if process.is_alive():
-                    process.terminate()
+    def receive(self, kind: str, content) -> None:
+        if kind == "dnns":
+            self.dnns = content
+        elif kind == "saving":
+            self.saves[content[0]] = [content[1], None]
+        elif kind == "saved":
+            self.saves[content[0]][1] = content[1]
+        else:
+            self.outcome = (kind, content)
 
+    @property
+    def saving(self) -> bool:
+        """Inside a save: it needs no peer to finish it, so the launcher lets it."""
+        return any(committed is None for _, committed in self.saves.values())
 
-def _failure(failed: dict[int, int], reports: dict) -> str:
-    """One message naming the rank that failed first in cause: a user error, then a death, then the rest."""
-    def how(rank: int) -> str:
-        code = failed[rank]
-        kind, message = reports.get(rank, (None, None))
-        if kind in ("error", "crash"):
-            return str(message)
+    @property
+    def reported_failure(self) -> bool:
+        return self.outcome is not None and self.outcome[0] != "ok"
+
+    @property
+    def killed_by_launcher(self) -> bool:
+        return self.terminated and self.process.exitcode == -signal.SIGTERM
+
+    @property
+    def stopped_by_another(self) -> bool:
+        """It ended because another rank failed: it lost contact with it, or the launcher stopped it."""
+        return self.killed_by_launcher or (self.outcome is not None and self.outcome[0] == "lost")
+
+    @property
+    def who(self) -> str:
+        return f"rank {self.rank}" + (f" ({', '.join(self.dnns)})" if self.dnns else "")
+
+    @property
+    def why(self) -> str:
+        code = self.process.exitcode
+        if self.reported_failure:
+            return str(self.outcome[1])
+        if self.killed_by_launcher:
+            return f"terminated by the launcher: still running {GRACE_SECONDS:g} s after the first failure"
         if code < 0:
             return f"died: killed by signal {-code} ({signal.Signals(-code).name})"
         return f"died: exit status {code}, no report"
 
-    def order(rank: int) -> tuple[int, int]:
-        kind = reports.get(rank, (None,))[0]
-        lost = kind == "error" and "lost contact" in str(reports[rank][1])
-        return (0 if kind == "error" and not lost else 1 if kind is None else 2 if kind == "crash" else 3, rank)
 
-    def who(rank: int) -> str:
-        held = reports.get((rank, "dnns"))
-        return f"rank {rank}" + (f" ({', '.join(held[1])})" if held else "")
+def _spawn(procs: int, fn, args, backend: str):
+    ctx = mp.get_context("spawn")
+    # the launcher hosts the group's store, as torchrun's agent does: its port is taken here, before any
+    # rank starts, so no other process can take it in between (a port found free, then let go, can be)
+    store = dist.TCPStore("127.0.0.1", 0, procs, is_master=True, timeout=TIMEOUT, wait_for_workers=False)
+    ranks = []
+    for rank in range(procs):
+        receive, send = ctx.Pipe(duplex=False)
+        process = ctx.Process(target=_spawned_rank, name=f"weightsep-rank{rank}",
+                              args=(rank, procs, store.port, backend, fn, args, os.getpid(), send))
+        process.start()
+        send.close()
+        ranks.append(_Rank(rank, process, receive))
+    print(f"started {procs} ranks ({backend_for(backend)} over loopback): "
+          + ", ".join(f"rank {r.rank} pid {r.process.pid}" for r in ranks), file=sys.stderr, flush=True)
+    try:
+        _wait(ranks)
+    except BaseException:  # Ctrl-C or anything else here: no rank outlives the launcher
+        for r in ranks:
+            if r.process.is_alive():
+                r.process.terminate()
+        for r in ranks:
+            r.process.join()
+            for root, (before, committed) in r.saves.items():  # the command's message says what was written
+                with contextlib.suppress(StoreError):
+                    if (generation := _committed(root, before, committed)) is not None:
+                        COMMITS.append((Path(root), generation))
+        raise
+    for r in ranks:
+        r.process.join()
+    if any(r.process.exitcode != 0 for r in ranks):
+        raise RankError(_failure(ranks))
+    return ranks[0].outcome[1]
 
-    first, *others = sorted(failed, key=order)
-    lines = [f"{who(first)}: {how(first)}"]
-    lines += [f"{who(r)} then stopped: {how(r)}" for r in others]
-    return "; ".join(lines) + "; nothing was written: the store keeps its last good state"
+
+def _wait(ranks: list[_Rank]) -> None:
+    """Collect each rank's reports until all have ended, noting the order in which they end or report
+    a failure; once one has failed, stop the others (but one inside a save) after GRACE_SECONDS."""
+    open_pipes = {r.pipe: r for r in ranks}
+    order = itertools.count()
+    deadline = None
+    while True:
+        running = [r for r in ranks if r.process.exitcode is None]  # one look per round: ends are noted once
+        for r in ranks:
+            if r.ended is None and (r not in running or r.reported_failure):
+                r.ended = next(order)
+        if not running and not open_pipes:
+            return
+        if deadline is None and any(r.process.exitcode not in (None, 0) for r in ranks):
+            deadline = time.monotonic() + GRACE_SECONDS
+        if deadline is not None and time.monotonic() > deadline:
+            for r in running:
+                if not r.saving:
+                    r.process.terminate()
+                    r.terminated = True
+        for ready in mp.connection.wait(list(open_pipes) + [r.process.sentinel for r in running], timeout=1.0):
+            if ready in open_pipes:
+                try:
+                    open_pipes[ready].receive(*pickle.loads(ready.recv_bytes()))
+                except (EOFError, OSError):  # ended, with or without a report
+                    del open_pipes[ready]
+
+
+def _failure(ranks: list[_Rank]) -> str:
+    """One message: first the rank that failed first in cause (one that failed or died on its own comes
+    before those that only lost contact or were stopped by the launcher; among equals, the one seen to
+    end first), then the others, then what rank 0's saves left in the store."""
+    failed = sorted((r for r in ranks if r.process.exitcode != 0), key=lambda r: (r.stopped_by_another, r.ended, r.rank))
+    lines = [f"{failed[0].who}: {failed[0].why}"] + [f"{r.who} then stopped: {r.why}" for r in failed[1:]]
+    return "; ".join(lines + [_written(ranks[0].saves)])
