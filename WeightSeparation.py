@@ -13,8 +13,11 @@ mean something here (-iter, -margin, -alpha, -target_accuracy) are passed on; --
 """
 import sys
 
-from weightsep.checks import Parser, int_at_least
-from weightsep.cli import main
+from weightsep import exit_with, interruptible
+
+with interruptible():  # Ctrl-C during the imports: `interrupted`, exit 130
+    from weightsep.checks import Parser, int_at_least
+    from weightsep.cli import main
 
 MODES = {"a": "add", "t": "train", "e": "eval", "l": "list", "r": "remove"}
 
@@ -51,4 +54,4 @@ def translate(argv: list[str]) -> list[str]:
 
 
 if __name__ == "__main__":
-    sys.exit(main(translate(sys.argv[1:])))
+    exit_with(main(translate(sys.argv[1:])))

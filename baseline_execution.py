@@ -11,16 +11,18 @@ each DNN's stand-alone test accuracy.
 """
 from __future__ import annotations
 
-import sys
-import tempfile
-import time
-from pathlib import Path
+from weightsep import exit_with, guarded, interruptible
 
-import safetensors.torch
-import torch
+with interruptible():  # Ctrl-C during the imports: `interrupted`, exit 130
+    import tempfile
+    import time
+    from pathlib import Path
 
-from weightsep.checks import int_at_least
-from ws_execution import check_args, common_args, guarded, open_packed, report, schedule, sync
+    import safetensors.torch
+    import torch
+
+    from weightsep.checks import int_at_least
+    from ws_execution import check_args, common_args, open_packed, report, schedule, sync
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -30,9 +32,10 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     check_args(p, args)
     torch.set_num_threads(1)
-    from weightsep.flat import evaluating, load_buffer_state
-    from weightsep.store import BUFFER
-    from weightsep.train import standalone_models
+    with interruptible():  # imported when needed (the argument checks come first); Ctrl-C: exit 130
+        from weightsep.flat import evaluating, load_buffer_state
+        from weightsep.store import BUFFER
+        from weightsep.train import standalone_models
 
     if (opened := open_packed(args)) is None:
         return 2
@@ -83,4 +86,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(guarded(main))
+    exit_with(guarded(main))

@@ -5,18 +5,27 @@
 
 Reads the store only (no data, no training).
 """
-import argparse
-import sys
-from pathlib import Path
+from weightsep import exit_with, guarded, interruptible
 
-import torch
+with interruptible():  # Ctrl-C during the imports: `interrupted`, exit 130
+    import re
+    from pathlib import Path
 
-from weightsep.flat import page_labels
-from weightsep.quant import FORMATS
-from weightsep.state import exclusive_slots, is_shared
-from weightsep.store import Store, StoreError
+    import torch
+
+    from weightsep.checks import Parser, writable_dir
+    from weightsep.flat import page_labels
+    from weightsep.quant import FORMATS
+    from weightsep.state import exclusive_slots, is_shared
+    from weightsep.store import Store
 
 RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def default_plot(name: str) -> Path:
+    """results/vnn_NAME.png with NAME reduced to a file name's safe characters: the name comes from
+    the store, which may be hostile (`x/../../pwned` must not write outside results/)."""
+    return RESULTS / f"vnn_{re.sub(r'[^A-Za-z0-9_.-]', '_', name)[:64]}.png"
 
 
 def describe(state, name: str) -> str:
@@ -58,10 +67,11 @@ def describe(state, name: str) -> str:
 
 
 def plot(state, name: str, path: Path) -> None:
-    import matplotlib
+    with interruptible():  # Ctrl-C in matplotlib's imports: exit 130 (nothing is written before them)
+        import matplotlib
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
 
     vnn, S, occupancy = state.vnns[name], state.n_shared, state.occupancy()
     table = vnn.page_table
@@ -83,28 +93,26 @@ def plot(state, name: str, path: Path) -> None:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = Parser(prog="vnn.py", description=__doc__.split("\n\n")[0])
     p.add_argument("vnn_name")
     p.add_argument("--store", type=Path, default=Path("state"))
     p.add_argument("--plot", type=Path, help="PNG path (default results/vnn_NAME.png)")
     p.add_argument("--no-plot", action="store_true")
     args = p.parse_args(argv)
-    try:
-        state = Store(args.store).load()
-    except StoreError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    path = None if args.no_plot else args.plot or default_plot(args.vnn_name)
+    if path is not None:  # refused before the store is read, not after
+        if path.is_dir():
+            p.error(f"--plot {path} is a directory; name a .png file")
+        writable_dir(path.parent, "--plot")
+    state = Store(args.store).load()
     if args.vnn_name not in state.vnns:
-        print(f"error: {args.vnn_name!r} is not packed in {args.store}; packed: {', '.join(state.vnns) or 'none'}",
-              file=sys.stderr)
-        return 2
+        raise ValueError(f"{args.vnn_name!r} is not packed in {args.store}; packed: {', '.join(state.vnns) or 'none'}")
     print(describe(state, args.vnn_name))
-    if not args.no_plot:
-        path = args.plot or RESULTS / f"vnn_{args.vnn_name}.png"
+    if path is not None:
         plot(state, args.vnn_name, path)
         print(f"picture: {path}")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_with(guarded(main))

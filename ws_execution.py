@@ -9,15 +9,19 @@ which equals `python -m weightsep eval NAME` (the evaluate.packed_theta path) ex
 """
 from __future__ import annotations
 
-import argparse
-import random
 import sys
-import time
-from pathlib import Path
 
-import torch
+from weightsep import exit_with, guarded, interruptible
 
-from weightsep.checks import Parser, int_at_least
+with interruptible():  # Ctrl-C during the imports: `interrupted`, exit 130
+    import argparse
+    import random
+    import time
+    from pathlib import Path
+
+    import torch
+
+    from weightsep.checks import Parser, int_at_least
 
 
 def sync(device: torch.device) -> None:
@@ -52,29 +56,12 @@ def check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         p.error(f"--store {args.store} is a file, not a store directory")
 
 
-def guarded(main):
-    """Run a script's main: a user error is one line `error: ...` and exit status 2; Ctrl-C exits 130."""
-    from weightsep.dnn import DNNError
-    from weightsep.store import StoreError
-
-    try:
-        return main()
-    except KeyboardInterrupt:
-        print("\ninterrupted", file=sys.stderr)
-        return 130
-    except (DNNError, StoreError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except OSError as e:
-        print(f"error: {(e.filename or '') and f'{e.filename}: '}{e.strerror or e}", file=sys.stderr)
-        return 2
-
-
 def open_packed(args: argparse.Namespace):
     """The store at --store, its DNNs (folders, models, data) and their test sets on --device; None
     after printing the error when the store cannot be read."""
-    from weightsep.pipeline import load_packed
-    from weightsep.store import Store, StoreError
+    with interruptible():  # imported when needed (the argument checks come first); Ctrl-C: exit 130
+        from weightsep.pipeline import load_packed
+        from weightsep.store import Store, StoreError
 
     try:
         state = Store(args.store).load()
@@ -103,7 +90,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     check_args(p, args)
     torch.set_num_threads(1)
-    from weightsep.execution import PackedModel
+    with interruptible():
+        from weightsep.execution import PackedModel
 
     if (opened := open_packed(args)) is None:
         return 2
@@ -140,4 +128,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(guarded(main))
+    exit_with(guarded(main))

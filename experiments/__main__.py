@@ -13,21 +13,28 @@ results/experiments/paper/); `report` gathers them into results/REPORT.md. Runs 
 """
 from __future__ import annotations
 
-import argparse
 import sys
-import time
-from pathlib import Path
 
-from weightsep import dnn as dnn_mod
-from weightsep.pipeline import RESULTS_DIR
+from weightsep import exit_with, interruptible
 
-from . import harness, report
+with interruptible():  # Ctrl-C during the imports: `interrupted`, exit 130
+    import argparse
+    import time
+    from pathlib import Path
+
+    from weightsep import dnn as dnn_mod
+    from weightsep.checks import Parser, writable_dir
+    from weightsep.distributed import USER_ERRORS
+    from weightsep.pipeline import RESULTS_DIR
+
+    from . import harness, report
 
 
 def parse(argv) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m experiments", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog="experiments: " + ", ".join(report.experiments()))
+    """The arguments, checked: a bad one is one line `error: ...` and exit status 2, before any work."""
+    p = Parser(prog="python -m experiments", description=__doc__.split("\n\n")[0],
+               formatter_class=argparse.RawDescriptionHelpFormatter,
+               epilog="experiments: " + ", ".join(report.experiments()))
     p.add_argument("name", choices=["all", "report", *report.experiments()], help="an experiment, all of them, or the report")
     p.add_argument("--quick", action="store_true", help="small sizes: a smoke run of every experiment in minutes")
     p.add_argument("--paper", action="store_true", help="the paper's DNNs whose data is present instead of the suite")
@@ -48,6 +55,10 @@ def parse(argv) -> argparse.Namespace:
         value = getattr(args, flag)
         if value is not None and value < 1:
             p.error(f"--{flag.replace('_', '-')} must be >= 1, got {value}")
+    try:
+        writable_dir(args.results, "--results")
+    except ValueError as e:
+        p.error(str(e))
     return args
 
 
@@ -72,13 +83,13 @@ def main(argv=None) -> int:
         if args.name == "all":
             print(f"all experiments: {time.perf_counter() - start:.0f} s; wrote {report.write(args.results)}")
         return 0
-    except (dnn_mod.DNNError, ValueError, OSError, RuntimeError) as e:
+    except (*USER_ERRORS, OSError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
-        return 1
+        return 2
     except KeyboardInterrupt:
-        print("interrupted; finished runs are cached and a rerun resumes from them", file=sys.stderr)
+        print("\ninterrupted; finished runs are cached and a rerun resumes from them", file=sys.stderr)
         return 130
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    exit_with(main())

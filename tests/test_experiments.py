@@ -89,9 +89,9 @@ def test_anchor_is_the_code_hosts_heading_anchor():
 
 def test_cli_errors_name_the_problem_without_a_traceback(tmp_path):
     unknown = cli("matching", "--dnns", "nosuch", "--quick", "--results", tmp_path)
-    assert unknown.returncode == 1 and "nosuch" in unknown.stderr and "Traceback" not in unknown.stderr
+    assert unknown.returncode == 2 and "nosuch" in unknown.stderr and "Traceback" not in unknown.stderr
     empty = cli("report", "--results", tmp_path)
-    assert empty.returncode == 1 and "no experiment results" in empty.stderr and "Traceback" not in empty.stderr
+    assert empty.returncode == 2 and "no experiment results" in empty.stderr and "Traceback" not in empty.stderr
     bad = cli("nosuch")
     assert bad.returncode == 2 and "invalid choice" in bad.stderr
     steps = cli("matching", "--steps", "0")

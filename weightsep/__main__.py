@@ -1,5 +1,6 @@
-import sys
+from . import exit_with, interruptible
 
-from .cli import main
+with interruptible():  # Ctrl-C during the CLI's imports: `interrupted`, exit 130; main handles it after
+    from .cli import main
 
-sys.exit(main())
+exit_with(main())

@@ -37,7 +37,7 @@ from .optimize import OptimizeConfig
 from .pack import PackConfig
 from .pipeline import Loaded, pack_and_optimize
 from .precision import PrecisionConfig
-from .state import PackedState
+from .state import PackedState, check_name
 from .store import Store
 from .train import Trained
 
@@ -49,18 +49,23 @@ Data = tuple[torch.Tensor, torch.Tensor] | Iterable
 
 def _as_arrays(data: Data, who: str) -> tuple[np.ndarray, np.ndarray]:
     """(x, y) tensors or arrays, or an iterable of (x, y) batches, as numpy arrays (checked)."""
+    expected = "expected (x, y) tensors or an iterable of (x, y) batches (e.g. a DataLoader)"
     if isinstance(data, tuple | list) and len(data) == 2 and all(isinstance(t, torch.Tensor | np.ndarray) for t in data):
-        x, y = data
+        parts = [[data[0]], [data[1]]]
     else:
         try:
             batches = [(b[0], b[1]) for b in data]
         except (TypeError, IndexError, KeyError) as e:
-            raise ValueError(f"{who}: expected (x, y) tensors or an iterable of (x, y) batches (e.g. a DataLoader), "
-                             f"got {type(data).__name__} ({e})") from None
+            raise ValueError(f"{who}: {expected}, got {type(data).__name__} ({e})") from None
         if not batches:
             raise ValueError(f"{who}: the data is empty")
-        x, y = torch.cat([torch.as_tensor(b[0]) for b in batches]), torch.cat([torch.as_tensor(b[1]) for b in batches])
-    x, y = torch.as_tensor(x), torch.as_tensor(y)
+        parts = [[b[0] for b in batches], [b[1] for b in batches]]
+    try:  # one array as it is (no copy), batches concatenated
+        x, y = (torch.as_tensor(ts[0]) if len(ts) == 1 else torch.cat([torch.as_tensor(t) for t in ts]) for ts in parts)
+    except (TypeError, ValueError, RuntimeError) as e:  # not numbers, or batches that do not fit together
+        raise ValueError(f"{who}: {expected}, of numbers ({e})") from None
+    if x.dim() == 0 or x.is_complex():
+        raise ValueError(f"{who}: inputs must be real numbers with a batch dimension, got {x.dtype} {list(x.shape)}")
     if y.is_floating_point() or y.is_complex() or y.dim() != 1:
         raise ValueError(f"{who}: labels must be a 1-D integer tensor of class indices, got {y.dtype} {list(y.shape)}")
     if len(x) != len(y) or len(x) == 0:
@@ -70,6 +75,20 @@ def _as_arrays(data: Data, who: str) -> tuple[np.ndarray, np.ndarray]:
     return x.detach().cpu().numpy(), y.detach().cpu().numpy()
 
 
+def _classes(module: nn.Module, x: np.ndarray) -> int:
+    """The number of classes: the width of the logits the module gives for a few of its inputs."""
+    try:
+        with torch.no_grad(), flat.evaluating(module):
+            out = module(torch.from_numpy(x).float())  # its parameters are float32 (checked before)
+    except Exception as e:  # the caller's forward on the caller's data: whatever it raises is bad input
+        raise flat.FlatError(f"forward on {len(x)} validation inputs of shape {tuple(x.shape[1:])} fails: "
+                             f"{type(e).__name__}: {e}") from None
+    if not isinstance(out, torch.Tensor) or out.dim() != 2 or len(out) != len(x):
+        got = f"a tensor of shape {tuple(out.shape)}" if isinstance(out, torch.Tensor) else type(out).__name__
+        raise flat.FlatError(f"forward must return logits of shape (batch, classes); on {len(x)} inputs it returns {got}")
+    return int(out.shape[1])
+
+
 def _loaded(name: str, entry: tuple) -> tuple[Loaded, Trained]:
     if not isinstance(entry, tuple | list) or len(entry) not in (3, 4):
         raise ValueError(f"DNN {name!r}: expected (module, train data, validation data[, test data]), "
@@ -77,15 +96,18 @@ def _loaded(name: str, entry: tuple) -> tuple[Loaded, Trained]:
     module, *splits = entry
     if not isinstance(module, nn.Module):
         raise ValueError(f"DNN {name!r}: {type(module).__name__} is not a torch.nn.Module")
-    arrays = [_as_arrays(data, f"DNN {name!r}, {part} data") for data, part in zip(splits, ("training", "validation", "test"))]
+    parts = ("training", "validation", "test")
+    arrays = [_as_arrays(data, f"DNN {name!r}, {part} data") for data, part in zip(splits, parts)]
+    shapes = {part: tuple(x.shape[1:]) for (x, _), part in zip(arrays, parts)}
+    if len(set(shapes.values())) > 1:
+        raise ValueError(f"DNN {name!r}: one input shape is needed, got " + ", ".join(f"{p} {s}" for p, s in shapes.items()))
     try:
         module = copy.deepcopy(module)  # packing trains buffers (batch norm): never the caller's module
         if isinstance(module, flat.TemplateNet | flat.FlatModule):
             model = module
         else:
-            with torch.no_grad(), flat.evaluating(module):  # the number of classes: the logits' width
-                classes = module(torch.from_numpy(arrays[1][0][:2]).float()).shape[-1]
-            model = flat.as_flat(module, tuple(arrays[0][0].shape[1:]), int(classes))
+            flat.as_flat(module)  # its parameters checked first (the message names the one refused)
+            model = flat.as_flat(module, shapes["training"], _classes(module, arrays[1][0][:2]))
     except flat.FlatError as e:
         raise ValueError(f"DNN {name!r}: {e}") from None
     dataset = Dataset(*(Split(*a) for a in (arrays + [arrays[1]])[:3]))  # without test data, validation stands in
@@ -107,9 +129,18 @@ def pack(dnns: Mapping[str, tuple], pack_config: PackConfig | None = None, fishe
     (data: `(x, y)` tensors or an iterable of `(x, y)` batches). Returns the optimised `PackedState`;
     each DNN's stand-alone accuracy (on its test data, else validation data) is in its provenance.
     Configs default to the CLI's (`precision_config`: float32 pages; e.g. `PrecisionConfig(precision="int8")`).
-    Bad input is a ValueError naming the DNN."""
-    if not dnns:
-        raise ValueError("no DNNs to pack")
+    Bad input is a ValueError naming the DNN (or the argument), raised before any work."""
+    if not isinstance(dnns, Mapping) or not dnns:
+        raise ValueError(f"expected a dict of DNN name -> (module, train data, validation data), got "
+                         f"{'an empty one' if isinstance(dnns, Mapping) else type(dnns).__name__}: no DNNs to pack")
+    for config, cls in ((pack_config, PackConfig), (fisher_config, FisherConfig), (optimize_config, OptimizeConfig),
+                        (precision_config, PrecisionConfig)):
+        if config is not None and not isinstance(config, cls):
+            raise ValueError(f"expected a {cls.__name__} or None, got {type(config).__name__} {config!r}")
+    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**63:
+        raise ValueError(f"seed must be an int in [0, 2**63), got {seed!r}")
+    for name in dnns:
+        check_name(name)
     loaded, trained = {}, {}
     for name, entry in dnns.items():
         loaded[name], trained[name] = _loaded(name, entry)

@@ -9,8 +9,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import math
+import numbers
 import tempfile
+import types
+import typing
 from pathlib import Path
 
 # config field -> command-line flag, where they differ from the field's name with - for _
@@ -29,6 +33,34 @@ def _show(x) -> str:
 def flag(field: str) -> str:
     """The command-line flag of a config field."""
     return "--" + FLAG_NAMES.get(field, field.replace("_", "-"))
+
+
+# what a field of that type may hold (numpy's integers and floats are numbers.Integral / numbers.Real too)
+_SCALARS = {int: (numbers.Integral,), float: (numbers.Real,), str: (str,), bool: (bool,)}
+
+
+@functools.cache
+def _field_kinds(cls: type) -> dict[str, tuple[tuple[type, ...], bool]]:
+    """Per scalar field of a config dataclass: the Python types its value may have, and whether None may stand."""
+    hints, out = typing.get_type_hints(cls), {}
+    for f in dataclasses.fields(cls):
+        args = typing.get_args(hints[f.name]) if isinstance(hints[f.name], types.UnionType) else (hints[f.name],)
+        scalar = [a for a in args if a is not type(None)]
+        if len(scalar) == 1 and scalar[0] in _SCALARS:
+            out[f.name] = (_SCALARS[scalar[0]], type(None) in args)
+    return out
+
+
+def typed(config) -> None:
+    """Every scalar field of a config dataclass holds its declared type (an int field refuses 2.5 and
+    True, a float field a string), so a library call is checked as the command line's parser is."""
+    for name, (kinds, optional) in _field_kinds(type(config)).items():
+        value = getattr(config, name)
+        if (value is None and optional) or (isinstance(value, kinds) and (bool in kinds or not isinstance(value, bool))):
+            continue
+        want = {numbers.Integral: "an integer", numbers.Real: "a number", str: "a string", bool: "True or False"}[kinds[0]]
+        want += " or None" if optional else ""
+        raise ValueError(f"{flag(name)} must be {want}, got {value!r} ({type(value).__name__})")
 
 
 def finite(config) -> None:

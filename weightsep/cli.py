@@ -111,7 +111,7 @@ def cmd_prepare(args) -> None:
         print(f"preparing {name} ...", end=" ", flush=True)
         dnn_mod.data_dir().mkdir(parents=True, exist_ok=True)
         start = time.perf_counter()
-        dnn.module.prepare(dnn_mod.data_dir())
+        dnn.call("prepare", dnn_mod.data_dir())
         print(f"{time.perf_counter() - start:.1f} s", flush=True)
     print(f"data ready in {dnn_mod.data_dir()}")
 

@@ -110,8 +110,19 @@ class DNN:
                            "architecture every time")
         return model
 
+    def call(self, function: str, *args):
+        """The folder's own `function(*args)`; anything it raises (its code, not weightsep's) is a
+        DNNError naming the DNN and the function, so a broken folder is one line, not a traceback."""
+        try:
+            return getattr(self.module, function)(*args)
+        except (DNNError, KeyboardInterrupt):
+            raise
+        except Exception as e:
+            raise DNNError(f"DNN {self.name!r}: its {function}() failed: {type(e).__name__}: {e} "
+                           f"({self.path / 'dnn.py'})") from e
+
     def _build(self):
-        module = self.module.build_model()
+        module = self.call("build_model")
         if isinstance(module, TemplateNet):  # knows its input shape and classes
             return module
         missing = [k for k in ("input", "classes") if k not in self.meta]
@@ -125,17 +136,19 @@ class DNN:
 
     def load_weights(self, model):
         """The folder's own trained weights (flat, TF order), or None: then weightsep trains them."""
-        loader = getattr(self.module, "load_weights", None)
-        return None if loader is None else loader(model)
+        return self.call("load_weights", model) if hasattr(self.module, "load_weights") else None
 
     def load_data(self, root: Path | None = None) -> Dataset:
         root = data_dir() if root is None else root
         try:
-            data = self.module.load_data(root)
-        except FileNotFoundError as e:
+            data = self.call("load_data", root)
+        except DNNError as e:
+            if not isinstance(e.__cause__, FileNotFoundError):
+                raise
             hint = f"run: {self.prepare_command()}" if hasattr(self.module, "prepare") else (
                 "see the folder's README for the command that fetches it")
-            raise DNNError(f"DNN {self.name!r}: data file missing: {e.filename or e}; {hint}") from e
+            raise DNNError(f"DNN {self.name!r}: data file missing: {e.__cause__.filename or e.__cause__}; "
+                           f"{hint}") from e.__cause__
         model = self.build_model()
         if not isinstance(data, Dataset):
             raise DNNError(f"DNN {self.name!r}: load_data returned {type(data).__name__}, not a weightsep.dnn.Dataset")

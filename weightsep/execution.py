@@ -145,6 +145,17 @@ class PackedModel:
 
     def __init__(self, state: PackedState, models: Mapping[str, torch.nn.Module], device: str | torch.device = "cpu",
                  mode: str = "gather", kernel: str = "ops"):
+        if not isinstance(state, PackedState):
+            raise ValueError(f"PackedModel runs a PackedState (Store(...).load(), api.pack(...)), got {type(state).__name__}")
+        if not isinstance(models, Mapping):
+            raise ValueError(f"models must map each packed DNN's name to its nn.Module, got {type(models).__name__}")
+        try:
+            device = torch.device(device)
+        except (RuntimeError, TypeError) as e:
+            raise ValueError(f"device {device!r} is not a torch device: {str(e).splitlines()[0]}") from None
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"device {str(device)!r}: this machine has no CUDA GPU (or this torch has no CUDA); "
+                             "use device='cpu'")
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         if kernel not in KERNELS:

@@ -38,7 +38,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, grad, jacrev, vmap
 
-from .checks import at_least, one_of
+from .checks import at_least, one_of, typed
 from .flat import evaluating
 
 VERSION = 1  # bump when an estimator's numbers change, so stored Fisher vectors can be told apart
@@ -190,6 +190,7 @@ class FisherConfig:
     version: int = VERSION
 
     def __post_init__(self):
+        typed(self)
         one_of(self, "estimator", tuple(ESTIMATORS))
         at_least(self, "samples", 1, "--fisher-samples (K)")
         at_least(self, "chunk", 1)

@@ -14,9 +14,11 @@ import index for index). `FlatModule` gives any other module the same interface:
 * buffers (batch-norm running statistics and the like) stay the module's own: updated by its own
   code in train mode, never shared, saved with the DNN's exclusive state (`buffer_state`).
 
-Checks name the parameter: non-float or complex parameters, frozen ones, and forwards that change
-a parameter in place are refused. `layout` lists `TensorSpec(name, shape, offset)` per parameter,
-as `TemplateNet.layout` does, so pages can be labelled with the parameters they cover.
+Checks name the parameter: parameters that are not float32, frozen ones, NaN or inf weights, and
+forwards that fail, return something other than logits or change a parameter in place are refused
+(`FlatError`, a ValueError, never torch's own error). `layout` lists `TensorSpec(name, shape,
+offset)` per parameter, as `TemplateNet.layout` does, so pages can be labelled with the parameters
+they cover.
 
     net = as_flat(my_module, input_shape=(13, 1, 101), classes=10)
     logits = net(x)                     # net.theta
@@ -55,6 +57,9 @@ def _parameters(module: nn.Module) -> list[tuple[str, nn.Parameter]]:
     if len(dtypes) > 1:
         raise FlatError(f"parameters mix dtypes {sorted(map(str, dtypes))} (e.g. {found[0][0]!r} is {found[0][1].dtype}): "
                         "one flat vector holds one dtype")
+    if dtypes != {torch.float32}:
+        raise FlatError(f"parameters are {found[0][1].dtype}: weight pages hold float32 weights; "
+                        "convert the module with .float() first")
     return found
 
 
@@ -143,19 +148,27 @@ class FlatModule(nn.Module):
     def check_forward(self) -> None:
         """Run one forward on zeros and refuse a module that changes a parameter in place in forward
         (the pages would silently change under every DNN sharing them). Buffers are restored after."""
+        bad = [s.name for s, t in zip(self.layout, self.tensors().values()) if not torch.isfinite(t).all()]
+        if bad:
+            raise FlatError(f"parameter {', '.join(map(repr, bad))} holds NaN or inf: a DNN to pack has finite weights")
         saved = buffer_state(self)
         probe = self.theta.detach().clone()
         version = probe._version
         with torch.no_grad(), evaluating(self):
-            out = self(torch.zeros(2, *self.input_shape), probe)
+            try:
+                out = self(torch.zeros(2, *self.input_shape), probe)
+            except Exception as e:  # the module's own code: whatever it raises, the module is what is refused
+                raise FlatError(f"forward on a batch of 2 zero inputs of shape {self.input_shape} fails: "
+                                f"{type(e).__name__}: {e}") from None
         load_buffer_state(self, saved, "the module")
         if probe._version != version or not torch.equal(probe, self.theta.detach()):
             changed = [s.name for s, a, b in zip(self.layout, self.tensors(probe).values(), self.tensors().values())
                        if not torch.equal(a, b)]
             raise FlatError(f"forward changes parameter {', '.join(map(repr, changed)) or '(one of them)'} in place: "
                             "packed weights are shared between DNNs and must be read-only in forward")
-        if tuple(out.shape) != (2, self.classes):
-            raise FlatError(f"forward on a batch of 2 inputs of shape {self.input_shape} gives {tuple(out.shape)}, "
+        if not isinstance(out, torch.Tensor) or tuple(out.shape) != (2, self.classes):
+            got = tuple(out.shape) if isinstance(out, torch.Tensor) else f"a {type(out).__name__}, not a tensor"
+            raise FlatError(f"forward on a batch of 2 inputs of shape {self.input_shape} gives {got}, "
                             f"expected (2, {self.classes}) logits")
 
 
@@ -169,8 +182,8 @@ def as_flat(module: nn.Module, input_shape: tuple[int, ...] | None = None, class
     if not isinstance(module, nn.Module):
         raise FlatError(f"expected a torch.nn.Module, got {type(module).__name__}")
     wrapper = getattr(module, "_weightsep_flat", None)
-    if wrapper is not None:
-        return wrapper
+    if wrapper is not None and (classes is None or wrapper.classes is not None):
+        return wrapper  # one made without input shape and classes (`PackedModel`'s) is made again with them
     net = FlatModule(module, input_shape, classes)
     if input_shape is not None and classes is not None:
         net.check_forward()

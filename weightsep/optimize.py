@@ -69,7 +69,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from tqdm import tqdm
 
 from . import distributed
-from .checks import at_least, finite, one_of, positive, within
+from .checks import at_least, finite, one_of, positive, typed, within
 from .evaluate import accuracy
 from .flat import buffer_state, evaluating, load_buffer_state
 from .pages import from_pages, materialize, to_pages
@@ -116,7 +116,7 @@ class OptimizeConfig:
     balance_decay: float = 0.99  # joint, "rms": decay of the running RMS, per step the DNN is in
     extra_compute: float = 0.1  # extra FLOPs per step, as a share of one batch of every DNN, for cheap DNNs' extra batches
     max_batches: int = 4  # the most batches one DNN takes per step
-    max_harm: float = 15.0  # round-robin: pp a watched (untrained) DNN's validation accuracy may fall before a turn is undone (docs/algorithms.md)
+    max_harm: float = 15.0  # round-robin: pp a watched (untrained) DNN's validation accuracy may fall (docs/algorithms.md)
     seed: int = 0
 
     @property
@@ -124,6 +124,7 @@ class OptimizeConfig:
         return self.lr if self.lr is not None else 2e-3 if self.optimizer == "joint" else 1e-3
 
     def __post_init__(self):
+        typed(self)
         one_of(self, "optimizer", tuple(OPTIMIZERS))
         one_of(self, "loss", tuple(LOSSES))
         one_of(self, "schedule", tuple(SCHEDULES))

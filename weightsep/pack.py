@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
-from .checks import MAX_PAGE_SIZE, MAX_SHARED_WEIGHTS, at_least, finite, one_of, positive, within
+from .checks import MAX_PAGE_SIZE, MAX_SHARED_WEIGHTS, at_least, finite, one_of, positive, typed, within
 from .matching import MATCHERS, match
 from .pages import n_pages, to_pages
 from .separation import SEPARATIONS, separate
@@ -50,6 +50,7 @@ class PackConfig:
     seed: int = 0
 
     def __post_init__(self):
+        typed(self)
         one_of(self, "mode", MODES)
         one_of(self, "matching", tuple(MATCHERS))
         one_of(self, "shared_content", SHARED_CONTENT)

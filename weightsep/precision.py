@@ -31,7 +31,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from . import quant
-from .checks import at_least, finite, one_of, positive
+from .checks import at_least, finite, one_of, positive, typed
 from .pages import to_pages
 from .state import PAGE_TABLE_DTYPE, PackedState, Precision, exclusive_slots, is_shared
 
@@ -49,6 +49,7 @@ class PrecisionConfig:
     group: int = quant.DEFAULT_GROUP  # int4: weights per scale
 
     def __post_init__(self):
+        typed(self)
         one_of(self, "precision", POLICIES)
         for name in ("shared_dtype", "exclusive_dtype"):
             if getattr(self, name) is not None:

@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from . import dnn as dnn_mod
-from .checks import at_least
+from .checks import at_least, typed
 from .evaluate import accuracy
 from .flat import buffer_state, load_buffer_state
 from .store import BUFFER, StoreError, load_tensors, save_tensors
@@ -52,6 +52,7 @@ class TrainConfig:
     seed: int = 0
 
     def __post_init__(self):
+        typed(self)
         # steps comes from --train-steps or a folder's TRAIN dict, the others from TRAIN only
         at_least(self, "steps", 1, "--train-steps (stand-alone training steps)")
         for name in ("batch_size", "eval_every"):
@@ -121,8 +122,17 @@ def train_theta(model, data: dnn_mod.Dataset, config: TrainConfig) -> Trained:
 
 def config_for(dnn: dnn_mod.DNN, steps: int | None = None, seed: int = 0) -> TrainConfig:
     """Defaults, then the folder's TRAIN overrides, then a step budget and seed from the command line."""
-    return TrainConfig(**{**asdict(TrainConfig()), **dnn.train_overrides, **({"steps": steps} if steps is not None else {}),
-                          "seed": seed})
+    overrides = dnn.train_overrides
+    unknown = sorted(set(overrides) - set(asdict(TrainConfig())) if isinstance(overrides, dict) else ["(not a dict)"])
+    if unknown:
+        raise dnn_mod.DNNError(f"DNN {dnn.name!r}: its TRAIN has unknown field(s) {', '.join(unknown)}; known: "
+                               f"{', '.join(asdict(TrainConfig()))} ({dnn.path / 'dnn.py'})")
+    try:
+        return TrainConfig(**{**asdict(TrainConfig()), **overrides, **({"steps": steps} if steps is not None else {}),
+                              "seed": seed})
+    except ValueError as e:
+        where = "--train-steps" if steps is not None and "--train-steps" in str(e) else "its TRAIN"
+        raise dnn_mod.DNNError(f"DNN {dnn.name!r} ({where}): {e}") from None
 
 
 TRAINING_CODE = tuple(Path(__file__).with_name(f) for f in ("model.py", "flat.py", "train.py", "evaluate.py"))
