@@ -366,3 +366,21 @@ def test_write_back_puts_each_weight_on_its_page_and_leaves_the_rest():
     assert torch.equal(po.shared.detach(), expected)
     assert torch.equal(po.exclusive["b"].detach(), expected_excl)
     assert torch.equal(po.exclusive["a"].detach(), a_before)
+
+
+def test_a_turn_that_lowers_a_watched_dnn_beyond_max_harm_is_undone():
+    """`train a` watches b (a task given, not trained): a turn that costs b more than `max_harm` pp
+    on validation is undone (the pages are the input's, the rejection logged with b's accuracies
+    before and after); a bound above b's fall keeps the same turn."""
+    state, tasks = packed_pair()
+    state, _ = optimize(state, tasks, OptimizeConfig(steps=150, eval_every=50, batch_size=50), progress=False)
+    turn = dict(optimizer="round-robin", rounds=1, steps_per_turn=300, lam=0.0, lr=0.05, batch_size=50, dnns=("a",))
+    kept, history = optimize(state, tasks, OptimizeConfig(**turn, max_harm=100.0), progress=False)
+    x, y = validation_subset(tasks["b"], 2000, 0)
+    fall = {s: (tasks["b"].model(x, packed_theta(s, "b")).argmax(1) == y).float().mean().item() for s in (state, kept)}
+    fall = 100 * (fall[state] - fall[kept])
+    assert fall > 5 and not history.rejected  # the turn does harm b: the bound below is a real test
+    undone, history = optimize(state, tasks, OptimizeConfig(**turn, max_harm=fall / 2), progress=False)
+    assert torch.equal(undone.shared_pages, state.shared_pages)
+    [(trained, harmed)] = history.rejected
+    assert trained == "a" and list(harmed) == ["b"] and 100 * (harmed["b"][0] - harmed["b"][1]) == pytest.approx(fall)

@@ -204,7 +204,8 @@ def cmd_train(args) -> None:
     watch = bound < 100  # at 100 pp no turn can be undone: nothing to watch
     history = _optimize_store(args, lambda state: [name, *(state.sharing(name) if watch and name in state.vnns else [])],
                               optimizer="round-robin", rounds=1, steps_per_turn=args.iter, dnns=(name,))
-    for trained, harmed in history.rejected:  # one turn: at most one
+    if history is not None and history.rejected:  # one turn: at most one undone
+        trained, harmed = history.rejected[0]
         raise ValueError(f"the turn on {trained} was undone: it lowered " + ", ".join(
             f"{n}'s validation accuracy from {100 * a:.2f}% to {100 * b:.2f}% ({100 * (b - a):+.2f} pp)"
             for n, (a, b) in harmed.items()) + f", more than --max-harm {bound:g} pp; nothing was written: the store "
@@ -453,6 +454,7 @@ def _written(first_commit: int) -> str:
         return "; nothing was written: the store keeps its last good state"
     return "; but " + ", ".join(f"{root} holds the new generation {generation}" for root, generation in latest.items()) + (
         ", saved before the stop")
+
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -76,6 +76,7 @@ MANIFEST = "manifest.json"
 PREVIOUS = "manifest.prev.json"
 RECOVERY = "restore the previous generation with `python -m weightsep restore` (Store.restore_previous())"
 NO_OLDER = "no older generation is kept: rebuild the packed state"
+NO_PREVIOUS = "no previous generation is kept to restore: rebuild the packed state"
 _TENSOR_FILE = re.compile(r"(shared|vnn-[A-Za-z0-9_.-]*)-[0-9a-f]{12}\.safetensors")
 # a temp file of an interrupted `atomic_write_bytes` of one of the store's own files (nothing else is collected)
 _TEMP_FILE = re.compile(r"\.(manifest(\.prev|\.damaged-[0-9T]+)?\.json|(shared|vnn-[A-Za-z0-9_.-]*)-[0-9a-f]{12}"
@@ -723,7 +724,7 @@ class Store:
 
     def _recovery(self) -> str:
         """What to do about a damaged current generation: restore the previous one, if there is one."""
-        return RECOVERY if (self.root / PREVIOUS).is_file() else f"there is no previous generation to restore; {NO_OLDER}"
+        return RECOVERY if (self.root / PREVIOUS).is_file() else NO_PREVIOUS
 
     @staticmethod
     def _holds(path: Path, data: bytes) -> bool:
