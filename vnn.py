@@ -8,7 +8,6 @@ Reads the store only (no data, no training).
 from weightsep import exit_with, guarded, interruptible
 
 with interruptible():  # Ctrl-C during the imports: `interrupted`, exit 130
-    import re
     from pathlib import Path
 
     import torch
@@ -17,7 +16,7 @@ with interruptible():  # Ctrl-C during the imports: `interrupted`, exit 130
     from weightsep.flat import page_labels
     from weightsep.quant import FORMATS
     from weightsep.state import exclusive_slots, is_shared
-    from weightsep.store import Store
+    from weightsep.store import Store, file_slug
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -25,7 +24,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 def default_plot(name: str) -> Path:
     """results/vnn_NAME.png with NAME reduced to a file name's safe characters: the name comes from
     the store, which may be hostile (`x/../../pwned` must not write outside results/)."""
-    return RESULTS / f"vnn_{re.sub(r'[^A-Za-z0-9_.-]', '_', name)[:64]}.png"
+    return RESULTS / f"vnn_{file_slug(name)}.png"
 
 
 def describe(state, name: str) -> str:

@@ -54,9 +54,14 @@ def reported_accuracy(model, theta: torch.Tensor, x: torch.Tensor, y: torch.Tens
     predicted = predictions(model, theta, x)
     broken = int((predicted == NO_PREDICTION).sum())
     if broken:
-        raise FloatingPointError(f"{who}: {broken:,} of {len(x):,} test inputs give NaN or inf logits: its packed "
-                                 "weights or buffers are damaged or diverged; not scored")
+        raise not_scored(who, broken, len(x))
     return (predicted == y).sum().item() / max(1, len(x))
+
+
+def not_scored(who: str, broken: int, total: int) -> FloatingPointError:
+    """The error for `broken` of `total` inputs whose logits are NaN or inf: reported, never scored."""
+    return FloatingPointError(f"{who}: {broken:,} of {total:,} inputs give NaN or inf logits: its packed weights or "
+                              "buffers are damaged or diverged; not scored")
 
 
 def packed_theta(state: PackedState, name: str, model: torch.nn.Module | None = None) -> torch.Tensor:

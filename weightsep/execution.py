@@ -58,6 +58,7 @@ import torch
 from weightsep.ops import dequant_operands, gather_dequant_function, gather_into_function, gather_pages
 
 from . import quant
+from .evaluate import not_scored
 from .flat import as_flat, check_parameters, load_buffer_state
 from .state import PAGE_TABLE_DTYPE, PackedState
 
@@ -320,8 +321,7 @@ class PackedModel:
             logits = self.forward(x[i : i + batch].to(self.device))
             broken = int((~torch.isfinite(logits).all(1)).sum())
             if broken:
-                raise FloatingPointError(f"DNN {self.current!r}: {broken:,} of the {len(logits):,} inputs from {i:,} give "
-                                         "NaN or inf logits: its packed weights or buffers are damaged or diverged")
+                raise not_scored(f"DNN {self.current!r}", broken, len(logits))
             total += int((logits.argmax(1) == y[i : i + batch].to(self.device)).sum())
         return total
 

@@ -648,7 +648,7 @@ def round_robin(po: PageOptimizer) -> None:
             dnn_batches += cfg.steps_per_turn * po.batches_per_step[name]
             overlap += float(overlap_loss(w.detach(), terms, 1.0)) / len(names)
             write_back(po, name, w.detach())
-            harmed = _harmed(po, watched) if po.watched else {}
+            harmed = _harmed(po, watched)
             if harmed:
                 po.restore(before_turn)
                 po.history.rejected.append((name, harmed))

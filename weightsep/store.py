@@ -79,8 +79,7 @@ NO_OLDER = "no older generation is kept: rebuild the packed state"
 NO_PREVIOUS = "no previous generation is kept to restore: rebuild the packed state"
 _TENSOR_FILE = re.compile(r"(shared|vnn-[A-Za-z0-9_.-]*)-[0-9a-f]{12}\.safetensors")
 # a temp file of an interrupted `atomic_write_bytes` of one of the store's own files (nothing else is collected)
-_TEMP_FILE = re.compile(r"\.(manifest(\.prev|\.damaged-[0-9T]+)?\.json|(shared|vnn-[A-Za-z0-9_.-]*)-[0-9a-f]{12}"
-                        r"\.safetensors)\.[0-9]+\.[0-9a-f]{8}\.tmp")
+_TEMP_FILE = re.compile(rf"\.(manifest(\.prev|\.damaged-[0-9T]+)?\.json|{_TENSOR_FILE.pattern})\.[0-9]+\.[0-9a-f]{{8}}\.tmp")
 LOCK = ".lock"
 MAX_MANIFEST_BYTES = 64 << 20  # a manifest is a few KiB to a few MiB; more is not ours (never read whole)
 CHECKSUM_SINCE = 2  # every manifest of this format version or later carries its checksum
@@ -119,20 +118,29 @@ class NotRegularFile(OSError):
     could point its files at /dev/zero or at a file of the user's, so it is never followed."""
 
 
-def read_regular(path: Path, max_bytes: int | None = None) -> bytes:
-    """The bytes of `path` if it is a regular file (not followed if a link; a FIFO is not waited
-    on) of at most `max_bytes`; else `NotRegularFile`, or the OSError that opening raised."""
+def _open_regular(path: Path, flags: int, one_name: bool = False) -> tuple[int, os.stat_result]:
+    """An fd of `path` opened with `flags` (plus O_NOFOLLOW | O_NONBLOCK: a link is not followed, a
+    FIFO not waited on) and its stat, if it is a regular file (with `one_name`: not a hard link);
+    else `NotRegularFile`, or the OSError that opening raised."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        fd = os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o644)
     except OSError as e:
         if e.errno == errno.ELOOP:
             raise NotRegularFile(errno.ELOOP, "a symbolic link, which a store never follows", str(path)) from None
         raise
+    mode = os.fstat(fd)
+    if not stat.S_ISREG(mode.st_mode) or (one_name and mode.st_nlink != 1):
+        os.close(fd)
+        kind = ("a directory" if stat.S_ISDIR(mode.st_mode) else "not a regular file" if not stat.S_ISREG(mode.st_mode)
+                else f"a hard link ({mode.st_nlink} names)")
+        raise NotRegularFile(errno.EINVAL, f"{kind}, where the store keeps a file of its own", str(path))
+    return fd, mode
+
+
+def read_regular(path: Path, max_bytes: int | None = None) -> bytes:
+    """The bytes of `path` if it is a regular file (`_open_regular`) of at most `max_bytes`."""
+    fd, mode = _open_regular(path, os.O_RDONLY)
     with os.fdopen(fd, "rb") as f:
-        mode = os.fstat(fd)
-        if not stat.S_ISREG(mode.st_mode):
-            kind = "a directory" if stat.S_ISDIR(mode.st_mode) else "not a regular file"
-            raise NotRegularFile(errno.EINVAL, f"{kind}, where the store keeps a file", str(path))
         if max_bytes is not None and mode.st_size > max_bytes:
             raise NotRegularFile(errno.EFBIG, f"{mode.st_size:,} bytes, more than the {max_bytes:,} such a file "
                                  "may have", str(path))
@@ -226,6 +234,12 @@ def code_version() -> str:
 
 
 # ---------------------------------------------------------------- the store
+
+
+def file_slug(name: str) -> str:
+    """A DNN name as part of a file name: characters outside [A-Za-z0-9_.-] as `_`, at most 48 (the
+    name itself is in the manifest); whatever the name, no path separator reaches the file system."""
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", name)[:48]
 
 
 def _specs(tensors: dict[str, torch.Tensor]) -> dict:
@@ -427,12 +441,11 @@ class Store:
         blobs = {shared["file"]: data}
         vnns = []
         for vnn, counts in zip(state.vnns.values(), _counts(state)["vnns"]):
-            slug = re.sub(r"[^A-Za-z0-9_.-]", "_", vnn.name)[:48]
             tensors = {"page_table": vnn.page_table, "fisher": vnn.fisher,
                        **_pages("exclusive_pages", vnn.exclusive_pages, q and q.exclusive_codes[vnn.name],
                                 q and q.exclusive_scales[vnn.name], q and q.group),
                        **{BUFFER + k: b for k, b in vnn.buffers.items()}}
-            entry, data = _blob(f"vnn-{slug}", tensors, self._file_meta("vnn", vnn.name))
+            entry, data = _blob(f"vnn-{file_slug(vnn.name)}", tensors, self._file_meta("vnn", vnn.name))
             blobs[entry["file"]] = data
             vnns.append({**counts, "meta": vnn.provenance.to_json(), "file": entry})
         self._check_writable()
@@ -557,18 +570,10 @@ class Store:
         ~/.bashrc, say, in a received store) is never followed, a FIFO never waited on."""
         path = self.root / LOCK
         try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o644)
-        except OSError as e:
-            if e.errno != errno.ELOOP:
-                raise
-            raise StoreError(f"{path}: a symbolic link; the lock file is written, so it must be the store's own "
-                             "regular file: delete the link (nothing was written)") from None
-        mode = os.fstat(fd)
-        if not stat.S_ISREG(mode.st_mode) or mode.st_nlink != 1:
-            os.close(fd)
-            what = "not a regular file" if not stat.S_ISREG(mode.st_mode) else f"a hard link ({mode.st_nlink} names)"
-            raise StoreError(f"{path}: {what}; the lock file is written, so it must be the store's own regular file: "
-                             "delete it (nothing was written)")
+            fd, _ = _open_regular(path, os.O_RDWR | os.O_CREAT, one_name=True)
+        except NotRegularFile as e:
+            raise StoreError(f"{path}: {e.strerror}; the lock file is written, so it must be the store's own "
+                             "regular file: delete it (nothing was written)") from None
         return os.fdopen(fd, "r+")
 
     def _current_for_save(self) -> tuple[bytes, dict | None]:
@@ -576,8 +581,9 @@ class Store:
         path = self.root / MANIFEST
         if not path.is_file():
             return b"", None
-        data = self._manifest_bytes(path, self._recovery() + ", or move the directory away to start afresh")
-        return data, self._parse_manifest(data, path, self._recovery() + ", or move the directory away to start afresh")
+        hint = self._recovery() + ", or move the directory away to start afresh"
+        data = self._manifest_bytes(path, hint)
+        return data, self._parse_manifest(data, path, hint)
 
     def _current_for_restore(self) -> tuple[bytes, dict | None]:
         """The current manifest (bytes, parsed or None if unreadable); one of a newer format is refused.
@@ -649,12 +655,10 @@ class Store:
             data = read_regular(path, entry["bytes"])
         except FileNotFoundError:
             raise StoreError(f"{path}: missing (listed in {manifest.name}); {hint}") from None
-        except NotRegularFile as e:
+        except OSError as e:
             if e.errno == errno.EFBIG:  # larger than listed: not read
                 raise StoreError(f"{path}: {e.strerror.split(',')[0]} but {manifest.name} says {entry['bytes']}: "
                                  f"replaced; {hint}") from None
-            raise StoreError(f"{path}: unreadable ({e.strerror}; listed in {manifest.name}); {hint}") from None
-        except OSError as e:
             raise StoreError(f"{path}: unreadable ({e.strerror}; listed in {manifest.name}); {hint}") from None
         if len(data) != entry["bytes"]:
             raise StoreError(f"{path}: {len(data)} bytes but {manifest.name} says {entry['bytes']}: "
