@@ -40,6 +40,43 @@ def test_flatten_order_is_nhwc_like_tensorflow():
     torch.testing.assert_close(net(x), expected)
 
 
+def plain_forward(net: TemplateNet, x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+    """The template written plainly (NCHW, activation then pooling), as it was before issue 25."""
+    F, t = torch.nn.functional, net.tensors(theta)
+    x, i = x.float(), 0
+    for conv in net.convs:
+        x = F.max_pool2d(F.leaky_relu(F.conv2d(x, t[f"weight_{i}"].permute(3, 2, 0, 1), t[f"bias_{i}"]), 0.2), conv.pool)
+        i += 1
+    x = x.permute(0, 2, 3, 1).reshape(len(x), -1) if net.convs else x.reshape(len(x), -1)
+    for layer in range(len(net.dense) + 1):
+        x = x @ t[f"weight_{i}"] + t[f"bias_{i}"]
+        x = F.leaky_relu(x, 0.2) if layer < len(net.dense) else x
+        i += 1
+    return x
+
+
+@pytest.mark.parametrize("shape, convs", [
+    ((1, 28, 28), [Conv(3, 3, 8), Conv(3, 3, 16), Conv(3, 3, 32)]),  # one input channel: the kernel sets the layout
+    ((3, 32, 32), [Conv(3, 3, 8), Conv(3, 3, 16)]),
+    ((6, 1, 128), [Conv(1, 9, 8, pool=(1, 4)), Conv(1, 5, 16, pool=(1, 3))]),  # odd sizes: pooling drops the rest
+    ((4, 3, 3), [Conv(2, 2, 16, pool=(1, 1))]),
+    ((16,), []),
+])
+def test_the_channels_last_forward_equals_the_plain_one_in_values_and_gradients(shape, convs):
+    """Pooling before the activation and channels-last memory change the order of float32 sums,
+    nothing else: logits and weight gradients agree with the plain forward to rounding."""
+    torch.manual_seed(0)
+    net = TemplateNet(shape, convs, dense=[32], classes=5)
+    x = torch.randn(20, *shape).half()  # stored data is float16
+    x[:, ..., :2] = 0  # flat regions: ties inside pooling windows
+    y = torch.randint(0, 5, (20,))
+    fast, plain = net(x), plain_forward(net, x, net.theta)
+    torch.testing.assert_close(fast, plain, rtol=1e-5, atol=1e-5)
+    g_fast, = torch.autograd.grad(torch.nn.functional.cross_entropy(fast, y), net.theta)
+    g_plain, = torch.autograd.grad(torch.nn.functional.cross_entropy(plain, y), net.theta)
+    torch.testing.assert_close(g_fast, g_plain, rtol=1e-4, atol=1e-6)
+
+
 def test_materialize_resolves_shared_and_exclusive_pages():
     shared = torch.arange(12.0).view(3, 4)
     exclusive = torch.full((2, 4), -1.0)

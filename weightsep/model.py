@@ -76,6 +76,13 @@ def flatten(layout: list[TensorSpec], tensors: Mapping[str, torch.Tensor], dtype
     return torch.cat(parts)
 
 
+def channels_last_kernel(hwio: torch.Tensor) -> torch.Tensor:
+    """A TF-layout (kh, kw, in, out) conv kernel as torch's (out, in, kh, kw) in channels-last
+    memory. A channels-last kernel makes oneDNN give a channels-last output even for a 1-channel
+    input, and on channels-last tensors CPU max-pooling runs 6-10x faster than on NCHW ones."""
+    return hwio.permute(3, 2, 0, 1).contiguous(memory_format=torch.channels_last)
+
+
 class TemplateNet(nn.Module):
     def __init__(
         self,
@@ -154,11 +161,13 @@ class TemplateNet(nn.Module):
     def forward_with(self, x: torch.Tensor, t: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """The forward pass on weight tensors by name (TF layout), e.g. resolved lazily per layer."""
         x = x.to(t["weight_0"].dtype)  # data may be stored at half precision (weightsep.datasets)
+        if self.convs:  # channels-last memory (NHWC), written with ops that vmap (the batched Fisher) batches
+            x = x.permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2)
         act = ACTIVATIONS[self.hidden_act]
         i = 0
         for conv in self.convs:
-            x = F.conv2d(x, t[f"weight_{i}"].permute(3, 2, 0, 1), t[f"bias_{i}"])
-            x = F.max_pool2d(F.leaky_relu(x, 0.2), conv.pool, conv.pool)
+            x = F.conv2d(x, channels_last_kernel(t[f"weight_{i}"]), t[f"bias_{i}"])
+            x = F.leaky_relu(F.max_pool2d(x, conv.pool, conv.pool), 0.2)  # pool first: same values, a quarter of the work
             i += 1
         x = x.permute(0, 2, 3, 1).reshape(x.shape[0], -1) if self.convs else x.reshape(x.shape[0], -1)
         for layer in range(len(self.dense) + 1):
