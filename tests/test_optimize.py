@@ -6,7 +6,7 @@ import torch
 
 from weightsep.evaluate import packed_theta
 from weightsep.model import TemplateNet
-from weightsep.optimize import OptimizeConfig, Task, optimize, validation_subset
+from weightsep.optimize import OptimizeConfig, StepUndo, Task, optimize, validation_subset
 from weightsep.pack import PackConfig, add_vnn, new_state
 
 P = 64
@@ -97,6 +97,32 @@ def test_a_step_that_would_make_pages_non_finite_is_rolled_back():
         result, history = optimize(state, tasks, config)
     assert history.rolled_back == 5
     assert torch.equal(result.shared_pages, state.shared_pages)
+
+
+def test_step_undo_restores_pages_and_adam_state_exactly():
+    """The joint step's undo: after it, the next step is the one an optimiser that never took the
+    undone step takes (pages and Adam's moments; a parameter without state before has none after)."""
+    def pair():
+        torch.manual_seed(0)
+        a, b = torch.randn(5, requires_grad=True), torch.randn(3, requires_grad=True)
+        opt = torch.optim.Adam([a, b], lr=0.1)
+        a.grad = torch.randn(5)
+        opt.step()  # a has Adam state, b none yet
+        return a, b, opt
+
+    a, b, opt = pair()
+    undo = StepUndo(opt)
+    a.grad, b.grad = torch.randn(5), torch.randn(3)
+    opt.step()
+    undo.undo()
+    assert b not in opt.state
+    twin_a, twin_b, twin = pair()
+    g_a, g_b = torch.randn(5), torch.randn(3)
+    for (x, y, o) in ((a, b, opt), (twin_a, twin_b, twin)):
+        x.grad, y.grad = g_a.clone(), g_b.clone()
+        o.step()
+    assert torch.equal(a, twin_a) and torch.equal(b, twin_b)
+    assert all(torch.equal(opt.state[a][k], twin.state[twin_a][k]) for k in twin.state[twin_a])
 
 
 def test_config_validation():

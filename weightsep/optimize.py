@@ -405,8 +405,15 @@ class PageOptimizer:
     def snapshot(self) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, torch.Tensor], dict[str, dict]]:
         """Pages and page tables (promotion changes both), and this rank's DNNs' buffers."""
         return (self.shared.detach().clone(), {n: e.detach().clone() for n, e in self.exclusive.items()},
-                {n: v.page_table for n, v in self.state.vnns.items()},
-                {n: buffer_state(self.tasks[n].model) for n in self.local})
+                {n: v.page_table for n, v in self.state.vnns.items()}, self.buffers())
+
+    def buffers(self) -> dict[str, dict]:
+        """This rank's DNNs' buffers (batch-norm statistics: a training step changes them)."""
+        return {n: buffer_state(self.tasks[n].model) for n in self.local}
+
+    def restore_buffers(self, buffers: dict[str, dict]) -> None:
+        for n, held in buffers.items():
+            load_buffer_state(self.tasks[n].model, held, f"DNN {n!r}")
 
     def restore(self, snap) -> None:
         """Undo one step (no promotion happens within a step, so the shapes are the same)."""
@@ -414,8 +421,7 @@ class PageOptimizer:
             self.shared.copy_(snap[0])
             for n, e in snap[1].items():
                 self.exclusive[n].copy_(e)
-        for n, buffers in snap[3].items():
-            load_buffer_state(self.tasks[n].model, buffers, f"DNN {n!r}")
+        self.restore_buffers(snap[3])
 
     @torch.no_grad()
     def val_accuracy(self, name: str, theta: torch.Tensor) -> float:
@@ -496,8 +502,26 @@ class PageOptimizer:
         return quantized(state, self.precision.shared_codes, codes, self.precision.group, self.precision.policy)
 
 
-def _adam_state(opt: torch.optim.Optimizer) -> dict:
-    return copy.deepcopy(opt.state_dict())
+class StepUndo:
+    """What one Adam step changes, copied before it so that a step leaving a page non-finite can be
+    taken back: the parameters and their Adam state (none before a parameter's first step). Plain
+    tensor copies: deep-copying Adam's state dict each step cost more than the copies themselves."""
+
+    def __init__(self, opt: torch.optim.Optimizer):
+        self.opt = opt
+        params = opt.param_groups[0]["params"]
+        self.params = [(p, p.detach().clone()) for p in params]
+        self.state = {p: {k: v.clone() if torch.is_tensor(v) else v for k, v in opt.state[p].items()}
+                      for p in params if p in opt.state}
+
+    @torch.no_grad()
+    def undo(self) -> None:
+        for p, before in self.params:
+            p.copy_(before)
+            if p in self.state:
+                self.opt.state[p] = self.state[p]
+            else:
+                self.opt.state.pop(p, None)
 
 
 def _swap_parameter(opt: torch.optim.Optimizer, old: torch.Tensor, new: torch.Tensor) -> None:
@@ -556,13 +580,13 @@ def joint(po: PageOptimizer) -> None:
             grads[id(po.shared)] = _sum_over_ranks(po, grads.get(id(po.shared)), contributors)
         dnn_batches += sum(po.batches_per_step[n] for n in chosen)
         params = opt.param_groups[0]["params"]
-        snap, opt_state = po.snapshot(), _adam_state(opt)
+        undo, buffers = StepUndo(opt), po.buffers()
         for p in params:
             p.grad = grads.get(id(p))  # None: Adam leaves pages of DNNs not in this step alone
         opt.step()
         if distributed.any_(not _finite(*params)):  # every rank rolls back, or none
-            po.restore(snap)
-            opt.load_state_dict(opt_state)
+            undo.undo()
+            po.restore_buffers(buffers)
             po.history.rolled_back += 1
             warnings.warn(f"step {step}: pages became non-finite; step rolled back", RuntimeWarning, stacklevel=2)
         schedule.step()
@@ -636,12 +660,10 @@ def round_robin(po: PageOptimizer) -> None:
                 if not _finite(w.grad):
                     po.drop(name, "gradient")
                     continue
-                before, opt_state = w.detach().clone(), _adam_state(opt)
+                undo = StepUndo(opt)
                 opt.step()
                 if not _finite(w):
-                    with torch.no_grad():
-                        w.copy_(before)
-                    opt.load_state_dict(opt_state)
+                    undo.undo()
                     po.history.rolled_back += 1
                     warnings.warn(f"DNN {name!r}: weights became non-finite; step rolled back",
                                   RuntimeWarning, stacklevel=2)
