@@ -154,7 +154,11 @@ def file_hash(path: Path) -> str:
 
 
 def cache_path(dnn: dnn_mod.DNN, config: TrainConfig) -> Path:
-    data = [(p.name, file_hash(p)) for p in sorted(dnn_mod.data_dir().glob(f"{dnn.name}.*"))]
+    from .datasets import stored_digest  # .npz files written by weightsep carry their arrays' sha256
+
+    # keyed on the data's content: the stored digest costs a read of the zip's end, hashing the
+    # file (anything else in data_dir named <name>.*) reads all of it
+    data = [(p.name, stored_digest(p) or file_hash(p)) for p in sorted(dnn_mod.data_dir().glob(f"{dnn.name}.*"))]
     code = [file_hash(p) for p in TRAINING_CODE]
     key = json.dumps([dnn.code_hash(), code, asdict(config), data], sort_keys=True)
     return dnn_mod.cache_dir() / "models" / f"{dnn.name}-{hashlib.sha256(key.encode()).hexdigest()[:12]}.safetensors"
