@@ -165,12 +165,22 @@ def _add(args, store: Store) -> None:
           f"Fisher {timings['fisher_seconds']:.1f} s)")
 
 
+def procs_arg(text: str) -> int | None:
+    """--procs: a count of ranks, or "auto" (None: `distributed.auto_procs` decides)."""
+    return None if text == "auto" else int_at_least(1)(text)
+
+
 def _optimize_store(args, names, **fixed):
     """Optimise the store's pages (`names`: the DNNs to load, or a function of the state giving
     them); returns the optimiser's history (None on a rank other than 0 under torchrun)."""
-    if getattr(args, "procs", 1) > 1:  # before any rank starts: the manifest alone, not the pages
-        distributed.check_procs(args.procs, len(Store(args.store).read_manifest()["vnns"]))
-    report = distributed.launch(getattr(args, "procs", 1), _optimize_store_here, args, names, fixed,
+    procs = getattr(args, "procs", 1)
+    if procs != 1:  # before any rank starts: the manifest alone, not the pages
+        dnns = len(Store(args.store).read_manifest()["vnns"])
+        if procs is None:
+            config = build_config(OptimizeConfig, args, **fixed)
+            procs = distributed.auto_procs(dnns, config.steps, config.optimizer)
+        distributed.check_procs(procs, dnns)
+    report = distributed.launch(procs, _optimize_store_here, args, names, fixed,
                                 backend=getattr(args, "backend", "auto"))
     if report is None:  # a rank other than 0 under torchrun
         return None
@@ -316,9 +326,10 @@ def parser() -> argparse.ArgumentParser:
                         help="stand-alone training steps per DNN (default: each folder's TRAIN budget)")
     ranks = argparse.ArgumentParser(add_help=False)
     group = ranks.add_argument_group("scale-out (docs/distributed.md)")
-    group.add_argument("--procs", type=int_at_least(1), default=1,
+    group.add_argument("--procs", type=procs_arg, default=None, metavar="N|auto",
                        help="ranks for the joint optimisation on this machine, each with its own DNNs and one thread "
-                            "(default 1; under torchrun leave it out: torchrun starts the ranks)")
+                            "(default auto: one per free core, at most one per DNN, for joint runs of at least "
+                            f"{distributed.AUTO_MIN_STEPS} steps; under torchrun leave it out: torchrun starts the ranks)")
     group.add_argument("--backend", choices=distributed.BACKENDS, default="auto",
                        help="torch.distributed backend (default auto: gloo on CPU, NCCL when every rank has a GPU)")
 

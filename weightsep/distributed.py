@@ -22,6 +22,7 @@ import functools
 import itertools
 import multiprocessing as mp
 import multiprocessing.connection
+import multiprocessing.util
 import os
 import pickle
 import signal
@@ -95,6 +96,19 @@ def assign(costs: dict[str, float], size: int) -> dict[str, int]:
         owner[name] = rank
         load[rank] += costs[name]
     return {name: owner[name] for name in costs}
+
+
+AUTO_MIN_STEPS = 500  # joint steps below which `--procs auto` stays on one process: a rank's start costs seconds
+
+
+def auto_procs(dnns: int, steps: int, optimizer: str, beside: int = 0) -> int:
+    """The ranks `--procs auto` (the default) runs the joint optimisation on: one per core this
+    process may use, less `beside` processes that work next to it (the no-sharing control), at most
+    one per DNN. One process for the published optimisers (one DNN at a time), for runs shorter
+    than AUTO_MIN_STEPS steps, and under torchrun (which starts the ranks itself)."""
+    if optimizer != "joint" or steps < AUTO_MIN_STEPS or under_torchrun():
+        return 1
+    return max(1, min(dnns, len(os.sched_getaffinity(0)) - beside))
 
 
 def check_procs(procs: int, dnns: int) -> None:
@@ -352,6 +366,7 @@ def _spawned_rank(rank: int, size: int, port: int, backend: str, fn, args, paren
     # the rank's work is reported: end it without the interpreter's teardown, in which torch's C++
     # static destructors abort now and then ("terminate called without an active exception", SIGABRT
     # in 1 of 10-30 runs of a finished two-rank group), which the launcher would report as a death
+    mp.util._run_finalizers()  # Python's part of the teardown: the rank's worker pools' semaphores
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(status)

@@ -324,7 +324,7 @@ class RunConfig:
     train_steps: int | None = None  # stand-alone training steps (default: each folder's TRAIN)
     no_sharing: bool = False
     seeds: list[int] = field(default_factory=lambda: [0])  # the whole pipeline runs once per seed
-    procs: int = 1  # ranks for the joint optimisation on this machine (weightsep/distributed.py); torchrun: its own
+    procs: int | None = None  # joint optimisation ranks on this machine (None: `distributed.auto_procs`); torchrun: its own
     backend: str = "auto"  # torch.distributed backend: gloo on CPU, NCCL when every rank has a GPU
 
     def __post_init__(self):
@@ -332,6 +332,9 @@ class RunConfig:
             raise ValueError(f"--seeds must be distinct and at least one, got {self.seeds}")
         if self.workers < 1:
             raise ValueError(f"--workers must be >= 1, got {self.workers}")
+        if self.procs is None:
+            self.procs = distributed.auto_procs(len(self.dnns), self.optimize.steps, self.optimize.optimizer,
+                                                beside=1 if self.no_sharing else 0)
         if self.procs < 1:
             raise ValueError(f"--procs must be >= 1, got {self.procs}")
         if self.procs > 1 and self.optimize.optimizer != "joint":
