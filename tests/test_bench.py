@@ -55,3 +55,30 @@ def test_distributed_bench_measures_collectives_on_two_ranks_and_models_by_the_f
     assert not [m for m in rows if m["ranks"] > m["dnns"]]
     shares = [m["communication_share"] for m in rows if m["dnns"] == 100]
     assert shares == sorted(shares)  # more ranks, more of each step is communication
+
+
+def test_train_speed_quick_runs_old_and_new_side_by_side(tmp_path, monkeypatch):
+    import json
+
+    import pytest
+
+    from bench import train_speed
+    monkeypatch.setenv("WEIGHTSEP_OPS_BACKEND", "torch")  # the baseline's extension is not built in tmp_path
+    out = tmp_path / "out"
+    assert train_speed.main(["--quick", "--parts", "dnns,joint", "--dnns", "letters", "satellite",
+                             "--out", str(out), "--work", str(tmp_path / "work")]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["train_speed.json", "train_speed.png"]
+    result = json.loads((out / "train_speed.json").read_text())
+    assert result["old"]["commit"].startswith(train_speed.BASELINE) and result["rounds"] == 1
+    dnns = result["parts"]["dnns"]
+    for label in ("old", "new"):
+        rows = dnns[label]["median"]
+        assert set(rows) == {"letters", "satellite", "all"}
+        assert all(r["ms"] > 0 and r["flops"] > 0 and 0 < r["share"] < 1 for r in rows.values())
+        assert rows["all"]["ms"] == pytest.approx(rows["letters"]["ms"] + rows["satellite"]["ms"])
+        assert dnns[label]["sgemm_gflops"] > 0
+        step = result["parts"]["joint"][label]["median"]["step"]
+        assert step["ms_per_step"] > 0 and step["dnns"] == 2 and step["dnn_batches_per_step"] >= 2
+    assert set(dnns["speedup"]) == {"letters", "satellite", "all"} and result["parts"]["joint"]["speedup"]["step"] > 0
+    assert [t["target"] for t in result["targets"]] == ["joint step speed-up", "forward+backward share of sgemm, all",
+                                                       "forward+backward share of sgemm, worst DNN"]
