@@ -82,3 +82,16 @@ def test_train_speed_quick_runs_old_and_new_side_by_side(tmp_path, monkeypatch):
     assert set(dnns["speedup"]) == {"letters", "satellite", "all"} and result["parts"]["joint"]["speedup"]["step"] > 0
     assert [t["target"] for t in result["targets"]] == ["joint step speed-up", "forward+backward share of sgemm, all",
                                                        "forward+backward share of sgemm, worst DNN"]
+
+
+def test_forward_layout_variants_compute_the_same_logits():
+    """bench.forward_layout times the same arithmetic four ways: each variant's logits agree."""
+    from bench.forward_layout import VARIANTS, forward
+    from weightsep.model import Conv, TemplateNet
+
+    torch.manual_seed(0)
+    net = TemplateNet((3, 16, 16), [Conv(3, 3, 8), Conv(3, 3, 16)], dense=[32], classes=5)
+    x = torch.randn(4, 3, 16, 16).half()
+    outs = {v: forward(net, x, *flags) for v, flags in VARIANTS.items()}
+    for v, out in outs.items():
+        torch.testing.assert_close(out, outs["plain"], rtol=1e-5, atol=1e-5, msg=v)
