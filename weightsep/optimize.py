@@ -291,7 +291,10 @@ class History:
 
 
 def _finite(*tensors: torch.Tensor) -> bool:
-    return all(bool(torch.isfinite(t).all()) for t in tensors)
+    """No NaN or inf in any of `tensors`, read off their sums: one reduction each, where
+    isfinite().all() makes two passes and a mask. A sum beyond float32's range also counts as
+    non-finite: no trainable gradient or page comes near it, and dropping such a step is the safe side."""
+    return all(math.isfinite(t.sum()) for t in tensors)
 
 
 def validation_subset(task: Task, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -572,9 +575,11 @@ def joint(po: PageOptimizer) -> None:
                 po.drop(name, "gradient")
                 continue
             factor = balance.factor(name, g_shared)
-            g_shared, g_excl = g_shared * factor, g_excl * factor
-            grads[id(po.shared)] = grads.get(id(po.shared), 0) + g_shared
-            grads[id(po.exclusive[name])] = g_excl
+            if id(po.shared) in grads:  # autograd's fresh gradient tensors: scaled and summed in place
+                grads[id(po.shared)].add_(g_shared, alpha=factor)
+            else:
+                grads[id(po.shared)] = g_shared.mul_(factor)
+            grads[id(po.exclusive[name])] = g_excl.mul_(factor)
             contributors += 1
         if po.world.distributed:
             grads[id(po.shared)] = _sum_over_ranks(po, grads.get(id(po.shared)), contributors)
