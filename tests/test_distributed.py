@@ -358,3 +358,15 @@ def test_joint_refuses_more_ranks_than_packed_dnns_before_starting_any(tmp_path,
     assert cli_mod.main(["joint", "--store", str(tmp_path / "state"), "--procs", "1000"]) == 2
     assert capsys.readouterr().err == "error: --procs 1000 but only 2 DNN(s) to train: at most one rank per DNN\n"
     assert not started
+
+
+def test_procs_auto_takes_a_rank_per_free_core_for_long_joint_runs(monkeypatch):
+    monkeypatch.setattr(distributed.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
+    steps = distributed.AUTO_MIN_STEPS
+    assert distributed.auto_procs(10, steps, "joint") == 4
+    assert distributed.auto_procs(10, steps, "joint", beside=1) == 3  # a core left to the no-sharing control
+    assert distributed.auto_procs(3, steps, "joint") == 3  # at most one rank per DNN
+    assert distributed.auto_procs(10, steps - 1, "joint") == 1  # a short run: starting ranks costs more
+    assert distributed.auto_procs(10, steps, "round-robin") == 1  # one DNN at a time
+    monkeypatch.setattr(distributed.os, "sched_getaffinity", lambda pid: {0})
+    assert distributed.auto_procs(10, steps, "joint", beside=1) == 1

@@ -174,12 +174,10 @@ def _optimize_store(args, names, **fixed):
     """Optimise the store's pages (`names`: the DNNs to load, or a function of the state giving
     them); returns the optimiser's history (None on a rank other than 0 under torchrun)."""
     procs = getattr(args, "procs", 1)
-    if procs != 1:  # before any rank starts: the manifest alone, not the pages
-        dnns = len(Store(args.store).read_manifest()["vnns"])
-        if procs is None:
-            config = build_config(OptimizeConfig, args, **fixed)
-            procs = distributed.auto_procs(dnns, config.steps, config.optimizer)
-        distributed.check_procs(procs, dnns)
+    if procs is None:
+        procs = _auto_procs(args, fixed)
+    elif procs > 1:  # before any rank starts: the manifest alone, not the pages
+        distributed.check_procs(procs, len(Store(args.store).read_manifest()["vnns"]))
     report = distributed.launch(procs, _optimize_store_here, args, names, fixed,
                                 backend=getattr(args, "backend", "auto"))
     if report is None:  # a rank other than 0 under torchrun
@@ -188,6 +186,17 @@ def _optimize_store(args, names, **fixed):
     print(f"{optimizer}: best validation " + ", ".join(f"{n} {100 * a:.2f}%" for n, a in best.items())
           + f" ({history.seconds:.1f} s; non-finite steps dropped: {history.skipped or 'none'})")
     return history
+
+
+def _auto_procs(args, fixed: dict) -> int:
+    """`--procs auto` on a store, from its manifest alone; one process where the manifest cannot be
+    read (the command then says what is wrong with the store, before any work, as on one process)."""
+    try:
+        dnns = len(Store(args.store).read_manifest()["vnns"])
+    except StoreError:
+        return 1
+    config = build_config(OptimizeConfig, args, **fixed)
+    return distributed.auto_procs(dnns, config.steps, config.optimizer)
 
 
 def _optimize_store_here(args, names: list[str] | None, fixed: dict):

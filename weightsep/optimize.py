@@ -294,7 +294,7 @@ def _finite(*tensors: torch.Tensor) -> bool:
     """No NaN or inf in any of `tensors`, read off their sums: one reduction each, where
     isfinite().all() makes two passes and a mask. A sum beyond float32's range also counts as
     non-finite: no trainable gradient or page comes near it, and dropping such a step is the safe side."""
-    return all(math.isfinite(t.sum()) for t in tensors)
+    return all(math.isfinite(t.detach().sum()) for t in tensors)
 
 
 def validation_subset(task: Task, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
