@@ -36,6 +36,7 @@ from tqdm import tqdm
 
 from . import dnn as dnn_mod
 from .checks import at_least, typed
+from .datasets import stored_digest  # .npz files written by weightsep carry their arrays' sha256
 from .evaluate import accuracy
 from .flat import buffer_state, load_buffer_state
 from .store import BUFFER, StoreError, load_tensors, save_tensors
@@ -154,8 +155,6 @@ def file_hash(path: Path) -> str:
 
 
 def cache_path(dnn: dnn_mod.DNN, config: TrainConfig) -> Path:
-    from .datasets import stored_digest  # .npz files written by weightsep carry their arrays' sha256
-
     # keyed on the data's content: the stored digest costs a read of the zip's end, hashing the
     # file (anything else in data_dir named <name>.*) reads all of it
     data = [(p.name, stored_digest(p) or file_hash(p)) for p in sorted(dnn_mod.data_dir().glob(f"{dnn.name}.*"))]
