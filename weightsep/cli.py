@@ -27,6 +27,7 @@ from . import distributed
 from . import dnn as dnn_mod
 from . import store as store_mod
 from .checks import Parser, flag, int_at_least, writable_dir
+from .config_help import flag_help
 from .evaluate import format_aggregate, format_table, make_row, packed_theta, summarize
 from .fisher import ESTIMATORS, FisherConfig
 from .matching import MATCHERS
@@ -62,13 +63,12 @@ def add_config_flags(parser: argparse.ArgumentParser, cls: type) -> None:
             continue
         kind = _scalar_type(hints[f.name])
         name = flag(f.name)
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         if kind is bool:
             group.add_argument(name, dest=f.name, action=argparse.BooleanOptionalAction, default=None,
-                               help=f"(default {default})")
+                               help=flag_help(f))
         else:
             group.add_argument(name, dest=f.name, type=kind, default=None, choices=CHOICES.get(f.name),
-                               help=f"(default {default})")
+                               help=flag_help(f))
 
 
 def build_config(cls: type, args: argparse.Namespace, **fixed):

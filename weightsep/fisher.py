@@ -39,6 +39,7 @@ from torch import nn
 from torch.func import functional_call, grad, jacrev, vmap
 
 from .checks import at_least, one_of, typed
+from .config_help import opt
 from .flat import evaluating
 
 VERSION = 1  # bump when an estimator's numbers change, so stored Fisher vectors can be told apart
@@ -173,21 +174,14 @@ ESTIMATORS: dict[str, Estimator] = {
 
 @dataclass(frozen=True)
 class FisherConfig:
-    """How the Fisher stage runs.
+    """How the Fisher stage runs (each field's help text beside its default)."""
 
-    estimator: a name in ESTIMATORS.
-    samples:   K, training samples drawn uniformly with replacement; None = the estimator's default.
-    chunk:     per-sample gradients held at once by batched estimators (memory: chunk x n x 4 bytes).
-    seed:      seeds the draw of the K samples.
-    normalize: min-max normalise to [0, 1], as WS does (NWV does not).
-    """
-
-    estimator: str = "predicted"
-    samples: int | None = None
-    chunk: int = 64
-    seed: int = 0
-    normalize: bool = True
-    version: int = VERSION
+    estimator: str = opt("predicted", "a name in fisher.ESTIMATORS")
+    samples: int | None = opt(None, "K, training samples drawn uniformly with replacement; None = the estimator's default")
+    chunk: int = opt(64, "per-sample gradients held at once by batched estimators (memory: chunk x n x 4 bytes)")
+    seed: int = opt(0, "seeds the draw of the K samples")
+    normalize: bool = opt(True, "min-max normalise to [0, 1], as WS does (NWV does not)")
+    version: int = opt(VERSION, "the Fisher stage's code version, stored with the config")
 
     def __post_init__(self):
         typed(self)

@@ -70,6 +70,7 @@ from tqdm import tqdm
 
 from . import distributed
 from .checks import at_least, finite, one_of, positive, typed, within
+from .config_help import opt
 from .evaluate import accuracy
 from .flat import buffer_state, evaluating, load_buffer_state
 from .pages import from_pages, materialize, to_pages
@@ -95,29 +96,29 @@ LOSSES = {"ce": F.cross_entropy, "paper": paper_cross_entropy}
 
 @dataclass(frozen=True)
 class OptimizeConfig:
-    optimizer: str = "joint"
-    steps: int = 1500  # joint: optimisation steps (each sees one batch of every DNN in the step)
-    dnns_per_step: int | None = None  # joint: a random subset of this many DNNs per step (None: all)
-    rounds: int = 100  # round-robin: rounds; each DNN trains steps_per_turn steps per round
-    steps_per_turn: int = 320  # published: 10 x 32
-    lam: float = 0.1  # round-robin overlap-loss weight (published WS 0.1, NWV 10)
-    lr: float | None = None  # Adam; None: 2e-3 for joint (the cosine's peak), 1e-3 for round-robin (published)
-    schedule: str = "cosine"  # joint: "cosine" (linear warm-up over 5% of steps, then cosine to 0) or "constant"
-    batch_size: int = 100
-    eval_every: int = 100  # joint: steps between validation checks
-    val_samples: int = 2000  # validation samples per DNN per check (a fixed random subset where there are more)
-    loss: str = "ce"
-    dnns: tuple[str, ...] | None = None  # DNNs whose losses are trained (default: every packed DNN)
-    select: str = "balanced"  # "balanced" (needs stand-alone weights, else "mean") or "mean"
-    promote_pages: int = 0  # joint: spare exclusive pages handed out by validation deficit
-    promote_start: float = 0.1  # joint: first and last fraction of the steps at which pages are handed out
-    promote_end: float = 0.6
-    balance: str = "rms"  # joint: "rms" (each DNN's gradient over the running RMS of its own) or "sum"
-    balance_decay: float = 0.99  # joint, "rms": decay of the running RMS, per step the DNN is in
-    extra_compute: float = 0.1  # extra FLOPs per step, as a share of one batch of every DNN, for cheap DNNs' extra batches
-    max_batches: int = 4  # the most batches one DNN takes per step
-    max_harm: float = 15.0  # round-robin: pp a watched (untrained) DNN's validation accuracy may fall (docs/algorithms.md)
-    seed: int = 0
+    optimizer: str = opt("joint", "joint (every DNN in each step) or round-robin (one DNN per turn, published; alias sequential)")
+    steps: int = opt(1500, "joint: optimisation steps (each sees one batch of every DNN in the step)")
+    dnns_per_step: int | None = opt(None, "joint: a random subset of this many DNNs per step (None: all)")
+    rounds: int = opt(100, "round-robin: rounds; each DNN trains steps_per_turn steps per round")
+    steps_per_turn: int = opt(320, "round-robin: steps per DNN per round (published: 10 x 32)")
+    lam: float = opt(0.1, "round-robin overlap-loss weight (published WS 0.1, NWV 10)")
+    lr: float | None = opt(None, "Adam learning rate; None: 2e-3 for joint (the cosine's peak), 1e-3 for round-robin (published)")
+    schedule: str = opt("cosine", 'joint: "cosine" (linear warm-up over 5% of steps, then cosine to 0) or "constant"')
+    batch_size: int = opt(100, "training samples per batch")
+    eval_every: int = opt(100, "joint: steps between validation checks")
+    val_samples: int = opt(2000, "validation samples per DNN per check (a fixed random subset where there are more)")
+    loss: str = opt("ce", "ce (cross-entropy) or paper (the originals' loss, optimize.paper_cross_entropy)")
+    dnns: tuple[str, ...] | None = opt(None, "DNNs whose losses are trained (default: every packed DNN)")
+    select: str = opt("balanced", "balanced (mean change plus the worst DNN's; needs stand-alone weights, else mean) or mean")
+    promote_pages: int = opt(0, "joint: spare exclusive pages handed out by validation deficit")
+    promote_start: float = opt(0.1, "joint: fraction of the steps at which pages start being handed out")
+    promote_end: float = opt(0.6, "joint: fraction of the steps by which every spare page is handed out")
+    balance: str = opt("rms", "joint: \"rms\" (each DNN's gradient over the running RMS of its own) or \"sum\"")
+    balance_decay: float = opt(0.99, 'joint, "rms": decay of the running RMS, per step the DNN is in')
+    extra_compute: float = opt(0.1, "extra FLOPs per step, as a share of one batch of every DNN, for cheap DNNs' extra batches")
+    max_batches: int = opt(4, "the most batches one DNN takes per step")
+    max_harm: float = opt(15.0, "round-robin: pp a watched (untrained) DNN's validation accuracy may fall (docs/algorithms.md)")
+    seed: int = opt(0, "seeds the batches, subsets and validation draws")
 
     @property
     def learning_rate(self) -> float:

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from .checks import MAX_PAGE_SIZE, MAX_SHARED_WEIGHTS, at_least, finite, one_of, positive, typed, within
+from .config_help import opt
 from .matching import MATCHERS, match
 from .pages import n_pages, to_pages
 from .separation import SEPARATIONS, separate
@@ -36,18 +37,18 @@ SHARED_CONTENT = ("fisher-mean", "first", "random")
 class PackConfig:
     """How DNNs are packed. Published WS defaults: P=512, S=128, margin 0.1, alpha 0.5 (separation "margin")."""
 
-    mode: str = "ws"  # "ws": exclusive + shared pages; "nwv": everything shared, S = largest DNN's pages
-    page_size: int = 512
-    n_shared: int = 128  # WS only; NWV derives S from the DNNs
-    separation: str = "budget"  # WS: "budget" (one budget for the set, from `ratio`) or "margin" (published)
-    ratio: float = 6.0  # budget: stand-alone weights / packed weights asked for (sets the exclusive pages)
-    at_packing: float = 0.5  # budget: share of the exclusive pages given at packing; the rest by accuracy
-    margin: float = 0.1  # margin: each DNN keeps pages until 1 - margin of its Fisher mass
-    target_accuracy: float | None = None  # WS: a target accuracy lowers tpr, so fewer exclusive pages
-    alpha: float = 0.5
-    matching: str = "optimal"
-    shared_content: str = "fisher-mean"
-    seed: int = 0
+    mode: str = opt("ws", "\"ws\": exclusive + shared pages; \"nwv\": everything shared, S = largest DNN's pages")
+    page_size: int = opt(512, "weights per page (P; published 512)")
+    n_shared: int = opt(128, "shared pages (S; published 128); WS only, NWV derives S from the DNNs")
+    separation: str = opt("budget", 'WS: "budget" (one budget for the set, from `ratio`) or "margin" (published)')
+    ratio: float = opt(6.0, "budget: stand-alone weights / packed weights asked for (sets the exclusive pages)")
+    at_packing: float = opt(0.5, "budget: share of the exclusive pages given at packing; the rest by accuracy")
+    margin: float = opt(0.1, "margin: each DNN keeps pages until 1 - margin of its Fisher mass")
+    target_accuracy: float | None = opt(None, "WS: a target accuracy lowers tpr, so fewer exclusive pages")
+    alpha: float = opt(0.5, "WS tpr (with target_accuracy): threshold on the L2-normalised output of a sample's label")
+    matching: str = opt("optimal", "matcher of pages onto shared pages: a name in matching.MATCHERS")
+    shared_content: str = opt("fisher-mean", "what a shared page holds after a DNN lands on it (pack.py's docstring)")
+    seed: int = opt(0, 'seeds the "random" shared content')
 
     def __post_init__(self):
         typed(self)

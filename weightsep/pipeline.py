@@ -12,7 +12,7 @@ import copy
 import json
 import resource
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from . import distributed
 from . import dnn as dnn_mod
+from .config_help import opt
 from .evaluate import aggregate, format_aggregate, format_table, make_row, packed_theta, reported_accuracy, summarize
 from .fisher import FisherConfig, compute_fisher
 from .flat import evaluating, load_buffer_state, parameter_sizes
@@ -312,20 +313,20 @@ def _control_worker(folders: list[str], thetas: list, buffers: list[dict], confi
 class RunConfig:
     """The main job: train (or reuse) stand-alone DNNs, pack, optimise, evaluate, report; per seed."""
 
-    dnns: list[str] = field(default_factory=dnn_mod.suite)
-    extra_folders: list[Path] = field(default_factory=list)
-    store: Path = Path("state")
-    results: Path = RESULTS_DIR
-    workers: int = 2
-    pack: PackConfig = field(default_factory=PackConfig)
-    fisher: FisherConfig = field(default_factory=FisherConfig)
-    optimize: OptimizeConfig = field(default_factory=OptimizeConfig)
-    precision: PrecisionConfig = field(default_factory=PrecisionConfig)
-    train_steps: int | None = None  # stand-alone training steps (default: each folder's TRAIN)
-    no_sharing: bool = False
-    seeds: list[int] = field(default_factory=lambda: [0])  # the whole pipeline runs once per seed
-    procs: int | None = None  # joint optimisation ranks on this machine (None: `distributed.auto_procs`); torchrun: its own
-    backend: str = "auto"  # torch.distributed backend: gloo on CPU, NCCL when every rank has a GPU
+    dnns: list[str] = opt(help="DNN names or folders (default: the offline suite)", factory=dnn_mod.suite)
+    extra_folders: list[Path] = opt(help="extra DNN folders, or folders of them (--dnn-folder)", factory=list)
+    store: Path = opt(Path("state"), "store directory")
+    results: Path = opt(RESULTS_DIR, "where summary.json/.md go")
+    workers: int = opt(2, "processes for stand-alone training")
+    pack: PackConfig = opt(help="how the DNNs are packed (PackConfig)", factory=PackConfig)
+    fisher: FisherConfig = opt(help="how the Fisher stage runs (FisherConfig)", factory=FisherConfig)
+    optimize: OptimizeConfig = opt(help="how the packed DNNs are optimised (OptimizeConfig)", factory=OptimizeConfig)
+    precision: PrecisionConfig = opt(help="the pages' formats (PrecisionConfig)", factory=PrecisionConfig)
+    train_steps: int | None = opt(None, "stand-alone training steps (default: each folder's TRAIN)")
+    no_sharing: bool = opt(False, "also train each DNN alone with the same budget (control for extra training)")
+    seeds: list[int] = opt(help="the whole pipeline runs once per seed", factory=lambda: [0])
+    procs: int | None = opt(None, "joint optimisation ranks on this machine (None: `distributed.auto_procs`); torchrun: its own")
+    backend: str = opt("auto", "torch.distributed backend: gloo on CPU, NCCL when every rank has a GPU")
 
     def __post_init__(self):
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):

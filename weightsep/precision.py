@@ -32,6 +32,7 @@ import torch
 
 from . import quant
 from .checks import at_least, finite, one_of, positive, typed
+from .config_help import opt
 from .pages import to_pages
 from .state import PAGE_TABLE_DTYPE, PackedState, Precision, exclusive_slots, is_shared
 
@@ -41,12 +42,12 @@ TABLE_ENTRY_BYTES = PAGE_TABLE_DTYPE.itemsize  # as the store and the execution 
 
 @dataclass(frozen=True)
 class PrecisionConfig:
-    precision: str = "float32"  # a format for every page, or "fisher" (formats by Fisher under budget_kib)
-    shared_dtype: str | None = None  # format policies: the shared pages' format (default: `precision`)
-    exclusive_dtype: str | None = None  # format policies: the exclusive pages' format (default: `precision`)
-    budget_kib: float | None = None  # fisher: the packed store's bytes (pages, scales, page tables), KiB
-    fisher_formats: str = "int4,int8,float16"  # fisher: the formats it chooses among
-    group: int = quant.DEFAULT_GROUP  # int4: weights per scale
+    precision: str = opt("float32", 'a format for every page, or "fisher" (formats by Fisher under budget_kib)')
+    shared_dtype: str | None = opt(None, "format policies: the shared pages' format (default: `precision`)")
+    exclusive_dtype: str | None = opt(None, "format policies: the exclusive pages' format (default: `precision`)")
+    budget_kib: float | None = opt(None, "fisher: the packed store's bytes (pages, scales, page tables), KiB")
+    fisher_formats: str = opt("int4,int8,float16", "fisher: the formats it chooses among")
+    group: int = opt(quant.DEFAULT_GROUP, "int4: weights per scale")
 
     def __post_init__(self):
         typed(self)

@@ -36,6 +36,7 @@ from tqdm import tqdm
 
 from . import dnn as dnn_mod
 from .checks import at_least, typed
+from .config_help import opt
 from .datasets import stored_digest  # .npz files written by weightsep carry their arrays' sha256
 from .evaluate import accuracy
 from .flat import buffer_state, load_buffer_state
@@ -46,11 +47,11 @@ from .store import BUFFER, StoreError, load_tensors, save_tensors
 class TrainConfig:
     """Stand-alone training budget; a DNN folder's TRAIN dict overrides these fields."""
 
-    steps: int = 2000
-    batch_size: int = 100
-    lr: float = 1e-3
-    eval_every: int = 200
-    seed: int = 0
+    steps: int = opt(2000, "stand-alone training steps (--train-steps, or the folder's TRAIN)")
+    batch_size: int = opt(100, "training samples per batch")
+    lr: float = opt(1e-3, "Adam learning rate")
+    eval_every: int = opt(200, "steps between validation checks (the best-validation weights are kept)")
+    seed: int = opt(0, "seeds the initialisation and the batches")
 
     def __post_init__(self):
         typed(self)
