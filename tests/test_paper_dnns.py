@@ -20,7 +20,7 @@ from conftest import accuracy_from_store
 
 from weightsep import dnn, paper
 from weightsep.checkpoint import read_checkpoint
-from weightsep.originals import fixtures_dir
+from weightsep.originals import NWV_ORDER, fixtures_dir
 
 NAMES = paper.WS_ORDER
 NPY_NAMES = [n for n in NAMES if n != "mnist"]
@@ -51,7 +51,7 @@ def test_discovered_but_not_in_the_suite():
 def test_published_table():
     assert list(paper.PUBLISHED) == list(NAMES)
     assert sum(p.weights for p in paper.PUBLISHED.values()) == 667_582
-    assert {n for n, p in paper.PUBLISHED.items() if p.nwv_weights} == set(paper.NWV_ORDER)
+    assert {n for n, p in paper.PUBLISHED.items() if p.nwv_weights} == set(NWV_ORDER)
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -73,7 +73,7 @@ def test_ws_model_weights_meta_and_forward(name):
     assert out.shape == (2, model.classes) and torch.isfinite(out).all()
 
 
-@pytest.mark.parametrize("name", paper.NWV_ORDER)
+@pytest.mark.parametrize("name", NWV_ORDER)
 def test_nwv_model_weights_and_forward(name):
     model = folder(name).module.build_model("nwv")
     assert model.n_weights == paper.PUBLISHED[name].nwv_weights, model.describe()
@@ -81,13 +81,13 @@ def test_nwv_model_weights_and_forward(name):
         assert model(torch.randn(2, *model.input_shape)).shape == (2, model.classes)
 
 
-@pytest.mark.parametrize("name", sorted(set(NAMES) - set(paper.NWV_ORDER)))
+@pytest.mark.parametrize("name", sorted(set(NAMES) - set(NWV_ORDER)))
 def test_no_nwv_variant_is_a_clear_error(name):
     with pytest.raises(ValueError, match="no architecture 'nwv'"):
         folder(name).module.build_model("nwv")
 
 
-@pytest.mark.parametrize("name", paper.NWV_ORDER)
+@pytest.mark.parametrize("name", NWV_ORDER)
 def test_nwv_layout_matches_the_authors_weights(name):
     from weightsep.originals import load_nwv_arrays
 

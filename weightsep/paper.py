@@ -32,7 +32,6 @@ from weightsep.model import TemplateNet
 from weightsep.originals import fixtures_dir
 
 WS_ORDER = ("cifar10", "mnist", "fmnist", "gtsrb", "svhn", "obs", "gsc", "esc10", "us8k", "hhar")
-NWV_ORDER = ("mnist", "gsc", "gtsrb", "cifar10", "svhn")
 ARCHS = ("ws", "nwv")
 DOWNLOAD = "./download_dataset.sh"
 VAL_FRACTION = 0.1  # validation carved from train (seed 0) where the authors ship no validation file
