@@ -25,14 +25,12 @@ alone, once for a whole step of the offline suite's five models (batch 64, rando
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 
 import torch
 import torch.nn.functional as F
 
-from bench.timing import sync, write_result
+from bench.timing import interleaved_s, write_result
 from weightsep import dnn as dnn_mod
 from weightsep import ops, quant
 from weightsep.pages import materialize, n_pages
@@ -42,21 +40,9 @@ SWITCH_KERNELS = ("ops-extension", "index_select", "torch-fallback", "memcpy")
 DEQUANT_FORMATS = ("int8", "bfloat16", "int4")  # against float32
 
 
-def interleaved(fns: dict, rounds: int, calls: int, device: torch.device) -> dict[str, float]:
+def interleaved_us(fns: dict, rounds: int, calls: int, device: torch.device) -> dict[str, float]:
     """Median over `rounds` of the mean time per call (us) of `calls` back-to-back calls, kernels in turn."""
-    for fn in fns.values():  # warm-up
-        for _ in range(max(3, calls // 10)):
-            fn()
-    sync(device)
-    times = {k: [] for k in fns}
-    for _ in range(rounds):
-        for k, fn in fns.items():
-            start = time.perf_counter()
-            for _ in range(calls):
-                fn()
-            sync(device)
-            times[k].append((time.perf_counter() - start) / calls * 1e6)
-    return {k: statistics.median(v) for k, v in times.items()}
+    return {k: s * 1e6 for k, s in interleaved_s(fns, rounds, calls, warmup=max(3, calls // 10), device=device).items()}
 
 
 def random_table(n_logical: int, n_shared: int, n_exclusive: int, g: torch.Generator) -> torch.Tensor:
@@ -81,7 +67,7 @@ def switch_row(device: torch.device, page_size: int, n_logical: int, rounds: int
            "index_select": lambda: torch.index_select(store, 0, table, out=out_pages),
            "torch-fallback": lambda: ops._gather_into_reference(store, table, out),
            "memcpy": lambda: out.copy_(src)}
-    us = interleaved(fns, rounds, calls=200 if n_logical <= 128 else 40, device=device)
+    us = interleaved_us(fns, rounds, calls=200 if n_logical <= 128 else 40, device=device)
     ext(store, table, out)
     assert torch.equal(out, ops.gather_pages_reference(store, table, n))
     return {"pages": n_logical, "weights": n, "kib": n * 4 / 1024, "us": us,
@@ -116,7 +102,7 @@ def dequant_row(device: torch.device, page_size: int, group: int, n_weights: int
         read[fmt] = n_logical * (quant.page_bytes(fmt, page_size, group) + 8)  # + 8: the int64 table entry
         fns[fmt]()
         assert torch.equal(out.cpu(), values[rows].reshape(-1)[:n_weights])
-    us = interleaved(fns, rounds, calls=min(1000, max(10, 5_000_000 // n_weights)), device=device)
+    us = interleaved_us(fns, rounds, calls=min(1000, max(10, 5_000_000 // n_weights)), device=device)
     return {"weights": n_weights, "pages": n_logical, "us": us,
             "ratio to float32": {k: us[k] / us["float32"] for k in DEQUANT_FORMATS}, "bytes read": read}
 
@@ -161,7 +147,7 @@ def training_rows(device: torch.device, page_size: int, rounds: int, names: list
     out = {}
     k = len(models)
     for label, make in ((f"gather + backward, {k} DNNs", gather_only), (f"joint step, {k} DNNs (batch 64)", joint_step)):
-        us = interleaved({"extension": make("extension"), "torch": make("torch")}, rounds, calls=5, device=device)
+        us = interleaved_us({"extension": make("extension"), "torch": make("torch")}, rounds, calls=5, device=device)
         out[label] = {"us": us, "torch / extension": us["torch"] / us["extension"]}
     return out
 

@@ -24,13 +24,11 @@ and results/modules.png.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 
 import torch
 
-from bench.timing import RESULTS_DIR, write_result
+from bench.timing import RESULTS_DIR, interleaved_s, write_result
 from weightsep import dnn as dnn_mod
 from weightsep.evaluate import packed_theta
 from weightsep.execution import PackedModel
@@ -38,20 +36,8 @@ from weightsep.fisher import ESTIMATORS
 from weightsep.flat import FlatModule, buffer_state
 from weightsep.pack import PackConfig, add_vnn, new_state
 
+CPU = torch.device("cpu")  # timed on one CPU thread: nothing to synchronise
 FOLDERS = ("examples/dscnn_keywords", "examples/resnet_syndigits", "examples/gru_watch", "suite/keywords")
-
-
-def interleaved(variants: dict, repeats: int) -> dict[str, float]:
-    """Median seconds of each variant, timed in turn `repeats` times after one untimed warm-up round."""
-    for fn in variants.values():
-        fn()
-    times = {name: [] for name in variants}
-    for _ in range(repeats):
-        for name, fn in variants.items():
-            start = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def packed_store(model, page_size: int = 512):
@@ -76,10 +62,10 @@ def measure_model(folder: str, samples: int, batch: int, repeats: int) -> dict:
     x = torch.randn(samples, *model.input_shape, generator=g)
     y = torch.zeros(samples, dtype=torch.long)
     theta = model.theta.detach()
-    fisher = interleaved({
+    fisher = interleaved_s({
         "batched": lambda: ESTIMATORS["predicted"].fn(model, theta, x, y, 64),
         "loop": lambda: ESTIMATORS["paper"].fn(model, theta, x, y, 64),
-    }, repeats)
+    }, repeats, device=CPU)
 
     state = packed_store(model)
     xb = torch.randn(batch, *model.input_shape, generator=g)
@@ -99,7 +85,7 @@ def measure_model(folder: str, samples: int, batch: int, repeats: int) -> dict:
             assert torch.equal(own(xb), reference)
         variants = {"dense": (lambda: own(xb)) if own is not None else (lambda: model(xb, dense_theta)),
                     "gather": lambda: runs["gather"](xb), "zero-copy": lambda: runs["zero-copy"](xb)}
-        forward = interleaved(variants, repeats)
+        forward = interleaved_s(variants, repeats, device=CPU)
     return {
         "dnn": dnn.name, "model": model.describe(), "weights": model.n_weights,
         "fisher": {"samples": samples, "batched_s": fisher["batched"], "loop_s": fisher["loop"],

@@ -2,6 +2,7 @@
 
     from bench.timing import measure, write_result
     stats = measure(lambda: solve(cost), repeat=20)    # {'median_s': ..., 'p95_s': ..., 'runs': 20}
+    seconds = interleaved_s({"a": f, "b": g}, rounds=9)  # {'a': median s per call, 'b': ...}, a and b in turn
     write_result("matching", {"rows": rows})            # results/matching.json, atomically
 """
 from __future__ import annotations
@@ -42,6 +43,26 @@ def measure(fn: Callable[[], object], repeat: int = 10, warmup: int = 1) -> dict
     times.sort()
     p95 = times[min(len(times) - 1, int(round(0.95 * (len(times) - 1))))]
     return {"median_s": statistics.median(times), "p95_s": p95, "runs": repeat}
+
+
+def interleaved_s(fns: dict[str, Callable[[], object]], rounds: int, calls: int = 1, warmup: int = 1,
+                  device: torch.device | None = None) -> dict[str, float]:
+    """Median seconds per call of each function, timed in turn (one after another in every round, so
+    machine load hits them alike): `warmup` untimed calls each, then `rounds` rounds in which each
+    runs `calls` times back to back, synchronised (`sync(device)`) before its clock stops."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    sync(device)
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            for _ in range(calls):
+                fn()
+            sync(device)
+            times[name].append((time.perf_counter() - start) / calls)
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def machine() -> dict:
