@@ -7,6 +7,9 @@ from pathlib import Path
 import pytest
 from conftest import accuracy_from_store
 
+from weightsep.cli import parser
+from weightsep.config_docs import commands
+
 REPO = Path(__file__).resolve().parent.parent
 SMALL = ["--train-steps", "300", "--fisher-samples", "64"]
 
@@ -34,9 +37,12 @@ def legacy(*args, check=True):
     return cli(*args, check=check, script=("WeightSeparation.py",))
 
 
-def test_help_on_every_command():
-    for command in ("run", "prepare", "add", "train", "joint", "eval", "report", "list", "remove", "restore"):
-        assert "usage" in cli(command, "--help").stdout
+@pytest.mark.parametrize("command", commands(parser()))  # every command the parser has, quantize included
+def test_help_on_every_command(command):
+    assert "usage" in cli(command, "--help").stdout
+
+
+def test_help_of_the_legacy_command_line():
     assert "-mode" in legacy("--help").stdout
 
 
