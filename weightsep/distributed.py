@@ -18,7 +18,6 @@ no-ops on one rank, so the single-process code path is the same code.
 from __future__ import annotations
 
 import contextlib
-import functools
 import itertools
 import multiprocessing as mp
 import multiprocessing.connection
@@ -282,12 +281,6 @@ def _join(backend: str) -> None:
     dist.init_process_group(backend, init_method="env://", timeout=TIMEOUT)
 
 
-def _quiet_progress_bars() -> None:
-    """Ranks other than 0 draw no progress bars (one set per run, as on one process)."""
-    import tqdm
-    tqdm.tqdm.__init__ = functools.partialmethod(tqdm.tqdm.__init__, disable=True)
-
-
 def launch(procs: int, fn, *args, backend: str = "auto"):
     """Run `fn(*args)` on every rank and return rank 0's result (None on the other ranks).
 
@@ -317,9 +310,7 @@ def _as_rank(fn, args, backend: str):
     """Run `fn` as one rank of the group in the environment (torchrun's or ours)."""
     _SAVES.clear()
     _join(backend)
-    rank = dist.get_rank()
-    if rank:
-        _quiet_progress_bars()
+    rank = dist.get_rank()  # ranks other than 0 draw no progress bars (progress.tqdm)
     try:
         result = fn(*args)
         with _collective("the final barrier"):

@@ -66,7 +66,6 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
-from tqdm import tqdm
 
 from . import distributed
 from .checks import at_least, finite, one_of, positive, typed, within
@@ -75,6 +74,7 @@ from .evaluate import accuracy
 from .flat import buffer_state, evaluating, load_buffer_state
 from .pages import from_pages, materialize, to_pages
 from .precision import quantized
+from .progress import tqdm
 from .quant import fake_quantize
 from .separation import contribution_density
 from .state import PackedState, exclusive_entries, exclusive_slots, is_shared

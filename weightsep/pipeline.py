@@ -16,7 +16,6 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
 from . import distributed
 from . import dnn as dnn_mod
@@ -28,6 +27,7 @@ from .optimize import History, OptimizeConfig, Task, optimize, step_batches, ste
 from .pack import PackConfig, add_vnn, new_state, shared_pages_needed, solo_state
 from .pages import n_pages
 from .precision import PrecisionConfig, assign
+from .progress import tqdm
 from .separation import allot, exclusive_budget, target_performance_rate
 from .state import PackedState, Provenance, Standalone
 from .store import Store, atomic_write_text

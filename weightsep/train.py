@@ -32,7 +32,6 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from . import dnn as dnn_mod
 from .checks import at_least, typed
@@ -40,6 +39,7 @@ from .config_help import opt
 from .datasets import stored_digest  # .npz files written by weightsep carry their arrays' sha256
 from .evaluate import accuracy
 from .flat import buffer_state, load_buffer_state
+from .progress import tqdm
 from .store import BUFFER, StoreError, load_tensors, save_tensors
 
 
