@@ -61,9 +61,9 @@ def main(argv=None) -> int:
         start = time.perf_counter()
         state, history, _, timings = pack_and_optimize(loaded, trained, tasks, pack_config, fisher, opt)
         seconds = time.perf_counter() - start
-        rows = [make_row(state, n, trained[n].test_accuracy, item.test_accuracy(packed_theta(state, n, item.model)))
-                for n, item in loaded.items()]
-        table = summarize(state, rows)
+        dnn_rows = [make_row(state, n, trained[n].test_accuracy, item.test_accuracy(packed_theta(state, n, item.model)))
+                    for n, item in loaded.items()]
+        table = summarize(state, dnn_rows)
         cost = sum(v.provenance.pack["matching_cost"] for v in state.vnns.values())
         rows.append({"config": label, **change, "matching_cost": cost, "fisher_seconds": timings["fisher_seconds"],
                      "matching_seconds": timings["matching_seconds"], "seconds": seconds,
