@@ -141,7 +141,7 @@ def run_scale(label: str, state: PackedState, models: dict, device: torch.device
     times = {r: [] for r in RUNGS}
     clock = time.perf_counter
     for n in order:  # one call per rung per switch; bench.timing.measure's per-call cuda check costs
-        for r in RUNGS:  # ~6 us on this CPU, the size of what is measured, so the loop times directly
+        for r in RUNGS:  # as much as a switch itself (docs/results.md#code-notes), so the loop times directly
             fn = fns[r]
             start = clock()
             fn(n)

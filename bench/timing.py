@@ -1,4 +1,4 @@
-"""The one timing helper every benchmark uses: warm up, synchronise, report median and p95.
+"""The timing helpers the benchmarks share: warm up, synchronise, report medians (and p95).
 
     from bench.timing import measure, write_result
     stats = measure(lambda: solve(cost), repeat=20)    # {'median_s': ..., 'p95_s': ..., 'runs': 20}

@@ -116,8 +116,8 @@ at::Tensor scatter_add_pages_cpu(const at::Tensor& grad_flat, const at::Tensor& 
   return grad_pages;
 }
 
-// Autograd, in C++ so a training step pays no Python per call (register_autograd cost ~90 us per
-// gather+backward here, more than the two kernels). Device-agnostic: the inner calls re-dispatch
+// Autograd, in C++ so a training step pays no Python per call (register_autograd cost more per
+// gather+backward than the two kernels, docs/results.md#code-notes). Device-agnostic: the inner calls re-dispatch
 // to the CPU or CUDA kernels. Each op is the other's backward, so double backward works too.
 namespace {
 

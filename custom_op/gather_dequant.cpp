@@ -9,8 +9,8 @@
 //       out[i * P + j] = its weight j dequantised (w = q * s: one float32 multiply, as in quant.py)
 //
 // No lists and no ints in the schema: from Python every argument is converted on every call, and the
-// first schema's two tensor lists and two ints cost ~5 us a call against ~1.5 us for gather_pages_into's
-// three tensors, a third of a 60k-weight switch. `layout` carries the sizes instead.
+// first schema's two tensor lists and two ints cost several times gather_pages_into's three tensors,
+// a large share of a switch (docs/results.md#code-notes). `layout` carries the sizes instead.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -53,7 +53,7 @@ float bfloat16_to_float(uint16_t bits) { return std::bit_cast<float>(static_cast
 
 // Exact, as c10::detail::fp16_ieee_to_fp32_value (the same bit trick), but with the normal/subnormal
 // choice as a mask instead of a ?: on floats, which GCC will not if-convert: this loop vectorises,
-// c10::Half's conversion ran one weight at a time, 3-7x slower.
+// c10::Half's conversion ran one weight at a time, several times slower (docs/results.md#code-notes).
 float float16_to_float(uint16_t bits) {
   const uint32_t w = static_cast<uint32_t>(bits) << 16, two_w = w + w;
   const float normal = std::bit_cast<float>((two_w >> 4) + (0xE0u << 23)) * 0x1.0p-112f;
@@ -90,7 +90,8 @@ struct PlainRows {
 #ifdef WEIGHTSEP_X86_VERSIONS
 // The int rows by hand for AVX2: 8 int8 sign-extended to int32 a load (vpmovsxbd), then converted and
 // scaled as the plain loop does (the same float32 multiply, so the same bits). GCC's vectorisation of
-// the plain loops (through int16 with lane shuffles, or bytes split weight by weight) ran ~1.6x slower.
+// the plain loops (through int16 with lane shuffles, or bytes split weight by weight) ran slower
+// (docs/results.md#code-notes).
 struct Avx2Rows {
   WEIGHTSEP_AVX2 static void store8(__m128i q, __m256 scale, float* dst) {  // the low 8 int8 of q
     _mm256_storeu_ps(dst, _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q)), scale));
@@ -176,7 +177,8 @@ void page_loop(const DequantSource& s, const int64_t* table, int64_t begin, int6
 }
 
 // Everything inlined (flatten), so the AVX2 build vectorises the float16/bfloat16 loops for AVX2 too. With
-// it, int8 and bfloat16 pages cost at most what a float32 memcpy does, int4 ~1.3x (bench/gather.py).
+// it, int8 and bfloat16 pages cost at most what a float32 memcpy does, int4 a little more
+// (bench/gather.py; docs/results.md#code-notes).
 WEIGHTSEP_BASELINE void dequant_pages(const DequantSource& s, const int64_t* table, int64_t begin, int64_t end,
                                       int64_t n, float* out) {
   page_loop<PlainRows>(s, table, begin, end, n, out);

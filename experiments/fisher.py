@@ -79,7 +79,7 @@ def _agreement_job(name: str, seed: int, scale: harness.Scale) -> dict:
     set_single_thread()
     loaded = load([name])[name]
     theta = standalone_models([loaded.dnn], 1, scale.train_steps, seed=seed)[name].theta
-    # the reference goes first: it also pays the process's one-time torch.func start-up (~2 s), which
+    # the reference goes first: it also pays the process's one-time torch.func start-up (docs/results.md#code-notes), which
     # would otherwise land on the first timed batched estimator
     ref = fisher_for(loaded, theta, reference(scale, seed))
     out = {}

@@ -29,7 +29,7 @@ IN_ALL = False  # its own budget (the main job's): run on its own
 TITLE = "Quantised pages: sharing on top of quantisation"
 QUESTION = ("How small does the packed store get when its pages are quantised (uniformly, or with bits allocated "
             "by Fisher information), at what accuracy, and what does sharing add over quantising each DNN alone?")
-INT8_RATIO = 4.0  # fewer shared weights (4x by count): int8 pages still make it about 15x by bytes
+INT8_RATIO = 4.0  # fewer shared weights (4x by count): int8 pages still beat 12x by bytes (docs/results.md#code-notes)
 FISHER_BUDGET_KIB = 112  # a little below the int8 store of the ten suite DNNs (about 113 KiB)
 PUBLISHED_BYTES_RATIO = 4.84  # WS (PerCom 2022), ten DNNs, by bytes with page tables
 SETUP = ("Ten suite DNNs packed at the default ratio (6x by weight count; one int8 setting at 4x), pages in the "

@@ -27,7 +27,7 @@ QUESTION = ("Does a switch by page-table gather stay as cheap as more DNNs share
             "than loading a DNN's weights from storage or copying them from host memory is it?")
 COUNTS = (2, 5, 10, 20, 50, 100)
 QUICK_COUNTS = (2, 10)
-SWITCHES = 1000  # per store: ~5 s on one thread (the interleaved ladder ~1.3 ms a switch, plus 500 back to back)
+SWITCHES = 1000  # per store, a few seconds on one thread (docs/results.md#code-notes)
 QUICK_SWITCHES = 100
 # bench.switching's ratio -> the same ratio timed back to back; keys of TARGETS, the papers' targets
 RATIOS = {"torch.load / gather": "torch.load / gather, back to back",

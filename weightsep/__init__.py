@@ -6,7 +6,7 @@ Pipeline, one module per stage: pages (formation) -> fisher -> separation -> mat
 This file imports nothing heavy (only modules loaded before any code runs): `import weightsep`
 stays cheap, and `interruptible` below is in place within a millisecond of a command's start.
 """
-import _signal  # the C module under `signal`, whose import (enum) would take ~7 ms before the guard is up
+import _signal  # the C module under `signal`, whose import (enum) would delay the guard (docs/results.md#code-notes)
 import os
 import sys
 

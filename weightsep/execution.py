@@ -208,7 +208,7 @@ class PackedModel:
         self.table = torch.zeros(0 if self._host_tables else self.pages_max, dtype=PAGE_TABLE_DTYPE, device=self.device)
         self._table = self.table
         self.weights = torch.empty(self.pages_max * self.page_size if mode == "gather" else 0, device=self.device)
-        self._gather_into = gather_into_function()  # bound once: the per-call lookup is ~10% of a switch
+        self._gather_into = gather_into_function()  # bound once: per-call look-ups are costly (docs/results.md#code-notes)
         self._gather_dequant = gather_dequant_function()
         self._plans = {n: self._plan(n, models[n]) for n in state.vnns} if mode == "zero-copy" else {}
         self._views = {n: self._switch_views(*self.vnns[n]) for n in state.vnns}  # per-DNN views, made once

@@ -21,7 +21,7 @@ holding 90% of the Fisher (WS's exclusive set) with Jaccard 0.84 vs 0.94 (P = 10
 The published target and the true Fisher converge to the same ranking (Spearman 0.995), but the
 true Fisher costs a backward pass per class: at equal time (K = 100) it is noisier (0.95). The
 empirical Fisher ranks pages differently (0.97 against both) and is noisier. Batched, K = 1000 fits
-the Fisher stage's budget (~2 s per DNN on one CPU thread; timings in docs/fisher.md).
+the Fisher stage's budget (timings: docs/results.md#code-notes, docs/fisher.md).
 
     from weightsep.fisher import FisherConfig, compute_fisher
     fisher = compute_fisher(net, net.theta.detach(), split.x, split.y, FisherConfig())   # [n] in [0, 1]

@@ -261,7 +261,7 @@ def _warp(rng: np.random.Generator, masks, style: Style):
 
 
 def _metrics(font_id: int, size: int, ch: str) -> tuple[tuple[int, int, int, int], float]:
-    """Ink box and advance width of one glyph (cached: FreeType look-ups cost ~0.1 ms each)."""
+    """Ink box and advance width of one glyph (cached: FreeType look-ups are slow, docs/results.md#code-notes)."""
     key = (font_id, size, ch)
     if key not in _METRIC_CACHE:
         font = _font(font_id, size)

@@ -166,8 +166,9 @@ def greedy(w_a: np.ndarray, F_a: np.ndarray, w_shared: np.ndarray, F_shared: np.
 
 def _min_cost_assignment(cost: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """linear_sum_assignment; a square problem is first reduced by its row then column minima, which
-    leaves the optimum unchanged and, as the solver starts from zero duals, made it up to 4x faster
-    on the NWV pages. (A rectangular one cannot be column-reduced: not every column is used.)"""
+    leaves the optimum unchanged and, as the solver starts from zero duals, makes it faster on the
+    NWV pages (docs/results.md#code-notes). (A rectangular one cannot be column-reduced: not every column
+    is used.)"""
     if cost.shape[0] == cost.shape[1]:
         cost = cost - cost.min(axis=1, keepdims=True)
         cost -= cost.min(axis=0, keepdims=True)

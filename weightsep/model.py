@@ -56,7 +56,8 @@ class TensorSpec:
 def views(layout: list[TensorSpec], theta: torch.Tensor) -> dict[str, torch.Tensor]:
     """Each tensor of `layout` as a view of the flat vector `theta`, by name (no copy)."""
     # one split, not one slice per tensor: under vmap(grad) each slice's backward would fill a
-    # zero [chunk, n] tensor (80% of batched-Fisher time); split's backward is a single cat
+    # zero [chunk, n] tensor (most of batched-Fisher time, docs/results.md#code-notes); split's backward
+    # is a single cat
     parts = theta.split([s.numel for s in layout])
     return {s.name: part.view(s.shape) for s, part in zip(layout, parts)}
 
@@ -79,7 +80,7 @@ def flatten(layout: list[TensorSpec], tensors: Mapping[str, torch.Tensor], dtype
 def channels_last_kernel(hwio: torch.Tensor) -> torch.Tensor:
     """A TF-layout (kh, kw, in, out) conv kernel as torch's (out, in, kh, kw) in channels-last
     memory. A channels-last kernel makes oneDNN give a channels-last output even for a 1-channel
-    input, and on channels-last tensors CPU max-pooling runs 6-10x faster than on NCHW ones."""
+    input, and CPU max-pooling is much faster on channels-last tensors (docs/results.md#code-notes)."""
     return hwio.permute(3, 2, 0, 1).contiguous(memory_format=torch.channels_last)
 
 

@@ -92,7 +92,7 @@ def gather_pages_into(pages: torch.Tensor, page_table: torch.Tensor, out: torch.
 
 def gather_into_function() -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], None]:
     """The backend's in-place gather as a bare callable (the op handle itself for the extension):
-    the lookups gather_pages_into does per call cost ~1-3 us, a tenth of a 250 KB switch on CPU."""
+    the lookups gather_pages_into does per call are a real share of a switch on CPU (docs/results.md#code-notes)."""
     if _resolve() == "extension":
         return torch.ops.weightsep.gather_pages_into.default
     return _gather_into_reference

@@ -12,7 +12,7 @@ up in `OPTIMIZERS`:
   the DNNs' gradients are summed (`BALANCES`): "rms" (default) divides each DNN's gradient by a
   running mean (decay `balance_decay`) of its own shared-page gradient's RMS, so every DNN has the
   same say on the shared pages whatever the scale of its loss's gradient (those scales differ by
-  more than 10x across the suite, and Adam's per-weight step follows the largest); "sum" is the
+  an order of magnitude, docs/results.md#code-notes, and Adam's per-weight step follows the largest); "sum" is the
   plain sum of the task losses' gradients. DNNs whose batches cost few FLOPs take several per step
   (`batches_per_step`, within `extra_compute` of a plain step's FLOPs): letters, a dense net at a
   ninth of the costliest DNN's FLOPs, was the one DNN still climbing when the steps ran out.

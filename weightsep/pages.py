@@ -42,7 +42,7 @@ def materialize(
     """Resolve a page table into a DNN's flat weight vector (differentiable w.r.t. both page stores).
 
     One `ops.gather_pages` call: the C++/CUDA kernel with its scatter-add backward when the extension
-    is built (a joint-optimiser step's gather+backward ~1.6x faster than plain indexing on CPU),
+    is built (gather + gradient faster than plain indexing on CPU: docs/results.md#code-notes),
     else plain indexing."""
     store = torch.cat([shared_pages, exclusive_pages]) if exclusive_pages.numel() else shared_pages
     return gather_pages(store, page_table, n_weights)

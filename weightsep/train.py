@@ -5,7 +5,7 @@ buffers (batch-norm statistics, as the module's own code updated them; none for 
 its validation and test accuracy. The checkpoint kept is the one with the best validation accuracy (the test set is
 only scored once, on that checkpoint). Training is bounded by steps, never by wall time, so a busy
 machine gives the same result, only later. Each worker uses ONE torch thread: on small shared
-machines torch's default thread count makes these small models 4-100x slower.
+machines torch's default thread count makes these small models several times slower (docs/results.md#code-notes).
 
 Trained weights are cached under `<cache>/models/NAME-KEY.safetensors`, KEY hashing everything
 that changes the trained weights: the folder's dnn.py, the model and training code
