@@ -9,8 +9,9 @@
     python -m weightsep quantize --precision int8 # hold the store's pages in int8 (then `joint`)
     python -m weightsep list | remove NAME | restore | prepare
 
-Config flags are derived from the stage configs (PackConfig, FisherConfig, OptimizeConfig,
-PrecisionConfig), so a new field is a new flag with no edit here.
+Config flags and their help are derived from the stage configs (PackConfig, FisherConfig, OptimizeConfig,
+PrecisionConfig): a new scalar field is a new flag; one whose values come from a table also needs
+its entry in CHOICES below, and a field that is not a scalar (or that no flag sets) one in SKIP.
 """
 from __future__ import annotations
 
