@@ -314,7 +314,7 @@ class RunConfig:
     """The main job: train (or reuse) stand-alone DNNs, pack, optimise, evaluate, report; per seed."""
 
     dnns: list[str] = opt(help="DNN names or folders (default: the offline suite)", factory=dnn_mod.suite)
-    extra_folders: list[Path] = opt(help="extra DNN folders, or folders of them (--dnn-folder)", factory=list)
+    extra_folders: list[Path] = opt(help="extra DNN folders, or folders of them (--dnn-folder, repeatable)", factory=list)
     store: Path = opt(Path("state"), "store directory")
     results: Path = opt(RESULTS_DIR, "where summary.json/.md go")
     workers: int = opt(2, "processes for stand-alone training")
@@ -322,11 +322,11 @@ class RunConfig:
     fisher: FisherConfig = opt(help="how the Fisher stage runs (FisherConfig)", factory=FisherConfig)
     optimize: OptimizeConfig = opt(help="how the packed DNNs are optimised (OptimizeConfig)", factory=OptimizeConfig)
     precision: PrecisionConfig = opt(help="the pages' formats (PrecisionConfig)", factory=PrecisionConfig)
-    train_steps: int | None = opt(None, "stand-alone training steps (default: each folder's TRAIN)")
+    train_steps: int | None = opt(None, "stand-alone training steps per DNN (default: each folder's TRAIN budget)")
     no_sharing: bool = opt(False, "also train each DNN alone with the same budget (control for extra training)")
-    seeds: list[int] = opt(help="the whole pipeline runs once per seed", factory=lambda: [0])
+    seeds: list[int] = opt(help="run the whole pipeline once per seed and report mean and spread", factory=lambda: [0])
     procs: int | None = opt(None, "joint optimisation ranks on this machine (None: `distributed.auto_procs`); torchrun: its own")
-    backend: str = opt("auto", "torch.distributed backend: gloo on CPU, NCCL when every rank has a GPU")
+    backend: str = opt("auto", "torch.distributed backend (auto: gloo on CPU, NCCL when every rank has a GPU)")
 
     def __post_init__(self):
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
