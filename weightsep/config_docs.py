@@ -14,11 +14,11 @@ import inspect
 from pathlib import Path
 
 from . import cli
-from .config_help import markdown_table
+from .config_help import REPO, markdown_table
 from .pipeline import RunConfig
 from .train import TrainConfig
 
-DOC = Path(__file__).resolve().parent.parent / "docs" / "config.md"
+DOC = REPO / "docs" / "config.md"
 
 NOTES = {RunConfig: "The main job's own fields: `run`'s flags of the same name; `pack`, `fisher`, `optimize` and "
                     "`precision` hold the configs above.",

@@ -37,7 +37,7 @@ def default_text(f: dataclasses.Field) -> str:
             return str(value.relative_to(REPO))
         return str(value)
     factory = f.default_factory
-    if isinstance(factory, type) and not dataclasses.is_dataclass(factory) or factory.__name__ == "<lambda>":
+    if (isinstance(factory, type) and not dataclasses.is_dataclass(factory)) or factory.__name__ == "<lambda>":
         return str(factory())
     return f"{factory.__name__}()"
 

@@ -17,5 +17,7 @@ def reports() -> bool:
 
 
 class tqdm(_tqdm.tqdm):  # a drop-in for tqdm.tqdm, named as tqdm.auto's is
-    def __init__(self, *args, disable: bool = False, **kwargs):
-        super().__init__(*args, disable=disable or not reports(), **kwargs)
+    def __init__(self, *args, **kwargs):
+        if not reports():
+            kwargs["disable"] = True  # elsewhere tqdm's own default stands (TQDM_DISABLE=1 included)
+        super().__init__(*args, **kwargs)
