@@ -62,5 +62,7 @@ def markdown(parser: argparse.ArgumentParser | None = None) -> str:
 
 
 if __name__ == "__main__":
+    if not DOC.parent.is_dir():
+        raise SystemExit(f"no docs/ folder at {DOC.parent}: run this in a checkout of the repository")
     DOC.write_text(markdown())
     print(f"wrote {DOC}")
