@@ -25,8 +25,8 @@ Three catalogues, every case distinct, run on fixtures made for the purpose in a
   run passes when it prints no traceback and exits 130 with `interrupted`, or was killed by the signal
   before Python installed its handler, or ended with its own status as the signal came (its work done:
   `weightsep.exit_with`), or had ended before the signal. The
-  interpreter's own start-up after its handler is installed (site, runpy: docs/results.md#code-notes, before any
-  code of the project runs) prints a traceback that nothing in the project can prevent; it counts.
+  interpreter's own start-up after its handler is installed (site, runpy, before any code of the
+  project runs; docs/results.md#code-notes) prints a traceback that nothing in the project can prevent; it counts.
 
     python -m bench.bad_input                          # everything -> results/bad_input.json (~4 min)
     python -m bench.bad_input --every 1 --interrupts 40
