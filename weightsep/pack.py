@@ -16,7 +16,6 @@ What a shared page holds after a DNN lands on it is chosen by name (`SHARED_CONT
 """
 from __future__ import annotations
 
-import copy
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -101,9 +100,8 @@ def add_vnn(state: PackedState, name: str, theta: torch.Tensor, fisher: torch.Te
     WS keeps `n_exclusive` pages exclusive when given (a budget's share), else the margin decides."""
     if name in state.vnns:
         raise ValueError(f"DNN {name!r} is already packed; remove it first (-mode=r)")
-    if state.precision is not None:
-        raise ValueError(f"cannot add DNN {name!r} to a quantised store: its pages would leave their formats' "
-                         "grids; pack the DNNs together with --precision (run), or add to a float32 store")
+    state.format.check_float32(f"cannot add DNN {name!r} to a quantised store: its pages would leave their "
+                               "formats' grids; pack the DNNs together with --precision (run), or add to a float32 store")
     if theta.shape != fisher.shape or theta.dim() != 1:
         raise ValueError(f"DNN {name!r}: weights {tuple(theta.shape)} and Fisher {tuple(fisher.shape)} must be equal 1-D")
     if state.page_size != config.page_size:
@@ -135,13 +133,11 @@ def add_vnn(state: PackedState, name: str, theta: torch.Tensor, fisher: torch.Te
     page_table[sharable] = torch.as_tensor(assignment, dtype=torch.long)
     page_table[exclusive] = exclusive_entries(S, 0, len(exclusive))
 
-    new = copy.copy(state)
-    new.shared_pages, new.shared_fisher = _land(state, assignment, w_pages[sharable], f_pages[sharable], occupancy,
-                                                config.shared_content)
+    shared_pages, shared_fisher = _land(state, assignment, w_pages[sharable], f_pages[sharable], occupancy,
+                                        config.shared_content)
     info.update(n_exclusive=len(exclusive), n_sharable=len(sharable))
     vnn = VNN(name, theta.numel(), page_table, w_pages[exclusive].clone(), fisher.clone(), Provenance(pack=info))
-    new.vnns = {**state.vnns, name: vnn}
-    return new, info
+    return state.with_vnn(vnn, shared_pages=shared_pages, shared_fisher=shared_fisher), info
 
 
 def _land(state: PackedState, assignment: np.ndarray, w_a: torch.Tensor, f_a: torch.Tensor,
@@ -167,16 +163,9 @@ def remove_vnn(state: PackedState, name: str) -> PackedState:
         raise ValueError(f"DNN {name!r} is not packed; packed: {', '.join(state.vnns) or 'none'}")
     vnn = state.vnns[name]
     on_shared = is_shared(vnn.page_table, state.n_shared)
-    new = copy.copy(state)
-    new.shared_fisher = state.shared_fisher.clone()
-    new.shared_fisher[vnn.page_table[on_shared]] -= to_pages(vnn.fisher, state.page_size)[on_shared]
-    new.shared_fisher.clamp_(min=0)
-    new.vnns = {n: v for n, v in state.vnns.items() if n != name}
-    if state.precision is not None:
-        new.precision = copy.copy(state.precision)
-        new.precision.exclusive_codes = {n: c for n, c in state.precision.exclusive_codes.items() if n != name}
-        new.precision.exclusive_scales = {n: c for n, c in state.precision.exclusive_scales.items() if n != name}
-    return new
+    shared_fisher = state.shared_fisher.clone()
+    shared_fisher[vnn.page_table[on_shared]] -= to_pages(vnn.fisher, state.page_size)[on_shared]
+    return state.without_vnn(name, shared_fisher=shared_fisher.clamp_(min=0))
 
 
 def solo_state(name: str, theta: torch.Tensor, page_size: int, buffers: dict[str, torch.Tensor] | None = None) -> PackedState:
