@@ -94,7 +94,14 @@ def assign(state: PackedState, config: PrecisionConfig, spare_pages: int = 0) ->
         shared_codes = torch.full((state.n_shared,), code(config.shared_dtype), dtype=torch.uint8)
         exclusive_codes = {n: torch.full((v.n_exclusive,), code(config.exclusive_dtype), dtype=torch.uint8)
                            for n, v in state.vnns.items()}
-    fmt = QuantizedPages.of(shared_codes, exclusive_codes, config.group, asdict(config))
+    return in_formats(state, shared_codes, exclusive_codes, config.group, asdict(config))
+
+
+def in_formats(state: PackedState, shared_codes: torch.Tensor, exclusive_codes: dict[str, torch.Tensor],
+               group: int, policy: dict) -> PackedState:
+    """A new state: `state`'s pages rounded to these formats (a quant.FORMATS code per page), with their
+    scales, validated; `policy` records how the formats were chosen."""
+    fmt = QuantizedPages.of(shared_codes, exclusive_codes, group, policy)
     shared, exclusive, fmt = fmt.rounded(state.shared_pages, {n: v.exclusive_pages for n, v in state.vnns.items()})
     return state.with_pages(shared, exclusive, format=fmt)
 
