@@ -28,7 +28,7 @@ from .checks import MAX_PAGE_SIZE, MAX_SHARED_WEIGHTS, at_least, finite, one_of,
 from .matching import MATCHERS, match
 from .pages import n_pages, to_pages
 from .separation import RULES, SEPARATIONS, separate
-from .state import VNN, PackedState, Provenance, StateConfig, exclusive_entries, is_shared
+from .state import VNN, PackedState, PackInfo, Provenance, StateConfig, exclusive_entries, is_shared
 
 # ---------------------------------------------------------------- variants, by name
 
@@ -97,6 +97,7 @@ SHARED_CONTENTS = {"fisher-mean": SharedContent(_zeros, _fisher_mean), "first": 
                    "random": SharedContent(_noise, _kept)}
 MODES = tuple(PACK_MODES)
 SHARED_CONTENT = tuple(SHARED_CONTENTS)
+VERSION = 1  # PackConfig's: bump when a field's meaning changes, so stored configs can be told apart
 
 
 @dataclass(frozen=True)
@@ -115,6 +116,7 @@ class PackConfig:
     matching: str = "optimal"
     shared_content: str = "fisher-mean"
     seed: int = 0
+    version: int = VERSION  # of the stored copy (the state's config); a copy without one is version 1
 
     @property
     def plans_a_set(self) -> bool:
@@ -124,6 +126,8 @@ class PackConfig:
 
     def __post_init__(self):
         typed(self)
+        if self.version != VERSION:
+            raise ValueError(f"PackConfig version {self.version} is not this code's version {VERSION}")
         one_of(self, "mode", MODES)
         one_of(self, "matching", tuple(MATCHERS))
         one_of(self, "shared_content", SHARED_CONTENT)
@@ -170,7 +174,7 @@ def shared_pages_needed(n_weights: list[int], config: PackConfig) -> int:
 
 
 def add_vnn(state: PackedState, name: str, theta: torch.Tensor, fisher: torch.Tensor, config: PackConfig,
-            tpr: float = 1.0, n_exclusive: int | None = None) -> tuple[PackedState, dict]:
+            tpr: float = 1.0, n_exclusive: int | None = None) -> tuple[PackedState, PackInfo]:
     """Separate `name`'s pages, match its sharable ones onto the shared pages, return the new state.
 
     WS keeps `n_exclusive` pages exclusive when given (a budget's share), else the margin decides."""
@@ -203,7 +207,7 @@ def add_vnn(state: PackedState, name: str, theta: torch.Tensor, fisher: torch.Te
 
     shared_pages, shared_fisher = _land(state, assignment, w_pages[sharable], f_pages[sharable], occupancy,
                                         config.shared_content)
-    info.update(n_exclusive=len(exclusive), n_sharable=len(sharable))
+    info = PackInfo(**info, n_exclusive=len(exclusive), n_sharable=len(sharable))
     vnn = VNN(name, theta.numel(), page_table, w_pages[exclusive].clone(), fisher.clone(), Provenance(pack=info))
     return state.with_vnn(vnn, shared_pages=shared_pages, shared_fisher=shared_fisher), info
 

@@ -38,6 +38,7 @@ from .pages import to_pages
 from .state import PAGE_TABLE_DTYPE, PackedState, exclusive_slots, is_shared
 
 POLICIES = (*quant.FORMATS, "fisher")
+VERSION = 1  # PrecisionConfig's: bump when a field's meaning changes
 TABLE_ENTRY_BYTES = PAGE_TABLE_DTYPE.itemsize  # as the store and the execution hold them
 
 
@@ -49,9 +50,12 @@ class PrecisionConfig:
     budget_kib: float | None = None  # fisher: the packed store's bytes (pages, scales, page tables), KiB
     fisher_formats: str = "int4,int8,float16"  # fisher: the formats it chooses among
     group: int = quant.DEFAULT_GROUP  # int4: weights per scale
+    version: int = VERSION  # of the stored copy (a quantised format's `policy`); a copy without one is version 1
 
     def __post_init__(self):
         typed(self)
+        if self.version != VERSION:
+            raise ValueError(f"PrecisionConfig version {self.version} is not this code's version {VERSION}")
         one_of(self, "precision", POLICIES)
         for name in ("shared_dtype", "exclusive_dtype"):
             if getattr(self, name) is not None:

@@ -94,6 +94,44 @@ class Standalone:
                 raise ValueError(f"stand-alone {name.replace('_', ' ')} must be a fraction in [0, 1], got {value!r}")
 
 
+PACK_INFO_VERSION = 1
+
+
+@dataclass(kw_only=True)
+class PackInfo:
+    """What packing reported for one DNN (`pack.add_vnn`), kept in its provenance. Stored as a JSON
+    object in this field order, without the fields that do not apply; a record without a version
+    (written before records had one) is version 1."""
+
+    tpr: float | None = None  # WS: the target performance rate the separation used
+    n_overflow: int | None = None  # WS: exclusive pages added only because the sharable ones did not fit
+    matching: str  # the matcher, or "identity" (the first DNN is mapped as published)
+    matching_cost: float
+    matching_seconds: float
+    layout: dict | None = None  # the matcher's report (not for the first DNN)
+    n_exclusive: int
+    n_sharable: int
+    version: int = PACK_INFO_VERSION
+
+    def __post_init__(self) -> None:
+        if self.version != PACK_INFO_VERSION:
+            raise ValueError(f"pack info version {self.version} is not this code's version {PACK_INFO_VERSION}")
+
+    def __getitem__(self, key: str) -> Any:
+        """Transitional: `info["matching_seconds"]` as the dict it was, until pipeline.py and cli.py read fields."""
+        return getattr(self, key)
+
+    def to_json(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+    @classmethod
+    def from_json(cls, obj: Any, what: str = "pack info") -> PackInfo:
+        try:
+            return _typed(cls, obj, what)
+        except TypeError as e:  # a required field missing
+            raise ValueError(f"{what}: {e}") from None
+
+
 @dataclass
 class Provenance:
     """Where a packed DNN came from. Names and hashes only: a store is data, never code.
@@ -107,8 +145,17 @@ class Provenance:
     architecture: str | None = None
     fisher: dict | None = None  # the FisherConfig used
     standalone: Standalone | None = None
-    pack: dict | None = None  # what packing reported: exclusive/sharable pages, matching, cost
+    pack: dict | None = None  # what packing reported (`PackInfo`'s JSON; `pack_info` reads it typed)
     parameters: list | None = None  # [[name, numel], ...] in flat order: labels pages without the DNN's code
+
+    def __post_init__(self) -> None:
+        if isinstance(self.pack, PackInfo):
+            self.pack = self.pack.to_json()
+
+    @property
+    def pack_info(self) -> PackInfo | None:
+        """What packing reported, typed (ValueError if the record is not a `PackInfo`)."""
+        return None if self.pack is None else PackInfo.from_json(self.pack, "provenance: pack")
 
     def to_json(self) -> dict:
         return {k: v for k, v in asdict(self).items() if v is not None}
