@@ -8,7 +8,6 @@ from weightsep import quant
 from weightsep.evaluate import packed_theta
 from weightsep.formats import FLOAT32, PageFormat, QuantizedPages
 from weightsep.pages import from_pages, materialize, to_pages
-from weightsep.pipeline import shard as pipeline_shard
 from weightsep.precision import PrecisionConfig, assign, format_counts, packed_bytes
 from weightsep.store import Store
 
@@ -26,7 +25,6 @@ def test_one_interface_no_none(policy):
     state = state_in(policy)
     assert isinstance(state.format, PageFormat)
     assert (state.format is FLOAT32) == (policy == "float32")
-    assert state.precision is (None if policy == "float32" else state.format)  # the transitional view
     assert sum(format_counts(state).values()) == state.n_shared + sum(v.n_exclusive for v in state.vnns.values())
     assert packed_bytes(state)["page_tables"] == sum(v.n_pages for v in state.vnns.values()) * 8
 
@@ -70,20 +68,23 @@ def test_a_promoted_page_keeps_its_format_and_float32_stays_float32():
 
 
 @pytest.mark.parametrize("policy", POLICIES)
-def test_shard_is_the_pipelines_shard_and_a_valid_state(policy, tmp_path):
+def test_a_shard_holds_what_a_rank_holds_and_is_a_valid_state(policy, tmp_path):
+    """A rank's part (what pipeline.shard gave): every page table and Fisher and the shared pages,
+    only its own DNNs' exclusive pages (and their formats), the others' emptied."""
     state = state_in(policy)
     assert all(v.n_exclusive for v in state.vnns.values())
-    part, old = state.shard(["a"]), pipeline_shard(state, ["a"])
+    part = state.shard(["a"])
     assert part.held == ("a",) and part.is_shard and not state.is_shard
-    assert torch.equal(part.shared_pages, old.shared_pages) and torch.equal(part.shared_fisher, old.shared_fisher)
+    assert part.shared_pages is state.shared_pages and part.shared_fisher is state.shared_fisher
     for n, v in part.vnns.items():
-        w = old.vnns[n]
-        assert torch.equal(v.exclusive_pages, w.exclusive_pages) and torch.equal(v.page_table, w.page_table)
-        assert torch.equal(v.fisher, w.fisher)
-    if policy != "float32":
-        for n in state.vnns:
-            assert torch.equal(part.format.exclusive_codes[n], old.precision.exclusive_codes[n])
-            assert torch.equal(part.format.exclusive_scales[n], old.precision.exclusive_scales[n])
+        w = state.vnns[n]
+        kept = w.exclusive_pages if n == "a" else w.exclusive_pages[:0]
+        assert torch.equal(v.exclusive_pages, kept) and v.exclusive_pages.shape[1] == state.page_size
+        assert v.page_table is w.page_table and v.fisher is w.fisher and v.buffers is w.buffers
+        if policy != "float32":
+            for got, whole in ((part.format.exclusive_codes[n], state.format.exclusive_codes[n]),
+                               (part.format.exclusive_scales[n], state.format.exclusive_scales[n])):
+                assert torch.equal(got, whole if n == "a" else whole[:0])
     part.validate()
     assert part.vnns["b"].n_exclusive == 0 and state.vnns["b"].n_exclusive > 0  # the state is not modified
     with pytest.raises(ValueError, match="dead memory|outside"):  # the same contents as a whole state

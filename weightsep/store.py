@@ -35,10 +35,10 @@ writes nothing; any problem is a `StoreError` naming the file and the recovery
 files of the current and previous generations are kept. No pickle anywhere. See docs/store.md.
 
     store = Store("state")
-    with store.writing("rename"):
+    with store.writing("re-home"):
         state = store.load()
-        state.vnns["mnist"].provenance.folder = "suite/mnist"
-        store.save(state)
+        mnist = state.vnns["mnist"]
+        store.save(state.with_vnn(mnist.replace(provenance=dataclasses.replace(mnist.provenance, folder="suite/mnist"))))
 
 `save_tensors`/`load_tensors` and `atomic_write_text`/`atomic_write_json` give other modules (the
 trained-model cache) the same atomic writes and checksummed safetensors files.
