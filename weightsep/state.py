@@ -362,7 +362,7 @@ class PackedState:
             changes["shared_pages"] = shared_pages
         return self.replace(vnns=vnns, **changes)
 
-    def with_format(self, format: PageFormat) -> PackedState:  # noqa: A002 (the field's name)
+    def with_format(self, format: PageFormat) -> PackedState:
         """The same pages described by `format` (they must fit it)."""
         return self.replace(format=format)
 
