@@ -1,3 +1,4 @@
+import copy
 import os
 import re
 import subprocess
@@ -8,6 +9,7 @@ import torch
 
 from weightsep.evaluate import packed_theta
 from weightsep.execution import PackedModel
+from weightsep.flat import as_flat, buffer_state
 from weightsep.model import Conv, TemplateNet
 from weightsep.pack import PackConfig, add_vnn, new_state, solo_state
 
@@ -155,7 +157,7 @@ def test_cuda_placement_weights_and_outputs(mode, kernel, monkeypatch):
     state, nets, inputs = packed_two()
     pm = PackedModel(state, {n: TemplateNet(m.input_shape, m.convs, m.dense, m.classes) for n, m in nets.items()},
                      device="cuda", mode=mode, kernel=kernel)
-    assert pm.store.is_cuda and all(t.is_pinned() for t in pm._exclusive.values())
+    assert pm.pages.store.is_cuda and all(src.is_pinned() for c in pm.pages.copies.values() for _, src in c)
     for name in ["conv", "dense", "conv"]:
         pm.switch(name)
         if mode == "gather":
@@ -189,3 +191,35 @@ def test_cuda_forward_on_another_stream_sees_the_switched_weights():
         with torch.no_grad():
             ref = nets[name](inputs[name], packed_theta(state, name))
         torch.testing.assert_close(out.cpu(), ref, rtol=1e-3, atol=1e-4)
+
+
+@pytest.mark.parametrize("mode", ["gather", "zero-copy"])
+def test_packed_model_leaves_the_callers_module_as_it_was(mode):
+    """PackedModel runs copies: the caller's parameters are not re-pointed, its buffers not loaded from
+    the store, the module not moved, its mode not changed."""
+    torch.manual_seed(0)
+    module = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.BatchNorm1d(8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
+    module.train()
+    params = {n: (p, p.data_ptr(), p.detach().clone()) for n, p in module.named_parameters()}
+    buffers = buffer_state(module)
+    theta = torch.cat([p.detach().reshape(-1) for p in module.parameters()])
+    # the store's statistics differ from the module's (named as the flat wrapper holds them)
+    stored = {k: b + 1 for k, b in buffer_state(as_flat(copy.deepcopy(module))).items()}
+    state = solo_state("m", theta * 2, 16, stored)
+    pm = PackedModel(state, {"m": module}, mode=mode)
+    pm.switch("m")
+    x = torch.randn(5, 6)
+    out = pm.predict(x)
+    assert torch.isfinite(out).all()
+    assert module.training and not hasattr(module, "_weightsep_flat")
+    for n, p in module.named_parameters():
+        same, ptr, value = params[n]
+        assert p is same and p.data_ptr() == ptr and torch.equal(p.detach(), value)
+    for k, b in buffer_state(module).items():
+        assert torch.equal(b, buffers[k])
+    reference = copy.deepcopy(module).eval()  # the module with the store's weights and statistics
+    torch.nn.utils.vector_to_parameters(theta * 2, reference.parameters())
+    for k, b in reference.named_buffers():
+        b.copy_(stored[f"module.{k}"])
+    with torch.no_grad():
+        assert torch.allclose(reference(x), out, rtol=0, atol=1e-6)

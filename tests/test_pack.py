@@ -2,7 +2,19 @@
 import pytest
 import torch
 
-from weightsep.pack import PackConfig, add_vnn, new_state, remove_vnn, shared_pages_needed
+from weightsep.pack import (
+    MODES,
+    PACK_MODES,
+    SHARED_CONTENT,
+    SHARED_CONTENTS,
+    PackConfig,
+    add_vnn,
+    new_state,
+    plans_a_set,
+    remove_vnn,
+    shared_pages_needed,
+)
+from weightsep.separation import RULES, SEPARATIONS
 
 P, S = 64, 6
 
@@ -111,3 +123,16 @@ def test_shared_fisher_is_the_sum_of_the_occupants_and_remove_takes_out_exactly_
     without_a = remove_vnn(s2, "a")
     torch.testing.assert_close(without_a.shared_fisher, fisher_of(s2, ["b"]), rtol=1e-5, atol=1e-6)
     assert list(s2.vnns) == ["a", "b"]  # the input state is untouched
+
+
+def test_variants_come_from_their_tables():
+    assert MODES == tuple(PACK_MODES) and SHARED_CONTENT == tuple(SHARED_CONTENTS) and SEPARATIONS == tuple(RULES)
+    for mode in PACK_MODES:
+        for separation in RULES:
+            config = PackConfig(mode=mode, separation=separation)
+            assert config.plans_a_set == plans_a_set(mode, separation) == (mode == "ws" and separation == "budget")
+    for content in SHARED_CONTENTS:  # an empty store starts as its content's start: noise only for "random"
+        pages = new_state(PackConfig(page_size=P, n_shared=S, shared_content=content), S).shared_pages
+        assert bool(pages.any()) == (content == "random")
+    with pytest.raises(ValueError, match="choose from ws, nwv"):
+        PackConfig(mode="both")

@@ -10,10 +10,11 @@ from test_optimize import packed_pair
 from weightsep import quant
 from weightsep.evaluate import accuracy, packed_theta
 from weightsep.execution import PackedModel
+from weightsep.formats import FLOAT32, QuantizedPages
 from weightsep.model import TemplateNet
 from weightsep.optimize import OptimizeConfig, PageOptimizer, optimize, validation_subset
 from weightsep.pack import PackConfig, add_vnn, remove_vnn
-from weightsep.precision import PrecisionConfig, assign, format_counts, packed_bytes, page_fisher, quantized
+from weightsep.precision import PrecisionConfig, assign, format_counts, in_formats, packed_bytes, page_fisher
 from weightsep.store import Store, StoreError
 
 
@@ -85,9 +86,9 @@ def test_uniform_and_per_class_policies():
     state, _ = packed_pair()
     assert assign(state, PrecisionConfig()) is state  # float32: today's state, untouched
     q = assign(state, PrecisionConfig(precision="int8", exclusive_dtype="float16"))
-    assert set(q.precision.shared_codes.tolist()) == {quant.CODE["int8"]}
-    assert all(set(c.tolist()) <= {quant.CODE["float16"]} for c in q.precision.exclusive_codes.values())
-    assert state.precision is None  # the input is not modified
+    assert set(q.format.shared_codes.tolist()) == {quant.CODE["int8"]}
+    assert all(set(c.tolist()) <= {quant.CODE["float16"]} for c in q.format.exclusive_codes.values())
+    assert state.format is FLOAT32  # the input is not modified
     counts = format_counts(q)
     assert counts["int8"] == state.n_shared and counts.get("float16", 0) == sum(v.n_exclusive for v in state.vnns.values())
     with pytest.raises(ValueError, match="quantised already"):
@@ -103,8 +104,8 @@ def test_fisher_policy_stays_in_budget_gives_bits_by_fisher_and_gains_with_budge
     errors = []
     for kib in (floor / 1024 + 0.2, floor / 1024 + 1.0, floor / 1024 + 3.0, 100.0):
         q = assign(state, PrecisionConfig(precision="fisher", budget_kib=kib, group=16), spare_pages=2)
-        codes = torch.cat([q.precision.shared_codes, *q.precision.exclusive_codes.values()])
-        dearest_shared = max(quant.page_bytes(quant.FORMATS[c], state.page_size, 16) for c in q.precision.shared_codes)
+        codes = torch.cat([q.format.shared_codes, *q.format.exclusive_codes.values()])
+        dearest_shared = max(quant.page_bytes(quant.FORMATS[c], state.page_size, 16) for c in q.format.shared_codes)
         assert sum(packed_bytes(q).values()) + 2 * dearest_shared <= kib * 1024  # spare pages reserved too
         rounded = torch.cat([q.shared_pages, *(v.exclusive_pages for v in q.vnns.values())])
         errors.append(float((fisher * (rounded - values) ** 2).sum()))
@@ -126,7 +127,7 @@ def test_fisher_policy_prefers_the_page_with_more_fisher():
     twin.shared_fisher[0], twin.shared_fisher[1] = 10.0, 0.1  # ... and very different Fisher
     floor = sum(packed_bytes(assign(twin, PrecisionConfig(precision="int4", group=16))).values())
     q = assign(twin, PrecisionConfig(precision="fisher", budget_kib=(floor + 40) / 1024, group=16))
-    bits = [quant.BITS[quant.FORMATS[int(c)]] for c in q.precision.shared_codes[:2]]
+    bits = [quant.BITS[quant.FORMATS[int(c)]] for c in q.format.shared_codes[:2]]
     assert bits[0] > bits[1]
 
 
@@ -134,28 +135,28 @@ def test_quantised_store_round_trips_bit_for_bit_in_its_formats(tmp_path):
     state, _ = packed_pair()
     f32 = sum(packed_bytes(state).values())
     codes = {n: codes_for(v.n_exclusive, 1) for n, v in state.vnns.items()}
-    q = quantized(state, codes_for(state.n_shared, 2), codes, 16, {"precision": "test"})
+    q = in_formats(state, codes_for(state.n_shared, 2), codes, 16, {"precision": "test"})
     manifest = Store(tmp_path / "s").save(q)
     back = Store(tmp_path / "s").load()
-    assert torch.equal(back.shared_pages, q.shared_pages) and torch.equal(back.precision.shared_codes,
-                                                                         q.precision.shared_codes)
-    assert torch.equal(back.precision.shared_scales, q.precision.shared_scales)
+    assert torch.equal(back.shared_pages, q.shared_pages) and torch.equal(back.format.shared_codes,
+                                                                         q.format.shared_codes)
+    assert torch.equal(back.format.shared_scales, q.format.shared_scales)
     for n, v in q.vnns.items():
         assert torch.equal(back.vnns[n].exclusive_pages, v.exclusive_pages)
-        assert torch.equal(back.precision.exclusive_scales[n], q.precision.exclusive_scales[n])
-    assert back.precision.group == 16 and back.precision.policy == {"precision": "test"}
+        assert torch.equal(back.format.exclusive_scales[n], q.format.exclusive_scales[n])
+    assert back.format.group == 16 and back.format.policy == {"precision": "test"}
     assert manifest["format_version"] == 3 and manifest["precision"]["group"] == 16
     stored = manifest["shared"]["tensors"]
     assert "shared_pages" not in stored and stored["shared.int8"]["dtype"] == "int8"
     assert sum(packed_bytes(q).values()) < f32
     # a state edited off its formats' grid is refused on save, nothing written
     bad = copy.copy(back)
-    bad.shared_pages = back.shared_pages + 1e-3 * (back.precision.shared_codes != 0).float().unsqueeze(1)
+    bad.shared_pages = back.shared_pages + 1e-3 * (back.format.shared_codes != 0).float().unsqueeze(1)
     with pytest.raises(ValueError, match="cannot represent"):
         bad.validate()
     # removing a DNN keeps the others' formats; adding to a quantised store is refused
     less = remove_vnn(back, "a")
-    assert set(less.precision.exclusive_codes) == {"b"}
+    assert set(less.format.exclusive_codes) == {"b"}
     less.validate()
     with pytest.raises(ValueError, match="quantised store"):
         add_vnn(less, "c", torch.zeros(100), torch.ones(100), PackConfig(page_size=64, n_shared=6))
@@ -184,7 +185,7 @@ def test_optimiser_trains_for_the_formats_and_scores_what_runs(optimizer):
         t.standalone = packed_theta(state, name, t.model)
     result, history = optimize(q, tasks, config, progress=False)
     result.validate()  # every page on its format's grid
-    assert result.precision is not None and result.precision.policy == q.precision.policy
+    assert isinstance(result.format, QuantizedPages) and result.format.policy == q.format.policy
     best = history.val_accuracy[history.best_index]
     for name, task in tasks.items():
         x, y = validation_subset(task, config.val_samples, config.seed)
@@ -205,7 +206,7 @@ def test_a_promoted_page_keeps_its_shared_pages_format():
     po.best = po.snapshot()
     result = po.result()
     result.validate()
-    codes = result.precision.exclusive_codes["a"]
+    codes = result.format.exclusive_codes["a"]
     assert codes.numel() == before + 2 == result.vnns["a"].n_exclusive
     assert bool((codes[:before] == quant.CODE["int8"]).all()) and bool((codes[before:] == quant.CODE["int4"]).all())
 
@@ -213,7 +214,7 @@ def test_a_promoted_page_keeps_its_shared_pages_format():
 def test_execution_dequantises_bit_for_bit_in_both_modes():
     state, tasks = packed_pair()
     codes = {n: codes_for(v.n_exclusive, 3) for n, v in state.vnns.items()}
-    q = quantized(state, codes_for(state.n_shared, 4), codes, 16, {})
+    q = in_formats(state, codes_for(state.n_shared, 4), codes, 16, {})
     models = {n: t.model for n, t in tasks.items()}
     gather, zero = PackedModel(q, models), PackedModel(q, models, mode="zero-copy")
     float32 = PackedModel(state, models)

@@ -426,3 +426,35 @@ def test_a_new_packing_saved_over_a_store_keeps_the_previous_generation(tmp_path
     store.save(fresh)
     assert_same(store.load(), make_state(1))
     assert_same(store.restore_previous().state, make_state(0))
+
+
+def test_stored_configs_and_pack_info_carry_a_version_and_older_ones_read_as_version_1(tmp_path):
+    from test_optimize import packed_pair
+
+    from weightsep.pack import PackConfig, pack_config
+    from weightsep.precision import PrecisionConfig, assign
+    from weightsep.state import PackInfo
+
+    state, _ = packed_pair()
+    q = assign(state, PrecisionConfig(precision="int8"))
+    assert state.config.pack["version"] == 1 and q.format.policy["version"] == 1
+    info = state.vnns["b"].provenance.pack_info
+    assert isinstance(info, PackInfo) and info.version == 1 and info.matching == "optimal"
+    assert state.vnns["a"].provenance.pack_info.matching == "identity"
+    store = Store(tmp_path / "s")
+    store.save(q)
+
+    def older(m):  # as written before configs and records had versions
+        del m["config"]["pack"]["version"], m["precision"]["policy"]["version"]
+        for v in m["vnns"]:
+            del v["meta"]["pack"]["version"]
+
+    edit_manifest(store, older)
+    back = store.load()
+    assert pack_config(back) == PackConfig(**{**back.config.pack, "version": 1}) and pack_config(back).version == 1
+    assert PrecisionConfig(**back.format.policy).version == 1
+    assert all(v.provenance.pack_info.version == 1 for v in back.vnns.values())
+    with pytest.raises(ValueError, match="PackConfig version 2"):
+        PackConfig(version=2)
+    with pytest.raises(ValueError, match="pack info version 2"):
+        PackInfo.from_json({**back.vnns["a"].provenance.pack, "version": 2})

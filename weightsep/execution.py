@@ -36,11 +36,12 @@ store (the rows its page table's entries `S + e` name) and its page table into t
 Both modes give bit-identical weights to `evaluate.packed_theta` (gathering copies floats), so
 accuracies equal `python -m weightsep eval` exactly when inputs are batched the same way.
 
-A quantised state (`state.precision`, quant.py) is placed in its formats: one device buffer holding
-a block per format (its shared rows, then room for the most exclusive rows of that format any DNN
-has) and one of the int formats' scales (`ops.dequant_operands`), and per DNN, in host memory, its
-exclusive rows per format, their scales and its page table in the dequantising gather's encoding
-(quant.table_entries: format code and row in that format's block). A switch copies those, then ONE `ops.gather_dequant_into` call
+Where the pages go is the page format's choice (`state.format.placement`, formats.py). A quantised
+state is placed in its formats: one device buffer holding a block per format (its shared rows,
+then room for the most exclusive rows of that format any DNN has) and one of the int formats'
+scales (`ops.dequant_operands`), and per DNN, in host memory, its exclusive rows per format, their
+scales and its page table in the dequantising gather's encoding (quant.table_entries: format code
+and row in that format's block). A switch copies those, then ONE `ops.gather_dequant_into` call
 resolves and dequantises the table into the weight buffer (gather mode); zero-copy mode dequantises
 each weight tensor's pages just before its layer (only float32 pages can be views). The weights are
 bit-identical to `evaluate.packed_theta` of the same state (the state holds the dequantised values).
@@ -51,11 +52,10 @@ bit-identical to `evaluate.packed_theta` of the same state (the state holds the 
 """
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping
 
 import torch
-
-from weightsep.ops import dequant_operands, gather_dequant_function, gather_into_function, gather_pages
 
 from . import quant
 from .evaluate import not_scored
@@ -63,8 +63,6 @@ from .flat import as_flat, check_parameters, load_buffer_state
 from .state import PAGE_TABLE_DTYPE, PackedState
 
 MODES = ("gather", "zero-copy")
-KERNELS = ("ops", "index_select")  # the gather: weightsep.ops.gather_pages_into, or torch.index_select(out=buffer)
-FLOAT_BYTES = 4
 
 
 class _LazyTensors(Mapping):
@@ -85,64 +83,11 @@ class _LazyTensors(Mapping):
         return len(self.plan)
 
 
-class _QuantizedPages:
-    """A quantised state's pages on the device, every format's block in one buffer (`ops.dequant_operands`:
-    its shared rows, then room for the most exclusive rows of that format any DNN has), and each DNN's
-    level-2 part (exclusive rows and scales per format, the encoded page table) in host memory."""
-
-    def __init__(self, state: PackedState, device: torch.device, host):
-        q = state.precision
-        exclusive, self.tables = {}, {}
-        for name, vnn in state.vnns.items():
-            codes = q.exclusive_codes[name]
-            exclusive[name] = {f: (host(rows), None if sc is None else host(sc)) for f, (rows, sc) in
-                               quant.encode(vnn.exclusive_pages, codes, q.exclusive_scales[name], q.group).items()}
-            # rows of [shared; exclusive] in their formats' blocks: shared rows first, the DNN's after them
-            every = torch.cat([q.shared_codes, codes])
-            self.tables[name] = host(quant.table_entries(every[vnn.page_table], self._local_rows(every)[vnn.page_table]))
-        shared = quant.encode(state.shared_pages, q.shared_codes, q.shared_scales, q.group)
-        room = {f: max((len(e[f][0]) for e in exclusive.values() if f in e), default=0) for f in quant.FORMATS}
-        self.operands = dequant_operands(shared, state.page_size, q.group, room, device)
-        self.copies = {}  # per DNN, the (device view, host tensor) pairs a switch copies, sliced once here
-        for name, parts in exclusive.items():
-            self.copies[name] = []
-            for fmt, (rows, scales) in parts.items():
-                first = len(shared[fmt][0]) if fmt in shared else 0
-                self.copies[name].append((self.operands.rows[fmt][first : first + len(rows)], rows))
-                if scales is not None:
-                    self.copies[name].append((self.operands.row_scales[fmt][first : first + len(rows)], scales))
-
-    @staticmethod
-    def _local_rows(codes: torch.Tensor) -> torch.Tensor:
-        """Each page's row within its format's block: its rank among the pages of that format."""
-        rows = torch.zeros_like(codes, dtype=torch.int64)
-        for code in range(len(quant.FORMATS)):
-            where = (codes == code).nonzero().flatten()
-            rows[where] = torch.arange(len(where))
-        return rows
-
-    def switch_copies(self, name: str) -> None:
-        """The DNN's exclusive rows and scales host -> device, after each format's shared rows."""
-        for dst, src in self.copies[name]:
-            dst.copy_(src, non_blocking=True)
-
-    def bytes_moved(self, name: str) -> int:
-        """Exclusive rows and scales (every format) and the encoded page table."""
-        return sum(src.nbytes for _, src in self.copies[name]) + self.tables[name].nbytes
-
-    def device_bytes_by_format(self) -> dict[str, int]:
-        """Each format's rows and scales (not the < 64 bytes aligning each block)."""
-        o = self.operands
-        return {fmt: rows.nbytes + (o.row_scales[fmt].nbytes if fmt in o.row_scales else 0)
-                for fmt, rows in o.rows.items() if len(rows)}
-
-    def host_bytes(self) -> int:
-        """Every DNN's exclusive rows, scales and page table."""
-        return sum(self.bytes_moved(name) for name in self.tables)
-
-
 class PackedModel:
-    """A packed store placed on a device in two levels, running one DNN at a time (see the module doc)."""
+    """A packed store placed on a device in two levels, running one DNN at a time (see the module doc).
+
+    `models` are templates: each is copied (`copy.deepcopy`), and only the copies are re-pointed at
+    the pages, given the store's buffers and moved to `device`; the caller's modules stay as they were."""
 
     def __init__(self, state: PackedState, models: Mapping[str, torch.nn.Module], device: str | torch.device = "cpu",
                  mode: str = "gather", kernel: str = "ops"):
@@ -159,17 +104,15 @@ class PackedModel:
                              "use device='cpu'")
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-        if kernel not in KERNELS:
-            raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
-        if kernel != "ops" and state.precision is not None:
-            raise ValueError(f"kernel {kernel!r} gathers float32 pages only; a quantised store runs the dequantising "
-                             "gather (kernel='ops')")
+        state.format.check_kernel(kernel)
         self.kernel = kernel
         missing = [n for n in state.vnns if n not in models]
         if missing:
             raise ValueError(f"no model given for packed DNN(s) {missing}")
         state.validate()  # page-table rows on the host, once: on CUDA a bad row would only trip a device assert
-        models = {n: as_flat(models[n]) for n in state.vnns}  # any nn.Module: its parameters as one flat vector
+        # the caller's modules are left as they were: PackedModel runs its own copies, whose parameters
+        # it re-points (a flat vector), whose buffers it loads from the store and which it moves to `device`
+        models = {n: as_flat(copy.deepcopy(models[n])) for n in state.vnns}
         for name, vnn in state.vnns.items():
             check_parameters(models[name], vnn.n_weights, vnn.provenance.parameters, f"DNN {name!r}")
         self.device = torch.device(device)
@@ -180,7 +123,6 @@ class PackedModel:
         self.page_size, self.n_shared = state.page_size, state.n_shared
         self.vnns = {n: (v.n_weights, v.n_pages, v.n_exclusive) for n, v in state.vnns.items()}
         cuda = self.device.type == "cuda"
-        S, P = self.n_shared, self.page_size
         self.e_max = max((v.n_exclusive for v in state.vnns.values()), default=0)
         self.pages_max = max((v.n_pages for v in state.vnns.values()), default=0)
         self.n_max = max((v.n_weights for v in state.vnns.values()), default=0)
@@ -190,26 +132,13 @@ class PackedModel:
             t = t.detach().contiguous().clone()
             return t.pin_memory() if cuda else t
 
-        # level 1 + preallocated device buffers; a quantised state has its own blocks per format
-        # (and the float32 page store stays empty)
-        self.quantized = None if state.precision is None else _QuantizedPages(state, self.device, host)
-        if self.quantized is None:
-            self._exclusive = {n: host(v.exclusive_pages) for n, v in state.vnns.items()}
-            self._tables = {n: host(v.page_table.to(PAGE_TABLE_DTYPE)) for n, v in state.vnns.items()}
-            self.store = torch.empty(S + self.e_max, P, device=self.device)
-            self.store[:S].copy_(state.shared_pages)
-            self.store[S:].zero_()
-        else:
-            self._exclusive, self._tables = {}, self.quantized.tables
-            self.store = torch.empty(0, P, device=self.device)
-        # zero-copy views are of float32 rows: the page store, or a quantised store's float32 block
-        self._float_rows = self.store if self.quantized is None else self.quantized.operands.rows["float32"]
+        # level 1 on the device once, level 2 in host memory, as the state's page format places them
+        self.pages = state.format.placement(state, self.device, host, kernel)
+        self._tables = self.pages.tables
         self._host_tables = self.device.type == "cpu"
         self.table = torch.zeros(0 if self._host_tables else self.pages_max, dtype=PAGE_TABLE_DTYPE, device=self.device)
         self._table = self.table
         self.weights = torch.empty(self.pages_max * self.page_size if mode == "gather" else 0, device=self.device)
-        self._gather_into = gather_into_function()  # bound once: per-call look-ups are costly (docs/results.md#code-notes)
-        self._gather_dequant = gather_dequant_function()
         self._plans = {n: self._plan(n, models[n]) for n in state.vnns} if mode == "zero-copy" else {}
         self._views = {n: self._switch_views(*self.vnns[n]) for n in state.vnns}  # per-DNN views, made once
         self.current: str | None = None
@@ -226,17 +155,14 @@ class PackedModel:
         """Make DNN `name` current: exclusive pages and page table host -> device, then (gather) resolve."""
         if name not in self.vnns:
             raise KeyError(f"DNN {name!r} is not packed; packed: {', '.join(self.vnns)}")
-        excl_dst, table_dst, pages_out, theta_out = self._views[name]
+        table_dst, pages_out, theta_out = self._views[name]
         if self.device.type == "cuda":
             stream = torch.cuda.current_stream(self.device)
             for reader in self._readers - {stream}:
                 stream.wait_stream(reader)
             self._readers.clear()
             self._writer = stream
-        if excl_dst is not None:
-            excl_dst.copy_(self._exclusive[name], non_blocking=True)
-        if self.quantized is not None:
-            self.quantized.switch_copies(name)
+        self.pages.switch_copies(name)
         if table_dst is None:  # CPU: host memory IS the device; the table is used where it lies
             table = self._tables[name]
         else:
@@ -244,13 +170,7 @@ class PackedModel:
             table.copy_(self._tables[name], non_blocking=True)
         self._table = table
         if self.mode == "gather":
-            if self.quantized is not None:
-                q = self.quantized.operands
-                self._gather_dequant(q.pages, q.scales, q.layout, table, theta_out)
-            elif self.kernel == "index_select":
-                torch.index_select(self.store, 0, table, out=pages_out)
-            else:
-                self._gather_into(self.store, table, theta_out)
+            self.pages.gather(table, pages_out, theta_out)
             self.theta = theta_out
         self.current = name
 
@@ -259,10 +179,7 @@ class PackedModel:
 
         On CPU the table is read where it lies (host memory is the device), so the bytes actually
         copied are the exclusive pages only; the figure keeps the table, as on a GPU."""
-        if self.quantized is not None:
-            return self.quantized.bytes_moved(name)
-        n, n_pages, E = self.vnns[name]
-        return E * self.page_size * FLOAT_BYTES + n_pages * self._tables[name].element_size()
+        return self.pages.bytes_moved(name)
 
     def device_bytes(self) -> int:
         """Bytes held on the device: page store (shared + E_max rows), page-table buffer and, in gather
@@ -272,16 +189,12 @@ class PackedModel:
     def device_bytes_by_format(self) -> dict[str, int]:
         """`device_bytes` by part: the pages of each format (values and scales), the page-table
         buffer and the flat float32 weight buffer."""
-        pages = {"float32": self.store.numel() * self.store.element_size()} if self.quantized is None \
-            else self.quantized.device_bytes_by_format()
-        return {**pages, "page_table": self.table.numel() * self.table.element_size(),
+        return {**self.pages.device_bytes_by_format(), "page_table": self.table.numel() * self.table.element_size(),
                 "weight_buffer": self.weights.numel() * self.weights.element_size()}
 
     def host_bytes(self) -> int:
         """Bytes of level-2 memory (every DNN's exclusive pages and page table) in host memory."""
-        if self.quantized is not None:
-            return self.quantized.host_bytes()
-        return sum(t.numel() * t.element_size() for d in (self._exclusive, self._tables) for t in d.values())
+        return self.pages.host_bytes()
 
     def view_fraction(self, name: str) -> float:
         """zero-copy mode: the fraction of `name`'s weights its forward reads as views of the page store."""
@@ -327,10 +240,8 @@ class PackedModel:
 
     def _switch_views(self, n: int, n_pages: int, E: int) -> tuple:
         """Views of the preallocated buffers one DNN's switch writes (slicing costs us per call)."""
-        S = self.n_shared
         gather = self.mode == "gather"
-        return (self.store[S : S + E] if E and self.quantized is None else None,
-                None if self._host_tables else self.table[:n_pages],
+        return (None if self._host_tables else self.table[:n_pages],
                 self.weights[: n_pages * self.page_size].view(n_pages, self.page_size) if gather else None,
                 self.weights[:n] if gather else None)
 
@@ -358,11 +269,7 @@ class PackedModel:
         if step[0] == "view":
             _, row, a, numel, shape = step
             rows = -(-(a + numel) // self.page_size)
-            return self._float_rows[row : row + rows].reshape(-1)[a : a + numel].view(shape)
+            return self.pages.float_rows[row : row + rows].reshape(-1)[a : a + numel].view(shape)
         _, p0, p1, numel, shape, a = step
-        if self.quantized is None:
-            return gather_pages(self.store, self._table[p0:p1], a + numel)[a:].view(shape)
-        q, out = self.quantized.operands, torch.empty(a + numel, device=self.device)  # dequantised per layer
-        self._gather_dequant(q.pages, q.scales, q.layout, self._table[p0:p1], out)
-        return out[a:].view(shape)
+        return self.pages.gather_part(self._table[p0:p1], a + numel)[a:].view(shape)
 

@@ -4,7 +4,9 @@ Takes a DNN's trained flat weights and its Fisher vector; returns a new `PackedS
 DNN has a page table, its exclusive pages and its share of the shared pages (the input state is
 not modified). This is `-mode=a` of the originals, and `remove_vnn` is `-mode=r`.
 
-What a shared page holds after a DNN lands on it is chosen by name (`SHARED_CONTENT`):
+Variants are chosen by name in tables: the pack mode (`PACK_MODES`: "ws" separates each DNN's pages
+into exclusive and sharable ones, "nwv" shares them all), the separation (separation.RULES) and
+what a shared page holds after a DNN lands on it (`SHARED_CONTENTS`):
 * "fisher-mean" (default): the Fisher-weighted mean of its occupants' weights, per position: the
   point that minimises sum_k F_k (w - w_k)^2, i.e. the best start for re-training;
 * "first": its first occupant's weights (the reference convention for comparing matchers);
@@ -16,7 +18,7 @@ What a shared page holds after a DNN lands on it is chosen by name (`SHARED_CONT
 """
 from __future__ import annotations
 
-import copy
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -26,11 +28,77 @@ from .checks import MAX_PAGE_SIZE, MAX_SHARED_WEIGHTS, at_least, finite, one_of,
 from .config_help import opt
 from .matching import MATCHERS, match
 from .pages import n_pages, to_pages
-from .separation import SEPARATIONS, separate
-from .state import VNN, PackedState, Provenance, StateConfig, exclusive_entries, is_shared
+from .separation import RULES, SEPARATIONS, separate
+from .state import VNN, PackedState, PackInfo, Provenance, StateConfig, exclusive_entries, is_shared
 
-MODES = ("ws", "nwv")
-SHARED_CONTENT = ("fisher-mean", "first", "random")
+# ---------------------------------------------------------------- variants, by name
+
+
+@dataclass(frozen=True)
+class PackMode:
+    """What a pack mode (`PACK_MODES`) means: how a DNN's pages split into exclusive and sharable
+    ones, and how many shared pages a set of DNNs gets."""
+
+    separates: bool  # the separation (and its config fields) applies
+    split: Callable  # (name, fisher, total pages, S, config, tpr, n_exclusive) -> (exclusive, sharable, info)
+    n_shared: Callable[[list[int], PackConfig], int]  # S for DNNs of these weight counts
+    help: str
+
+
+def _separate(name, fisher, total, S, config, tpr, n_exclusive):
+    sep = separate(fisher, config.page_size, S, config.margin, tpr, n_exclusive)
+    return sep.exclusive, sep.sharable, {"tpr": tpr, "n_overflow": sep.n_overflow}
+
+
+def _all_shared(name, fisher, total, S, config, tpr, n_exclusive):
+    if total > S:
+        raise ValueError(f"DNN {name!r} has {total} pages, more than the {S} shared pages of this NWV store")
+    return torch.zeros(0, dtype=torch.long), torch.arange(total), {}
+
+
+PACK_MODES = {
+    "ws": PackMode(True, _separate, lambda sizes, config: config.n_shared,
+                   "exclusive + shared pages (weight separation)"),
+    "nwv": PackMode(False, _all_shared, lambda sizes, config: max(n_pages(n, config.page_size) for n in sizes),
+                    "every page shared; S = the largest DNN's pages"),
+}
+
+
+@dataclass(frozen=True)
+class SharedContent:
+    """What a shared page holds (`SHARED_CONTENTS`): at the start, and after a DNN's page lands on it."""
+
+    start: Callable[[tuple[int, int], int], torch.Tensor]  # (shape, seed) -> the empty store's pages
+    land: Callable  # (old pages, old Fisher, landing pages, their Fisher, unoccupied [n, 1]) -> pages
+
+
+def _zeros(shape, seed):
+    return torch.zeros(shape)
+
+
+def _noise(shape, seed):
+    return torch.randn(shape, generator=torch.Generator().manual_seed(seed)) * 0.01
+
+
+def _fisher_mean(old_w, old_f, w_a, f_a, unoccupied):
+    total = old_f + f_a
+    mean = torch.where(total > 0, (old_f * old_w + f_a * w_a) / total.clamp_min(1e-30), old_w)
+    return torch.where(unoccupied, w_a, mean)
+
+
+def _first(old_w, old_f, w_a, f_a, unoccupied):
+    return torch.where(unoccupied, w_a, old_w)
+
+
+def _kept(old_w, old_f, w_a, f_a, unoccupied):
+    return old_w
+
+
+SHARED_CONTENTS = {"fisher-mean": SharedContent(_zeros, _fisher_mean), "first": SharedContent(_zeros, _first),
+                   "random": SharedContent(_noise, _kept)}
+MODES = tuple(PACK_MODES)
+SHARED_CONTENT = tuple(SHARED_CONTENTS)
+VERSION = 1  # PackConfig's: bump when a field's meaning changes, so stored configs can be told apart
 
 
 @dataclass(frozen=True)
@@ -49,9 +117,18 @@ class PackConfig:
     matching: str = opt("optimal", "matcher of pages onto shared pages: a name in matching.MATCHERS")
     shared_content: str = opt("fisher-mean", "what a shared page holds after a DNN lands on it (pack.py's docstring)")
     seed: int = opt(0, 'seeds the "random" shared content')
+    version: int = opt(VERSION, "of the stored copy (the state's config); a copy without one is version 1")
+
+    @property
+    def plans_a_set(self) -> bool:
+        """Whether this packing plans one exclusive-page budget for the DNNs packed together (a WS
+        "budget" separation): it packs a set into a new store, and its spare pages are promoted."""
+        return plans_a_set(self.mode, self.separation)
 
     def __post_init__(self):
         typed(self)
+        if self.version != VERSION:
+            raise ValueError(f"PackConfig version {self.version} is not this code's version {VERSION}")
         one_of(self, "mode", MODES)
         one_of(self, "matching", tuple(MATCHERS))
         one_of(self, "shared_content", SHARED_CONTENT)
@@ -70,13 +147,15 @@ class PackConfig:
                              f"the limit of {MAX_SHARED_WEIGHTS:,} weights; the published store is 128 x 512")
 
 
+def plans_a_set(mode: str, separation: str) -> bool:
+    """`PackConfig.plans_a_set` from the names (the CLI checks flags before building a config)."""
+    return PACK_MODES[mode].separates and RULES[separation].plans_a_set
+
+
 def new_state(config: PackConfig, n_shared: int) -> PackedState:
     """An empty store of `n_shared` shared pages (random N(0, 0.01) content for "random", else zeros)."""
     shape = (n_shared, config.page_size)
-    if config.shared_content == "random":
-        pages = torch.randn(shape, generator=torch.Generator().manual_seed(config.seed)) * 0.01
-    else:
-        pages = torch.zeros(shape)
+    pages = SHARED_CONTENTS[config.shared_content].start(shape, config.seed)
     return PackedState(config.page_size, pages, torch.zeros(shape), {}, StateConfig(pack=asdict(config)))
 
 
@@ -92,34 +171,25 @@ def pack_config(state: PackedState) -> PackConfig:
 
 def shared_pages_needed(n_weights: list[int], config: PackConfig) -> int:
     """S for a set of DNNs: NWV uses the largest DNN's page count, WS the configured S."""
-    return max(n_pages(n, config.page_size) for n in n_weights) if config.mode == "nwv" else config.n_shared
+    return PACK_MODES[config.mode].n_shared(n_weights, config)
 
 
 def add_vnn(state: PackedState, name: str, theta: torch.Tensor, fisher: torch.Tensor, config: PackConfig,
-            tpr: float = 1.0, n_exclusive: int | None = None) -> tuple[PackedState, dict]:
+            tpr: float = 1.0, n_exclusive: int | None = None) -> tuple[PackedState, PackInfo]:
     """Separate `name`'s pages, match its sharable ones onto the shared pages, return the new state.
 
     WS keeps `n_exclusive` pages exclusive when given (a budget's share), else the margin decides."""
     if name in state.vnns:
         raise ValueError(f"DNN {name!r} is already packed; remove it first (-mode=r)")
-    if state.precision is not None:
-        raise ValueError(f"cannot add DNN {name!r} to a quantised store: its pages would leave their formats' "
-                         "grids; pack the DNNs together with --precision (run), or add to a float32 store")
+    state.format.check_float32(f"cannot add DNN {name!r} to a quantised store: its pages would leave their "
+                               "formats' grids; pack the DNNs together with --precision (run), or add to a float32 store")
     if theta.shape != fisher.shape or theta.dim() != 1:
         raise ValueError(f"DNN {name!r}: weights {tuple(theta.shape)} and Fisher {tuple(fisher.shape)} must be equal 1-D")
     if state.page_size != config.page_size:
         raise ValueError(f"store has page size {state.page_size}, the config asks for {config.page_size}")
     P, S = state.page_size, state.n_shared
     total = n_pages(theta.numel(), P)
-    if config.mode == "ws":
-        sep = separate(fisher, P, S, config.margin, tpr, n_exclusive)
-        exclusive, sharable = sep.exclusive, sep.sharable
-        info = {"tpr": tpr, "n_overflow": sep.n_overflow}
-    else:
-        if total > S:
-            raise ValueError(f"DNN {name!r} has {total} pages, more than the {S} shared pages of this NWV store")
-        exclusive, sharable = torch.zeros(0, dtype=torch.long), torch.arange(total)
-        info = {}
+    exclusive, sharable, info = PACK_MODES[config.mode].split(name, fisher, total, S, config, tpr, n_exclusive)
     w_pages, f_pages = to_pages(theta, P), to_pages(fisher, P)
     w_a, f_a = w_pages[sharable].double().numpy(), f_pages[sharable].double().numpy()
     occupancy = state.occupancy().numpy()
@@ -136,13 +206,11 @@ def add_vnn(state: PackedState, name: str, theta: torch.Tensor, fisher: torch.Te
     page_table[sharable] = torch.as_tensor(assignment, dtype=torch.long)
     page_table[exclusive] = exclusive_entries(S, 0, len(exclusive))
 
-    new = copy.copy(state)
-    new.shared_pages, new.shared_fisher = _land(state, assignment, w_pages[sharable], f_pages[sharable], occupancy,
-                                                config.shared_content)
-    info.update(n_exclusive=len(exclusive), n_sharable=len(sharable))
+    shared_pages, shared_fisher = _land(state, assignment, w_pages[sharable], f_pages[sharable], occupancy,
+                                        config.shared_content)
+    info = PackInfo(**info, n_exclusive=len(exclusive), n_sharable=len(sharable))
     vnn = VNN(name, theta.numel(), page_table, w_pages[exclusive].clone(), fisher.clone(), Provenance(pack=info))
-    new.vnns = {**state.vnns, name: vnn}
-    return new, info
+    return state.with_vnn(vnn, shared_pages=shared_pages, shared_fisher=shared_fisher), info
 
 
 def _land(state: PackedState, assignment: np.ndarray, w_a: torch.Tensor, f_a: torch.Tensor,
@@ -153,12 +221,7 @@ def _land(state: PackedState, assignment: np.ndarray, w_a: torch.Tensor, f_a: to
     old_w, old_f = pages[idx], fisher[idx]
     fisher[idx] = old_f + f_a
     unoccupied = torch.as_tensor(occupancy[assignment] == 0).view(-1, 1)
-    if content == "fisher-mean":
-        total = old_f + f_a
-        mean = torch.where(total > 0, (old_f * old_w + f_a * w_a) / total.clamp_min(1e-30), old_w)
-        pages[idx] = torch.where(unoccupied, w_a, mean)
-    elif content == "first":
-        pages[idx] = torch.where(unoccupied, w_a, old_w)
+    pages[idx] = SHARED_CONTENTS[content].land(old_w, old_f, w_a, f_a, unoccupied)
     return pages, fisher
 
 
@@ -168,16 +231,9 @@ def remove_vnn(state: PackedState, name: str) -> PackedState:
         raise ValueError(f"DNN {name!r} is not packed; packed: {', '.join(state.vnns) or 'none'}")
     vnn = state.vnns[name]
     on_shared = is_shared(vnn.page_table, state.n_shared)
-    new = copy.copy(state)
-    new.shared_fisher = state.shared_fisher.clone()
-    new.shared_fisher[vnn.page_table[on_shared]] -= to_pages(vnn.fisher, state.page_size)[on_shared]
-    new.shared_fisher.clamp_(min=0)
-    new.vnns = {n: v for n, v in state.vnns.items() if n != name}
-    if state.precision is not None:
-        new.precision = copy.copy(state.precision)
-        new.precision.exclusive_codes = {n: c for n, c in state.precision.exclusive_codes.items() if n != name}
-        new.precision.exclusive_scales = {n: c for n, c in state.precision.exclusive_scales.items() if n != name}
-    return new
+    shared_fisher = state.shared_fisher.clone()
+    shared_fisher[vnn.page_table[on_shared]] -= to_pages(vnn.fisher, state.page_size)[on_shared]
+    return state.without_vnn(name, shared_fisher=shared_fisher.clamp_(min=0))
 
 
 def solo_state(name: str, theta: torch.Tensor, page_size: int, buffers: dict[str, torch.Tensor] | None = None) -> PackedState:

@@ -25,6 +25,7 @@ a shared page.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import heapq
 from dataclasses import asdict, dataclass
 
@@ -33,10 +34,12 @@ import torch
 from . import quant
 from .checks import at_least, finite, one_of, positive, typed
 from .config_help import opt
+from .formats import QuantizedPages
 from .pages import to_pages
-from .state import PAGE_TABLE_DTYPE, PackedState, Precision, exclusive_slots, is_shared
+from .state import PAGE_TABLE_DTYPE, PackedState, exclusive_slots, is_shared
 
 POLICIES = (*quant.FORMATS, "fisher")
+VERSION = 1  # PrecisionConfig's: bump when a field's meaning changes
 TABLE_ENTRY_BYTES = PAGE_TABLE_DTYPE.itemsize  # as the store and the execution hold them
 
 
@@ -48,9 +51,12 @@ class PrecisionConfig:
     budget_kib: float | None = opt(None, "fisher: the packed store's bytes (pages, scales, page tables), KiB")
     fisher_formats: str = opt("int4,int8,float16", "fisher: the formats it chooses among")
     group: int = opt(quant.DEFAULT_GROUP, "int4: weights per scale")
+    version: int = opt(VERSION, "of the stored copy (a quantised format's `policy`); a copy without one is version 1")
 
     def __post_init__(self):
         typed(self)
+        if self.version != VERSION:
+            raise ValueError(f"PrecisionConfig version {self.version} is not this code's version {VERSION}")
         one_of(self, "precision", POLICIES)
         for name in ("shared_dtype", "exclusive_dtype"):
             if getattr(self, name) is not None:
@@ -85,8 +91,7 @@ def assign(state: PackedState, config: PrecisionConfig, spare_pages: int = 0) ->
     (`state` is not modified). `spare_pages`: pages the optimiser may promote later (budget)."""
     if config.is_float32:
         return state
-    if state.precision is not None:
-        raise ValueError("this packed state is quantised already; quantise a float32 store")
+    state.format.check_float32("this packed state is quantised already; quantise a float32 store")
     if config.precision == "fisher":
         shared_codes, exclusive_codes = _fisher_codes(state, config, spare_pages)
     else:
@@ -94,26 +99,29 @@ def assign(state: PackedState, config: PrecisionConfig, spare_pages: int = 0) ->
         shared_codes = torch.full((state.n_shared,), code(config.shared_dtype), dtype=torch.uint8)
         exclusive_codes = {n: torch.full((v.n_exclusive,), code(config.exclusive_dtype), dtype=torch.uint8)
                            for n, v in state.vnns.items()}
-    new = quantized(state, shared_codes, exclusive_codes, config.group, asdict(config))
-    new.validate()
-    return new
+    return in_formats(state, shared_codes, exclusive_codes, config.group, asdict(config))
+
+
+def in_formats(state: PackedState, shared_codes: torch.Tensor, exclusive_codes: dict[str, torch.Tensor],
+               group: int, policy: dict) -> PackedState:
+    """A new state: `state`'s pages rounded to these formats (a quant.FORMATS code per page), with their
+    scales, validated; `policy` records how the formats were chosen."""
+    fmt = QuantizedPages.of(shared_codes, exclusive_codes, group, policy)
+    shared, exclusive, fmt = fmt.rounded(state.shared_pages, {n: v.exclusive_pages for n, v in state.vnns.items()})
+    return state.with_pages(shared, exclusive, format=fmt)
 
 
 def quantized(state: PackedState, shared_codes: torch.Tensor, exclusive_codes: dict[str, torch.Tensor],
-              group: int, policy: dict, shared: torch.Tensor | None = None,
-              exclusive: dict[str, torch.Tensor] | None = None) -> PackedState:
-    """A copy of `state` whose pages are `shared`/`exclusive` (default: its own) rounded to these
-    formats, with their scales: how both the policy and the optimiser's result make a quantised state
-    (not validated here: over several ranks the optimiser's result is a rank's shard)."""
+              group: int, policy: dict) -> PackedState:
+    """Transitional, for optimize.py's result until it is wired to `PageFormat.rounded` and
+    `PackedState.with_pages` (/work/r26/formats-wiring.md): a copy of `state` whose pages are rounded to
+    these formats, with their scales, NOT validated (over several ranks that result is a rank's shard
+    that does not yet say so)."""
+    fmt = QuantizedPages.of(shared_codes, exclusive_codes, group, policy)
+    shared, exclusive, fmt = fmt.rounded(state.shared_pages, {n: v.exclusive_pages for n, v in state.vnns.items()})
     new = copy.copy(state)
-    new.shared_pages, shared_scales = quant.quantize(state.shared_pages if shared is None else shared,
-                                                     shared_codes, group)
-    new.vnns, exclusive_scales = {}, {}
-    for name, vnn in state.vnns.items():
-        new.vnns[name] = copy.copy(vnn)
-        pages = vnn.exclusive_pages if exclusive is None else exclusive[name]
-        new.vnns[name].exclusive_pages, exclusive_scales[name] = quant.quantize(pages, exclusive_codes[name], group)
-    new.precision = Precision(group, shared_codes, shared_scales, dict(exclusive_codes), exclusive_scales, policy)
+    new.shared_pages, new.format = shared, fmt
+    new.vnns = {n: dataclasses.replace(v, exclusive_pages=exclusive[n]) for n, v in state.vnns.items()}
     return new
 
 
@@ -198,16 +206,9 @@ def _fisher_codes(state: PackedState, config: PrecisionConfig,
 
 def format_counts(state: PackedState) -> dict[str, int]:
     """Pages per format, over the shared pages and every DNN's exclusive pages."""
-    if state.precision is None:
-        return {"float32": state.n_shared + sum(v.n_exclusive for v in state.vnns.values())}
-    codes = torch.cat([state.precision.shared_codes, *state.precision.exclusive_codes.values()])
-    counts = torch.bincount(codes.long(), minlength=len(quant.FORMATS)).tolist()
-    return {f: c for f, c in zip(quant.FORMATS, counts) if c}
+    return state.format.counts(state)
 
 
 def packed_bytes(state: PackedState) -> dict[str, int]:
     """The packed store's bytes: page values and scales per format, and the page tables."""
-    group = state.precision.group if state.precision is not None else quant.DEFAULT_GROUP
-    out = {f: n * quant.page_bytes(f, state.page_size, group) for f, n in format_counts(state).items()}
-    out["page_tables"] = table_bytes(state)
-    return out
+    return {**state.format.bytes_by_format(state), "page_tables": table_bytes(state)}

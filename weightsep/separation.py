@@ -32,7 +32,21 @@ import torch
 
 from .pages import n_pages, to_pages
 
-SEPARATIONS = ("budget", "margin")
+
+@dataclass(frozen=True)
+class SeparationRule:
+    """What a separation (chosen by name, `RULES`) means for the stages around it."""
+
+    plans_a_set: bool  # one exclusive-page budget for the DNNs packed together: it packs a set into a new
+    # store (never adds to one), and its spare pages are the optimiser's to promote (`--promote-pages` is its)
+    help: str
+
+
+RULES = {
+    "budget": SeparationRule(True, "one exclusive-page budget for the set, from --ratio; the rest promoted by accuracy"),
+    "margin": SeparationRule(False, "published WS: each DNN keeps pages until 1 - margin of its Fisher mass"),
+}
+SEPARATIONS = tuple(RULES)
 
 
 @dataclass

@@ -1,9 +1,14 @@
 """The packed state: the data model every stage works on, and the page-table rules, in one place.
 
 `PackedState` holds the page size P, the S shared pages (level 1) with their accumulated Fisher, the
-registered DNNs as `VNN`s (page table, exclusive pages, Fisher, `Provenance`), a `StateConfig` and,
-for a quantised state, its `Precision` (each page's format and scales, quant.py; None: all float32).
-They validate themselves on construction; `store.py` reads and writes them and does nothing else.
+registered DNNs as `VNN`s (page table, exclusive pages, Fisher, `Provenance`), a `StateConfig` and
+its page format (formats.py: `Float32Pages`, or `QuantizedPages` with each page's format and scales).
+They validate themselves on construction, and change only through methods that return a new,
+validated state (`with_vnn`, `without_vnn`, `with_pages`, `with_format`, `replace`; a VNN's
+`replace`, `with_page_table`); `store.py` reads and writes them and does nothing else.
+
+A rank's part of a state (`PackedState.shard(names)`) holds every page table and Fisher and the
+shared pages, but only the `held` DNNs' exclusive pages: the validator accepts the others' as empty.
 
 The page-table rule: a DNN's page table maps each logical page to a row of
 `cat([shared_pages, exclusive_pages])`. An entry below S names a shared page; the entry `S + e`
@@ -13,14 +18,15 @@ only code that knows this; everything else asks them.
 from __future__ import annotations
 
 import dataclasses
-import json
 import typing
+from collections.abc import Collection
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
 
-from . import quant
+from .formats import FLOAT32, PageFormat, QuantizedPages, from_precision
+from .invariants import check_count, check_json, check_tensor, check_values
 from .pages import n_pages as pages_needed
 from .pages import to_pages
 
@@ -88,6 +94,44 @@ class Standalone:
                 raise ValueError(f"stand-alone {name.replace('_', ' ')} must be a fraction in [0, 1], got {value!r}")
 
 
+PACK_INFO_VERSION = 1
+
+
+@dataclass(kw_only=True)
+class PackInfo:
+    """What packing reported for one DNN (`pack.add_vnn`), kept in its provenance. Stored as a JSON
+    object in this field order, without the fields that do not apply; a record without a version
+    (written before records had one) is version 1."""
+
+    tpr: float | None = None  # WS: the target performance rate the separation used
+    n_overflow: int | None = None  # WS: exclusive pages added only because the sharable ones did not fit
+    matching: str  # the matcher, or "identity" (the first DNN is mapped as published)
+    matching_cost: float
+    matching_seconds: float
+    layout: dict | None = None  # the matcher's report (not for the first DNN)
+    n_exclusive: int
+    n_sharable: int
+    version: int = PACK_INFO_VERSION
+
+    def __post_init__(self) -> None:
+        if self.version != PACK_INFO_VERSION:
+            raise ValueError(f"pack info version {self.version} is not this code's version {PACK_INFO_VERSION}")
+
+    def __getitem__(self, key: str) -> Any:
+        """Transitional: `info["matching_seconds"]` as the dict it was, until pipeline.py and cli.py read fields."""
+        return getattr(self, key)
+
+    def to_json(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+    @classmethod
+    def from_json(cls, obj: Any, what: str = "pack info") -> PackInfo:
+        try:
+            return _typed(cls, obj, what)
+        except TypeError as e:  # a required field missing
+            raise ValueError(f"{what}: {e}") from None
+
+
 @dataclass
 class Provenance:
     """Where a packed DNN came from. Names and hashes only: a store is data, never code.
@@ -101,8 +145,17 @@ class Provenance:
     architecture: str | None = None
     fisher: dict | None = None  # the FisherConfig used
     standalone: Standalone | None = None
-    pack: dict | None = None  # what packing reported: exclusive/sharable pages, matching, cost
+    pack: dict | None = None  # what packing reported (`PackInfo`'s JSON; `pack_info` reads it typed)
     parameters: list | None = None  # [[name, numel], ...] in flat order: labels pages without the DNN's code
+
+    def __post_init__(self) -> None:
+        if isinstance(self.pack, PackInfo):
+            self.pack = self.pack.to_json()
+
+    @property
+    def pack_info(self) -> PackInfo | None:
+        """What packing reported, typed (ValueError if the record is not a `PackInfo`)."""
+        return None if self.pack is None else PackInfo.from_json(self.pack, "provenance: pack")
 
     def to_json(self) -> dict:
         return {k: v for k, v in asdict(self).items() if v is not None}
@@ -141,32 +194,6 @@ class StateConfig:
 # ---------------------------------------------------------------- checks
 
 
-def _check_tensor(t: Any, what: str, dtype: torch.dtype, dim: int) -> None:
-    if not isinstance(t, torch.Tensor):
-        raise ValueError(f"{what} must be a torch.Tensor, got {type(t).__name__}")
-    if t.dtype != dtype or t.dim() != dim:
-        raise ValueError(f"{what} must be a {dim}-D {dtype} tensor, got {t.dim()}-D {t.dtype} {list(t.shape)}")
-
-
-def _check_values(t: torch.Tensor, what: str, nonnegative: bool = False) -> None:
-    bad = ~torch.isfinite(t)
-    if nonnegative:
-        bad |= t < 0
-    if bad.any():
-        first = int(bad.flatten().nonzero()[0])
-        kind = "NaN/inf or negative" if nonnegative else "NaN/inf"
-        raise ValueError(f"{what} has {int(bad.sum())} {kind} values (first at flat index {first})")
-
-
-def _check_json(obj: Any, what: str) -> None:
-    if not isinstance(obj, dict):
-        raise ValueError(f"{what} must be a dict, got {type(obj).__name__}")
-    try:
-        json.dumps(obj, allow_nan=False)
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"{what} is not JSON-able: {e}") from None
-
-
 def check_name(name: Any) -> None:
     """A DNN name becomes part of file names (the store's, plots', results'): a plain name only, so a
     name from a received store can never reach outside a directory (no separators, no leading dot)."""
@@ -178,11 +205,6 @@ def check_name(name: Any) -> None:
                f"is longer than {MAX_NAME} characters")
         raise ValueError(f"DNN name {name[:80]!r} {why}: a name may not hold path separators or control "
                          "characters, start with '.', or be that long")
-
-
-def _check_count(value: Any, what: str, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{what} must be an int >= {minimum}, got {value!r}")
 
 
 @dataclass(eq=False)  # tensors have no single truth value: compare fields explicitly
@@ -209,33 +231,47 @@ class VNN:
     def n_exclusive(self) -> int:
         return self.exclusive_pages.shape[0]
 
-    def validate(self, page_size: int | None = None, n_shared: int | None = None) -> None:
-        """Check dtypes, shapes, values and meta; given the state's P and S, the page table too (ValueError)."""
+    def replace(self, **changes: Any) -> VNN:
+        """A copy with `changes` (field name -> value), validated (ValueError)."""
+        return dataclasses.replace(self, **changes)
+
+    def with_page_table(self, page_table: torch.Tensor) -> VNN:
+        """A copy with this page table (checked against P and S when it joins a state)."""
+        return self.replace(page_table=page_table)
+
+    def validate(self, page_size: int | None = None, n_shared: int | None = None, held: bool = True) -> None:
+        """Check dtypes, shapes, values and meta; given the state's P and S, the page table too (ValueError).
+
+        `held=False`: a shard's DNN whose exclusive pages this rank does not hold (they must be empty)."""
         check_name(self.name)
         who = f"VNN {self.name!r}"
-        _check_count(self.n_weights, f"{who}: n_weights", 1)
-        _check_tensor(self.page_table, f"{who}: page_table", PAGE_TABLE_DTYPE, 1)
-        _check_tensor(self.exclusive_pages, f"{who}: exclusive_pages", torch.float32, 2)
-        _check_tensor(self.fisher, f"{who}: fisher", torch.float32, 1)
+        check_count(self.n_weights, f"{who}: n_weights", 1)
+        check_tensor(self.page_table, f"{who}: page_table", PAGE_TABLE_DTYPE, 1)
+        check_tensor(self.exclusive_pages, f"{who}: exclusive_pages", torch.float32, 2)
+        check_tensor(self.fisher, f"{who}: fisher", torch.float32, 1)
         if self.fisher.numel() != self.n_weights:
             raise ValueError(f"{who}: fisher has {self.fisher.numel()} entries, n_weights is {self.n_weights}")
-        _check_values(self.exclusive_pages, f"{who}: exclusive_pages")
-        _check_values(self.fisher, f"{who}: fisher", nonnegative=True)
+        check_values(self.exclusive_pages, f"{who}: exclusive_pages")
+        check_values(self.fisher, f"{who}: fisher", nonnegative=True)
         if not isinstance(self.buffers, dict):
             raise ValueError(f"{who}: buffers must be a dict name -> tensor, got {type(self.buffers).__name__}")
         for key, b in self.buffers.items():
             if not isinstance(key, str) or not isinstance(b, torch.Tensor):
                 raise ValueError(f"{who}: buffers must map names to tensors, got {key!r}: {type(b).__name__}")
             if b.is_floating_point():
-                _check_values(b, f"{who}: buffer {key!r}")
+                check_values(b, f"{who}: buffer {key!r}")
         if not isinstance(self.provenance, Provenance):
             raise ValueError(f"{who}: provenance must be a Provenance, got {type(self.provenance).__name__}")
-        _check_json(self.provenance.to_json(), f"{who}: provenance")
+        check_json(self.provenance.to_json(), f"{who}: provenance")
         if page_size is not None and n_shared is not None:
-            self._check_page_table(page_size, n_shared)
+            self._check_page_table(page_size, n_shared, held)
 
-    def _check_page_table(self, page_size: int, n_shared: int) -> None:
+    def _check_page_table(self, page_size: int, n_shared: int, held: bool) -> None:
         who, S, E = f"VNN {self.name!r}", n_shared, self.n_exclusive
+        if not held:  # the table still names its exclusive slots, which must be 0 .. E-1 as in the whole state
+            if E:
+                raise ValueError(f"{who}: a shard holds no exclusive pages of a DNN it does not hold, got {E}")
+            E = int((self.page_table >= S).sum())
         if self.exclusive_pages.shape[1] != page_size:
             raise ValueError(f"{who}: exclusive_pages are {list(self.exclusive_pages.shape)}, pages hold {page_size}")
         need = pages_needed(self.n_weights, page_size)
@@ -260,55 +296,6 @@ class VNN:
 
 
 @dataclass(eq=False)  # tensors have no single truth value: compare fields explicitly
-class Precision:
-    """Each page's format (a `quant.FORMATS` code) and scales, for the shared pages and every DNN's
-    exclusive pages. The state's page tensors hold the dequantised float32 values, exactly on their
-    formats' grids (checked): what every stage reads is what the device runs."""
-
-    group: int  # int4: weights per scale
-    shared_codes: torch.Tensor  # uint8 [S]
-    shared_scales: torch.Tensor  # float32 [S, G], G = ceil(P / group) (quant.py: which columns mean what)
-    exclusive_codes: dict[str, torch.Tensor] = field(default_factory=dict)  # DNN -> uint8 [E]
-    exclusive_scales: dict[str, torch.Tensor] = field(default_factory=dict)  # DNN -> float32 [E, G]
-    policy: dict = field(default_factory=dict)  # how the formats were chosen (precision.PrecisionConfig, JSON)
-
-    def blocks(self, state: PackedState) -> list[tuple[str, torch.Tensor, torch.Tensor, torch.Tensor]]:
-        """(what, values, codes, scales) of the shared block and each DNN's exclusive block."""
-        return [("shared pages", state.shared_pages, self.shared_codes, self.shared_scales),
-                *((f"DNN {n!r}: exclusive pages", v.exclusive_pages, self.exclusive_codes.get(n),
-                   self.exclusive_scales.get(n)) for n, v in state.vnns.items())]
-
-    def validate(self, state: PackedState) -> None:
-        _check_count(self.group, "precision: group", 1)
-        if set(self.exclusive_codes) != set(state.vnns) or set(self.exclusive_scales) != set(state.vnns):
-            raise ValueError(f"precision: exclusive formats are given for {sorted(self.exclusive_codes)}, "
-                             f"scales for {sorted(self.exclusive_scales)}; the DNNs are {sorted(state.vnns)}")
-        _check_json(self.policy, "precision: policy")
-        G = quant.n_groups(state.page_size, self.group)
-        for what, values, codes, scales in self.blocks(state):
-            _check_tensor(codes, f"precision: {what}: codes", torch.uint8, 1)
-            _check_tensor(scales, f"precision: {what}: scales", torch.float32, 2)
-            if codes.numel() != values.shape[0] or list(scales.shape) != [values.shape[0], G]:
-                raise ValueError(f"precision: {what}: {values.shape[0]} pages, {codes.numel()} codes and scales "
-                                 f"{list(scales.shape)} (expected [{values.shape[0]}, {G}])")
-            if codes.numel() and int(codes.max()) >= len(quant.FORMATS):
-                raise ValueError(f"precision: {what}: format code {int(codes.max())} is not one of "
-                                 f"{len(quant.FORMATS)} ({', '.join(quant.FORMATS)})")
-            _check_values(scales, f"precision: {what}: scales", nonnegative=True)
-            largest = (scales.amax(1) * torch.tensor([quant.QMAX.get(f, 0) for f in quant.FORMATS])[codes.long()]
-                       if codes.numel() else scales.new_zeros(0))
-            if (largest > quant.MAX_WEIGHT).any():
-                page = int((largest > quant.MAX_WEIGHT).nonzero()[0])
-                raise ValueError(f"precision: {what}: page {page}'s scale {float(scales[page].max()):.4g} puts its "
-                                 f"weights up to {float(largest[page]):.4g}, beyond the +-{quant.MAX_WEIGHT:g} any "
-                                 "weight may reach: damaged")
-            if codes.numel() and not bool(quant.is_exact(values, codes, scales, self.group).all()):
-                page = int((~quant.is_exact(values, codes, scales, self.group)).nonzero()[0])
-                raise ValueError(f"precision: {what}: page {page} ({quant.FORMATS[int(codes[page])]}) holds values "
-                                 "its format cannot represent with its scales")
-
-
-@dataclass(eq=False)  # tensors have no single truth value: compare fields explicitly
 class PackedState:
     """Everything a packing holds: shared pages (level 1) and the registered DNNs (level 2 + tables)."""
 
@@ -318,7 +305,8 @@ class PackedState:
     vnns: dict[str, VNN] = field(default_factory=dict)  # insertion order = registration order
     config: StateConfig = field(default_factory=StateConfig)
     generation: int | None = None  # the store generation it was loaded from (None: never saved); save checks it
-    precision: Precision | None = None  # quantised pages: each page's format and scales (None: all float32)
+    format: PageFormat = FLOAT32  # how the pages are held (formats.py): float32, or quantised with scales
+    held: tuple[str, ...] | None = None  # a rank's shard: the DNNs whose exclusive pages it holds (None: all)
 
     def __post_init__(self) -> None:
         self.validate()
@@ -326,6 +314,66 @@ class PackedState:
     @property
     def n_shared(self) -> int:
         return self.shared_pages.shape[0]
+
+    @property
+    def is_shard(self) -> bool:
+        return self.held is not None
+
+    @property
+    def precision(self) -> QuantizedPages | None:
+        """Transitional (until optimize.py, pipeline.py and cli.py ask `format`): the quantised format, or
+        None for float32 pages. Setting it sets `format` without validating, as the old field did."""
+        return self.format.precision
+
+    @precision.setter
+    def precision(self, value: QuantizedPages | None) -> None:
+        self.format = from_precision(value)
+
+    # -- changes: each returns a new state, validated (ValueError); the state itself is never modified
+
+    def replace(self, **changes: Any) -> PackedState:
+        """A copy with `changes` (field name -> value), validated."""
+        return dataclasses.replace(self, **changes)
+
+    def with_vnn(self, vnn: VNN, **changes: Any) -> PackedState:
+        """`vnn` registered (last) or, if its name is packed, replacing that DNN in its place."""
+        return self.replace(vnns={**self.vnns, vnn.name: vnn}, **changes)
+
+    def without_vnn(self, name: str, **changes: Any) -> PackedState:
+        """DNN `name` dropped, with its pages' formats (the shared pages' Fisher is the caller's: `changes`)."""
+        if name not in self.vnns:
+            raise ValueError(f"DNN {name!r} is not packed; packed: {', '.join(self.vnns) or 'none'}")
+        return self.replace(vnns={n: v for n, v in self.vnns.items() if n != name},
+                            format=self.format.without(name), **changes)
+
+    def with_pages(self, shared_pages: torch.Tensor | None = None, exclusive: dict[str, torch.Tensor] | None = None,
+                   page_tables: dict[str, torch.Tensor] | None = None,
+                   buffers: dict[str, dict[str, torch.Tensor]] | None = None, **changes: Any) -> PackedState:
+        """New page contents: the shared pages, DNNs' exclusive pages, page tables and buffers given
+        (by DNN name; the others kept), and any state field in `changes` (e.g. the `format` that
+        describes the new pages)."""
+        exclusive, page_tables, buffers = exclusive or {}, page_tables or {}, buffers or {}
+        vnns = {}
+        for n, v in self.vnns.items():
+            parts = {k: d[n] for k, d in (("exclusive_pages", exclusive), ("page_table", page_tables),
+                                          ("buffers", buffers)) if n in d}
+            vnns[n] = dataclasses.replace(v, **parts) if parts else v
+        if shared_pages is not None:
+            changes["shared_pages"] = shared_pages
+        return self.replace(vnns=vnns, **changes)
+
+    def with_format(self, format: PageFormat) -> PackedState:
+        """The same pages described by `format` (they must fit it)."""
+        return self.replace(format=format)
+
+    def shard(self, names: Collection[str]) -> PackedState:
+        """One rank's part: every page table and Fisher, the shared pages, and only `names`' exclusive
+        pages (the others' are emptied, so the memory is not held); `held` says which, and `validate`
+        knows. A shard is never saved (`store.Store.save` refuses it)."""
+        held = tuple(n for n in self.vnns if n in names)
+        vnns = {n: v if n in held else dataclasses.replace(v, exclusive_pages=v.exclusive_pages[:0])
+                for n, v in self.vnns.items()}
+        return self.replace(vnns=vnns, format=self.format.shard(held), held=held)
 
     def n_pages(self, name: str) -> int:
         """Logical pages of DNN `name`."""
@@ -358,16 +406,16 @@ class PackedState:
 
     def validate(self) -> None:
         """Check every invariant the pipeline and the store rely on; ValueError names the culprit."""
-        _check_count(self.page_size, "page_size", 1)
-        _check_tensor(self.shared_pages, "shared_pages", torch.float32, 2)
-        _check_tensor(self.shared_fisher, "shared_fisher", torch.float32, 2)
+        check_count(self.page_size, "page_size", 1)
+        check_tensor(self.shared_pages, "shared_pages", torch.float32, 2)
+        check_tensor(self.shared_fisher, "shared_fisher", torch.float32, 2)
         if self.shared_pages.shape[1] != self.page_size:
             raise ValueError(f"shared_pages are {list(self.shared_pages.shape)}, page_size is {self.page_size}")
         if self.shared_fisher.shape != self.shared_pages.shape:
             raise ValueError(f"shared_fisher is {list(self.shared_fisher.shape)}, "
                              f"shared_pages are {list(self.shared_pages.shape)}")
-        _check_values(self.shared_pages, "shared_pages")
-        _check_values(self.shared_fisher, "shared_fisher", nonnegative=True)
+        check_values(self.shared_pages, "shared_pages")
+        check_values(self.shared_fisher, "shared_fisher", nonnegative=True)
         if not isinstance(self.vnns, dict):
             raise ValueError(f"vnns must be a dict name -> VNN, got {type(self.vnns).__name__}")
         for key, vnn in self.vnns.items():
@@ -375,13 +423,14 @@ class PackedState:
                 raise ValueError(f"vnns[{key!r}] is a {type(vnn).__name__}, not a VNN")
             if key != vnn.name:
                 raise ValueError(f"vnns[{key!r}] holds VNN {vnn.name!r}: key and name must agree")
-            vnn.validate(self.page_size, self.n_shared)
+            vnn.validate(self.page_size, self.n_shared, self.held is None or key in self.held)
+        if self.held is not None and (not isinstance(self.held, tuple) or not set(self.held) <= set(self.vnns)):
+            raise ValueError(f"a shard's held DNNs must be a tuple of packed names, got {self.held!r}")
         if not isinstance(self.config, StateConfig):
             raise ValueError(f"config must be a StateConfig, got {type(self.config).__name__}")
-        _check_json(self.config.to_json(), "config")
-        if self.precision is not None:
-            if not isinstance(self.precision, Precision):
-                raise ValueError(f"precision must be a Precision, got {type(self.precision).__name__}")
-            self.precision.validate(self)
+        check_json(self.config.to_json(), "config")
+        if not isinstance(self.format, PageFormat):
+            raise ValueError(f"format must be a PageFormat (formats.py), got {type(self.format).__name__}")
+        self.format.validate(self)
 
 

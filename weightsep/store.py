@@ -35,10 +35,10 @@ writes nothing; any problem is a `StoreError` naming the file and the recovery
 files of the current and previous generations are kept. No pickle anywhere. See docs/store.md.
 
     store = Store("state")
-    with store.writing("rename"):
+    with store.writing("re-home"):
         state = store.load()
-        state.vnns["mnist"].provenance.folder = "suite/mnist"
-        store.save(state)
+        mnist = state.vnns["mnist"]
+        store.save(state.with_vnn(mnist.replace(provenance=dataclasses.replace(mnist.provenance, folder="suite/mnist"))))
 
 `save_tensors`/`load_tensors` and `atomic_write_text`/`atomic_write_json` give other modules (the
 trained-model cache) the same atomic writes and checksummed safetensors files.
@@ -65,9 +65,9 @@ from typing import Any
 import safetensors.torch
 import torch
 
-from . import quant
+from . import formats
 from .checks import MAX_PAGE_SIZE, MAX_SHARED_WEIGHTS, writable_dir
-from .state import VNN, PackedState, Precision, Provenance, StateConfig
+from .state import VNN, PackedState, Provenance, StateConfig
 
 FORMAT = "weightsep-store"
 FORMAT_VERSION = 3  # 2: a DNN's file may hold its buffers; 3: pages may be quantised
@@ -86,9 +86,8 @@ CHECKSUM_SINCE = 2  # every manifest of this format version or later carries its
 SHARED_TENSORS = ("shared_pages", "shared_fisher")
 VNN_TENSORS = ("page_table", "exclusive_pages", "fisher")
 BUFFER = "buffer."  # prefix of a buffer's tensor name in a DNN's file
-# a quantised store (format 3) keeps, instead of shared_pages / exclusive_pages: the codes (quant.FORMATS
-# index per page) and per format present the rows `<block>.<format>` and int scales `<block>_scales.<format>`
-QUANTISED = {"shared_pages": "shared", "exclusive_pages": "exclusive"}
+# the page blocks (shared_pages, exclusive_pages) are written as the state's page format encodes them
+# (formats.py: a quantised store's codes, rows and scales per format)
 _COUNTS = ("name", "n_weights", "n_pages", "n_exclusive")
 
 
@@ -290,14 +289,9 @@ def _manifest_problem(m: dict) -> str | None:
                              "n_shared": int, "config": dict, "shared": dict, "vnns": list})
     if key:
         return f"field {key!r} missing or mistyped"
-    if "precision" in m:
-        key = _missing_field(m["precision"], {"group": int, "policy": dict})
-        if key:
-            return f"precision: field {key!r} missing or mistyped"
-        if not 1 <= m["precision"]["group"] <= MAX_PAGE_SIZE:
-            return f"precision: int4 group {m['precision']['group']} is not in [1, {MAX_PAGE_SIZE}]"
-        if m["format_version"] < 3:
-            return f"quantised pages (its 'precision') in a format_version {m['format_version']} manifest (since 3)"
+    problem = formats.manifest_problem(m, MAX_PAGE_SIZE)
+    if problem:
+        return problem
     if m["generation"] < 1:
         return f"generation {m['generation']} (generations count from 1)"
     if not 1 <= m["page_size"] <= MAX_PAGE_SIZE:
@@ -321,52 +315,6 @@ def _manifest_problem(m: dict) -> str | None:
         if entry["bytes"] < 0:
             return f"{entry['file']}: negative size {entry['bytes']}"
     return None
-
-
-def _pages(name: str, values: torch.Tensor, codes: torch.Tensor | None, scales: torch.Tensor | None,
-           group: int | None) -> dict[str, torch.Tensor]:
-    """A page block's tensors in a file: `name` as float32, or (quantised) its codes and per-format rows."""
-    if codes is None:
-        return {name: values}
-    block = QUANTISED[name]
-    out = {f"{block}_codes": codes}
-    for fmt, (rows, s) in quant.encode(values, codes, scales, group).items():
-        out[f"{block}.{fmt}"] = rows
-        if s is not None:
-            out[f"{block}_scales.{fmt}"] = s
-    return out
-
-
-def _expected(names: tuple[str, ...], entry: dict, group: int | None) -> tuple[str, ...]:
-    """A file's tensor names: `names`, a quantised store's page blocks in place of its float32 pages."""
-    if group is None:
-        return names
-    out = []
-    for name in names:
-        if name not in QUANTISED:
-            out.append(name)
-            continue
-        block = QUANTISED[name]
-        known = {f"{block}_codes"} | {f"{block}{part}.{f}" for f in quant.FORMATS for part in ("", "_scales")}
-        out += [f"{block}_codes", *sorted(k for k in entry["tensors"] if k in known - {f"{block}_codes"})]
-    return tuple(out)
-
-
-def _unpages(name: str, t: dict[str, torch.Tensor], page_size: int, group: int | None,
-             what: str) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-    """Inverse of `_pages`: (float32 values, codes, scales); codes and scales None for float32 files."""
-    if group is None:
-        return t[name], None, None
-    block = QUANTISED[name]
-    codes = t[f"{block}_codes"]
-    if codes.dtype != torch.uint8 or codes.dim() != 1:
-        raise ValueError(f"{what}: codes are {codes.dtype} {list(codes.shape)}, expected uint8 1-D")
-    blocks = {f: (t[f"{block}.{f}"], t.get(f"{block}_scales.{f}")) for f in quant.FORMATS if f"{block}.{f}" in t}
-    try:
-        values, scales = quant.decode(blocks, codes, page_size, group)
-    except ValueError as e:
-        raise ValueError(f"{what}: {e}") from None
-    return values, codes, scales
 
 
 @dataclass
@@ -434,16 +382,17 @@ class Store:
         if not isinstance(state, PackedState):  # bad input is a ValueError here too (docs/library.md)
             raise ValueError(f"Store.save takes a PackedState, got {type(state).__name__}; nothing written")
         state.validate()
-        q = state.precision
-        shared, data = _blob("shared", {**_pages("shared_pages", state.shared_pages, q and q.shared_codes,
-                                                 q and q.shared_scales, q and q.group),
+        if state.is_shard:
+            raise ValueError(f"a rank's shard (holding the exclusive pages of {list(state.held)} only) is not a "
+                             "whole state; save the whole state (rank 0's); nothing written")
+        fmt = state.format
+        shared, data = _blob("shared", {**fmt.encode("shared_pages", state.shared_pages),
                                         "shared_fisher": state.shared_fisher}, self._file_meta("shared"))
         blobs = {shared["file"]: data}
         vnns = []
         for vnn, counts in zip(state.vnns.values(), _counts(state)["vnns"]):
             tensors = {"page_table": vnn.page_table, "fisher": vnn.fisher,
-                       **_pages("exclusive_pages", vnn.exclusive_pages, q and q.exclusive_codes[vnn.name],
-                                q and q.exclusive_scales[vnn.name], q and q.group),
+                       **fmt.encode("exclusive_pages", vnn.exclusive_pages, vnn.name),
                        **{BUFFER + k: b for k, b in vnn.buffers.items()}}
             entry, data = _blob(f"vnn-{file_slug(vnn.name)}", tensors, self._file_meta("vnn", vnn.name))
             blobs[entry["file"]] = data
@@ -467,7 +416,7 @@ class Store:
                 "code_version": code_version(), "torch_version": torch.__version__,
                 "page_size": state.page_size, "n_shared": state.n_shared,
                 "config": state.config.to_json(), "shared": shared, "vnns": vnns,
-                **({"precision": {"group": q.group, "policy": q.policy}} if q else {}),
+                **fmt.manifest(),
             }
             if current and self._files_intact(current):
                 atomic_write_bytes(self.root / PREVIOUS, current_bytes)
@@ -689,32 +638,29 @@ class Store:
         entries = [v for v in m["vnns"] if v["name"] != without]
         if without is not None and len(entries) == len(m["vnns"]):
             raise ValueError(f"DNN {without!r} is not packed; packed: {', '.join(v['name'] for v in m['vnns']) or 'none'}")
-        group = m["precision"]["group"] if "precision" in m else None
-        names = _expected(SHARED_TENSORS, m["shared"], group)
+        fmt = formats.from_manifest(m)
+        names = fmt.file_tensors(SHARED_TENSORS, m["shared"])
         shared = self._read_file(m["shared"], names, {"kind": "shared"}, manifest_path, hint)
         try:
             P = m["page_size"]
-            shared_pages, codes, scales = _unpages("shared_pages", shared, P, group, "the shared pages")
-            precision = None if group is None else Precision(group, codes, scales, policy=m["precision"]["policy"])
+            shared_pages = fmt.decode("shared_pages", shared, P, "the shared pages")
             vnns = {}
             for entry in entries:
                 name = entry["name"]
                 salvage = (f"; or keep the other DNNs by removing this one: python -m weightsep remove {name!r} "
                            f"--store {self.root}" if manifest_path.name == MANIFEST and len(m["vnns"]) > 1 else "")
                 buffers = tuple(k for k in entry["file"]["tensors"] if k.startswith(BUFFER))  # the sealed manifest's list
-                t = self._read_file(entry["file"], _expected(VNN_TENSORS, entry["file"], group) + buffers,
+                t = self._read_file(entry["file"], fmt.file_tensors(VNN_TENSORS, entry["file"]) + buffers,
                                     {"kind": "vnn", "name": name}, manifest_path, hint + salvage)
                 try:
-                    pages, codes, scales = _unpages("exclusive_pages", t, P, group, f"DNN {name!r}: exclusive pages")
-                    if precision is not None:
-                        precision.exclusive_codes[name], precision.exclusive_scales[name] = codes, scales
+                    pages = fmt.decode("exclusive_pages", t, P, f"DNN {name!r}: exclusive pages", name)
                     provenance = Provenance.from_json(entry["meta"], f"DNN {name!r}: meta")
                     vnns[name] = VNN(name, entry["n_weights"], t["page_table"], pages, t["fisher"], provenance,
                                      {k.removeprefix(BUFFER): t[k] for k in buffers})
                 except ValueError as e:
                     raise ValueError(f"{e}{salvage}") from None
             state = PackedState(P, shared_pages, shared["shared_fisher"], vnns, StateConfig.from_json(m["config"]),
-                                m["generation"], precision)
+                                m["generation"], fmt)
         except ValueError as e:
             raise StoreError(f"{manifest_path}: the stored state is invalid: {e}; {hint}") from None
         recorded = {"page_size": m["page_size"], "n_shared": m["n_shared"],
@@ -723,7 +669,7 @@ class Store:
             raise StoreError(f"{manifest_path}: its counts {recorded} disagree with the tensor files "
                              f"{_counts(state)}; {hint}")
         if without is not None:
-            state.shared_fisher = state.summed_fisher()
+            state = state.replace(shared_fisher=state.summed_fisher())
         return state
 
     def _recovery(self) -> str:
