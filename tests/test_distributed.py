@@ -17,7 +17,7 @@ from test_optimize import blobs
 from weightsep import cli as cli_mod
 from weightsep import distributed
 from weightsep.model import TemplateNet
-from weightsep.optimize import OptimizeConfig, Task, optimize
+from weightsep.optimize import OPTIMIZERS, OptimizeConfig, Task, optimize
 from weightsep.pack import PackConfig, add_vnn, new_state
 from weightsep.precision import PrecisionConfig, assign
 from weightsep.store import Store
@@ -363,10 +363,11 @@ def test_joint_refuses_more_ranks_than_packed_dnns_before_starting_any(tmp_path,
 def test_procs_auto_takes_a_rank_per_free_core_for_long_joint_runs(monkeypatch):
     monkeypatch.setattr(distributed.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
     steps = distributed.AUTO_MIN_STEPS
-    assert distributed.auto_procs(10, steps, "joint") == 4
-    assert distributed.auto_procs(10, steps, "joint", beside=1) == 3  # a core left to the no-sharing control
-    assert distributed.auto_procs(3, steps, "joint") == 3  # at most one rank per DNN
-    assert distributed.auto_procs(10, steps - 1, "joint") == 1  # a short run: starting ranks costs more
-    assert distributed.auto_procs(10, steps, "round-robin") == 1  # one DNN at a time
+    joint, round_robin = OPTIMIZERS["joint"].multi_rank, OPTIMIZERS["round-robin"].multi_rank
+    assert distributed.auto_procs(10, steps, joint) == 4
+    assert distributed.auto_procs(10, steps, joint, beside=1) == 3  # a core left to the no-sharing control
+    assert distributed.auto_procs(3, steps, joint) == 3  # at most one rank per DNN
+    assert distributed.auto_procs(10, steps - 1, joint) == 1  # a short run: starting ranks costs more
+    assert distributed.auto_procs(10, steps, round_robin) == 1  # one DNN at a time
     monkeypatch.setattr(distributed.os, "sched_getaffinity", lambda pid: {0})
-    assert distributed.auto_procs(10, steps, "joint", beside=1) == 1
+    assert distributed.auto_procs(10, steps, joint, beside=1) == 1

@@ -91,7 +91,7 @@ class Group:
             del loaded[name]
         for name in mine:
             if loaded[name].data is None:
-                loaded[name].data = loaded[name].dnn.load_data()
+                loaded[name].data = loaded[name].source.load_data()
         distributed.announce(mine)
         return mine
 

@@ -96,6 +96,19 @@ class OptimizeConfig:
         within(self, "balance_decay", 0.0, 1.0, open_high=True)
 
 
+    def with_spare(self, pages: int) -> OptimizeConfig:
+        """The budget separation's spare pages handed to the optimiser to promote."""
+        return dataclasses.replace(self, promote_pages=pages) if pages else self
+
+    def alone(self, n_dnns: int) -> OptimizeConfig:
+        """The config that trains one DNN of a set of `n_dnns` alone, as much as it trains in the set (the
+        no-sharing control): when each joint step draws `dnns_per_step` DNNs, that share of the steps."""
+        config = self
+        if "dnns_per_step" in self.spec.reads and self.dnns_per_step:
+            share = min(self.dnns_per_step, n_dnns) / n_dnns
+            config = dataclasses.replace(config, steps=max(1, round(self.steps * share)), dnns_per_step=None)
+        return dataclasses.replace(config, dnns=None, promote_pages=0)
+
     @property
     def spec(self) -> Optimizer:
         """The chosen optimiser's entry in `OPTIMIZERS`."""

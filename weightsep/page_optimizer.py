@@ -121,6 +121,7 @@ class History:
     # round-robin: turns undone, (DNN trained, {watched DNN: [accuracy before the turns, after this turn]})
     rejected: list[tuple[str, dict[str, list[float]]]] = field(default_factory=list)
     communication_seconds: float = 0.0  # joint over several ranks: time this rank spent in the shared gradient's all-reduce
+    batches_per_step: dict[str, int] = field(default_factory=dict)  # each DNN's batches per step (joint: `step_batches`)
 
     def record(self, dnn_batches: int, accs: dict[str, float], score: float) -> bool:
         """Log a validation check; True if its score is the best so far."""
@@ -190,7 +191,7 @@ class PageOptimizer:
         for n in self.watched:
             load_buffer_state(tasks[n].model, state.vnns[n].buffers, f"DNN {n!r} in the packed state")
             self.val[n] = validation_subset(tasks[n], config.val_samples, config.seed)
-        self.history = History()
+        self.history = History(batches_per_step=self.batches_per_step)
         if self.group.all(all(tasks[n].standalone is not None for n in self.local)):
             reference = {n: self.val_accuracy(n, tasks[n].standalone) for n in self.local}
             self.history.reference = self.in_order(self.group.all_merged(reference))
