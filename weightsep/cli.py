@@ -211,7 +211,8 @@ def _optimize_store_here(args, names: list[str] | None, fixed: dict):
         records = load_packed(state, names, args.dnn_folder, args.allow_changed_code, data=group.all_local)
         config = build_config(OptimizeConfig, args, **{"dnns": tuple(records), **fixed})
         mine = hold(records, config, group)
-        state, history = optimize(group.part_of(state, mine), {n: records[n].task() for n in mine}, config, group=group)
+        tasks = {n: records[n].task(batches=records[n].batches) for n in mine}
+        state, history = optimize(group.part_of(state, mine), tasks, config, group=group)
         if not history.rejected:  # a turn undone: the state is the one loaded
             group.save(store, state)
     return group.writes(lambda: (config.optimizer, history.val_accuracy[history.best_index], history))

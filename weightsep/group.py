@@ -3,7 +3,7 @@ broadcasts of per-DNN values, and who writes. One process is a group of one, on 
 method is the plain single-process step (no collective runs), so the stages have one code path.
 
     group = Group.current()
-    mine = group.hold(loaded, lambda: step_costs(models, config))   # this rank's DNNs
+    mine = group.hold(records, costs)                               # this rank's DNNs
     accs = group.all_merged({n: score(n) for n in mine})             # every rank's, on every rank
     group.save(store, state)                                         # the writer alone writes
 
@@ -26,7 +26,7 @@ from .state import PackedState
 from .store import Store
 
 if TYPE_CHECKING:
-    from .pipeline import Loaded
+    from .records import DNNRecord
 
 
 def merged(parts: Iterable[dict]) -> dict:
@@ -78,14 +78,14 @@ class Group:
 
     # ---- which DNNs are local ----------------------------------------------------------------
 
-    def hold(self, loaded: dict[str, Loaded], costs: Callable[[], dict[str, float]]) -> list[str]:
+    def hold(self, loaded: dict[str, DNNRecord], costs: dict[str, float]) -> list[str]:
         """The DNNs this rank trains, with their data loaded: all of them in a group of one; else each
-        rank's share, balanced by `costs()` (`distributed.assign`: counted, so the same on every rank).
+        rank's share, balanced by `costs` (`distributed.assign`: counted, so the same on every rank).
         Every rank builds every model to count its cost; then ranks other than the writer (which packs
         and records every DNN's architecture) drop the others' from `loaded`."""
         if self.all_local:
             return list(loaded)
-        owner = distributed.assign(costs(), self.size)
+        owner = distributed.assign(costs, self.size)
         mine = [n for n in loaded if owner[n] == self.rank]
         for name in [n for n in loaded if n not in mine and not self._writer]:
             del loaded[name]

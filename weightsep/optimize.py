@@ -40,7 +40,7 @@ from .page_optimizer import (  # noqa: F401 (importable from here)
 )
 from .round_robin import _overlap_terms, overlap_loss, round_robin, write_back  # noqa: F401 (importable from here)
 from .state import PackedState
-from .step_cost import batches_per_step, flops_per_sample, step_batches, step_costs  # noqa: F401 (importable from here)
+from .step_cost import batches_per_step, flops_per_sample, planned_batches, step_batches  # noqa: F401 (importable from here)
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ from .control import control_worker, job, no_sharing_control  # noqa: F401 (impo
 from .evaluate import aggregate, format_aggregate, format_table, make_row, packed_theta, summarize
 from .fisher import FisherConfig
 from .group import Group, merged, shard  # noqa: F401 (importable from here)
-from .optimize import OptimizeConfig, step_batches, step_costs
+from .optimize import OptimizeConfig, planned_batches, step_batches
 from .pack import PackConfig
 from .packing import (  # noqa: F401 (importable from here)
     BudgetPlan,
@@ -43,9 +43,13 @@ RESULTS_DIR = dnn_mod.REPO_ROOT / "results" if dnn_mod.IN_REPOSITORY else Path("
 
 
 def hold(records: dict[str, DNNRecord], config: OptimizeConfig, group: Group | None = None) -> list[str]:
-    """The DNNs this process trains, with their data (`Group.hold`; balanced by joint-step cost)."""
+    """The DNNs this process trains, with their data (`Group.hold`, balanced by joint-step cost); every
+    record's batches per step set by the optimiser's rule, counted once, from every DNN's model."""
     group = group or Group.current()
-    return group.hold(records, lambda: step_costs({n: record.model for n, record in records.items()}, config))
+    per_step, costs = planned_batches({n: record.model for n, record in records.items()}, config)
+    for name, record in records.items():
+        record.batches = per_step[name]
+    return group.hold(records, costs)
 
 
 @dataclass
@@ -128,7 +132,7 @@ def run_seed(config: RunConfig, loaded: dict[str, DNNRecord], seed: int, control
     summary (None on the other ranks). `control` (test accuracy per DNN) reuses a no-sharing control
     already run for this seed and these stand-alone models instead of training one (`config.no_sharing`)."""
     group = Group.current()
-    records = {n: replace(record, reference=None, fisher=None, batches=None) for n, record in loaded.items()}
+    records = {n: replace(record, reference=None, fisher=None) for n, record in loaded.items()}
     mine = [n for n, record in records.items() if record.data is not None]
     pack_config, fisher_config = replace(config.pack, seed=seed), replace(config.fisher, seed=seed)
     optimize_config = replace(config.optimize, seed=seed)
@@ -139,8 +143,8 @@ def run_seed(config: RunConfig, loaded: dict[str, DNNRecord], seed: int, control
     times["standalone_seconds"] = time.perf_counter() - start
     for name in mine:
         records[name].reference = Reference.of(trained[name])
-    # the rule is counted once a run: the control trains each DNN on as many batches
-    per_step = step_batches({n: records[n].task(records[n].reference.theta) for n in mine}, optimize_config, group)
+    # `hold` counted the rule for the run (the experiments' records: here); the control trains each DNN on as many
+    per_step = step_batches({n: records[n].task(batches=records[n].batches) for n in mine}, optimize_config, group)
     for name in mine:
         records[name].batches = per_step[name]
     control_job, pool = None, None

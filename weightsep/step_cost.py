@@ -55,10 +55,12 @@ def step_batches(tasks: dict[str, Task], config: OptimizeConfig, group: Group | 
     return group.all_merged({n: t.batches or rule.get(n, 1) for n, t in tasks.items()})
 
 
-def step_costs(models: dict[str, torch.nn.Module], config: OptimizeConfig) -> dict[str, float]:
-    """Forward FLOPs each DNN adds to a joint step (per sample x samples per step): what `distributed.assign`
-    balances. Counted, not timed, so every rank and every run computes the same split, and a command gives
-    the same pages each time it runs (a timed split follows the machine's noise; docs/distributed.md)."""
+def planned_batches(models: dict[str, torch.nn.Module], config: OptimizeConfig) -> tuple[dict[str, int], dict[str, float]]:
+    """Each DNN's batches per step by the optimiser's rule (`batches_per_step`, or one each), and the
+    forward FLOPs it adds to a step (per sample x samples per step): what `distributed.assign` balances.
+    Counted, not timed, so every rank and every run computes the same split, and a command gives the
+    same pages each time it runs (a timed split follows the machine's noise; docs/distributed.md)."""
     flops = {name: flops_per_sample(model) for name, model in models.items()}
     per_step = batches_per_step(flops, config.extra_compute, config.max_batches) if config.spec.batches_rule else {}
-    return {name: float(f * config.batch_size * per_step.get(name, 1)) for name, f in flops.items()}
+    per_step = {name: per_step.get(name, 1) for name in flops}
+    return per_step, {name: float(f * config.batch_size * per_step[name]) for name, f in flops.items()}
