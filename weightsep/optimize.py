@@ -126,6 +126,10 @@ class Optimizer:
     batches_rule: bool  # cheap DNNs take extra batches per step (`batches_per_step`); else one each
     fixed: dict = field(default_factory=dict)  # OptimizeConfig fields it sets itself
 
+    def __call__(self, po: PageOptimizer) -> None:
+        """Train `po`'s pages (`po.config` as `configured` gave it)."""
+        self.train(po)
+
     def configured(self, config: OptimizeConfig) -> OptimizeConfig:
         """`config` with the fields this optimiser fixes."""
         return dataclasses.replace(config, **self.fixed) if self.fixed else config
@@ -163,6 +167,6 @@ def optimize(state: PackedState, tasks: dict[str, Task], config: OptimizeConfig,
     config = spec.configured(config)
     po = PageOptimizer(state, tasks, config, progress, group)
     start = time.perf_counter()
-    spec.train(po)
+    spec(po)
     po.history.seconds = time.perf_counter() - start
     return po.result(), po.history
