@@ -102,6 +102,25 @@ class RunConfig:
 
 
 
+@dataclass
+class Timings:
+    """One seed's seconds per stage and peak memory (MB) of the process (the largest rank's), as its summary
+    records them; the fields that are None (no control ran beside, one process) are left out."""
+
+    standalone_seconds: float
+    fisher_seconds: float
+    matching_seconds: float
+    pack_seconds: float
+    optimize_seconds: float
+    communication_seconds: float  # joint over several ranks: this rank's time in the shared gradient's all-reduce
+    no_sharing_wait_seconds: float | None = None  # the control ran beside: the wait for it after the packed DNNs
+    peak_memory_mb: float = 0.0
+    peak_memory_mb_per_rank: list[float] | None = None
+
+    def as_dict(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+
 def run(config: RunConfig) -> dict:
     """The main job for every seed, on `config.procs` ranks (`distributed.launch`); writes the stores,
     results/summary.json and results/summary.md. Returns the first seed's summary (rows, totals,
@@ -136,11 +155,10 @@ def run_seed(config: RunConfig, loaded: dict[str, DNNRecord], seed: int, control
     mine = [n for n, record in records.items() if record.data is not None]
     pack_config, fisher_config = replace(config.pack, seed=seed), replace(config.fisher, seed=seed)
     optimize_config = replace(config.optimize, seed=seed)
-    times = {}
     start = time.perf_counter()
     trained = standalone_models([records[n].source for n in mine], group.workers(config.workers), config.train_steps,
                                 seed=seed)
-    times["standalone_seconds"] = time.perf_counter() - start
+    standalone_seconds = time.perf_counter() - start
     for name in mine:
         records[name].reference = Reference.of(trained[name])
     # `hold` counted the rule for the run (the experiments' records: here); the control trains each DNN on as many
@@ -156,14 +174,14 @@ def run_seed(config: RunConfig, loaded: dict[str, DNNRecord], seed: int, control
 
     state, history, optimize_config, pack_times = pack_and_optimize_records(records, pack_config, fisher_config,
                                                                             optimize_config, config.precision, group)
-    times.update(pack_times, communication_seconds=history.communication_seconds)
+    times = Timings(standalone_seconds, **pack_times, communication_seconds=history.communication_seconds)
     group.save(Store(config.store_for(seed)), state)
 
     if control_job is not None:
         start = time.perf_counter()
         control = control_job.get()
         pool.close()
-        times["no_sharing_wait_seconds"] = time.perf_counter() - start
+        times.no_sharing_wait_seconds = time.perf_counter() - start
     packed = {n: records[n].test_accuracy(packed_theta(state, n, records[n].model)) for n in mine}
     memory = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # this rank's process
     parts = group.gather((packed, control, memory))
@@ -174,18 +192,18 @@ def run_seed(config: RunConfig, loaded: dict[str, DNNRecord], seed: int, control
                                          promoted=len(history.promoted)))
 
 
-def _summary(records: dict[str, DNNRecord], state, parts: list[tuple], times: dict, **fields) -> dict:
+def _summary(records: dict[str, DNNRecord], state, parts: list[tuple], times: Timings, **fields) -> dict:
     """One seed's summary on the writer: `parts` are every rank's (packed, control, peak memory)."""
     packed = merged(part[0] for part in parts)
     control = None if parts[0][1] is None else merged(part[1] for part in parts)
     rows = [make_row(state, name, state.vnns[name].provenance.standalone.test_accuracy, packed[name],
                      None if control is None else control[name], record.source.meta.get("published_accuracy"))
             for name, record in records.items()]
-    times["peak_memory_mb"] = max(part[2] for part in parts)
+    times.peak_memory_mb = max(part[2] for part in parts)
     if len(parts) > 1:  # one entry per rank
-        times["peak_memory_mb_per_rank"] = [part[2] for part in parts]
+        times.peak_memory_mb_per_rank = [part[2] for part in parts]
     summary = summarize(state, rows)
-    summary.update(seed=fields.pop("seed"), store=fields.pop("store"), config=fields.pop("config"), timings=times,
+    summary.update(seed=fields.pop("seed"), store=fields.pop("store"), config=fields.pop("config"), timings=times.as_dict(),
                    **fields)
     return summary
 
