@@ -13,7 +13,8 @@ gathered accuracies and alone writes the store.
 
 `current` says which rank this process is (rank 0 of 1 outside a group); `launch` starts the ranks
 or joins torchrun's group; `assign` gives DNNs to ranks balanced by cost; the collectives below are
-no-ops on one rank, so the single-process code path is the same code.
+no-ops on one rank. The stages do not call these: they hold a `group.Group`, whose methods say
+which DNNs are local, sum the shared gradient, gather and broadcast, and let the writer write.
 """
 from __future__ import annotations
 

@@ -138,19 +138,20 @@ def run_here(config: RunConfig) -> dict | None:
         for seed in config.seeds:
             if len(config.seeds) > 1:
                 group.say(f"== seed {seed} ({len(per_seed) + 1} of {len(config.seeds)})")
-            per_seed.append(run_seed(config, records, seed))
+            per_seed.append(run_seed(config, records, seed, group=group))
     return group.writes(lambda: write_summary({**per_seed[0], "seeds": per_seed, "aggregate": aggregate(per_seed)},
                                               config.results))
 
 
-def run_seed(config: RunConfig, loaded: dict[str, DNNRecord], seed: int, control: dict[str, float] | None = None) -> dict | None:
+def run_seed(config: RunConfig, loaded: dict[str, DNNRecord], seed: int, control: dict[str, float] | None = None,
+             group: Group | None = None) -> dict | None:
     """The pipeline once: stand-alone training, Fisher, separation, matching, optimisation, evaluation.
 
     Over several ranks each rank does its own DNNs' (those whose data it holds) stand-alone
     training, Fisher, control and test scores; the writer packs, writes the store and returns the
     summary (None on the other ranks). `control` (test accuracy per DNN) reuses a no-sharing control
     already run for this seed and these stand-alone models instead of training one (`config.no_sharing`)."""
-    group = Group.current()
+    group = group or Group.current()
     records = {n: replace(record, reference=None, fisher=None) for n, record in loaded.items()}
     mine = [n for n, record in records.items() if record.data is not None]
     pack_config, fisher_config = replace(config.pack, seed=seed), replace(config.fisher, seed=seed)
