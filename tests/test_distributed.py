@@ -17,7 +17,7 @@ from test_optimize import blobs
 from weightsep import cli as cli_mod
 from weightsep import distributed
 from weightsep.model import TemplateNet
-from weightsep.optimize import OptimizeConfig, Task, optimize
+from weightsep.optimize import OPTIMIZERS, OptimizeConfig, Task, optimize
 from weightsep.pack import PackConfig, add_vnn, new_state
 from weightsep.precision import PrecisionConfig, assign
 from weightsep.store import Store
@@ -363,10 +363,31 @@ def test_joint_refuses_more_ranks_than_packed_dnns_before_starting_any(tmp_path,
 def test_procs_auto_takes_a_rank_per_free_core_for_long_joint_runs(monkeypatch):
     monkeypatch.setattr(distributed.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
     steps = distributed.AUTO_MIN_STEPS
-    assert distributed.auto_procs(10, steps, "joint") == 4
-    assert distributed.auto_procs(10, steps, "joint", beside=1) == 3  # a core left to the no-sharing control
-    assert distributed.auto_procs(3, steps, "joint") == 3  # at most one rank per DNN
-    assert distributed.auto_procs(10, steps - 1, "joint") == 1  # a short run: starting ranks costs more
-    assert distributed.auto_procs(10, steps, "round-robin") == 1  # one DNN at a time
+    joint, round_robin = OPTIMIZERS["joint"].multi_rank, OPTIMIZERS["round-robin"].multi_rank
+    assert distributed.auto_procs(10, steps, joint) == 4
+    assert distributed.auto_procs(10, steps, joint, beside=1) == 3  # a core left to the no-sharing control
+    assert distributed.auto_procs(3, steps, joint) == 3  # at most one rank per DNN
+    assert distributed.auto_procs(10, steps - 1, joint) == 1  # a short run: starting ranks costs more
+    assert distributed.auto_procs(10, steps, round_robin) == 1  # one DNN at a time
     monkeypatch.setattr(distributed.os, "sched_getaffinity", lambda pid: {0})
-    assert distributed.auto_procs(10, steps, "joint", beside=1) == 1
+    assert distributed.auto_procs(10, steps, joint, beside=1) == 1
+
+
+def test_a_group_of_one_runs_every_step_itself_without_a_collective():
+    """One process is a group of one: the writer, every DNN local, each collective the identity."""
+    from weightsep.group import Group
+
+    group = Group.current()
+    state = packed(["a", "b"])[0]
+    assert group == Group() and group.all_local
+    assert group.part_of(state, ["a"]) is state  # the writer holds the whole state
+    assert group.combined({"a": 1}, lambda parts: 1 / 0) == {"a": 1}  # nothing to combine
+    assert group.all_merged({"a": 1}) == {"a": 1} and group.gather(5) == [5] and group.broadcast(7) == 7
+    assert group.from_writer(lambda: 3) == 3 and group.writes(lambda: 4) == 4
+    assert group.any(True) and not group.any(False) and group.all(True) and not group.all(False)
+    assert group.sum_gradient(None, torch.zeros(2), 0) == (None, 0.0)
+    group.check_held_once(["a", "b"], ["a", "b"])
+    with pytest.raises(ValueError, match="no model/data given for packed DNN"):
+        group.check_held_once(["a", "b"], ["a"])
+    assert not Group(rank=1, size=2).holds_pages("c", [], ["a"]) and Group().holds_pages("c", [], ["a"])
+    assert Group(rank=1, size=2).writes(lambda: 4) is None

@@ -5,8 +5,9 @@ import pytest
 import torch
 
 from weightsep.evaluate import packed_theta
+from weightsep.group import Group
 from weightsep.model import TemplateNet
-from weightsep.optimize import OptimizeConfig, StepUndo, Task, optimize, validation_subset
+from weightsep.optimize import OPTIMIZERS, OptimizeConfig, StepUndo, Task, optimize, unused_fields, validation_subset
 from weightsep.pack import PackConfig, add_vnn, new_state
 
 P = 64
@@ -36,7 +37,7 @@ def packed_pair(nan_in: str | None = None):
     return state, tasks
 
 
-@pytest.mark.parametrize("optimizer", ["joint", "round-robin", "sequential"])
+@pytest.mark.parametrize("optimizer", list(OPTIMIZERS))
 def test_optimizers_raise_validation_accuracy_and_keep_the_input_state(optimizer):
     state, tasks = packed_pair()
     before = state.shared_pages.clone()
@@ -48,6 +49,27 @@ def test_optimizers_raise_validation_accuracy_and_keep_the_input_state(optimizer
         with torch.no_grad():
             acc = (task.model(task.x_val, packed_theta(result, name)).argmax(1) == task.y_val).float().mean()
         assert acc == pytest.approx(history.val_accuracy[history.best_index][name], abs=1e-6)
+
+
+def test_each_optimisers_facts_are_read_from_the_registry():
+    """Default learning rate, the fields a flag may set, the fields fixed, one process or several."""
+    fields = set(OptimizeConfig.__dataclass_fields__)
+    for name, spec in OPTIMIZERS.items():
+        assert set(spec.reads) <= fields and set(spec.fixed) <= fields
+        assert OptimizeConfig(optimizer=name).learning_rate == spec.lr
+        assert OptimizeConfig(optimizer=name, lr=0.5).learning_rate == 0.5
+        unused = set(unused_fields(name))
+        assert not unused & (set(spec.reads) - set(spec.fixed)) and set(spec.fixed) <= unused
+        assert all(set(other.reads) - set(spec.reads) <= unused for other in OPTIMIZERS.values())
+        assert all(getattr(spec.configured(OptimizeConfig(optimizer=name)), k) == v for k, v in spec.fixed.items())
+    assert (OPTIMIZERS["joint"].lr, OPTIMIZERS["round-robin"].lr) == (2e-3, 1e-3)  # the documented defaults
+
+
+@pytest.mark.parametrize("optimizer", [name for name, spec in OPTIMIZERS.items() if not spec.multi_rank])
+def test_an_optimiser_that_is_not_multi_rank_refuses_a_group_of_several(optimizer):
+    state, tasks = packed_pair()
+    with pytest.raises(ValueError, match="it runs on one process"):
+        optimize(state, tasks, OptimizeConfig(optimizer=optimizer), group=Group(rank=0, size=2))
 
 
 def test_validation_checks_score_a_fixed_random_subset_not_the_first_samples():

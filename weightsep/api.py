@@ -35,11 +35,11 @@ from .execution import PackedModel
 from .fisher import FisherConfig
 from .optimize import OptimizeConfig
 from .pack import PackConfig
-from .pipeline import Loaded, pack_and_optimize
+from .packing import pack_and_optimize_records
 from .precision import PrecisionConfig
+from .records import DNNRecord, InMemory, Reference
 from .state import PackedState, check_name
 from .store import Store
-from .train import Trained
 
 __all__ = ["pack", "PackedModel", "PackedState", "Store", "PackConfig", "FisherConfig", "OptimizeConfig",
            "PrecisionConfig"]
@@ -89,7 +89,8 @@ def _classes(module: nn.Module, x: np.ndarray) -> int:
     return int(out.shape[1])
 
 
-def _loaded(name: str, entry: tuple) -> tuple[Loaded, Trained]:
+def _record(name: str, entry: tuple) -> DNNRecord:
+    """The record of a module packed from memory: its own source, its current weights as the reference."""
     if not isinstance(entry, tuple | list) or len(entry) not in (3, 4):
         raise ValueError(f"DNN {name!r}: expected (module, train data, validation data[, test data]), "
                          f"got {type(entry).__name__} of {len(entry) if isinstance(entry, tuple | list) else 1}")
@@ -117,9 +118,8 @@ def _loaded(name: str, entry: tuple) -> tuple[Loaded, Trained]:
     theta = model.theta.detach().clone()
     score = {part: accuracy(model, theta, torch.from_numpy(s.x), torch.from_numpy(s.y))
              for part, s in (("val", dataset.val), ("test", dataset.test))}
-    trained = Trained(name, theta, score["val"], score["test"], best_step=0, seconds=0.0, cached=True,
-                      buffers=flat.buffer_state(model))
-    return Loaded(None, model, dataset, label=name), trained
+    return DNNRecord(InMemory(name), model, dataset,
+                     reference=Reference(theta, flat.buffer_state(model), score["val"], score["test"]))
 
 
 def pack(dnns: Mapping[str, tuple], pack_config: PackConfig | None = None, fisher_config: FisherConfig | None = None,
@@ -141,11 +141,8 @@ def pack(dnns: Mapping[str, tuple], pack_config: PackConfig | None = None, fishe
         raise ValueError(f"seed must be an int in [0, 2**63), got {seed!r}")
     for name in dnns:
         check_name(name)
-    loaded, trained = {}, {}
-    for name, entry in dnns.items():
-        loaded[name], trained[name] = _loaded(name, entry)
-    tasks = {n: item.task(trained[n].theta) for n, item in loaded.items()}
+    records = {name: _record(name, entry) for name, entry in dnns.items()}
     configs = [replace(c or default(), seed=seed) for c, default in
                ((pack_config, PackConfig), (fisher_config, FisherConfig), (optimize_config, OptimizeConfig))]
-    state, *_ = pack_and_optimize(loaded, trained, tasks, *configs, precision_config=precision_config)
+    state, *_ = pack_and_optimize_records(records, *configs, precision_config=precision_config)
     return state

@@ -16,7 +16,6 @@ its entry in CHOICES below, and a field that is not a scalar (or that no flag se
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import sys
 import time
@@ -31,10 +30,11 @@ from .checks import Parser, flag, int_at_least, writable_dir
 from .config_help import flag_help
 from .evaluate import format_aggregate, format_table, make_row, packed_theta, summarize
 from .fisher import ESTIMATORS, FisherConfig
+from .group import Group
 from .matching import MATCHERS
 from .optimize import BALANCES, OPTIMIZERS, SCHEDULES, SELECTIONS, OptimizeConfig, optimize, unused_fields
 from .pack import MODES, SHARED_CONTENT, PackConfig, pack_config, remove_vnn
-from .pipeline import RESULTS_DIR, RunConfig, hold, load, load_packed, pack, run, shard, write_summary
+from .pipeline import RESULTS_DIR, Reference, RunConfig, hold, load, load_packed, pack_records, run, write_summary
 from .precision import POLICIES, PrecisionConfig, assign, format_counts, packed_bytes
 from .quant import FORMATS
 from .separation import SEPARATIONS
@@ -155,11 +155,13 @@ def _add(args, store: Store) -> None:
     config = build_config(PackConfig, args, separation="margin") if state is None else stored_pack_config(state, args)
     if state is not None and args.network_path in state.vnns:
         raise ValueError(f"DNN {args.network_path!r} is already packed in {args.store}; remove it first")
-    loaded = load([args.network_path], args.dnn_folder)
-    trained = standalone_models([item.dnn for item in loaded.values()], args.workers, args.train_steps)
-    state, timings = pack(loaded, trained, config, build_config(FisherConfig, args), state)
+    records = load([args.network_path], args.dnn_folder)
+    trained = standalone_models([record.source for record in records.values()], args.workers, args.train_steps)
+    for name, record in records.items():
+        record.reference = Reference.of(trained[name])
+    state, timings = pack_records(records, config, build_config(FisherConfig, args), state)
     store.save(state)
-    name = next(iter(loaded))
+    name = next(iter(records))
     info = state.vnns[name].provenance.pack
     print(f"added {name}: {info['n_exclusive']} exclusive + {info['n_sharable']} shared pages "
           f"(matching {info['matching']}, cost {info['matching_cost']:.4g}, {info['matching_seconds'] * 1e3:.1f} ms; "
@@ -197,24 +199,24 @@ def _auto_procs(args, fixed: dict) -> int:
     except StoreError:
         return 1
     config = build_config(OptimizeConfig, args, **fixed)
-    return distributed.auto_procs(dnns, config.steps, config.optimizer)
+    return distributed.auto_procs(dnns, config.steps, config.spec.multi_rank)
 
 
 def _optimize_store_here(args, names: list[str] | None, fixed: dict):
-    """This rank's part: rank 0 reads the store and sends it to the others, each trains its DNNs,
-    rank 0 writes the result. Returns (optimizer, best validation accuracies, history) on rank 0."""
-    world, store = distributed.current(), Store(args.store)
-    with store.writing(args.command) if world.writer else contextlib.nullcontext():
-        state = distributed.broadcast(store.load() if world.writer else None)
+    """This process's part: the writer reads the store and sends it to the others, each trains its DNNs,
+    the writer writes the result. Returns (optimizer, best validation accuracies, history) on the writer."""
+    group, store = Group.current(), Store(args.store)
+    with group.writing([store], args.command):
+        state = group.from_writer(store.load)
         names = names(state) if callable(names) else names
-        loaded = load_packed(state, names, args.dnn_folder, args.allow_changed_code, data=not world.distributed)
-        config = build_config(OptimizeConfig, args, **{"dnns": tuple(loaded), **fixed})
-        mine = hold(loaded, config)
-        state, history = optimize(state if world.writer else shard(state, mine),
-                                  {n: loaded[n].task() for n in mine}, config)
-        if world.writer and not history.rejected:  # a turn undone: the state is the one loaded
-            distributed.save(store, state)
-    return config.optimizer, history.val_accuracy[history.best_index], history
+        records = load_packed(state, names, args.dnn_folder, args.allow_changed_code, data=group.all_local)
+        config = build_config(OptimizeConfig, args, **{"dnns": tuple(records), **fixed})
+        mine = hold(records, config, group)
+        tasks = {n: records[n].task(batches=records[n].batches) for n in mine}
+        state, history = optimize(group.part_of(state, mine), tasks, config, group=group)
+        if not history.rejected:  # a turn undone: the state is the one loaded
+            group.save(store, state)
+    return group.writes(lambda: (config.optimizer, history.val_accuracy[history.best_index], history))
 
 
 def cmd_train(args) -> None:
@@ -253,7 +255,7 @@ def cmd_report(args) -> None:
     if missing:
         raise ValueError(f"no stand-alone accuracy recorded for {', '.join(missing)}: not packed by `add` or `run`")
     rows = [make_row(state, n, state.vnns[n].provenance.standalone.test_accuracy,
-                     item.test_accuracy(packed_theta(state, n, item.model)), published=item.dnn.meta.get("published_accuracy"))
+                     item.test_accuracy(packed_theta(state, n, item.model)), published=item.source.meta.get("published_accuracy"))
             for n, item in loaded.items()]
     summary = summarize(state, rows)
     write_summary(summary, args.results)

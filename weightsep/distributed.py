@@ -13,7 +13,8 @@ gathered accuracies and alone writes the store.
 
 `current` says which rank this process is (rank 0 of 1 outside a group); `launch` starts the ranks
 or joins torchrun's group; `assign` gives DNNs to ranks balanced by cost; the collectives below are
-no-ops on one rank, so the single-process code path is the same code.
+no-ops on one rank. The stages do not call these: they hold a `group.Group`, whose methods say
+which DNNs are local, sum the shared gradient, gather and broadcast, and let the writer write.
 """
 from __future__ import annotations
 
@@ -100,12 +101,12 @@ def assign(costs: dict[str, float], size: int) -> dict[str, int]:
 AUTO_MIN_STEPS = 500  # joint steps below which `--procs auto` stays on one process: a rank's start costs seconds
 
 
-def auto_procs(dnns: int, steps: int, optimizer: str, beside: int = 0) -> int:
+def auto_procs(dnns: int, steps: int, multi_rank: bool, beside: int = 0) -> int:
     """The ranks `--procs auto` (the default) runs the joint optimisation on: one per core this
     process may use, less `beside` processes that work next to it (the no-sharing control), at most
-    one per DNN. One process for the published optimisers (one DNN at a time), for runs shorter
-    than AUTO_MIN_STEPS steps, and under torchrun (which starts the ranks itself)."""
-    if optimizer != "joint" or steps < AUTO_MIN_STEPS or under_torchrun():
+    one per DNN. One process for an optimiser that is not `multi_rank` (the published ones train one
+    DNN at a time), for runs shorter than AUTO_MIN_STEPS steps, and under torchrun (which starts the ranks itself)."""
+    if not multi_rank or steps < AUTO_MIN_STEPS or under_torchrun():
         return 1
     return max(1, min(dnns, len(os.sched_getaffinity(0)) - beside))
 
@@ -184,11 +185,6 @@ def broadcast(obj):
     with _collective("broadcast"):
         dist.broadcast_object_list(box, src=0)
     return box[0]
-
-
-def merged(parts: list[dict]) -> dict:
-    """Dicts from every rank as one (each key comes from one rank)."""
-    return {k: v for part in parts for k, v in part.items()}
 
 
 def announce(names: list[str]) -> None:

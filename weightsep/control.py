@@ -1,0 +1,50 @@
+"""The no-sharing control: each DNN given the same extra training it gets when packed, but alone.
+
+Each DNN (its stand-alone reference weights and buffers) becomes its own one-DNN store with all
+pages exclusive and is optimised with the same optimiser, batch size, learning rate and number of
+its own batches (its `batches` per step, as the packed set's rule gave it); so any gain the packed
+DNNs show over the control comes from sharing, not from the extra training. `run` starts it in a
+worker process beside the joint optimisation (`control_worker`).
+
+    accuracies = no_sharing_control(records, OptimizeConfig(steps=1500), page_size=512)
+"""
+from __future__ import annotations
+
+from dataclasses import asdict
+
+import torch
+
+from .evaluate import packed_theta
+from .optimize import OptimizeConfig, optimize
+from .pack import solo_state
+from .records import DNNRecord, Reference, load
+from .train import set_single_thread
+
+
+def no_sharing_control(records: dict[str, DNNRecord], config: OptimizeConfig, page_size: int) -> dict[str, float]:
+    """Test accuracy per DNN after training alone (see the module docstring)."""
+    config = config.alone(len(records))
+    out = {}
+    for name, record in records.items():
+        alone = solo_state(name, record.reference.theta, page_size, record.reference.buffers)
+        result, _ = optimize(alone, {name: record.task(batches=record.batches or 1)}, config, progress=False)
+        out[name] = record.test_accuracy(packed_theta(result, name, record.model))
+    return out
+
+
+def job(records: dict[str, DNNRecord], config: OptimizeConfig, page_size: int) -> tuple:
+    """`control_worker`'s arguments for these records: plain arrays and folders, to pickle."""
+    return ([str(r.source.path) for r in records.values()],
+            [(r.reference.theta.numpy(), {k: b.numpy() for k, b in r.reference.buffers.items()}) for r in records.values()],
+            asdict(config), page_size, {n: r.batches for n, r in records.items()})
+
+
+def control_worker(folders: list[str], references: list[tuple], config: dict, page_size: int,
+                   batches: dict[str, int]) -> dict[str, float]:
+    """`no_sharing_control` in a worker process (it runs beside the joint optimisation)."""
+    set_single_thread()
+    records = load(folders)
+    for (name, record), (theta, buffers) in zip(records.items(), references):
+        record.reference = Reference(torch.as_tensor(theta), {k: torch.as_tensor(b) for k, b in buffers.items()})
+        record.batches = batches[name]
+    return no_sharing_control(records, OptimizeConfig(**config), page_size)
