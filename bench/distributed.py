@@ -38,7 +38,7 @@ from weightsep import dnn as dnn_mod
 from weightsep.fisher import FisherConfig
 from weightsep.optimize import OptimizeConfig, optimize
 from weightsep.pack import PackConfig
-from weightsep.pipeline import hold, load, pack, shard
+from weightsep.pipeline import hold, load, pack
 from weightsep.train import set_single_thread, standalone_models, worker_pool
 
 NETWORK_BYTES_PER_SECOND = 10e9 / 8  # 10 Gbit/s Ethernet
@@ -52,7 +52,7 @@ def timed_joint(state, standalone: dict[str, torch.Tensor], config: OptimizeConf
     loaded = load(list(standalone), data=not distributed.current().distributed)
     mine = hold(loaded, config)
     tasks = {n: loaded[n].task(standalone[n]) for n in mine}
-    _, history = optimize(shard(state, mine), tasks, config, progress=False)
+    _, history = optimize(state.shard(mine), tasks, config, progress=False)
     in_reduce = distributed.all_gather(history.communication_seconds)
     return {"seconds": history.seconds, "dnns_per_rank": distributed.all_gather(mine),
             "in_allreduce_seconds": in_reduce,  # per rank: the transfer plus waiting for the slower rank

@@ -35,7 +35,6 @@ writes results/switching.json and results/switching.png.
 from __future__ import annotations
 
 import argparse
-import copy
 import math
 import random
 import statistics
@@ -51,9 +50,10 @@ from bench.timing import RESULTS_DIR, measure, sync, write_result
 from weightsep import dnn as dnn_mod
 from weightsep.evaluate import packed_theta
 from weightsep.execution import PackedModel
+from weightsep.formats import FLOAT32
 from weightsep.pages import n_pages
 from weightsep.pipeline import load_packed
-from weightsep.precision import PrecisionConfig, assign
+from weightsep.precision import PrecisionConfig, assign, format_counts
 from weightsep.state import VNN, PackedState, exclusive_entries
 from weightsep.store import Store
 
@@ -110,8 +110,7 @@ def run_scale(label: str, state: PackedState, models: dict, device: torch.device
     gather = PackedModel(state, models, device, "gather")
     isel = PackedModel(state, models, device, "gather", kernel="index_select")
     zero = PackedModel(state, models, device, "zero-copy")
-    float32 = copy.copy(state)
-    float32.precision = None  # a quantised store's pages are floats too: each format is rounded from them
+    float32 = state.with_format(FLOAT32)  # a quantised store's pages are floats too: each format is rounded from them
     pm_states = {fmt: assign(float32, PrecisionConfig(precision=fmt)) for fmt in QUANTISED}
     quantised = {fmt: PackedModel(st, models, device, "gather") for fmt, st in pm_states.items()}
     loadee = {n: models[n] for n in names}
@@ -206,7 +205,7 @@ def run_scale(label: str, state: PackedState, models: dict, device: torch.device
     ratios["bytes moved int8 / float32 (at most)"] = bytes_moved["d-gather-int8"] / bytes_moved["d-gather"]
     ratios.update({f"gather {fmt} / gather float32": per[f"d-gather-{fmt}"]["median_us"] / per["d-gather"]["median_us"]
                    for fmt in QUANTISED if fmt != "int8"})
-    if state.precision is None:  # the float32 gather is d-gather only for a float32 store
+    if set(format_counts(state)) == {"float32"}:  # the float32 gather is d-gather only for a float32 store
         met.update({k: ratios[k] <= v for k, v in QUANTISED_TARGETS.items()})
     out = {"label": label, "dnns": len(names), "switches": switches, "page_size": state.page_size,
            "shared_pages": state.n_shared, "exclusive_pages": sum(v.n_exclusive for v in state.vnns.values()),

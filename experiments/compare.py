@@ -64,7 +64,7 @@ def main(argv=None) -> int:
         dnn_rows = [make_row(state, n, trained[n].test_accuracy, item.test_accuracy(packed_theta(state, n, item.model)))
                     for n, item in loaded.items()]
         table = summarize(state, dnn_rows)
-        cost = sum(v.provenance.pack["matching_cost"] for v in state.vnns.values())
+        cost = sum(v.provenance.pack_info.matching_cost for v in state.vnns.values())
         rows.append({"config": label, **change, "matching_cost": cost, "fisher_seconds": timings["fisher_seconds"],
                      "matching_seconds": timings["matching_seconds"], "seconds": seconds,
                      "best_mean_val": history.mean(history.best_index),

@@ -180,7 +180,7 @@ def run_setting(setting: Setting, scale: Scale, seed: int) -> dict:
     table = summarize(state, rows)
     batches_done = history.steps[-1] if history.steps else 0
     return {**_common(setting, seed, names, table, start),
-            "matching_cost": sum(v.provenance.pack["matching_cost"] for v in state.vnns.values()),
+            "matching_cost": sum(v.provenance.pack_info.matching_cost for v in state.vnns.values()),
             "fisher_seconds": times["fisher_seconds"], "matching_seconds": times["matching_seconds"],
             "optimize_seconds": times["optimize_seconds"], "dnn_batches": batches_done,
             "ms_per_dnn_batch": 1000 * times["optimize_seconds"] / max(1, batches_done),

@@ -33,7 +33,7 @@ from .fisher import ESTIMATORS, FisherConfig
 from .group import Group
 from .matching import MATCHERS
 from .optimize import BALANCES, OPTIMIZERS, SCHEDULES, SELECTIONS, OptimizeConfig, optimize, unused_fields
-from .pack import MODES, SHARED_CONTENT, PackConfig, pack_config, remove_vnn
+from .pack import MODES, SHARED_CONTENT, PackConfig, pack_config, plans_a_set, remove_vnn
 from .pipeline import RESULTS_DIR, Reference, RunConfig, hold, load, load_packed, pack_records, run, write_summary
 from .precision import POLICIES, PrecisionConfig, assign, format_counts, packed_bytes
 from .quant import FORMATS
@@ -162,9 +162,9 @@ def _add(args, store: Store) -> None:
     state, timings = pack_records(records, config, build_config(FisherConfig, args), state)
     store.save(state)
     name = next(iter(records))
-    info = state.vnns[name].provenance.pack
-    print(f"added {name}: {info['n_exclusive']} exclusive + {info['n_sharable']} shared pages "
-          f"(matching {info['matching']}, cost {info['matching_cost']:.4g}, {info['matching_seconds'] * 1e3:.1f} ms; "
+    info = state.vnns[name].provenance.pack_info
+    print(f"added {name}: {info.n_exclusive} exclusive + {info.n_sharable} shared pages "
+          f"(matching {info.matching}, cost {info.matching_cost:.4g}, {info.matching_seconds * 1e3:.1f} ms; "
           f"Fisher {timings['fisher_seconds']:.1f} s)")
 
 
@@ -294,10 +294,10 @@ def cmd_remove(args) -> None:
 def cmd_quantize(args) -> None:
     store = Store(args.store)
     config = build_config(PrecisionConfig, args)
+    if config.is_float32:
+        raise ValueError("--precision float32 leaves the store as it is; name a format or fisher")
     with store.writing("quantize"):
         state = assign(store.load(), config)
-        if state.precision is None:
-            raise ValueError("--precision float32 leaves the store as it is; name a format or fisher")
         store.save(state)
     counts = ", ".join(f"{n} {f}" for f, n in format_counts(state).items())
     print(f"quantised {args.store}: pages {counts}, {sum(packed_bytes(state).values()) / 1024:,.1f} KiB with "
@@ -421,8 +421,8 @@ def check_args(args: argparse.Namespace) -> None:
         if unused:
             raise ValueError(f"{', '.join(map(flag, unused))}: no effect on {args.command} with the {optimizer} "
                              "optimizer, which does not read it; leave it out")
-        if (args.command == "run" and "promote_pages" in given and (args.mode or PackConfig.mode) == "ws"
-                and (args.separation or PackConfig.separation) == "budget"):
+        if (args.command == "run" and "promote_pages" in given
+                and plans_a_set(args.mode or PackConfig.mode, args.separation or PackConfig.separation)):
             raise ValueError("--promote-pages is set by the budget separation (the part of the --ratio budget not "
                              "given at packing); use --at-packing to change it, or --separation margin")
     if args.store.exists() and not args.store.is_dir():

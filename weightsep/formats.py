@@ -25,7 +25,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 
@@ -70,11 +70,6 @@ class PageFormat(ABC):
     @abstractmethod
     def check_kernel(self, kernel: str) -> None:
         """ValueError unless execution can gather these pages with `kernel` (`KERNELS`)."""
-
-    @property
-    @abstractmethod
-    def precision(self) -> QuantizedPages | None:
-        """Transitional: the old `state.precision` (None for float32), until every caller uses the format."""
 
     # -- weights as run
 
@@ -158,10 +153,6 @@ class Float32Pages(PageFormat):
     def check_kernel(self, kernel: str) -> None:
         if kernel not in KERNELS:
             raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
-
-    @property
-    def precision(self) -> None:
-        return None
 
     def as_run(self, shared, exclusive, name):
         return shared, exclusive
@@ -273,10 +264,6 @@ class QuantizedPages(PageFormat):
         if kernel != "ops":
             raise ValueError(f"kernel {kernel!r} gathers float32 pages only; a quantised store runs the dequantising "
                              "gather (kernel='ops')")
-
-    @property
-    def precision(self) -> QuantizedPages:
-        return self
 
     # -- weights as run
 
@@ -506,8 +493,3 @@ class QuantizedPlacement(Placement):
         q, out = self.operands, torch.empty(n, device=self.device)  # dequantised per layer
         self._gather_dequant(q.pages, q.scales, q.layout, table, out)
         return out
-
-
-def from_precision(precision: Any) -> PageFormat:
-    """Transitional: the format for an old-style `state.precision` value (None: float32)."""
-    return FLOAT32 if precision is None else precision

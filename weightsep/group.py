@@ -12,7 +12,6 @@ The collectives themselves, starting the ranks and reporting failures are weight
 from __future__ import annotations
 
 import contextlib
-import copy
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -32,25 +31,6 @@ if TYPE_CHECKING:
 def merged(parts: Iterable[dict]) -> dict:
     """Dicts from every rank as one (each key comes from one rank)."""
     return {k: v for part in parts for k, v in part.items()}
-
-
-def shard(state: PackedState, names: list[str]) -> PackedState:
-    """One rank's part of a packed state: every page table and Fisher, the shared pages, and only
-    `names`' exclusive pages (the others' are emptied, so the memory is not held)."""
-    # replaced by state's shard type at merge
-    part = copy.copy(state)
-    part.vnns = {}
-    if state.precision is not None:
-        part.precision = copy.copy(state.precision)
-        part.precision.exclusive_codes, part.precision.exclusive_scales = {}, {}
-    for name, vnn in state.vnns.items():
-        part.vnns[name] = copy.copy(vnn)
-        keep = slice(None) if name in names else slice(0)
-        part.vnns[name].exclusive_pages = vnn.exclusive_pages[keep]
-        if state.precision is not None:
-            part.precision.exclusive_codes[name] = state.precision.exclusive_codes[name][keep]
-            part.precision.exclusive_scales[name] = state.precision.exclusive_scales[name][keep]
-    return part
 
 
 @dataclass(frozen=True)
@@ -97,7 +77,12 @@ class Group:
 
     def part_of(self, state: PackedState, mine: list[str]) -> PackedState:
         """This rank's part of a whole state: all of it on the writer, else its `shard`."""
-        return state if self._writer else shard(state, mine)
+        return state if self._writer else state.shard(mine)
+
+    def held(self, holding: list[str]) -> tuple[str, ...] | None:
+        """The DNNs whose exclusive pages a state built on this rank holds: all of them on the writer
+        (None: a whole state), else `holding`'s (the state is a shard)."""
+        return None if self._writer else tuple(holding)
 
     def holds_pages(self, name: str, local: list[str], trained: list[str]) -> bool:
         """This rank holds `name`'s exclusive pages: it trains it, or (the writer) nobody trains it."""

@@ -43,6 +43,8 @@ from .round_robin import _overlap_terms, overlap_loss, round_robin, write_back  
 from .state import PackedState
 from .step_cost import batches_per_step, flops_per_sample, planned_batches, step_batches  # noqa: F401 (importable from here)
 
+VERSION = 1  # OptimizeConfig's: bump when a field's meaning changes, so stored configs can be told apart
+
 
 @dataclass(frozen=True)
 class OptimizeConfig:
@@ -69,6 +71,7 @@ class OptimizeConfig:
     max_batches: int = opt(4, "the most batches one DNN takes per step")
     max_harm: float = opt(15.0, "round-robin: pp a watched (untrained) DNN's validation accuracy may fall (docs/algorithms.md)")
     seed: int = opt(0, "seeds the batches, subsets and validation draws")
+    version: int = opt(VERSION, "of the stored copy (the state's config); a copy without one is version 1")
 
     @property
     def learning_rate(self) -> float:
@@ -76,6 +79,8 @@ class OptimizeConfig:
 
     def __post_init__(self):
         typed(self)
+        if self.version != VERSION:
+            raise ValueError(f"OptimizeConfig version {self.version} is not this code's version {VERSION}")
         one_of(self, "optimizer", tuple(OPTIMIZERS))
         one_of(self, "loss", tuple(LOSSES))
         one_of(self, "schedule", tuple(SCHEDULES))

@@ -89,7 +89,7 @@ def pack_records(records: dict[str, DNNRecord], pack_config: PackConfig, fisher_
     Over several ranks the records with a reference are this rank's: each rank computes their
     Fisher, the writer gathers them and separates and matches, and every rank gets its part."""
     group = group or Group.current()
-    budget = pack_config.mode == "ws" and pack_config.separation == "budget"
+    budget = pack_config.plans_a_set
     if budget and state is not None and state.vnns:
         raise ValueError("the budget separation packs a set of DNNs into a new store; "
                          "add DNNs to an existing store with --separation margin")
@@ -124,17 +124,19 @@ def _separate_and_match(records: dict[str, DNNRecord], per_dnn: dict[str, tuple]
     counts = {}
     if budget:
         plan = plan_budget({n: per_dnn[n][0].theta.numel() for n in records}, pack_config, state.n_shared)
-        counts, state.config.budget, timings["spare"] = plan.counts, plan.stored(), plan.spare
+        counts, timings["spare"] = plan.counts, plan.spare
+        state = state.replace(config=replace(state.config, budget=plan.stored()))
     for name in tqdm(records, desc="separation and matching", unit="DNN", leave=False):
         reference, fisher, tpr = per_dnn[name]
         state, info = add_vnn(state, name, reference.theta, fisher, pack_config, tpr, counts.get(name))
-        timings["matching_seconds"] += info["matching_seconds"]
-        state.vnns[name].buffers = dict(reference.buffers)  # the DNN's own: the optimiser trains them on
+        timings["matching_seconds"] += info.matching_seconds
         source, model = records[name].source, records[name].model  # a module packed from memory: no folder, no hash
-        state.vnns[name].provenance = Provenance(
+        provenance = Provenance(
             folder=source.path and dnn_mod.relative_folder(source.path), code_hash=source.code_hash(),
             architecture=model.describe(), parameters=parameter_sizes(model), fisher=asdict(fisher_config),
             standalone=Standalone(reference.val_accuracy, reference.test_accuracy), pack=info)
+        # the DNN's own buffers: the optimiser trains them on
+        state = state.with_vnn(state.vnns[name].replace(buffers=dict(reference.buffers), provenance=provenance))
     return state, timings
 
 
@@ -159,10 +161,10 @@ def pack_and_optimize_records(records: dict[str, DNNRecord], pack_config: PackCo
     tasks = {n: records[n].task(records[n].reference.theta, records[n].batches) for n in mine}
     state, history = optimize(state, tasks, optimize_config, group=group)
     times["optimize_seconds"] = time.perf_counter() - start
-    state.config.optimize, state.config.history = asdict(optimize_config), {
+    state = state.replace(config=replace(state.config, optimize=asdict(optimize_config), history={
         "steps": history.steps, "val_accuracy": history.val_accuracy, "score": history.score,
         "best_index": history.best_index, "reference": history.reference, "promoted": history.promoted,
-        "skipped": history.skipped, "rolled_back": history.rolled_back, "batches_per_step": history.batches_per_step}
+        "skipped": history.skipped, "rolled_back": history.rolled_back, "batches_per_step": history.batches_per_step}))
     return state, history, optimize_config, times
 
 

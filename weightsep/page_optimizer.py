@@ -24,7 +24,6 @@ rank takes the same decisions from the gathered accuracies.
 """
 from __future__ import annotations
 
-import copy
 import hashlib
 import math
 import warnings
@@ -39,9 +38,7 @@ import torch.nn.functional as F
 from .evaluate import accuracy
 from .flat import buffer_state, load_buffer_state
 from .group import Group, merged
-from .pages import from_pages, materialize, to_pages
-from .precision import quantized
-from .quant import fake_quantize
+from .pages import materialize, to_pages
 from .separation import contribution_density
 from .state import PackedState, exclusive_entries, is_shared
 from .step_cost import step_batches
@@ -170,16 +167,15 @@ class PageOptimizer:
         self.local = [name for name in self.names if name in tasks]
         self.watched = [name for name in tasks if name not in self.names]  # round-robin: validated, never trained
         self.group.check_held_once(self.names, self.local)
-        self.state = copy.copy(state)  # promotion changes page tables: never the caller's
-        self.state.vnns = dict(state.vnns)
+        self.state = state  # never modified: promotion works on the tables, Fisher and format below
+        self.vnns = dict(state.vnns)  # the working page tables (promotion replaces entries)
+        self.shared_fisher = state.shared_fisher
         self.tasks, self.config, self.progress = tasks, config, self.group.shows(progress)
         self.batches_per_step = step_batches({n: tasks[n] for n in self.local}, config, self.group)
         self.loss_fn = LOSSES[config.loss]
         self.gen = torch.Generator().manual_seed(config.seed)  # which DNNs a step draws: the same on every rank
         self.shared = state.shared_pages.clone().requires_grad_(True)
-        self.precision = state.precision  # a quantised state: pages train through their formats' fake quantiser
-        if self.precision is not None:
-            self.exclusive_codes = dict(self.precision.exclusive_codes)  # promotion appends; every rank keeps all
+        self.format = state.format  # the pages train through their formats (format.as_run); promotion replaces it
         self.exclusive = {n: v.exclusive_pages.clone().requires_grad_(True) for n, v in state.vnns.items()
                           if self.holds(n)}
         self.batches = {n: batches(len(tasks[n].x_train), config.batch_size, dnn_generator(config.seed, n))
@@ -213,23 +209,15 @@ class PageOptimizer:
     def theta(self, name: str) -> torch.Tensor:
         """`name`'s weights as it runs: its pages gathered, each in its format (fake-quantised:
         rounded forward, straight-through backward) when the state is quantised."""
-        vnn = self.state.vnns[name]
-        if self.precision is None:
-            return materialize(self.shared, self.exclusive[name], vnn.page_table, vnn.n_weights)
-        group = self.precision.group
-        return materialize(fake_quantize(self.shared, self.precision.shared_codes, group),
-                           fake_quantize(self.exclusive[name], self.exclusive_codes[name], group),
-                           vnn.page_table, vnn.n_weights)
+        vnn = self.vnns[name]
+        return materialize(*self.format.as_run(self.shared, self.exclusive[name], name), vnn.page_table, vnn.n_weights)
 
     def deployed(self, name: str, w: torch.Tensor) -> torch.Tensor:
         """A DNN's flat weights `w` rounded page by page to the formats of the pages they live on
         (round-robin trains `w` itself; a last page's padding is taken as zeros, not the shared
         page's other content, so its scale may differ slightly from the stored page's)."""
-        if self.precision is None:
-            return w
-        vnn = self.state.vnns[name]
-        codes = torch.cat([self.precision.shared_codes, self.exclusive_codes[name]])[vnn.page_table]
-        return from_pages(fake_quantize(to_pages(w, self.state.page_size), codes, self.precision.group), vnn.n_weights)
+        vnn = self.vnns[name]
+        return self.format.deployed(name, w, vnn.page_table, self.state.page_size)
 
     def task_loss(self, name: str, theta: torch.Tensor) -> torch.Tensor:
         task = self.tasks[name]
@@ -244,7 +232,7 @@ class PageOptimizer:
     def snapshot(self) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, torch.Tensor], dict[str, dict]]:
         """Pages and page tables (promotion changes both), and this rank's DNNs' buffers."""
         return (self.shared.detach().clone(), {n: e.detach().clone() for n, e in self.exclusive.items()},
-                {n: v.page_table for n, v in self.state.vnns.items()}, self.buffers())
+                {n: v.page_table for n, v in self.vnns.items()}, self.buffers())
 
     def buffers(self) -> dict[str, dict]:
         """This rank's DNNs' buffers (batch-norm statistics: a training step changes them)."""
@@ -286,29 +274,25 @@ class PageOptimizer:
         return give
 
     def n_sharable(self, name: str) -> int:
-        return int(is_shared(self.state.vnns[name].page_table, self.state.n_shared).sum())
+        return int(is_shared(self.vnns[name].page_table, self.state.n_shared).sum())
 
     @torch.no_grad()
     def promote(self, name: str, count: int, dnn_batches: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Move `name`'s `count` shared pages of highest Fisher mass to new exclusive pages holding
         their current content; returns (old, new) exclusive tensors, for the optimizer's bookkeeping."""
-        vnn, S, P = self.state.vnns[name], self.state.n_shared, self.state.page_size
+        vnn, S, P = self.vnns[name], self.state.n_shared, self.state.page_size
         on_shared = is_shared(vnn.page_table, S).nonzero().flatten()
         mass = contribution_density(vnn.fisher, P)[on_shared]
         logical = on_shared[torch.argsort(mass, descending=True, stable=True)[:count]]
         table = vnn.page_table.clone()
         table[logical] = exclusive_entries(S, len(vnn.page_table) - len(on_shared), len(logical))
-        self.state.shared_fisher = self.state.shared_fisher.clone()
-        self.state.shared_fisher[vnn.page_table[logical]] -= to_pages(vnn.fisher, P)[logical]
-        self.state.shared_fisher.clamp_(min=0)
-        promoted = copy.copy(vnn)
-        promoted.page_table = table
-        self.state.vnns[name] = promoted
+        self.shared_fisher = self.shared_fisher.clone()
+        self.shared_fisher[vnn.page_table[logical]] -= to_pages(vnn.fisher, P)[logical]
+        self.shared_fisher.clamp_(min=0)
+        self.vnns[name] = vnn.with_page_table(table)
         self.spare_pages -= len(logical)
         self.history.promoted += [(dnn_batches, name, int(p)) for p in logical]
-        if self.precision is not None:  # a promoted page keeps the format of the shared page it copies
-            self.exclusive_codes[name] = torch.cat([self.exclusive_codes[name],
-                                                    self.precision.shared_codes[vnn.page_table[logical]]])
+        self.format = self.format.promoted(name, vnn.page_table[logical])  # it keeps its shared page's format
         if not self.holds(name):  # another rank grows its pages; every rank keeps the tables
             return None
         old = self.exclusive[name]
@@ -324,19 +308,13 @@ class PageOptimizer:
         exclusive = mine | exclusive
         self.history.skipped = self.group.combined(self.history.skipped,
                                                    lambda parts: dict(sum((Counter(part) for part in parts), Counter())))
-        state = copy.copy(self.state)
-        state.shared_pages = self.best[0]
-        state.vnns = {n: copy.copy(v) for n, v in self.state.vnns.items()}
-        for n, vnn in state.vnns.items():
-            vnn.exclusive_pages = exclusive.get(n, vnn.exclusive_pages.new_zeros(0, self.state.page_size))
-            vnn.page_table = self.best[2][n]
-            vnn.buffers = buffers.get(n, vnn.buffers)
-        if self.precision is None:
-            return state
-        # the master pages rounded to their formats: exactly the weights the checks scored
-        codes = {n: self.exclusive_codes[n][: v.n_exclusive] for n, v in state.vnns.items()}
-        state.precision = None
-        return quantized(state, self.precision.shared_codes, codes, self.precision.group, self.precision.policy)
+        P = self.state.page_size
+        shared, pages, fmt = self.format.rounded(  # the master pages in their formats: the weights the checks scored
+            self.best[0], {n: exclusive.get(n, v.exclusive_pages.new_zeros(0, P)) for n, v in self.vnns.items()})
+        vnns = {n: v.replace(exclusive_pages=pages[n], page_table=self.best[2][n], buffers=buffers.get(n, v.buffers))
+                for n, v in self.vnns.items()}
+        return self.state.replace(shared_pages=shared, shared_fisher=self.shared_fisher, vnns=vnns, format=fmt,
+                                  held=self.group.held([n for n in vnns if self.holds(n)]))
 
 
 class StepUndo:

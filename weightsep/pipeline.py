@@ -21,7 +21,7 @@ from .config_help import opt
 from .control import control_worker, job, no_sharing_control  # noqa: F401 (importable from here)
 from .evaluate import aggregate, format_aggregate, format_table, make_row, packed_theta, summarize
 from .fisher import FisherConfig
-from .group import Group, merged, shard  # noqa: F401 (importable from here)
+from .group import Group, merged  # noqa: F401 (importable from here)
 from .optimize import OptimizeConfig, planned_batches, step_batches
 from .pack import PackConfig
 from .packing import (  # noqa: F401 (importable from here)

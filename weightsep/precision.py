@@ -24,8 +24,6 @@ a shared page.
 """
 from __future__ import annotations
 
-import copy
-import dataclasses
 import heapq
 from dataclasses import asdict, dataclass
 
@@ -109,20 +107,6 @@ def in_formats(state: PackedState, shared_codes: torch.Tensor, exclusive_codes: 
     fmt = QuantizedPages.of(shared_codes, exclusive_codes, group, policy)
     shared, exclusive, fmt = fmt.rounded(state.shared_pages, {n: v.exclusive_pages for n, v in state.vnns.items()})
     return state.with_pages(shared, exclusive, format=fmt)
-
-
-def quantized(state: PackedState, shared_codes: torch.Tensor, exclusive_codes: dict[str, torch.Tensor],
-              group: int, policy: dict) -> PackedState:
-    """Transitional, for optimize.py's result until it is wired to `PageFormat.rounded` and
-    `PackedState.with_pages` (/work/r26/formats-wiring.md): a copy of `state` whose pages are rounded to
-    these formats, with their scales, NOT validated (over several ranks that result is a rank's shard
-    that does not yet say so)."""
-    fmt = QuantizedPages.of(shared_codes, exclusive_codes, group, policy)
-    shared, exclusive, fmt = fmt.rounded(state.shared_pages, {n: v.exclusive_pages for n, v in state.vnns.items()})
-    new = copy.copy(state)
-    new.shared_pages, new.format = shared, fmt
-    new.vnns = {n: dataclasses.replace(v, exclusive_pages=exclusive[n]) for n, v in state.vnns.items()}
-    return new
 
 
 def page_fisher(state: PackedState) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

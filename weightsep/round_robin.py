@@ -33,10 +33,10 @@ def _overlap_terms(po: PageOptimizer, name: str, last: dict[str, torch.Tensor]) 
     the published code computes it) expands into these, so they are computed once per turn.
     """
     S, P = po.state.n_shared, po.state.page_size
-    me = po.state.vnns[name]
+    me = po.vnns[name]
     on_shared = is_shared(me.page_table, S)
     sums = torch.zeros(4, me.page_table.numel(), P)
-    for other, vnn in po.state.vnns.items():
+    for other, vnn in po.vnns.items():
         if other == name:
             continue
         by_shared = torch.zeros(2, S, P)  # the other DNN's Fisher and weights, at their shared pages
@@ -64,7 +64,7 @@ def _harmed(po: PageOptimizer, before: dict[str, float]) -> dict[str, list[float
 
 def round_robin(po: PageOptimizer) -> None:
     cfg, names = po.config, po.names
-    last = {n: po.theta(n).detach().clone() for n in po.state.vnns}  # each DNN's weights after its last turn
+    last = {n: po.theta(n).detach().clone() for n in po.vnns}  # each DNN's weights after its last turn
     dnn_batches = 0
     po.validate(0)
     watched = {n: po.val_accuracy(n, po.theta(n)) for n in po.watched}
@@ -116,7 +116,7 @@ def write_back(po: PageOptimizer, name: str, theta: torch.Tensor) -> None:
     The padding of a DNN's last page keeps the page's current content: on a shared page those
     positions may hold another DNN's weights.
     """
-    vnn, S = po.state.vnns[name], po.state.n_shared
+    vnn, S = po.vnns[name], po.state.n_shared
     flat = torch.cat([po.shared, po.exclusive[name]])[vnn.page_table].reshape(-1)
     flat[: vnn.n_weights] = theta
     pages = flat.view(-1, po.state.page_size)

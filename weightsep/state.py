@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from .formats import FLOAT32, PageFormat, QuantizedPages, from_precision
+from .formats import FLOAT32, PageFormat
 from .invariants import check_count, check_json, check_tensor, check_values
 from .pages import n_pages as pages_needed
 from .pages import to_pages
@@ -116,10 +116,6 @@ class PackInfo:
     def __post_init__(self) -> None:
         if self.version != PACK_INFO_VERSION:
             raise ValueError(f"pack info version {self.version} is not this code's version {PACK_INFO_VERSION}")
-
-    def __getitem__(self, key: str) -> Any:
-        """Transitional: `info["matching_seconds"]` as the dict it was, until pipeline.py and cli.py read fields."""
-        return getattr(self, key)
 
     def to_json(self) -> dict:
         return {k: v for k, v in asdict(self).items() if v is not None}
@@ -318,16 +314,6 @@ class PackedState:
     @property
     def is_shard(self) -> bool:
         return self.held is not None
-
-    @property
-    def precision(self) -> QuantizedPages | None:
-        """Transitional (until optimize.py, pipeline.py and cli.py ask `format`): the quantised format, or
-        None for float32 pages. Setting it sets `format` without validating, as the old field did."""
-        return self.format.precision
-
-    @precision.setter
-    def precision(self, value: QuantizedPages | None) -> None:
-        self.format = from_precision(value)
 
     # -- changes: each returns a new state, validated (ValueError); the state itself is never modified
 
