@@ -142,6 +142,7 @@ def test_help():
         assert "--switches" in _run([script, "--help"], os.environ.copy(), timeout=60)
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("mode,kernel", MODES)
 def test_cuda_placement_weights_and_outputs(mode, kernel, monkeypatch):
@@ -172,6 +173,7 @@ def test_a_bad_page_table_row_is_caught_on_the_host_before_any_kernel():
         PackedModel(state, nets)
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_cuda_forward_on_another_stream_sees_the_switched_weights():
     """Switch on one stream, run on another, switch again: each forward sees its own DNN's weights."""
