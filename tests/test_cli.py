@@ -8,6 +8,7 @@ import pytest
 from conftest import accuracy_from_store
 
 REPO = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.e2e  # every test runs the real command lines in subprocesses
 SMALL = ["--train-steps", "300", "--fisher-samples", "64"]
 
 

@@ -103,6 +103,7 @@ def _run(args, env, timeout=240):
     return r.stdout
 
 
+@pytest.mark.e2e
 def test_ws_and_baseline_execution_end_to_end(cache_with_data, tmp_path):
     # the stand-in torch backend of weightsep.ops: an extension build inside the temporary cache
     # would dominate the test's time, and both backends copy the same floats
@@ -137,6 +138,7 @@ def test_ws_and_baseline_execution_end_to_end(cache_with_data, tmp_path):
         assert f"{name}: packed test accuracy {100 * exact:.2f}% ({exact!r})" in out, out
 
 
+@pytest.mark.e2e
 def test_help():
     for script in ("ws_execution.py", "baseline_execution.py"):
         assert "--switches" in _run([script, "--help"], os.environ.copy(), timeout=60)

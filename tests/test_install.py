@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.e2e  # pip installs the package into a fresh venv and runs it from outside
 PACKAGE_SOURCES = ("pyproject.toml", "README.md", "weightsep", "custom_op")
 
 # packs two small modules (batch norm, a GRU) from memory, runs them packed, saves and reloads the store
