@@ -4,8 +4,8 @@ beside this file (bench/store_safety.py until issue 26).
 
 Every damage case in process (Store.load, `list` through `cli.main`, and Store.restore_previous;
 every 8th also `eval` and the `restore` command), a few through the real CLI in subprocesses (marked
-e2e); kill -9 and concurrent writers as real processes (e2e: three kill trials and two writer pairs;
-marked slow: seven kills of each command and every pair at two offsets, the bench's default runs);
+e2e); kill -9 and concurrent writers as real processes (e2e: three kill trials, two writer pairs, and
+the bench's default runs: seven kills of each command, marked slow, every pair at two offsets);
 and the checks that a store never makes weightsep run code other than the discovered DNN folders'
 current dnn.py, through `cli.main` in process (the root scripts as subprocesses). One module-scoped
 environment (a private WEIGHTSEP_CACHE with the tiny DNNs' stand-alone models, a template store of
@@ -119,7 +119,6 @@ _OFFSETS = random.Random(1)  # the bench's default run: ten trials, every pair t
 
 
 @pytest.mark.e2e
-@pytest.mark.slow
 @pytest.mark.parametrize("pair, offset", [(ss.PAIRS[i % len(ss.PAIRS)], round(_OFFSETS.uniform(0, 0.5), 3)) for i in range(10)],
                          ids=lambda p: " & ".join(" ".join(op) for op in p) if isinstance(p, tuple) else f"{p}s")
 def test_concurrent_writers_lose_no_update_at_random_offsets(env, pair, offset):
