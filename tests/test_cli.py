@@ -35,12 +35,14 @@ def legacy(*args, check=True):
     return cli(*args, check=check, script=("WeightSeparation.py",))
 
 
+@pytest.mark.slow
 def test_help_on_every_command():
     for command in ("run", "prepare", "add", "train", "joint", "eval", "report", "list", "remove", "restore"):
         assert "usage" in cli(command, "--help").stdout
     assert "-mode" in legacy("--help").stdout
 
 
+@pytest.mark.slow
 def test_main_job_then_legacy_modes_then_recovery(cache_with_data, tmp_path):
     store, results = tmp_path / "state", tmp_path / "results"
     out = cli("run", "--dnns", "satellite", "letters", *SMALL, "--steps", "200", "--eval-every", "50",
@@ -106,6 +108,7 @@ def test_a_new_dnn_is_a_folder_with_no_code_edit(cache_with_data, tmp_path):
     assert "letters_small" in cli("list", "--store", store).stdout
 
 
+@pytest.mark.slow
 def test_formation_and_optimization_scripts(cache_with_data, tmp_path):
     env_flags = f"--store {tmp_path / 'state'} --train-steps 200"
     run = lambda *cmd: subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600,  # noqa: E731
@@ -117,6 +120,7 @@ def test_formation_and_optimization_scripts(cache_with_data, tmp_path):
     assert "1-th evaluation" in optimized.stdout and optimized.stdout.count("packed test accuracy") == 2
 
 
+@pytest.mark.slow
 def test_seeds_run_the_whole_pipeline_per_seed_and_report_the_spread(cache_with_data, tmp_path):
     store, results = tmp_path / "state", tmp_path / "results"
     out = cli("run", "--dnns", "satellite", "letters", "--train-steps", "100", "--fisher-samples", "64", "--steps", "20",
@@ -132,6 +136,7 @@ def test_seeds_run_the_whole_pipeline_per_seed_and_report_the_spread(cache_with_
     assert "## Over seeds" in (results / "summary.md").read_text()
 
 
+@pytest.mark.slow
 def test_separation_experiment_puts_published_and_budget_in_one_table(cache_with_data, tmp_path):
     out = cli("--dnns", "satellite", "letters", "--seeds", "0", "--steps", "20", "--ratio", "1.5", "--train-steps", "100",
               "--results", tmp_path, script=("-m", "experiments.separation")).stdout
