@@ -59,6 +59,7 @@ CONFIGS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("config", CONFIGS.values(), ids=CONFIGS.keys())
 def test_two_ranks_give_the_pages_of_one_process_with_uneven_dnns_per_rank(config):
     names = ["a", "b", "c"]  # 2 DNNs on one rank, 1 on the other
@@ -74,6 +75,7 @@ def test_two_ranks_give_the_pages_of_one_process_with_uneven_dnns_per_rank(confi
         assert list(mine) == names and mine == pytest.approx(theirs, abs=1e-9)
 
 
+@pytest.mark.slow
 def test_two_ranks_train_quantised_pages_as_one_process():
     names, config = ["a", "b", "c"], CONFIGS["sampled DNNs, promotion, plain sum"]
     precision = {"precision": "int4", "exclusive_dtype": "int8", "group": 16}
@@ -86,6 +88,7 @@ def test_two_ranks_train_quantised_pages_as_one_process():
         assert float((split[0][key] - alone[0][key]).abs().max()) <= float(alone[0][key].abs().max()) / 7 + 1e-6
 
 
+@pytest.mark.slow
 def test_pages_differ_when_the_ranks_do_not_sum_the_shared_gradient(monkeypatch):
     """The test above can fail: ranks that skip the all-reduce train different pages."""
     names, config = ["a", "b", "c"], CONFIGS["all DNNs each step"]
@@ -298,6 +301,7 @@ def assert_same_pages(a, b):
         torch.testing.assert_close(pages_b[key], pages_a[key], rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.e2e
 def test_run_and_joint_on_two_ranks_give_the_one_process_result_and_the_same_table(cache_with_data, tmp_path):
     one = cli("run", *RUN, "--steps", "60", "--store", tmp_path / "one", "--results", tmp_path / "r1")
@@ -323,6 +327,7 @@ def test_run_and_joint_on_two_ranks_give_the_one_process_result_and_the_same_tab
     assert_same_pages(tmp_path / "one", tmp_path / "torchrun")
 
 
+@pytest.mark.slow
 @pytest.mark.e2e
 def test_a_rank_killed_during_joint_fails_cleanly_and_the_store_is_intact(cache_with_data, tmp_path):
     store = tmp_path / "state"
