@@ -103,6 +103,7 @@ def _run(args, env, timeout=240):
     return r.stdout
 
 
+@pytest.mark.slow
 @pytest.mark.e2e
 def test_ws_and_baseline_execution_end_to_end(cache_with_data, tmp_path):
     # the stand-in torch backend of weightsep.ops: an extension build inside the temporary cache
