@@ -122,6 +122,7 @@ def needs_suite_data():
         pytest.skip(f"offline data not prepared in {data_dir()} (run ./setup.sh): {', '.join(missing)}")
 
 
+@pytest.mark.slow
 @pytest.mark.e2e
 def test_all_quick_writes_every_experiment_and_a_report_whose_plots_exist(tmp_path):
     """The whole package on three DNNs, end to end, from no cached run (--fresh)."""
@@ -142,6 +143,7 @@ def test_all_quick_writes_every_experiment_and_a_report_whose_plots_exist(tmp_pa
     assert second.returncode == 0 and (tmp_path / "REPORT.md").read_text() == text
 
 
+@pytest.mark.slow
 @pytest.mark.e2e
 def test_paper_mode_runs_on_the_paper_dnns_whose_data_is_here(tmp_path):
     """--paper on mnist + fmnist (the authors' checkpoints from the fixtures), a tiny budget."""

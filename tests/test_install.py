@@ -100,7 +100,8 @@ def run_outside(venv: Path, tmp_path: Path, *args: str) -> subprocess.CompletedP
                           timeout=600, env=env)
 
 
-@pytest.mark.parametrize("editable", [False, True], ids=["pip install .", "pip install -e ."])
+@pytest.mark.parametrize("editable", [False, pytest.param(True, marks=pytest.mark.slow)],  # -e: 27 s loaded
+                         ids=["pip install .", "pip install -e ."])
 def test_installed_package_packs_modules_from_memory_outside_the_repository(tmp_path, editable):
     venv, src = make_env(tmp_path)
     pip_install(venv, *(["-e"] if editable else []), str(src))
