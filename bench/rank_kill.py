@@ -1,6 +1,6 @@
 """kill -9 of a rank around rank 0's save in `joint --procs 2`: is the failed command's message true? (issue 24)
 
-Each trial runs `python -m weightsep joint --procs 2` on a fresh copy of a small store (bench/store_safety.py's
+Each trial runs `python -m weightsep joint --procs 2` on a fresh copy of a small store (tests/store_safety_cases.py's
 template: two tiny letters DNNs, pages of 64, a private WEIGHTSEP_CACHE, ops backend torch) and SIGKILLs one
 rank, rank 0 and rank 1 in turn, at a point chosen from outside by watching the store directory (~1 ms polls):
 
@@ -34,8 +34,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from bench.store_safety import JOINT, MANIFEST, REPO, Env, prepare
 from bench.timing import write_result
+from tests.store_safety_cases import JOINT, MANIFEST, REPO, Env, prepare
 from weightsep.store import Store
 
 STEPS = 300  # joint steps of each run: about a second before the save here

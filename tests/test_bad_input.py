@@ -1,7 +1,10 @@
-"""Bad input, end to end: every user error is one line `error: ...` on stderr, exit status 2 (130 on
-Ctrl-C), no traceback, and is caught before the work starts. Most cases fail in argument or config
-checks, so each subprocess ends in a few seconds."""
+"""Bad input: every user error is one line `error: ...` on stderr, exit status 2 (130 on Ctrl-C), no
+traceback, and is caught before the work starts. The messages are checked in process, through the
+function each entry point's process runs (`cli.main`, a root script's `guarded(main)`): the same code
+path without a second interpreter's start-up; a few cases per entry point run as real subprocesses
+(marked e2e), where the process itself is under test (its exit status, its stderr, Ctrl-C)."""
 import errno
+import importlib
 import math
 import os
 import re
@@ -9,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+import types
 from pathlib import Path
 
 import pytest
@@ -16,7 +20,7 @@ import torch
 from torch import nn
 
 from bench import bad_input
-from weightsep import api, cli
+from weightsep import api, cli, guarded, ops
 from weightsep.fisher import FisherConfig
 from weightsep.optimize import OptimizeConfig, unused_fields
 from weightsep.pack import PackConfig
@@ -71,6 +75,42 @@ def call(env, *args, script=M, timeout=120):
                           timeout=timeout, env=env)
 
 
+def entry_point(script):
+    """The function the script's process runs (what its `if __name__ == "__main__":` calls)."""
+    if script == M:
+        return cli.main
+    if script == EXP:
+        return importlib.import_module("experiments.__main__").main
+    module = importlib.import_module(script[0].removesuffix(".py"))
+    if script == LEGACY:
+        return lambda argv: cli.main(module.translate(argv))
+    return lambda argv: guarded(module.main, argv)
+
+
+@pytest.fixture
+def main(tmp_path, monkeypatch, capsys):
+    """`main(*args, script=...)`: an entry point run in this process, as `call` runs it in a subprocess
+    (the same private cache; the torch ops backend, as bench/bad_input.py's in-process runs, so no
+    extension build), its exit status and captured output in a CompletedProcess-like result; an
+    exception escaping the entry point fails the test (a traceback on the command line)."""
+    (tmp_path / "cache" / "data").mkdir(parents=True, exist_ok=True)
+    monkeypatch.setenv("WEIGHTSEP_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("WEIGHTSEP_OPS_BACKEND", "torch")
+    ops.set_backend("torch")  # conftest's no_global_state_leaks undoes it after the test
+    monkeypatch.chdir(REPO)
+    monkeypatch.syspath_prepend(str(REPO))
+
+    def run(*args, script=M):
+        capsys.readouterr()
+        try:
+            status = entry_point(script)([str(a) for a in args])
+        except SystemExit as e:  # argparse, and the `interruptible` guard
+            status = 0 if e.code is None else e.code
+        out = capsys.readouterr()
+        return types.SimpleNamespace(returncode=status, stdout=out.out, stderr=out.err)
+    return run
+
+
 def assert_user_error(result, *words, status=2):
     assert result.returncode == status, (result.returncode, result.stdout, result.stderr)
     assert "Traceback" not in result.stderr, result.stderr
@@ -83,14 +123,23 @@ def assert_user_error(result, *words, status=2):
 WS, BASE, LEGACY = ("ws_execution.py",), ("baseline_execution.py",), ("WeightSeparation.py",)
 PAGE, VNN, EXP = ("weight_page.py",), ("vnn.py",), ("-m", "experiments")
 # (script, args, words the message must hold); {file} is a plain file, {store} a path not yet made.
-# The reported problems, each as a real subprocess:
+# The reported problems: each in process (below); these few also as real subprocesses, one per kind of
+# entry point (the catalogue's subprocess test runs one case of every entry point besides):
 CASES = [
+    (M, ["run", "--alpha", "7"], ["--alpha", "[0, 1]", "7"]),
+    (M, ["add", "satellite", "--store", "{file}"], ["--store", "is a file"]),
+    (WS, ["--store", "{file}"], ["--store", "is a file"]),
+    (LEGACY, ["-mode=a", "-network_path=satellite", "-alpha=7", "--store", "{store}"], ["--alpha", "[0, 1]"]),
+]
+# in process (cli.main, the scripts' guarded main): the same code path, no start-up cost; the reported
+# problems first (the CASES too), then more of the same rules
+IN_PROCESS = [
+    *CASES,
     (PAGE, ["letters", "--page-size", "0"], ["--page-size", "got 0"]),
     (PAGE, ["letters", "--page-size", "-5"], ["--page-size", "got -5"]),
     (PAGE, ["letters", "--margin", "7"], ["--margin", "[0, 1]", "7"]),
     (VNN, ["x", "--store", "{store}", "--plot", "/proc/weightsep-bad-input/x.png"], ["--plot", "cannot write"]),
     (EXP, ["matching", "--dnns", "nope", "--results", "{store}"], ["unknown DNN 'nope'"]),
-    (M, ["run", "--alpha", "7"], ["--alpha", "[0, 1]", "7"]),
     (WS, ["--batch", "-5"], ["--batch", ">= 1"]),
     (WS, ["--batch", "0"], ["--batch", ">= 1"]),
     (WS, ["--switches", "-1"], ["--switches", ">= 0"]),
@@ -99,13 +148,7 @@ CASES = [
     (M, ["run", "--train-steps", "0"], ["--train-steps", ">= 1", "0"]),
     (M, ["run", "--lam", "nan", "--optimizer", "round-robin"], ["--lam", "finite", "nan"]),
     (M, ["run", "--page-size", "1000000000"], ["--page-size", "1000000000"]),
-    (M, ["add", "satellite", "--store", "{file}"], ["--store", "is a file"]),
     (M, ["report", "--results", "{file}"], ["--results", "is a file"]),
-    (WS, ["--store", "{file}"], ["--store", "is a file"]),
-    (LEGACY, ["-mode=a", "-network_path=satellite", "-alpha=7", "--store", "{store}"], ["--alpha", "[0, 1]"]),
-]
-# more of the same rules, in process (cli.main, the scripts' main): the same code path, no start-up cost
-IN_PROCESS = [
     (M, ["add", "satellite", "--margin", "-0.5", "--store", "{store}"], ["--margin", "[0, 1]"]),
     (M, ["run", "--target-accuracy", "2"], ["--target-accuracy"]),
     (M, ["run", "--ratio", "0"], ["--ratio", "positive"]),
@@ -140,6 +183,7 @@ def _ids(cases):
     return [" ".join([s[-1], *a]) for s, a, _ in cases]
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("script,args,words", CASES, ids=_ids(CASES))
 def test_bad_flag_is_one_line_error_before_any_work(env, tmp_path, script, args, words):
     (tmp_path / "afile").write_text("not a directory\n")
@@ -151,36 +195,22 @@ def test_bad_flag_is_one_line_error_before_any_work(env, tmp_path, script, args,
 
 
 @pytest.mark.parametrize("script,args,words", IN_PROCESS, ids=_ids(IN_PROCESS))
-def test_bad_flag_in_process(tmp_path, monkeypatch, capsys, script, args, words):
-    import importlib
-    import types
-
-    monkeypatch.setenv("WEIGHTSEP_CACHE", str(tmp_path / "cache"))
-    monkeypatch.chdir(REPO)
-    monkeypatch.syspath_prepend(str(REPO))
+def test_bad_flag_in_process(main, tmp_path, script, args, words):
     (tmp_path / "afile").write_text("not a directory\n")
     args = [a.format(file=tmp_path / "afile", store=tmp_path / "store") for a in args]
-    if script == M:
-        run = lambda: cli.main(args)  # noqa: E731
-    else:
-        module = importlib.import_module(script[0].removesuffix(".py"))
-        run = (lambda: cli.main(module.translate(args))) if script == LEGACY else (lambda: module.main(args))  # noqa: E731
-    try:
-        status = run()
-    except SystemExit as e:  # argparse
-        status = e.code
-    result = types.SimpleNamespace(returncode=status, stdout="", stderr=capsys.readouterr().err)
-    assert_user_error(result, *words)
-    assert not (tmp_path / "store").exists()
+    start = time.perf_counter()
+    assert_user_error(main(*args, script=script), *words)
+    assert time.perf_counter() - start < 60  # refused before the work, not after it
+    assert not (tmp_path / "store").exists()  # nothing was written
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="tests the message on a machine without CUDA")
 @pytest.mark.parametrize("script", [WS, BASE])
-def test_device_cuda_without_cuda(env, script):
-    assert_user_error(call(env, "--device", "cuda", script=script), "--device cuda", "CUDA")
+def test_device_cuda_without_cuda(main, script):
+    assert_user_error(main("--device", "cuda", script=script), "--device cuda", "CUDA")
 
 
-def test_read_only_store_is_refused_before_the_work(env, tmp_path):
+def test_read_only_store_is_refused_before_the_work(main, tmp_path):
     """A directory this user cannot write (chmod 555; root writes through that, so as root a store
     under /proc, which no one can create files in, stands in for it)."""
     if os.geteuid() == 0:
@@ -192,68 +222,69 @@ def test_read_only_store_is_refused_before_the_work(env, tmp_path):
         restore = store
     try:
         for args in (["add", "satellite"], ["joint"], ["remove", "satellite"]):
-            assert_user_error(call(env, *args, "--store", store), "--store", "cannot write")
+            assert_user_error(main(*args, "--store", store), "--store", "cannot write")
     finally:
         if restore is not None:
             restore.chmod(0o755)
 
 
-def test_nan_in_a_dnns_data_names_the_dnn_and_the_cause(env, tmp_path):
+def test_nan_in_a_dnns_data_names_the_dnn_and_the_cause(main, tmp_path):
     plugin(tmp_path / "plugins", "nandnn", bad="nan")
     folder = ["--dnn-folder", tmp_path / "plugins"]
-    ok = call(env, "prepare", *folder)
+    ok = main("prepare", *folder)
     assert ok.returncode == 0 and "preparing nandnn" in ok.stdout, ok.stderr
-    bad = call(env, "add", "nandnn", *folder, "--store", tmp_path / "s", "--workers", "1")
+    bad = main("add", "nandnn", *folder, "--store", tmp_path / "s", "--workers", "1")
     assert_user_error(bad, "nandnn", "non-finite", "NaN")
     assert not (tmp_path / "s").exists()
 
 
 @pytest.mark.parametrize("split", ["train", "val"])
-def test_an_empty_split_is_refused_naming_the_dnn_and_the_split(env, tmp_path, split):
+def test_an_empty_split_is_refused_naming_the_dnn_and_the_split(main, tmp_path, split):
     """An empty validation split was packed with validation 0.0000, an empty training split gave a traceback."""
     folder = plugin(tmp_path / "plugins", "emptysplit")
     splits = "Split(x[:200], y[:200]), Split(x[200:250], y[200:250])"
     empty = {"train": "Split(x[:0], y[:0]), Split(x[200:250], y[200:250])",
              "val": "Split(x[:200], y[:200]), Split(x[:0], y[:0])"}[split]
     (folder / "dnn.py").write_text((folder / "dnn.py").read_text().replace(splits, empty))
-    assert call(env, "prepare", "--dnn-folder", tmp_path / "plugins").returncode == 0
-    bad = call(env, "add", "emptysplit", "--dnn-folder", tmp_path / "plugins", "--store", tmp_path / "s", "--workers", "1")
+    assert main("prepare", "--dnn-folder", tmp_path / "plugins").returncode == 0
+    bad = main("add", "emptysplit", "--dnn-folder", tmp_path / "plugins", "--store", tmp_path / "s", "--workers", "1")
     assert_user_error(bad, "emptysplit", f"its {split} split is empty")
     assert not (tmp_path / "s").exists()
 
 
-def test_missing_data_hint_is_the_exact_command_that_prepares_it(env, tmp_path):
+def test_missing_data_hint_is_the_exact_command_that_prepares_it(main, tmp_path):
     plugin(tmp_path / "plugins", "tinyp")
     folder = ["--dnn-folder", str(tmp_path / "plugins")]
-    missing = call(env, "add", "tinyp", *folder, "--store", tmp_path / "s")
+    missing = main("add", "tinyp", *folder, "--store", tmp_path / "s")
     assert_user_error(missing, "tinyp", "data file missing", "prepare tinyp --dnn-folder")
     command = missing.stderr.split("run: python -m weightsep ")[1].split(";")[0].split()
     assert command == ["prepare", "tinyp", "--dnn-folder", str(tmp_path / "plugins" / "tinyp")]  # its own folder
-    assert call(env, *command).returncode == 0  # the hint works as given
-    assert (Path(env["WEIGHTSEP_CACHE"]) / "data" / "tinyp.npz").is_file()
+    assert main(*command).returncode == 0  # the hint works as given
+    assert (tmp_path / "cache" / "data" / "tinyp.npz").is_file()
 
 
-def test_add_into_a_store_with_other_dnns_hints_at_training(env, tmp_path):
+def test_add_into_a_store_with_other_dnns_hints_at_training(main, tmp_path):
     plugin(tmp_path / "plugins", "tinya")
     plugin(tmp_path / "plugins", "tinyb")
     common = ["--dnn-folder", tmp_path / "plugins", "--store", tmp_path / "s", "--workers", "1",
               "--fisher-samples", "16", "--page-size", "64", "--shared-pages", "4"]
-    assert call(env, "prepare", "--dnn-folder", tmp_path / "plugins").returncode == 0
-    first = call(env, "add", "tinya", *common)
+    assert main("prepare", "--dnn-folder", tmp_path / "plugins").returncode == 0
+    first = main("add", "tinya", *common)
     assert first.returncode == 0 and "hint:" not in first.stdout, first.stderr
-    second = call(env, "add", "tinyb", *common)
+    second = main("add", "tinyb", *common)
     assert second.returncode == 0, second.stderr
     assert "hint:" in second.stdout and "weightsep train tinyb" in second.stdout and "joint" in second.stdout
 
 
-def test_ctrl_c_is_a_message_and_exit_130(env, tmp_path):
+@pytest.mark.e2e
+def test_ctrl_c_is_a_message_and_exit_130(env, main, tmp_path):
     folder = plugin(tmp_path / "plugins", "slow")
     (folder / "dnn.py").write_text((folder / "dnn.py").read_text().replace("steps=40", "steps=10**7") + (
         "_load = load_data\n"
         "def load_data(data_dir):\n"
         "    (data_dir.parent / 'loaded').touch()\n"
         "    return _load(data_dir)\n"))
-    assert call(env, "prepare", "--dnn-folder", tmp_path / "plugins").returncode == 0
+    assert main("prepare", "--dnn-folder", tmp_path / "plugins").returncode == 0
     proc = subprocess.Popen([sys.executable, *M, "add", "slow", "--dnn-folder", str(tmp_path / "plugins"), "--store",
                              str(tmp_path / "s"), "--workers", "1"], cwd=REPO, env=env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -406,6 +437,7 @@ def test_every_bad_command_line_is_one_error_line_in_process(catalogue, case):
     assert row["ok"], row
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("case", _params([next(c for c in bad_input.CLI_CASES if c.entry == e) for e in bad_input.ENTRIES]))
 def test_a_bad_command_line_of_each_entry_point_as_a_subprocess(catalogue, case):
     [row] = bad_input.check_cli(case, catalogue, in_process=False, subprocess_too=True)
@@ -419,6 +451,7 @@ def test_every_bad_library_call_raises_a_documented_exception(catalogue, case):
     assert row["ok"], row
 
 
+@pytest.mark.e2e
 def test_ctrl_c_during_start_up_is_interrupted_and_130_at_every_entry_point(catalogue):
     """Two random moments per entry point, mostly inside its imports: after the interpreter's own
     first ~15 ms (site, runpy), which no code of the project can guard, and before 1.5 s."""

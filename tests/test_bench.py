@@ -1,4 +1,5 @@
 """Smoke tests of the benchmarks' measuring functions on tiny inputs (correctness, not speed)."""
+import pytest
 import torch
 
 from bench import gather as bench_gather
@@ -57,6 +58,7 @@ def test_distributed_bench_measures_collectives_on_two_ranks_and_models_by_the_f
     assert shares == sorted(shares)  # more ranks, more of each step is communication
 
 
+@pytest.mark.slow
 def test_train_speed_quick_runs_old_and_new_side_by_side(tmp_path, monkeypatch):
     import json
 

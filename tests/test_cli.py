@@ -7,10 +7,11 @@ from pathlib import Path
 import pytest
 from conftest import accuracy_from_store
 
-from weightsep.cli import parser
+from weightsep.cli import main, parser
 from weightsep.config_docs import commands
 
 REPO = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.e2e  # every test runs the real command lines in subprocesses
 SMALL = ["--train-steps", "300", "--fisher-samples", "64"]
 
 
@@ -38,14 +39,17 @@ def legacy(*args, check=True):
 
 
 @pytest.mark.parametrize("command", commands(parser()))  # every command the parser has, quantize included
-def test_help_on_every_command(command):
-    assert "usage" in cli(command, "--help").stdout
+def test_help_on_every_command(command, capsys):
+    with pytest.raises(SystemExit) as exit_:  # in process: argparse's --help is under test, not the interpreter
+        main([command, "--help"])
+    assert exit_.value.code == 0 and "usage" in capsys.readouterr().out
 
 
 def test_help_of_the_legacy_command_line():
     assert "-mode" in legacy("--help").stdout
 
 
+@pytest.mark.slow
 def test_main_job_then_legacy_modes_then_recovery(cache_with_data, tmp_path):
     store, results = tmp_path / "state", tmp_path / "results"
     out = cli("run", "--dnns", "satellite", "letters", *SMALL, "--steps", "200", "--eval-every", "50",
@@ -111,6 +115,7 @@ def test_a_new_dnn_is_a_folder_with_no_code_edit(cache_with_data, tmp_path):
     assert "letters_small" in cli("list", "--store", store).stdout
 
 
+@pytest.mark.slow
 def test_formation_and_optimization_scripts(cache_with_data, tmp_path):
     env_flags = f"--store {tmp_path / 'state'} --train-steps 200"
     run = lambda *cmd: subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600,  # noqa: E731
@@ -122,6 +127,7 @@ def test_formation_and_optimization_scripts(cache_with_data, tmp_path):
     assert "1-th evaluation" in optimized.stdout and optimized.stdout.count("packed test accuracy") == 2
 
 
+@pytest.mark.slow
 def test_seeds_run_the_whole_pipeline_per_seed_and_report_the_spread(cache_with_data, tmp_path):
     store, results = tmp_path / "state", tmp_path / "results"
     out = cli("run", "--dnns", "satellite", "letters", "--train-steps", "100", "--fisher-samples", "64", "--steps", "20",
@@ -137,6 +143,7 @@ def test_seeds_run_the_whole_pipeline_per_seed_and_report_the_spread(cache_with_
     assert "## Over seeds" in (results / "summary.md").read_text()
 
 
+@pytest.mark.slow
 def test_separation_experiment_puts_published_and_budget_in_one_table(cache_with_data, tmp_path):
     out = cli("--dnns", "satellite", "letters", "--seeds", "0", "--steps", "20", "--ratio", "1.5", "--train-steps", "100",
               "--results", tmp_path, script=("-m", "experiments.separation")).stdout

@@ -59,6 +59,7 @@ CONFIGS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("config", CONFIGS.values(), ids=CONFIGS.keys())
 def test_two_ranks_give_the_pages_of_one_process_with_uneven_dnns_per_rank(config):
     names = ["a", "b", "c"]  # 2 DNNs on one rank, 1 on the other
@@ -74,6 +75,7 @@ def test_two_ranks_give_the_pages_of_one_process_with_uneven_dnns_per_rank(confi
         assert list(mine) == names and mine == pytest.approx(theirs, abs=1e-9)
 
 
+@pytest.mark.slow
 def test_two_ranks_train_quantised_pages_as_one_process():
     names, config = ["a", "b", "c"], CONFIGS["sampled DNNs, promotion, plain sum"]
     precision = {"precision": "int4", "exclusive_dtype": "int8", "group": 16}
@@ -86,6 +88,7 @@ def test_two_ranks_train_quantised_pages_as_one_process():
         assert float((split[0][key] - alone[0][key]).abs().max()) <= float(alone[0][key].abs().max()) / 7 + 1e-6
 
 
+@pytest.mark.slow
 def test_pages_differ_when_the_ranks_do_not_sum_the_shared_gradient(monkeypatch):
     """The test above can fail: ranks that skip the all-reduce train different pages."""
     names, config = ["a", "b", "c"], CONFIGS["all DNNs each step"]
@@ -206,6 +209,7 @@ except distributed.USER_ERRORS as e:
 """
 
 
+@pytest.mark.e2e
 def test_under_torchrun_rank_0s_own_message_says_it_had_committed(tmp_path):
     root, script = tmp_path / "state", tmp_path / "script.py"
     Store(root).save(packed(["a", "b"])[0])
@@ -297,6 +301,8 @@ def assert_same_pages(a, b):
         torch.testing.assert_close(pages_b[key], pages_a[key], rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_run_and_joint_on_two_ranks_give_the_one_process_result_and_the_same_table(cache_with_data, tmp_path):
     one = cli("run", *RUN, "--steps", "60", "--store", tmp_path / "one", "--results", tmp_path / "r1")
     two = cli("run", *RUN, "--steps", "60", "--store", tmp_path / "two", "--results", tmp_path / "r2", "--procs", "2")
@@ -321,6 +327,8 @@ def test_run_and_joint_on_two_ranks_give_the_one_process_result_and_the_same_tab
     assert_same_pages(tmp_path / "one", tmp_path / "torchrun")
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_a_rank_killed_during_joint_fails_cleanly_and_the_store_is_intact(cache_with_data, tmp_path):
     store = tmp_path / "state"
     assert cli("run", *RUN[:-1], "--steps", "20", "--store", store, "--results", tmp_path / "r").returncode == 0
@@ -344,11 +352,14 @@ def test_a_rank_killed_during_joint_fails_cleanly_and_the_store_is_intact(cache_
     assert cli("list", "--store", store).returncode == 0
 
 
-def test_procs_refuses_what_it_cannot_do(cache_with_data, tmp_path):
+def test_procs_refuses_what_it_cannot_do(cache_with_data, tmp_path, capsys):
+    """In process (cli.main, its exit status and stderr; an exception escaping it fails the test)."""
     for args, message in ((["--procs", "4"], "at most one rank per DNN"),
                           (["--procs", "2", "--optimizer", "round-robin"], "only the joint optimiser runs on several")):
-        done = cli("run", "--dnns", "satellite", "letters", *args, "--store", tmp_path / "s", "--results", tmp_path / "r")
-        assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr
+        status = cli_mod.main(["run", "--dnns", "satellite", "letters", *args, "--store", str(tmp_path / "s"),
+                               "--results", str(tmp_path / "r")])
+        err = capsys.readouterr().err
+        assert status == 2 and message in err and "Traceback" not in err
 
 
 def test_joint_refuses_more_ranks_than_packed_dnns_before_starting_any(tmp_path, monkeypatch, capsys):

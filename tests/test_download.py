@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.e2e  # each test runs download_dataset.sh in a subprocess
 SCRIPT = REPO / "download_dataset.sh"
 
 

@@ -105,6 +105,8 @@ def _run(args, env, timeout=240):
     return r.stdout
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_ws_and_baseline_execution_end_to_end(cache_with_data, tmp_path):
     # the stand-in torch backend of weightsep.ops: an extension build inside the temporary cache
     # would dominate the test's time, and both backends copy the same floats
@@ -139,11 +141,19 @@ def test_ws_and_baseline_execution_end_to_end(cache_with_data, tmp_path):
         assert f"{name}: packed test accuracy {100 * exact:.2f}% ({exact!r})" in out, out
 
 
-def test_help():
+def test_help(monkeypatch, capsys):
+    """In process: the script's main, as its process runs it (exit status 0, the help on stdout)."""
+    import importlib
+
+    monkeypatch.syspath_prepend(REPO)
     for script in ("ws_execution.py", "baseline_execution.py"):
-        assert "--switches" in _run([script, "--help"], os.environ.copy(), timeout=60)
+        with pytest.raises(SystemExit) as exited:
+            importlib.import_module(script.removesuffix(".py")).main(["--help"])
+        assert exited.value.code == 0
+        assert "--switches" in capsys.readouterr().out
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("mode,kernel", MODES)
 def test_cuda_placement_weights_and_outputs(mode, kernel, monkeypatch):
@@ -174,6 +184,7 @@ def test_a_bad_page_table_row_is_caught_on_the_host_before_any_kernel():
         PackedModel(state, nets)
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_cuda_forward_on_another_stream_sees_the_switched_weights():
     """Switch on one stream, run on another, switch again: each forward sees its own DNN's weights."""

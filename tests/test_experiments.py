@@ -1,10 +1,12 @@
 """The experiments package: the harness's statistics and caching keys, each experiment's pure parts,
 discovery, the CLI's errors, and `all --quick` end to end (the test the issue asks for)."""
+import functools
 import json
 import math
 import os
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +21,20 @@ REPO = Path(__file__).resolve().parent.parent
 def cli(*args, timeout=900):
     return subprocess.run([sys.executable, "-m", "experiments", *map(str, args)], cwd=REPO, capture_output=True,
                           text=True, timeout=timeout)
+
+
+def in_process(capsys, *args):
+    """`python -m experiments ARGS` through its main in this process: exit status and captured output
+    (an exception escaping it fails the test: a traceback on the command line)."""
+    from experiments.__main__ import main
+
+    capsys.readouterr()
+    try:
+        status = main([str(a) for a in args])
+    except SystemExit as e:  # argparse
+        status = 0 if e.code is None else e.code
+    out = capsys.readouterr()
+    return types.SimpleNamespace(returncode=status, stdout=out.out, stderr=out.err)
 
 
 def test_stats_mean_sample_std_min_max():
@@ -87,7 +103,9 @@ def test_anchor_is_the_code_hosts_heading_anchor():
     assert report.anchor("Optimisers: joint, round-robin, no sharing") == "optimisers-joint-round-robin-no-sharing"
 
 
-def test_cli_errors_name_the_problem_without_a_traceback(tmp_path):
+def test_cli_errors_name_the_problem_without_a_traceback(tmp_path, capsys):
+    """In process (the real process's exit status and stderr: test_bad_input's subprocess cases)."""
+    cli = functools.partial(in_process, capsys)
     unknown = cli("matching", "--dnns", "nosuch", "--quick", "--results", tmp_path)
     assert unknown.returncode == 2 and "nosuch" in unknown.stderr and "Traceback" not in unknown.stderr
     empty = cli("report", "--results", tmp_path)
@@ -104,6 +122,8 @@ def needs_suite_data():
         pytest.skip(f"offline data not prepared in {data_dir()} (run ./setup.sh): {', '.join(missing)}")
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_all_quick_writes_every_experiment_and_a_report_whose_plots_exist(tmp_path):
     """The whole package on three DNNs, end to end, from no cached run (--fresh)."""
     needs_suite_data()
@@ -123,6 +143,8 @@ def test_all_quick_writes_every_experiment_and_a_report_whose_plots_exist(tmp_pa
     assert second.returncode == 0 and (tmp_path / "REPORT.md").read_text() == text
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_paper_mode_runs_on_the_paper_dnns_whose_data_is_here(tmp_path):
     """--paper on mnist + fmnist (the authors' checkpoints from the fixtures), a tiny budget."""
     fixtures = Path(os.environ.get("WEIGHTSEP_FIXTURES", REPO.parent / "shared" / "fixtures" / "originals"))

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.e2e  # pip installs the package into a fresh venv and runs it from outside
 PACKAGE_SOURCES = ("pyproject.toml", "README.md", "weightsep", "custom_op")
 
 # packs two small modules (batch norm, a GRU) from memory, runs them packed, saves and reloads the store
@@ -99,7 +100,8 @@ def run_outside(venv: Path, tmp_path: Path, *args: str) -> subprocess.CompletedP
                           timeout=600, env=env)
 
 
-@pytest.mark.parametrize("editable", [False, True], ids=["pip install .", "pip install -e ."])
+@pytest.mark.parametrize("editable", [False, pytest.param(True, marks=pytest.mark.slow)],  # -e: 27 s loaded
+                         ids=["pip install .", "pip install -e ."])
 def test_installed_package_packs_modules_from_memory_outside_the_repository(tmp_path, editable):
     venv, src = make_env(tmp_path)
     pip_install(venv, *(["-e"] if editable else []), str(src))

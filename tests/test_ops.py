@@ -126,7 +126,7 @@ def test_opcheck(ext, op):
 SLOW = pytest.mark.skipif(not os.environ.get("WEIGHTSEP_SLOW_TESTS"), reason="slow; set WEIGHTSEP_SLOW_TESTS=1")
 
 
-@pytest.mark.parametrize("backend", ["aot_eager", pytest.param("inductor", marks=SLOW)])  # inductor: ~25 s on CPU
+@pytest.mark.parametrize("backend", ["aot_eager", pytest.param("inductor", marks=[SLOW, pytest.mark.slow])])  # ~25 s on CPU
 def test_compile_fullgraph(ext, backend):
     pages, table, n = case()
 
@@ -189,6 +189,7 @@ def test_scatter_add_bad_row_raises(ext):
         ext.scatter_add_pages(torch.ones(4), torch.tensor([0, 3]), 3, 2)
 
 
+@pytest.mark.cuda
 @CUDA
 @pytest.mark.parametrize("shape", SHAPES)
 def test_cuda_matches_reference(ext, shape):
@@ -201,6 +202,7 @@ def test_cuda_matches_reference(ext, shape):
     torch.testing.assert_close(p.grad, q.grad, rtol=0, atol=1e-6)
 
 
+@pytest.mark.cuda
 @CUDA
 def test_cuda_opcheck_and_stream(ext):
     pages, table, n = case(dtype=torch.float64, device="cuda")
@@ -212,6 +214,7 @@ def test_cuda_opcheck_and_stream(ext):
     assert torch.equal(out, gather_pages_reference(pages, table, n))
 
 
+@pytest.mark.cuda
 @CUDA
 def test_cuda_kernels_launch_on_the_current_stream(ext):
     """Captured into a CUDA graph: a launch on any stream but the capturing one breaks the capture."""
@@ -239,6 +242,7 @@ def test_cuda_kernels_launch_on_the_current_stream(ext):
     torch.testing.assert_close(grad, expected.view_as(pages), rtol=0, atol=1e-6)
 
 
+@pytest.mark.cuda
 @CUDA
 @pytest.mark.parametrize("shape", SHAPES)
 def test_cuda_gather_into_matches_reference(ext, shape):
@@ -253,6 +257,7 @@ def test_cuda_gather_into_matches_reference(ext, shape):
 ARCHS = ops.CUDA_ARCH_FLAGS  # what the extension build uses
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(NVCC is None, reason="nvcc not on PATH")
 def test_cuda_kernels_compile_with_nvcc(tmp_path):
     """The header-free kernels (custom_op/gather_kernels.cuh) compile for sm_80 and sm_90, plus PTX."""
@@ -279,7 +284,9 @@ def test_cuda_kernels_compile_with_nvcc(tmp_path):
         assert image in plan, image
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(NVCC is None, reason="nvcc not on PATH")
+@pytest.mark.slow
 @SLOW  # ~90 s
 def test_cuda_glue_compiles_with_nvcc(tmp_path):
     """The whole gather_cuda.cu against torch's headers. A CPU torch wheel ships c10/cuda headers but
@@ -318,6 +325,7 @@ def test_auto_falls_back_to_torch_and_says_why(tmp_path):
     assert run.stderr.count("extension unavailable") == 1, run.stderr
 
 
+@pytest.mark.cuda
 @CUDA
 def test_cuda_scatter_add_alerts_in_deterministic_mode(ext):
     """Its atomics round in arrival order, so torch's deterministic mode must refuse it, not ignore it."""

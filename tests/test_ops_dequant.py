@@ -213,6 +213,7 @@ def test_bad_input_raises_clear_error(ext, i):
         ext.gather_dequant_into(*bad(*c.args, torch.empty(c.n)))
 
 
+@pytest.mark.cuda
 @CUDA
 @pytest.mark.parametrize("shape", [*MIXED, dict(page_size=512, group=64, n_pages=3000, counts=(50, 50, 50, 50, 50))])
 def test_cuda_matches_reference(ext, shape):
@@ -221,6 +222,7 @@ def test_cuda_matches_reference(ext, shape):
     assert torch.equal(out.cpu(), gather_dequant_reference(*case(**shape).args, out.numel()))
 
 
+@pytest.mark.cuda
 @CUDA
 def test_cuda_opcheck_stream_and_device_mismatch(ext):
     c = case(device="cuda")

@@ -283,6 +283,8 @@ def test_fmnist_from_debian(tmp_path):
     assert np.bincount(data.test.y).tolist() == [1000] * 10
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_two_dnn_paper_pipeline_with_the_original_scripts(tmp_path):
     """formation.sh then optimization.sh (shortened) on the WS mnist and fmnist checkpoints, then report."""
     import os

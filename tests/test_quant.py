@@ -247,6 +247,8 @@ def test_per_channel_int8_baseline():
     assert quant.per_channel_int8_bytes(net) == 64 * 16 + 16 * 4 + 16 * 4 + 16 * 3 + 3 * 4 + 3 * 4
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_cli_packs_in_int8_and_refuses_bad_precision_flags(cache_with_data, tmp_path):
     store, results = tmp_path / "state", tmp_path / "results"
     out = cli("run", "--dnns", "satellite", "letters", *SMALL, "--steps", "60", "--eval-every", "30",

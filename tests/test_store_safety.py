@@ -1,16 +1,20 @@
-"""The store's safety targets (issue 11), through the real CLI in subprocesses where it matters.
+"""The store's safety targets (issue 11): damage detected and recoverable, kill -9, concurrent writers,
+a received store's code never run. The cases, the environment and the trials: store_safety_cases.py
+beside this file (bench/store_safety.py until issue 26).
 
-Fast versions of `python -m bench.store_safety` (which holds the damage cases, the kill -9 and
-concurrent-writer trials and the tiny DNN folders): every damage case in process (Store.load and
-Store.restore_previous, what `list`/`eval`/`restore` call), a few through the CLI, three kill -9
-trials, two concurrent-writer trials; and two checks that a store never makes weightsep run code
-other than the discovered DNN folders' current dnn.py. One module-scoped environment (a private
-WEIGHTSEP_CACHE with the tiny DNNs' stand-alone models, a template store of three generations) is
-built once (~1 min) and copied per case.
+Every damage case in process (Store.load, `list` through `cli.main`, and Store.restore_previous;
+every 8th also `eval` and the `restore` command), a few through the real CLI in subprocesses (marked
+e2e); kill -9 and concurrent writers as real processes (e2e: three kill trials, two writer pairs, and
+the bench's default runs: seven kills of each command, marked slow, every pair at two offsets);
+and the checks that a store never makes weightsep run code other than the discovered DNN folders'
+current dnn.py, through `cli.main` in process (the root scripts as subprocesses). One module-scoped
+environment (a private WEIGHTSEP_CACHE with the tiny DNNs' stand-alone models, a template store of
+three generations) is built once (~1 min) and copied per case.
 """
 from __future__ import annotations
 
 import json
+import random
 import re
 import shutil
 import subprocess
@@ -18,9 +22,9 @@ import sys
 from pathlib import Path
 
 import pytest
+import store_safety_cases as ss
 import torch
 
-from bench import store_safety as ss
 from weightsep.dnn import data_dir
 from weightsep.pages import to_pages
 from weightsep.store import sealed
@@ -48,17 +52,25 @@ def test_the_template_has_no_file_shared_between_generations(env, refs):
     assert len(CASES) >= 60
 
 
+FULL_EVERY = 8  # every 8th case also `eval` and the `restore` command (each in process)
+
+
 @pytest.mark.parametrize("name", list(CASES))
 def test_damage_is_refused_and_the_last_good_state_recovers(env, refs, name):
-    """Store.load() raises StoreError (nothing else, nothing written); Store.restore_previous()
-    brings back the previous generation exactly (previous-generation damage: restore refuses and the
-    current generation is untouched)."""
+    """Store.load() raises StoreError (nothing else, nothing written); `list` exits 2 with one
+    `error:` line and no Traceback, writing nothing (previous-generation damage: it works);
+    Store.restore_previous() brings back the previous generation exactly (previous-generation damage:
+    restore refuses and the current generation is untouched). Every 8th case also `eval`, and the
+    `restore` command instead of the function."""
     target, apply = CASES[name]
-    row = ss.check_corruption(env, name, target, apply, *refs[ss.template_of(name, env)], cli=(),
-                              key=f"t-{abs(hash(name))}", cli_restore=False)
+    full = list(CASES).index(name) % FULL_EVERY == 0
+    row = ss.check_corruption(env, name, target, apply, *refs[ss.template_of(name, env)],
+                              cli=("list", "eval") if full else ("list",), key=f"t-{abs(hash(name))}",
+                              cli_restore=full, in_process=True)
     assert row["problems"] == [], row
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("name", ["shared: bit flip in the data", "consistent: page table entry out of range",
                                   "manifest: newer format_version", "hostile: vnn file a link to /dev/zero",
                                   "hostile: manifest a named pipe", "hostile: DNN renamed with path parts",
@@ -74,18 +86,44 @@ def test_damage_through_the_cli(env, refs, name):
         assert "restore" in result["stderr"] or "upgrade weightsep" in result["stderr"], result
 
 
+@pytest.mark.e2e
+@pytest.mark.slow  # 40 s on a loaded 2-core machine (reference runs of the three commands)
 def test_kill_9_leaves_the_old_or_the_new_state(env):
     """SIGKILL at random times during add, joint and remove (one trial each)."""
     result = ss.run_kills(env, 3, seed=0)
     assert result["ok"] == 3, result["rows"]
 
 
+@pytest.mark.e2e
+@pytest.mark.slow
+@pytest.mark.parametrize("command", list(ss.KILL_COMMANDS))
+def test_kill_9_at_seven_random_moments_of_each_command(env, command):
+    """The bench's default run (21 trials): seven kills of each command, half the delays anywhere in
+    it, half in its last 20% (the save)."""
+    result = ss.run_kills(env, 7, seed=0, commands=[command])
+    assert result["ok"] == 7, result["rows"]
+
+
+@pytest.mark.e2e
 @pytest.mark.parametrize("pair", ss.PAIRS[:2], ids=lambda p: " & ".join(" ".join(op) for op in p))
 def test_concurrent_writers_lose_no_update(env, pair):
     """Two writers at once: both updates end up in the store, or one refuses with a clear message
     about the concurrent change; exiting 0 while the other's save overwrites the update is a failure."""
     template = ss.Store(env.template).load()
     row = ss.concurrent_trial(env, pair, 0.0, template, f"w-{pair[0][0]}-{pair[1][0]}")
+    assert row["errors"] == [], row
+    assert row["lost"] == [], row
+
+
+_OFFSETS = random.Random(1)  # the bench's default run: ten trials, every pair twice, the second writer 0-0.5 s later
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("pair, offset", [(ss.PAIRS[i % len(ss.PAIRS)], round(_OFFSETS.uniform(0, 0.5), 3)) for i in range(10)],
+                         ids=lambda p: " & ".join(" ".join(op) for op in p) if isinstance(p, tuple) else f"{p}s")
+def test_concurrent_writers_lose_no_update_at_random_offsets(env, pair, offset):
+    template = ss.Store(env.template).load()
+    row = ss.concurrent_trial(env, pair, offset, template, f"w-{pair[0][0]}-{pair[1][0]}-{offset}")
     assert row["errors"] == [], row
     assert row["lost"] == [], row
 
@@ -113,7 +151,7 @@ def test_a_recorded_folder_outside_the_discovered_ones_is_never_imported(env, tm
     _point_meta_folder(store, "tiny_a", evil)
     args = {"eval": ("eval", "tiny_a"), "report": ("report", "--results", tmp_path / "results"),
             "joint": ("joint", "--steps", "1", *ss.JOINT), "list": ("list",)}[command]
-    r = env.cli(*args, "--store", store)
+    r = env.main(*args, "--store", store)
     assert "Traceback" not in r.stderr, r.stderr
     assert not marker.exists(), f"`{command}` executed {evil / 'dnn.py'} named by the manifest (exit {r.returncode})"
 
@@ -125,10 +163,10 @@ def test_editing_a_packed_dnns_code_makes_eval_refuse(env, tmp_path):
     dnn_py = folder / "tiny_e" / "dnn.py"
     dnn_py.write_text(ss.DNN_PY.format(hidden=20))
     store = env.copy("edited")
-    env.cli("add", "tiny_e", *ss.SMALL, "--dnn-folder", folder, "--store", store, check=True)
-    assert env.cli("eval", "tiny_e", "--dnn-folder", folder, "--store", store).returncode == 0
+    env.main("add", "tiny_e", *ss.SMALL, "--dnn-folder", folder, "--store", store, check=True)
+    assert env.main("eval", "tiny_e", "--dnn-folder", folder, "--store", store).returncode == 0
     dnn_py.write_text(dnn_py.read_text() + "\nEXTRA = 1  # edited after packing\n")
-    r = env.cli("eval", "tiny_e", "--dnn-folder", folder, "--store", store)
+    r = env.main("eval", "tiny_e", "--dnn-folder", folder, "--store", store)
     assert r.returncode == 2 and "Traceback" not in r.stderr, (r.returncode, r.stdout, r.stderr)
     assert re.search(r"(?i)chang|edit|modif|differ", r.stderr) and re.search(r"dnn\.py|code", r.stderr), r.stderr
     shutil.rmtree(store, ignore_errors=True)
@@ -161,7 +199,7 @@ def test_a_lock_file_that_is_not_the_stores_own_is_never_written(env, tmp_path, 
         with pytest.raises(StoreError, match=r"\.lock"):
             write()
     if kind == "symlink":  # the reproduction, through the command line
-        r = env.cli("remove", "tiny_a", "--store", store)
+        r = env.main("remove", "tiny_a", "--store", store)
         assert ss.clean_refusal(r) and ".lock" in r.stderr and "symbolic link" in r.stderr, r.stderr
     assert victim.read_text() == "precious\n" and ss.snapshot_files(store) == before
 
@@ -186,7 +224,10 @@ def _store_named_like_its_dnn(env, tmp_path: Path, code: str, match_hash: bool) 
     return store, parent, marker
 
 
-@pytest.mark.parametrize("command", ["eval", "report", "joint", "train", "ws_execution.py", "baseline_execution.py"])
+ROOT_SCRIPTS = [pytest.param(c, marks=pytest.mark.e2e) for c in ("ws_execution.py", "baseline_execution.py")]
+
+
+@pytest.mark.parametrize("command", ["eval", "report", "joint", "train", *ROOT_SCRIPTS])  # cli.main; the scripts as processes
 def test_a_dnn_py_inside_the_store_directory_never_runs(env, tmp_path, command):
     """The store's own dnn.py, with the hash its manifest records: never executed, whatever the
     command (the discovered tiny_a's code is then refused by its hash, before it runs)."""
@@ -198,7 +239,7 @@ def test_a_dnn_py_inside_the_store_directory_never_runs(env, tmp_path, command):
                             "--dnn-folder", str(parent), "--switches", "2"], cwd=ss.REPO, env=env.vars(),
                            capture_output=True, text=True, timeout=300)
     else:
-        r = env.cli(*args[command], "--store", store, "--dnn-folder", parent)
+        r = env.main(*args[command], "--store", store, "--dnn-folder", parent)
     assert not marker.exists(), f"{command} executed the dnn.py inside the store (exit {r.returncode}): {r.stderr[-500:]}"
     assert "Traceback" not in r.stderr, r.stderr
     assert r.returncode == 2 and "not the code this DNN was packed with" in r.stderr and "was not run" in r.stderr, r.stderr
@@ -210,9 +251,9 @@ def test_a_dnn_py_inside_the_store_with_a_wrong_hash_or_no_dnn_never_runs(env, t
     discovered tiny_a (matching the record) is used, or its absence named truly."""
     source = ss.DNN_PY.format(hidden=ss.TINY["tiny_a"]) if code == "dnn" else "x = 1\n"
     store, parent, marker = _store_named_like_its_dnn(env, tmp_path, source, False)
-    r = env.cli("eval", "tiny_a", "--store", store, "--dnn-folder", parent)
+    r = env.main("eval", "tiny_a", "--store", store, "--dnn-folder", parent)
     assert not marker.exists() and r.returncode == 0, r.stderr
-    direct = env.cli("eval", "tiny_a", "--store", store, "--dnn-folder", store)  # the store itself as a DNN folder
+    direct = env.main("eval", "tiny_a", "--store", store, "--dnn-folder", store)  # the store itself as a DNN folder
     assert ss.clean_refusal(direct) and "store directory" in direct.stderr and not marker.exists(), direct.stderr
 
 
@@ -224,10 +265,10 @@ def test_an_edited_dnn_py_is_refused_before_its_code_runs(env, tmp_path):
     dnn_py = folder / "tiny_a" / "dnn.py"
     dnn_py.write_text(f"open({str(marker)!r}, 'w').write('executed')\n" + dnn_py.read_text())
     store = env.copy("edited-before-import")
-    r = env.cli("eval", "tiny_a", "--store", store, "--dnn-folder", folder)
+    r = env.main("eval", "tiny_a", "--store", store, "--dnn-folder", folder)
     assert ss.clean_refusal(r) and "not the code this DNN was packed with" in r.stderr, r.stderr
     assert not marker.exists()
-    allowed = env.cli("eval", "tiny_a", "--store", store, "--dnn-folder", folder, "--allow-changed-code")
+    allowed = env.main("eval", "tiny_a", "--store", store, "--dnn-folder", folder, "--allow-changed-code")
     assert allowed.returncode == 0 and marker.exists(), allowed.stderr  # asked for: then it runs
 
 
@@ -240,9 +281,9 @@ def test_discovery_errors_say_what_is_wrong_with_which_folder(env, tmp_path, pro
     folder.mkdir(parents=True)
     (folder / "dnn.py").write_text(problem)
     store = env.copy(f"discovery-{len(problem)}")
-    r = env.cli("eval", "tiny_a", "--store", store, "--dnn-folder", tmp_path / "plugins", "--allow-changed-code")
+    r = env.main("eval", "tiny_a", "--store", store, "--dnn-folder", tmp_path / "plugins", "--allow-changed-code")
     assert ss.clean_refusal(r) and str(folder) in r.stderr and all(w in r.stderr for w in words), r.stderr
-    missing = env.cli("eval", "tiny_a", "--store", store, "--dnn-folder", tmp_path / "nowhere")
+    missing = env.main("eval", "tiny_a", "--store", store, "--dnn-folder", tmp_path / "nowhere")
     assert ss.clean_refusal(missing) and "no such folder" in missing.stderr, missing.stderr
 
 
@@ -258,9 +299,9 @@ def test_a_damaged_dnn_in_a_single_generation_store_can_be_removed_keeping_the_o
     with pytest.raises(StoreError, match="no previous generation") as info:
         Store(store).load()
     assert "remove 'tiny_b'" in str(info.value)
-    listed = env.cli("list", "--store", store)
+    listed = env.main("list", "--store", store)
     assert ss.clean_refusal(listed) and "remove 'tiny_b'" in listed.stderr, listed.stderr
-    r = env.cli("remove", "tiny_b", "--store", store)
+    r = env.main("remove", "tiny_b", "--store", store)
     assert r.returncode == 0 and "damaged" in r.stdout, r.stderr
     kept = Store(store).load()
     assert list(kept.vnns) == ["tiny_a"] and torch.equal(ss.theta(kept, "tiny_a"), ss.theta(good, "tiny_a"))
@@ -272,8 +313,8 @@ def test_a_damaged_dnn_in_a_single_generation_store_can_be_removed_keeping_the_o
 
 def test_restore_names_the_generations_and_dnns_it_brought_back_and_replaced(env):
     store = env.copy("restore-message")
-    env.cli("remove", "tiny_a", "--store", store, check=True)  # generation 4: tiny_b only
-    r = env.cli("restore", "--store", store)
+    env.main("remove", "tiny_a", "--store", store, check=True)  # generation 4: tiny_b only
+    r = env.main("restore", "--store", store)
     assert r.returncode == 0, r.stderr
     assert "generation 3 (tiny_a, tiny_b) is current again, as generation 5" in r.stdout, r.stdout
     assert "replaced generation 4 (tiny_b); back: tiny_a" in r.stdout and "restore` again to undo" in r.stdout, r.stdout
@@ -283,7 +324,7 @@ def test_nan_logits_at_evaluation_are_reported_not_scored(env):
     """Pages that are finite but overflow the forward pass (3e38): eval says so, naming the DNN."""
     store = env.copy("nan-logits")
     ss.retensor("shared", lambda t: t["shared_pages"].fill_(3e38))(store)
-    r = env.cli("eval", "tiny_a", "--store", store)
+    r = env.main("eval", "tiny_a", "--store", store)
     assert ss.clean_refusal(r) and "tiny_a" in r.stderr and "NaN or inf logits" in r.stderr, r.stderr
 
 
@@ -295,15 +336,15 @@ def test_a_round_robin_turn_that_wrecks_the_others_is_undone(env):
 
     store = env.root / "trials" / "guard"  # four shared pages: the two DNNs must share some
     shutil.rmtree(store, ignore_errors=True)
-    env.cli("add", "tiny_a", "--store", store, "--page-size", "64", "--shared-pages", "4", *ss.SMALL, check=True)
-    env.cli("add", "tiny_b", "--store", store, *ss.SMALL, check=True)
+    env.main("add", "tiny_a", "--store", store, "--page-size", "64", "--shared-pages", "4", *ss.SMALL, check=True)
+    env.main("add", "tiny_b", "--store", store, *ss.SMALL, check=True)
     assert Store(store).load().sharing("tiny_a") == ["tiny_b"]
     before = ss.Snapshot.of(store)
-    r = env.cli("train", "tiny_a", "--iter", "30", "--lr", "1e6", "--max-harm", "1", "--store", store)
+    r = env.main("train", "tiny_a", "--iter", "30", "--lr", "1e6", "--max-harm", "1", "--store", store)
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr  # after the progress bar: the error line
     assert "error: the turn on tiny_a was undone" in r.stderr and "tiny_b" in r.stderr and "--max-harm" in r.stderr
     assert before.equals(store)
-    kept = env.cli("train", "tiny_a", "--iter", "30", "--lr", "1e6", "--max-harm", "100", "--store", store)
+    kept = env.main("train", "tiny_a", "--iter", "30", "--lr", "1e6", "--max-harm", "100", "--store", store)
     assert kept.returncode == 0, kept.stderr
     assert Store(store).read_manifest()["generation"] == before.generation + 1
 

@@ -1,24 +1,27 @@
-"""Store safety benchmark: damage detection and recovery, kill -9, concurrent writers (issue 11).
+"""The store-safety cases that tests/test_store_safety.py runs (issue 11; from bench/store_safety.py,
+which checked and counted them, to tests/ in issue 26): the environment, the damage catalogue, the
+kill -9 and concurrent-writer trials.
 
-Everything goes through the real command line (`python -m weightsep ... --store DIR`) in
-subprocesses, on tiny DNN folders written for the purpose (letters data, one dense layer of 16-40
+The environment: tiny DNN folders written for the purpose (letters data, one dense layer of 16-40
 units: 700-1,800 weights, pages of 64, 32 shared pages), their stand-alone models trained once into a
 private WEIGHTSEP_CACHE (data symlinked from the real cache; ops backend `torch`, so no extension
 build). The template store has three generations: add tiny_a, add tiny_b, joint (so no tensor file
-is shared between the current generation and the previous one).
+is shared between the current generation and the previous one); its int8 copy (`quantize`) a fourth.
+`Env.cli` runs a command as a real subprocess (where the process is under test: kill -9, two writers
+at once, the messages a user sees), `Env.main` runs the same command line through `cli.main` in this
+process (the same code path, no interpreter start-up).
 
-* corruptions: each of ~80 distinct damages (tensor files truncated, bit-flipped, deleted, swapped,
+* corruptions: each of the distinct damages (tensor files truncated, bit-flipped, deleted, swapped,
   duplicated, replaced by a directory; "consistent" damages whose manifest entry is updated to match,
   so the parser and the validation are reached: huge header length, NaN pages, page-table entries out
   of range, ...; the manifest: invalid JSON, wrong format/version, missing or mistyped fields, nested
   JSON where a dict/list belongs, wrong counts/shapes, negative sizes, deep nesting, path traversal;
-  the previous generation) is applied to a copy of the template. Detected: `Store.load()` raises
-  StoreError, `list` and `eval` exit 2 with `error: ...` and no Traceback, and write nothing
-  (previous-generation damage: the current loads unchanged and `restore` exits 2 cleanly). Every
-  case runs `list`; every 8th (--full-every) also `eval` and the `restore` command, the others
-  recover with the function it calls (each CLI call costs ~3 s of imports on 2 cores).
-  Recoverable: after `python -m weightsep restore` the store loads and equals the previous generation
-  exactly (previous-generation damage: the current generation is untouched).
+  hostile ones: links, pipes, names that become paths, absurd values; the int8 store's; the previous
+  generation) is applied to a copy of the template. Detected: `Store.load()` raises StoreError, `list`
+  and `eval` exit 2 with `error: ...` and no Traceback, and write nothing (previous-generation
+  damage: the current loads unchanged and `restore` exits 2 cleanly). Recoverable: after `restore`
+  the store loads and equals the previous generation exactly (previous-generation damage: the current
+  generation is untouched).
 * kill -9: SIGKILL at a random time during `add tiny_c`, `joint --steps N` or `remove tiny_a` (half
   the delays uniform over the whole command as timed unkilled, half in its last 20%, where the save
   is); then the store must load and equal exactly the old state or the new one (tensors, meta,
@@ -27,15 +30,12 @@ is shared between the current generation and the previous one).
   add & remove, add & joint); an update is lost when its command exited 0 but its effect is missing
   from the final state (added DNN absent, removed DNN present, joint's weights not there). A refusal
   (exit != 0, no Traceback, a message about a concurrent change) is fine.
-
-    python -m bench.store_safety                          # all three -> results/store_safety.json
-    python -m bench.store_safety --kills 6 --concurrent 2 --full-every 1 --seed 1
 """
 from __future__ import annotations
 
-import argparse
-import concurrent.futures
+import contextlib
 import hashlib
+import io
 import json
 import os
 import random
@@ -46,14 +46,13 @@ import subprocess
 import sys
 import tempfile
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
-from bench.timing import write_result
 from weightsep.dnn import cache_dir
 from weightsep.store import FORMAT_VERSION, Store, StoreError, load_tensors, save_tensors, sealed
 
@@ -65,7 +64,6 @@ JOINT = ["--eval-every", "1000"]  # one validation check, at the last step: join
 TINY = {"tiny_a": 32, "tiny_b": 24, "tiny_c": 40, "tiny_d": 16}  # hidden units
 CONCURRENT_WORDS = re.compile(r"(?i)concurren|changed (since|while|under)|modified (since|while)|"
                               r"another (process|writer|command)|lock|retry|stale|conflict")
-TARGETS = {"detected_pct": 100.0, "recoverable_pct": 100.0, "kill_ok_pct": 100.0, "lost_updates": 0}
 
 DNN_PY = '''"""A tiny DNN for the store safety checks: letters, one dense layer of {hidden} units."""
 import numpy as np
@@ -118,6 +116,38 @@ class Env:
             raise RuntimeError(f"{' '.join(map(str, args))} exited {r.returncode}:\n{r.stderr[-3000:]}")
         return r
 
+    def main(self, *args, check: bool = False, plugins: bool = True, **_) -> subprocess.CompletedProcess:
+        """The command line `cli` runs, through `cli.main` in this process (the private cache, the torch
+        ops backend): its exit status and output; an exception escaping it is a Traceback in stderr."""
+        from weightsep import cli, ops
+
+        argv = self.argv(*args, plugins=plugins)[3:]
+        out, err = io.StringIO(), io.StringIO()
+        saved = {k: os.environ.get(k) for k in ("WEIGHTSEP_CACHE", "WEIGHTSEP_OPS_BACKEND")}
+        backend = ops._setting, ops._backend
+        os.environ.update(WEIGHTSEP_CACHE=str(self.cache), WEIGHTSEP_OPS_BACKEND="torch")
+        ops.set_backend("torch")
+        try:
+            with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+                try:
+                    status = cli.main(argv)
+                except SystemExit as e:  # argparse
+                    status = e.code if isinstance(e.code, int) else 0 if e.code is None else 1
+                except Exception:  # noqa: BLE001 - escaping the entry point: a traceback on the command line
+                    status = 1
+                    traceback.print_exc()
+        finally:
+            ops._setting, ops._backend = backend
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+        r = subprocess.CompletedProcess(argv, status, out.getvalue(), err.getvalue())
+        if check and r.returncode:
+            raise RuntimeError(f"{' '.join(map(str, args))} exited {r.returncode}:\n{r.stderr[-3000:]}")
+        return r
+
     def popen(self, *args) -> subprocess.Popen:
         """Its own process group, so a kill reaches any child it spawned."""
         return subprocess.Popen(self.argv(*args), cwd=REPO, env=self.vars(), stdout=subprocess.PIPE,
@@ -139,7 +169,8 @@ def write_plugins(folder: Path) -> None:
 
 
 def prepare(root: Path) -> Env:
-    """Cache with data, tiny DNN folders, their stand-alone models, and the template store."""
+    """Cache with data, tiny DNN folders, their stand-alone models, and the template store (built
+    through `cli.main` in this process)."""
     data = cache_dir() / "data"
     if not (data / "letters.npz").exists():
         raise FileNotFoundError(f"{data / 'letters.npz'} is missing: run ./setup.sh first")
@@ -153,16 +184,16 @@ def prepare(root: Path) -> Env:
         scratch = root / "scratch"
         shutil.rmtree(scratch, ignore_errors=True)
         shutil.rmtree(env.template, ignore_errors=True)
-        env.cli("add", "tiny_a", "--store", env.template, *LAYOUT, *SMALL, check=True)
-        env.cli("add", "tiny_b", "--store", env.template, *SMALL, check=True)
-        env.cli("joint", "--steps", "2", *JOINT, "--store", env.template, check=True)
-        env.cli("add", "tiny_c", "--store", scratch, *LAYOUT, *SMALL, check=True)  # train c and d once (cached)
-        env.cli("add", "tiny_d", "--store", scratch, *SMALL, check=True)
+        env.main("add", "tiny_a", "--store", env.template, *LAYOUT, *SMALL, check=True)
+        env.main("add", "tiny_b", "--store", env.template, *SMALL, check=True)
+        env.main("joint", "--steps", "2", *JOINT, "--store", env.template, check=True)
+        env.main("add", "tiny_c", "--store", scratch, *LAYOUT, *SMALL, check=True)  # train c and d once (cached)
+        env.main("add", "tiny_d", "--store", scratch, *SMALL, check=True)
         shutil.rmtree(scratch)
     if not (env.quantised / MANIFEST).exists():
         shutil.rmtree(env.quantised, ignore_errors=True)
         shutil.copytree(env.template, env.quantised)
-        env.cli("quantize", "--precision", "int8", "--store", env.quantised, check=True)
+        env.main("quantize", "--precision", "int8", "--store", env.quantised, check=True)
     return env
 
 
@@ -686,10 +717,13 @@ def clean_refusal(r: subprocess.CompletedProcess) -> bool:
 
 
 def check_corruption(env: Env, name: str, target: str, apply: Callable[[Path], None], ref_cur: Snapshot,
-                     ref_prev: Snapshot, cli: tuple[str, ...], key: str, cli_restore: bool = True) -> dict:
+                     ref_prev: Snapshot, cli: tuple[str, ...], key: str, cli_restore: bool = True,
+                     in_process: bool = False) -> dict:
     """Apply one corruption to a copy of the template and check detection and recovery: `cli` are
-    the commands run on it, recovery is `python -m weightsep restore` if `cli_restore`, else the
-    function it calls, `Store.restore_previous()`; the refs are those of `template_of(name)`."""
+    the commands run on it, recovery is the `restore` command if `cli_restore`, else the function it
+    calls, `Store.restore_previous()`; the commands run as subprocesses (`Env.cli`), or through
+    `cli.main` in this process if `in_process` (`Env.main`); the refs are those of `template_of(name)`."""
+    run = env.main if in_process else env.cli
     store = env.copy(key, template_of(name, env))
     row = {"name": name, "target": target, "detected": False, "recoverable": False, "problems": []}
     try:
@@ -719,7 +753,7 @@ def check_corruption(env: Env, name: str, target: str, apply: Callable[[Path], N
     row["cli"] = {}
     for command in cli:
         args = {"list": ("list",), "eval": ("eval", "tiny_a")}[command]
-        r = env.cli(*args, "--store", store)
+        r = run(*args, "--store", store)
         row["cli"][command] = {"rc": r.returncode, "stderr": r.stderr.strip()[-300:]}
         if target in ("current", "newer") and not clean_refusal(r):
             problems.append(f"{command}: exit {r.returncode}" + (" with a Traceback" if "Traceback" in r.stderr else ""))
@@ -732,7 +766,7 @@ def check_corruption(env: Env, name: str, target: str, apply: Callable[[Path], N
         problems.append(f"store unreadable after load: {e}")
     row["detected"] = not problems
     # recovery
-    r = env.cli("restore", "--store", store) if cli_restore else _restore_in_process(store)
+    r = run("restore", "--store", store) if cli_restore else _restore_in_process(store)
     row["restore"] = {"rc": r.returncode, "stderr": r.stderr.strip()[-300:], "via": "cli" if cli_restore else "Store"}
     if target == "newer":
         row["recoverable"] = clean_refusal(r) and "restore refused" in r.stderr and snapshot_files(store) == before
@@ -766,30 +800,6 @@ def _restore_in_process(store: Path) -> subprocess.CompletedProcess:
         return subprocess.CompletedProcess([], 1, "", f"Traceback (in process)\n{type(e).__name__}: {e}")
 
 
-def run_corruptions(env: Env, names: list[str] | None, cli: tuple[str, ...], jobs: int, full_every: int = 8) -> dict:
-    """Every damage case; `cli` commands on each, and on every `full_every`-th also `eval` and
-    `restore` through the CLI (else Store.restore_previous() in process: the CLI costs ~3 s a call)."""
-    table = corruptions()
-    names = list(table) if names is None else names
-    refs = {t: (Snapshot.of(t), Snapshot.of(t, previous=True)) for t in (env.template, env.quantised)}
-    shared = set(_file_names(_manifest(env.template))) & set(_file_names(_manifest(env.template, True)))
-    rows = []
-    with concurrent.futures.ThreadPoolExecutor(jobs) as pool, \
-            tqdm(total=len(names), desc="corruptions", unit="case") as bar:
-        futures = [pool.submit(check_corruption, env, n, *table[n], *refs[template_of(n, env)],
-                               tuple(dict.fromkeys([*cli, "eval"])) if full else cli, f"c{i}", full)
-                   for i, n in enumerate(names) for full in [full_every > 0 and i % full_every == 0]]
-        for f in futures:
-            rows.append(f.result())
-            bar.update()
-    n = len(rows)
-    return {"cases": n, "cli_commands": list(cli), "cli_eval_and_restore_every": full_every,
-            "files_shared_by_both_generations": sorted(shared),
-            "detected": sum(r["detected"] for r in rows), "recoverable": sum(r["recoverable"] for r in rows),
-            "detected_pct": 100 * sum(r["detected"] for r in rows) / n,
-            "recoverable_pct": 100 * sum(r["recoverable"] for r in rows) / n, "rows": rows}
-
-
 def _file_names(m: dict) -> list[str]:
     return [m["shared"]["file"], *(v["file"]["file"] for v in m["vnns"])]
 
@@ -803,7 +813,7 @@ KILL_COMMANDS = {"add": ("add", "tiny_c", *SMALL), "joint": ("joint", "--steps",
 def kill_references(env: Env, commands: list[str]) -> dict[str, tuple[float, Snapshot]]:
     """Each command run unkilled on a template copy: its duration and the state it leaves."""
     refs = {}
-    for cmd in tqdm(commands, desc="kill -9: reference runs", unit="cmd"):
+    for cmd in commands:
         store = env.copy(f"ref-{cmd}")
         start = time.perf_counter()
         env.cli(*KILL_COMMANDS[cmd], "--store", store, check=True)
@@ -848,7 +858,7 @@ def run_kills(env: Env, trials: int, seed: int, commands: list[str] | None = Non
     old = Snapshot.of(env.template)
     rng = random.Random(seed)
     rows = []
-    for i in tqdm(range(trials), desc="kill -9", unit="trial"):
+    for i in range(trials):
         cmd = commands[i % len(commands)]
         duration, new = refs[cmd]
         rows.append(kill_trial(env, cmd, kill_delays(rng, duration), old, new, f"k{i}"))
@@ -909,95 +919,3 @@ def concurrent_trial(env: Env, pair, offset: float, template, key: str) -> dict:
     row["ok"] = not row["lost"] and not row["errors"]
     shutil.rmtree(store, ignore_errors=True)
     return row
-
-
-def run_concurrent(env: Env, trials: int, seed: int) -> dict:
-    template = Store(env.template).load()
-    rng = random.Random(seed + 1)
-    rows = [concurrent_trial(env, PAIRS[i % len(PAIRS)], rng.uniform(0, 0.5), template, f"w{i}")
-            for i in tqdm(range(trials), desc="concurrent writers", unit="trial")]
-    return {"trials": trials, "ok": sum(r["ok"] for r in rows),
-            "lost_updates": sum(len(r["lost"]) for r in rows),
-            "trials_with_lost_update": sum(bool(r["lost"]) for r in rows),
-            "refusals": sum(len(r.get("refused", [])) for r in rows),
-            "errors": sum(len(r["errors"]) for r in rows), "rows": rows}
-
-
-# ---------------------------------------------------------------- report
-
-
-def table(result: dict) -> str:
-    lines = [f"{'check':<34}{'measured':>22}{'target':>12}"]
-    c, k, w = result.get("corruptions"), result.get("kill9"), result.get("concurrent")
-    if c:
-        lines.append(f"{'corruptions detected':<34}{c['detected']:>8}/{c['cases']:<3} = {c['detected_pct']:5.1f}%"
-                     f"{'100%':>12}")
-        lines.append(f"{'corruptions recoverable':<34}{c['recoverable']:>8}/{c['cases']:<3} = "
-                     f"{c['recoverable_pct']:5.1f}%{'100%':>12}")
-    if k:
-        lines.append(f"{'kill -9: old or new state':<34}{k['ok']:>8}/{k['trials']:<3} = {k['ok_pct']:5.1f}%{'100%':>12}")
-    if w:
-        lines.append(f"{'concurrent writers: lost updates':<34}{w['lost_updates']:>8} in {w['trials']:<3}     "
-                     f"{'0':>10}")
-        lines.append(f"{'  trials with no loss/no error':<34}{w['ok']:>8}/{w['trials']:<3}")
-    bad = []
-    for r in (c or {}).get("rows", []):
-        if r["problems"]:
-            bad.append(f"  corruption '{r['name']}': " + "; ".join(r["problems"]))
-    for r in (k or {}).get("rows", []):
-        if not r["ok"]:
-            bad.append(f"  kill -9 {r['command']} at {r['delay_s']} s: {r['outcome']}")
-    for r in (w or {}).get("rows", []):
-        if not r["ok"]:
-            bad.append(f"  concurrent {' & '.join(r['commands'])}: lost {r['lost'] or 'none'}"
-                       + (f", errors {r['errors']}" if r["errors"] else ""))
-    return "\n".join(lines + (["failures:", *bad] if bad else []))
-
-
-def main(*, corruptions_on: bool, cli: tuple[str, ...], full_every: int, kills: int, concurrent: int, seed: int, jobs: int,
-         workdir: Path | None, keep: bool) -> dict:
-    root = Path(tempfile.mkdtemp(prefix="store_safety-")) if workdir is None else workdir
-    start = time.perf_counter()
-    try:
-        print(f"preparing tiny DNNs, their cache and the template store in {root} ...", flush=True)
-        env = prepare(root)
-        payload: dict = {"seed": seed, "targets": TARGETS}
-        if corruptions_on:
-            payload["corruptions"] = run_corruptions(env, None, cli, jobs, full_every)
-            write_result("store_safety", payload)  # each part as it completes: a cut-short run keeps it
-        if kills:
-            payload["kill9"] = run_kills(env, kills, seed)
-            write_result("store_safety", payload)
-        if concurrent:
-            payload["concurrent"] = run_concurrent(env, concurrent, seed)
-        payload["seconds"] = round(time.perf_counter() - start, 1)
-        print("\n" + table(payload))
-        path = write_result("store_safety", payload)
-        print(f"\n{payload['seconds']:.0f} s; wrote {path}")
-        return payload
-    finally:
-        if not keep and workdir is None:
-            shutil.rmtree(root, ignore_errors=True)
-
-
-def cli_main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m bench.store_safety", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--kills", type=int, default=21, help="kill -9 trials (default 21: 7 per command)")
-    parser.add_argument("--concurrent", type=int, default=10, help="concurrent-writer trials (default 10)")
-    parser.add_argument("--no-corruptions", dest="corruptions_on", action="store_false", help="skip the damage cases")
-    parser.add_argument("--cli", default="list", help="commands run on each damaged store (default list)")
-    parser.add_argument("--full-every", type=int, default=8,
-                        help="every Nth damage case also runs `eval` and recovers with the `restore` command; "
-                             "the others recover with Store.restore_previous() in process (default 8; 1: all)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the kill delays and writer offsets")
-    parser.add_argument("--jobs", type=int, default=2, help="damage cases checked at once (default 2)")
-    parser.add_argument("--workdir", type=Path, help="keep the cache and template here and reuse them")
-    parser.add_argument("--keep", action="store_true", help="keep the temporary work directory")
-    args = parser.parse_args()
-    main(corruptions_on=args.corruptions_on, cli=tuple(c for c in args.cli.split(",") if c),
-         full_every=args.full_every, kills=args.kills,
-         concurrent=args.concurrent, seed=args.seed, jobs=args.jobs, workdir=args.workdir, keep=args.keep)
-
-
-if __name__ == "__main__":
-    cli_main()
