@@ -35,6 +35,7 @@ from tqdm import tqdm
 
 from weightsep import dnn as dnn_mod
 from weightsep.evaluate import make_row, packed_theta, summarize
+from weightsep.files import atomic_write_text
 from weightsep.fisher import FisherConfig
 from weightsep.flat import load_buffer_state
 from weightsep.optimize import OptimizeConfig, optimize, step_batches
@@ -42,7 +43,6 @@ from weightsep.pack import PackConfig, solo_state
 from weightsep.pipeline import load, pack, pack_and_optimize
 from weightsep.precision import PrecisionConfig
 from weightsep.quant import per_channel_int8, per_channel_int8_bytes
-from weightsep.store import atomic_write_text
 from weightsep.train import set_single_thread, standalone_models, worker_pool
 
 QUICK_DNNS = ("dna", "letters", "satellite")  # the three DNNs that train and optimise fastest

@@ -27,12 +27,12 @@ from dataclasses import replace
 
 import numpy as np
 
-from weightsep.datasets import seeded_split
+from dnnkit.datasets import seeded_split
 from weightsep.dnn import Dataset, Split
 from weightsep.evaluate import make_row, packed_theta, summarize
+from weightsep.files import atomic_write_text
 from weightsep.optimize import OPTIMIZERS, PageOptimizer
 from weightsep.pipeline import load, pack
-from weightsep.store import atomic_write_text
 from weightsep.train import set_single_thread, standalone_models
 
 from . import harness

@@ -21,6 +21,7 @@ from tqdm import tqdm
 from . import distributed
 from . import dnn as dnn_mod
 from .evaluate import aggregate, format_aggregate, format_table, make_row, packed_theta, reported_accuracy, summarize
+from .files import atomic_write_text
 from .fisher import FisherConfig, compute_fisher
 from .flat import evaluating, load_buffer_state, parameter_sizes
 from .optimize import History, OptimizeConfig, Task, optimize, step_batches, step_costs
@@ -29,7 +30,7 @@ from .pages import n_pages
 from .precision import PrecisionConfig, assign
 from .separation import allot, exclusive_budget, target_performance_rate
 from .state import PackedState, Provenance, Standalone
-from .store import Store, atomic_write_text
+from .store import Store
 from .train import Trained, set_single_thread, standalone_models, worker_pool
 
 RESULTS_DIR = dnn_mod.REPO_ROOT / "results" if dnn_mod.IN_REPOSITORY else Path("results")
