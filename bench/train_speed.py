@@ -60,6 +60,7 @@ from bench.timing import measure, write_result
 from weightsep import dnn as dnn_mod
 from weightsep import optimize, pack, separation, train
 from weightsep import state as state_mod
+from weightsep.files import atomic_file
 
 NAME = "train_speed"
 BASELINE = "bf5ed5d"  # the commit before issue 25
@@ -227,10 +228,8 @@ def write_baseline_data(names: list[str], new_data: Path, old_data: Path) -> Non
         data = dnn_mod.get(name).load_data(new_data)
         arrays = {f"{kind}_{split}": getattr(getattr(data, split), kind).astype(np.float16 if kind == "x" else np.int64)
                   for split in ("train", "val", "test") for kind in ("x", "y")}
-        tmp = out.with_suffix(".npz.tmp")
-        with open(tmp, "wb") as f:
+        with atomic_file(out) as f:
             np.savez_compressed(f, **arrays)
-        os.replace(tmp, out)
 
 
 @dataclass
