@@ -43,7 +43,7 @@ TITLE = "The gap to the published two-DNN accuracy"
 QUESTION = ("Which difference from the originals accounts for mnist's gap to the published 98.45% after "
             "separation with fmnist?")
 DNNS = ("mnist", "fmnist")
-PUBLISHED = {"mnist": 98.45, "fmnist": 87.35}  # WS, after separation (weightsep.paper's META)
+PUBLISHED = {"mnist": 98.45, "fmnist": 87.35}  # WS, after separation (dnnkit.paper's META)
 STEPS_PER_TURN = 320  # published: 10 x 32
 ROUNDS = 5  # of the published 100
 PAPER = {"fisher": {"estimator": "paper"},
