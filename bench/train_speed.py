@@ -60,7 +60,6 @@ from bench.timing import measure, write_result
 from weightsep import dnn as dnn_mod
 from weightsep import optimize, pack, separation, train
 from weightsep import state as state_mod
-from weightsep.files import atomic_file
 
 NAME = "train_speed"
 BASELINE = "bf5ed5d"  # the commit before issue 25
@@ -219,6 +218,8 @@ def write_baseline_data(names: list[str], new_data: Path, old_data: Path) -> Non
     """Each DNN's arrays, read by this code's load_data, in the baseline's format: a compressed
     <name>.npz with x_train y_train x_val y_val x_test y_test (x float16, y int64); rewritten when
     this code's files for the DNN are newer."""
+    from weightsep.files import atomic_file  # not at the top: this file's workers import the baseline's weightsep
+
     old_data.mkdir(parents=True, exist_ok=True)
     for name in names:
         out = old_data / f"{name}.npz"
