@@ -169,3 +169,14 @@ def test_the_wheel_ships_the_library_alone(tmp_path):
                 continue
             undeclared |= {f"{name}: {m}" for m in modules if m.split(".")[0] not in allowed}
     assert not undeclared, f"the wheel imports packages it does not declare ({sorted(declared)}): {sorted(undeclared)}"
+
+
+def test_an_editable_install_runs_the_repositorys_folders_from_elsewhere(tmp_path):
+    """Installed editable from a checkout, weightsep finds the checkout's DNN folders from any
+    directory, and they find the repository's kit (dnnkit/), which the package does not ship."""
+    venv, src = make_env(tmp_path, extra=("dnnkit", "suite"))
+    pip_install(venv, "-e", str(src))
+    code = "from weightsep import dnn; d = dnn.get('letters'); print(d.path.parent.name, d.module.datasets.__name__)"
+    result = run_outside(venv, tmp_path, "python", "-c", code)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.split() == ["suite", "dnnkit.datasets"]

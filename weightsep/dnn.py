@@ -20,6 +20,7 @@ from __future__ import annotations
 import importlib.util
 import math
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -178,6 +179,8 @@ def load_folder(path: Path, expected_hash: str | None = None) -> DNN:
         raise DNNError(f"DNN folder {path}: cannot read dnn.py ({e.strerror})") from None
     if expected_hash is not None and code_hash(source) != expected_hash:
         raise ChangedCode(path, expected_hash, code_hash(source))
+    if IN_REPOSITORY and path.is_relative_to(REPO_ROOT) and str(REPO_ROOT) not in sys.path:
+        sys.path.append(str(REPO_ROOT))  # the repository's folders import its kit (dnnkit/), wherever weightsep runs from
     spec = importlib.util.spec_from_file_location(f"weightsep_dnn_{path.name}", file)
     module = importlib.util.module_from_spec(spec)
     try:
