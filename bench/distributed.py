@@ -35,6 +35,7 @@ import torch
 from bench.timing import write_result
 from weightsep import distributed
 from weightsep import dnn as dnn_mod
+from weightsep.errors import USER_ERRORS
 from weightsep.fisher import FisherConfig
 from weightsep.optimize import OptimizeConfig, optimize
 from weightsep.pack import PackConfig
@@ -211,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     names = args.dnns or dnn_mod.suite()
     try:
         loaded = load(names)
-    except (dnn_mod.DNNError, FileNotFoundError, ValueError) as e:
+    except USER_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     names = list(loaded)

@@ -25,9 +25,10 @@ import numpy as np
 import torch
 
 from bench.timing import measure, write_result
+from dnnkit.originals import NWV_ORDER, load_nwv_dnn
 from weightsep.matching import MATCHERS, SharedState, empty_state, match, place
-from weightsep.originals import NWV_ORDER, fixtures_dir, load_nwv_dnn
 from weightsep.pages import to_pages
+from weightsep.paths import fixtures_dir
 
 WS_WEIGHT_COUNTS = (64_670, 65_402, 69_966, 68_639, 64_670, 72_012, 65_101, 65_154, 66_854, 65_114)  # docs/algorithms.md §4
 SHORT = {"greedy": "greedy", "optimal-occupancy": "opt-occ", "optimal": "optimal"}

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import torch
 
+from weightsep.files import atomic_write_text
+
 RESULTS_DIR = Path(__file__).resolve().parent.parent / "results"
 
 
@@ -78,9 +80,6 @@ def machine() -> dict:
 
 def write_result(name: str, payload: dict) -> Path:
     """Write results/NAME.json atomically (temp file + rename), with the machine description."""
-    RESULTS_DIR.mkdir(exist_ok=True)
     path = RESULTS_DIR / f"{name}.json"
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps({"benchmark": name, "machine": machine(), **payload}, indent=2) + "\n")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps({"benchmark": name, "machine": machine(), **payload}, indent=2) + "\n")
     return path

@@ -218,6 +218,8 @@ def write_baseline_data(names: list[str], new_data: Path, old_data: Path) -> Non
     """Each DNN's arrays, read by this code's load_data, in the baseline's format: a compressed
     <name>.npz with x_train y_train x_val y_val x_test y_test (x float16, y int64); rewritten when
     this code's files for the DNN are newer."""
+    from weightsep.files import atomic_file  # not at the top: this file's workers import the baseline's weightsep
+
     old_data.mkdir(parents=True, exist_ok=True)
     for name in names:
         out = old_data / f"{name}.npz"
@@ -227,10 +229,8 @@ def write_baseline_data(names: list[str], new_data: Path, old_data: Path) -> Non
         data = dnn_mod.get(name).load_data(new_data)
         arrays = {f"{kind}_{split}": getattr(getattr(data, split), kind).astype(np.float16 if kind == "x" else np.int64)
                   for split in ("train", "val", "test") for kind in ("x", "y")}
-        tmp = out.with_suffix(".npz.tmp")
-        with open(tmp, "wb") as f:
+        with atomic_file(out) as f:
             np.savez_compressed(f, **arrays)
-        os.replace(tmp, out)
 
 
 @dataclass

@@ -2,7 +2,7 @@
 
 Source: the WS authors' preprocessed .npy files (docs/paper_dnns.md), in DATA_DIR/cifar10/:
 cifar10_{train,test}_{data,label}.npy; fetch them with `./download_dataset.sh cifar10`.
-Split: the authors' train / test; validation = a seeded 10% of train (weightsep.paper.carve_val).
+Split: the authors' train / test; validation = a seeded 10% of train (dnnkit.paper.carve_val).
 Preprocessing: the authors' (RGB planes stacked to NHWC, divided by the global max 255;
 docs/originals.md §4); here only NHWC -> NCHW and one-hot -> int64.
 Model: build_model() / arch="ws": WS's CIFAR-10, 64,670 weights, Sigmoid hidden dense layers;
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from weightsep import paper
+from dnnkit import paper
 from weightsep.dnn import Dataset
 from weightsep.model import Conv, TemplateNet
 

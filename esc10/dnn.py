@@ -2,7 +2,7 @@
 
 Source: the WS authors' preprocessed .npy files (docs/paper_dnns.md), in DATA_DIR/esc10/:
 esc10_{train,test}_{data,label}.npy; fetch them with `./download_dataset.sh esc10`.
-Split: the authors' train / test; validation = a seeded 10% of train (weightsep.paper.carve_val).
+Split: the authors' train / test; validation = a seeded 10% of train (dnnkit.paper.carve_val).
 Preprocessing: the authors' (2-channel 60x41 features, pre-made .npy; docs/originals.md §4); here only
 NHWC 60x41x2 -> NCHW (2, 60, 41) and one-hot -> int64.
 Model: build_model() / arch="ws" (the only one; shared by WS and NWV repository B): 65,154 weights,
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from weightsep import paper
+from dnnkit import paper
 from weightsep.dnn import Dataset
 from weightsep.model import Conv, TemplateNet
 

@@ -24,7 +24,7 @@ with interruptible():  # Ctrl-C during the imports: `interrupted`, exit 130
 
     from weightsep import dnn as dnn_mod
     from weightsep.checks import Parser, writable_dir
-    from weightsep.distributed import USER_ERRORS
+    from weightsep.errors import USER_ERRORS
     from weightsep.pipeline import RESULTS_DIR
 
     from . import harness, report

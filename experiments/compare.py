@@ -22,11 +22,11 @@ import time
 
 from weightsep import dnn as dnn_mod
 from weightsep.evaluate import make_row, packed_theta, summarize
+from weightsep.files import atomic_write_text
 from weightsep.fisher import FisherConfig
 from weightsep.optimize import OptimizeConfig
 from weightsep.pack import PackConfig
 from weightsep.pipeline import RESULTS_DIR, load, pack_and_optimize
-from weightsep.store import atomic_write_text
 from weightsep.train import set_single_thread, standalone_models
 
 CONFIGS = {

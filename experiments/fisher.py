@@ -22,12 +22,12 @@ import torch
 from scipy.stats import spearmanr
 
 from weightsep import dnn as dnn_mod
+from weightsep.files import atomic_write_text
 from weightsep.fisher import FisherConfig
 from weightsep.pack import PackConfig
 from weightsep.pages import n_pages
 from weightsep.pipeline import fisher_for, load
 from weightsep.separation import contribution_density, separate
-from weightsep.store import atomic_write_text
 from weightsep.train import set_single_thread, standalone_models
 
 from . import harness

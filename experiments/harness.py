@@ -34,7 +34,9 @@ import torch
 from tqdm import tqdm
 
 from weightsep import dnn as dnn_mod
+from weightsep import files
 from weightsep.evaluate import make_row, packed_theta, summarize
+from weightsep.files import atomic_file, atomic_write_text
 from weightsep.fisher import FisherConfig
 from weightsep.flat import load_buffer_state
 from weightsep.optimize import OptimizeConfig, optimize, step_batches
@@ -42,7 +44,6 @@ from weightsep.pack import PackConfig, solo_state
 from weightsep.pipeline import load, pack, pack_and_optimize
 from weightsep.precision import PrecisionConfig
 from weightsep.quant import per_channel_int8, per_channel_int8_bytes
-from weightsep.store import atomic_write_text
 from weightsep.train import set_single_thread, standalone_models, worker_pool
 
 QUICK_DNNS = ("dna", "letters", "satellite")  # the three DNNs that train and optimise fastest
@@ -133,10 +134,7 @@ class Setting:
 
 def code_hash() -> str:
     """The pipeline's code: a changed weightsep/ or harness invalidates cached runs."""
-    h = hashlib.sha256()
-    for path in sorted((dnn_mod.REPO_ROOT / "weightsep").glob("*.py")) + [Path(__file__)]:
-        h.update(path.read_bytes())
-    return h.hexdigest()[:16]
+    return files.code_hash(*sorted((dnn_mod.REPO_ROOT / "weightsep").glob("*.py")), Path(__file__))
 
 
 def runs_dir() -> Path:
@@ -423,9 +421,9 @@ def write_outputs(name: str, result: dict, plot, out_dir: Path) -> Path:
     import matplotlib.pyplot as plt
     plot(result, plt)
     png = out_dir / f"{name}.png"
-    plt.savefig(png.with_suffix(".tmp.png"), dpi=110, bbox_inches="tight")
+    with atomic_file(png) as f:
+        plt.savefig(f, format="png", dpi=110, bbox_inches="tight")
     plt.close("all")
-    os.replace(png.with_suffix(".tmp.png"), png)
     return png
 
 

@@ -27,12 +27,12 @@ from dataclasses import replace
 
 import numpy as np
 
-from weightsep.datasets import seeded_split
+from dnnkit.datasets import seeded_split
 from weightsep.dnn import Dataset, Split
 from weightsep.evaluate import make_row, packed_theta, summarize
+from weightsep.files import atomic_write_text
 from weightsep.optimize import OPTIMIZERS, PageOptimizer
 from weightsep.pipeline import load, pack
-from weightsep.store import atomic_write_text
 from weightsep.train import set_single_thread, standalone_models
 
 from . import harness
@@ -43,7 +43,7 @@ TITLE = "The gap to the published two-DNN accuracy"
 QUESTION = ("Which difference from the originals accounts for mnist's gap to the published 98.45% after "
             "separation with fmnist?")
 DNNS = ("mnist", "fmnist")
-PUBLISHED = {"mnist": 98.45, "fmnist": 87.35}  # WS, after separation (weightsep.paper's META)
+PUBLISHED = {"mnist": 98.45, "fmnist": 87.35}  # WS, after separation (dnnkit.paper's META)
 STEPS_PER_TURN = 320  # published: 10 x 32
 ROUNDS = 5  # of the published 100
 PAPER = {"fisher": {"estimator": "paper"},

@@ -13,9 +13,9 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
+from weightsep.files import atomic_write_text
 from weightsep.optimize import OptimizeConfig
 from weightsep.pipeline import RESULTS_DIR
-from weightsep.store import atomic_write_text
 
 from . import harness
 

@@ -24,9 +24,10 @@ import torch
 
 from weightsep import dnn as dnn_mod
 from weightsep.evaluate import aggregate, spread
+from weightsep.files import atomic_write_text
 from weightsep.pipeline import RESULTS_DIR, RunConfig, load, run_seed
 from weightsep.separation import contribution_density
-from weightsep.store import Store, atomic_write_text
+from weightsep.store import Store
 from weightsep.train import set_single_thread
 
 CONFIGS = {"published": dict(separation="margin"), "budget": dict(separation="budget")}

@@ -7,7 +7,7 @@ Source, first found wins:
 2. the official IDX files of Debian's `dataset-fashion-mnist` (/usr/share/datasets/fashion-mnist),
    x = uint8 * (1/255): the preprocessing the authors' checkpoint expects (docs/originals.md §1.3; it
    scores 87.49% on that test set, published 85.80%).
-Split: train / test as shipped; validation = a seeded 10% of train (weightsep.paper.carve_val).
+Split: train / test as shipped; validation = a seeded 10% of train (dnnkit.paper.carve_val).
 Preprocessing: the authors' .npy as they are (x/255); here only NHWC -> NCHW and one-hot -> int64.
 Model: build_model() / arch="ws" (the only one; shared by WS and NWV repository B): 69,966 weights
 (docs/originals.md §3.2).
@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from weightsep import paper
+from dnnkit import paper
 from weightsep.dnn import Dataset
 from weightsep.model import Conv, TemplateNet
 

@@ -2,7 +2,7 @@
 
 Source: the WS authors' preprocessed .npy files (docs/paper_dnns.md), in DATA_DIR/gtsrb/:
 GTSRB_{train,test}_{data,label}.npy; fetch them with `./download_dataset.sh gtsrb`.
-Split: the authors' train / test; validation = a seeded 10% of train (weightsep.paper.carve_val).
+Split: the authors' train / test; validation = a seeded 10% of train (dnnkit.paper.carve_val).
 Preprocessing: the authors' (greyscale 32x32, each image divided by its own L2 norm; docs/originals.md §4);
 here only (flattened) NHWC -> NCHW and one-hot -> int64.
 Model: build_model() / arch="ws": WS's GTSRB, 68,639 weights; arch="nwv": NWV's GTSRB, 66,475
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from weightsep import paper
+from dnnkit import paper
 from weightsep.dnn import Dataset
 from weightsep.model import Conv, TemplateNet
 

@@ -2,7 +2,7 @@
 
 Source: the WS authors' preprocessed .npy files (docs/paper_dnns.md), in DATA_DIR/hhar/:
 hhar_{train,test}_{data,label}.npy; fetch them with `./download_dataset.sh hhar`.
-Split: the authors' train / test; validation = a seeded 10% of train (weightsep.paper.carve_val).
+Split: the authors' train / test; validation = a seeded 10% of train (dnnkit.paper.carve_val).
 Preprocessing: the authors' (a 1-channel 20x120 sensor image, pre-made .npy; docs/originals.md §4); here
 only NHWC 20x120x1 -> NCHW (1, 20, 120) and one-hot -> int64.
 Model: build_model() / arch="ws" (the only one; shared by WS and NWV repository B): 65,114 weights,
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from weightsep import paper
+from dnnkit import paper
 from weightsep.dnn import Dataset
 from weightsep.model import Conv, TemplateNet
 

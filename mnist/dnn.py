@@ -3,7 +3,7 @@
 Source: the official MNIST IDX files, as TF 1.x's `read_data_sets` read them for the originals:
 DATA_DIR/mnist/{train-images-idx3,train-labels-idx1,t10k-images-idx3,t10k-labels-idx1}-ubyte.gz
 (or unzipped); fetch them with `./download_dataset.sh mnist`. The test set (t10k) is also found in
-the originals' fixtures (weightsep.originals.fixtures_dir() / "mnist_test").
+the originals' fixtures (weightsep.paths.fixtures_dir() / "mnist_test").
 Split: TF's: train = official train[5000:60000], validation = train[0:5000], test = official t10k.
 Preprocessing: uint8 * (1/255) in float32 (TF's reader), shaped (1, 28, 28) (docs/originals.md §4).
 Model: build_model() / arch="ws": WS's MNIST, 65,402 weights; arch="nwv": NWV's MNIST, 45,706
@@ -15,10 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
-from weightsep import datasets, paper
+from dnnkit import datasets, paper
 from weightsep.dnn import Dataset, Split
 from weightsep.model import Conv, TemplateNet
-from weightsep.originals import fixtures_dir
+from weightsep.paths import fixtures_dir
 
 NAME = "mnist"
 INPUT = (1, 28, 28)  # NHWC 28x28x1

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from weightsep import paper
+from dnnkit import paper
 from weightsep.dnn import Dataset
 from weightsep.model import Conv, TemplateNet
 

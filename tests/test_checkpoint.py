@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from weightsep.checkpoint import (
+from dnnkit.checkpoint import (
     CheckpointError,
     _entry,
     _read_index,
@@ -15,8 +15,9 @@ from weightsep.checkpoint import (
     mask_crc,
     read_checkpoint,
 )
+from dnnkit.originals import load_nwv_arrays
 from weightsep.model import Conv, TemplateNet
-from weightsep.originals import fixtures_dir, load_nwv_arrays
+from weightsep.paths import fixtures_dir
 
 WS_PARAMS = {"cifar10": 64_670, "mnist": 65_402, "fmnist": 69_966, "gtsrb": 68_639, "svhn": 64_670,
              "obs": 72_012, "gsc": 65_101, "esc10": 65_154, "us8k": 66_854, "hhar": 65_114}
@@ -148,7 +149,7 @@ def test_import_nwv_mnist_round_trips_bit_exactly():
 
 
 def test_ws_mnist_scores_its_published_98_61_on_the_mnist_test_set(ws):
-    from weightsep.datasets import read_idx
+    from dnnkit.datasets import read_idx
 
     folder = fixtures_dir() / "mnist_test"
     if not folder.is_dir():

@@ -4,12 +4,15 @@ Each test makes a fresh virtual environment whose only extra path is this enviro
 site-packages (a .pth file: torch and the other dependencies are found there, nothing is
 downloaded: `--no-index`), installs a copy of the package's sources into it and runs Python from a
 directory outside the repository."""
+import ast
 import os
+import re
 import shutil
 import subprocess
 import sys
 import sysconfig
 import textwrap
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -73,14 +76,14 @@ def site_packages(venv: Path) -> Path:
     return next((venv / "lib").glob("python3*/site-packages"))
 
 
-def make_env(tmp_path: Path) -> tuple[Path, Path]:
-    """A fresh venv seeing this environment's packages, and a copy of the package's sources."""
+def make_env(tmp_path: Path, extra: tuple[str, ...] = ()) -> tuple[Path, Path]:
+    """A fresh venv seeing this environment's packages, and a copy of the package's sources (and `extra`)."""
     venv, src = tmp_path / "venv", tmp_path / "src"
     # no pip of its own: this environment's pip and setuptools (>= 70.1, requirements.txt) build and install
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, capture_output=True)
     (site_packages(venv) / "host-packages.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
     src.mkdir()
-    for name in PACKAGE_SOURCES:
+    for name in PACKAGE_SOURCES + extra:
         (shutil.copytree if (REPO / name).is_dir() else shutil.copy)(REPO / name, src / name)
     return venv, src
 
@@ -135,3 +138,47 @@ def test_the_package_declares_its_dependencies_and_command(tmp_path):
     for dependency in ("torch==2.13.0", "numpy", "scipy", "tqdm", "safetensors"):
         assert dependency in requires
     assert scripts == "['weightsep.cli:main']"
+
+
+def test_the_wheel_ships_the_library_alone(tmp_path):
+    """pyproject's packages decide: the wheel holds weightsep (with its op's sources), not the
+    repository's DNN kit (dnnkit/, copied beside it here), and its code imports nothing but the
+    standard library, weightsep and the packages the wheel declares."""
+    _, src = make_env(tmp_path, extra=("dnnkit",))
+    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-index",
+                            "--no-build-isolation", "--disable-pip-version-check", "-w", str(tmp_path / "wheel"), str(src)],
+                           capture_output=True, text=True, timeout=600)
+    assert built.returncode == 0, built.stdout + built.stderr
+    with zipfile.ZipFile(next((tmp_path / "wheel").glob("weightsep-*.whl"))) as wheel:
+        names = wheel.namelist()
+        metadata = wheel.read(next(n for n in names if n.endswith(".dist-info/METADATA"))).decode()
+        sources = {n: wheel.read(n).decode() for n in names if n.endswith(".py")}
+    assert {n.split("/")[0] for n in names} == {"weightsep", "weightsep-0.1.0.dist-info"}, sorted(names)
+    data_code = ("glyphs", "audio", "paper", "checkpoint", "originals", "datasets")
+    assert not [n for n in names if Path(n).stem in data_code], "the DNN folders' data code is in the wheel"
+    assert "weightsep/custom_op/gather.cpp" in names and "weightsep/prepared.py" in names
+    declared = {re.match(r"[A-Za-z0-9_.-]+", line.split(":", 1)[1].strip())[0].lower().replace("-", "_")
+                for line in metadata.splitlines() if line.startswith("Requires-Dist:")}
+    allowed = set(sys.stdlib_module_names) | declared | {"weightsep"}
+    undeclared = set()
+    for name, text in sources.items():
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, ast.ImportFrom) and node.level == 0:
+                modules = [node.module]
+            elif isinstance(node, ast.Import):
+                modules = [a.name for a in node.names]
+            else:
+                continue
+            undeclared |= {f"{name}: {m}" for m in modules if m.split(".")[0] not in allowed}
+    assert not undeclared, f"the wheel imports packages it does not declare ({sorted(declared)}): {sorted(undeclared)}"
+
+
+def test_an_editable_install_runs_the_repositorys_folders_from_elsewhere(tmp_path):
+    """Installed editable from a checkout, weightsep finds the checkout's DNN folders from any
+    directory, and they find the repository's kit (dnnkit/), which the package does not ship."""
+    venv, src = make_env(tmp_path, extra=("dnnkit", "suite"))
+    pip_install(venv, "-e", str(src))
+    code = "from weightsep import dnn; d = dnn.get('letters'); print(d.path.parent.name, d.module.datasets.__name__)"
+    result = run_outside(venv, tmp_path, "python", "-c", code)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.split() == ["suite", "dnnkit.datasets"]

@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 import torch
 
+from dnnkit.originals import NWV_ORDER, load_nwv_arrays, load_nwv_dnn
 from weightsep import matching
 from weightsep.matching import MATCHERS, cost_matrix, empty_state, match, place
-from weightsep.originals import NWV_ORDER, fixtures_dir, load_nwv_arrays, load_nwv_dnn
 from weightsep.pages import to_pages
+from weightsep.paths import fixtures_dir
 
 RTOL = 1e-9  # costs are sums of float64 products; allow rounding when comparing matchers
 

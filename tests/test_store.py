@@ -8,12 +8,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from weightsep.files import atomic_write_text
 from weightsep.state import VNN, PackedState, Provenance, StateConfig
 from weightsep.store import (
     FORMAT_VERSION,
     Store,
     StoreError,
-    atomic_write_text,
     load_tensors,
     save_tensors,
     sealed,

@@ -1,4 +1,5 @@
-"""The embedded offline suite (suite/*) and the data helpers its folders share (weightsep.datasets).
+"""The embedded offline suite (suite/*) and the data helpers its folders share (dnnkit.datasets,
+weightsep.prepared).
 
 Every folder under suite/ is checked, found through weightsep.dnn (no list of names here). Data
 checks run on the prepared .npz files in $WEIGHTSEP_CACHE/data and skip when they are absent.
@@ -16,7 +17,8 @@ import numpy as np
 import pytest
 import torch
 
-from weightsep import datasets, dnn
+from dnnkit import datasets
+from weightsep import dnn, prepared
 
 NAMES = dnn.suite()
 META_KEYS = {"task", "source", "licence", "real", "origin", "input", "classes", "stands_in_for", "split"}
@@ -50,12 +52,12 @@ def test_prepared_data(name):
     path = dnn.data_dir() / f"{name}.npz"
     if not path.is_file():
         pytest.skip(f"{path} not prepared (run ./prepare_data.sh)")
-    assert datasets.is_valid_npz(path), f"{path}: not in the current layout; run: python -m weightsep prepare"
+    assert prepared.is_valid_npz(path), f"{path}: not in the current layout; run: python -m weightsep prepare"
     d = folder(name)
     data = d.load_data(dnn.data_dir())  # also checks input shapes and label range against the model
     assert mapped_file(data.train.x) is not None, "prepared data must be memory-mapped, not read"
     classes = d.meta["classes"]
-    for split in datasets.SPLITS:
+    for split in prepared.SPLITS:
         s = getattr(data, split)
         assert len(s.y) > 0, split
         assert s.x.dtype == np.float16 and s.y.dtype == np.int64  # stored at half precision
@@ -63,7 +65,7 @@ def test_prepared_data(name):
         assert 0 <= s.y.min() and s.y.max() < classes
     assert len(np.unique(data.train.y)) == classes, "some class never occurs in training"
     with np.load(path) as npz:
-        groups = {s: set(npz[f"groups_{s}"].tolist()) for s in datasets.SPLITS if f"groups_{s}" in npz.files}
+        groups = {s: set(npz[f"groups_{s}"].tolist()) for s in prepared.SPLITS if f"groups_{s}" in npz.files}
     for a, b in [("train", "val"), ("train", "test"), ("val", "test")]:
         if a in groups and b in groups:
             assert not groups[a] & groups[b], f"{a} and {b} share {sorted(groups[a] & groups[b])[:5]}"
@@ -155,11 +157,11 @@ def mapped_file(a: np.ndarray) -> mmap.mmap | None:
 def test_save_and_load_npz_round_trip(tmp_path):
     path = tmp_path / "sub" / "tiny.npz"
     data = tiny_dataset()
-    datasets.save_npz(path, data, groups={"train": np.arange(6)})
-    assert datasets.is_valid_npz(path)
-    got = datasets.load_npz(path)
+    prepared.save_npz(path, data, groups={"train": np.arange(6)})
+    assert prepared.is_valid_npz(path)
+    got = prepared.load_npz(path)
     assert got.train.x.shape == (6, 2) and got.test.y.tolist() == [0, 1, 2]
-    for split in datasets.SPLITS:
+    for split in prepared.SPLITS:
         want, s = getattr(data, split), getattr(got, split)
         assert s.x.dtype == np.float16 and s.y.dtype == np.int64
         np.testing.assert_array_equal(s.x, want.x.astype(np.float16))
@@ -167,56 +169,56 @@ def test_save_and_load_npz_round_trip(tmp_path):
         for a in (s.x, s.y):
             assert mapped_file(a) is not None, "not memory-mapped"
             assert a.flags.aligned and a.flags.c_contiguous and a.flags.writeable
-            assert a.ctypes.data % datasets.ALIGN == 0
+            assert a.ctypes.data % prepared.ALIGN == 0
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # e.g. torch's "The given NumPy array is not writable"
         x, y = torch.from_numpy(got.train.x), torch.from_numpy(got.train.y)
     assert x.float().sum().item() == 6 * 2 * 6 and (y * 2).tolist() == [0, 2, 4, 0, 2, 4]
     got.train.x[0, 0] = 99  # copy-on-write: private to this process, the file keeps its bytes
-    assert datasets.load_npz(path).train.x[0, 0] == 6
+    assert prepared.load_npz(path).train.x[0, 0] == 6
     with np.load(path) as npz:  # still a plain .npz for any other reader
         assert npz["groups_train"].tolist() == list(range(6))
     with zipfile.ZipFile(path) as z:
         assert {i.compress_type for i in z.infolist()} == {zipfile.ZIP_STORED}
     assert [p.name for p in path.parent.iterdir()] == ["tiny.npz"], "temporary file left behind"
     with pytest.raises(ValueError, match="groups_val"):
-        datasets.save_npz(path, tiny_dataset(), groups={"val": np.arange(5)})
+        prepared.save_npz(path, tiny_dataset(), groups={"val": np.arange(5)})
 
 
 def test_write_npz_aligns_every_member_and_stores_a_digest_of_the_arrays(tmp_path):
     arrays = {"b": np.arange(3, dtype=np.int8), "a_long_name": np.ones((5, 3), np.float16),
               "c": np.arange(7, dtype=np.int64), "d": np.zeros((0, 4), np.float64),
               "f": np.asfortranarray(np.arange(12, dtype=np.int32).reshape(3, 4)), "s": np.float32(2.5)}
-    datasets.write_npz(tmp_path / "a.npz", **arrays)
-    got = datasets._read_arrays(tmp_path / "a.npz")
+    prepared.write_npz(tmp_path / "a.npz", **arrays)
+    got = prepared.read_arrays(tmp_path / "a.npz")
     assert set(got) == set(arrays)
     for name, a in arrays.items():
         assert got[name].dtype == a.dtype and got[name].shape == np.shape(a)
         np.testing.assert_array_equal(got[name], a)
-        assert got[name].ctypes.data % datasets.ALIGN == 0, name
-    digest = datasets.stored_digest(tmp_path / "a.npz")
-    assert digest == "arrays-sha256:" + datasets.array_digest(arrays)
-    datasets.write_npz(tmp_path / "same.npz", **arrays)
+        assert got[name].ctypes.data % prepared.ALIGN == 0, name
+    digest = prepared.stored_digest(tmp_path / "a.npz")
+    assert digest == "arrays-sha256:" + prepared.array_digest(arrays)
+    prepared.write_npz(tmp_path / "same.npz", **arrays)
     assert (tmp_path / "same.npz").read_bytes() == (tmp_path / "a.npz").read_bytes(), "not deterministic"
     changed = {**arrays, "c": arrays["c"] + np.eye(1, 7, 6, dtype=np.int64)[0]}
-    datasets.write_npz(tmp_path / "b.npz", **changed)
-    assert datasets.stored_digest(tmp_path / "b.npz") not in (None, digest)
+    prepared.write_npz(tmp_path / "b.npz", **changed)
+    assert prepared.stored_digest(tmp_path / "b.npz") not in (None, digest)
     np.savez(tmp_path / "plain.npz", **arrays)  # not written by write_npz: no digest, hash the file
-    assert datasets.stored_digest(tmp_path / "plain.npz") is None
-    assert datasets.stored_digest(tmp_path / "absent.npz") is None
+    assert prepared.stored_digest(tmp_path / "plain.npz") is None
+    assert prepared.stored_digest(tmp_path / "absent.npz") is None
 
 
 def test_write_npz_is_atomic(tmp_path, monkeypatch):
     path = tmp_path / "a.npz"
-    datasets.write_npz(path, x=np.ones(3))
+    prepared.write_npz(path, x=np.ones(3))
 
     def crash(f, arrays):
         f.write(b"partial")
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(datasets, "_write_archive", crash)
+    monkeypatch.setattr(prepared, "_write_archive", crash)
     with pytest.raises(RuntimeError):
-        datasets.write_npz(path, x=np.zeros(3))
+        prepared.write_npz(path, x=np.zeros(3))
     with np.load(path) as npz:
         assert npz["x"].tolist() == [1, 1, 1], "the old file must survive a failed write"
     assert [p.name for p in tmp_path.iterdir()] == ["a.npz"]
@@ -224,7 +226,7 @@ def test_write_npz_is_atomic(tmp_path, monkeypatch):
 
 def test_load_npz_names_the_missing_file(tmp_path):
     with pytest.raises(FileNotFoundError) as e:
-        datasets.load_npz(tmp_path / "absent.npz")
+        prepared.load_npz(tmp_path / "absent.npz")
     assert e.value.filename == str(tmp_path / "absent.npz")
 
 
@@ -239,18 +241,18 @@ def test_prepare_npz_skips_a_valid_file_and_rebuilds_a_broken_one(tmp_path):
     datasets.prepare_npz(path, build)
     assert len(calls) == 1
     path.write_bytes(path.read_bytes()[:40])  # truncated, e.g. by a crash outside write_npz
-    assert not datasets.is_valid_npz(path)
+    assert not prepared.is_valid_npz(path)
     datasets.prepare_npz(path, build)
-    assert len(calls) == 2 and datasets.is_valid_npz(path)
+    assert len(calls) == 2 and prepared.is_valid_npz(path)
     with zipfile.ZipFile(path) as z:
-        assert {n.removesuffix(".npy") for n in z.namelist()} == set(datasets.NPZ_KEYS)
+        assert {n.removesuffix(".npy") for n in z.namelist()} == set(prepared.NPZ_KEYS)
 
 
 def old_compressed_npz(path: Path) -> dict[str, np.ndarray]:
     """A .npz as weightsep wrote it before the uncompressed layout (np.savez_compressed), and its arrays."""
     rng = np.random.default_rng(0)
     arrays = {}
-    for split, n in zip(datasets.SPLITS, (50, 7, 9)):
+    for split, n in zip(prepared.SPLITS, (50, 7, 9)):
         x = rng.standard_normal((n, 3, 5)).astype(np.float16)
         x.flat[::7] = [np.nan, -0.0, np.inf][split == "val"]  # odd bit patterns survive too
         arrays[f"x_{split}"], arrays[f"y_{split}"] = x, rng.integers(0, 4, n)
@@ -262,23 +264,23 @@ def old_compressed_npz(path: Path) -> dict[str, np.ndarray]:
 def test_prepare_npz_converts_an_old_compressed_file_without_rebuilding(tmp_path):
     path = tmp_path / "old.npz"
     arrays = old_compressed_npz(path)
-    assert not datasets.is_valid_npz(path), "a compressed file must not count as current"
-    old = datasets.load_npz(path)  # still readable before conversion (read into memory)
+    assert not prepared.is_valid_npz(path), "a compressed file must not count as current"
+    old = prepared.load_npz(path)  # still readable before conversion (read into memory)
     assert mapped_file(old.train.x) is None
 
     def build():
         raise AssertionError("a sound old file must be converted, not rebuilt")
 
     datasets.prepare_npz(path, build)
-    assert datasets.is_valid_npz(path)
+    assert prepared.is_valid_npz(path)
     with zipfile.ZipFile(path) as z:
         assert {i.compress_type for i in z.infolist()} == {zipfile.ZIP_STORED}
-    got = datasets._read_arrays(path)
+    got = prepared.read_arrays(path)
     assert set(got) == set(arrays)
     for name, a in arrays.items():  # bit for bit, NaNs and signed zeros included
         assert got[name].dtype == a.dtype and got[name].tobytes() == a.tobytes(), name
-    assert mapped_file(datasets.load_npz(path).train.x) is not None
-    assert datasets.stored_digest(path) == "arrays-sha256:" + datasets.array_digest(arrays)
+    assert mapped_file(prepared.load_npz(path).train.x) is not None
+    assert prepared.stored_digest(path) == "arrays-sha256:" + prepared.array_digest(arrays)
     assert [p.name for p in tmp_path.iterdir()] == ["old.npz"]
 
 
@@ -297,31 +299,31 @@ def test_prepare_npz_rebuilds_an_old_file_with_a_damaged_member(tmp_path):
         return tiny_dataset(), {}
 
     datasets.prepare_npz(path, build)
-    assert calls == [1] and datasets.load_npz(path).train.x.shape == (6, 2)
+    assert calls == [1] and prepared.load_npz(path).train.x.shape == (6, 2)
 
 
 def test_load_npz_names_a_truncated_or_damaged_file(tmp_path):
     path = tmp_path / "t.npz"
-    datasets.save_npz(path, tiny_dataset(200), groups={"train": np.arange(200)})
+    prepared.save_npz(path, tiny_dataset(200), groups={"train": np.arange(200)})
     good = path.read_bytes()
     with open(path, "rb") as f:
-        members = datasets._members(f, str(path))
+        members = prepared._members(f, str(path))
     cuts = [0, 10, 100, members["y_train"].offset + 8, members["x_test"].offset, len(good) // 2, len(good) - 30, len(good) - 1]
     for n in cuts:
         path.write_bytes(good[:n])
         with pytest.raises(ValueError, match=re.escape(str(path))):
-            datasets.load_npz(path)
-        assert not datasets.is_valid_npz(path)
+            prepared.load_npz(path)
+        assert not prepared.is_valid_npz(path)
     # a member whose header claims more data than the file holds: refused, never mapped past the end
     start = members["x_train"].offset - 128
     header = good[start:members["x_train"].offset]
     assert b"(200, 2)" in header
     path.write_bytes(good[:start] + header.replace(b"(200, 2)", b"(900, 2)") + good[members["x_train"].offset:])
     with pytest.raises(ValueError, match=re.escape(str(path))):
-        datasets.load_npz(path)
+        prepared.load_npz(path)
     path.write_bytes(good[:start] + b"garbage!" + good[start + 8:])  # not an .npy header
     with pytest.raises(ValueError, match=re.escape(str(path))):
-        datasets.load_npz(path)
-    datasets.write_npz(path, x_train=np.zeros(3))  # a readable archive lacking the splits
+        prepared.load_npz(path)
+    prepared.write_npz(path, x_train=np.zeros(3))  # a readable archive lacking the splits
     with pytest.raises(ValueError, match=f"{re.escape(str(path))}.*lacks"):
-        datasets.load_npz(path)
+        prepared.load_npz(path)

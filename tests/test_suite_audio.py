@@ -1,4 +1,4 @@
-"""The audio helpers (weightsep.audio) and the sound folders suite/keywords and suite/instruments.
+"""The audio helpers (dnnkit.audio) and the sound folders suite/keywords and suite/instruments.
 
 Tiny builds (2 words x 2 voices; 3 notes x 2 soundfont renders) run the real renderers and check
 that a build is bit-identical when repeated; they skip when a renderer or package is not installed.
@@ -11,7 +11,8 @@ import shutil
 import numpy as np
 import pytest
 
-from weightsep import audio, dnn
+from dnnkit import audio
+from weightsep import dnn
 
 SR = audio.SR
 

@@ -1,4 +1,4 @@
-"""weightsep.glyphs: the synthetic glyph-over-photo generator of suite/syndigits and suite/signs.
+"""dnnkit.glyphs: the synthetic glyph-over-photo generator of suite/syndigits and suite/signs.
 
 Tiny builds only (tens of images), so this runs in seconds; the folders' full builds are checked by
 tests/test_suite.py once prepared.
@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from PIL import ImageFont
 
-from weightsep import datasets, dnn, glyphs
+from dnnkit import datasets, glyphs
+from weightsep import dnn
 
 if not glyphs.photo_path("astronaut").is_file():
     pytest.skip("scikit-image's bundled photos are not installed (pip install scikit-image==0.26.0)", allow_module_level=True)

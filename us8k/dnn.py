@@ -2,7 +2,7 @@
 
 Source: the WS authors' preprocessed .npy files (docs/paper_dnns.md), in DATA_DIR/us8k/:
 US8K_{train,test}_{data,label}.npy; fetch them with `./download_dataset.sh us8k`.
-Split: the authors' train / test; validation = a seeded 10% of train (weightsep.paper.carve_val).
+Split: the authors' train / test; validation = a seeded 10% of train (dnnkit.paper.carve_val).
 Preprocessing: the authors' (2-channel 60x41 features, pre-made .npy; docs/originals.md §4); here only
 NHWC 60x41x2 -> NCHW (2, 60, 41) and one-hot -> int64. (The authors also wrote NCHW dumps for a C
 runtime; the .npy files read here are the NHWC ones their TF models take.)
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from weightsep import paper
+from dnnkit import paper
 from weightsep.dnn import Dataset
 from weightsep.model import Conv, TemplateNet
 

@@ -60,7 +60,7 @@ def guarded(main, *args) -> int:
     """A root script's `main(*args)` as an exit status: a user error (a DNN folder, a store, a value or
     a path that is wrong) is one line `error: ...` and 2, Ctrl-C is `interrupted` and 130."""
     with interruptible():  # imported here, so that `import weightsep` stays light
-        from .distributed import USER_ERRORS  # the CLI's user errors
+        from .errors import USER_ERRORS  # the CLI's user errors
 
     try:
         return main(*args)

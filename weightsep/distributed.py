@@ -36,9 +36,9 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from .dnn import DNNError
+from .errors import USER_ERRORS, LostContact, RankError, StoreError  # noqa: F401 - USER_ERRORS: cli.py reads it here
 from .state import PackedState
-from .store import COMMITS, Store, StoreError
+from .store import COMMITS, Store
 
 BACKENDS = ("auto", "gloo", "nccl")
 TIMEOUT = timedelta(hours=2)  # the longest a rank waits in a collective for a slow (not a dead) peer
@@ -47,18 +47,6 @@ GRACE_SECONDS = 10.0  # after one rank fails, how long the others get to stop on
 
 _LAUNCHER = None  # a spawned rank's pipe to the launcher
 _SAVES: dict[str, list] = {}  # this rank's saves: store -> [generation before, generation committed or None]
-
-
-class RankError(RuntimeError):
-    """A rank failed or died; the message names it (and its DNNs when known)."""
-
-
-class LostContact(RankError):
-    """A collective broke because another rank failed or died: the cause is that rank's."""
-
-
-# what the command line reports as one `error:` line (no traceback); a spawned rank reports the same
-USER_ERRORS = (DNNError, StoreError, ValueError, FileNotFoundError, FloatingPointError, RankError)
 
 
 @dataclass(frozen=True)

@@ -17,10 +17,10 @@ folder itself, or a folder of DNN folders).
 """
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import math
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -28,27 +28,15 @@ from types import ModuleType
 import numpy as np
 
 from . import flat
+from .errors import DNNError
+from .files import code_hash
 from .model import TemplateNet
+from .paths import IN_REPOSITORY, REPO_ROOT, SUITE_DIR, data_dir
+from .paths import cache_dir as cache_dir  # callers still ask dnn for it (train.py, experiments/)
+from .store import MANIFEST, PREVIOUS
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-SUITE_DIR = REPO_ROOT / "suite"
-# run from the repository (or installed editable from it); a wheel installed elsewhere has no DNN folders
-IN_REPOSITORY = (REPO_ROOT / "pyproject.toml").is_file() and SUITE_DIR.is_dir()
 REQUIRED = ("META", "build_model", "load_data")
 ORIGINS = ("real", "rendered", "synthetic")  # META["origin"]: recorded/measured, rendered from real samples, generated
-
-
-def cache_dir() -> Path:
-    """Where data, trained models and other generated files live (never in the repository)."""
-    return Path(os.environ.get("WEIGHTSEP_CACHE", Path.home() / ".cache" / "weightsep"))
-
-
-def data_dir() -> Path:
-    return cache_dir() / "data"
-
-
-class DNNError(Exception):
-    """A DNN folder that cannot be found, imported or loaded; the message names it."""
 
 
 class ChangedCode(DNNError):
@@ -178,11 +166,6 @@ class DNN:
         return code_hash((self.path / "dnn.py").read_bytes())
 
 
-def code_hash(source: bytes) -> str:
-    """The hash a DNN's dnn.py is known by (16 hex digits of its sha256)."""
-    return hashlib.sha256(source).hexdigest()[:16]
-
-
 def load_folder(path: Path, expected_hash: str | None = None) -> DNN:
     """Import a DNN folder's dnn.py. With `expected_hash` (a store's record), the file's bytes are
     checked BEFORE any of its code runs, and exactly the bytes checked are executed."""
@@ -196,6 +179,8 @@ def load_folder(path: Path, expected_hash: str | None = None) -> DNN:
         raise DNNError(f"DNN folder {path}: cannot read dnn.py ({e.strerror})") from None
     if expected_hash is not None and code_hash(source) != expected_hash:
         raise ChangedCode(path, expected_hash, code_hash(source))
+    if IN_REPOSITORY and path.is_relative_to(REPO_ROOT) and str(REPO_ROOT) not in sys.path:
+        sys.path.append(str(REPO_ROOT))  # the repository's folders import its kit (dnnkit/), wherever weightsep runs from
     spec = importlib.util.spec_from_file_location(f"weightsep_dnn_{path.name}", file)
     module = importlib.util.module_from_spec(spec)
     try:
@@ -217,8 +202,6 @@ def is_dnn_folder(path: Path) -> bool:
 
 def in_store(path: Path) -> bool:
     """Whether `path` is a store directory (it holds a store manifest) or a folder right inside one."""
-    from .store import MANIFEST, PREVIOUS  # store -> state -> pages -> ops -> dnn: imported when asked
-
     return any(os.path.lexists(folder / name) for folder in (path, Path(path).resolve().parent)
                for name in (MANIFEST, PREVIOUS))
 

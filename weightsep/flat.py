@@ -136,7 +136,7 @@ class FlatModule(nn.Module):
 
     def forward_with(self, x: torch.Tensor, tensors: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """The module's forward with its parameters taken from `tensors` by name (views or resolved pages)."""
-        x = x.to(self.theta.dtype)  # data may be stored at half precision (weightsep.datasets)
+        x = x.to(self.theta.dtype)  # data may be stored at half precision (weightsep.prepared)
         return functional_call(self.module, dict(tensors), (x,))
 
     def describe(self) -> str:

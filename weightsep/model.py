@@ -161,7 +161,7 @@ class TemplateNet(nn.Module):
 
     def forward_with(self, x: torch.Tensor, t: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """The forward pass on weight tensors by name (TF layout), e.g. resolved lazily per layer."""
-        x = x.to(t["weight_0"].dtype)  # data may be stored at half precision (weightsep.datasets)
+        x = x.to(t["weight_0"].dtype)  # data may be stored at half precision (weightsep.prepared)
         if self.convs:  # channels-last memory (NHWC), written with ops that vmap (the batched Fisher) batches
             x = x.permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2)
         act = ACTIVATIONS[self.hidden_act]

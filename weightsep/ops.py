@@ -6,7 +6,8 @@ plus gather_cuda.cu when CUDA is available, built with torch.utils.cpp_extension
 `cache_dir()/build` and registered as `torch.ops.weightsep.gather_pages` / `scatter_add_pages` /
 `gather_pages_into` / `gather_dequant_into`) or "torch" (plain indexing, native autograd). The
 setting is auto | torch | extension, from `set_backend` or WEIGHTSEP_OPS_BACKEND; "auto" falls back
-to "torch" when the build fails and logs why, once.
+to "torch" when the build fails and logs why, once. The op layer: below formation (pages.py calls
+it), above quant (the formats it dequantises) and paths (where it builds); it imports nothing else.
 
 The dequantising gather reads quantised pages (weightsep.quant's formats) from three buffers that
 `dequant_operands` builds: `pages` (uint8: every format's block of rows), `scales` (float32) and
@@ -32,7 +33,7 @@ from pathlib import Path
 import torch
 
 from weightsep import quant
-from weightsep.dnn import cache_dir
+from weightsep.paths import cache_dir
 
 log = logging.getLogger("weightsep")
 

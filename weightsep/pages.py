@@ -3,6 +3,8 @@
 Takes a 1-D vector of `n` weights (a `TemplateNet.theta`, TF order) and returns `[ceil(n / P), P]`
 pages, the last one zero-padded; `from_pages` inverts it bit-exactly. A page table maps each
 logical page of a DNN to a row of `cat([shared_pages, exclusive_pages])` (the rule: state.py).
+Formation sits on the gather op: `materialize` calls weightsep.ops (the custom op, one layer down),
+which knows nothing of pages.py; the stages above (state, separation, pack, optimize) come here.
 
     pages = to_pages(net.theta.detach(), 512)
     theta = materialize(shared_pages, exclusive_pages, page_table, n)

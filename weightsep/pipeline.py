@@ -20,6 +20,7 @@ from . import dnn as dnn_mod
 from .config_help import opt
 from .control import control_worker, job, no_sharing_control  # noqa: F401 (importable from here)
 from .evaluate import aggregate, format_aggregate, format_table, make_row, packed_theta, summarize
+from .files import atomic_write_text
 from .fisher import FisherConfig
 from .group import Group, merged  # noqa: F401 (importable from here)
 from .optimize import OptimizeConfig, planned_batches, step_batches
@@ -37,7 +38,7 @@ from .packing import (  # noqa: F401 (importable from here)
 )
 from .precision import PrecisionConfig
 from .records import DNNRecord, Reference, load, load_packed  # noqa: F401 (importable from here)
-from .store import Store, atomic_write_text
+from .store import Store
 from .train import standalone_models, worker_pool
 
 RESULTS_DIR = dnn_mod.REPO_ROOT / "results" if dnn_mod.IN_REPOSITORY else Path("results")

@@ -27,6 +27,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .model import TemplateNet
+
 FORMATS = ("float32", "float16", "bfloat16", "int8", "int4")
 CODE = {name: code for code, name in enumerate(FORMATS)}
 FLOATS = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -246,8 +248,6 @@ def decode(blocks: dict[str, tuple], codes: torch.Tensor, page_size: int, group:
 def channel_axis(model: torch.nn.Module) -> int:
     """The output-channel axis of a model's weight tensors: last in TemplateNet's TF layout (HWIO,
     [in, out]), first in PyTorch's (a FlatModule's parameters)."""
-    from .model import TemplateNet  # model.py builds on pages -> ops; a top-level import would cycle
-
     return -1 if isinstance(model, TemplateNet) else 0
 
 

@@ -40,8 +40,8 @@ files of the current and previous generations are kept. No pickle anywhere. See 
         mnist = state.vnns["mnist"]
         store.save(state.with_vnn(mnist.replace(provenance=dataclasses.replace(mnist.provenance, folder="suite/mnist"))))
 
-`save_tensors`/`load_tensors` and `atomic_write_text`/`atomic_write_json` give other modules (the
-trained-model cache) the same atomic writes and checksummed safetensors files.
+`save_tensors`/`load_tensors` give other modules (the trained-model cache) checksummed safetensors
+files, written as every file here is, by weightsep.files' atomic writers.
 """
 from __future__ import annotations
 
@@ -52,7 +52,6 @@ import hashlib
 import json
 import os
 import re
-import secrets
 import stat
 import sys
 from collections.abc import Iterator
@@ -67,6 +66,8 @@ import torch
 
 from . import formats
 from .checks import MAX_PAGE_SIZE, MAX_SHARED_WEIGHTS, writable_dir
+from .errors import StoreError
+from .files import atomic_write_bytes, atomic_write_json, code_hash
 from .state import VNN, PackedState, Provenance, StateConfig
 
 FORMAT = "weightsep-store"
@@ -95,21 +96,7 @@ _HELD: set[Path] = set()  # store roots whose writer lock this process holds
 COMMITS: list[tuple[Path, int]] = []  # (store, generation) this process committed, in order: what an interrupt left
 
 
-class StoreError(Exception):
-    """Packed state or a tensor file on disk that is missing, damaged or of an unknown format.
-
-    The message names the file, says what is wrong and how to recover."""
-
-
 # ---------------------------------------------------------------- atomic files, tensor files
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class NotRegularFile(OSError):
@@ -144,33 +131,6 @@ def read_regular(path: Path, max_bytes: int | None = None) -> bytes:
             raise NotRegularFile(errno.EFBIG, f"{mode.st_size:,} bytes, more than the {max_bytes:,} such a file "
                                  "may have", str(path))
         return f.read()
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Replace `path` by `data` so readers see the old file or the new one, even across a crash."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    try:
-        with open(tmp, "xb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """`atomic_write_bytes` for UTF-8 text."""
-    atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def atomic_write_json(path: str | Path, obj: Any) -> None:
-    """Atomically write `obj` as indented JSON (no NaN/inf: they are not JSON)."""
-    atomic_write_text(path, json.dumps(obj, indent=2, allow_nan=False) + "\n")
 
 
 def _digest(tensors: dict[str, torch.Tensor]) -> str:
@@ -225,11 +185,9 @@ def load_tensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
 @lru_cache(maxsize=1)
 def code_version() -> str:
     """`weightsep-<sha12>` of the package's Python sources, recorded with every saved generation."""
-    h = hashlib.sha256()
     package = Path(__file__).resolve().parent
-    for p in sorted(package.rglob("*.py")):
-        h.update(p.relative_to(package).as_posix().encode() + b"\0" + p.read_bytes())
-    return f"weightsep-{h.hexdigest()[:12]}"
+    return "weightsep-" + code_hash(*(p.relative_to(package).as_posix().encode() + b"\0" + p.read_bytes()
+                                      for p in sorted(package.rglob("*.py"))), digits=12)
 
 
 # ---------------------------------------------------------------- the store

@@ -16,7 +16,6 @@ identical data file, another module) reuses the cache.
 """
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import math
@@ -36,9 +35,10 @@ import torch.nn.functional as F
 from . import dnn as dnn_mod
 from .checks import at_least, typed
 from .config_help import opt
-from .datasets import stored_digest  # .npz files written by weightsep carry their arrays' sha256
 from .evaluate import accuracy
+from .files import file_hash
 from .flat import buffer_state, load_buffer_state
+from .prepared import stored_digest  # .npz files written by weightsep carry their arrays' sha256
 from .progress import tqdm
 from .store import BUFFER, StoreError, load_tensors, save_tensors
 
@@ -138,21 +138,6 @@ def config_for(dnn: dnn_mod.DNN, steps: int | None = None, seed: int = 0) -> Tra
 
 
 TRAINING_CODE = tuple(Path(__file__).with_name(f) for f in ("model.py", "flat.py", "train.py", "evaluate.py"))
-
-
-@functools.lru_cache(maxsize=64)
-def _file_hash(path: Path, size: int, mtime_ns: int) -> str:
-    """sha256 of a file's contents (memoised while its size and mtime stay the same)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 22):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def file_hash(path: Path) -> str:
-    stat = Path(path).stat()
-    return _file_hash(Path(path), stat.st_size, stat.st_mtime_ns)
 
 
 def cache_path(dnn: dnn_mod.DNN, config: TrainConfig) -> Path:

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from weightsep import datasets
+from dnnkit import datasets
+from weightsep import prepared
 from weightsep.dnn import Dataset, Split
 from weightsep.model import Conv, TemplateNet
 
@@ -56,4 +57,4 @@ def prepare(data_dir: Path) -> None:
 
 
 def load_data(data_dir: Path) -> Dataset:
-    return datasets.load_npz(Path(data_dir) / FILE)
+    return prepared.load_npz(Path(data_dir) / FILE)

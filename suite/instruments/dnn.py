@@ -30,7 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
-from weightsep import audio, datasets
+from dnnkit import audio, datasets
+from weightsep import prepared
 from weightsep.dnn import Dataset
 from weightsep.model import Conv, TemplateNet
 
@@ -204,4 +205,4 @@ def prepare(data_dir: Path) -> None:
 
 
 def load_data(data_dir: Path) -> Dataset:
-    return datasets.load_npz(Path(data_dir) / FILE)
+    return prepared.load_npz(Path(data_dir) / FILE)

@@ -1,6 +1,6 @@
 """Signs: 43 glyph classes on coloured sign plates (GTSRB's class count and shape), over real photos.
 
-Source: synthetic, built by weightsep.glyphs from installed PyPI packages only: 21 text fonts that
+Source: synthetic, built by dnnkit.glyphs from installed PyPI packages only: 21 text fonts that
 matplotlib bundles (mpl-data/fonts/ttf) and 15 real photographs as backgrounds (14 in scikit-image
 0.26.0's skimage/data, plus matplotlib's sample_data/grace_hopper.jpg). Classes are the glyphs
 0-9, A-Z and ! ? + & % # =. Each image is a random photo crop with a sign plate (circle, triangle,
@@ -9,13 +9,13 @@ Plate and class are tied only partly, as GTSRB's sign families are: 75% of image
 own plate (shape label % 4, fill colour label // 4 % 7: 28 plates for 43 classes, so the glyph
 must still be read), the rest a random plate. Then scale, rotation (std 6 deg), perspective,
 occluding bars (5%), blur, brightness, pixel noise and JPEG re-encoding (see STYLE).
-Split: disjoint in fonts AND photos (weightsep.glyphs.FONT_SPLIT / PHOTO_SPLIT): 14 train fonts
+Split: disjoint in fonts AND photos (dnnkit.glyphs.FONT_SPLIT / PHOTO_SPLIT): 14 train fonts
 over 9 photos, 3 other fonts over 2 other photos for validation, the 4 remaining fonts over the 4
 remaining photos for test; 10,320 / 1,505 / 3,010 images (240 / 35 / 70 per class), seed 1. Each
 chunk of 100 images has its own seed, so the build is bit-identical with any number of workers.
 Groups: font id * 100 + photo id.
 Preprocessing: x = pixel / 255, shaped (3, 32, 32) (RGB, NCHW; stored at half precision by
-weightsep.datasets). Model: the suite's narrow convs
+dnnkit.datasets). Model: the suite's narrow convs
 (8, 16, 32 channels) and wide dense layers.
 """
 from __future__ import annotations
@@ -24,7 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-from weightsep import datasets, glyphs
+from dnnkit import datasets, glyphs
+from weightsep import prepared
 from weightsep.dnn import Dataset
 from weightsep.model import Conv, TemplateNet
 
@@ -64,4 +65,4 @@ def prepare(data_dir: Path) -> None:
 
 
 def load_data(data_dir: Path) -> Dataset:
-    return datasets.load_npz(Path(data_dir) / FILE)
+    return prepared.load_npz(Path(data_dir) / FILE)

@@ -1,19 +1,19 @@
 """SynDigits: house-number-style colour digits (SVHN's shape), drawn in fonts over crops of real photos.
 
-Source: synthetic, built by weightsep.glyphs from installed PyPI packages only: 21 text fonts that
+Source: synthetic, built by dnnkit.glyphs from installed PyPI packages only: 21 text fonts that
 matplotlib bundles (mpl-data/fonts/ttf: DejaVu Sans / Sans Mono / Serif, STIX General, Computer
 Modern) and 15 real photographs as backgrounds (14 in scikit-image 0.26.0's skimage/data, plus
 matplotlib's sample_data/grace_hopper.jpg). Each image is a random photo crop under a blended plain
 plate colour, the class digit centred with a random neighbour digit on each side (cut by the edge,
 as in SVHN's crops), then rotation (std 12 deg), perspective, occluding bars (25% of images), low
 glyph/plate contrast, blur, pixel noise and JPEG re-encoding (see STYLE).
-Split: disjoint in fonts AND photos (weightsep.glyphs.FONT_SPLIT / PHOTO_SPLIT): 14 train fonts
+Split: disjoint in fonts AND photos (dnnkit.glyphs.FONT_SPLIT / PHOTO_SPLIT): 14 train fonts
 over 9 photos, 3 other fonts over 2 other photos for validation, the 4 remaining fonts over the 4
 remaining photos for test; 8,000 / 1,500 / 3,000 images, classes balanced, seed 0. Each chunk of
 100 images has its own seed, so the build is bit-identical with any number of workers. Groups:
 font id * 100 + photo id.
 Preprocessing: x = pixel / 255, shaped (3, 32, 32) (RGB, NCHW; stored at half precision by
-weightsep.datasets). Model: the suite's narrow convs
+dnnkit.datasets). Model: the suite's narrow convs
 (8, 16, 32 channels) and wide dense layers.
 """
 from __future__ import annotations
@@ -22,7 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from weightsep import datasets, glyphs
+from dnnkit import datasets, glyphs
+from weightsep import prepared
 from weightsep.dnn import Dataset
 from weightsep.model import Conv, TemplateNet
 
@@ -61,4 +62,4 @@ def prepare(data_dir: Path) -> None:
 
 
 def load_data(data_dir: Path) -> Dataset:
-    return datasets.load_npz(Path(data_dir) / FILE)
+    return prepared.load_npz(Path(data_dir) / FILE)

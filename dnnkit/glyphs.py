@@ -37,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-from weightsep import datasets
+from dnnkit import datasets
 from weightsep.dnn import Dataset, Split
 
 SIZE = 32  # output side

@@ -24,12 +24,12 @@ from pathlib import Path
 
 import numpy as np
 
-from weightsep import datasets
-from weightsep.checkpoint import import_checkpoint
+from dnnkit import datasets
+from dnnkit.checkpoint import import_checkpoint
 from weightsep.dnn import Dataset, Split
-from weightsep.dnn import data_dir as default_data_dir
 from weightsep.model import TemplateNet
-from weightsep.originals import fixtures_dir
+from weightsep.paths import data_dir as default_data_dir
+from weightsep.paths import fixtures_dir
 
 WS_ORDER = ("cifar10", "mnist", "fmnist", "gtsrb", "svhn", "obs", "gsc", "esc10", "us8k", "hhar")
 ARCHS = ("ws", "nwv")

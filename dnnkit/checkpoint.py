@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from weightsep.originals import load_nwv_arrays
+from dnnkit.originals import load_nwv_arrays
 
 MAGIC = 0xDB4775248B80FB57  # LevelDB table magic, stored little-endian in the last 8 bytes
 FOOTER_BYTES = 48  # two BlockHandles (<= 20 bytes each, zero-padded to 40) + magic

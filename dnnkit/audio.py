@@ -29,7 +29,7 @@ from typing import TypeVar
 import numpy as np
 import torch
 
-from weightsep import datasets
+from dnnkit import datasets
 
 SR = 16000  # every clip is mono float32 at 16 kHz
 FRAME = dict(n_fft=512, win_length=480, hop_length=160)  # 30 ms Hann window, 10 ms hop: 101 frames / s

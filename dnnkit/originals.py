@@ -3,7 +3,7 @@
 The NWV repository ships, per DNN, `NAME_network_weight.npy` (the stand-alone trained weights,
 bit-identical to its checkpoint) and `NAME_network_fisher.npy` (their diagonal Fisher): each a 1-D
 object array of float32 arrays in TF trainable-variable order (conv HWIO, dense [in, out]), saved as
-Python-2 pickles. This module is the ONE place in weightsep that unpickles: reading those files needs
+Python-2 pickles. This module is the ONE place in the repository that unpickles: reading those files needs
 `allow_pickle=True`, and unpickling can run code from the file, so point it only at the authors'
 fixture files.
 
@@ -11,20 +11,14 @@ fixture files.
 """
 from __future__ import annotations
 
-import os
 import pickle
 from pathlib import Path
 
 import numpy as np
 
-from weightsep.dnn import REPO_ROOT
+from weightsep.paths import fixtures_dir
 
 NWV_ORDER = ("mnist", "gsc", "gtsrb", "cifar10", "svhn")  # the five NWV DNNs, in the paper's order
-
-
-def fixtures_dir() -> Path:
-    """The originals' fixtures: $WEIGHTSEP_FIXTURES, else `<repo>/../shared/fixtures/originals`."""
-    return Path(os.environ.get("WEIGHTSEP_FIXTURES", REPO_ROOT.parent / "shared" / "fixtures" / "originals"))
 
 
 def load_nwv_arrays(path: str | Path) -> list[np.ndarray]:

@@ -1,0 +1,92 @@
+"""Files written whole or not at all, and the hashes that name code and file contents.
+
+The bottom layer (with paths.py and errors.py): imports nothing of weightsep. Every file weightsep
+writes for others to read (a store's files, the trained-model cache, prepared .npz data, results)
+goes through `atomic_file`: temp file in the same folder -> fsync -> os.replace -> fsync(folder),
+so a reader sees the old file or the new one, even across a crash, and a process that has the old
+file memory-mapped goes on reading the old inode. Code is known by `code_hash` (a DNN folder's
+dnn.py, the package's sources), a file's contents by `file_hash`.
+
+    atomic_write_json(folder / "summary.json", summary)
+    with atomic_file(folder / "data.npz") as f:    # an open binary file: written, read back, replaced
+        write_archive(f)
+"""
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+import json
+import os
+import secrets
+import typing
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_file(path: str | Path) -> Iterator[typing.BinaryIO]:
+    """A new binary file (readable and seekable too; `f.name` its temporary path) that replaces
+    `path` when the block ends, or is removed when the block raises. Folders are made as needed."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    try:
+        with open(tmp, "x+b") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Replace `path` by `data` so readers see the old file or the new one, even across a crash."""
+    with atomic_file(path) as f:
+        f.write(data)
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """`atomic_write_bytes` for UTF-8 text."""
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: str | Path, obj: Any) -> None:
+    """Atomically write `obj` as indented JSON (no NaN/inf: they are not JSON)."""
+    atomic_write_text(path, json.dumps(obj, indent=2, allow_nan=False) + "\n")
+
+
+def code_hash(*sources: bytes | Path, digits: int = 16) -> str:
+    """The hash code is known by: the first `digits` hex digits of the sha256 of `sources` in order
+    (bytes as given, a path as its file's bytes). A DNN's dnn.py: `code_hash(source)`."""
+    digest = hashlib.sha256()
+    for source in sources:
+        digest.update(source if isinstance(source, bytes) else Path(source).read_bytes())
+    return digest.hexdigest()[:digits]
+
+
+@functools.lru_cache(maxsize=64)
+def _file_hash(path: Path, size: int, mtime_ns: int) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def file_hash(path: str | Path) -> str:
+    """sha256 (hex) of a file's contents, read in chunks (memoised while its size and mtime stay the same)."""
+    stat = Path(path).stat()
+    return _file_hash(Path(path), stat.st_size, stat.st_mtime_ns)
