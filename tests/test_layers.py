@@ -1,12 +1,14 @@
 """The package's layers (every import points down), and one source for user errors, atomic writes and hashes.
 
-Read from the source (ast), nothing run: a new module must be given its layer in LAYERS, an import
+Read from the source (ast), nothing run: a new module must be given its layer in docs/architecture.md's
+module table (LAYERS is read from it), an import
 that points up or sideways fails here, and so does a second copy of a user-error tuple, an atomic
 writer or a file hash.
 """
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -16,32 +18,19 @@ from weightsep import distributed, dnn, errors, files, store, train
 REPO = Path(__file__).resolve().parent.parent
 PACKAGE = REPO / "weightsep"
 
-# lowest first; a module imports only modules of lower layers (none of its own layer: no sideways imports)
-LAYERS = (
-    ("paths", "errors", "files", "checks"),  # the bottom: where things are, user errors, atomic files, hashes, flag checks
-    ("model",),  # TemplateNet: the flat-weight network
-    ("quant", "flat"),  # page formats' number encodings; any nn.Module as a flat-weight model
-    ("ops",),  # the gather custom op (and its dequantising form)
-    ("pages",),  # formation: weights <-> pages, materialize through the op
-    ("state",),  # the packed state and its page-table rule
-    ("store",),  # the packed state on disk
-    ("distributed",),  # the process group: ranks, collectives, who writes
-    ("matching", "separation", "fisher"),  # the stages that read weights and Fisher
-    ("precision",),
-    ("evaluate",),
-    ("execution", "pack"),
-    ("dnn",),  # DNN folders: discovery, the contract, Dataset
-    ("prepared",),  # a Dataset's .npz: written aligned, read memory-mapped
-    ("train",),  # stand-alone models and their cache
-    ("optimize",),
-    ("pipeline",),
-    ("api", "cli"),
-    ("__init__", "__main__"),
-)
-# upward imports known and left to remove (name the change; the second test says when one is gone)
-KNOWN_UPWARD = {
-    ("distributed", "train"): "the process setup (set_single_thread, _worker_init) belongs below train",
-}
+ARCHITECTURE = REPO / "docs" / "architecture.md"
+ROW = re.compile(r"^\| (\d+) \| ([\w\\]+) \| .+ \|$", re.M)
+
+
+def layers() -> tuple[tuple[str, ...], ...]:
+    """docs/architecture.md's module table, lowest layer first: the one list of the modules and their layers."""
+    by_layer: dict[int, list[str]] = {}
+    for layer, module in ROW.findall(ARCHITECTURE.read_text()):
+        by_layer.setdefault(int(layer), []).append(module.replace("\\", ""))
+    return tuple(tuple(by_layer[k]) for k in sorted(by_layer))
+
+
+LAYERS = layers()
 # the trees whose code must use the one source (store_safety.py injects faults into os.replace itself)
 SOURCES = ("weightsep", "dnnkit", "bench", "experiments", "examples")
 
@@ -55,9 +44,15 @@ def package_modules() -> list[str]:
 
 
 def imports(path: Path) -> set[str]:
-    """The weightsep modules `path` imports, at the top or inside a function."""
+    """The weightsep modules `path` imports, at the top or inside a function (not those under
+    `if TYPE_CHECKING:`, which type hints name and nothing runs)."""
     found, modules = set(), set(package_modules())
-    for node in ast.walk(ast.parse(path.read_text())):
+    tree = ast.parse(path.read_text())
+    typing_only = {id(n) for block in ast.walk(tree) if isinstance(block, ast.If) and ast.unparse(block.test) == "TYPE_CHECKING"
+                   for stmt in block.body for n in ast.walk(stmt)}  # annotations only: nothing imported at run time
+    for node in ast.walk(tree):
+        if id(node) in typing_only:
+            continue
         if isinstance(node, ast.ImportFrom) and node.level == 1:
             names = [node.module.split(".")[0]] if node.module else [a.name for a in node.names]
         elif isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "weightsep":
@@ -79,20 +74,15 @@ def source_files() -> list[Path]:
 def test_every_module_has_a_layer():
     placed = [m for layer in LAYERS for m in layer]
     assert len(placed) == len(set(placed)), "a module in two layers"
-    assert sorted(placed) == package_modules(), "give each module of weightsep/ its layer in LAYERS (and docs)"
+    assert sorted(placed) == package_modules(), "give each module of weightsep/ its row in docs/architecture.md"
 
 
 @pytest.mark.parametrize("module", package_modules())
 def test_imports_point_down(module):
     layer = layer_of()
     bad = sorted(m for m in imports(PACKAGE / f"{module}.py")
-                 if layer[m] >= layer[module] and (module, m) not in KNOWN_UPWARD)
+                 if layer[m] >= layer[module])
     assert not bad, f"weightsep/{module}.py (layer {layer[module]}) imports {bad}, not below it"
-
-
-def test_known_upward_imports_are_still_there():
-    for (module, target), why in KNOWN_UPWARD.items():
-        assert target in imports(PACKAGE / f"{module}.py"), f"{module} -> {target} is gone: drop it from KNOWN_UPWARD ({why})"
 
 
 def test_the_package_never_imports_the_repositorys_dnn_kit():
