@@ -1,10 +1,14 @@
 """experiments/compare.py runs to its end and writes its table (it once crashed there)."""
 import json
 
+import pytest
+
 from experiments import compare
 from weightsep.train import standalone_models
 
 
+@pytest.mark.slow  # trains two DNNs and runs every configuration end to end (about a minute on 2 cores)
+@pytest.mark.e2e
 def test_compare_runs_every_configuration_and_writes_the_table(cache_with_data, tmp_path, monkeypatch):
     monkeypatch.setattr(compare, "RESULTS_DIR", tmp_path)
     monkeypatch.setattr(compare, "standalone_models", lambda dnns: standalone_models(dnns, workers=1, steps=50))

@@ -28,6 +28,7 @@ from . import dnn as dnn_mod
 from . import store as store_mod
 from .checks import Parser, flag, int_at_least, writable_dir
 from .config_help import flag_help
+from .errors import USER_ERRORS
 from .evaluate import format_aggregate, format_table, make_row, packed_theta, summarize
 from .fisher import ESTIMATORS, FisherConfig
 from .group import Group
@@ -459,7 +460,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("\ninterrupted" + (_written(first_commit) if writes else ""), file=sys.stderr)
         return 130
-    except distributed.USER_ERRORS as e:  # after a save, the message says so (it may claim nothing was written)
+    except USER_ERRORS as e:  # after a save, the message says so (it may claim nothing was written)
         saved = _written(first_commit) if len(store_mod.COMMITS) > first_commit else ""
         print(f"error: {e}{saved}", file=sys.stderr)
         return 2

@@ -36,7 +36,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from .errors import USER_ERRORS, LostContact, RankError, StoreError  # noqa: F401 - USER_ERRORS: cli.py reads it here
+from .errors import USER_ERRORS, LostContact, RankError, StoreError
 from .state import PackedState
 from .store import COMMITS, Store
 
