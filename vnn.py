@@ -14,7 +14,7 @@ with interruptible():  # Ctrl-C during the imports: `interrupted`, exit 130
 
     from weightsep.checks import Parser, writable_dir
     from weightsep.flat import page_labels
-    from weightsep.quant import FORMATS
+    from weightsep.quant import CODE, FORMATS
     from weightsep.state import exclusive_slots, is_shared
     from weightsep.store import Store, file_slug
 
@@ -53,8 +53,8 @@ def describe(state, name: str) -> str:
         for a, b, label in runs:
             kinds = "".join("E" if not is_shared(table[i : i + 1], S) else "s" for i in range(a, b + 1))
             lines.append(f"  {a if a == b else f'{a}-{b}':>9}  {label}  [{kinds}]")
-    if state.precision is not None:  # a quantised store: the format each logical page is held in
-        codes = torch.cat([state.precision.shared_codes, state.precision.exclusive_codes[name]])[table]
+    codes = state.format.logical_codes(name, table)
+    if (codes != CODE["float32"]).any():  # a quantised store: the format each logical page is held in
         counts = torch.bincount(codes.long(), minlength=len(FORMATS)).tolist()
         lines.append("page formats: " + ", ".join(f"{n} {f}" for f, n in zip(FORMATS, counts) if n)
                      + " (by logical page: " + "".join(str(int(c)) for c in codes) + f"; codes {dict(enumerate(FORMATS))})")

@@ -79,6 +79,10 @@ class PageFormat(ABC):
         (fake-quantised: rounded forward, straight-through backward)."""
 
     @abstractmethod
+    def logical_codes(self, name: str, page_table: torch.Tensor) -> torch.Tensor:
+        """The format code (quant.CODE) of each of DNN `name`'s logical pages, by its page table."""
+
+    @abstractmethod
     def deployed(self, name: str, w: torch.Tensor, page_table: torch.Tensor, page_size: int) -> torch.Tensor:
         """DNN `name`'s flat weights `w` rounded page by page to the formats of the pages they live on
         (a last page's padding is taken as zeros)."""
@@ -156,6 +160,9 @@ class Float32Pages(PageFormat):
 
     def as_run(self, shared, exclusive, name):
         return shared, exclusive
+
+    def logical_codes(self, name, page_table):
+        return torch.full((len(page_table),), quant.CODE["float32"], dtype=torch.uint8)
 
     def deployed(self, name, w, page_table, page_size):
         return w
@@ -271,8 +278,11 @@ class QuantizedPages(PageFormat):
         return (quant.fake_quantize(shared, self.shared_codes, self.group),
                 quant.fake_quantize(exclusive, self.exclusive_codes[name], self.group))
 
+    def logical_codes(self, name, page_table):
+        return torch.cat([self.shared_codes, self.exclusive_codes[name]])[page_table]
+
     def deployed(self, name, w, page_table, page_size):
-        codes = torch.cat([self.shared_codes, self.exclusive_codes[name]])[page_table]
+        codes = self.logical_codes(name, page_table)
         return from_pages(quant.fake_quantize(to_pages(w, page_size), codes, self.group), w.numel())
 
     def promoted(self, name, shared_rows):
