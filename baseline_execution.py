@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="weightsep-baseline-") as tmp:
         files = {}
         for name, item in loaded.items():
-            trained = standalone_models([item.dnn], workers=1, steps=args.train_steps)[name]
+            trained = standalone_models([item.source], workers=1, steps=args.train_steps)[name]
             files[name] = Path(tmp) / f"{name}.safetensors"
             safetensors.torch.save_file({"theta": trained.theta.contiguous(),
                                          **{BUFFER + k: b.contiguous() for k, b in trained.buffers.items()}}, files[name])

@@ -17,8 +17,9 @@ with interruptible():  # Ctrl-C during the imports: `interrupted`, exit 130
     from weightsep.fisher import ESTIMATORS, FisherConfig
     from weightsep.flat import load_buffer_state, page_labels, parameter_sizes
     from weightsep.pack import PackConfig
+    from weightsep.packing import fisher_for
     from weightsep.pages import to_pages
-    from weightsep.pipeline import fisher_for, load
+    from weightsep.records import load
     from weightsep.separation import separate
     from weightsep.train import set_single_thread, standalone_models
 
@@ -72,7 +73,7 @@ def main(argv=None) -> int:
     set_single_thread()
     loaded = load([args.dnn], args.dnn_folder)
     name, item = next(iter(loaded.items()))
-    trained = standalone_models([item.dnn])[name]
+    trained = standalone_models([item.source])[name]
     theta = trained.theta
     load_buffer_state(item.model, trained.buffers, f"DNN {name!r}, stand-alone")
     fisher = fisher_for(item, theta, fisher_config)

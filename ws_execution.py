@@ -60,7 +60,7 @@ def open_packed(args: argparse.Namespace):
     """The store at --store, its DNNs (folders, models, data) and their test sets on --device; None
     after printing the error when the store cannot be read."""
     with interruptible():  # imported when needed (the argument checks come first); Ctrl-C: exit 130
-        from weightsep.pipeline import load_packed
+        from weightsep.records import load_packed
         from weightsep.store import Store, StoreError
 
     try:

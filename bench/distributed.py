@@ -39,7 +39,9 @@ from weightsep.errors import USER_ERRORS
 from weightsep.fisher import FisherConfig
 from weightsep.optimize import OptimizeConfig, optimize
 from weightsep.pack import PackConfig
-from weightsep.pipeline import hold, load, pack
+from weightsep.packing import pack_records
+from weightsep.pipeline import hold
+from weightsep.records import Reference, load
 from weightsep.train import set_single_thread, standalone_models, worker_pool
 
 NETWORK_BYTES_PER_SECOND = 10e9 / 8  # 10 Gbit/s Ethernet
@@ -216,8 +218,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     names = list(loaded)
-    trained = standalone_models([item.dnn for item in loaded.values()], 2, seed=args.seed)
-    state, _ = pack(loaded, trained, replace(PackConfig(), seed=args.seed), replace(FisherConfig(), seed=args.seed))
+    trained = standalone_models([item.source for item in loaded.values()], 2, seed=args.seed)
+    for name, record in loaded.items():
+        record.reference = Reference.of(trained[name])
+    state, _ = pack_records(loaded, replace(PackConfig(), seed=args.seed), replace(FisherConfig(), seed=args.seed))
     del loaded
     config = OptimizeConfig(steps=args.steps, eval_every=args.steps, seed=args.seed,
                             promote_pages=state.config.budget.get("spare", 0) if state.config.budget else 0)

@@ -52,8 +52,8 @@ from weightsep.evaluate import packed_theta
 from weightsep.execution import PackedModel
 from weightsep.formats import FLOAT32
 from weightsep.pages import n_pages
-from weightsep.pipeline import load_packed
 from weightsep.precision import PrecisionConfig, assign, format_counts
+from weightsep.records import load_packed
 from weightsep.state import VNN, PackedState, exclusive_entries
 from weightsep.store import Store
 

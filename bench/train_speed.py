@@ -58,7 +58,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from bench import timing
 from bench.timing import measure, write_result
 from weightsep import dnn as dnn_mod
-from weightsep import optimize, pack, separation, train
+from weightsep import optimize, pack, separation, train  # optimize.Task: the old commit it times has no page_optimizer
 from weightsep import state as state_mod
 
 NAME = "train_speed"

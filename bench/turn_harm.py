@@ -20,8 +20,9 @@ from tqdm import tqdm
 
 from bench.timing import write_result
 from weightsep.evaluate import accuracy, packed_theta
-from weightsep.optimize import OptimizeConfig, optimize, validation_subset
-from weightsep.pipeline import load_packed
+from weightsep.optimize import OptimizeConfig, optimize
+from weightsep.page_optimizer import validation_subset
+from weightsep.records import load_packed
 from weightsep.store import Store
 from weightsep.train import set_single_thread
 

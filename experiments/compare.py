@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from dataclasses import replace
 
 from weightsep import dnn as dnn_mod
 from weightsep.evaluate import make_row, packed_theta, summarize
@@ -26,7 +27,9 @@ from weightsep.files import atomic_write_text
 from weightsep.fisher import FisherConfig
 from weightsep.optimize import OptimizeConfig
 from weightsep.pack import PackConfig
-from weightsep.pipeline import RESULTS_DIR, load, pack_and_optimize
+from weightsep.packing import pack_and_optimize_records
+from weightsep.pipeline import RESULTS_DIR
+from weightsep.records import Reference, load
 from weightsep.train import set_single_thread, standalone_models
 
 CONFIGS = {
@@ -47,8 +50,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     set_single_thread()
     loaded = load(args.dnns or dnn_mod.suite())
-    trained = standalone_models([item.dnn for item in loaded.values()])
-    tasks = {n: item.task(trained[n].theta) for n, item in loaded.items()}
+    trained = standalone_models([item.source for item in loaded.values()])
     rows = []
     for label, change in CONFIGS.items():
         pack_config = PackConfig(mode=args.mode, matching=change.get("matching", "optimal"),
@@ -59,7 +61,8 @@ def main(argv=None) -> int:
         opt = OptimizeConfig(optimizer=optimizer, steps=args.budget, steps_per_turn=args.steps_per_turn,
                              rounds=max(1, args.budget // args.steps_per_turn), eval_every=max(1, args.budget // 10))
         start = time.perf_counter()
-        state, history, _, timings = pack_and_optimize(loaded, trained, tasks, pack_config, fisher, opt)
+        records = {n: replace(item, reference=Reference.of(trained[n])) for n, item in loaded.items()}  # Fisher unset
+        state, history, _, timings = pack_and_optimize_records(records, pack_config, fisher, opt)
         seconds = time.perf_counter() - start
         dnn_rows = [make_row(state, n, trained[n].test_accuracy, item.test_accuracy(packed_theta(state, n, item.model)))
                     for n, item in loaded.items()]

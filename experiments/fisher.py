@@ -25,8 +25,9 @@ from weightsep import dnn as dnn_mod
 from weightsep.files import atomic_write_text
 from weightsep.fisher import FisherConfig
 from weightsep.pack import PackConfig
+from weightsep.packing import fisher_for
 from weightsep.pages import n_pages
-from weightsep.pipeline import fisher_for, load
+from weightsep.records import load
 from weightsep.separation import contribution_density, separate
 from weightsep.train import set_single_thread, standalone_models
 
@@ -78,7 +79,7 @@ def _agreement_job(name: str, seed: int, scale: harness.Scale) -> dict:
     """One DNN and seed (in a worker): every configuration's agreement with the reference, and its seconds."""
     set_single_thread()
     loaded = load([name])[name]
-    theta = standalone_models([loaded.dnn], 1, scale.train_steps, seed=seed)[name].theta
+    theta = standalone_models([loaded.source], 1, scale.train_steps, seed=seed)[name].theta
     # the reference goes first: it also pays the process's one-time torch.func start-up (docs/results.md#code-notes), which
     # would otherwise land on the first timed batched estimator
     ref = fisher_for(loaded, theta, reference(scale, seed))

@@ -39,12 +39,14 @@ from weightsep.evaluate import make_row, packed_theta, summarize
 from weightsep.files import atomic_file, atomic_write_text
 from weightsep.fisher import FisherConfig
 from weightsep.flat import load_buffer_state
-from weightsep.optimize import OptimizeConfig, optimize, step_batches
+from weightsep.optimize import OptimizeConfig, optimize
 from weightsep.pack import PackConfig, solo_state
-from weightsep.pipeline import load, pack, pack_and_optimize
+from weightsep.packing import pack_and_optimize_records, pack_records
 from weightsep.precision import PrecisionConfig
 from weightsep.quant import per_channel_int8, per_channel_int8_bytes
-from weightsep.train import set_single_thread, standalone_models, worker_pool
+from weightsep.records import DNNRecord, Reference, load
+from weightsep.step_cost import step_batches
+from weightsep.train import Trained, set_single_thread, standalone_models, worker_pool
 
 QUICK_DNNS = ("dna", "letters", "satellite")  # the three DNNs that train and optimise fastest
 
@@ -156,12 +158,13 @@ def run_setting(setting: Setting, scale: Scale, seed: int) -> dict:
     set_single_thread()
     names = list(setting.dnns or scale.dnns)
     loaded = {n: _load(n) for n in names}
-    trained = standalone_models([item.dnn for item in loaded.values()], 1, scale.train_steps, seed=seed)
+    trained = standalone_models([item.source for item in loaded.values()], 1, scale.train_steps, seed=seed)
     if setting.replicas > 1:  # synthetic DNNs: each real one several times, its data shared
         loaded = {f"{n}~{r}": item for r in range(setting.replicas) for n, item in loaded.items()}
         trained = {f"{n}~{r}": trained[n] for r in range(setting.replicas) for n in names}
+    records = referenced(loaded, trained)
     pack_config, fisher_config, opt = configs(setting, scale, seed)
-    tasks = {n: item.task(trained[n].theta) for n, item in loaded.items()}
+    tasks = {n: record.task(record.reference.theta) for n, record in records.items()}
     per_step = step_batches(tasks, replace(opt, optimizer="joint"))
     if setting.same_budget and opt.optimizer != "joint":  # the joint optimiser's DNN-batches, per DNN
         total = round(opt.steps * sum(per_step.values()) / len(tasks))
@@ -170,11 +173,14 @@ def run_setting(setting: Setting, scale: Scale, seed: int) -> dict:
         task.batches = per_step[name] if opt.optimizer == "joint" else 1
     start = time.perf_counter()
     if setting.control:
-        return _control_row(setting, loaded, trained, tasks, opt, pack_config.page_size, seed, start)
-    state, history, opt, times = pack_and_optimize(loaded, trained, tasks, pack_config, fisher_config, opt,
-                                                   fishers_for(fisher_config, scale), PrecisionConfig(**setting.precision))
-    rows = [make_row(state, n, trained[n].test_accuracy, item.test_accuracy(packed_theta(state, n, item.model)))
-            for n, item in loaded.items()]
+        return _control_row(setting, records, tasks, opt, pack_config.page_size, seed, start)
+    for name, record in records.items():
+        record.batches = tasks[name].batches
+    with cached_fishers(records, fisher_config, scale):
+        state, history, opt, times = pack_and_optimize_records(records, pack_config, fisher_config, opt,
+                                                               PrecisionConfig(**setting.precision))
+    rows = [make_row(state, n, record.reference.test_accuracy,
+                     record.test_accuracy(packed_theta(state, n, record.model))) for n, record in records.items()]
     table = summarize(state, rows)
     batches_done = history.steps[-1] if history.steps else 0
     return {**_common(setting, seed, names, table, start),
@@ -193,34 +199,36 @@ def _steps_run(opt: OptimizeConfig, n_dnns: int) -> int:
     return opt.steps if opt.optimizer == "joint" else rounds * opt.steps_per_turn * n_dnns
 
 
-def _control_row(setting, loaded, trained, tasks, opt, page_size, seed, start) -> dict:
+def _control_row(setting, records, tasks, opt, page_size, seed, start) -> dict:
     """Each DNN alone, every page exclusive: optimised with the same config and its own batches (the
     no-sharing control), through the per-channel int8 quantiser ("int8-qat"), or only quantised ("int8-ptq")."""
     accs, curves, seconds, quantised = {}, {}, 0.0, setting.alone is not None
-    for name, item in loaded.items():
-        transform = functools.partial(per_channel_int8, model=item.model) if quantised else None
+    for name, record in records.items():
+        reference = record.reference
+        transform = functools.partial(per_channel_int8, model=record.model) if quantised else None
         if setting.alone == "int8-ptq":
-            load_buffer_state(item.model, trained[name].buffers, f"DNN {name!r}, stand-alone")
-            theta = trained[name].theta
+            load_buffer_state(record.model, reference.buffers, f"DNN {name!r}, stand-alone")
+            theta = reference.theta
         else:
             tasks[name].transform = transform
-            alone = solo_state(name, trained[name].theta, page_size, trained[name].buffers)
+            alone = solo_state(name, reference.theta, page_size, reference.buffers)
             result, history = optimize(alone, {name: tasks[name]}, replace(opt, promote_pages=0), progress=False)
-            theta = packed_theta(result, name, item.model)
+            theta = packed_theta(result, name, record.model)
             curves[name] = {"dnn_batches": history.steps, "val": [v[name] for v in history.val_accuracy]}
             seconds += history.seconds
         with torch.no_grad():
-            accs[name] = item.test_accuracy(theta if transform is None else transform(theta))
-    per_dnn = {n: {"standalone": trained[n].test_accuracy, "packed": accs[n],
-                   "difference_pp": 100 * (accs[n] - trained[n].test_accuracy), "exclusive_pages": None}
-               for n in loaded}
-    n = len(loaded)
+            accs[name] = record.test_accuracy(theta if transform is None else transform(theta))
+    standalone = {n: record.reference.test_accuracy for n, record in records.items()}
+    per_dnn = {n: {"standalone": standalone[n], "packed": accs[n],
+                   "difference_pp": 100 * (accs[n] - standalone[n]), "exclusive_pages": None}
+               for n in records}
+    n = len(records)
     checks = min((len(c["val"]) for c in curves.values()), default=0)
     curve = {"dnn_batches": [sum(c["dnn_batches"][i] for c in curves.values()) for i in range(checks)],
              "val": [{name: curves[name]["val"][i] for name in curves} for i in range(checks)], "best_index": None}
-    weights = sum(t.theta.numel() for t in trained.values())
-    packed_bytes = sum(per_channel_int8_bytes(item.model) for item in loaded.values()) if quantised else 4 * weights
-    return {"label": setting.label, "seed": seed, "dnns": list(loaded), "per_dnn": per_dnn,
+    weights = sum(record.reference.theta.numel() for record in records.values())
+    packed_bytes = sum(per_channel_int8_bytes(record.model) for record in records.values()) if quantised else 4 * weights
+    return {"label": setting.label, "seed": seed, "dnns": list(records), "per_dnn": per_dnn,
             "mean_difference_pp": sum(d["difference_pp"] for d in per_dnn.values()) / n,
             "worst_difference_pp": min(d["difference_pp"] for d in per_dnn.values()),
             "mean_packed_accuracy": sum(accs.values()) / n, "packed_weights": weights, "ratio_by_count": 1.0,
@@ -248,10 +256,27 @@ _LOADED: dict = {}  # a worker's DNNs with their data, by name: runs in one proc
 _FISHERS: dict = {}  # a process's Fisher vectors by config and training budget, then DNN name
 
 
+def referenced(loaded: dict[str, DNNRecord], trained: dict[str, Trained]) -> dict[str, DNNRecord]:
+    """A fresh record per name of `loaded` (the process keeps the loaded ones for the next run) with its
+    stand-alone reference from `trained`."""
+    return {n: replace(item, reference=Reference.of(trained[n])) for n, item in loaded.items()}
+
+
 def fishers_for(config: FisherConfig, scale: Scale) -> dict:
     """This process's Fisher vectors for one Fisher config (its seed included) and stand-alone budget,
     by DNN name: settings that change only later stages reuse them instead of computing them again."""
     return _FISHERS.setdefault((json.dumps(asdict(config), sort_keys=True), scale.train_steps), {})
+
+
+@contextlib.contextmanager
+def cached_fishers(records: dict[str, DNNRecord], config: FisherConfig, scale: Scale):
+    """Around packing `records`: each takes this process's Fisher vector for `config` where it has one,
+    and the ones packing computed are kept for the next run."""
+    fishers = fishers_for(config, scale)
+    for name, record in records.items():
+        record.fisher = fishers.get(name)
+    yield
+    fishers.update({n: r.fisher for n, r in records.items() if r.fisher is not None and n not in fishers})
 
 
 def _load(name: str):
@@ -346,12 +371,13 @@ def matching_seconds(settings: list[Setting], scale: Scale) -> dict[str, float]:
     set_single_thread()
     seed = scale.seeds[0]
     loaded = {n: _load(n) for n in scale.dnns}
-    trained = standalone_models([item.dnn for item in loaded.values()], 1, scale.train_steps, seed=seed)
+    trained = standalone_models([item.source for item in loaded.values()], 1, scale.train_steps, seed=seed)
     out = {}
     for st in tqdm(settings, desc="timing the matching", unit="setting", leave=False):
         pack_config, fisher_config, _ = configs(st, scale, seed)
-        out[st.label] = pack(loaded, trained, pack_config, fisher_config, fishers=fishers_for(fisher_config, scale))[1][
-            "matching_seconds"]
+        records = referenced(loaded, trained)
+        with cached_fishers(records, fisher_config, scale):
+            out[st.label] = pack_records(records, pack_config, fisher_config)[1]["matching_seconds"]
     return out
 
 

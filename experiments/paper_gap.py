@@ -31,8 +31,10 @@ from dnnkit.datasets import seeded_split
 from weightsep.dnn import Dataset, Split
 from weightsep.evaluate import make_row, packed_theta, summarize
 from weightsep.files import atomic_write_text
-from weightsep.optimize import OPTIMIZERS, PageOptimizer
-from weightsep.pipeline import load, pack
+from weightsep.optimize import OPTIMIZERS
+from weightsep.packing import pack_records
+from weightsep.page_optimizer import PageOptimizer
+from weightsep.records import Reference, load
 from weightsep.train import set_single_thread, standalone_models
 
 from . import harness
@@ -118,13 +120,14 @@ def published_with_test_curve(setting: harness.Setting, scale: harness.Scale, fr
     start = time.perf_counter()
     set_single_thread()
     loaded = load(list(scale.dnns))
-    trained = standalone_models([item.dnn for item in loaded.values()], 1, scale.train_steps, seed=seed)
+    trained = standalone_models([item.source for item in loaded.values()], 1, scale.train_steps, seed=seed)
     pack_config, fisher_config, opt = harness.configs(setting, scale, seed)
     retrained = dict(loaded)  # packing (Fisher, separation) sees the usual data either way: only re-training changes
     if more_data:
         retrained["mnist"] = replace(loaded["mnist"], data=more_mnist_data(loaded["mnist"].data))
     tasks = {n: item.task(trained[n].theta, batches=1) for n, item in retrained.items()}
-    state, _ = pack(loaded, trained, pack_config, fisher_config)
+    state, _ = pack_records({n: replace(item, reference=Reference.of(trained[n])) for n, item in loaded.items()},
+                            pack_config, fisher_config)
     po = TestScored(state, tasks, opt, {n: item.test_accuracy for n, item in loaded.items()})
     OPTIMIZERS[opt.optimizer](po)
     final = po.result()

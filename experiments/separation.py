@@ -25,7 +25,8 @@ import torch
 from weightsep import dnn as dnn_mod
 from weightsep.evaluate import aggregate, spread
 from weightsep.files import atomic_write_text
-from weightsep.pipeline import RESULTS_DIR, RunConfig, load, run_seed
+from weightsep.pipeline import RESULTS_DIR, RunConfig, run_seed
+from weightsep.records import load
 from weightsep.separation import contribution_density
 from weightsep.store import Store
 from weightsep.train import set_single_thread

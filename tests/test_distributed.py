@@ -17,8 +17,9 @@ from test_optimize import blobs
 from weightsep import cli as cli_mod
 from weightsep import distributed
 from weightsep.model import TemplateNet
-from weightsep.optimize import OPTIMIZERS, OptimizeConfig, Task, optimize
+from weightsep.optimize import OPTIMIZERS, OptimizeConfig, optimize
 from weightsep.pack import PackConfig, add_vnn, new_state
+from weightsep.page_optimizer import Task
 from weightsep.precision import PrecisionConfig, assign
 from weightsep.store import Store
 

@@ -131,7 +131,7 @@ def test_ws_and_baseline_execution_end_to_end(cache_with_data, tmp_path):
         assert f"{name}: stand-alone test accuracy {alone}%" in out, out
 
     # exactly, not only to two decimals: the evaluate.packed_theta path in this process
-    from weightsep.pipeline import load
+    from weightsep.records import load
     from weightsep.store import Store
 
     state = Store(store).load()

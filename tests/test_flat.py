@@ -270,7 +270,8 @@ class BNDense(nn.Module):
 def test_optimizers_train_batch_norm_buffers_and_keep_the_best_checks(optimizer):
     from test_optimize import blobs
 
-    from weightsep.optimize import OptimizeConfig, Task, optimize
+    from weightsep.optimize import OptimizeConfig, optimize
+    from weightsep.page_optimizer import Task
 
     config = PackConfig(page_size=64, n_shared=6, margin=0.5)
     state, tasks, nets = new_state(config, 6), {}, {}

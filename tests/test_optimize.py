@@ -7,8 +7,9 @@ import torch
 from weightsep.evaluate import packed_theta
 from weightsep.group import Group
 from weightsep.model import TemplateNet
-from weightsep.optimize import OPTIMIZERS, OptimizeConfig, StepUndo, Task, optimize, unused_fields, validation_subset
+from weightsep.optimize import OPTIMIZERS, OptimizeConfig, optimize, unused_fields
 from weightsep.pack import PackConfig, add_vnn, new_state
+from weightsep.page_optimizer import StepUndo, Task, validation_subset
 
 P = 64
 
@@ -158,7 +159,7 @@ def test_config_validation():
 
 
 def test_paper_loss_is_the_batch_wide_softmax_cross_entropy():
-    from weightsep.optimize import paper_cross_entropy
+    from weightsep.page_optimizer import paper_cross_entropy
 
     uniform = torch.zeros(100, 10)
     assert paper_cross_entropy(uniform, torch.zeros(100, dtype=torch.long)).item() == pytest.approx(6.907755, abs=1e-5)
@@ -213,7 +214,7 @@ def test_promotion_moves_pages_of_lagging_dnns_to_exclusive_and_keeps_each_dnn_w
 
 def test_promotion_gives_pages_to_the_dnn_furthest_below_its_stand_alone_accuracy():
     state, tasks = trained_pair()
-    from weightsep.optimize import PageOptimizer
+    from weightsep.page_optimizer import PageOptimizer
 
     po = PageOptimizer(state, tasks, OptimizeConfig(promote_pages=3), progress=False)
     give = po.promotions({"a": po.history.reference["a"] - 0.25, "b": po.history.reference["b"] - 0.10}, checks_left=1)
@@ -223,7 +224,7 @@ def test_promotion_gives_pages_to_the_dnn_furthest_below_its_stand_alone_accurac
 
 
 def test_balanced_selection_does_not_hide_one_dnn_behind_the_others():
-    from weightsep.optimize import select_balanced, select_mean
+    from weightsep.page_optimizer import select_balanced, select_mean
 
     ref = {"a": 0.9, "b": 0.9}
     one_collapses, both_dip = {"a": 1.0, "b": 0.74}, {"a": 0.86, "b": 0.86}
@@ -232,7 +233,7 @@ def test_balanced_selection_does_not_hide_one_dnn_behind_the_others():
 
 
 def test_cosine_schedule_warms_up_then_decays_to_zero():
-    from weightsep.optimize import cosine
+    from weightsep.joint import cosine
 
     assert cosine(1, 100) == pytest.approx(0.2) and cosine(5, 100) == pytest.approx(1.0)
     assert cosine(52, 100) == pytest.approx(0.5, abs=0.02) and cosine(100, 100) == pytest.approx(0.0, abs=1e-12)
@@ -248,7 +249,7 @@ def test_joint_with_the_cosine_schedule_trains():
 
 
 def test_gradient_balance_gives_each_dnn_unit_rms_and_sum_leaves_gradients_alone():
-    from weightsep.optimize import GradientBalance
+    from weightsep.joint import GradientBalance
     g = torch.tensor([3.0, -4.0])  # RMS 5 / sqrt(2)
     rms = GradientBalance("rms", decay=0.5)
     assert (rms.factor("a", g) * g).pow(2).mean().sqrt() == pytest.approx(1.0)
@@ -260,7 +261,7 @@ def test_gradient_balance_gives_each_dnn_unit_rms_and_sum_leaves_gradients_alone
 def test_gradient_balance_running_rms_over_several_steps_against_a_literal_recurrence():
     """decay 0.9 and four different gradients: the old value weighs 0.9, the new one 0.1 (a decay of
     0.5, as above, cannot tell the two weights apart); each DNN keeps its own average."""
-    from weightsep.optimize import GradientBalance
+    from weightsep.joint import GradientBalance
     balance = GradientBalance("rms", decay=0.9)
     steps = [torch.tensor([3.0, -4.0]), torch.tensor([1.0, 1.0]), torch.tensor([0.0, 10.0]), torch.tensor([-2.0, 0.5])]
     expected = None
@@ -293,7 +294,7 @@ def test_rms_balance_makes_joint_blind_to_one_dnns_loss_scale(monkeypatch, balan
 
 def test_batches_per_step_water_fills_the_cheapest_dnns_within_the_extra_compute():
     """FLOPs per sample: a 8-48-3 net ~ 2*(8*48 + 48*3) = 1056, a 8-4-3 net ~ 2*(32 + 12) = 88."""
-    from weightsep.optimize import batches_per_step, flops_per_sample, step_batches
+    from weightsep.step_cost import batches_per_step, flops_per_sample, step_batches
     x = torch.zeros(4, 8)
     tasks = {name: Task(TemplateNet((8,), [], dense=[h], classes=3), x, torch.zeros(4, dtype=torch.long), x,
                         torch.zeros(4, dtype=torch.long)) for name, h in [("big", 48), ("small", 4)]}
@@ -365,7 +366,8 @@ def test_one_joint_step_sums_each_dnns_gradient_page_by_page(monkeypatch, balanc
 
 
 def test_overlap_loss_matches_a_double_loop_over_weights_and_other_dnns():
-    from weightsep.optimize import PageOptimizer, _overlap_terms, overlap_loss
+    from weightsep.page_optimizer import PageOptimizer
+    from weightsep.round_robin import _overlap_terms, overlap_loss
 
     state, tasks = packed_pair()
     for vnn in state.vnns.values():  # Fisher with zeros, which the published loss leaves out of the mean
@@ -395,7 +397,8 @@ def test_overlap_loss_matches_a_double_loop_over_weights_and_other_dnns():
 
 
 def test_write_back_puts_each_weight_on_its_page_and_leaves_the_rest():
-    from weightsep.optimize import PageOptimizer, write_back
+    from weightsep.page_optimizer import PageOptimizer
+    from weightsep.round_robin import write_back
 
     state, tasks = packed_pair()
     po = PageOptimizer(state, tasks, OptimizeConfig(optimizer="round-robin"), progress=False)

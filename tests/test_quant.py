@@ -12,8 +12,9 @@ from weightsep.evaluate import accuracy, packed_theta
 from weightsep.execution import PackedModel
 from weightsep.formats import FLOAT32, QuantizedPages
 from weightsep.model import TemplateNet
-from weightsep.optimize import OptimizeConfig, PageOptimizer, optimize, validation_subset
+from weightsep.optimize import OptimizeConfig, optimize
 from weightsep.pack import PackConfig, add_vnn, remove_vnn
+from weightsep.page_optimizer import PageOptimizer, validation_subset
 from weightsep.precision import PrecisionConfig, assign, format_counts, in_formats, packed_bytes, page_fisher
 from weightsep.store import Store, StoreError
 

@@ -32,12 +32,16 @@ from .errors import USER_ERRORS
 from .evaluate import format_aggregate, format_table, make_row, packed_theta, summarize
 from .fisher import ESTIMATORS, FisherConfig
 from .group import Group
+from .joint import BALANCES, SCHEDULES
 from .matching import MATCHERS
-from .optimize import BALANCES, OPTIMIZERS, SCHEDULES, SELECTIONS, OptimizeConfig, optimize, unused_fields
+from .optimize import OPTIMIZERS, OptimizeConfig, optimize, unused_fields
 from .pack import MODES, SHARED_CONTENT, PackConfig, pack_config, plans_a_set, remove_vnn
-from .pipeline import RESULTS_DIR, Reference, RunConfig, hold, load, load_packed, pack_records, run, write_summary
+from .packing import pack_records
+from .page_optimizer import SELECTIONS
+from .pipeline import RESULTS_DIR, RunConfig, hold, run, write_summary
 from .precision import POLICIES, PrecisionConfig, assign, format_counts, packed_bytes
 from .quant import FORMATS
+from .records import Reference, load, load_packed
 from .separation import SEPARATIONS
 from .store import PREVIOUS, Store, StoreError
 from .train import set_single_thread, standalone_models

@@ -25,23 +25,16 @@ from dataclasses import dataclass, field
 from .checks import at_least, finite, one_of, positive, typed, within
 from .config_help import opt
 from .group import Group
-from .joint import BALANCES, SCHEDULES, GradientBalance, cosine, joint  # noqa: F401 (importable from here)
-from .page_optimizer import (  # noqa: F401 (importable from here)
+from .joint import BALANCES, SCHEDULES, joint
+from .page_optimizer import (
     LOSSES,
     SELECTIONS,
     History,
     PageOptimizer,
-    StepUndo,
     Task,
-    dnn_generator,
-    paper_cross_entropy,
-    select_balanced,
-    select_mean,
-    validation_subset,
 )
-from .round_robin import _overlap_terms, overlap_loss, round_robin, write_back  # noqa: F401 (importable from here)
+from .round_robin import round_robin
 from .state import PackedState
-from .step_cost import batches_per_step, flops_per_sample, planned_batches, step_batches  # noqa: F401 (importable from here)
 
 VERSION = 1  # OptimizeConfig's: bump when a field's meaning changes, so stored configs can be told apart
 
@@ -59,7 +52,7 @@ class OptimizeConfig:
     batch_size: int = opt(100, "training samples per batch")
     eval_every: int = opt(100, "joint: steps between validation checks")
     val_samples: int = opt(2000, "validation samples per DNN per check (a fixed random subset where there are more)")
-    loss: str = opt("ce", "ce (cross-entropy) or paper (the originals' loss, optimize.paper_cross_entropy)")
+    loss: str = opt("ce", "ce (cross-entropy) or paper (the originals' loss, page_optimizer.paper_cross_entropy)")
     dnns: tuple[str, ...] | None = opt(None, "DNNs whose losses are trained (default: every packed DNN)")
     select: str = opt("balanced", "balanced (mean change plus the worst DNN's; needs stand-alone weights, else mean) or mean")
     promote_pages: int = opt(0, "joint: spare exclusive pages handed out by validation deficit")

@@ -20,15 +20,15 @@ from . import dnn as dnn_mod
 from .fisher import FisherConfig, compute_fisher
 from .flat import evaluating, load_buffer_state, parameter_sizes
 from .group import Group, merged
-from .optimize import History, OptimizeConfig, Task, optimize
+from .optimize import OptimizeConfig, optimize
 from .pack import PackConfig, add_vnn, new_state, shared_pages_needed
+from .page_optimizer import History
 from .pages import n_pages
 from .precision import PrecisionConfig, assign
 from .progress import tqdm
-from .records import DNNRecord, Reference
+from .records import DNNRecord
 from .separation import allot, exclusive_budget, target_performance_rate
 from .state import PackedState, Provenance, Standalone
-from .train import Trained
 
 
 def fisher_for(loaded: DNNRecord, theta: torch.Tensor, config: FisherConfig) -> torch.Tensor:
@@ -177,37 +177,3 @@ def quantize(state: PackedState, config: PrecisionConfig, spare_pages: int, mine
     group = group or Group.current()
     return group.part_of(group.from_writer(lambda: assign(state, config, spare_pages)), mine)
 
-
-# ---- the parallel dicts the experiments hold, as records ---------------------------------------
-
-def as_records(loaded: dict[str, DNNRecord], trained: dict[str, Trained],
-               fishers: dict[str, torch.Tensor] | None = None,
-               tasks: dict[str, Task] | None = None) -> dict[str, DNNRecord]:
-    """A fresh record per name of `loaded`, with its stand-alone reference from `trained`, its Fisher
-    from `fishers` and its batches per step from `tasks`, where they have one."""
-    fishers, tasks = fishers or {}, tasks or {}
-    return {n: replace(item, reference=Reference.of(trained[n]) if n in trained else None, fisher=fishers.get(n),
-                       batches=tasks[n].batches if n in tasks else None) for n, item in loaded.items()}
-
-
-def pack(loaded: dict[str, DNNRecord], trained: dict[str, Trained], pack_config: PackConfig,
-         fisher_config: FisherConfig, state: PackedState | None = None,
-         fishers: dict[str, torch.Tensor] | None = None) -> tuple[PackedState, dict]:
-    """`pack_records` on parallel dicts; the Fisher vectors computed are added to `fishers`."""
-    records = as_records(loaded, trained, fishers)
-    state, timings = pack_records(records, pack_config, fisher_config, state)
-    if fishers is not None:
-        fishers.update({n: r.fisher for n, r in records.items() if r.fisher is not None and n not in fishers})
-    return state, timings
-
-
-def pack_and_optimize(loaded: dict[str, DNNRecord], trained: dict[str, Trained], tasks: dict[str, Task],
-                      pack_config: PackConfig, fisher_config: FisherConfig, optimize_config: OptimizeConfig,
-                      fishers: dict[str, torch.Tensor] | None = None,
-                      precision_config: PrecisionConfig | None = None) -> tuple[PackedState, History, OptimizeConfig, dict]:
-    """`pack_and_optimize_records` on parallel dicts (`tasks`: each DNN's batches per step)."""
-    records = as_records(loaded, trained, fishers, tasks)
-    result = pack_and_optimize_records(records, pack_config, fisher_config, optimize_config, precision_config)
-    if fishers is not None:
-        fishers.update({n: r.fisher for n, r in records.items() if r.fisher is not None and n not in fishers})
-    return result

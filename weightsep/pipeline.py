@@ -18,26 +18,17 @@ from pathlib import Path
 from . import distributed
 from . import dnn as dnn_mod
 from .config_help import opt
-from .control import control_worker, job, no_sharing_control  # noqa: F401 (importable from here)
+from .control import control_worker, job
 from .evaluate import aggregate, format_aggregate, format_table, make_row, packed_theta, summarize
 from .files import atomic_write_text
 from .fisher import FisherConfig
-from .group import Group, merged  # noqa: F401 (importable from here)
-from .optimize import OptimizeConfig, planned_batches, step_batches
+from .group import Group, merged
+from .optimize import OptimizeConfig
 from .pack import PackConfig
-from .packing import (  # noqa: F401 (importable from here)
-    BudgetPlan,
-    fisher_for,
-    pack,
-    pack_and_optimize,
-    pack_and_optimize_records,
-    pack_records,
-    plan_budget,
-    quantize,
-    tpr_for,
-)
+from .packing import pack_and_optimize_records
 from .precision import PrecisionConfig
-from .records import DNNRecord, Reference, load, load_packed  # noqa: F401 (importable from here)
+from .records import DNNRecord, Reference, load
+from .step_cost import planned_batches, step_batches
 from .store import Store
 from .train import standalone_models, worker_pool
 

@@ -65,10 +65,6 @@ class DNNRecord:
     def name(self) -> str:
         return self.source.name
 
-    @property
-    def dnn(self) -> dnn_mod.DNN | InMemory:
-        return self.source
-
     def task(self, standalone: torch.Tensor | None = None, batches: int | None = None) -> Task:
         d = self.data
         return Task(self.model, torch.from_numpy(d.train.x), torch.from_numpy(d.train.y),
