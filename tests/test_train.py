@@ -4,6 +4,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+import torch
 
 from weightsep import dnn as dnn_mod
 from weightsep import train
@@ -61,3 +62,14 @@ def test_nothing_else_misses_the_cache(toy):
     (folder / "README.md").write_text("notes")  # another file in the folder
     assert key(folder) == before
     assert key(folder) == key(folder)  # and a fresh load of the same folder
+
+
+def test_a_folders_own_weights_come_back_imported_not_as_a_faked_training_run(cache_with_data, monkeypatch):
+    dnn = dnn_mod.get("letters")
+    theta = torch.randn(dnn.build_model().n_weights, generator=torch.Generator().manual_seed(0))
+    monkeypatch.setattr(dnn, "load_weights", lambda model: theta)
+    got = train.standalone_models([dnn], workers=1)["letters"]
+    assert got.imported and not got.cached
+    assert got.best_step is None and got.seconds is None and got.history == []
+    assert torch.equal(got.theta, theta) and 0 <= got.test_accuracy <= 1
+    assert not (cache_with_data / "models").exists()  # nothing trained, nothing cached

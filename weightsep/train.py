@@ -65,15 +65,20 @@ class TrainConfig:
 
 @dataclass
 class Trained:
+    """A DNN's stand-alone weights and how they came: trained here (`best_step`, `seconds` and `history`
+    are that training run's; `cached`: read back from the model cache), or `imported` from the folder's
+    own weights (its load_weights: no training run, so those three are None and empty)."""
+
     name: str
     theta: torch.Tensor  # float32 [n_weights], the model's flat order
     val_accuracy: float
     test_accuracy: float
-    best_step: int
-    seconds: float
+    best_step: int | None
+    seconds: float | None
     cached: bool = False
     history: list = field(default_factory=list)
     buffers: dict[str, torch.Tensor] = field(default_factory=dict)  # the model's buffers at the kept checkpoint
+    imported: bool = False
 
 
 def set_single_thread() -> None:
@@ -160,7 +165,7 @@ def _imported(dnn: dnn_mod.DNN) -> Trained | None:
     data = dnn.load_data()
     val = accuracy(model, theta, torch.from_numpy(data.val.x), torch.from_numpy(data.val.y))
     test = accuracy(model, theta, torch.from_numpy(data.test.x), torch.from_numpy(data.test.y))
-    return Trained(dnn.name, theta, val, test, best_step=0, seconds=0.0, cached=True, buffers=buffer_state(model))
+    return Trained(dnn.name, theta, val, test, best_step=None, seconds=None, buffers=buffer_state(model), imported=True)
 
 
 def worker_pool(processes: int) -> mp.pool.Pool:
