@@ -72,9 +72,9 @@ def main(argv=None) -> int:
                      "matching_seconds": timings["matching_seconds"], "seconds": seconds,
                      "best_mean_val": history.mean(history.best_index),
                      "mean_val_before_training": history.mean(0),  # the first check is at step 0
-                     **{k: table["totals"][k] for k in ("mean_standalone_accuracy", "mean_packed_accuracy",
+                     **{k: getattr(table.totals, k) for k in ("mean_standalone_accuracy", "mean_packed_accuracy",
                                                         "mean_difference_pp", "packed_weights", "ratio_by_count")},
-                     "per_dnn": {r["name"]: r["packed_accuracy"] for r in table["rows"]}})
+                     "per_dnn": {r.name: r.packed_accuracy for r in table.rows}})
         print(f"{label}: matching cost {cost:.4g}, mean test {100 * rows[-1]['mean_packed_accuracy']:.2f}% "
               f"({rows[-1]['mean_difference_pp']:+.2f} pp), {seconds:.0f} s", flush=True)
     lines = [f"DNNs: {', '.join(loaded)}; {args.budget} training batches per DNN; mode {args.mode}", "",

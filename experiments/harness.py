@@ -35,7 +35,7 @@ from tqdm import tqdm
 
 from weightsep import dnn as dnn_mod
 from weightsep import files
-from weightsep.evaluate import make_row, packed_theta, summarize
+from weightsep.evaluate import Table, make_row, packed_theta, summarize
 from weightsep.files import atomic_file, atomic_write_text
 from weightsep.fisher import FisherConfig
 from weightsep.flat import load_buffer_state
@@ -236,19 +236,19 @@ def _control_row(setting, records, tasks, opt, page_size, seed, start) -> dict:
             "seconds": time.perf_counter() - start, "peak_rss_mb": _peak_rss_mb(), "curve": curve}
 
 
-def _common(setting: Setting, seed: int, names: list[str], table: dict, start: float) -> dict:
-    t = table["totals"]
+def _common(setting: Setting, seed: int, names: list[str], table: Table, start: float) -> dict:
+    t = table.totals
     return {"label": setting.label, "seed": seed, "dnns": names,
-            "per_dnn": {r["name"]: {"standalone": r["standalone_accuracy"], "packed": r["packed_accuracy"],
-                                    "difference_pp": r["difference_pp"], "exclusive_pages": r["exclusive_pages"]}
-                        for r in table["rows"]},
-            "mean_difference_pp": t["mean_difference_pp"],
-            "worst_difference_pp": min(r["difference_pp"] for r in table["rows"]),
-            "mean_packed_accuracy": t["mean_packed_accuracy"], "packed_weights": t["packed_weights"],
-            "packed_bytes": t["packed_bytes"], "ratio_by_count": t["ratio_by_count"],
-            "ratio_by_bytes": t["ratio_by_bytes"], "shared_pages": t["shared_pages"],
-            "exclusive_pages": t["exclusive_pages"], "page_formats": t["page_formats"],
-            "packed_bytes_by_part": t["packed_bytes_by_part"], "seconds": time.perf_counter() - start,
+            "per_dnn": {r.name: {"standalone": r.standalone_accuracy, "packed": r.packed_accuracy,
+                                 "difference_pp": r.difference_pp, "exclusive_pages": r.exclusive_pages}
+                        for r in table.rows},
+            "mean_difference_pp": t.mean_difference_pp,
+            "worst_difference_pp": min(r.difference_pp for r in table.rows),
+            "mean_packed_accuracy": t.mean_packed_accuracy, "packed_weights": t.packed_weights,
+            "packed_bytes": t.packed_bytes, "ratio_by_count": t.ratio_by_count,
+            "ratio_by_bytes": t.ratio_by_bytes, "shared_pages": t.shared_pages,
+            "exclusive_pages": t.exclusive_pages, "page_formats": t.page_formats,
+            "packed_bytes_by_part": t.packed_bytes_by_part, "seconds": time.perf_counter() - start,
             "peak_rss_mb": _peak_rss_mb()}
 
 

@@ -136,10 +136,10 @@ def published_with_test_curve(setting: harness.Setting, scale: harness.Scale, fr
     table = summarize(final, rows)
     h = po.history
     row = {"label": setting.label, "seed": seed,
-           "per_dnn": {r["name"]: {"standalone": r["standalone_accuracy"], "packed": r["packed_accuracy"],
-                                   "difference_pp": r["difference_pp"], "exclusive_pages": r["exclusive_pages"]}
-                       for r in table["rows"]},
-           "mean_difference_pp": table["totals"]["mean_difference_pp"], "seconds": time.perf_counter() - start,
+           "per_dnn": {r.name: {"standalone": r.standalone_accuracy, "packed": r.packed_accuracy,
+                                "difference_pp": r.difference_pp, "exclusive_pages": r.exclusive_pages}
+                       for r in table.rows},
+           "mean_difference_pp": table.totals.mean_difference_pp, "seconds": time.perf_counter() - start,
            "curve": {"dnn_batches": h.steps, "val": h.val_accuracy, "test": po.test_curve, "best_index": h.best_index}}
     harness.runs_dir().mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, json.dumps(row) + "\n")

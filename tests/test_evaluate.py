@@ -25,18 +25,18 @@ def state_of_two():
 def test_summary_totals_by_hand():
     state, _ = state_of_two()
     rows = [make_row(state, "a", 0.90, 0.88, control_accuracy=0.91), make_row(state, "b", 0.80, 0.81, control_accuracy=0.80)]
-    t = summarize(state, rows)["totals"]
+    t = summarize(state, rows).totals
     assert [r.weights for r in rows] == [291, 243] and [r.pages for r in rows] == [5, 4]
-    assert t["standalone_weights"] == 534
-    assert t["packed_weights"] == (6 + 2) * 64 == 512
-    assert t["ratio_by_count"] == pytest.approx(534 / 512)
-    assert t["standalone_bytes"] == 534 * 4
-    assert t["packed_bytes"] == 512 * 4 + 9 * 8  # float32 pages + nine int64 page-table entries
-    assert t["ratio_by_bytes"] == pytest.approx(534 * 4 / (512 * 4 + 72))
-    assert t["mean_difference_pp"] == pytest.approx((-2.0 + 1.0) / 2)
-    assert t["worst_difference_pp"] == pytest.approx(-2.0)
-    assert t["mean_packed_minus_control_pp"] == pytest.approx((-3.0 + 1.0) / 2)
-    assert t["worst_packed_minus_control_pp"] == pytest.approx(-3.0)
+    assert t.standalone_weights == 534
+    assert t.packed_weights == (6 + 2) * 64 == 512
+    assert t.ratio_by_count == pytest.approx(534 / 512)
+    assert t.standalone_bytes == 534 * 4
+    assert t.packed_bytes == 512 * 4 + 9 * 8  # float32 pages + nine int64 page-table entries
+    assert t.ratio_by_bytes == pytest.approx(534 * 4 / (512 * 4 + 72))
+    assert t.mean_difference_pp == pytest.approx((-2.0 + 1.0) / 2)
+    assert t.worst_difference_pp == pytest.approx(-2.0)
+    assert t.mean_packed_minus_control_pp == pytest.approx((-3.0 + 1.0) / 2)
+    assert t.worst_packed_minus_control_pp == pytest.approx(-3.0)
 
 
 def test_bytes_count_page_tables_at_the_width_execution_holds_them():
@@ -44,5 +44,5 @@ def test_bytes_count_page_tables_at_the_width_execution_holds_them():
     packed = PackedModel(state, models)
     width = {packed._tables[n].element_size() for n in state.vnns}
     rows = [make_row(state, n, 1.0, 1.0) for n in state.vnns]
-    t = summarize(state, rows)["totals"]
-    assert t["packed_bytes"] - t["packed_weights"] * 4 == 9 * width.pop()
+    t = summarize(state, rows).totals
+    assert t.packed_bytes - t.packed_weights * 4 == 9 * width.pop()

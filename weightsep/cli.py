@@ -262,7 +262,7 @@ def cmd_report(args) -> None:
     rows = [make_row(state, n, state.vnns[n].provenance.standalone.test_accuracy,
                      item.test_accuracy(packed_theta(state, n, item.model)), published=item.source.meta.get("published_accuracy"))
             for n, item in loaded.items()]
-    summary = summarize(state, rows)
+    summary = summarize(state, rows).to_json()
     write_summary(summary, args.results)
     print(format_table(summary))
 

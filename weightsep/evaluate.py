@@ -1,7 +1,7 @@
 """Evaluation: packed accuracy next to stand-alone accuracy, and the papers' summary table.
 
-Takes a `PackedState`, each DNN's model and test data and its stand-alone accuracy; returns rows
-and totals (weights by count AND by bytes, both ratios, the mean accuracy difference) and formats
+Takes a `PackedState`, each DNN's model and test data and its stand-alone accuracy; returns a `Table`
+of `Row`s and `Totals` (weights by count AND by bytes, both ratios, the mean accuracy difference) and formats
 them as a table (text and Markdown). Weight counts of the packed store count whole pages, as the
 WS paper does (128 shared + 94 exclusive pages of 512 = 113,664); bytes are the pages in their
 formats (float32 unless quantised; values plus scales, `precision.packed_bytes`) plus page tables
@@ -9,8 +9,8 @@ at their dtype (`state.PAGE_TABLE_DTYPE`, int64) for the packed store and float3
 stand-alone DNNs.
 
     theta = packed_theta(state, "mnist10k")
-    summary = summarize(state, rows)
-    print(format_table(summary))
+    table = summarize(state, rows)
+    print(format_table(table.to_json()))   # the JSON form, as summary.json holds it
 """
 from __future__ import annotations
 
@@ -92,6 +92,52 @@ class Row:
     def packed_minus_control_pp(self) -> float | None:
         return None if self.control_accuracy is None else 100.0 * (self.packed_accuracy - self.control_accuracy)
 
+    def to_json(self) -> dict:
+        return {**asdict(self), "difference_pp": self.difference_pp, "packed_minus_control_pp": self.packed_minus_control_pp}
+
+
+@dataclass
+class Totals:
+    """The table's totals: stand-alone against packed by weight count and by bytes, and the accuracies
+    (fractions; differences in percentage points). The control's figures only with the no-sharing control."""
+
+    dnns: int
+    page_size: int
+    shared_pages: int
+    exclusive_pages: int
+    standalone_weights: int
+    packed_weights: int
+    ratio_by_count: float
+    standalone_bytes: int
+    packed_bytes: int
+    ratio_by_bytes: float
+    packed_fraction_by_count: float
+    page_formats: dict[str, int]  # pages per format
+    packed_bytes_by_part: dict[str, int]
+    mean_standalone_accuracy: float
+    mean_packed_accuracy: float
+    mean_difference_pp: float
+    worst_difference_pp: float
+    mean_control_accuracy: float | None = None
+    mean_packed_minus_control_pp: float | None = None
+    worst_packed_minus_control_pp: float | None = None
+
+    def to_json(self) -> dict:
+        """As summary.json holds them: the control's figures left out when none ran."""
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+
+@dataclass
+class Table:
+    """The summary table of one packed state: a row per DNN and the totals."""
+
+    rows: list[Row]
+    totals: Totals
+
+    def to_json(self) -> dict:
+        """As summary.json holds it (and `format_table` reads it)."""
+        return {"rows": [r.to_json() for r in self.rows], "totals": self.totals.to_json()}
+
 
 def make_row(state: PackedState, name: str, standalone_accuracy: float, packed_accuracy: float,
              control_accuracy: float | None = None, published: dict | None = None) -> Row:
@@ -100,7 +146,7 @@ def make_row(state: PackedState, name: str, standalone_accuracy: float, packed_a
                standalone_accuracy, packed_accuracy, control_accuracy, published)
 
 
-def summarize(state: PackedState, rows: list[Row]) -> dict:
+def summarize(state: PackedState, rows: list[Row]) -> Table:
     """Totals stand-alone vs packed, by weight count and by bytes, with both ratios."""
     P = state.page_size
     standalone_weights = sum(r.weights for r in rows)
@@ -110,31 +156,20 @@ def summarize(state: PackedState, rows: list[Row]) -> dict:
     by_format = precision.packed_bytes(state)
     packed_bytes = sum(by_format.values())
     mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
-    totals = {
-        "dnns": len(rows),
-        "page_size": P,
-        "shared_pages": state.n_shared,
-        "exclusive_pages": exclusive,
-        "standalone_weights": standalone_weights,
-        "packed_weights": packed_weights,
-        "ratio_by_count": standalone_weights / packed_weights,
-        "standalone_bytes": standalone_bytes,
-        "packed_bytes": packed_bytes,
-        "ratio_by_bytes": standalone_bytes / packed_bytes,
-        "packed_fraction_by_count": packed_weights / standalone_weights,
-        "page_formats": precision.format_counts(state),
-        "packed_bytes_by_part": by_format,
-        "mean_standalone_accuracy": mean([r.standalone_accuracy for r in rows]),
-        "mean_packed_accuracy": mean([r.packed_accuracy for r in rows]),
-        "mean_difference_pp": mean([r.difference_pp for r in rows]),
-    }
-    totals["worst_difference_pp"] = min(r.difference_pp for r in rows)
+    totals = Totals(
+        dnns=len(rows), page_size=P, shared_pages=state.n_shared, exclusive_pages=exclusive,
+        standalone_weights=standalone_weights, packed_weights=packed_weights,
+        ratio_by_count=standalone_weights / packed_weights, standalone_bytes=standalone_bytes,
+        packed_bytes=packed_bytes, ratio_by_bytes=standalone_bytes / packed_bytes,
+        packed_fraction_by_count=packed_weights / standalone_weights, page_formats=precision.format_counts(state),
+        packed_bytes_by_part=by_format, mean_standalone_accuracy=mean([r.standalone_accuracy for r in rows]),
+        mean_packed_accuracy=mean([r.packed_accuracy for r in rows]), mean_difference_pp=mean([r.difference_pp for r in rows]),
+        worst_difference_pp=min(r.difference_pp for r in rows))
     if all(r.control_accuracy is not None for r in rows):
-        totals["mean_control_accuracy"] = mean([r.control_accuracy for r in rows])
-        totals["mean_packed_minus_control_pp"] = 100 * (totals["mean_packed_accuracy"] - totals["mean_control_accuracy"])
-        totals["worst_packed_minus_control_pp"] = min(r.packed_minus_control_pp for r in rows)
-    return {"rows": [{**asdict(r), "difference_pp": r.difference_pp, "packed_minus_control_pp": r.packed_minus_control_pp}
-                     for r in rows], "totals": totals}
+        totals.mean_control_accuracy = mean([r.control_accuracy for r in rows])
+        totals.mean_packed_minus_control_pp = 100 * (totals.mean_packed_accuracy - totals.mean_control_accuracy)
+        totals.worst_packed_minus_control_pp = min(r.packed_minus_control_pp for r in rows)
+    return Table(rows, totals)
 
 
 def spread(values: list[float]) -> dict:

@@ -19,7 +19,7 @@ from . import distributed
 from . import dnn as dnn_mod
 from .config_help import opt
 from .control import control_worker, job
-from .evaluate import aggregate, format_aggregate, format_table, make_row, packed_theta, summarize
+from .evaluate import Table, aggregate, format_aggregate, format_table, make_row, packed_theta, summarize
 from .files import atomic_write_text
 from .fisher import FisherConfig
 from .group import Group, merged
@@ -114,6 +114,25 @@ class Timings:
         return {k: v for k, v in asdict(self).items() if v is not None}
 
 
+@dataclass
+class SeedSummary:
+    """One seed's summary: its table, its store, the configs it ran with, its timings, the best
+    validation accuracy per DNN and the pages the optimiser promoted."""
+
+    table: Table
+    seed: int
+    store: str
+    config: dict
+    timings: Timings
+    best_validation: dict[str, float]
+    promoted: int
+
+    def to_json(self) -> dict:
+        """As summary.json holds it (a seed's entry; the first seed's at its top level)."""
+        return {**self.table.to_json(), "seed": self.seed, "store": self.store, "config": self.config,
+                "timings": self.timings.as_dict(), "best_validation": self.best_validation, "promoted": self.promoted}
+
+
 def run(config: RunConfig) -> dict:
     """The main job for every seed, on `config.procs` ranks (`distributed.launch`); writes the stores,
     results/summary.json and results/summary.md. Returns the first seed's summary (rows, totals,
@@ -183,11 +202,12 @@ def run_seed(config: RunConfig, loaded: dict[str, DNNRecord], seed: int, control
                "precision": asdict(config.precision), "dnns": list(records)}
     return group.writes(lambda: _summary(records, state, parts, times, seed=seed, store=str(config.store_for(seed)),
                                          config=configs, best_validation=history.val_accuracy[history.best_index],
-                                         promoted=len(history.promoted)))
+                                         promoted=len(history.promoted)).to_json())
 
 
-def _summary(records: dict[str, DNNRecord], state, parts: list[tuple], times: Timings, **fields) -> dict:
-    """One seed's summary on the writer: `parts` are every rank's (packed, control, peak memory)."""
+def _summary(records: dict[str, DNNRecord], state, parts: list[tuple], times: Timings, **fields) -> SeedSummary:
+    """One seed's summary on the writer: `parts` are every rank's (packed, control, peak memory); `fields`
+    the rest of `SeedSummary`'s."""
     packed = merged(part[0] for part in parts)
     control = None if parts[0][1] is None else merged(part[1] for part in parts)
     rows = [make_row(state, name, state.vnns[name].provenance.standalone.test_accuracy, packed[name],
@@ -196,10 +216,7 @@ def _summary(records: dict[str, DNNRecord], state, parts: list[tuple], times: Ti
     times.peak_memory_mb = max(part[2] for part in parts)
     if len(parts) > 1:  # one entry per rank
         times.peak_memory_mb_per_rank = [part[2] for part in parts]
-    summary = summarize(state, rows)
-    summary.update(seed=fields.pop("seed"), store=fields.pop("store"), config=fields.pop("config"), timings=times.as_dict(),
-                   **fields)
-    return summary
+    return SeedSummary(summarize(state, rows), timings=times, **fields)
 
 
 def write_summary(summary: dict, results: Path) -> dict:
