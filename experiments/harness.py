@@ -88,7 +88,7 @@ def paper_dnns_present() -> list[str]:
     """The paper's DNN folders (repository root) whose data loads here; today mnist and fmnist."""
     present = []
     for dnn in sorted(dnn_mod.discover().values(), key=lambda d: d.name):
-        if dnn.meta.get("paper") is None:
+        if dnn.facts.paper is None:
             continue
         try:
             dnn.load_data()

@@ -10,6 +10,7 @@ from test_evaluate import state_of_two
 
 from weightsep import pipeline
 from weightsep.precision import PrecisionConfig, assign
+from weightsep.records import InMemory
 from weightsep.state import Provenance, Standalone
 
 FIXTURES = Path(__file__).resolve().parent / "summary_fixtures"
@@ -17,7 +18,7 @@ PAPER = [{"stand_alone": 98.61, "separated": 98.45}, {"stand_alone": 90.0, "sepa
 
 
 def records(published=(None, None)):
-    return {n: SimpleNamespace(source=SimpleNamespace(meta={"published_accuracy": p} if p else {}))
+    return {n: SimpleNamespace(source=InMemory(n, meta={"published_accuracy": p} if p else {}))
             for n, p in zip("ab", published)}
 
 
@@ -50,3 +51,11 @@ def summary(case: str) -> dict:
 def test_the_summary_json_is_byte_for_byte_the_one_before(case):
     text = json.dumps(summary(case).to_json(), indent=2) + "\n"
     assert text == (FIXTURES / f"{case}.json").read_text()
+
+
+def test_a_folders_meta_is_read_through_its_typed_fields():
+    from weightsep import dnn as dnn_mod
+
+    meta = {"task": "t", "input": (1, 28, 28), "classes": 10, "paper": "WS", "published_accuracy": PAPER[0], "x": 1}
+    assert dnn_mod.Meta.of(meta) == dnn_mod.Meta((1, 28, 28), 10, "WS", PAPER[0])
+    assert InMemory("kws").facts == dnn_mod.Meta()

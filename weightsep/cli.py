@@ -260,7 +260,7 @@ def cmd_report(args) -> None:
     if missing:
         raise ValueError(f"no stand-alone accuracy recorded for {', '.join(missing)}: not packed by `add` or `run`")
     rows = [make_row(state, n, state.vnns[n].provenance.standalone.test_accuracy,
-                     item.test_accuracy(packed_theta(state, n, item.model)), published=item.source.meta.get("published_accuracy"))
+                     item.test_accuracy(packed_theta(state, n, item.model)), published=item.source.facts.published_accuracy)
             for n, item in loaded.items()]
     summary = summarize(state, rows).to_json()
     write_summary(summary, args.results)

@@ -21,7 +21,7 @@ import importlib.util
 import math
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from types import ModuleType
 
@@ -68,6 +68,21 @@ class Dataset:
     test: Split
 
 
+@dataclass(frozen=True)
+class Meta:
+    """The META fields the package itself reads, typed (the folder contract: docs/dnn_folders.md); the
+    rest of META (task, source, free-form extras) is the folder's, shown in reports."""
+
+    input: tuple | None = None  # the input shape: a model other than TemplateNet needs it
+    classes: int | None = None
+    paper: str | None = None  # the paper a DNN of the papers' comes from
+    published_accuracy: dict[str, float] | None = None  # that paper's figures (%): stand_alone, separated
+
+    @classmethod
+    def of(cls, meta: dict) -> Meta:
+        return cls(**{f.name: meta.get(f.name) for f in fields(cls)})
+
+
 @dataclass
 class DNN:
     name: str
@@ -77,6 +92,11 @@ class DNN:
     @property
     def meta(self) -> dict:
         return self.module.META
+
+    @property
+    def facts(self) -> Meta:
+        """`meta` as the package reads it."""
+        return Meta.of(self.meta)
 
     @property
     def train_overrides(self) -> dict:
@@ -113,12 +133,13 @@ class DNN:
         module = self.call("build_model")
         if isinstance(module, TemplateNet):  # knows its input shape and classes
             return module
-        missing = [k for k in ("input", "classes") if k not in self.meta]
+        facts = self.facts
+        missing = [k for k in ("input", "classes") if getattr(facts, k) is None]
         if missing:
             raise DNNError(f"DNN {self.name!r}: META lacks {' and '.join(map(repr, missing))}, which a model other "
                            "than TemplateNet needs (its input shape and number of classes)")
         try:
-            return flat.as_flat(module, self.meta["input"], self.meta["classes"])
+            return flat.as_flat(module, facts.input, facts.classes)
         except flat.FlatError as e:
             raise DNNError(f"DNN {self.name!r}: build_model(): {e}") from None
 

@@ -211,7 +211,7 @@ def _summary(records: dict[str, DNNRecord], state, parts: list[tuple], times: Ti
     packed = merged(part[0] for part in parts)
     control = None if parts[0][1] is None else merged(part[1] for part in parts)
     rows = [make_row(state, name, state.vnns[name].provenance.standalone.test_accuracy, packed[name],
-                     None if control is None else control[name], record.source.meta.get("published_accuracy"))
+                     None if control is None else control[name], record.source.facts.published_accuracy)
             for name, record in records.items()]
     times.peak_memory_mb = max(part[2] for part in parts)
     if len(parts) > 1:  # one entry per rank

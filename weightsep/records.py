@@ -32,6 +32,10 @@ class InMemory:
     def code_hash(self) -> None:
         return None
 
+    @property
+    def facts(self) -> dnn_mod.Meta:
+        return dnn_mod.Meta.of(self.meta)
+
 
 @dataclass(frozen=True)
 class Reference:
