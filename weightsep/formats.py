@@ -8,7 +8,7 @@ grids). Both answer the same interface, so no stage asks which one it has:
 * weights as run: `as_run` (the optimiser's training view: pages fake-quantised to their formats),
   `deployed` (flat weights rounded to the formats of the pages they live on), `promoted` (a shared
   page copied to a DNN's exclusive pages keeps its format), `rounded` (master pages -> the pages
-  stored and run, with their scales);
+  stored and run, with their scales), `logical_codes` (each of a DNN's logical pages' format);
 * store encoding: `encode` / `file_tensors` / `decode` for a page block's tensors in a file, and
   `manifest` for the manifest's fields (`from_manifest` reads them back);
 * execution placement: `placement` puts the pages on a device for `execution.PackedModel`;
