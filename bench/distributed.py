@@ -37,6 +37,7 @@ from weightsep import distributed
 from weightsep import dnn as dnn_mod
 from weightsep.errors import USER_ERRORS
 from weightsep.fisher import FisherConfig
+from weightsep.group import Group
 from weightsep.optimize import OptimizeConfig, optimize
 from weightsep.pack import PackConfig
 from weightsep.packing import pack_records
@@ -52,12 +53,13 @@ RANKS = (2, 4, 8, 16, 32, 64)
 def timed_joint(state, standalone: dict[str, torch.Tensor], config: OptimizeConfig) -> dict:
     """One rank's part of a timed joint optimisation (its DNNs' data loaded here); rank 0's figures."""
     set_single_thread()
-    loaded = load(list(standalone), data=not distributed.current().distributed)
+    group = Group.current()
+    loaded = load(list(standalone), data=group.all_local)
     mine = hold(loaded, config)
     tasks = {n: loaded[n].task(standalone[n]) for n in mine}
-    _, history = optimize(state.shard(mine), tasks, config, progress=False)
-    in_reduce = distributed.all_gather(history.communication_seconds)
-    return {"seconds": history.seconds, "dnns_per_rank": distributed.all_gather(mine),
+    _, history = optimize(group.part_of(state, mine), tasks, config, progress=False, group=group)
+    in_reduce = group.all_gather(history.communication_seconds)
+    return {"seconds": history.seconds, "dnns_per_rank": group.all_gather(mine),
             "in_allreduce_seconds": in_reduce,  # per rank: the transfer plus waiting for the slower rank
             "communication_seconds": min(in_reduce),  # the last rank to arrive waits for nobody: the transfer
             "val_mean": history.mean(len(history.steps) - 1), "dnn_batches": history.steps[-1]}
