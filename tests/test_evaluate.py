@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from weightsep.evaluate import make_row, summarize
+from weightsep.evaluate import make_row, spread, summarize
 from weightsep.execution import PackedModel
 from weightsep.model import TemplateNet
 from weightsep.pack import PackConfig, add_vnn, new_state
@@ -46,3 +46,12 @@ def test_bytes_count_page_tables_at_the_width_execution_holds_them():
     rows = [make_row(state, n, 1.0, 1.0) for n in state.vnns]
     t = summarize(state, rows).totals
     assert t.packed_bytes - t.packed_weights * 4 == 9 * width.pop()
+
+
+def test_spread_over_seeds_by_hand():
+    """1, 2, 3: mean 2, sample std 1, the 95% t-interval's half-width t(0.975, df 2) / sqrt(3) = 4.302653 / 1.732051;
+    one value has no interval (and the table leaves it out)."""
+    s = spread([1.0, 2.0, 3.0])
+    assert (s["mean"], s["min"], s["max"], s["std"], s["n"]) == (2.0, 1.0, 3.0, 1.0, 3)
+    assert s["ci95"] == pytest.approx(4.302653 / 3 ** 0.5, abs=1e-6)
+    assert spread([5.0])["ci95"] is None and spread([5.0])["std"] == 0.0

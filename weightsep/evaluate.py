@@ -173,10 +173,14 @@ def summarize(state: PackedState, rows: list[Row]) -> Table:
 
 
 def spread(values: list[float]) -> dict:
-    """Mean, min, max and sample standard deviation (0 for one value) of a figure over seeds."""
-    mean = sum(values) / len(values)
-    var = sum((v - mean) ** 2 for v in values) / (len(values) - 1) if len(values) > 1 else 0.0
-    return {"mean": mean, "min": min(values), "max": max(values), "std": var ** 0.5, "n": len(values)}
+    """Mean, min, max and sample standard deviation (0 for one value) of a figure over seeds, and
+    `ci95`: the half-width of the mean's 95% Student-t interval (None for one value)."""
+    from scipy.stats import t  # imported when a spread is made: `import weightsep` stays light
+
+    n, mean = len(values), sum(values) / len(values)
+    var = sum((v - mean) ** 2 for v in values) / (n - 1) if n > 1 else 0.0
+    ci95 = float(t.ppf(0.975, n - 1)) * (var / n) ** 0.5 if n > 1 else None
+    return {"mean": mean, "min": min(values), "max": max(values), "std": var ** 0.5, "n": n, "ci95": ci95}
 
 
 AGGREGATED_TOTALS = ("ratio_by_count", "ratio_by_bytes", "exclusive_pages", "mean_standalone_accuracy",
@@ -198,10 +202,12 @@ def aggregate(summaries: list[dict]) -> dict:
 
 
 def format_aggregate(agg: dict, markdown: bool = False) -> str:
-    """The table over seeds: per DNN the mean and [min, max] of each figure, then the totals."""
+    """The table over seeds: per DNN the mean, its 95% t-interval's half-width and [min, max] of each
+    figure, then the totals."""
     def cell(d: dict, scale: float = 1.0, signed: bool = False, digits: int = 2) -> str:
         f = f"{{:{'+' if signed else ''}.{digits}f}}"
-        return f"{f.format(scale * d['mean'])} [{f.format(scale * d['min'])}, {f.format(scale * d['max'])}]"
+        interval = f" ±{scale * d['ci95']:.{digits}f}" if d.get("ci95") is not None else ""
+        return f"{f.format(scale * d['mean'])}{interval} [{f.format(scale * d['min'])}, {f.format(scale * d['max'])}]"
 
     control = "mean_packed_minus_control_pp" in agg["totals"]
     head = ["DNN", "exclusive", "stand-alone %", "packed %", "diff pp"] + (["packed - no-sharing pp"] if control else [])
@@ -219,7 +225,7 @@ def format_aggregate(agg: dict, markdown: bool = False) -> str:
         fmt = lambda r: "  ".join(x.rjust(w) if i else x.ljust(w) for i, (x, w) in enumerate(zip(r, widths)))  # noqa: E731
         lines = [fmt(head), "-" * (sum(widths) + 2 * len(widths) - 2)] + [fmt(r) for r in body]
     seeds = ", ".join(map(str, agg["seeds"]))
-    lines += ["", f"over {len(agg['seeds'])} seeds ({seeds}): mean [min, max]",
+    lines += ["", f"over {len(agg['seeds'])} seeds ({seeds}): mean ±half-width of its 95% t-interval [min, max]",
               f"ratio:       {cell(t['ratio_by_count'])}x by weight count, {cell(t['ratio_by_bytes'])}x by bytes",
               f"accuracy:    mean difference {cell(t['mean_difference_pp'], signed=True)} pp, "
               f"worst DNN {cell(t['worst_difference_pp'], signed=True)} pp (packed - stand-alone)"]
