@@ -30,6 +30,7 @@ import warnings
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+import scipy.stats
 import torch
 from tqdm import tqdm
 
@@ -393,25 +394,55 @@ def stats(values: list[float]) -> dict:
 
 
 def paired(a: list[dict], b: list[dict], key: str = "mean_difference_pp") -> dict:
-    """a minus b over the seeds both have: the mean difference, its standard error, and whether it
-    is within seed noise (seeds disagree on the sign, or |mean| under two standard errors)."""
+    """a minus b over the seeds both have: the mean difference, its standard error, the half-width of
+    its 95% Student-t interval and the paired t-test's two-sided p-value (1 with fewer than two seeds:
+    no evidence). `noise` (no difference shown at the 5% level) is this one comparison's; a table of
+    several corrects them together with `holm` (`compared` does both)."""
     by_seed = {r["seed"]: r[key] for r in b}
     d = [r[key] - by_seed[r["seed"]] for r in a if r["seed"] in by_seed]
     s = stats(d)
-    if s["n"] == 0:
-        return {**s, "se": None, "noise": True}
-    se = s["std"] / math.sqrt(s["n"]) if s["n"] > 1 else float("inf")
-    noise = s["n"] < 2 or (s["min"] < 0 < s["max"]) or abs(s["mean"]) < 2 * se
-    return {**s, "se": se, "noise": noise}
+    if s["n"] < 2:
+        return {**s, "se": None, "ci95": None, "p": 1.0, "noise": True}
+    se = s["std"] / math.sqrt(s["n"])
+    if se == 0:  # every seed gave the same difference: none at all, or the same in every seed
+        p = 1.0 if s["mean"] == 0 else 0.0
+    else:
+        p = float(2 * scipy.stats.t.sf(abs(s["mean"]) / se, s["n"] - 1))
+    return {**s, "se": se, "ci95": float(scipy.stats.t.ppf(0.975, s["n"] - 1)) * se, "p": p, "noise": p >= 0.05}
+
+
+def holm(comparisons: list[dict], alpha: float = 0.05) -> list[dict]:
+    """Holm's step-down correction over one table's comparisons (each from `paired`): the i-th
+    smallest p-value is held to alpha / (m - i), stopping at the first that fails, so the chance of
+    calling any difference in the table real when there is none stays at most alpha. Sets each
+    comparison's `noise` and returns them."""
+    order = sorted(range(len(comparisons)), key=lambda i: comparisons[i]["p"])
+    rejecting = True
+    for rank, i in enumerate(order):
+        rejecting = rejecting and comparisons[i]["p"] < alpha / (len(comparisons) - rank)
+        comparisons[i]["noise"] = not rejecting
+    return comparisons
+
+
+def compared(runs: dict[str, list[dict]], reference: str, key: str = "mean_difference_pp") -> dict[str, dict]:
+    """Each run set against `reference`'s, paired by seed, Holm-corrected over the table (the
+    reference against itself: a difference of 0, no evidence, outside the correction)."""
+    out = {label: paired(rs, runs[reference], key) for label, rs in runs.items() if label != reference}
+    holm(list(out.values()))
+    return {label: out.get(label) or paired(runs[reference], runs[reference], key) | {"p": 1.0, "noise": True}
+            for label in runs}
 
 
 def versus(p: dict) -> str:
-    """A paired difference as a cell: mean ± standard error, "~" when within seed noise."""
-    return f"{p['mean']:+.2f} ± {p['se']:.2f} (se){' ~' if p['noise'] else ''}"
+    """A paired difference as a cell: mean ± the half-width of its 95% t-interval, "~" when the table's
+    Holm-corrected paired t-test shows no difference."""
+    interval = f" ± {p['ci95']:.2f} (95% t)" if p["ci95"] is not None else ""
+    return f"{p['mean']:+.2f}{interval}{' ~' if p['noise'] else ''}"
 
 
 def seed_noise(noise: bool) -> str:
-    return "within seed noise" if noise else "beyond seed noise"
+    test = "Holm-corrected paired t-test, 5%"
+    return f"not shown over the seeds ({test})" if noise else f"shown over the seeds ({test})"
 
 
 def fmt(s: dict, digits: int = 2, signed: bool = True, unit: str = "") -> str:

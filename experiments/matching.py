@@ -32,12 +32,13 @@ def run(scale: harness.Scale, fresh: bool = False) -> dict:
     ref = runs[labels[REFERENCE]]
     rows, table = [], ["| matcher | matching cost / greedy's | val. accuracy before optimisation % | mean change pp | "
                        "worst DNN pp | vs greedy pp | matching s |", "|---|---|---|---|---|---|---|"]
+    comparisons = harness.compared({m: runs[labels[m]] for m in MATCHERS}, REFERENCE)
     for m in MATCHERS:
         rs = runs[labels[m]]
         cost = harness.stats([r["matching_cost"] / g["matching_cost"] for r, g in zip(rs, ref)])
         before = harness.stats([100 * _mean(r["curve"]["val"][0].values()) for r in rs])
         s = harness.summary_row(rs)
-        vs = harness.paired(rs, ref)
+        vs = comparisons[m]
         rows.append({"matcher": m, "cost_vs_greedy": cost["mean"], "cost_vs_greedy_std": cost["std"],
                      "val_before_pct": before["mean"], "mean_change_pp": s["mean_difference_pp"]["mean"],
                      "mean_change_std": s["mean_difference_pp"]["std"], "worst_pp": s["worst_difference_pp"]["mean"],

@@ -26,12 +26,12 @@ NAMES = {"ours": "joint (ours)", "round-robin": "round-robin (published, lambda 
 
 def run(scale: harness.Scale, fresh: bool = False) -> dict:
     runs = harness.run_all(list(SETTINGS), scale, fresh, "optimizers")
-    ours = runs["ours"]
     rows, table = [], ["| optimiser | mean change pp | worst DNN pp | vs joint pp | DNN-batches |", "|---|---|---|---|---|"]
+    comparisons = harness.compared(runs, "ours")
     for st in SETTINGS:
         rs = runs[st.label]
         s = harness.summary_row(rs)
-        vs = harness.paired(rs, ours)
+        vs = comparisons[st.label]
         batches = harness.stats([r["curve"]["dnn_batches"][-1] for r in rs])
         rows.append({"optimizer": NAMES[st.label], "mean_change_pp": s["mean_difference_pp"]["mean"],
                      "mean_change_std": s["mean_difference_pp"]["std"], "worst_pp": s["worst_difference_pp"]["mean"],

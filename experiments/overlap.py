@@ -28,13 +28,13 @@ def setting(lam: float) -> harness.Setting:
 def run(scale: harness.Scale, fresh: bool = False) -> dict:
     settings = {lam: setting(lam) for lam in (QUICK_LAMBDAS if scale.quick else LAMBDAS)}
     runs = harness.run_all(list(settings.values()), scale, fresh, "overlap")
-    ref = runs[settings[PUBLISHED].label]
     rows, table = [], ["| lambda | mean change pp | worst DNN pp | vs lambda 0.1 pp | overlap loss (lambda 1) |",
                        "|---|---|---|---|---|"]
+    comparisons = harness.compared(runs, settings[PUBLISHED].label)
     for lam, st in settings.items():
         rs = runs[st.label]
         s = harness.summary_row(rs)
-        vs = harness.paired(rs, ref)
+        vs = comparisons[st.label]
         overlap = harness.stats([r["overlap_loss"] for r in rs])
         rows.append({"lambda": lam, "mean_change_pp": s["mean_difference_pp"]["mean"],
                      "mean_change_std": s["mean_difference_pp"]["std"], "worst_pp": s["worst_difference_pp"]["mean"],

@@ -29,13 +29,13 @@ def run(scale: harness.Scale, fresh: bool = False) -> dict:
     settings = {p: setting(p) for p in (QUICK_SIZES if scale.quick else SIZES)}
     runs = harness.run_all(list(settings.values()), scale, fresh, "page size")
     timed = harness.matching_seconds(list(settings.values()), scale)
-    ref = runs["ours"]
     rows, table = [], ["| P | S | mean change pp | worst DNN pp | vs P=512 pp | matching cost | matching s | "
                        "ratio by count | ratio by bytes |", "|---|---|---|---|---|---|---|---|---|"]
+    comparisons = harness.compared(runs, "ours")
     for p, st in settings.items():
         rs = runs[st.label]
         s = harness.summary_row(rs)
-        vs = harness.paired(rs, ref)
+        vs = comparisons[st.label]
         rows.append({"page_size": p, "shared_pages": SHARED_WEIGHTS // p, "mean_change_pp": s["mean_difference_pp"]["mean"],
                      "mean_change_std": s["mean_difference_pp"]["std"], "worst_pp": s["worst_difference_pp"]["mean"],
                      "vs_512_pp": vs["mean"], "vs_512_noise": vs["noise"], "matching_cost": s["matching_cost"]["mean"],

@@ -73,9 +73,10 @@ def write(results: Path = RESULTS_DIR) -> Path:
     parts = ["# weightsep: experiments on the papers' open questions", "",
              "Each section states a question the NWV (MobiSys 2020) and WS (PerCom 2022) papers leave open, the "
              "setup that measures it (command, DNNs, budget, seeds), the table and plot, and the answer with its "
-             "spread. Cells are mean ± standard deviation over seeds; a difference is called *within seed noise* "
-             "when the seeds disagree on its sign or its mean is under two standard errors of the paired "
-             "per-seed differences. Accuracy changes are test accuracy after packing minus stand-alone, in "
+             "spread. Cells are mean ± standard deviation over seeds; a difference from a section's reference is "
+             "paired by seed and shown as its mean ± the half-width of its 95% t-interval, marked ~ when the "
+             "paired t-test, Holm-corrected over the section's comparisons, shows no difference at 5%. "
+             "Accuracy changes are test accuracy after packing minus stand-alone, in "
              "percentage points (pp); selection is on validation data, test scored once. Regenerate with "
              "`python -m experiments all` (runs are cached) or just this file with `python -m experiments report`.",
              "",
