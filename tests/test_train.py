@@ -3,6 +3,7 @@ import shutil
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -73,3 +74,27 @@ def test_a_folders_own_weights_come_back_imported_not_as_a_faked_training_run(ca
     assert got.best_step is None and got.seconds is None and got.history == []
     assert torch.equal(got.theta, theta) and 0 <= got.test_accuracy <= 1
     assert not (cache_with_data / "models").exists()  # nothing trained, nothing cached
+
+
+def test_a_plateau_drops_the_learning_rate_then_ends_training(monkeypatch):
+    """Scripted validation accuracies 0.5, 0.6, 0.6, 0.6, 0.7, 0.7, 0.7 with patience 2 and one drop: the
+    third and fourth checks are the plateau that divides the learning rate by 10; the sixth and seventh
+    end training at the seventh check, before the step cap, with the best (0.7) from the fifth."""
+    from weightsep.model import TemplateNet
+
+    scripted = iter([0.5, 0.6, 0.6, 0.6, 0.7, 0.7, 0.7])
+    monkeypatch.setattr(train, "accuracy", lambda *args: next(scripted, 0.25))  # 0.25: the test score at the end
+    lrs = []
+    step = torch.optim.Adam.step
+    monkeypatch.setattr(torch.optim.Adam, "step", lambda self, *a, **k: (lrs.append(self.param_groups[0]["lr"]),
+                                                                         step(self, *a, **k))[1])
+    rng = np.random.default_rng(0)
+    split = lambda n: dnn_mod.Split(rng.normal(size=(n, 4)).astype(np.float32), rng.integers(0, 3, n))  # noqa: E731
+    data = dnn_mod.Dataset(split(50), split(20), split(20))
+    config = train.TrainConfig(steps=1000, batch_size=10, lr=1e-2, eval_every=3, patience=2, lr_drops=1)
+    got = train.train_theta(TemplateNet((4,), [], dense=[8], classes=3), data, config)
+    assert [s for s, _ in got.history] == [3, 6, 9, 12, 15, 18, 21] and got.best_step == 15
+    assert got.val_accuracy == 0.7 and got.test_accuracy == 0.25
+    assert lrs == [1e-2] * 12 + [1e-3] * 9  # the drop at the plateau's end (step 12), then the stop (step 21)
+    with pytest.raises(ValueError, match="patience"):
+        train.TrainConfig(patience=0)

@@ -51,13 +51,17 @@ class TrainConfig:
     batch_size: int = opt(100, "training samples per batch")
     lr: float = opt(1e-3, "Adam learning rate")
     eval_every: int = opt(200, "steps between validation checks (the best-validation weights are kept)")
+    patience: int | None = opt(None, "validation checks in a row without a new best that end a learning rate "
+                                     "(`steps` is then the cap); None: train all `steps` at `lr`")
+    lr_drops: int = opt(0, "with patience: times the learning rate is divided by 10 at a plateau before training stops")
     seed: int = opt(0, "seeds the initialisation and the batches")
 
     def __post_init__(self):
         typed(self)
         # steps comes from --train-steps or a folder's TRAIN dict, the others from TRAIN only
         at_least(self, "steps", 1, "--train-steps (stand-alone training steps)")
-        for name in ("batch_size", "eval_every"):
+        at_least(self, "lr_drops", 0, "TRAIN['lr_drops'] (stand-alone training)")
+        for name in ("batch_size", "eval_every", "patience"):
             at_least(self, name, 1, f"TRAIN[{name!r}] (stand-alone training)")
         if not (math.isfinite(self.lr) and self.lr > 0):
             raise ValueError(f"TRAIN['lr'] (stand-alone training) must be a positive finite number, got {self.lr}")
@@ -104,7 +108,7 @@ def train_theta(model, data: dnn_mod.Dataset, config: TrainConfig) -> Trained:
     xv, yv = torch.from_numpy(data.val.x), torch.from_numpy(data.val.y)
     opt = torch.optim.Adam([model.theta], lr=config.lr)
     best = (-1.0, 0, model.theta.detach().clone(), buffer_state(model))
-    history = []
+    history, since_best, drops = [], 0, 0  # validation checks since the last new best; learning-rate drops so far
     start = time.perf_counter()
     for step, idx in enumerate(batches(len(x), config.batch_size, gen), start=1):
         loss = F.cross_entropy(model(x[idx]), y[idx])
@@ -117,7 +121,15 @@ def train_theta(model, data: dnn_mod.Dataset, config: TrainConfig) -> Trained:
             val = accuracy(model, model.theta, xv, yv)
             history.append((step, val))
             if val > best[0]:
-                best = (val, step, model.theta.detach().clone(), buffer_state(model))
+                best, since_best = (val, step, model.theta.detach().clone(), buffer_state(model)), 0
+            else:
+                since_best += 1
+        if config.patience is not None and since_best >= config.patience:  # a plateau at this learning rate
+            if drops == config.lr_drops:
+                break
+            drops, since_best = drops + 1, 0
+            for group in opt.param_groups:
+                group["lr"] /= 10
         if step == config.steps:
             break
     seconds = time.perf_counter() - start
