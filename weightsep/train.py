@@ -106,7 +106,7 @@ def train_theta(model, data: dnn_mod.Dataset, config: TrainConfig) -> Trained:
     model.train()
     x, y = torch.from_numpy(data.train.x), torch.from_numpy(data.train.y)
     xv, yv = torch.from_numpy(data.val.x), torch.from_numpy(data.val.y)
-    opt = torch.optim.Adam([model.theta], lr=config.lr)
+    adam = torch.optim.Adam([model.theta], lr=config.lr)
     best = (-1.0, 0, model.theta.detach().clone(), buffer_state(model))
     history, since_best, drops = [], 0, 0  # validation checks since the last new best; learning-rate drops so far
     start = time.perf_counter()
@@ -114,9 +114,9 @@ def train_theta(model, data: dnn_mod.Dataset, config: TrainConfig) -> Trained:
         loss = F.cross_entropy(model(x[idx]), y[idx])
         if not torch.isfinite(loss):
             raise FloatingPointError(f"non-finite training loss at step {step} (learning rate {config.lr:g}: too high?)")
-        opt.zero_grad(set_to_none=True)
+        adam.zero_grad(set_to_none=True)
         loss.backward()
-        opt.step()
+        adam.step()
         if step % config.eval_every == 0 or step == config.steps:
             val = accuracy(model, model.theta, xv, yv)
             history.append((step, val))
@@ -128,7 +128,7 @@ def train_theta(model, data: dnn_mod.Dataset, config: TrainConfig) -> Trained:
             if drops == config.lr_drops:
                 break
             drops, since_best = drops + 1, 0
-            for group in opt.param_groups:
+            for group in adam.param_groups:
                 group["lr"] /= 10
         if step == config.steps:
             break
