@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from weightsep.files import atomic_write_text
+from weightsep.files import atomic_write_text, source_commit
 
 RESULTS_DIR = Path(__file__).resolve().parent.parent / "results"
 
@@ -79,7 +79,8 @@ def machine() -> dict:
 
 
 def write_result(name: str, payload: dict) -> Path:
-    """Write results/NAME.json atomically (temp file + rename), with the machine description."""
+    """Write results/NAME.json atomically (temp file + rename), with the machine description and the commit."""
     path = RESULTS_DIR / f"{name}.json"
-    atomic_write_text(path, json.dumps({"benchmark": name, "machine": machine(), **payload}, indent=2) + "\n")
+    result = {"benchmark": name, "machine": machine(), "commit": source_commit(), **payload}
+    atomic_write_text(path, json.dumps(result, indent=2) + "\n")
     return path

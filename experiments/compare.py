@@ -23,7 +23,7 @@ from dataclasses import replace
 
 from weightsep import dnn as dnn_mod
 from weightsep.evaluate import make_row, packed_theta, summarize
-from weightsep.files import atomic_write_text
+from weightsep.files import atomic_write_text, source_commit
 from weightsep.fisher import FisherConfig
 from weightsep.optimize import OptimizeConfig
 from weightsep.pack import PackConfig
@@ -85,7 +85,8 @@ def main(argv=None) -> int:
               f"{r['seconds']:.0f} |" for r in rows]
     print("\n".join(lines))
     RESULTS_DIR.mkdir(exist_ok=True)
-    atomic_write_text(RESULTS_DIR / "compare.json", json.dumps({"budget": args.budget, "rows": rows}, indent=2) + "\n")
+    result = {"budget": args.budget, "rows": rows, "commit": source_commit()}
+    atomic_write_text(RESULTS_DIR / "compare.json", json.dumps(result, indent=2) + "\n")
     atomic_write_text(RESULTS_DIR / "compare.md", "# Paper-faithful modes vs defaults\n\n" + "\n".join(lines) + "\n")
     return 0
 

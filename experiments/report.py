@@ -13,7 +13,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from weightsep.files import atomic_write_text
+from weightsep.files import atomic_write_text, source_commit
 from weightsep.optimize import OptimizeConfig
 from weightsep.pipeline import RESULTS_DIR
 
@@ -54,7 +54,7 @@ def run(name: str, scale: harness.Scale, fresh: bool = False, results: Path = RE
     flags = (" --paper" if scale.paper else "") + (" --quick" if scale.quick else "")
     result.update(name=name, title=mod.TITLE, question=mod.QUESTION, scale=asdict(scale),
                   command=f"python -m experiments {name}{flags}", seconds=time.perf_counter() - start,
-                  date=time.strftime("%Y-%m-%d %H:%M"), code=harness.code_hash())
+                  date=time.strftime("%Y-%m-%d %H:%M"), code=harness.code_hash(), commit=source_commit())
     result.setdefault("scale_text", scale.describe())  # an experiment that ignores part of the scale says so
     return harness.write_outputs(name, result, mod.plot, out_dir(results, scale.paper))
 

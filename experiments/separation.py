@@ -24,7 +24,7 @@ import torch
 
 from weightsep import dnn as dnn_mod
 from weightsep.evaluate import aggregate, spread
-from weightsep.files import atomic_write_text
+from weightsep.files import atomic_write_text, source_commit
 from weightsep.pipeline import RESULTS_DIR, RunConfig, run_seed
 from weightsep.records import load
 from weightsep.separation import contribution_density
@@ -98,7 +98,8 @@ def main(argv=None) -> int:
     print("\n".join(lines))
     args.results.mkdir(parents=True, exist_ok=True)
     atomic_write_text(args.results / "separation.json", json.dumps(
-        {"seeds": args.seeds, "runs": results, "aggregate": agg, "fisher_concentration": fisher}, indent=2) + "\n")
+        {"seeds": args.seeds, "runs": results, "aggregate": agg, "fisher_concentration": fisher,
+         "commit": source_commit()}, indent=2) + "\n")
     atomic_write_text(args.results / "separation.md", "# Published vs budget separation\n\n" + "\n".join(lines) + "\n")
     return 0
 

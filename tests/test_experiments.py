@@ -135,6 +135,7 @@ def test_all_quick_writes_every_experiment_and_a_report_whose_plots_exist(tmp_pa
         out = json.loads((tmp_path / "experiments" / f"{name}.json").read_text())
         assert out["rows"] and out["answer"] and "\n|---" in out["table"]
         assert "nan" not in out["answer"].lower()
+        assert "commit" in out  # files.source_commit: None only outside a git checkout
         assert (tmp_path / "experiments" / f"{name}.csv").read_text().count("\n") >= 2
         png = tmp_path / "experiments" / f"{name}.png"
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000

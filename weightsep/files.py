@@ -5,7 +5,8 @@ writes for others to read (a store's files, the trained-model cache, prepared .n
 goes through `atomic_file`: temp file in the same folder -> fsync -> os.replace -> fsync(folder),
 so a reader sees the old file or the new one, even across a crash, and a process that has the old
 file memory-mapped goes on reading the old inode. Code is known by `code_hash` (a DNN folder's
-dnn.py, the package's sources), a file's contents by `file_hash`.
+dnn.py, the package's sources), a file's contents by `file_hash`, and a result by the git commit it
+was produced from, `source_commit` (recorded as `"commit"` in every result JSON).
 
     atomic_write_json(folder / "summary.json", summary)
     with atomic_file(folder / "data.npz") as f:    # an open binary file: written, read back, replaced
@@ -19,6 +20,7 @@ import hashlib
 import json
 import os
 import secrets
+import subprocess
 import typing
 from collections.abc import Iterator
 from pathlib import Path
@@ -90,3 +92,16 @@ def file_hash(path: str | Path) -> str:
     """sha256 (hex) of a file's contents, read in chunks (memoised while its size and mtime stay the same)."""
     stat = Path(path).stat()
     return _file_hash(Path(path), stat.st_size, stat.st_mtime_ns)
+
+
+def source_commit(repo: str | Path | None = None) -> dict | None:
+    """The git commit the code runs from (or `repo`'s), `{"sha": ..., "dirty": ...}` (dirty: tracked
+    files changed since it), so a result names the code that produced it; None outside a git checkout
+    (an installed wheel) or without git: a result is still written, only its provenance is unknown."""
+    def git(*args: str) -> str:
+        where = str(repo or Path(__file__).parent)
+        return subprocess.run(["git", "-C", where, *args], capture_output=True, text=True, check=True, timeout=30).stdout.strip()
+    try:
+        return {"sha": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}
+    except (OSError, subprocess.SubprocessError):
+        return None

@@ -20,7 +20,7 @@ from . import dnn as dnn_mod
 from .config_help import opt
 from .control import control_worker, job
 from .evaluate import Table, aggregate, format_aggregate, format_table, make_row, packed_theta, summarize
-from .files import atomic_write_text
+from .files import atomic_write_text, source_commit
 from .fisher import FisherConfig
 from .group import Group, merged
 from .optimize import OptimizeConfig
@@ -222,7 +222,7 @@ def _summary(records: dict[str, DNNRecord], state, parts: list[tuple], times: Ti
 def write_summary(summary: dict, results: Path) -> dict:
     """summary.json, and summary.md: each seed's table, then the spread over seeds; returns `summary`."""
     results.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(results / "summary.json", json.dumps(summary, indent=2) + "\n")
+    atomic_write_text(results / "summary.json", json.dumps({**summary, "commit": source_commit()}, indent=2) + "\n")
     tables = [(f"## Seed {s['seed']}\n\n" if len(summary.get("seeds", [])) > 1 else "") + format_table(s, markdown=True)
               for s in summary.get("seeds", [summary])]
     if len(summary.get("seeds", [])) > 1:
