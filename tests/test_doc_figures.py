@@ -25,6 +25,7 @@ def test_every_figure_in_the_docs_agrees_with_its_json(doc):
     ("rows.*.torch.load / gather", ".0f", "12"),     # a range that formats to one value
     ("rows.*.torch.load / gather", ".1f", "11.6-12.3"),
     ("rows.*.pp", "+.1f", "-0.4 to +0.2"),
+    ("rows.*.torch.load / gather", "+.1f", "+11.6 to +12.3"),
     ("commit.sha", ".7", "abcdef0"),
     ("commit.dirty", "", "False"),
 ])
@@ -47,9 +48,8 @@ def test_a_missing_key_or_a_format_that_does_not_apply_is_named(key, spec, messa
 def write(root, text):
     (root / "results").mkdir()
     (root / "results" / "r.json").write_text(json.dumps(DATA))
-    (root / "docs").mkdir()
-    (root / "docs" / "a.md").write_text(text)
-    return root / "docs" / "a.md"
+    (root / "README.md").write_text(text)
+    return root / "README.md"
 
 
 def test_the_check_names_file_line_json_and_key_and_the_rewrite_fixes_what_disagrees(tmp_path, capsys):
@@ -61,9 +61,9 @@ def test_the_check_names_file_line_json_and_key_and_the_rewrite_fixes_what_disag
     before = doc.read_text()
     assert doc_figures.main(["--check"], root=tmp_path) == 1
     out = capsys.readouterr().out
-    assert "docs/a.md:3: results/r.json:count: the doc says '12,000', the JSON '12,345'" in out
-    assert "docs/a.md:4: results/gone.json:count: cannot read gone.json" in out
-    assert "docs/a.md:4: results/r.json:rows.0.seeds: no key 'seeds'" in out
+    assert "README.md:3: results/r.json:count: the doc says '12,000', the JSON '12,345'" in out
+    assert "README.md:4: results/gone.json:count: cannot read gone.json" in out
+    assert "README.md:4: results/r.json:rows.0.seeds: no key 'seeds'" in out
     assert "commit.sha" not in out and doc.read_text() == before
 
     assert doc_figures.main([], root=tmp_path) == 1  # redrawn, but two markers are still broken

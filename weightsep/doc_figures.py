@@ -11,7 +11,7 @@ the repository root), the key path to it and a format:
 A key path's steps are separated by dots. In a dict a step is the longest key the path goes on with,
 so keys with dots and spaces need no quoting (`torch.load / gather`); in a list a step is an index
 (`rows.2`), `field=value` (the one element whose field reads value: `rows.dnns=10`) or `*` (every
-element: the figure is the range low-high of the values, `29-39`). The format is Python's format
+element: the figure is the range of the values, `29-39`, `-0.4 to +0.2`). The format is Python's format
 spec (`.2f`, `+.2f`, `,d`, `.1%`; `.7` shortens a string, as in `commit.sha:.7`, the commit that
 produced the JSON), after the last colon; none gives `str`. A marker stays on one line.
 tests/test_doc_figures.py runs the check on the repository's docs.
@@ -67,11 +67,12 @@ def resolve(data: Any, key: str) -> Any:
 
 
 def formatted(value: Any, spec: str) -> str:
-    """`value` in format `spec`; a list as the range of its values, low-high (low to high below zero)."""
+    """`value` in format `spec`; a list as the range of its values, low-high (low to high when a sign
+    shows, where a hyphen would read as one)."""
     try:
         if isinstance(value, list):
             low, high = format(min(value), spec), format(max(value), spec)
-            return low if low == high else f"{low}{' to ' if min(value) < 0 else '-'}{high}"
+            return low if low == high else f"{low}{' to ' if min(value) < 0 or '+' in spec else '-'}{high}"
         return format(value, spec)
     except (TypeError, ValueError) as e:
         raise FigureError(f"cannot format {value!r} as {spec!r}: {e}") from None
