@@ -4,6 +4,7 @@ import functools
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 import types
@@ -92,11 +93,16 @@ def test_the_configs_take_the_scale_budget_and_the_setting_changes():
 def test_experiments_are_discovered_in_report_order():
     names = report.experiments()
     assert names == ["scaling", "page_size", "optimizers", "overlap", "matching", "fisher", "budget", "switching",
-                     "paper_gap", "quantization"]
-    assert report.in_all() == names[:-2]  # paper_gap and quantization have their own budgets
+                     "paper_gap", "quantization", "standalone"]
+    assert report.in_all() == names[:-3]  # paper_gap, quantization and standalone have their own budgets
     for name in names:
         mod = report.module(name)
         assert mod.TITLE and mod.QUESTION.endswith("?") and callable(mod.run) and callable(mod.plot)
+
+
+def test_docs_experiments_lists_every_experiment_by_its_section():
+    rows = re.findall(r"^\| (\d+) \| `(\w+)` \|", (REPO / "docs" / "experiments.md").read_text(), re.M)
+    assert [(int(n), name) for n, name in rows] == [(report.module(n).SECTION, n) for n in report.experiments()]
 
 
 def test_anchor_is_the_code_hosts_heading_anchor():
