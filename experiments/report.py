@@ -59,9 +59,17 @@ def run(name: str, scale: harness.Scale, fresh: bool = False, results: Path = RE
     return harness.write_outputs(name, result, mod.plot, out_dir(results, scale.paper))
 
 
+def made(result: dict) -> str:
+    """When and from which commit a section's JSON was written (JSON written before issue 27 has no commit)."""
+    commit = result.get("commit")
+    if not commit:
+        return result["date"]
+    return f"{result['date']}, commit {commit['sha'][:7]}" + (" with uncommitted changes" if commit["dirty"] else "")
+
+
 def section(result: dict, number: int, png: str) -> str:
     lines = [f"## {number}. {result['title']}", "", f"**Question.** {result['question']}", "",
-             f"**Setup.** `{result['command']}` ({result['date']}). "
+             f"**Setup.** `{result['command']}` ({made(result)}). "
              f"{result['setup']} Scale: {result['scale_text']}.",
              "", result["table"], "", f"![{result['title']}]({png})", "", f"**Answer.** {result['answer']}", ""]
     return "\n".join(lines)

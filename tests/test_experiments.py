@@ -100,6 +100,12 @@ def test_experiments_are_discovered_in_report_order():
         assert mod.TITLE and mod.QUESTION.endswith("?") and callable(mod.run) and callable(mod.plot)
 
 
+def test_a_sections_setup_names_the_commit_its_json_records():
+    result = {"date": "2026-12-05 16:00", "commit": {"sha": "0123456789abcdef", "dirty": True}}
+    assert report.made(result) == "2026-12-05 16:00, commit 0123456 with uncommitted changes"
+    assert report.made({**result, "commit": None}) == "2026-12-05 16:00"
+
+
 def test_docs_experiments_lists_every_experiment_by_its_section():
     rows = re.findall(r"^\| (\d+) \| `(\w+)` \|", (REPO / "docs" / "experiments.md").read_text(), re.M)
     assert [(int(n), name) for n, name in rows] == [(report.module(n).SECTION, n) for n in report.experiments()]
