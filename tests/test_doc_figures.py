@@ -57,7 +57,8 @@ def test_the_check_names_file_line_json_and_key_and_the_rewrite_fixes_what_disag
                 "<!-- figure results/r.json:count:,d -->12,000<!-- /figure --> runs, "
                 "<!-- figure results/r.json:commit.sha:.7 -->abcdef0<!-- /figure -->\n"
                 "<!-- figure results/gone.json:count -->1<!-- /figure --> and "
-                "<!-- figure results/r.json:rows.0.seeds -->3<!-- /figure -->\n")
+                "<!-- figure results/r.json:rows.0.seeds -->3<!-- /figure -->\n"
+                "```\n<!-- figure results/r.json:count:,d -->an example<!-- /figure -->\n```\n")
     before = doc.read_text()
     assert doc_figures.main(["--check"], root=tmp_path) == 1
     out = capsys.readouterr().out

@@ -13,7 +13,8 @@ so keys with dots and spaces need no quoting (`torch.load / gather`); in a list 
 (`rows.2`), `field=value` (the one element whose field reads value: `rows.dnns=10`) or `*` (every
 element: the figure is the range of the values, `29-39`, `-0.4 to +0.2`). The format is Python's format
 spec (`.2f`, `+.2f`, `,d`, `.1%`; `.7` shortens a string, as in `commit.sha:.7`, the commit that
-produced the JSON), after the last colon; none gives `str`. A marker stays on one line.
+produced the JSON), after the last colon; none gives `str`. A marker stays on one line; in a
+fenced code block it is an example, shown as written, and left alone.
 tests/test_doc_figures.py runs the check on the repository's docs.
 """
 from __future__ import annotations
@@ -31,6 +32,7 @@ from .paths import REPO_ROOT
 DOCS = ("README.md", "docs/*.md", "results/*.md")
 FIGURE = re.compile(r"<!-- figure (?P<file>[^:\s]+):(?P<key>[^>]+?)(?::(?P<format>[^:>]*))? -->"
                     r"(?P<text>.*?)<!-- /figure -->")
+CODE = re.compile(r"^```.*?^```", re.M | re.S)  # a fenced block shows a marker as text: an example, not a figure
 
 
 class FigureError(ValueError):
@@ -103,7 +105,11 @@ def draw(doc: Path, root: Path = REPO_ROOT, loaded: dict[Path, Any] | None = Non
     text = doc.read_text()
     drawn = Drawn(text)
 
+    code = [block.span() for block in CODE.finditer(text)]
+
     def figure(match: re.Match) -> str:
+        if any(start < match.start() < end for start, end in code):
+            return match[0]
         line = text.count("\n", 0, match.start()) + 1
         where = f"{doc.relative_to(root)}:{line}: {match['file']}:{match['key']}"
         try:
