@@ -9,7 +9,7 @@
 #
 # Clones HEAD of this repository into a new folder beside this checkout (so ../shared, the
 # originals' fixtures, is where CI expects it), points WEIGHTSEP_CACHE and
-# PIP_CACHE_DIR at new empty folders, runs `./setup.sh` and `python -m weightsep run --no-sharing`,
+# PIP_CACHE_DIR at new empty folders, runs `./setup.sh` and `python -m weightsep run`,
 # timing each, and counts the bytes received on the network interfaces during setup. Writes
 # results/fresh_clone.json (in this checkout) and leaves the clone's log beside it.
 set -euo pipefail
@@ -52,7 +52,7 @@ setup_s=$(echo "$(date +%s.%N) - $start" | bc)
 downloaded=$(( $(received) - before ))
 
 start=$(date +%s.%N)
-/usr/bin/time -v .venv/bin/python -m weightsep run --no-sharing >>"$LOG" 2>"$WORK/time.txt"
+/usr/bin/time -v .venv/bin/python -m weightsep run >>"$LOG" 2>"$WORK/time.txt"
 run_s=$(echo "$(date +%s.%N) - $start" | bc)
 cat "$WORK/time.txt" >>"$LOG"
 peak_kb=$(sed -n 's/.*Maximum resident set size (kbytes): //p' "$WORK/time.txt")

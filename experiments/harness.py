@@ -36,7 +36,7 @@ from tqdm import tqdm
 
 from weightsep import dnn as dnn_mod
 from weightsep import files
-from weightsep.evaluate import Table, make_row, packed_theta, summarize
+from weightsep.evaluate import Table, make_row, packed_theta, spread, summarize
 from weightsep.files import atomic_file, atomic_write_text
 from weightsep.fisher import FisherConfig
 from weightsep.flat import load_buffer_state
@@ -180,11 +180,11 @@ def run_setting(setting: Setting, scale: Scale, seed: int) -> dict:
     with cached_fishers(records, fisher_config, scale):
         state, history, opt, times = pack_and_optimize_records(records, pack_config, fisher_config, opt,
                                                                PrecisionConfig(**setting.precision))
-    rows = [make_row(state, n, record.reference.test_accuracy,
-                     record.test_accuracy(packed_theta(state, n, record.model))) for n, record in records.items()]
+    thetas = {n: packed_theta(state, n, record.model) for n, record in records.items()}
+    rows = [make_row(state, n, record.reference.test_accuracy, record.test_accuracy(thetas[n])) for n, record in records.items()]
     table = summarize(state, rows)
     batches_done = history.steps[-1] if history.steps else 0
-    return {**_common(setting, seed, names, table, start),
+    return {**_common(setting, seed, names, table, start), **_validation(records, thetas),
             "matching_cost": sum(v.provenance.pack_info.matching_cost for v in state.vnns.values()),
             "fisher_seconds": times["fisher_seconds"], "matching_seconds": times["matching_seconds"],
             "optimize_seconds": times["optimize_seconds"], "dnn_batches": batches_done,
@@ -203,7 +203,7 @@ def _steps_run(opt: OptimizeConfig, n_dnns: int) -> int:
 def _control_row(setting, records, tasks, opt, page_size, seed, start) -> dict:
     """Each DNN alone, every page exclusive: optimised with the same config and its own batches (the
     no-sharing control), through the per-channel int8 quantiser ("int8-qat"), or only quantised ("int8-ptq")."""
-    accs, curves, seconds, quantised = {}, {}, 0.0, setting.alone is not None
+    accs, thetas, curves, seconds, quantised = {}, {}, {}, 0.0, setting.alone is not None
     for name, record in records.items():
         reference = record.reference
         transform = functools.partial(per_channel_int8, model=record.model) if quantised else None
@@ -218,7 +218,8 @@ def _control_row(setting, records, tasks, opt, page_size, seed, start) -> dict:
             curves[name] = {"dnn_batches": history.steps, "val": [v[name] for v in history.val_accuracy]}
             seconds += history.seconds
         with torch.no_grad():
-            accs[name] = record.test_accuracy(theta if transform is None else transform(theta))
+            thetas[name] = theta if transform is None else transform(theta)
+            accs[name] = record.test_accuracy(thetas[name])
     standalone = {n: record.reference.test_accuracy for n, record in records.items()}
     per_dnn = {n: {"standalone": standalone[n], "packed": accs[n],
                    "difference_pp": 100 * (accs[n] - standalone[n]), "exclusive_pages": None}
@@ -234,7 +235,17 @@ def _control_row(setting, records, tasks, opt, page_size, seed, start) -> dict:
             "worst_difference_pp": min(d["difference_pp"] for d in per_dnn.values()),
             "mean_packed_accuracy": sum(accs.values()) / n, "packed_weights": weights, "ratio_by_count": 1.0,
             "ratio_by_bytes": 4 * weights / packed_bytes, "packed_bytes": packed_bytes, "optimize_seconds": seconds,
-            "seconds": time.perf_counter() - start, "peak_rss_mb": _peak_rss_mb(), "curve": curve}
+            "seconds": time.perf_counter() - start, "peak_rss_mb": _peak_rss_mb(), "curve": curve,
+            **_validation(records, thetas)}
+
+
+def _validation(records: dict[str, DNNRecord], thetas: dict[str, torch.Tensor]) -> dict:
+    """Validation accuracy (the whole validation split) of each DNN's final weights against its stand-alone
+    model's: what tuning may look at, where test accuracy may not (fractions; changes in pp)."""
+    val = {n: {"standalone": record.reference.val_accuracy, "final": record.accuracy(thetas[n], "val")}
+           for n, record in records.items()}
+    changes = [100 * (v["final"] - v["standalone"]) for v in val.values()]
+    return {"val": val, "mean_val_difference_pp": sum(changes) / len(changes), "worst_val_difference_pp": min(changes)}
 
 
 def _common(setting: Setting, seed: int, names: list[str], table: Table, start: float) -> dict:
@@ -383,14 +394,12 @@ def matching_seconds(settings: list[Setting], scale: Scale) -> dict[str, float]:
 
 
 def stats(values: list[float]) -> dict:
-    """Mean, sample standard deviation, min, max and n of a list of numbers."""
+    """Mean, sample standard deviation, min, max, n and the 95% t-interval's half-width (`evaluate.spread`)
+    of a list of numbers, Nones left out."""
     values = [v for v in values if v is not None]
-    n = len(values)
-    if not n:
-        return {"mean": None, "std": None, "min": None, "max": None, "n": 0}
-    mean = sum(values) / n
-    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0
-    return {"mean": mean, "std": std, "min": min(values), "max": max(values), "n": n}
+    if not values:
+        return {"mean": None, "std": None, "min": None, "max": None, "n": 0, "ci95": None}
+    return spread(values)
 
 
 def paired(a: list[dict], b: list[dict], key: str = "mean_difference_pp") -> dict:
@@ -451,6 +460,13 @@ def fmt(s: dict, digits: int = 2, signed: bool = True, unit: str = "") -> str:
         return "–"
     sign = "+" if signed else ""
     return f"{s['mean']:{sign}.{digits}f}{unit} ± {s['std']:.{digits}f}"
+
+
+def interval(s: dict, digits: int = 2) -> str:
+    """A cell: mean ± the half-width of its 95% t-interval over seeds."""
+    if s["mean"] is None:
+        return "–"
+    return f"{s['mean']:+.{digits}f}" + (f" ± {s['ci95']:.{digits}f}" if s["ci95"] is not None else "")
 
 
 def summary_row(rows: list[dict]) -> dict:

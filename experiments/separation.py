@@ -63,7 +63,7 @@ def main(argv=None) -> int:
         control = None
         for label, change in CONFIGS.items():
             print(f"== seed {seed}: {label}", flush=True)
-            config = replace(base, pack=replace(base.pack, **change), store=root / label, no_sharing=True, seeds=[seed])
+            config = replace(base, pack=replace(base.pack, **change), store=root / label, control=True, seeds=[seed])
             # the control does not depend on the packing: the first configuration's serves both
             summary = run_seed(config, loaded, seed, control)
             control = {r["name"]: r["control_accuracy"] for r in summary["rows"]}

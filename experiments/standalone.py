@@ -11,12 +11,14 @@ chosen rule becomes the DNN folders' default (weightsep/train.py's TrainConfig).
 from __future__ import annotations
 
 import dataclasses
-import math
+import json
+from pathlib import Path
 
 from tqdm import tqdm
 
 from weightsep import dnn as dnn_mod
 from weightsep import train
+from weightsep.files import atomic_write_text
 
 from . import harness
 
@@ -49,93 +51,87 @@ def _train(name: str, rule: str, cfg: dict) -> dict:
             "steps_run": result.history[-1][0], "cap": cfg["steps"], "seconds": result.seconds}
 
 
-def run(scale: harness.Scale, fresh: bool = False) -> dict:
-    rules = {k: RULES[k] for k in (QUICK_RULES if scale.quick else RULES)}
-    jobs = [(name, label, dataclasses.asdict(config(dnn_mod.get(name), rule, seed, scale.train_steps)))
-            for seed in scale.seeds for name in scale.dnns for label, rule in rules.items()]
-    jobs.sort(key=lambda j: -j[2]["steps"])  # the longest first: the two workers finish together
-    rows = []
-    with harness.quiet_pool(scale.workers) as pool, tqdm(total=len(jobs), desc="stand-alone training", unit="run") as bar:
-        for row in pool.imap_unordered(_unpack, jobs):
-            rows.append(row)
-            bar.set_postfix_str(f"{row['dnn']} {row['rule']}: val {100 * row['val_accuracy']:.2f}%")
-            bar.update()
-    rows.sort(key=lambda r: (list(rules).index(r["rule"]), r["dnn"], r["seed"]))
-    return summarise(rows, list(rules), scale)
-
-
 def _unpack(job):
     return _train(*job)
 
 
+def cached(name: str, cfg: dict) -> Path:
+    """A run's row, keyed as the model cache keys a model: DNN code and data, training code, config."""
+    return harness.runs_dir() / f"standalone-{train.cache_path(dnn_mod.get(name), train.TrainConfig(**cfg)).stem}.json"
+
+
+def run(scale: harness.Scale, fresh: bool = False) -> dict:
+    rules = {k: RULES[k] for k in (QUICK_RULES if scale.quick else RULES)}
+    jobs = [(name, label, dataclasses.asdict(config(dnn_mod.get(name), rule, seed, scale.train_steps)))
+            for seed in scale.seeds for name in scale.dnns for label, rule in rules.items()]
+    rows = [json.loads(cached(n, c).read_text()) | {"rule": label} for n, label, c in jobs
+            if cached(n, c).exists() and not fresh]
+    todo = sorted((j for j in jobs if fresh or not cached(j[0], j[2]).exists()), key=lambda j: -j[2]["steps"])
+    if todo:  # the longest first: the two workers finish together
+        with harness.quiet_pool(scale.workers) as pool, tqdm(total=len(todo), desc="stand-alone training", unit="run") as bar:
+            for (name, _, cfg), row in zip(todo, pool.imap(_unpack, todo)):
+                atomic_write_text(cached(name, cfg), json.dumps(row) + "\n")
+                rows.append(row)
+                bar.set_postfix_str(f"{row['dnn']} {row['rule']}: val {100 * row['val_accuracy']:.2f}%")
+                bar.update()
+    rows.sort(key=lambda r: (list(rules).index(r["rule"]), r["dnn"], r["seed"]))
+    return summarise(rows, list(rules), scale)
+
+
 def summarise(rows: list[dict], rules: list[str], scale: harness.Scale) -> dict:
-    """Per DNN and rule: validation accuracy (mean ± 95% t over seeds), the paired difference from
-    the fixed budget, steps and seconds; then the suite's mean and the choice."""
-    def cell(label: str, name: str | None, key: str) -> list[dict]:
-        return [{"seed": r["seed"], key: r[key]} for r in rows if r["rule"] == label and (name is None or r["dnn"] == name)]
-
-    def per_seed_mean(label: str, key: str) -> list[dict]:
-        by_seed: dict[int, list[float]] = {}
-        for r in rows:
-            if r["rule"] == label:
-                by_seed.setdefault(r["seed"], []).append(r[key])
-        return [{"seed": s, key: 100 * sum(v) / len(v)} for s, v in sorted(by_seed.items())]
-
+    """Per DNN and rule: validation accuracy (mean over seeds), its paired difference from the fixed
+    budget (mean ± 95% t), steps and seconds; then the suite's mean per seed, and the choice."""
     reference = rules[0]
+
+    def runs(label: str, name: str | None = None) -> list[dict]:
+        return [r for r in rows if r["rule"] == label and name in (None, r["dnn"])]
+
+    def val(rs: list[dict]) -> list[dict]:  # paired by seed, in %
+        return [{"seed": r["seed"], "v": 100 * r["val_accuracy"]} for r in rs]
+
+    def per_seed(label: str, key: str, reduce) -> list[dict]:
+        return [{"seed": s, "v": reduce([r[key] for r in runs(label) if r["seed"] == s])} for s in scale.seeds]
+
     table = ["| DNN | " + " | ".join(f"{label}: val % (vs fixed pp), steps, s" for label in rules) + " |",
              "|---|" + "---|" * len(rules)]
     per_dnn = []
     for name in scale.dnns:
         cells = []
         for label in rules:
-            val = harness.stats([100 * v["val_accuracy"] for v in cell(label, name, "val_accuracy")])
-            steps = harness.stats([r["steps_run"] for r in rows if r["rule"] == label and r["dnn"] == name])
-            secs = harness.stats([r["seconds"] for r in rows if r["rule"] == label and r["dnn"] == name])
-            vs = harness.paired([{"seed": c["seed"], "v": 100 * c["val_accuracy"]} for c in cell(label, name, "val_accuracy")],
-                                [{"seed": c["seed"], "v": 100 * c["val_accuracy"]} for c in cell(reference, name, "val_accuracy")], "v")
-            per_dnn.append({"dnn": name, "rule": label, "val_mean": val["mean"], "val_vs_fixed_pp": vs["mean"],
-                            "val_vs_fixed_ci95": vs["ci95"], "steps_mean": steps["mean"], "seconds_mean": secs["mean"]})
-            vs_text = "" if label == reference else f" ({vs['mean']:+.2f})"
-            cells.append(f"{val['mean']:.2f}{vs_text}, {steps['mean']:,.0f}, {secs['mean']:.0f}")
+            rs = runs(label, name)
+            vs = harness.paired(val(rs), val(runs(reference, name)), "v")
+            row = {"dnn": name, "rule": label, "val_mean": harness.stats([v["v"] for v in val(rs)])["mean"],
+                   "val_vs_fixed_pp": vs["mean"], "val_vs_fixed_ci95": vs["ci95"],
+                   "steps_mean": harness.stats([r["steps_run"] for r in rs])["mean"],
+                   "seconds_mean": harness.stats([r["seconds"] for r in rs])["mean"]}
+            per_dnn.append(row)
+            vs_text = "" if label == reference else f" ({harness.versus(vs)})"
+            cells.append(f"{row['val_mean']:.2f}{vs_text}, {row['steps_mean']:,.0f}, {row['seconds_mean']:.0f}")
         table.append(f"| {name} | " + " | ".join(cells) + " |")
-    means = {label: per_seed_mean(label, "val_accuracy") for label in rules}
-    seconds = {label: [{"seed": s["seed"], "seconds": sum(r["seconds"] for r in rows if r["rule"] == label and r["seed"] == s["seed"])}
-                       for s in means[label]] for label in rules}
-    comparisons = harness.compared({label: [{"seed": m["seed"], "v": m["val_accuracy"]} for m in ms] for label, ms in means.items()},
-                                   reference, "v")
-    mean_cells = []
-    for label in rules:
-        m = harness.stats([x["val_accuracy"] for x in means[label]])
-        t = harness.stats([x["seconds"] for x in seconds[label]])
-        vs = "" if label == reference else f" ({harness.versus(comparisons[label])})"
-        mean_cells.append(f"**{m['mean']:.2f}{vs}**, –, {t['mean']:.0f} in all")
-    table.append("| mean of the DNNs | " + " | ".join(mean_cells) + " |")
-    # the choice: the best mean validation accuracy; a rule within the table's noise of a cheaper one loses to it
-    best = max(rules, key=lambda label: sum(x["val_accuracy"] for x in means[label]))
-    cost = {label: sum(x["seconds"] for x in seconds[label]) for label in rules}
-    ties = [label for label in rules if label == best or (label != reference and _tied(means, label, best))]
-    chosen = min(ties, key=cost.get)
-    worst = min((r for r in per_dnn if r["rule"] == chosen and chosen != reference), key=lambda r: r["val_vs_fixed_pp"],
-                default=None)
-    answer = (f"On validation accuracy over seeds {', '.join(map(str, scale.seeds))}, '{chosen}' is chosen "
-              f"({sum(x['val_accuracy'] for x in means[chosen]) / len(means[chosen]):.2f} % mean over the DNNs against "
-              f"{sum(x['val_accuracy'] for x in means[reference]) / len(means[reference]):.2f} % for the fixed budget; "
-              f"{cost[chosen] / len(scale.seeds):.0f} s of training per seed on one core against "
-              f"{cost[reference] / len(scale.seeds):.0f} s)"
-              + (f"; its smallest gain on one DNN is {worst['dnn']} {worst['val_vs_fixed_pp']:+.2f} pp" if worst else "")
-              + ". The chosen rule is weightsep's default (TrainConfig); test accuracy is in the JSON, not used.")
+    means = {label: per_seed(label, "val_accuracy", lambda v: 100 * sum(v) / len(v)) for label in rules}
+    cost = {label: harness.stats([s["v"] for s in per_seed(label, "seconds", sum)])["mean"] for label in rules}
+    mean = {label: harness.stats([m["v"] for m in means[label]])["mean"] for label in rules}
+    comparisons = harness.compared(means, reference, "v")
+    table.append("| mean of the DNNs | " + " | ".join(
+        f"**{mean[label]:.2f}**" + ("" if label == reference else f" ({harness.versus(comparisons[label])})")
+        + f", –, {cost[label]:.0f} in all" for label in rules) + " |")
+    # the best mean validation accuracy; a cheaper rule not shown to differ from it wins
+    best = max(rules, key=mean.get)
+    tied = [label for label in rules
+            if label == best or harness.paired(means[label], means[best], "v")["noise"] and label != reference]
+    chosen = min(tied, key=cost.get)
+    worst = min((r for r in per_dnn if r["rule"] == chosen), key=lambda r: r["val_vs_fixed_pp"])
+    answer = (f"On validation accuracy over seeds {', '.join(map(str, scale.seeds))}, '{chosen}' is chosen: "
+              f"{mean[chosen]:.2f} % mean over the DNNs against {mean[reference]:.2f} % for the fixed budget, "
+              f"{cost[chosen]:.0f} s of training per seed on one core against {cost[reference]:.0f} s"
+              + ("" if chosen == reference else f"; its smallest gain on one DNN is {worst['dnn']} "
+                                                f"{worst['val_vs_fixed_pp']:+.2f} pp")
+              + ". Test accuracy is in the JSON, not used to choose.")
     return {"setup": f"Each DNN trained alone from the same seeded start under each rule; a plateau rule divides the "
-                     f"learning rate by 10 at each plateau (validation checks without a new best) and stops at the plateau "
-                     f"after its last drop, capped at {CAP}x the folder's fixed budget. Validation accuracy of the kept "
-                     f"(best-validation) checkpoint.", "rows": rows, "per_dnn": per_dnn, "chosen": chosen,
+                     f"learning rate by 10 at each plateau (`patience` validation checks without a new best) and stops "
+                     f"at the plateau after its last drop, capped at {CAP}x the folder's fixed budget. Validation accuracy "
+                     f"of the kept (best-validation) checkpoint.", "rows": rows, "per_dnn": per_dnn, "chosen": chosen,
             "table": "\n".join(table), "answer": answer}
-
-
-def _tied(means: dict, a: str, b: str) -> bool:
-    """Rules a and b's mean validation accuracies are not shown to differ (paired t-test, 5%)."""
-    p = harness.paired([{"seed": m["seed"], "v": m["val_accuracy"]} for m in means[a]],
-                       [{"seed": m["seed"], "v": m["val_accuracy"]} for m in means[b]], "v")
-    return a == b or p["noise"] or math.isclose(p["mean"], 0.0)
 
 
 def plot(result: dict, plt) -> None:

@@ -53,7 +53,7 @@ def test_help_of_the_legacy_command_line():
 def test_main_job_then_legacy_modes_then_recovery(cache_with_data, tmp_path):
     store, results = tmp_path / "state", tmp_path / "results"
     out = cli("run", "--dnns", "satellite", "letters", *SMALL, "--steps", "200", "--eval-every", "50",
-              "--store", store, "--results", results, "--no-sharing").stdout
+              "--store", store, "--results", results).stdout
     assert "ratio:" in out and "by bytes" in out
     summary = json.loads((results / "summary.json").read_text())
     assert [r["name"] for r in summary["rows"]] == ["satellite", "letters"]
@@ -133,6 +133,7 @@ def test_seeds_run_the_whole_pipeline_per_seed_and_report_the_spread(cache_with_
     out = cli("run", "--dnns", "satellite", "letters", "--train-steps", "100", "--fisher-samples", "64", "--steps", "20",
               "--eval-every", "10", "--ratio", "1.5", "--seeds", "0", "1", "--store", store, "--results", results).stdout
     assert "== seed 1" in out and "over 2 seeds" in out and "worst DNN" in out
+    assert "packed - no-sharing control: mean" in out  # the control is on by default, over seeds too
     summary = json.loads((results / "summary.json").read_text())
     assert [s["seed"] for s in summary["seeds"]] == [0, 1] and summary["aggregate"]["seeds"] == [0, 1]
     first, second = (s["rows"][0]["standalone_accuracy"] for s in summary["seeds"])

@@ -270,8 +270,7 @@ def test_round_robin_refuses_several_ranks():
 # ---- the command line, end to end, on real offline data ---------------------------------------------
 
 REPO = Path(__file__).resolve().parent.parent
-RUN = ["--dnns", "satellite", "letters", "dna", "--train-steps", "200", "--fisher-samples", "64", "--eval-every", "20",
-       "--no-sharing"]
+RUN = ["--dnns", "satellite", "letters", "dna", "--train-steps", "200", "--fisher-samples", "64", "--eval-every", "20"]
 
 
 def cli_env() -> dict:

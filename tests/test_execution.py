@@ -113,7 +113,7 @@ def test_ws_and_baseline_execution_end_to_end(cache_with_data, tmp_path):
     env = {**os.environ, "WEIGHTSEP_OPS_BACKEND": "torch", "OMP_NUM_THREADS": "1"}
     store = str(tmp_path / "st")
     _run(["-m", "weightsep", "run", "--dnns", "satellite", "letters", "--train-steps", "200", "--steps", "20",
-          "--store", store, "--results", str(tmp_path / "results")], env)
+          "--store", store, "--results", str(tmp_path / "results"), "--no-control"], env)
     evals = {}
     for name in ("satellite", "letters"):
         out = _run(["-m", "weightsep", "eval", name, "--store", store], env)

@@ -253,7 +253,7 @@ def test_per_channel_int8_baseline():
 def test_cli_packs_in_int8_and_refuses_bad_precision_flags(cache_with_data, tmp_path):
     store, results = tmp_path / "state", tmp_path / "results"
     out = cli("run", "--dnns", "satellite", "letters", *SMALL, "--steps", "60", "--eval-every", "30",
-              "--precision", "int8", "--store", store, "--results", results).stdout
+              "--precision", "int8", "--store", store, "--results", results, "--no-control").stdout
     assert "int8" in out and "by bytes" in out
     summary = json.loads((results / "summary.json").read_text())
     assert set(summary["totals"]["page_formats"]) == {"int8"}

@@ -127,7 +127,7 @@ def cmd_run(args) -> None:
         dnns=args.dnns or dnn_mod.suite(), extra_folders=args.dnn_folder, store=args.store, results=args.results,
         workers=args.workers, pack=build_config(PackConfig, args), fisher=build_config(FisherConfig, args),
         optimize=build_config(OptimizeConfig, args), precision=build_config(PrecisionConfig, args),
-        no_sharing=args.no_sharing, train_steps=args.train_steps,
+        control=args.control, train_steps=args.train_steps,
         seeds=args.seeds or [args.seed], procs=args.procs, backend=args.backend)
     summary = run(config)
     if summary is None:  # a rank other than 0 under torchrun: rank 0 reports
@@ -365,8 +365,9 @@ def parser() -> argparse.ArgumentParser:
     c = command("run", cmd_run, "the main job: train or reuse stand-alone DNNs, pack, optimise, report",
                 (PackConfig, FisherConfig, OptimizeConfig, PrecisionConfig), parents=[ranks])
     c.add_argument("--dnns", nargs="+", help="DNN names or folders (default: the offline suite)")
-    c.add_argument("--no-sharing", action="store_true",
-                   help="also train each DNN alone with the same budget (control for extra training)")
+    c.add_argument("--control", action=argparse.BooleanOptionalAction, default=RunConfig.control,
+                   help="the no-sharing control beside the packed DNNs: each DNN trained alone with the same budget "
+                        "(--no-control skips it: faster, but no packed - control column)")
     c.add_argument("--seeds", type=int, nargs="+",
                    help="run the whole pipeline once per seed and report mean and spread (default: --seed)")
     c = command("prepare", cmd_prepare, "build the offline default's data files (idempotent)")

@@ -81,7 +81,7 @@ class Row:
     exclusive_pages: int
     standalone_accuracy: float
     packed_accuracy: float
-    control_accuracy: float | None = None  # --no-sharing: same extra training, no sharing
+    control_accuracy: float | None = None  # the no-sharing control: same extra training, no sharing
     published: dict | None = None  # the paper's figures (%), e.g. {"stand_alone": 98.61, "separated": 98.45}
 
     @property
@@ -92,8 +92,14 @@ class Row:
     def packed_minus_control_pp(self) -> float | None:
         return None if self.control_accuracy is None else 100.0 * (self.packed_accuracy - self.control_accuracy)
 
+    @property
+    def control_gain_pp(self) -> float | None:
+        """What the extra training alone gave: near 0 when the stand-alone model was trained to its plateau."""
+        return None if self.control_accuracy is None else 100.0 * (self.control_accuracy - self.standalone_accuracy)
+
     def to_json(self) -> dict:
-        return {**asdict(self), "difference_pp": self.difference_pp, "packed_minus_control_pp": self.packed_minus_control_pp}
+        return {**asdict(self), "difference_pp": self.difference_pp, "packed_minus_control_pp": self.packed_minus_control_pp,
+                "control_gain_pp": self.control_gain_pp}
 
 
 @dataclass
@@ -121,6 +127,7 @@ class Totals:
     mean_control_accuracy: float | None = None
     mean_packed_minus_control_pp: float | None = None
     worst_packed_minus_control_pp: float | None = None
+    largest_control_gain_pp: float | None = None  # the DNN that gained most from extra training alone
 
     def to_json(self) -> dict:
         """As summary.json holds them: the control's figures left out when none ran."""
@@ -169,6 +176,7 @@ def summarize(state: PackedState, rows: list[Row]) -> Table:
         totals.mean_control_accuracy = mean([r.control_accuracy for r in rows])
         totals.mean_packed_minus_control_pp = 100 * (totals.mean_packed_accuracy - totals.mean_control_accuracy)
         totals.worst_packed_minus_control_pp = min(r.packed_minus_control_pp for r in rows)
+        totals.largest_control_gain_pp = max(r.control_gain_pp for r in rows)
     return Table(rows, totals)
 
 
@@ -185,9 +193,9 @@ def spread(values: list[float]) -> dict:
 
 AGGREGATED_TOTALS = ("ratio_by_count", "ratio_by_bytes", "exclusive_pages", "mean_standalone_accuracy",
                      "mean_packed_accuracy", "mean_difference_pp", "worst_difference_pp",
-                     "mean_packed_minus_control_pp", "worst_packed_minus_control_pp")
+                     "mean_packed_minus_control_pp", "worst_packed_minus_control_pp", "largest_control_gain_pp")
 AGGREGATED_ROWS = ("exclusive_pages", "standalone_accuracy", "packed_accuracy", "difference_pp",
-                   "packed_minus_control_pp")
+                   "packed_minus_control_pp", "control_gain_pp")
 
 
 def aggregate(summaries: list[dict]) -> dict:
@@ -210,14 +218,17 @@ def format_aggregate(agg: dict, markdown: bool = False) -> str:
         return f"{f.format(scale * d['mean'])}{interval} [{f.format(scale * d['min'])}, {f.format(scale * d['max'])}]"
 
     control = "mean_packed_minus_control_pp" in agg["totals"]
-    head = ["DNN", "exclusive", "stand-alone %", "packed %", "diff pp"] + (["packed - no-sharing pp"] if control else [])
-    body = [[name, cell(d["exclusive_pages"], digits=1), cell(d["standalone_accuracy"], 100), cell(d["packed_accuracy"], 100),
-             cell(d["difference_pp"], signed=True)] + ([cell(d["packed_minus_control_pp"], signed=True)] if control else [])
-            for name, d in agg["dnns"].items()]
+    head = ["DNN", "exclusive", "stand-alone %", "packed %"] + (["packed - control pp"] if control else []) + [
+        "packed - stand-alone pp"] + (["control - stand-alone pp"] if control else [])
+    body = [[name, cell(d["exclusive_pages"], digits=1), cell(d["standalone_accuracy"], 100), cell(d["packed_accuracy"], 100)]
+            + ([cell(d["packed_minus_control_pp"], signed=True)] if control else []) + [cell(d["difference_pp"], signed=True)]
+            + ([cell(d["control_gain_pp"], signed=True)] if control else []) for name, d in agg["dnns"].items()]
     t = agg["totals"]
+    gains = [d["control_gain_pp"]["mean"] for d in agg["dnns"].values() if "control_gain_pp" in d]
     body.append(["mean", cell(t["exclusive_pages"], digits=1), cell(t["mean_standalone_accuracy"], 100),
-                 cell(t["mean_packed_accuracy"], 100), cell(t["mean_difference_pp"], signed=True)]
-                + ([cell(t["mean_packed_minus_control_pp"], signed=True)] if control else []))
+                 cell(t["mean_packed_accuracy"], 100)]
+                + ([cell(t["mean_packed_minus_control_pp"], signed=True)] if control else [])
+                + [cell(t["mean_difference_pp"], signed=True)] + ([f"{sum(gains) / len(gains):+.2f}"] if control else []))
     if markdown:
         lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)] + ["| " + " | ".join(r) + " |" for r in body]
     else:
@@ -227,11 +238,15 @@ def format_aggregate(agg: dict, markdown: bool = False) -> str:
     seeds = ", ".join(map(str, agg["seeds"]))
     lines += ["", f"over {len(agg['seeds'])} seeds ({seeds}): mean ±half-width of its 95% t-interval [min, max]",
               f"ratio:       {cell(t['ratio_by_count'])}x by weight count, {cell(t['ratio_by_bytes'])}x by bytes",
-              f"accuracy:    mean difference {cell(t['mean_difference_pp'], signed=True)} pp, "
-              f"worst DNN {cell(t['worst_difference_pp'], signed=True)} pp (packed - stand-alone)"]
+              ]
     if control:
-        lines.append(f"             packed - no-sharing control: mean {cell(t['mean_packed_minus_control_pp'], signed=True)} pp, "
+        lines.append(f"accuracy:    packed - no-sharing control: mean {cell(t['mean_packed_minus_control_pp'], signed=True)} pp, "
                      f"worst DNN {cell(t['worst_packed_minus_control_pp'], signed=True)} pp")
+    lines.append(f"{'             ' if control else 'accuracy:    '}packed - stand-alone: mean "
+                 f"{cell(t['mean_difference_pp'], signed=True)} pp, worst DNN {cell(t['worst_difference_pp'], signed=True)} pp")
+    if control:
+        lines.append(f"             the control's gain over stand-alone (extra training alone), per DNN: largest of the means "
+                     f"{max(gains):+.2f} pp; per seed, largest {cell(t['largest_control_gain_pp'], signed=True)} pp")
     return "\n".join(lines)
 
 
@@ -240,19 +255,21 @@ def format_table(summary: dict, markdown: bool = False) -> str:
     rows, t = summary["rows"], summary["totals"]
     control = "mean_control_accuracy" in t
     paper = all(r.get("published") for r in rows)
-    head = ["DNN", "weights", "pages", "exclusive", "stand-alone %", "packed %", "diff pp"] + (
-        ["no-sharing %"] if control else []) + (["paper: stand-alone %", "separated %", "diff pp"] if paper else [])
+    head = ["DNN", "weights", "pages", "exclusive", "stand-alone %"] + (["no-sharing %"] if control else []) + [
+        "packed %"] + (["packed - control pp"] if control else []) + ["packed - stand-alone pp"] + (
+        ["paper: stand-alone %", "separated %", "diff pp"] if paper else [])
 
     def published(p: dict) -> list[str]:
         return [f"{p['stand_alone']:.2f}", f"{p['separated']:.2f}", f"{p['separated'] - p['stand_alone']:+.2f}"]
 
-    body = [[r["name"], f"{r['weights']:,}", str(r["pages"]), str(r["exclusive_pages"]),
-             f"{100 * r['standalone_accuracy']:.2f}", f"{100 * r['packed_accuracy']:.2f}",
-             f"{r['difference_pp']:+.2f}"] + ([f"{100 * r['control_accuracy']:.2f}"] if control else [])
+    body = [[r["name"], f"{r['weights']:,}", str(r["pages"]), str(r["exclusive_pages"]), f"{100 * r['standalone_accuracy']:.2f}"]
+            + ([f"{100 * r['control_accuracy']:.2f}"] if control else []) + [f"{100 * r['packed_accuracy']:.2f}"]
+            + ([f"{r['packed_minus_control_pp']:+.2f}"] if control else []) + [f"{r['difference_pp']:+.2f}"]
             + (published(r["published"]) if paper else []) for r in rows]
     mean_published = {k: sum(r["published"][k] for r in rows) / len(rows) for k in ("stand_alone", "separated")} if paper else {}
-    body.append(["mean", "", "", "", f"{100 * t['mean_standalone_accuracy']:.2f}", f"{100 * t['mean_packed_accuracy']:.2f}",
-                 f"{t['mean_difference_pp']:+.2f}"] + ([f"{100 * t['mean_control_accuracy']:.2f}"] if control else [])
+    body.append(["mean", "", "", "", f"{100 * t['mean_standalone_accuracy']:.2f}"]
+                + ([f"{100 * t['mean_control_accuracy']:.2f}"] if control else []) + [f"{100 * t['mean_packed_accuracy']:.2f}"]
+                + ([f"{t['mean_packed_minus_control_pp']:+.2f}"] if control else []) + [f"{t['mean_difference_pp']:+.2f}"]
                 + (published(mean_published) if paper else []))
     if markdown:
         lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -270,7 +287,8 @@ def format_table(summary: dict, markdown: bool = False) -> str:
            " (pages: " + ", ".join(f"{n} {f}" for f, n in t["page_formats"].items()) + ")"),
         f"ratio:       {t['ratio_by_count']:.2f}x by weight count ({100 * t['packed_fraction_by_count']:.1f}% of stand-alone), "
         f"{t['ratio_by_bytes']:.2f}x by bytes",
-        f"accuracy:    mean difference {t['mean_difference_pp']:+.2f} pp (packed - stand-alone)"
-        + (f"; packed - no-sharing control {t['mean_packed_minus_control_pp']:+.2f} pp" if control else ""),
+        "accuracy:    " + (f"packed - no-sharing control: mean {t['mean_packed_minus_control_pp']:+.2f} pp, worst DNN "
+                            f"{t['worst_packed_minus_control_pp']:+.2f} pp; " if control else "")
+        + f"packed - stand-alone: mean {t['mean_difference_pp']:+.2f} pp, worst DNN {t['worst_difference_pp']:+.2f} pp",
     ]
     return "\n".join(lines)

@@ -59,7 +59,8 @@ class RunConfig:
     optimize: OptimizeConfig = opt(help="how the packed DNNs are optimised (OptimizeConfig)", factory=OptimizeConfig)
     precision: PrecisionConfig = opt(help="the pages' formats (PrecisionConfig)", factory=PrecisionConfig)
     train_steps: int | None = opt(None, "stand-alone training steps per DNN (default: each folder's TRAIN budget)")
-    no_sharing: bool = opt(False, "also train each DNN alone with the same budget (control for extra training)")
+    control: bool = opt(True, "the no-sharing control: each DNN also trained alone with the same budget, beside "
+                              "(packed - control separates sharing's cost from extra training's gain)")
     seeds: list[int] = opt(help="run the whole pipeline once per seed and report mean and spread", factory=lambda: [0])
     procs: int | None = opt(None, "joint optimisation ranks on this machine (None: `distributed.auto_procs`); torchrun: its own")
     backend: str = opt("auto", "torch.distributed backend (auto: gloo on CPU, NCCL when every rank has a GPU)")
@@ -71,7 +72,7 @@ class RunConfig:
             raise ValueError(f"--workers must be >= 1, got {self.workers}")
         if self.procs is None:
             self.procs = distributed.auto_procs(len(self.dnns), self.optimize.steps, self.optimize.spec.multi_rank,
-                                                beside=1 if self.no_sharing else 0)
+                                                beside=1 if self.control else 0)
         if self.procs < 1:
             raise ValueError(f"--procs must be >= 1, got {self.procs}")
         if self.procs > 1 and not self.optimize.spec.multi_rank:
@@ -162,7 +163,7 @@ def run_seed(config: RunConfig, loaded: dict[str, DNNRecord], seed: int, control
     Over several ranks each rank does its own DNNs' (those whose data it holds) stand-alone
     training, Fisher, control and test scores; the writer packs, writes the store and returns the
     summary (None on the other ranks). `control` (test accuracy per DNN) reuses a no-sharing control
-    already run for this seed and these stand-alone models instead of training one (`config.no_sharing`)."""
+    already run for this seed and these stand-alone models instead of training one (`config.control`)."""
     group = group or Group.current()
     records = {n: replace(record, reference=None, fisher=None) for n, record in loaded.items()}
     mine = [n for n, record in records.items() if record.data is not None]
@@ -179,7 +180,7 @@ def run_seed(config: RunConfig, loaded: dict[str, DNNRecord], seed: int, control
     for name in mine:
         records[name].batches = per_step[name]
     control_job, pool = None, None
-    if config.no_sharing and control is None:  # the control needs no packing: it starts now and trains beside the packed DNNs
+    if config.control and control is None:  # the control needs no packing: it starts now and trains beside the packed DNNs
         pool = worker_pool(1)
         control_job = pool.apply_async(control_worker, job({n: records[n] for n in mine}, optimize_config,
                                                            pack_config.page_size))

@@ -76,8 +76,12 @@ class DNNRecord:
 
     def test_accuracy(self, theta: torch.Tensor) -> float:
         """Test accuracy with weights `theta`; NaN or inf logits are a FloatingPointError naming the DNN."""
-        return reported_accuracy(self.model, theta, torch.from_numpy(self.data.test.x), torch.from_numpy(self.data.test.y),
-                                 f"DNN {self.name!r}")
+        return self.accuracy(theta, "test")
+
+    def accuracy(self, theta: torch.Tensor, split: str) -> float:
+        """Accuracy on the "train", "val" or "test" split with weights `theta` (as `test_accuracy`)."""
+        part = getattr(self.data, split)
+        return reported_accuracy(self.model, theta, torch.from_numpy(part.x), torch.from_numpy(part.y), f"DNN {self.name!r}")
 
 
 def load(names: list[str], extra: list[Path] = (), data: bool = True) -> dict[str, DNNRecord]:
