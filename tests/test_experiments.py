@@ -93,8 +93,8 @@ def test_the_configs_take_the_scale_budget_and_the_setting_changes():
 def test_experiments_are_discovered_in_report_order():
     names = report.experiments()
     assert names == ["scaling", "page_size", "optimizers", "overlap", "matching", "fisher", "budget", "switching",
-                     "paper_gap", "quantization", "standalone"]
-    assert report.in_all() == names[:-3]  # paper_gap, quantization and standalone have their own budgets
+                     "paper_gap", "quantization", "standalone", "defaults"]
+    assert report.in_all() == names[:-4]  # paper_gap, quantization, standalone and defaults have their own budgets
     for name in names:
         mod = report.module(name)
         assert mod.TITLE and mod.QUESTION.endswith("?") and callable(mod.run) and callable(mod.plot)
