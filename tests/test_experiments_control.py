@@ -33,8 +33,8 @@ def fake_row(st: harness.Setting, scale: harness.Scale, seed: int) -> dict:
             "packed_weights": 100_000, "packed_bytes": 400_000, "optimize_seconds": 1.0, "peak_rss_mb": 100.0,
             "matching_cost": 1.0 + 0.1 * len(st.label) + 0.05 * seed, "ms_per_step": 10.0, "ms_per_dnn_batch": 1.0,
             "seconds": 1.0, "measured": True, "overlap_loss": 0.5 + seed, "page_formats": {"float32": 3},
-            "curve": {"dnn_batches": [0, 10], "val": [{n: 0.5 + 0.01 * seed - 0.001 * len(st.label) for n in names}, {n: 0.7 + 0.01 * seed for n in names}],
-                      "best_index": 1}}
+            "curve": {"dnn_batches": [0, 10], "best_index": 1,
+                      "val": [{n: 0.5 + 0.01 * seed - 0.001 * len(st.label) for n in names}, {n: 0.7 for n in names}]}}
 
 
 @pytest.fixture
