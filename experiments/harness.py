@@ -461,8 +461,10 @@ def minus_control(rows: list[dict], controls: list[dict]) -> list[float]:
             for r in rows if r["seed"] in alone]
 
 
-def control_fields(p: dict) -> dict:
-    """A table row's fields for its packed minus control difference (from `against_control`)."""
+def control_fields(p: dict | None) -> dict:
+    """A table row's fields for its packed minus control difference (from `against_control`; None: no fields)."""
+    if p is None:
+        return {}
     return {"minus_control_pp": p["mean"], "minus_control_ci95": p["ci95"], "minus_control_noise": p["noise"]}
 
 

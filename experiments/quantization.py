@@ -71,7 +71,7 @@ def run(scale: harness.Scale, fresh: bool = False) -> dict:
         s = harness.summary_row(runs[label])
         seeds = runs[label]
         rows.append({"setting": label, "family": family, "packed_kib": s["packed_bytes"]["mean"] / 1024,
-                     **(harness.control_fields(versus_control[label]) if label in versus_control else {}),
+                     **harness.control_fields(versus_control.get(label)),
                      "ratio_by_bytes": s["ratio_by_bytes"]["mean"], "ratio_by_bytes_std": s["ratio_by_bytes"]["std"],
                      "mean_change_pp": s["mean_difference_pp"]["mean"], "mean_change_std": s["mean_difference_pp"]["std"],
                      "mean_change_min": s["mean_difference_pp"]["min"], "worst_pp": s["worst_difference_pp"]["mean"],

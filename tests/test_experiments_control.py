@@ -9,6 +9,8 @@ import pytest
 
 from experiments import budget, fisher, harness, matching, optimizers, overlap, page_size, quantization, report, scaling
 
+ACCURACY_SECTIONS = [scaling, page_size, optimizers, overlap, matching, fisher, budget, quantization]
+
 SCALE = harness.Scale(dnns=("a", "b", "c"), seeds=(0, 1, 2), steps=20, quick=True)
 STANDALONE = 0.80
 
@@ -106,7 +108,7 @@ def control_cells(table: str) -> list[str]:
     return [[c.strip() for c in line.strip("|").split("|")][column] for line in body]
 
 
-@pytest.mark.parametrize("module", [scaling, page_size, overlap, matching, fisher, budget, quantization])
+@pytest.mark.parametrize("module", ACCURACY_SECTIONS)
 def test_every_accuracy_section_shows_packed_minus_control_beside_packed_minus_stand_alone(module, fake_runs):
     result = module.run(SCALE)
     controls = [st for st in fake_runs if st.control and st.alone is None]
