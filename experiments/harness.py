@@ -3,7 +3,9 @@ cached, with mean and spread over seeds, and the results written as JSON, CSV an
 
 An experiment (experiments/<name>.py, found by experiments/report.py) lists `Setting`s, hands them
 to `run_all` with the `Scale` (DNNs, seeds, budget), and turns the rows it gets back into a table
-and an answer with `summary_row`, `paired` and `stats`.
+and an answer with `summary_row`, `paired` and `stats`; an accuracy change is set beside the
+no-sharing control's (`with_controls` adds each setting's `control` to the runs, `against_control`
+gives packed minus control).
 
 A run of one setting for one seed (`run_setting`) trains nothing: the stand-alone models of every
 seed are trained (or taken from the cache) first, in the parent; then the runs go to `workers`
