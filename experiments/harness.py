@@ -429,7 +429,7 @@ def control(setting: Setting) -> Setting:
     optimize = {k: v for k, v in sorted(setting.optimize.items()) if k not in SHARING_ONLY}
     kept = [f"{k} {v}" for k, v in optimize.items()]
     if setting.same_budget or setting.turns != Setting.turns:
-        kept.append(f"{'joint budget, ' if setting.same_budget else ''}{setting.turns} turns")
+        kept.append(f"{'joint budget, ' if setting.same_budget else ''}{setting.turns} turn{'s' * (setting.turns != 1)}")
     kept += ["+".join(setting.dnns)] if setting.dnns else []
     return Setting("no sharing" + (f" ({', '.join(kept)})" if kept else ""), optimize=optimize, dnns=setting.dnns,
                    control=True, same_budget=setting.same_budget, turns=setting.turns, seeds=setting.seeds)
