@@ -53,29 +53,37 @@ def pareto(points: list[tuple[float, float]]) -> list[int]:
 
 def run(scale: harness.Scale, fresh: bool = False) -> dict:
     plan = settings(scale)
-    runs = harness.run_all([st for _, st in plan.values()], scale, fresh, "budget")
+    packed = [st for _, st in plan.values()]
+    runs = harness.run_all(harness.with_controls(packed), scale, fresh, "budget")
+    versus_control = harness.against_control(runs, packed)
     rows = []
     for label, (family, _) in plan.items():
         s = harness.summary_row(runs[label])
         rows.append({"setting": label, "family": family, "ratio_by_bytes": s["ratio_by_bytes"]["mean"],
                      "ratio_by_bytes_std": s["ratio_by_bytes"]["std"], "packed_kib": s["packed_bytes"]["mean"] / 1024,
+                     **harness.control_fields(versus_control[label]),
                      "mean_change_pp": s["mean_difference_pp"]["mean"], "mean_change_std": s["mean_difference_pp"]["std"],
                      "worst_pp": s["worst_difference_pp"]["mean"], "seeds": s["mean_difference_pp"]["n"]})
     front = pareto([(r["ratio_by_bytes"], r["mean_change_pp"]) for r in rows])
     for i, r in enumerate(rows):
         r["pareto"] = i in front
-    table = ["| setting | family | packed KiB | ratio by bytes | mean change pp | worst DNN pp | on the front |",
-             "|---|---|---|---|---|---|---|"]
+    table = ["| setting | family | packed KiB | ratio by bytes | packed - control pp | packed - stand-alone pp | "
+             "worst DNN pp | on the front |", "|---|---|---|---|---|---|---|---|"]
     table += [f"| {r['setting']} | {r['family']} | {r['packed_kib']:.0f} | {r['ratio_by_bytes']:.2f}x ± "
-              f"{r['ratio_by_bytes_std']:.2f} | {r['mean_change_pp']:+.2f} ± {r['mean_change_std']:.2f} | "
+              f"{r['ratio_by_bytes_std']:.2f} | {harness.versus(versus_control[r['setting']])} | "
+              f"{r['mean_change_pp']:+.2f} ± {r['mean_change_std']:.2f} | "
               f"{r['worst_pp']:+.2f} | {'yes' if r['pareto'] else ''} |" for r in rows]
     on_front = [rows[i] for i in front]
     families = sorted({r["family"] for r in on_front})
     ours = next(r for r in rows if r["setting"] == "ours")
     paper = next(r for r in rows if r["family"] == "paper-faithful")
     answer = (f"The front is made of {', '.join(families)} points ({len(on_front)} of {len(rows)}). At our default "
-              f"ratio the budget separation packs {ours['ratio_by_bytes']:.2f}x by bytes at {ours['mean_change_pp']:+.2f} pp; "
-              f"the paper-faithful pipeline {paper['ratio_by_bytes']:.2f}x at {paper['mean_change_pp']:+.2f} pp.")
+              f"ratio the budget separation packs {ours['ratio_by_bytes']:.2f}x by bytes at {ours['minus_control_pp']:+.2f} pp "
+              f"against the no-sharing control ({harness.seed_noise(ours['minus_control_noise'])}; each DNN optimised "
+              f"alone at the same budget), {ours['mean_change_pp']:+.2f} pp against stand-alone; the paper-faithful "
+              f"pipeline {paper['ratio_by_bytes']:.2f}x at {paper['minus_control_pp']:+.2f} pp against its control "
+              f"(round-robin's turns alone; {harness.seed_noise(paper['minus_control_noise'])}), "
+              f"{paper['mean_change_pp']:+.2f} pp against stand-alone.")
     return {"setup": f"Published separation at the published S=128, margin 0.1, then S in {SHARED} at that margin and "
                      f"margin in {MARGINS} at that S; "
                      f"budget separation at ratios {RATIOS} by weight count (S=128); the paper-faithful pipeline "

@@ -144,7 +144,7 @@ def per_seed(runs: dict[int, dict[str, dict]], config: str) -> list[dict]:
 
 def run(scale: harness.Scale, fresh: bool = False) -> dict:
     settings = [harness.Setting(label, fisher=change) for label, change in RUNS.items()]
-    accuracy = harness.run_all(settings, scale, fresh, "fisher")
+    accuracy = harness.run_all(harness.with_controls(settings), scale, fresh, "fisher")
     agree = agreement_runs(scale, fresh)
     configs = grid(scale)
     base = ("predicted", max(k for e, k in configs if e == "predicted"))  # ours, or the nearest K with --quick
@@ -152,13 +152,14 @@ def run(scale: harness.Scale, fresh: bool = False) -> dict:
     keys = sorted(set(configs) | set(run_of), key=lambda c: (ESTIMATORS.index(c[0]), c[1]))
     rows, curves = [], {e: {"k": [], "spearman": [], "jaccard": []} for e in ESTIMATORS}
     table = ["| estimator | K | Spearman of page masses | Jaccard of exclusive pages | Fisher s per DNN | "
-             "accuracy change pp | vs ours pp |", "|---|---|---|---|---|---|---|"]
+             "packed - control pp | packed - stand-alone pp | vs ours pp |", "|---|---|---|---|---|---|---|---|"]
     by_config = {f"{e} {k}": per_seed(agree, f"{e} {k}") for e, k in configs}
     versus_base = {m: harness.compared(by_config, f"{base[0]} {base[1]}", m) for m in ("spearman", "jaccard", "seconds")}
-    versus_ours = harness.compared(accuracy, "ours")
+    versus_ours = harness.compared({st.label: accuracy[st.label] for st in settings}, "ours")
+    versus_control = harness.against_control(accuracy, settings)
     for estimator, k in keys:
         row = {"estimator": estimator, "samples": k}
-        cells = ["–"] * 5
+        cells = ["–"] * 6
         if (estimator, k) in configs:
             seeds = per_seed(agree, f"{estimator} {k}")
             for i, measure in enumerate(("spearman", "jaccard", "seconds")):
@@ -176,11 +177,12 @@ def run(scale: harness.Scale, fresh: bool = False) -> dict:
             rs = accuracy[run_of[(estimator, k)]]
             s = harness.stats([r["mean_difference_pp"] for r in rs])
             vs = versus_ours[run_of[(estimator, k)]]
-            row.update({"run": run_of[(estimator, k)], "accuracy_change_pp": s["mean"], "accuracy_change_std": s["std"],
+            row.update({"run": run_of[(estimator, k)], **harness.control_fields(versus_control[run_of[(estimator, k)]]),
+                        "accuracy_change_pp": s["mean"], "accuracy_change_std": s["std"],
                         "accuracy_change_min": s["min"], "accuracy_change_max": s["max"],
                         "vs_ours_pp": vs["mean"], "vs_ours_noise": vs["noise"]})
-            cells[3] = harness.fmt(s)
-            cells[4] = harness.versus(vs) if run_of[(estimator, k)] != "ours" else "–"
+            cells[3:] = (harness.versus(versus_control[run_of[(estimator, k)]]), harness.fmt(s),
+                         harness.versus(vs) if run_of[(estimator, k)] != "ours" else "–")
         row["seeds"] = len(scale.seeds)
         rows.append(row)
         name = f"**{estimator}**" if (estimator, k) == ("predicted", 1000) else estimator
@@ -191,9 +193,10 @@ def run(scale: harness.Scale, fresh: bool = False) -> dict:
                       f"compared with itself), page size {PAGE_SIZE}; exclusive pages are the fewest highest-mass pages "
                       f"holding {1 - MARGIN:.0%} of the Fisher (WS's margin rule), averaged over the DNNs per seed; "
                       f"seconds are one CPU thread with {scale.workers} jobs at once. Accuracy: the whole pipeline "
-                      f"at our defaults but the Fisher. ~ marks no difference shown from predicted at K = {base[1]}, or "
-                      f"in accuracy from ours (predicted, K = 1000, bold): paired by seed, t-test, Holm-corrected "
-                      f"over each column."),
+                      f"at our defaults but the Fisher, against the no-sharing control (each DNN optimised alone at "
+                      f"the same budget) and against stand-alone. ~ marks no difference shown from predicted at "
+                      f"K = {base[1]}, from the control, or in accuracy from ours (predicted, K = 1000, bold): paired "
+                      f"by seed, t-test, Holm-corrected over each column."),
             "reference": {"estimator": ref.estimator, "samples": ref.k},
             "rows": rows, "table": "\n".join(table), "answer": _answer(rows, base), "curves": curves,
             "accuracy": [{"label": r["run"], "estimator": r["estimator"], "mean": r["accuracy_change_pp"],
@@ -202,7 +205,7 @@ def run(scale: harness.Scale, fresh: bool = False) -> dict:
 
 
 def _answer(rows: list[dict], base: tuple[str, int]) -> str:
-    """Two sentences from the numbers: agreement of the published and the best batched Fisher, then accuracy."""
+    """From the numbers: agreement of the published and the best batched Fisher, then accuracy."""
     by = {(r["estimator"], r["samples"]): r for r in rows}
     paper, best, emp = by[("paper", 50)], by[base], by[("empirical", base[1])]
     same = by[("predicted", 50)]
@@ -213,6 +216,10 @@ def _answer(rows: list[dict], base: tuple[str, int]) -> str:
             f"(the gap: Spearman {harness.seed_noise(paper['spearman_vs_base_noise'])}, "
             f"Jaccard {harness.seed_noise(paper['jaccard_vs_base_noise'])}), empirical at K = {base[1]} {emp['spearman']:.3f} "
             f"and {emp['jaccard']:.3f}. ")
+    ours = next(r for r in rows if r.get("run") == "ours")
+    text += (f"Packed with ours, accuracy is {ours['minus_control_pp']:+.2f} pp against the no-sharing control "
+             f"({harness.seed_noise(ours['minus_control_noise'])}) and {ours['accuracy_change_pp']:+.2f} pp against "
+             f"stand-alone. ")
     runs = [r for r in rows if "run" in r and r["run"] != "ours"]
     worst = max(runs, key=lambda r: abs(r["vs_ours_pp"]))
     beyond = [r["run"] for r in runs if not r["vs_ours_noise"]]

@@ -3,7 +3,9 @@ cached, with mean and spread over seeds, and the results written as JSON, CSV an
 
 An experiment (experiments/<name>.py, found by experiments/report.py) lists `Setting`s, hands them
 to `run_all` with the `Scale` (DNNs, seeds, budget), and turns the rows it gets back into a table
-and an answer with `summary_row`, `paired` and `stats`.
+and an answer with `summary_row`, `paired` and `stats`; an accuracy change is set beside the
+no-sharing control's (`with_controls` adds each setting's `control` to the runs, `against_control`
+gives packed minus control).
 
 A run of one setting for one seed (`run_setting`) trains nothing: the stand-alone models of every
 seed are trained (or taken from the cache) first, in the parent; then the runs go to `workers`
@@ -408,7 +410,11 @@ def paired(a: list[dict], b: list[dict], key: str = "mean_difference_pp") -> dic
     no evidence). `noise` (no difference shown at the 5% level) is this one comparison's; a table of
     several corrects them together with `holm` (`compared` does both)."""
     by_seed = {r["seed"]: r[key] for r in b}
-    d = [r[key] - by_seed[r["seed"]] for r in a if r["seed"] in by_seed]
+    return differences([r[key] - by_seed[r["seed"]] for r in a if r["seed"] in by_seed])
+
+
+def differences(d: list[float]) -> dict:
+    """`paired`'s statistics of paired differences, one per seed (or per run where runs are pooled)."""
     s = stats(d)
     if s["n"] < 2:
         return {**s, "se": None, "ci95": None, "p": 1.0, "noise": True}
@@ -418,6 +424,59 @@ def paired(a: list[dict], b: list[dict], key: str = "mean_difference_pp") -> dic
     else:
         p = float(2 * scipy.stats.t.sf(abs(s["mean"]) / se, s["n"] - 1))
     return {**s, "se": se, "ci95": float(scipy.stats.t.ppf(0.975, s["n"] - 1)) * se, "p": p, "noise": p >= 0.05}
+
+
+SHARING_ONLY = ("lam", "max_harm")  # optimiser fields that act only between DNNs that share pages
+
+
+def control(setting: Setting) -> Setting:
+    """The no-sharing control of a packed setting: its DNNs and seeds, each DNN alone with every page
+    exclusive, optimised with the same optimiser config and budget. What acts only through sharing
+    (packing, page size, Fisher, page formats, the overlap loss) is left out, so settings that differ
+    only there share one control, labelled by what it keeps: one cached run for all of them. It keeps
+    the setting's DNNs: a DNN's batches per joint step depend on the set packed (cheap DNNs take extra ones)."""
+    optimize = {k: v for k, v in sorted(setting.optimize.items()) if k not in SHARING_ONLY}
+    kept = [f"{k} {v}" for k, v in optimize.items()]
+    if setting.same_budget or setting.turns != Setting.turns:
+        kept.append(f"{'joint budget, ' if setting.same_budget else ''}{setting.turns} turn{'s' * (setting.turns != 1)}")
+    kept += ["+".join(setting.dnns)] if setting.dnns else []
+    return Setting("no sharing" + (f" ({', '.join(kept)})" if kept else ""), optimize=optimize, dnns=setting.dnns,
+                   control=True, same_budget=setting.same_budget, turns=setting.turns, seeds=setting.seeds)
+
+
+def with_controls(settings: list[Setting]) -> list[Setting]:
+    """`settings` and, once each, their no-sharing controls: what `run_all` runs for `against_control`."""
+    out = {st.label: st for st in settings}
+    for st in settings:
+        out.setdefault(control(st).label, control(st))
+    return list(out.values())
+
+
+def against_control(runs: dict[str, list[dict]], settings: list[Setting], group=None) -> dict:
+    """Packed minus no-sharing control test accuracy (pp) by label, or by `group(setting)` where several
+    settings' runs are pooled: per run the mean over its DNNs of packed minus the control's accuracy of
+    the same DNN and seed (`minus_control`), then over the runs as `paired`, Holm-corrected together."""
+    gaps: dict = {}
+    for st in settings:
+        gaps.setdefault(group(st) if group else st.label, []).extend(minus_control(runs[st.label], runs[control(st).label]))
+    out = {key: differences(d) for key, d in gaps.items()}
+    holm(list(out.values()))
+    return out
+
+
+def minus_control(rows: list[dict], controls: list[dict]) -> list[float]:
+    """Per packed row (one seed): the mean over its DNNs of packed minus the control's test accuracy of
+    the same DNN and seed, in pp (a control of more DNNs gives its accuracies of these)."""
+    alone = {r["seed"]: r["per_dnn"] for r in controls}
+    return [100 * sum(d["packed"] - alone[r["seed"]][n]["packed"] for n, d in r["per_dnn"].items()) / len(r["per_dnn"])
+            for r in rows if r["seed"] in alone]
+
+
+def control_fields(p: dict | None) -> dict:
+    """A table row's fields for its packed minus control difference (from `against_control`; None: no fields)."""
+    if p is None:
+        return {}
+    return {"minus_control_pp": p["mean"], "minus_control_ci95": p["ci95"], "minus_control_noise": p["noise"]}
 
 
 def holm(comparisons: list[dict], alpha: float = 0.05) -> list[dict]:

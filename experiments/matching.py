@@ -26,13 +26,15 @@ def plan(scale: harness.Scale) -> list[harness.Setting]:
 
 def run(scale: harness.Scale, fresh: bool = False) -> dict:
     settings = plan(scale)
-    runs = harness.run_all(settings, scale, fresh, "matching")
+    runs = harness.run_all(harness.with_controls(settings), scale, fresh, "matching")
     timed = harness.matching_seconds(settings, scale)
     labels = dict(zip(MATCHERS, (s.label for s in settings)))
     ref = runs[labels[REFERENCE]]
-    rows, table = [], ["| matcher | matching cost / greedy's | val. accuracy before optimisation % | mean change pp | "
-                       "worst DNN pp | vs greedy pp | matching s |", "|---|---|---|---|---|---|---|"]
+    rows, table = [], ["| matcher | matching cost / greedy's | val. accuracy before optimisation % | packed - control pp | "
+                       "packed - stand-alone pp | worst DNN pp | vs greedy pp | matching s |",
+                       "|---|---|---|---|---|---|---|---|"]
     comparisons = harness.compared({m: runs[labels[m]] for m in MATCHERS}, REFERENCE)
+    versus_control = harness.against_control(runs, settings)
     for m in MATCHERS:
         rs = runs[labels[m]]
         cost = harness.stats([r["matching_cost"] / g["matching_cost"] for r, g in zip(rs, ref)])
@@ -40,12 +42,14 @@ def run(scale: harness.Scale, fresh: bool = False) -> dict:
         s = harness.summary_row(rs)
         vs = comparisons[m]
         rows.append({"matcher": m, "cost_vs_greedy": cost["mean"], "cost_vs_greedy_std": cost["std"],
-                     "val_before_pct": before["mean"], "mean_change_pp": s["mean_difference_pp"]["mean"],
+                     "val_before_pct": before["mean"], **harness.control_fields(versus_control[labels[m]]),
+                     "mean_change_pp": s["mean_difference_pp"]["mean"],
                      "mean_change_std": s["mean_difference_pp"]["std"], "worst_pp": s["worst_difference_pp"]["mean"],
                      "vs_greedy_pp": vs["mean"], "vs_greedy_noise": vs["noise"], "matching_seconds": timed[labels[m]],
                      "seeds": len(rs)})
         table.append(f"| {m} | {harness.fmt(cost, 3, False)} | {harness.fmt(before, 2, False)} | "
-                     f"{harness.fmt(s['mean_difference_pp'])} | {harness.fmt(s['worst_difference_pp'])} | "
+                     f"{harness.versus(versus_control[labels[m]])} | {harness.fmt(s['mean_difference_pp'])} | "
+                     f"{harness.fmt(s['worst_difference_pp'])} | "
                      f"{harness.versus(vs) if m != REFERENCE else '–'} | {timed[labels[m]]:.2f} |")
     by = {r["matcher"]: r for r in rows}
     opt, rnd = by["optimal"], by["random"]
@@ -57,7 +61,10 @@ def run(scale: harness.Scale, fresh: bool = False) -> dict:
               f"{rho_before:+.2f} and with the final accuracy change {rho_after:+.2f} (negative: lower cost, higher "
               f"accuracy); after optimisation optimal vs greedy is {opt['vs_greedy_pp']:+.2f} pp "
               f"({harness.seed_noise(opt['vs_greedy_noise'])}) and random vs greedy {rnd['vs_greedy_pp']:+.2f} pp "
-              f"({harness.seed_noise(rnd['vs_greedy_noise'])}) over {opt['seeds']} seeds.")
+              f"({harness.seed_noise(rnd['vs_greedy_noise'])}) over {opt['seeds']} seeds. Against the no-sharing control (each "
+              f"DNN optimised alone at the same budget) optimal packing is {opt['minus_control_pp']:+.2f} pp "
+              f"({harness.seed_noise(opt['minus_control_noise'])}) and greedy {by['greedy']['minus_control_pp']:+.2f} pp "
+              f"({harness.seed_noise(by['greedy']['minus_control_noise'])}).")
     points = {m: [(r["matching_cost"] / g["matching_cost"], r["mean_difference_pp"], 100 * _mean(r["curve"]["val"][0].values()))
                   for r, g in zip(runs[labels[m]], ref)] for m in MATCHERS}
     return {"spearman_cost_before": rho_before, "spearman_cost_after": rho_after,
@@ -75,8 +82,6 @@ def spearman(x: list[float], y: list[float]) -> float:
 def _mean(values) -> float:
     values = list(values)
     return sum(values) / len(values)
-
-
 
 
 def plot(result: dict, plt) -> None:

@@ -36,12 +36,13 @@ SETUP = ("Ten suite DNNs packed at the default ratio (6x by weight count; one in
          "formats named, joint optimisation through a per-page fake quantiser (straight-through); quantisation "
          "alone: each DNN's 2-D+ tensors per-channel int8, biases float32, without and with fine-tuning at the same "
          "optimiser config. Bytes include scales and page tables.")
+FLOAT32 = "packing, float32"  # the family compared with the no-sharing control (float32, each DNN alone)
 TARGET = {"ratio_by_bytes": 12.0, "mean_difference_pp": -0.5}  # the issue's target (ten DNNs, every seed)
 
 
 def settings(scale: harness.Scale) -> dict[str, tuple[str, harness.Setting]]:
     """label -> (family, setting)."""
-    out = {"float32 packing": ("packing, float32", harness.Setting("float32 packing"))}
+    out = {"float32 packing": (FLOAT32, harness.Setting("float32 packing"))}
     out["int8 packing"] = ("packing, int8", harness.Setting("int8 packing", precision={"precision": "int8"}))
     out[f"int8 packing, ratio {INT8_RATIO:g}"] = ("packing, int8", harness.Setting(
         f"int8 packing, ratio {INT8_RATIO:g}", pack={"ratio": INT8_RATIO}, precision={"precision": "int8"}))
@@ -61,12 +62,16 @@ def scaled(scale: harness.Scale) -> harness.Scale:
 def run(scale: harness.Scale, fresh: bool = False) -> dict:
     scale = scaled(scale)
     plan = settings(scale)
-    runs = harness.run_all([st for _, st in plan.values()], scale, fresh, "quantization")
+    float32 = [st for family, st in plan.values() if family == FLOAT32]
+    others = [st for family, st in plan.values() if family != FLOAT32]
+    runs = harness.run_all(harness.with_controls(float32) + others, scale, fresh, "quantization")
+    versus_control = harness.against_control(runs, float32)
     rows = []
     for label, (family, _) in plan.items():
         s = harness.summary_row(runs[label])
         seeds = runs[label]
         rows.append({"setting": label, "family": family, "packed_kib": s["packed_bytes"]["mean"] / 1024,
+                     **harness.control_fields(versus_control.get(label)),
                      "ratio_by_bytes": s["ratio_by_bytes"]["mean"], "ratio_by_bytes_std": s["ratio_by_bytes"]["std"],
                      "mean_change_pp": s["mean_difference_pp"]["mean"], "mean_change_std": s["mean_difference_pp"]["std"],
                      "mean_change_min": s["mean_difference_pp"]["min"], "worst_pp": s["worst_difference_pp"]["mean"],
@@ -75,11 +80,13 @@ def run(scale: harness.Scale, fresh: bool = False) -> dict:
                      "page_formats": seeds[0].get("page_formats"), "seeds": len(seeds),
                      "meets_target": all(r["ratio_by_bytes"] >= TARGET["ratio_by_bytes"]
                                          and r["mean_difference_pp"] >= TARGET["mean_difference_pp"] for r in seeds)})
-    table = ["| setting | packed KiB | ratio by bytes | mean change pp (per seed) | worst DNN pp | pages | "
-             "12x at >= -0.5 pp, every seed |", "|---|---|---|---|---|---|---|"]
+    table = ["| setting | packed KiB | ratio by bytes | packed - control pp | packed - stand-alone pp (per seed) | "
+             "worst DNN pp | pages | 12x at >= -0.5 pp, every seed |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         pages = ", ".join(f"{n} {f}" for f, n in (r["page_formats"] or {}).items()) or "per-channel int8"
+        control = harness.versus(versus_control[r["setting"]]) if r["setting"] in versus_control else "–"
         table.append(f"| {r['setting']} | {r['packed_kib']:.1f} | {r['ratio_by_bytes']:.2f}x ± {r['ratio_by_bytes_std']:.2f} | "
+                     f"{control} | "
                      f"{r['mean_change_pp']:+.2f} ± {r['mean_change_std']:.2f} "
                      f"({', '.join(f'{v:+.2f}' for v in r['per_seed_change_pp'])}) | {r['worst_pp']:+.2f} | {pages} | "
                      f"{'yes' if r['meets_target'] else 'no'} |")
@@ -89,13 +96,17 @@ def run(scale: harness.Scale, fresh: bool = False) -> dict:
 
 
 def summary(rows: list[dict]) -> str:
-    """The answer: which settings meet the target, and packing against int8 alone at equal accuracy."""
+    """The answer: which settings meet the target, float32 packing against its control, and packing against
+    int8 alone at equal accuracy."""
     by = {r["setting"]: r for r in rows}
     met = [r["setting"] for r in rows if r["meets_target"]]
-    alone, int8 = by["int8 alone (QAT)"], by["int8 packing"]
+    alone, int8, f32 = by["int8 alone (QAT)"], by["int8 packing"], by["float32 packing"]
     fisher = next(r for r in rows if r["family"] == "packing, formats by Fisher")
     return (f"Settings at >= {TARGET['ratio_by_bytes']:g}x by bytes with a mean change >= "
             f"{TARGET['mean_difference_pp']:+g} pp in every seed: {', '.join(met) or 'none'}. "
+            f"float32 packing is {f32['minus_control_pp']:+.2f} pp against the no-sharing control (each DNN optimised "
+            f"alone in float32 at the same budget; {harness.seed_noise(f32['minus_control_noise'])}) and "
+            f"{f32['mean_change_pp']:+.2f} pp against stand-alone. "
             f"Each DNN quantised alone (per-channel int8) is {alone['ratio_by_bytes']:.2f}x by bytes: "
             f"{by['int8 alone (PTQ)']['mean_change_pp']:+.2f} pp as is, {alone['mean_change_pp']:+.2f} pp fine-tuned. "
             f"int8 packing holds that fine-tuned accuracy ({int8['mean_change_pp']:+.2f} ± {int8['mean_change_std']:.2f} pp) "

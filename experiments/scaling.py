@@ -35,8 +35,8 @@ def subsets(dnns: tuple[str, ...], per_size: int = SUBSETS) -> list[tuple[int, t
 
 
 def plan(scale: harness.Scale) -> tuple[list, list]:
-    real = [(n, harness.Setting(f"N={n} {'+'.join(d) if n < len(scale.dnns) else 'all'}", dnns=d, measure=True))
-            for n, d in subsets(scale.dnns, 1 if scale.quick else SUBSETS)]
+    real = [(n, harness.Setting(f"N={n} {'+'.join(d)}", dnns=d, measure=True) if n < len(scale.dnns) else
+             harness.Setting(f"N={n} all", measure=True)) for n, d in subsets(scale.dnns, 1 if scale.quick else SUBSETS)]
     replicas = REPLICAS[:2] if scale.quick else REPLICAS
     synthetic = [(r * len(scale.dnns), harness.Setting(f"{r} x {len(scale.dnns)} replicas", replicas=r, measure=True,
                                                        seeds=scale.seeds[:1],
@@ -47,24 +47,30 @@ def plan(scale: harness.Scale) -> tuple[list, list]:
 
 def run(scale: harness.Scale, fresh: bool = False) -> dict:
     real, synthetic = plan(scale)
-    runs = harness.run_all([st for _, st in real + synthetic], scale, fresh, "scaling")
+    packed = [st for _, st in real]
+    runs = harness.run_all(harness.with_controls(packed) + [st for _, st in synthetic], scale, fresh, "scaling")
+    n_of = {st.label: n for n, st in real}
     by_n: dict[int, list[dict]] = {}
     for n, st in real:
         by_n.setdefault(n, []).extend(runs[st.label])
-    rows, table = [], ["| N | runs | packed weights | ratio by count | ratio by bytes | mean change pp | worst DNN pp | "
-                       "ms per step | optimisation s | peak RSS MB |", "|---|---|---|---|---|---|---|---|---|---|"]
+    versus_control = harness.against_control(runs, packed, group=lambda st: n_of[st.label])
+    rows, table = [], ["| N | runs | packed weights | ratio by count | ratio by bytes | packed - control pp | "
+                       "packed - stand-alone pp | worst DNN pp | ms per step | optimisation s | peak RSS MB |",
+                       "|---|---|---|---|---|---|---|---|---|---|---|"]
     for n, rs in sorted(by_n.items()):
         s = harness.summary_row(rs)
         timed = [r for r in rs if r.get("measured")]
         t = harness.summary_row(timed)
         rows.append({"kind": "real", "n": n, "runs": len(rs), "packed_weights": s["packed_weights"]["mean"],
                      "ratio_by_count": s["ratio_by_count"]["mean"], "ratio_by_bytes": s["ratio_by_bytes"]["mean"],
+                     **harness.control_fields(versus_control[n]),
                      "mean_change_pp": s["mean_difference_pp"]["mean"], "mean_change_std": s["mean_difference_pp"]["std"],
                      "worst_pp": s["worst_difference_pp"]["mean"], "worst_std": s["worst_difference_pp"]["std"],
                      "ms_per_step": t["ms_per_step"]["mean"], "optimize_seconds": t["optimize_seconds"]["mean"],
                      "peak_rss_mb": t["peak_rss_mb"]["max"]})
         table.append(f"| {n} | {len(rs)} | {harness.fmt(s['packed_weights'], 0, False)} | "
                      f"{harness.fmt(s['ratio_by_count'], 2, False)}x | {harness.fmt(s['ratio_by_bytes'], 2, False)}x | "
+                     f"{harness.versus(versus_control[n])} | "
                      f"{harness.fmt(s['mean_difference_pp'])} | {harness.fmt(s['worst_difference_pp'])} | "
                      f"{t['ms_per_step']['mean']:.0f} | {t['optimize_seconds']['mean']:.0f} | {t['peak_rss_mb']['max']:.0f} |")
     table += ["", "Synthetic replicas (time and memory only; accuracy is not meaningful for copies):", "",
@@ -81,8 +87,10 @@ def run(scale: harness.Scale, fresh: bool = False) -> dict:
     no_exclusive = (f"; with N = {', '.join(map(str, shared_only))} the {PackConfig.n_shared} shared pages alone hold "
                     f"more than the ratio asked for allows, so those sets get no exclusive page" if shared_only else "")
     answer = (f"From {small['n']} to {full['n']} DNNs the packing ratio goes from {small['ratio_by_bytes']:.2f}x to "
-              f"{full['ratio_by_bytes']:.2f}x by bytes and the accuracy change from {small['mean_change_pp']:+.2f} to "
-              f"{full['mean_change_pp']:+.2f} pp (worst DNN {full['worst_pp']:+.2f} pp) at the same budget per DNN"
+              f"{full['ratio_by_bytes']:.2f}x by bytes; packed minus the no-sharing control (the same DNNs each optimised "
+              f"alone at the same budget) goes from {small['minus_control_pp']:+.2f} to {full['minus_control_pp']:+.2f} pp "
+              f"(at N = {full['n']} {harness.seed_noise(full['minus_control_noise'])}), packed minus stand-alone from "
+              f"{small['mean_change_pp']:+.2f} to {full['mean_change_pp']:+.2f} pp (worst DNN {full['worst_pp']:+.2f} pp)"
               f"{no_exclusive}. A joint step takes {small['ms_per_step']:.0f} to {full['ms_per_step']:.0f} ms (the "
               f"subsets differ in cost per DNN); on copies of the same {syn[0]['n']} DNNs the time per DNN-batch stays "
               f"at {syn[0]['ms_per_dnn_batch']:.1f} to {syn[-1]['ms_per_dnn_batch']:.1f} ms from {syn[0]['n']} to "
@@ -93,7 +101,8 @@ def run(scale: harness.Scale, fresh: bool = False) -> dict:
     return {"setup": f"Subsets drawn once (seeded), {SUBSETS} per N; ms per step and peak RSS from each setting's first "
                      f"seed, run alone in a fresh process with one thread (time per step includes the validation "
                      f"checks); replicas optimise {REPLICA_STEPS} steps with one check, so checks weigh more in "
-                     "their time per step.",
+                     "their time per step. Each subset has its own no-sharing control: a DNN's batches per joint step "
+                     "depend on the set packed.",
             "rows": rows, "table": "\n".join(table), "answer": answer, "memory_target_mb": MEMORY_TARGET_MB}
 
 
@@ -103,9 +112,10 @@ def plot(result: dict, plt) -> None:
     fig, (a, r, b, c) = plt.subplots(1, 4, figsize=(18, 4.2))
     ns = [row["n"] for row in real]
     a.errorbar(ns, [row["mean_change_pp"] for row in real], yerr=[row["mean_change_std"] for row in real], marker="o",
-               capsize=3, label="mean over DNNs")
+               capsize=3, label="mean, packed - stand-alone")
+    a.plot(ns, [row["minus_control_pp"] for row in real], marker="^", label="mean, packed - no-sharing control")
     a.errorbar(ns, [row["worst_pp"] for row in real], yerr=[row["worst_std"] for row in real], marker="s", capsize=3,
-               ls="--", label="worst DNN")
+               ls="--", label="worst DNN, packed - stand-alone")
     a.axhline(0, color="grey", lw=0.8)
     a.set(ylabel="test accuracy change (pp)", title="accuracy (mean ± std over runs)")
     a.legend()

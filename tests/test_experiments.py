@@ -181,7 +181,8 @@ def test_quantization_answer_and_plot_from_rows(tmp_path):
                 "per_seed_change_pp": changes, "per_seed_ratio": [ratio] * 3, "page_formats": None, "seeds": 3,
                 "meets_target": ratio >= 12 and min(changes) >= -0.5}
 
-    rows = [row("float32 packing", "packing, float32", 400, 6.0, [0.1, -0.2, 0.0], -1.5),
+    rows = [row("float32 packing", "packing, float32", 400, 6.0, [0.1, -0.2, 0.0], -1.5)
+            | {"minus_control_pp": -0.4, "minus_control_ci95": 0.3, "minus_control_noise": False},
             row("int8 packing", "packing, int8", 112, 21.8, [0.5, 0.6, 0.7], -1.0),
             row("Fisher packing, 112 KiB", "packing, formats by Fisher", 110, 22.4, [0.6, -0.6, 0.9], -1.4),
             row("int8 alone (PTQ)", "quantisation alone", 645, 3.8, [0.0, 0.1, 0.0], -0.1),
@@ -189,6 +190,7 @@ def test_quantization_answer_and_plot_from_rows(tmp_path):
     answer = quantization.summary(rows)
     assert "every seed: int8 packing." in answer  # Fisher misses in one seed, float32 is under 12x
     assert "5.7x smaller" in answer and "did not beat uniform int8" in answer
+    assert "float32 packing is -0.40 pp against the no-sharing control" in answer
     rows[2]["mean_change_pp"] = 0.9
     assert "Fisher at about the int8 store's bytes (110 KiB against 112) beat uniform int8" in quantization.summary(rows)
     result = {"rows": rows, "target": quantization.TARGET, "published_point": {"ratio": 4.84, "change_pp": -0.22},
