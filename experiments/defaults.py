@@ -34,15 +34,17 @@ CONTROL = "no-sharing control"
 
 
 def settings() -> list[harness.Setting]:
-    def setting(label: str, changes: dict, control: bool = False) -> harness.Setting:
-        return harness.Setting(label, pack=changes.get("pack", {}),
-                               optimize={**PRODUCT, **changes.get("optimize", {})}, control=control)
-    return ([setting(DEFAULT, {})] + [setting(label, changes) for label, _, changes in ABLATIONS]
-            + [setting(CONTROL, {}, control=True)])
+    """The defaults, each ablation, then the defaults' no-sharing control (one for the table: what each
+    row turns back acts on sharing, or is the same for one DNN alone)."""
+    def setting(label: str, changes: dict) -> harness.Setting:
+        return harness.Setting(label, pack=changes.get("pack", {}), optimize={**PRODUCT, **changes.get("optimize", {})})
+    packed = [setting(DEFAULT, {})] + [setting(label, changes) for label, _, changes in ABLATIONS]
+    return packed + [harness.control(packed[0])]
 
 
 def run(scale: harness.Scale, fresh: bool = False) -> dict:
     runs = harness.run_all(settings(), scale, fresh, "defaults")
+    runs[CONTROL] = runs.pop(harness.control(settings()[0]).label)
     packed = {label: rs for label, rs in runs.items() if label != CONTROL}
     versus_default = {key: harness.compared(packed, DEFAULT, key)
                       for key in ("mean_val_difference_pp", "worst_val_difference_pp")}
