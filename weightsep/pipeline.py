@@ -223,10 +223,13 @@ def _summary(records: dict[str, DNNRecord], state, parts: list[tuple], times: Ti
 def write_summary(summary: dict, results: Path) -> dict:
     """summary.json, and summary.md: each seed's table, then the spread over seeds; returns `summary`."""
     results.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(results / "summary.json", json.dumps({**summary, "commit": source_commit()}, indent=2) + "\n")
+    commit = source_commit()
+    atomic_write_text(results / "summary.json", json.dumps({**summary, "commit": commit}, indent=2) + "\n")
+    made = ("" if commit is None else
+            f"Written by commit {commit['sha'][:7]}{' with uncommitted changes' if commit['dirty'] else ''}.\n\n")
     tables = [(f"## Seed {s['seed']}\n\n" if len(summary.get("seeds", [])) > 1 else "") + format_table(s, markdown=True)
               for s in summary.get("seeds", [summary])]
     if len(summary.get("seeds", [])) > 1:
         tables.append("## Over seeds\n\n" + format_aggregate(summary["aggregate"], markdown=True))
-    atomic_write_text(results / "summary.md", "# weightsep summary\n\n" + "\n\n".join(tables) + "\n")
+    atomic_write_text(results / "summary.md", "# weightsep summary\n\n" + made + "\n\n".join(tables) + "\n")
     return summary
