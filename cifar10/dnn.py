@@ -30,7 +30,8 @@ META = paper.meta(
     files=[f"{NAME}/{f}" for f in FILES],
     split="authors' train / test; val = seeded 10% of train (seed 0)",
 )
-TRAIN = {"steps": 46_800, "batch_size": 100, "lr": 1e-3}  # the WS checkpoint's Adam steps (beta2_power)
+# the WS checkpoint's Adam steps (beta2_power), at a constant lr (no plateau rule), as the originals trained
+TRAIN = {"steps": 46_800, "batch_size": 100, "lr": 1e-3, "patience": None}
 ARCHS = {
     # 3x3x3x16, 3x3x16x32, 3x3x32x52 -> 2x2x52 -> 208-128-128-10, Sigmoid hidden
     "ws": lambda: TemplateNet(INPUT, [Conv(3, 3, 16), Conv(3, 3, 32), Conv(3, 3, 52)], dense=[128, 128],

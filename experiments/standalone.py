@@ -26,7 +26,7 @@ SECTION = 11
 IN_ALL = False  # trains 10 DNNs x 3 seeds x each rule: about 30 min on 2 cores, run on its own
 TITLE = "Stand-alone training to a plateau"
 QUESTION = "Which stopping rule trains the stand-alone DNNs to their plateau, by validation accuracy and time?"
-CAP = 5  # a plateau rule may run up to this many times the folder's fixed budget (steps)
+CAP = 5  # a plateau rule may run up to this many times the fixed budget (a folder's steps are the cap)
 RULES = {  # label -> TrainConfig changes; the first is the reference
     "fixed budget": {"patience": None, "lr_drops": 0},
     "patience 5, 2 drops": {"patience": 5, "lr_drops": 2},
@@ -36,10 +36,10 @@ QUICK_RULES = ("fixed budget", "patience 5, 2 drops")
 
 
 def config(dnn: dnn_mod.DNN, rule: dict, seed: int, steps: int | None) -> train.TrainConfig:
-    """The folder's fixed budget with a rule's changes; a plateau rule gets CAP times the steps."""
-    base = dataclasses.replace(train.config_for(dnn, steps, seed), patience=None, lr_drops=0)
-    cap = base.steps * (CAP if rule["patience"] is not None else 1)
-    return dataclasses.replace(base, **rule, steps=cap)
+    """The folder's training with a rule's changes: a plateau rule up to the folder's cap (`steps`), the
+    fixed budget a CAP-th of it at a constant learning rate (the suite's budgets before the rule)."""
+    base = train.config_for(dnn, steps, seed)
+    return dataclasses.replace(base, **rule, steps=base.steps if rule["patience"] is not None else max(1, base.steps // CAP))
 
 
 def _train(name: str, rule: str, cfg: dict) -> dict:

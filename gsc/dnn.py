@@ -30,7 +30,8 @@ META = paper.meta(
     files=[f"{NAME}/{f}" for f in FILES],
     split="authors' train / validation / test",
 )
-TRAIN = {"steps": 15_300, "batch_size": 100, "lr": 1e-3}  # the WS checkpoint's Adam steps (beta2_power)
+# the WS checkpoint's Adam steps (beta2_power), at a constant lr (no plateau rule), as the originals trained
+TRAIN = {"steps": 15_300, "batch_size": 100, "lr": 1e-3, "patience": None}
 ARCHS = {
     # 12x6x1x14, 6x3x14x28 -> 10x1x28 -> 280-128-128-35, LeakyReLU
     "ws": lambda: TemplateNet(INPUT, [Conv(12, 6, 14), Conv(6, 3, 28)], dense=[128, 128], classes=CLASSES),

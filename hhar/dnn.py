@@ -30,7 +30,8 @@ META = paper.meta(
     files=[f"{NAME}/{f}" for f in FILES],
     split="authors' train / test; val = seeded 10% of train (seed 0)",
 )
-TRAIN = {"steps": 6_200, "batch_size": 100, "lr": 1e-3}  # the checkpoint's Adam steps (beta2_power)
+# the checkpoint's Adam steps (beta2_power), at a constant lr (no plateau rule), as the originals trained
+TRAIN = {"steps": 6_200, "batch_size": 100, "lr": 1e-3, "patience": None}
 ARCHS = {
     # 3x3x1x8, 3x3x8x32, 2x3x32x64 -> 1x13x64 -> 832-60-6, Sigmoid hidden
     "ws": lambda: TemplateNet(INPUT, [Conv(3, 3, 8), Conv(3, 3, 32), Conv(2, 3, 64)], dense=[60],

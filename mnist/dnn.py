@@ -34,7 +34,8 @@ META = paper.meta(
     files=FILES,
     split="TF 1.x read_data_sets: train = official train[5000:60000], val = train[0:5000], test = t10k",
 )
-TRAIN = {"steps": 8_700, "batch_size": 100, "lr": 1e-3}  # the WS checkpoint's Adam steps (beta2_power)
+# the WS checkpoint's Adam steps (beta2_power), at a constant lr (no plateau rule), as the originals trained
+TRAIN = {"steps": 8_700, "batch_size": 100, "lr": 1e-3, "patience": None}
 ARCHS = {
     # 3x3x1x16, 3x3x16x32, 3x3x32x48 -> 1x1x48 -> 48-256-128-10, LeakyReLU
     "ws": lambda: TemplateNet(INPUT, [Conv(3, 3, 16), Conv(3, 3, 32), Conv(3, 3, 48)], dense=[256, 128],

@@ -30,7 +30,8 @@ META = paper.meta(
     files=[f"{NAME}/{f}" for f in FILES],
     split="authors' train / validation / test",
 )
-TRAIN = {"steps": 4_800, "batch_size": 100, "lr": 1e-3}  # the checkpoint's Adam steps (beta2_power)
+# the checkpoint's Adam steps (beta2_power), at a constant lr (no plateau rule), as the originals trained
+TRAIN = {"steps": 4_800, "batch_size": 100, "lr": 1e-3, "patience": None}
 ARCHS = {
     # 12x24x1x8, 3x3x8x32, 3x3x32x32 -> 2x5x32 -> 320-128-128-4, LeakyReLU
     "ws": lambda: TemplateNet(INPUT, [Conv(12, 24, 8), Conv(3, 3, 32), Conv(3, 3, 32)], dense=[128, 128],

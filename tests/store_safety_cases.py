@@ -59,7 +59,7 @@ from weightsep.store import FORMAT_VERSION, Store, StoreError, load_tensors, sav
 REPO = Path(__file__).resolve().parent.parent
 MANIFEST, PREVIOUS = "manifest.json", "manifest.prev.json"
 LAYOUT = ["--page-size", "64", "--shared-pages", "32"]
-SMALL = ["--train-steps", "100", "--fisher-samples", "16", "--workers", "1", "--no-control"]
+SMALL = ["--train-steps", "100", "--fisher-samples", "16", "--workers", "1"]
 JOINT = ["--eval-every", "1000"]  # one validation check, at the last step: joint's result always differs
 TINY = {"tiny_a": 32, "tiny_b": 24, "tiny_c": 40, "tiny_d": 16}  # hidden units
 CONCURRENT_WORDS = re.compile(r"(?i)concurren|changed (since|while|under)|modified (since|while)|"

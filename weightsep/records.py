@@ -46,11 +46,12 @@ class Reference:
     buffers: dict[str, torch.Tensor]
     val_accuracy: float | None = None
     test_accuracy: float | None = None
+    training: dict | None = None  # how it was trained (`train.Trained.training`; None: imported)
 
     @classmethod
     def of(cls, trained) -> Reference:
         """From stand-alone training's result (`train.Trained`)."""
-        return cls(trained.theta, trained.buffers, trained.val_accuracy, trained.test_accuracy)
+        return cls(trained.theta, trained.buffers, trained.val_accuracy, trained.test_accuracy, trained.training)
 
 
 @dataclass

@@ -86,6 +86,7 @@ class Standalone:
 
     val_accuracy: float
     test_accuracy: float
+    training: dict | None = None  # the TrainConfig, best_step and steps_run (None: imported weights, or an older store)
 
     def __post_init__(self) -> None:
         for name in ("val_accuracy", "test_accuracy"):
@@ -154,7 +155,10 @@ class Provenance:
         return None if self.pack is None else PackInfo.from_json(self.pack, "provenance: pack")
 
     def to_json(self) -> dict:
-        return {k: v for k, v in asdict(self).items() if v is not None}
+        out = {k: v for k, v in asdict(self).items() if v is not None}
+        if "standalone" in out:  # a store written before stand-alone training was recorded reads the same
+            out["standalone"] = {k: v for k, v in out["standalone"].items() if v is not None}
+        return out
 
     @classmethod
     def from_json(cls, obj: Any, what: str = "provenance") -> Provenance:

@@ -47,13 +47,15 @@ from .store import BUFFER, StoreError, load_tensors, save_tensors
 class TrainConfig:
     """Stand-alone training budget; a DNN folder's TRAIN dict overrides these fields."""
 
-    steps: int = opt(2000, "stand-alone training steps (--train-steps, or the folder's TRAIN)")
+    steps: int = opt(10000, "the most stand-alone training steps (--train-steps, or the folder's TRAIN); with "
+                            "patience the plateau rule usually stops sooner")
     batch_size: int = opt(100, "training samples per batch")
     lr: float = opt(1e-3, "Adam learning rate")
     eval_every: int = opt(200, "steps between validation checks (the best-validation weights are kept)")
-    patience: int | None = opt(None, "validation checks in a row without a new best that end a learning rate "
-                                     "(`steps` is then the cap); None: train all `steps` at `lr`")
-    lr_drops: int = opt(0, "with patience: times the learning rate is divided by 10 at a plateau before training stops")
+    patience: int | None = opt(10, "validation checks in a row without a new best that end a learning rate "
+                                  "(`steps` is then the cap); None: train all `steps` at `lr` (the originals)")
+    lr_drops: int = opt(2, "with patience: times the learning rate is divided by 10 at a plateau before training stops "
+                            "(experiments/standalone.py chose the rule on validation accuracy)")
     seed: int = opt(0, "seeds the initialisation and the batches")
 
     def __post_init__(self):
@@ -83,6 +85,14 @@ class Trained:
     history: list = field(default_factory=list)
     buffers: dict[str, torch.Tensor] = field(default_factory=dict)  # the model's buffers at the kept checkpoint
     imported: bool = False
+    config: dict | None = None  # the TrainConfig it was trained with (None: imported)
+
+    @property
+    def training(self) -> dict | None:
+        """How it was trained, for the store's provenance: the config, the kept step and the steps run."""
+        if self.config is None:
+            return None
+        return {**self.config, "best_step": self.best_step, "steps_run": self.history[-1][0] if self.history else 0}
 
 
 def set_single_thread() -> None:
@@ -136,7 +146,7 @@ def train_theta(model, data: dnn_mod.Dataset, config: TrainConfig) -> Trained:
     theta, buffers = best[2], best[3]
     load_buffer_state(model, buffers, "the best checkpoint")
     test = accuracy(model, theta, torch.from_numpy(data.test.x), torch.from_numpy(data.test.y))
-    return Trained("", theta, best[0], test, best[1], seconds, history=history, buffers=buffers)
+    return Trained("", theta, best[0], test, best[1], seconds, history=history, buffers=buffers, config=asdict(config))
 
 
 def config_for(dnn: dnn_mod.DNN, steps: int | None = None, seed: int = 0) -> TrainConfig:
@@ -207,7 +217,7 @@ def _train_worker(args: tuple[str, dict]) -> tuple[str, dict, np.ndarray, dict[s
         result = train_theta(dnn.build_model(), data, TrainConfig(**config))
     except FloatingPointError as e:
         raise dnn_mod.DNNError(f"DNN {dnn.name!r}: stand-alone training failed: {e}") from None
-    info = {k: getattr(result, k) for k in ("val_accuracy", "test_accuracy", "best_step", "seconds", "history")}
+    info = {k: getattr(result, k) for k in ("val_accuracy", "test_accuracy", "best_step", "seconds", "history", "config")}
     return dnn.name, info, result.theta.numpy(), {k: b.numpy() for k, b in result.buffers.items()}
 
 
@@ -229,7 +239,7 @@ def standalone_models(dnns: list[dnn_mod.DNN], workers: int = 2, steps: int | No
                 buffers = {k.removeprefix(BUFFER): t for k, t in tensors.items() if k.startswith(BUFFER)}
                 results[dnn.name] = Trained(dnn.name, tensors["theta"], meta["val_accuracy"], meta["test_accuracy"],
                                             meta["best_step"], meta["seconds"], cached=True, history=meta["history"],
-                                            buffers=buffers)
+                                            buffers=buffers, config=meta.get("config"))
                 continue
             except (StoreError, KeyError) as e:
                 tqdm.write(f"retraining {dnn.name}: cached model unusable ({e})")

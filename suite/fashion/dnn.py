@@ -29,7 +29,7 @@ META = {
     "stands_in_for": "Fashion-MNIST",
     "split": "official 60,000 / 10,000; validation = a seeded (seed 0) 5,000 of the training set",
 }
-TRAIN = {"steps": 3000, "batch_size": 100, "lr": 1e-3}
+TRAIN = {"steps": 30_000, "batch_size": 100, "lr": 1e-3}  # a cap of 15,000 was reached, still improving, in every tuning seed
 FILE = "fashion.npz"
 SOURCE = Path("/usr/share/datasets/fashion-mnist")
 

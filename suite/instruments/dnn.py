@@ -57,7 +57,7 @@ META = {
     "split": "soundfont-disjoint: test = TimGM6mb (never trained on); train/val = FluidR3Mono + MuseScore General, "
              "val program-disjoint (1 program per family, 6 drum notes)",
 }
-TRAIN = {"steps": 1000, "batch_size": 100, "lr": 1e-3, "eval_every": 50}  # it peaks early: check often
+TRAIN = {"steps": 5_000, "batch_size": 100, "lr": 1e-3, "eval_every": 50}  # it peaks early: check often
 FILE = "instruments.npz"
 SEED = 0
 

@@ -52,7 +52,7 @@ META = {
     "split": "voice-disjoint: test = all flite voices + festival cmu_us_slt_arctic_hts + espeak-ng voices of 20 "
              "held-out variants; val = espeak-ng voices of 10 other variants; train = the rest",
 }
-TRAIN = {"steps": 2000, "batch_size": 100, "lr": 1e-3, "eval_every": 100}
+TRAIN = {"steps": 10_000, "batch_size": 100, "lr": 1e-3, "eval_every": 100}
 FILE = "keywords.npz"
 SEED = 0
 

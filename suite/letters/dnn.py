@@ -28,7 +28,7 @@ META = {
     "stands_in_for": "GTSRB (many classes, high-accuracy regime)",
     "split": "first 16,000 train (seeded 2,000 of them validation) / last 4,000 test",
 }
-TRAIN = {"steps": 12000, "batch_size": 100, "lr": 1e-3}
+TRAIN = {"steps": 60_000, "batch_size": 100, "lr": 1e-3}
 FILE = "letters.npz"
 N_TRAIN = 16000
 

@@ -29,7 +29,7 @@ META = {
     "stands_in_for": "MNIST",
     "split": "seeded random (seed 0) 7,000 train / 1,000 val / 2,000 test",
 }
-TRAIN = {"steps": 3000, "batch_size": 100, "lr": 1e-3}
+TRAIN = {"steps": 15_000, "batch_size": 100, "lr": 1e-3}
 FILE = "mnist10k.npz"
 
 

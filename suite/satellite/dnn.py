@@ -33,7 +33,7 @@ META = {
     "stands_in_for": "CIFAR-10 / obstacle avoidance (real camera-like imagery)",
     "split": "official sat.trn 4,435 (seeded 443 of them validation) / sat.tst 2,000",
 }
-TRAIN = {"steps": 6000, "batch_size": 100, "lr": 1e-3}
+TRAIN = {"steps": 30_000, "batch_size": 100, "lr": 1e-3}
 FILE = "satellite.npz"
 N_TRAIN = 4435
 

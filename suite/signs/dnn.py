@@ -41,7 +41,7 @@ META = {
     "stands_in_for": "GTSRB",
     "split": "font- and photo-disjoint: 10,320 / 1,505 / 3,010 (train / val / test), seed 1",
 }
-TRAIN = {"steps": 2400, "batch_size": 100, "lr": 2e-3, "eval_every": 120}
+TRAIN = {"steps": 12_000, "batch_size": 100, "lr": 2e-3, "eval_every": 120}
 FILE = "signs.npz"
 STYLE = glyphs.Style(
     kind="sign", glyph_height=(0.52, 0.66), rotation_deg=6.0, perspective=0.06, scale=(0.8, 1.05), bars=0.05,

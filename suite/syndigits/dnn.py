@@ -39,7 +39,7 @@ META = {
     "stands_in_for": "SVHN",
     "split": "font- and photo-disjoint: 8,000 / 1,500 / 3,000 (train / val / test), seed 0",
 }
-TRAIN = {"steps": 2000, "batch_size": 100, "lr": 1e-3, "eval_every": 100}
+TRAIN = {"steps": 10_000, "batch_size": 100, "lr": 1e-3, "eval_every": 100}
 FILE = "syndigits.npz"
 STYLE = glyphs.Style(
     kind="house", glyph_height=(0.5, 0.75), rotation_deg=12.0, perspective=0.06, bars=0.25,

@@ -31,7 +31,7 @@ META = {
     "stands_in_for": "HHAR",
     "split": "subject-disjoint: subjects 1-6 train / 7 validation / 8-10 test; 128-step windows, stride 64",
 }
-TRAIN = {"steps": 1000, "batch_size": 100, "lr": 1e-3, "eval_every": 100}  # it peaks early: check often
+TRAIN = {"steps": 5_000, "batch_size": 100, "lr": 1e-3, "eval_every": 100}  # it peaks early: check often
 FILE = "watch.npz"
 WINDOW, STRIDE = 128, 64
 SUBJECTS = {"train": range(1, 7), "val": range(7, 8), "test": range(8, 11)}
