@@ -96,7 +96,10 @@ def write(results: Path = RESULTS_DIR) -> Path:
              f"{OptimizeConfig.steps:,} joint steps, so that the experiments fit in about an hour on two cores: compare "
              "rows within a section, at equal budget; the absolute accuracy changes are far below the main job's "
              "([docs/results.md](../docs/results.md)), and a ranking that depends on convergence may change at the full budget "
-             "(section Optimisers shows the curves).", ""]
+             "(section Optimisers shows the curves).", "",
+             "A section whose setup names no commit was computed before issue 27 (stand-alone models trained to "
+             "fixed budgets, no control column, the older statistics): its table is as that code wrote it, until "
+             "`python -m experiments all` reruns it.", ""]
     contents, body = [], []
     number = 0
     for paper in (False, True):
