@@ -144,6 +144,7 @@ def run(config: RunConfig) -> dict:
 def run_here(config: RunConfig) -> dict | None:
     """`run` as this process's rank (the whole job on one process); the writer returns the summary."""
     group = Group.current()
+    commit = source_commit()  # the code as the run starts: a commit made while it runs did not run
     with group.writing([Store(config.store_for(seed)) for seed in config.seeds], "run"):  # ours alone, before any work
         records = load(config.dnns, config.extra_folders, data=group.all_local)
         hold(records, config.optimize, group)
@@ -153,7 +154,7 @@ def run_here(config: RunConfig) -> dict | None:
                 group.say(f"== seed {seed} ({len(per_seed) + 1} of {len(config.seeds)})")
             per_seed.append(run_seed(config, records, seed, group=group))
     return group.writes(lambda: write_summary({**per_seed[0], "seeds": per_seed, "aggregate": aggregate(per_seed)},
-                                              config.results))
+                                              config.results, commit))
 
 
 def run_seed(config: RunConfig, loaded: dict[str, DNNRecord], seed: int, control: dict[str, float] | None = None,
@@ -220,10 +221,11 @@ def _summary(records: dict[str, DNNRecord], state, parts: list[tuple], times: Ti
     return SeedSummary(summarize(state, rows), timings=times, **fields)
 
 
-def write_summary(summary: dict, results: Path) -> dict:
-    """summary.json, and summary.md: each seed's table, then the spread over seeds; returns `summary`."""
+def write_summary(summary: dict, results: Path, commit: dict | None = None) -> dict:
+    """summary.json, and summary.md: each seed's table, then the spread over seeds; returns `summary`.
+    `commit`: the code's commit as the run began (default: now, `files.source_commit`)."""
     results.mkdir(parents=True, exist_ok=True)
-    commit = source_commit()
+    commit = commit or source_commit()
     atomic_write_text(results / "summary.json", json.dumps({**summary, "commit": commit}, indent=2) + "\n")
     made = ("" if commit is None else
             f"Written by commit {commit['sha'][:7]}{' with uncommitted changes' if commit['dirty'] else ''}.\n\n")
