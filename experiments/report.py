@@ -46,15 +46,25 @@ def out_dir(results: Path, paper: bool) -> Path:
     return results / "experiments" / "paper" if paper else results / "experiments"
 
 
+def flags(scale: harness.Scale) -> str:
+    """The command-line flags that make `scale` from the default one: the command that reruns it."""
+    default = harness.Scale.default(scale.quick, scale.paper)
+    out = (" --paper" if scale.paper else "") + (" --quick" if scale.quick else "")
+    for field, value in (("dnns", scale.dnns), ("seeds", scale.seeds), ("steps", scale.steps),
+                         ("train_steps", scale.train_steps)):
+        if value != getattr(default, field) and value is not None:
+            out += f" --{field.replace('_', '-')} " + (" ".join(map(str, value)) if isinstance(value, tuple) else str(value))
+    return out
+
+
 def run(name: str, scale: harness.Scale, fresh: bool = False, results: Path = RESULTS_DIR) -> Path:
     """Run one experiment and write its .json, .csv and .png under `results`/experiments."""
     mod = module(name)
-    start = time.perf_counter()
+    start, commit = time.perf_counter(), source_commit()  # the code as the experiment starts
     result = mod.run(scale, fresh)
-    flags = (" --paper" if scale.paper else "") + (" --quick" if scale.quick else "")
     result.update(name=name, title=mod.TITLE, question=mod.QUESTION, scale=asdict(scale),
-                  command=f"python -m experiments {name}{flags}", seconds=time.perf_counter() - start,
-                  date=time.strftime("%Y-%m-%d %H:%M"), code=harness.code_hash(), commit=source_commit())
+                  command=f"python -m experiments {name}{flags(scale)}", seconds=time.perf_counter() - start,
+                  date=time.strftime("%Y-%m-%d %H:%M"), code=harness.code_hash(), commit=commit)
     result.setdefault("scale_text", scale.describe())  # an experiment that ignores part of the scale says so
     return harness.write_outputs(name, result, mod.plot, out_dir(results, scale.paper))
 

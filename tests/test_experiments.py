@@ -213,3 +213,9 @@ def test_paper_gap_more_mnist_data_moves_all_but_1000_validation_images_into_tra
     kept = set(more.val.x[:, 0].tolist())
     assert not moved & kept and moved | kept == set(data.val.x[:, 0].tolist())  # every image once
     assert np.array_equal(more.train.y[5000:], (more.train.x[5000:, 0].astype(np.int64) - 10_000) % 10)  # pairs kept
+
+
+def test_a_sections_command_reruns_its_scale():
+    assert report.flags(harness.Scale.default()) == ""
+    assert report.flags(harness.Scale.default(steps=1500, seeds=(0, 1))) == " --seeds 0 1 --steps 1500"
+    assert report.flags(harness.Scale.default(quick=True, train_steps=50)) == " --quick --train-steps 50"
