@@ -331,7 +331,7 @@ def test_run_and_joint_on_two_ranks_give_the_one_process_result_and_the_same_tab
 @pytest.mark.e2e
 def test_a_rank_killed_during_joint_fails_cleanly_and_the_store_is_intact(cache_with_data, tmp_path):
     store = tmp_path / "state"
-    assert cli("run", *RUN[:-1], "--steps", "20", "--store", store, "--results", tmp_path / "r").returncode == 0
+    assert cli("run", *RUN, "--no-control", "--steps", "20", "--store", store, "--results", tmp_path / "r").returncode == 0
     before = {p.name: p.read_bytes() for p in store.iterdir() if p.is_file() and p.name != ".lock"}
     process = subprocess.Popen([sys.executable, "-m", "weightsep", "joint", "--store", str(store), "--steps", "100000",
                                 "--procs", "2"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=cli_env())
