@@ -129,8 +129,9 @@ def summarise(rows: list[dict], rules: list[str], scale: harness.Scale) -> dict:
               + ". Test accuracy is in the JSON, not used to choose.")
     return {"setup": f"Each DNN trained alone from the same seeded start under each rule; a plateau rule divides the "
                      f"learning rate by 10 at each plateau (`patience` validation checks without a new best) and stops "
-                     f"at the plateau after its last drop, capped at {CAP}x the folder's fixed budget. Validation accuracy "
-                     f"of the kept (best-validation) checkpoint.", "rows": rows, "per_dnn": per_dnn, "chosen": chosen,
+                     f"at the plateau after its last drop, capped at the folder's steps; the fixed budget trains a {CAP}th of "
+                     f"them at a constant rate. Validation accuracy of the kept (best-validation) checkpoint.",
+            "rows": rows, "per_dnn": per_dnn, "chosen": chosen,
             "table": "\n".join(table), "answer": answer}
 
 
