@@ -29,7 +29,7 @@ from typing import Any
 from .files import atomic_write_text
 from .paths import REPO_ROOT
 
-DOCS = ("README.md", "docs/*.md", "results/*.md")
+DOCS = ("README.md", "docs/*.md", "results/*.md", "*/README.md")  # */README.md: examples/, suite/, custom_op/ ...
 FIGURE = re.compile(r"<!-- figure (?P<file>[^:\s]+):(?P<key>[^>]+?)(?::(?P<format>[^:>]*))? -->"
                     r"(?P<text>.*?)<!-- /figure -->")
 CODE = re.compile(r"^```.*?^```", re.M | re.S)  # a fenced block shows a marker as text: an example, not a figure
@@ -41,7 +41,8 @@ class FigureError(ValueError):
 
 def docs(root: Path = REPO_ROOT) -> list[Path]:
     """The markdown files whose figures are drawn."""
-    return [path for pattern in DOCS for path in sorted(root.glob(pattern))]
+    return [path for pattern in DOCS for path in sorted(root.glob(pattern))
+            if not any(part.startswith(".") for part in path.relative_to(root).parts)]  # not .pytest_cache/, .venv/
 
 
 def resolve(data: Any, key: str) -> Any:
