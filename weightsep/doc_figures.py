@@ -3,7 +3,7 @@
     python -m weightsep.doc_figures            # rewrite every marked figure from its JSON
     python -m weightsep.doc_figures --check    # only list the figures that disagree or cannot be drawn (exit 1)
 
-A figure in README.md, docs/*.md or results/*.md sits between markers that name its JSON file (from
+A figure in README.md, docs/*.md, results/*.md or a folder's README.md sits between markers that name its JSON file (from
 the repository root), the key path to it and a format:
 
     <!-- figure results/experiments/switching.json:rows.dnns=10.d-gather median us:.0f -->58<!-- /figure --> us
