@@ -43,29 +43,26 @@ def settings() -> list[harness.Setting]:
 
 
 def run(scale: harness.Scale, fresh: bool = False) -> dict:
-    runs = harness.run_all(settings(), scale, fresh, "defaults")
-    runs[CONTROL] = runs.pop(harness.control(settings()[0]).label)
+    every = settings()
+    runs = harness.run_all(every, scale, fresh, "defaults")
+    runs[CONTROL] = runs.pop(every[-1].label)
     packed = {label: rs for label, rs in runs.items() if label != CONTROL}
     versus_default = {key: harness.compared(packed, DEFAULT, key)
                       for key in ("mean_val_difference_pp", "worst_val_difference_pp")}
-    for rs in runs.values():  # packed (or control) minus control, on validation, per seed
-        for r, c in zip(rs, runs[CONTROL]):
-            gaps = [r["val"][n]["final"] - c["val"][n]["final"] for n in r["val"]]
-            r["mean_val_minus_control_pp"] = 100 * sum(gaps) / len(gaps)
     what = {label: text for label, text, _ in ABLATIONS}
     rows, table = [], ["| setting | turned back | val change pp | worst DNN val pp | val - control pp | "
                        "mean vs defaults pp | worst vs defaults pp |", "|---|---|---|---|---|---|---|"]
     for label, rs in runs.items():
         mean = harness.stats([r["mean_val_difference_pp"] for r in rs])
         worst = harness.stats([r["worst_val_difference_pp"] for r in rs])
-        control = harness.stats([r["mean_val_minus_control_pp"] for r in rs])
+        control = harness.stats(harness.minus_control(rs, runs[CONTROL], "val", "final"))
         vs = {k: versus_default[k].get(label) for k in versus_default}
+        mean_vs = vs["mean_val_difference_pp"] or {}
         rows.append({"setting": label, "turned_back": what.get(label, ""), "mean_val_change_pp": mean["mean"],
                      "mean_val_change_ci95": mean["ci95"], "worst_val_change_pp": worst["mean"],
                      "val_minus_control_pp": control["mean"],
-                     "vs_defaults_pp": vs["mean_val_difference_pp"]["mean"] if vs["mean_val_difference_pp"] else None,
-                     "vs_defaults_ci95": vs["mean_val_difference_pp"]["ci95"] if vs["mean_val_difference_pp"] else None,
-                     "vs_defaults_noise": vs["mean_val_difference_pp"]["noise"] if vs["mean_val_difference_pp"] else None,
+                     "vs_defaults_pp": mean_vs.get("mean"), "vs_defaults_ci95": mean_vs.get("ci95"),
+                     "vs_defaults_noise": mean_vs.get("noise"),
                      "seeds": len(rs)})
         cells = ["–", "–"] if label in (DEFAULT, CONTROL) else [harness.versus(vs[k]) for k in versus_default]
         table.append(f"| {label} | {what.get(label, 'nothing' if label == DEFAULT else 'no sharing, the same budget')} | "

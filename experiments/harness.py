@@ -464,11 +464,12 @@ def against_control(runs: dict[str, list[dict]], settings: list[Setting], group=
     return out
 
 
-def minus_control(rows: list[dict], controls: list[dict]) -> list[float]:
+def minus_control(rows: list[dict], controls: list[dict], part: str = "per_dnn", field: str = "packed") -> list[float]:
     """Per packed row (one seed): the mean over its DNNs of packed minus the control's test accuracy of
-    the same DNN and seed, in pp (a control of more DNNs gives its accuracies of these)."""
-    alone = {r["seed"]: r["per_dnn"] for r in controls}
-    return [100 * sum(d["packed"] - alone[r["seed"]][n]["packed"] for n, d in r["per_dnn"].items()) / len(r["per_dnn"])
+    the same DNN and seed, in pp (a control of more DNNs gives its accuracies of these); `part`, `field`:
+    "val", "final" for validation accuracy (`_validation`)."""
+    alone = {r["seed"]: r[part] for r in controls}
+    return [100 * sum(d[field] - alone[r["seed"]][n][field] for n, d in r[part].items()) / len(r[part])
             for r in rows if r["seed"] in alone]
 
 

@@ -64,13 +64,14 @@ def run(scale: harness.Scale, fresh: bool = False) -> dict:
     rules = {k: RULES[k] for k in (QUICK_RULES if scale.quick else RULES)}
     jobs = [(name, label, dataclasses.asdict(config(dnn_mod.get(name), rule, seed, scale.train_steps)))
             for seed in scale.seeds for name in scale.dnns for label, rule in rules.items()]
-    rows = [json.loads(cached(n, c).read_text()) | {"rule": label} for n, label, c in jobs
-            if cached(n, c).exists() and not fresh]
-    todo = sorted((j for j in jobs if fresh or not cached(j[0], j[2]).exists()), key=lambda j: -j[2]["steps"])
+    paths = [cached(name, cfg) for name, _, cfg in jobs]
+    rows = [json.loads(path.read_text()) | {"rule": label} for (_, label, _), path in zip(jobs, paths)
+            if path.exists() and not fresh]
+    todo = sorted(((job, path) for job, path in zip(jobs, paths) if fresh or not path.exists()), key=lambda j: -j[0][2]["steps"])
     if todo:  # the longest first: the two workers finish together
         with harness.quiet_pool(scale.workers) as pool, tqdm(total=len(todo), desc="stand-alone training", unit="run") as bar:
-            for (name, _, cfg), row in zip(todo, pool.imap(_unpack, todo)):
-                atomic_write_text(cached(name, cfg), json.dumps(row) + "\n")
+            for (_, path), row in zip(todo, pool.imap(_unpack, [job for job, _ in todo])):
+                atomic_write_text(path, json.dumps(row) + "\n")
                 rows.append(row)
                 bar.set_postfix_str(f"{row['dnn']} {row['rule']}: val {100 * row['val_accuracy']:.2f}%")
                 bar.update()
