@@ -10,28 +10,49 @@ from experiments import defaults, harness, standalone
 SCALE = harness.Scale(dnns=("a", "b"), seeds=(0, 1, 2), steps=20)
 
 
-def standalone_rows(gain: dict[str, float], seconds: dict[str, float], test: float = 0.5) -> list[dict]:
-    """Validation accuracy 0.80 + a rule's gain (+ seed noise shared by the rules); test accuracy fixed."""
-    return [{"dnn": d, "rule": rule, "seed": s, "val_accuracy": 0.80 + gain[rule] + 0.003 * s + 0.001 * (d == "b"),
-             "test_accuracy": test, "best_step": 100, "steps_run": 200, "cap": 1000, "seconds": seconds[rule]}
-            for rule in gain for d in SCALE.dnns for s in SCALE.seeds]
+def standalone_rows(gain: dict[str, float], seconds: dict[str, float], test: float = 0.5,
+                    control_gain: dict[str, float] | None = None) -> list[dict]:
+    """Validation accuracy 0.80 + a rule's gain (+ seed noise shared by the rules), the control's
+    validation accuracy its `control_gain` above that (default 0); test accuracy fixed."""
+    rows = []
+    for rule in gain:
+        for d in SCALE.dnns:
+            for s in SCALE.seeds:
+                val = 0.80 + gain[rule] + 0.003 * s + 0.001 * (d == "b")
+                rows.append({"dnn": d, "rule": rule, "seed": s, "val_accuracy": val, "test_accuracy": test,
+                             "best_step": 100, "steps_run": 200, "cap": 1000, "seconds": seconds[rule],
+                             "control_val_accuracy": val + (control_gain or {}).get(rule, 0.0) * (d == "a"),
+                             "control_test_accuracy": test})
+    return rows
 
 
 def test_the_stopping_rule_is_chosen_on_validation_and_the_cheaper_one_wins_a_tie():
     rules = list(standalone.RULES)
-    fixed, five, ten = rules
-    clear = standalone.summarise(standalone_rows({fixed: 0.0, five: 0.02, ten: 0.03}, {fixed: 1, five: 2, ten: 3}),
+    fixed, ten, restore = rules
+    clear = standalone.summarise(standalone_rows({fixed: 0.0, ten: 0.02, restore: 0.03}, {fixed: 1, ten: 2, restore: 3}),
                                  rules, SCALE)
-    assert clear["chosen"] == ten  # the same gain on every seed: shown, and the best
+    assert clear["chosen"] == restore  # the same gain on every seed: shown, and the best
     assert "a |" in clear["table"] and "mean of the DNNs" in clear["table"]
-    tie = standalone.summarise(standalone_rows({fixed: 0.0, five: 0.02, ten: 0.02}, {fixed: 1, five: 2, ten: 3}),
+    tie = standalone.summarise(standalone_rows({fixed: 0.0, ten: 0.02, restore: 0.02}, {fixed: 1, ten: 2, restore: 3}),
                                rules, SCALE)
-    assert tie["chosen"] == five  # no difference between the plateau rules: the cheaper one
+    assert tie["chosen"] == ten  # no difference between the plateau rules, the control gains nothing: the cheaper one
     # test accuracy never enters: a rule far better on test but worse on validation is not chosen
-    rows = standalone_rows({fixed: 0.0, five: 0.02, ten: -0.01}, {fixed: 1, five: 2, ten: 3})
+    rows = standalone_rows({fixed: 0.0, ten: 0.02, restore: -0.01}, {fixed: 1, ten: 2, restore: 3})
     for r in rows:
-        r["test_accuracy"] = 0.99 if r["rule"] == ten else 0.5
-    assert standalone.summarise(rows, rules, SCALE)["chosen"] == five
+        r["test_accuracy"] = r["control_test_accuracy"] = 0.99 if r["rule"] == restore else 0.5
+    assert standalone.summarise(rows, rules, SCALE)["chosen"] == ten
+
+
+def test_among_equally_accurate_rules_the_one_the_control_improves_least_is_chosen():
+    rules = list(standalone.RULES)
+    fixed, ten, restore = rules
+    rows = standalone_rows({fixed: 0.0, ten: 0.02, restore: 0.02}, {fixed: 1, ten: 2, restore: 3},
+                           control_gain={fixed: 0.02, ten: 0.01, restore: 0.0})
+    result = standalone.summarise(rows, rules, SCALE)
+    assert result["chosen"] == restore  # the cheaper rule leaves 1 pp on dnn a for the control: not converged
+    gains = {r["rule"]: r["control_val_gain_pp"] for r in result["per_dnn"] if r["dnn"] == "a"}
+    assert gains == pytest.approx({fixed: 2.0, ten: 1.0, restore: 0.0})
+    assert "+1.00 (a)" in result["answer"]
 
 
 def test_a_plateau_rule_gets_the_cap_and_the_fixed_budget_its_steps():
@@ -39,9 +60,9 @@ def test_a_plateau_rule_gets_the_cap_and_the_fixed_budget_its_steps():
 
     dnn = dnn_mod.get("letters")
     fixed = standalone.config(dnn, standalone.RULES["fixed budget"], seed=3, steps=100)
-    plateau = standalone.config(dnn, standalone.RULES["patience 5, 2 drops"], seed=3, steps=100)
-    assert (fixed.steps, fixed.patience, fixed.seed) == (100 // standalone.CAP, None, 3)
-    assert (plateau.steps, plateau.patience, plateau.lr_drops) == (100, 5, 2)
+    plateau = standalone.config(dnn, standalone.RULES["patience 10, 2 drops, restore best"], seed=3, steps=100)
+    assert (fixed.steps, fixed.patience, fixed.seed, fixed.restore_best) == (100 // standalone.CAP, None, 3, False)
+    assert (plateau.steps, plateau.patience, plateau.lr_drops, plateau.restore_best) == (100, 10, 2, True)
 
 
 def fake_defaults_row(st: harness.Setting, seed: int) -> dict:

@@ -107,3 +107,37 @@ def test_a_plateau_drops_the_learning_rate_then_ends_training(monkeypatch):
     assert "training" not in Provenance(standalone=Standalone(0.5, 0.5)).to_json()["standalone"]  # as older stores
     with pytest.raises(ValueError, match="patience"):
         train.TrainConfig(patience=0)
+
+
+@pytest.mark.parametrize("restore_best", [True, False])
+def test_restore_best_fine_tunes_the_best_checkpoint_after_a_plateau(monkeypatch, restore_best):
+    """Scripted validation 0.5, 0.9, 0.6, 0.6 with patience 2 and one drop: the plateau after the best
+    check (step 6) ends at step 12. With `restore_best` the first step at the lower rate starts from
+    the weights of step 6, with a fresh Adam; without it, from where the plateau ended (step 12)."""
+    from weightsep.model import TemplateNet
+
+    scripted = iter([0.5, 0.9, 0.6, 0.6])
+    monkeypatch.setattr(train, "accuracy", lambda *args: next(scripted, 0.25))
+    seen = []  # (learning rate, weights, Adam's step count) as each step begins
+    step = torch.optim.Adam.step
+
+    def recording(self, *a, **k):
+        p = self.param_groups[0]["params"][0]
+        seen.append((self.param_groups[0]["lr"], p.detach().clone(), float(self.state[p].get("step", 0))))
+        return step(self, *a, **k)
+
+    monkeypatch.setattr(torch.optim.Adam, "step", recording)
+    rng = np.random.default_rng(0)
+    split = lambda n: dnn_mod.Split(rng.normal(size=(n, 4)).astype(np.float32), rng.integers(0, 3, n))  # noqa: E731
+    data = dnn_mod.Dataset(split(50), split(20), split(20))
+    config = train.TrainConfig(steps=18, batch_size=10, lr=1e-2, eval_every=3, patience=2, lr_drops=1,
+                               restore_best=restore_best)
+    got = train.train_theta(TemplateNet((4,), [], dense=[8], classes=3), data, config)
+    after_step = lambda k: seen[k][1]  # noqa: E731  (the weights after step k are those step k+1 starts from)
+    first_low = seen[12]
+    assert first_low[0] == pytest.approx(1e-3) and got.best_step == 6
+    if restore_best:
+        assert torch.equal(first_low[1], after_step(6)) and first_low[2] == 0  # the best weights, a fresh Adam
+    else:
+        assert torch.equal(first_low[1], after_step(12)) and first_low[2] == 12
+    assert not torch.equal(after_step(6), after_step(11))  # the weights moved on after the best check

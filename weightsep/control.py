@@ -24,12 +24,16 @@ from .train import set_single_thread
 def no_sharing_control(records: dict[str, DNNRecord], config: OptimizeConfig, page_size: int) -> dict[str, float]:
     """Test accuracy per DNN after training alone (see the module docstring)."""
     config = config.alone(len(records))
-    out = {}
-    for name, record in records.items():
-        alone = solo_state(name, record.reference.theta, page_size, record.reference.buffers)
-        result, _ = optimize(alone, {name: record.task(batches=record.batches or 1)}, config, progress=False)
-        out[name] = record.test_accuracy(packed_theta(result, name, record.model))
-    return out
+    return {name: record.test_accuracy(trained_alone(record, config, page_size)) for name, record in records.items()}
+
+
+def trained_alone(record: DNNRecord, config: OptimizeConfig, page_size: int) -> torch.Tensor:
+    """One DNN's weights after the control's training: its reference as a one-DNN store, every page
+    exclusive, optimised by `config` (already `alone`) on its `batches` per step; its buffers are left
+    in `record.model`."""
+    alone = solo_state(record.name, record.reference.theta, page_size, record.reference.buffers)
+    result, _ = optimize(alone, {record.name: record.task(batches=record.batches or 1)}, config, progress=False)
+    return packed_theta(result, record.name, record.model)
 
 
 def job(records: dict[str, DNNRecord], config: OptimizeConfig, page_size: int) -> tuple:

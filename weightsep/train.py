@@ -56,6 +56,9 @@ class TrainConfig:
                                   "(`steps` is then the cap); None: train all `steps` at `lr` (the originals)")
     lr_drops: int = opt(2, "with patience: times the learning rate is divided by 10 at a plateau before training stops "
                             "(experiments/standalone.py chose the rule on validation accuracy)")
+    restore_best: bool = opt(True, "with patience: each learning-rate drop restarts from the best-validation checkpoint "
+                                   "(weights, buffers, a fresh Adam) instead of the weights the plateau ended on "
+                                   "(experiments/standalone.py: the control's extra training then gains least)")
     seed: int = opt(0, "seeds the initialisation and the batches")
 
     def __post_init__(self):
@@ -138,8 +141,14 @@ def train_theta(model, data: dnn_mod.Dataset, config: TrainConfig) -> Trained:
             if drops == config.lr_drops:
                 break
             drops, since_best = drops + 1, 0
-            for group in adam.param_groups:
-                group["lr"] /= 10
+            if config.restore_best:  # fine-tune the best weights, not where the plateau wandered to
+                with torch.no_grad():
+                    model.theta.copy_(best[2])
+                load_buffer_state(model, best[3], "the best checkpoint")
+                adam = torch.optim.Adam([model.theta], lr=config.lr / 10 ** drops)
+            else:
+                for group in adam.param_groups:
+                    group["lr"] /= 10
         if step == config.steps:
             break
     seconds = time.perf_counter() - start
