@@ -7,7 +7,8 @@ import pytest
 from weightsep import doc_figures
 from weightsep.doc_figures import FigureError, draw, formatted, resolve
 
-DATA = {"rows": [{"dnns": 2, "torch.load / gather": 11.57, "pp": -0.4}, {"dnns": 10, "torch.load / gather": 12.29, "pp": 0.2}],
+DATA = {"rows": [{"dnns": 2, "torch.load / gather": 11.57, "pp": -0.4, "rule": "fixed, 2"},
+                 {"dnns": 10, "torch.load / gather": 12.29, "pp": 0.2, "rule": "fixed, 2"}],
         "commit": {"sha": "abcdef0123456789", "dirty": False}, "count": 12345}
 
 
@@ -22,6 +23,7 @@ def test_every_figure_in_the_docs_agrees_with_its_json(doc):
     ("rows.1.torch.load / gather", ".1f", "12.3"),   # a key with a dot and spaces
     ("rows.-1.dnns", "", "10"),
     ("rows.dnns=2.pp", "+.2f", "-0.40"),             # the element by a field's value
+    ("rows.rule=fixed, 2&dnns=10.torch.load / gather", ".1f", "12.3"),  # by two fields' values
     ("rows.*.torch.load / gather", ".0f", "12"),     # a range that formats to one value
     ("rows.*.torch.load / gather", ".1f", "11.6-12.3"),
     ("rows.*.pp", "+.1f", "-0.4 to +0.2"),
@@ -36,6 +38,7 @@ def test_key_paths_and_formats(key, spec, text):
 @pytest.mark.parametrize("key, spec, message", [
     ("rows.2.dnns", "", "no element '2' in a list of 2"),
     ("rows.dnns=3.pp", "", "0 elements with dnns=3"),
+    ("rows.rule=fixed, 2.pp", "", "2 elements with rule=fixed, 2, not one"),
     ("rows.0.seeds", "", "no key 'seeds'"),
     ("commit.sha.x", "", "no key 'x'"),
     ("commit.sha", ".2f", "cannot format 'abcdef0123456789' as '.2f'"),

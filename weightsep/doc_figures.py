@@ -10,7 +10,8 @@ the repository root), the key path to it and a format:
 
 A key path's steps are separated by dots. In a dict a step is the longest key the path goes on with,
 so keys with dots and spaces need no quoting (`torch.load / gather`); in a list a step is an index
-(`rows.2`), `field=value` (the one element whose field reads value: `rows.dnns=10`) or `*` (every
+(`rows.2`), `field=value` (the one element whose field reads value: `rows.dnns=10`; several joined
+by `&`: `per_dnn.dnn=fashion&rule=fixed budget`) or `*` (every
 element: the figure is the range of the values, `29-39`, `-0.4 to +0.2`). The format is Python's format
 spec (`.2f`, `+.2f`, `,d`, `.1%`; `.7` shortens a string, as in `commit.sha:.7`, the commit that
 produced the JSON), after the last colon; none gives `str`. A marker stays on one line; in a
@@ -54,8 +55,9 @@ def resolve(data: Any, key: str) -> Any:
         if step == "*":
             return [resolve(item, rest) for item in data]
         if "=" in step:
-            name, _, want = step.partition("=")
-            found = [item for item in data if isinstance(item, dict) and str(item.get(name)) == want]
+            wanted = [condition.partition("=") for condition in step.split("&")]
+            found = [item for item in data if isinstance(item, dict)
+                     and all(str(item.get(name)) == want for name, _, want in wanted)]
             if len(found) != 1:
                 raise FigureError(f"{len(found)} elements with {step}, not one")
             return resolve(found[0], rest)
