@@ -169,6 +169,10 @@ def summarise(rows: list[dict], rules: list[str], scale: harness.Scale) -> dict:
                      f"extra training ({scale.steps} optimisation steps, as the main job's control) and the control's "
                      f"validation gain is what a converged model leaves: near 0.",
             "rows": rows, "per_dnn": per_dnn, "chosen": chosen,
+            "rules": [{"rule": label, "val_mean": mean[label], "vs_fixed_pp": comparisons[label]["mean"],
+                       "vs_fixed_ci95": comparisons[label]["ci95"], "seconds_per_seed": cost[label],
+                       "largest_control_val_gain_pp": largest_gain[label]["control_val_gain_pp"],
+                       "largest_control_val_gain_dnn": largest_gain[label]["dnn"]} for label in rules],
             "table": "\n".join(table), "answer": answer}
 
 
@@ -181,14 +185,14 @@ def plot(result: dict, plt) -> None:
     for i, label in enumerate(rules):
         rs = {r["dnn"]: r for r in per_dnn if r["rule"] == label}
         c.bar([j + (i - (len(rules) - 1) / 2) * 0.8 / len(rules) for j in range(len(names))],
-              [rs[n]["control_val_gain_pp"] for n in names], 0.8 / len(rules), label=label)
+              [rs[n]["control_val_gain_pp"] for n in names], 0.8 / len(rules), label=label, color=f"C{i}")
     for i, label in enumerate(rules[1:]):
         rs = {r["dnn"]: r for r in per_dnn if r["rule"] == label}
         xs = [j + (i - (len(rules) - 2) / 2) * width for j in range(len(names))]
         a.bar(xs, [rs[n]["val_vs_fixed_pp"] for n in names], width,
-              yerr=[rs[n]["val_vs_fixed_ci95"] or 0 for n in names], capsize=2, label=label)
+              yerr=[rs[n]["val_vs_fixed_ci95"] or 0 for n in names], capsize=2, label=label, color=f"C{i + 1}")
         b.bar(xs, [rs[n]["steps_mean"] / next(r["steps_mean"] for r in per_dnn if r["dnn"] == n and r["rule"] == rules[0])
-                   for n in names], width, label=label)
+                   for n in names], width, label=label, color=f"C{i + 1}")
     a.axhline(0, color="k", lw=0.8)
     a.set(ylabel="validation accuracy vs fixed budget (pp)", title="gain over the fixed budget (mean ± 95% t)")
     b.axhline(1, color="k", lw=0.8)
