@@ -29,7 +29,8 @@ from . import harness
 SECTION = 11
 IN_ALL = False  # trains 10 DNNs x 3 seeds x each rule: about 30 min on 2 cores, run on its own
 TITLE = "Stand-alone training to a plateau"
-QUESTION = "Which stopping rule trains the stand-alone DNNs to their plateau, by validation accuracy and time?"
+QUESTION = ("Which stopping rule trains the stand-alone DNNs to their plateau, judged by validation accuracy, by what "
+            "the no-sharing control's extra training still gains on validation, and by time?")
 CAP = 5  # a plateau rule may run up to this many times the fixed budget (a folder's steps are the cap)
 RULES = {  # label -> TrainConfig changes; the first is the reference
     "fixed budget": {"patience": None, "lr_drops": 0, "restore_best": False},
