@@ -54,7 +54,8 @@ def test_among_equally_accurate_rules_the_one_the_control_improves_least_is_chos
     assert gains == pytest.approx({fixed: 2.0, ten: 1.0, restore: 0.0})
     assert "+1.00 (a)" in result["answer"]
     by_rule = {r["rule"]: r for r in result["rules"]}
-    assert by_rule[ten]["largest_control_val_gain_pp"] == pytest.approx(1.0) and by_rule[ten]["largest_control_val_gain_dnn"] == "a"
+    assert by_rule[ten]["largest_control_val_gain_pp"] == pytest.approx(1.0)
+    assert by_rule[ten]["largest_control_val_gain_dnn"] == "a"
     assert by_rule[restore]["vs_fixed_pp"] == pytest.approx(2.0) and by_rule[fixed]["vs_fixed_pp"] == 0
 
 
