@@ -2,11 +2,13 @@
 
 The stand-alone models are the reference every accuracy change is measured against, so they must be
 trained to convergence: if they are not, the extra training that packing gives can pass for a gain.
-Each rule trains every DNN from the same seeded start; the choice is made on validation accuracy
-(test accuracy is recorded, never used to choose), on the tuning seeds (default 0 1 2), and the
-chosen rule becomes the DNN folders' default (weightsep/train.py's TrainConfig).
+Each rule trains every DNN from the same seeded start, then each model gets the no-sharing control's
+extra training, and what that still gains on validation says how far from its plateau the model was.
+The choice is made on validation accuracy (test accuracy is recorded, never used to choose), on the
+tuning seeds (default 0 1 2), and the chosen rule becomes the DNN folders' default (weightsep/train.py's
+TrainConfig).
 
-    python -m experiments standalone
+    python -m experiments standalone --steps 1500    # the control at the main job's budget
 """
 from __future__ import annotations
 
