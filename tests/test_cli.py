@@ -32,6 +32,7 @@ def assert_outcome(summary: dict, store: Path) -> None:
         assert row["difference_pp"] >= -3.0, row
         assert row["control_accuracy"] >= row["standalone_accuracy"] - 0.01, row
         assert row["control_accuracy"] > 0.5, row
+        assert -100 <= row["control_val_gain_pp"] <= 100, row  # what the control's extra training saw on validation
 
 
 def legacy(*args, check=True):

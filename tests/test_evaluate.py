@@ -39,6 +39,22 @@ def test_summary_totals_by_hand():
     assert t.worst_packed_minus_control_pp == pytest.approx(-3.0)
 
 
+def test_the_controls_validation_gain_is_written_where_measured_and_summarised_over_seeds():
+    from weightsep.evaluate import aggregate, format_aggregate
+
+    state, _ = state_of_two()
+    assert "control_val_gain_pp" not in make_row(state, "a", 0.9, 0.88, control_accuracy=0.91).to_json()  # as before
+    seeds = []
+    for seed, gain in enumerate([0.5, 1.5]):
+        rows = [make_row(state, "a", 0.9, 0.88, 0.91, control_val_gain_pp=gain),
+                make_row(state, "b", 0.8, 0.81, 0.80, control_val_gain_pp=0.0)]
+        assert rows[0].to_json()["control_val_gain_pp"] == gain
+        seeds.append({**summarize(state, rows).to_json(), "seed": seed})
+    agg = aggregate(seeds)
+    assert agg["dnns"]["a"]["control_val_gain_pp"]["mean"] == pytest.approx(1.0)
+    assert "on validation the control gains at most +1.00 pp on one DNN (a" in format_aggregate(agg)
+
+
 def test_bytes_count_page_tables_at_the_width_execution_holds_them():
     state, models = state_of_two()
     packed = PackedModel(state, models)

@@ -6,7 +6,7 @@ its own batches (its `batches` per step, as the packed set's rule gave it); so a
 DNNs show over the control comes from sharing, not from the extra training. `run` starts it in a
 worker process beside the joint optimisation (`control_worker`).
 
-    accuracies = no_sharing_control(records, OptimizeConfig(steps=1500), page_size=512)
+    test, val = no_sharing_control(records, OptimizeConfig(steps=1500), page_size=512)
 """
 from __future__ import annotations
 
@@ -21,10 +21,16 @@ from .records import DNNRecord, Reference, load
 from .train import set_single_thread
 
 
-def no_sharing_control(records: dict[str, DNNRecord], config: OptimizeConfig, page_size: int) -> dict[str, float]:
-    """Test accuracy per DNN after training alone (see the module docstring)."""
+def no_sharing_control(records: dict[str, DNNRecord], config: OptimizeConfig,
+                       page_size: int) -> tuple[dict[str, float], dict[str, float]]:
+    """Test and validation accuracy per DNN after training alone (see the module docstring): what
+    the extra training gains on validation is what it could see; on test, what it carried over."""
     config = config.alone(len(records))
-    return {name: record.test_accuracy(trained_alone(record, config, page_size)) for name, record in records.items()}
+    test, val = {}, {}
+    for name, record in records.items():
+        theta = trained_alone(record, config, page_size)
+        test[name], val[name] = record.test_accuracy(theta), record.accuracy(theta, "val")
+    return test, val
 
 
 def trained_alone(record: DNNRecord, config: OptimizeConfig, page_size: int) -> torch.Tensor:
@@ -44,7 +50,7 @@ def job(records: dict[str, DNNRecord], config: OptimizeConfig, page_size: int) -
 
 
 def control_worker(folders: list[str], references: list[tuple], config: dict, page_size: int,
-                   batches: dict[str, int]) -> dict[str, float]:
+                   batches: dict[str, int]) -> tuple[dict[str, float], dict[str, float]]:
     """`no_sharing_control` in a worker process (it runs beside the joint optimisation)."""
     set_single_thread()
     records = load(folders)

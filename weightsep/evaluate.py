@@ -83,6 +83,7 @@ class Row:
     packed_accuracy: float
     control_accuracy: float | None = None  # the no-sharing control: same extra training, no sharing
     published: dict | None = None  # the paper's figures (%), e.g. {"stand_alone": 98.61, "separated": 98.45}
+    control_val_gain_pp: float | None = None  # the control's validation accuracy minus stand-alone's (pp): what it saw
 
     @property
     def difference_pp(self) -> float:
@@ -98,7 +99,9 @@ class Row:
         return None if self.control_accuracy is None else 100.0 * (self.control_accuracy - self.standalone_accuracy)
 
     def to_json(self) -> dict:
-        return {**asdict(self), "difference_pp": self.difference_pp, "packed_minus_control_pp": self.packed_minus_control_pp,
+        """Its fields and differences; `control_val_gain_pp` only where it was measured (older summaries read the same)."""
+        out = {k: v for k, v in asdict(self).items() if k != "control_val_gain_pp" or v is not None}
+        return {**out, "difference_pp": self.difference_pp, "packed_minus_control_pp": self.packed_minus_control_pp,
                 "control_gain_pp": self.control_gain_pp}
 
 
@@ -147,10 +150,11 @@ class Table:
 
 
 def make_row(state: PackedState, name: str, standalone_accuracy: float, packed_accuracy: float,
-             control_accuracy: float | None = None, published: dict | None = None) -> Row:
+             control_accuracy: float | None = None, published: dict | None = None,
+             control_val_gain_pp: float | None = None) -> Row:
     vnn = state.vnns[name]
     return Row(name, vnn.n_weights, n_pages(vnn.n_weights, state.page_size), vnn.exclusive_pages.shape[0],
-               standalone_accuracy, packed_accuracy, control_accuracy, published)
+               standalone_accuracy, packed_accuracy, control_accuracy, published, control_val_gain_pp)
 
 
 def summarize(state: PackedState, rows: list[Row]) -> Table:
@@ -195,7 +199,7 @@ AGGREGATED_TOTALS = ("ratio_by_count", "ratio_by_bytes", "exclusive_pages", "mea
                      "mean_packed_accuracy", "mean_difference_pp", "worst_difference_pp",
                      "mean_packed_minus_control_pp", "worst_packed_minus_control_pp", "largest_control_gain_pp")
 AGGREGATED_ROWS = ("exclusive_pages", "standalone_accuracy", "packed_accuracy", "difference_pp",
-                   "packed_minus_control_pp", "control_gain_pp")
+                   "packed_minus_control_pp", "control_gain_pp", "control_val_gain_pp")
 
 
 def aggregate(summaries: list[dict]) -> dict:
@@ -247,6 +251,11 @@ def format_aggregate(agg: dict, markdown: bool = False) -> str:
     if control:
         lines.append(f"             the control's gain over stand-alone (extra training alone), per DNN: largest of the means "
                      f"{max(gains):+.2f} pp; per seed, largest {cell(t['largest_control_gain_pp'], signed=True)} pp")
+    seen = {name: d["control_val_gain_pp"]["mean"] for name, d in agg["dnns"].items() if "control_val_gain_pp" in d}
+    if seen:
+        top = max(seen, key=seen.get)
+        lines.append(f"             on validation the control gains at most {seen[top]:+.2f} pp on one DNN "
+                     f"({top}, mean over seeds)")
     return "\n".join(lines)
 
 

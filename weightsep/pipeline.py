@@ -180,7 +180,7 @@ def run_seed(config: RunConfig, loaded: dict[str, DNNRecord], seed: int, control
     per_step = step_batches({n: records[n].task(batches=records[n].batches) for n in mine}, optimize_config, group)
     for name in mine:
         records[name].batches = per_step[name]
-    control_job, pool = None, None
+    control_job, pool, control_val = None, None, None
     if config.control and control is None:  # the control needs no packing: it starts now and trains beside the packed DNNs
         pool = worker_pool(1)
         control_job = pool.apply_async(control_worker, job({n: records[n] for n in mine}, optimize_config,
@@ -194,12 +194,12 @@ def run_seed(config: RunConfig, loaded: dict[str, DNNRecord], seed: int, control
 
     if control_job is not None:
         start = time.perf_counter()
-        control = control_job.get()
+        control, control_val = control_job.get()
         pool.close()
         times.no_sharing_wait_seconds = time.perf_counter() - start
     packed = {n: records[n].test_accuracy(packed_theta(state, n, records[n].model)) for n in mine}
     memory = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # this rank's process
-    parts = group.gather((packed, control, memory))
+    parts = group.gather((packed, control, control_val, memory))
     configs = {"pack": asdict(pack_config), "fisher": asdict(fisher_config), "optimize": asdict(optimize_config),
                "precision": asdict(config.precision), "dnns": list(records)}
     return group.writes(lambda: _summary(records, state, parts, times, seed=seed, store=str(config.store_for(seed)),
@@ -208,16 +208,21 @@ def run_seed(config: RunConfig, loaded: dict[str, DNNRecord], seed: int, control
 
 
 def _summary(records: dict[str, DNNRecord], state, parts: list[tuple], times: Timings, **fields) -> SeedSummary:
-    """One seed's summary on the writer: `parts` are every rank's (packed, control, peak memory); `fields`
+    """One seed's summary on the writer: `parts` are every rank's (packed, control's test and validation
+    accuracies, peak memory); `fields`
     the rest of `SeedSummary`'s."""
     packed = merged(part[0] for part in parts)
     control = None if parts[0][1] is None else merged(part[1] for part in parts)
-    rows = [make_row(state, name, state.vnns[name].provenance.standalone.test_accuracy, packed[name],
-                     None if control is None else control[name], record.source.facts.published_accuracy)
+    control_val = None if parts[0][2] is None else merged(part[2] for part in parts)
+    standalone = {name: state.vnns[name].provenance.standalone for name in records}
+    rows = [make_row(state, name, standalone[name].test_accuracy, packed[name],
+                     None if control is None else control[name], record.source.facts.published_accuracy,
+                     None if control_val is None or standalone[name].val_accuracy is None
+                     else 100 * (control_val[name] - standalone[name].val_accuracy))
             for name, record in records.items()]
-    times.peak_memory_mb = max(part[2] for part in parts)
+    times.peak_memory_mb = max(part[3] for part in parts)
     if len(parts) > 1:  # one entry per rank
-        times.peak_memory_mb_per_rank = [part[2] for part in parts]
+        times.peak_memory_mb_per_rank = [part[3] for part in parts]
     return SeedSummary(summarize(state, rows), timings=times, **fields)
 
 
