@@ -228,8 +228,9 @@ def test_a_dnn_folder_whose_model_changes_between_builds_is_refused(tmp_path):
 @pytest.mark.slow
 @pytest.mark.e2e
 def test_an_example_module_packs_with_a_suite_dnn_end_to_end(cache_with_data, tmp_path):
-    if not (cache_with_data / "data" / "watch.npz").exists():
-        pytest.skip("offline data not prepared: watch.npz (run ./setup.sh)")
+    watch_file = dnn_mod.get("watch").module.FILE
+    if not (cache_with_data / "data" / watch_file).exists():
+        pytest.skip(f"offline data not prepared: {watch_file} (run ./setup.sh)")
     store, results, examples = tmp_path / "state", tmp_path / "results", REPO / "examples"
 
     def cli(*args):

@@ -108,7 +108,8 @@ def test_keyword_voices_are_split_by_voice():
     vs = kw.voices(variants)
     assert vs == kw.voices(variants)  # seeded
     split = {s: [v for v in vs if v["split"] == s] for s in ("train", "val", "test")}
-    assert {v["split"] for v in vs if v["engine"] == "flite"} == {"test"}
+    flite = {v["voice"]: v["split"] for v in vs if v["engine"] == "flite"}
+    assert flite == {voice: "val" if voice == kw.FLITE_VAL else "test" for voice in kw.FLITE_VOICES}  # never trained
     assert {v["voice"] for v in split["test"] if v["engine"] == "festival"} == {kw.FESTIVAL_TEST}
     variant_of = {s: {v["voice"].split("+")[1] for v in split[s] if v["engine"] == "espeak-ng"} for s in split}
     assert len(variant_of["test"]) == kw.TEST_VARIANTS and len(variant_of["val"]) == kw.VAL_VARIANTS

@@ -58,6 +58,19 @@ def test_each_change_to_what_trains_the_weights_misses_the_cache(toy, change):
     assert after != before
 
 
+def test_a_dnn_that_borrows_another_folders_data_is_keyed_on_that_data(toy, tmp_path):
+    """An example's `data_from` names the suite folder whose file it loads: rebuilding that file retrains it."""
+    folder, _, _ = toy
+    borrower = tmp_path / "borrower"
+    borrower.mkdir()
+    (borrower / "dnn.py").write_text((folder / "dnn.py").read_text().replace('META = {', 'META = {"data_from": "suite/lender", ', 1))
+    lent = dnn_mod.data_dir() / "lender.v2.npz"
+    lent.write_bytes(b"lent v1")
+    before = key(borrower)
+    lent.write_bytes(b"lent v2")
+    assert key(borrower) != before
+
+
 def test_nothing_else_misses_the_cache(toy):
     folder, data, code = toy
     before = key(folder)

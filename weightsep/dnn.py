@@ -77,6 +77,7 @@ class Meta:
     classes: int | None = None
     paper: str | None = None  # the paper a DNN of the papers' comes from
     published_accuracy: dict[str, float] | None = None  # that paper's figures (%): stand_alone, separated
+    data_from: str | None = None  # the folder whose data files it loads ("suite/watch"): trained models key on them
 
     @classmethod
     def of(cls, meta: dict) -> Meta:

@@ -179,7 +179,9 @@ TRAINING_CODE = tuple(Path(__file__).with_name(f) for f in ("model.py", "flat.py
 def cache_path(dnn: dnn_mod.DNN, config: TrainConfig) -> Path:
     # keyed on the data's content: the stored digest costs a read of the zip's end, hashing the
     # file (anything else in data_dir named <name>.*) reads all of it
-    data = [(p.name, stored_digest(p) or file_hash(p)) for p in sorted(dnn_mod.data_dir().glob(f"{dnn.name}.*"))]
+    owners = {dnn.name, *([Path(dnn.facts.data_from).name] if dnn.facts.data_from else [])}
+    files = sorted({p for owner in owners for p in dnn_mod.data_dir().glob(f"{owner}.*")})
+    data = [(p.name, stored_digest(p) or file_hash(p)) for p in files]
     code = [file_hash(p) for p in TRAINING_CODE]
     key = json.dumps([dnn.code_hash(), code, asdict(config), data], sort_keys=True)
     return dnn_mod.cache_dir() / "models" / f"{dnn.name}-{hashlib.sha256(key.encode()).hexdigest()[:12]}.safetensors"

@@ -2,7 +2,7 @@
 
 Source, split and preprocessing: those of suite/keywords (synthetic TTS speech, voice-disjoint
 splits, 13 MFCCs x 101 frames as 1-row images (13, 1, 101)); the data is that folder's
-keywords.npz, loaded through it, so nothing is copied here.
+file, loaded through it, so nothing is copied here.
 Model: a DS-CNN as in "Hello Edge" (Zhang et al. 2017) with batch norm: a first conv along time
 (13 MFCC channels in, kernel (1, 9), stride 2), then depthwise-separable blocks (depthwise (1, 3)
 conv, BN, ReLU, pointwise 1x1 conv, BN, ReLU), global average pooling over time and one linear
@@ -34,8 +34,7 @@ META = {
     "input": (N_MFCC, 1, FRAMES),
     "classes": CLASSES,
     "stands_in_for": "Google Speech Commands (GSC)",
-    "split": "voice-disjoint: test = all flite voices + festival cmu_us_slt_arctic_hts + espeak-ng voices of 20 "
-             "held-out variants; val = espeak-ng voices of 10 other variants; train = the rest",
+    "split": dnn_mod.get(SUITE).meta["split"],
     "data_from": f"suite/{SUITE}",
     "architecture": "DS-CNN (Hello Edge) with BatchNorm2d",
 }

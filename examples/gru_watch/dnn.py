@@ -2,7 +2,7 @@
 
 Source, split and preprocessing: those of suite/watch (seglearn's watch_dataset.npy, Burns et al.
 2018: 6 IMU channels at 50 Hz, 128-step windows at stride 64, subject-disjoint splits, channels
-standardised with train statistics; 1-row images (6, 1, 128)); the data is that folder's watch.npz,
+standardised with train statistics; 1-row images (6, 1, 128)); the data is that folder's file,
 loaded through it, so nothing is copied here.
 Model: the window as a sequence [N, 128, 6]; a 1-D conv front end along time (kernel 5, stride 2,
 BN, ReLU: 64 steps of 32 features) feeds a one-layer GRU (batch_first, hidden 96); the GRU's
@@ -35,7 +35,7 @@ META = {
     "input": (CHANNELS, 1, WINDOW),
     "classes": CLASSES,
     "stands_in_for": "HHAR",
-    "split": "subject-disjoint: subjects 1-6 train / 7 validation / 8-10 test; 128-step windows, stride 64",
+    "split": dnn_mod.get(SUITE).meta["split"],
     "data_from": f"suite/{SUITE}",
     "architecture": "Conv1d front end + GRU (batch_first) + mean over time + Linear",
 }

@@ -35,7 +35,7 @@ META = {
     "input": (3, 32, 32),
     "classes": CLASSES,
     "stands_in_for": "SVHN",
-    "split": "font- and photo-disjoint: 8,000 / 1,500 / 3,000 (train / val / test), seed 0",
+    "split": dnn_mod.get(SUITE).meta["split"],
     "data_from": f"suite/{SUITE}",
     "architecture": "ResNet (3 BasicBlocks, 1x1 projection shortcuts) with BatchNorm2d",
 }
