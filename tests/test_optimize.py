@@ -435,3 +435,25 @@ def test_a_turn_that_lowers_a_watched_dnn_beyond_max_harm_is_undone():
     assert torch.equal(undone.shared_pages, state.shared_pages)
     [(trained, harmed)] = history.rejected
     assert trained == "a" and list(harmed) == ["b"] and 100 * (harmed["b"][0] - harmed["b"][1]) == pytest.approx(fall)
+
+
+@pytest.mark.parametrize("optimizer", ["round-robin", "sequential"])
+def test_an_optimiser_that_never_promotes_gets_the_whole_exclusive_budget_at_packing(optimizer):
+    """The budget separation keeps half its exclusive pages for joint's promotion; round-robin and sequential
+    never promote, so they take every page of the budget at packing: each optimiser packs to the same bytes."""
+    from weightsep import api
+
+    nets = {}
+    for seed, (name, hidden) in enumerate([("a", [48]), ("b", [40]), ("c", [44])]):
+        torch.manual_seed(seed)
+        x, y = blobs(seed)
+        nets[name] = (torch.nn.Sequential(torch.nn.Linear(8, hidden[0]), torch.nn.ReLU(), torch.nn.Linear(hidden[0], 3)),
+                      (x[:300], y[:300]), (x[300:], y[300:]))
+    pack = PackConfig(page_size=P, n_shared=6, ratio=1.5)
+    state = api.pack(nets, pack, optimize_config=OptimizeConfig(optimizer=optimizer, rounds=1, steps_per_turn=2))
+    budget = state.config.budget
+    assert budget["spare"] == 0 and budget["at_packing"] == budget["exclusive_pages"] > 0
+    assert sum(v.n_exclusive for v in state.vnns.values()) == budget["exclusive_pages"]
+    assert state.config.pack["at_packing"] == 1.0  # the store says how it was packed
+    joint = api.pack(nets, pack, optimize_config=OptimizeConfig(steps=2, eval_every=1))
+    assert joint.config.budget["spare"] > 0  # joint keeps pages back to hand out by accuracy

@@ -133,6 +133,11 @@ class Optimizer:
         """`config` with the fields this optimiser fixes."""
         return dataclasses.replace(config, **self.fixed) if self.fixed else config
 
+    @property
+    def promotes(self) -> bool:
+        """Whether it hands out spare exclusive pages while it trains (else they are all given at packing)."""
+        return "promote_pages" in self.reads
+
 
 JOINT_FIELDS = ("steps", "dnns_per_step", "schedule", "eval_every", "promote_pages", "promote_start", "promote_end",
                 "balance", "balance_decay", "extra_compute", "max_batches")

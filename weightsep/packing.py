@@ -147,9 +147,12 @@ def pack_and_optimize_records(records: dict[str, DNNRecord], pack_config: PackCo
     by default), then optimise it.
 
     The budget separation's spare pages go to the optimiser to promote (the joint optimiser hands
-    them out; round-robin never promotes). The optimiser's config and history are recorded in the
-    state. Returns (state, history, the optimiser config used, timings in seconds)."""
+    them out); an optimiser that never promotes (round-robin, sequential) gets every exclusive page of
+    the budget at packing, so each optimiser packs to the same bytes. The optimiser's config and
+    history are recorded in the state. Returns (state, history, the optimiser config used, timings in seconds)."""
     group = group or Group.current()
+    if not optimize_config.spec.promotes:
+        pack_config = replace(pack_config, at_packing=1.0)
     start = time.perf_counter()
     state, info = pack_records(records, pack_config, fisher_config, group=group)
     times = {"fisher_seconds": info["fisher_seconds"], "matching_seconds": info["matching_seconds"],
