@@ -59,11 +59,12 @@ class Scale:
     """How big every experiment runs: the DNNs, the seeds and the training budgets.
 
     `steps` is the DNN-batch budget of the optimisers: joint optimisation runs `steps` steps (each a
-    batch of every DNN), the published optimisers the same number of DNN-batches per DNN."""
+    batch of every DNN), the published optimisers the same number of DNN-batches per DNN. Its default
+    is the main job's (`OptimizeConfig.steps`): a ranking at a smaller budget may be the budget's."""
 
     dnns: tuple[str, ...]
     seeds: tuple[int, ...] = (0, 1, 2)
-    steps: int = 150
+    steps: int = OptimizeConfig.steps
     train_steps: int | None = None  # stand-alone training (None: each folder's TRAIN)
     workers: int = 2  # runs at once (measured runs go one at a time, after the others)
     quick: bool = False
@@ -150,10 +151,16 @@ def configs(setting: Setting, scale: Scale, seed: int) -> tuple[PackConfig, Fish
     """The setting's configs: the dataclasses' defaults, the scale's budget, the setting's changes."""
     pack = replace(PackConfig(seed=seed), **setting.pack)
     fisher = replace(FisherConfig(seed=seed), **setting.fisher)
-    checks = max(1, scale.steps // 10)
+    checks = check_interval(scale.steps)
     opt = OptimizeConfig(seed=seed, steps=scale.steps, eval_every=checks, rounds=setting.turns,
                          steps_per_turn=max(1, scale.steps // setting.turns))
     return pack, fisher, replace(opt, **setting.optimize)
+
+
+def check_interval(steps: int) -> int:
+    """Steps between validation checks: the main job's interval, closer where that leaves fewer than 10
+    checks (a convergence curve needs them)."""
+    return max(1, min(OptimizeConfig.eval_every, steps // 10))
 
 
 def run_setting(setting: Setting, scale: Scale, seed: int) -> dict:

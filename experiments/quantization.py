@@ -17,10 +17,6 @@ targets are set; `--steps` (other than the experiments' default) sets another.
 """
 from __future__ import annotations
 
-from dataclasses import replace
-
-from weightsep.optimize import OptimizeConfig
-
 from . import harness
 from .budget import PUBLISHED_POINT
 
@@ -54,13 +50,7 @@ def settings(scale: harness.Scale) -> dict[str, tuple[str, harness.Setting]]:
     return out
 
 
-def scaled(scale: harness.Scale) -> harness.Scale:
-    """The main job's optimisation budget unless --steps asked for another."""
-    return replace(scale, steps=OptimizeConfig.steps) if scale.steps == harness.Scale.steps else scale
-
-
 def run(scale: harness.Scale, fresh: bool = False) -> dict:
-    scale = scaled(scale)
     plan = settings(scale)
     float32 = [st for family, st in plan.values() if family == FLOAT32]
     others = [st for family, st in plan.values() if family != FLOAT32]

@@ -96,6 +96,15 @@ def test_round_robin_records_the_overlap_loss_per_round_and_a_large_lambda_shrin
     assert loss[100.0] < 0.5 * loss[0.0]
 
 
+def test_sequential_checks_after_every_turn_and_round_robin_after_every_round():
+    """Sequential has one round: a check per turn makes its curve (and what each turn does to the DNNs before it)."""
+    state, tasks = packed_pair()
+    for optimizer, checks in (("sequential", 1 + 2), ("round-robin", 1 + 3)):
+        config = OptimizeConfig(optimizer=optimizer, rounds=3, steps_per_turn=5, batch_size=50)
+        _, history = optimize(state, tasks, config, progress=False)
+        assert len(history.steps) == checks and history.steps == sorted(set(history.steps)), (optimizer, history.steps)
+
+
 @pytest.mark.parametrize("optimizer", ["joint", "round-robin"])
 def test_nan_in_one_dnn_never_reaches_the_shared_pages(optimizer):
     state, tasks = packed_pair(nan_in="b")

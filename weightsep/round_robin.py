@@ -63,7 +63,10 @@ def _harmed(po: PageOptimizer, before: dict[str, float]) -> dict[str, list[float
 
 
 def round_robin(po: PageOptimizer) -> None:
+    """Validation is checked after each round; with one round (sequential) after each turn, so the
+    curve shows every DNN's turn and what it did to the DNNs trained before it."""
     cfg, names = po.config, po.names
+    check_each_turn = cfg.rounds == 1
     last = {n: po.theta(n).detach().clone() for n in po.vnns}  # each DNN's weights after its last turn
     dnn_batches = 0
     po.validate(0)
@@ -104,8 +107,11 @@ def round_robin(po: PageOptimizer) -> None:
             else:
                 last[name] = w.detach().clone()
             bar.update()
+            if check_each_turn:
+                po.validate(dnn_batches)
         po.history.overlap.append(overlap)
-        po.validate(dnn_batches)
+        if not check_each_turn:
+            po.validate(dnn_batches)
     bar.close()
 
 
