@@ -27,7 +27,6 @@ QUESTION = ("How small does the packed store get when its pages are quantised (u
             "by Fisher information), at what accuracy, and what does sharing add over quantising each DNN alone?")
 INT8_RATIO = 4.0  # fewer shared weights (4x by count): int8 pages still beat 12x by bytes (docs/results.md#code-notes)
 FISHER_BUDGET_KIB = 112  # a little below the int8 store of the ten suite DNNs (about 113 KiB)
-PUBLISHED_BYTES_RATIO = 4.84  # WS (PerCom 2022), ten DNNs, by bytes with page tables
 SETUP = ("Ten suite DNNs packed at the default ratio (6x by weight count; one int8 setting at 4x), pages in the "
          "formats named, joint optimisation through a per-page fake quantiser (straight-through); quantisation "
          "alone: each DNN's 2-D+ tensors per-channel int8, biases float32, without and with fine-tuning at the same "
@@ -81,7 +80,7 @@ def run(scale: harness.Scale, fresh: bool = False) -> dict:
                      f"({', '.join(f'{v:+.2f}' for v in r['per_seed_change_pp'])}) | {r['worst_pp']:+.2f} | {pages} | "
                      f"{'yes' if r['meets_target'] else 'no'} |")
     return {"setup": SETUP, "rows": rows, "table": "\n".join(table), "answer": summary(rows), "target": TARGET,
-            "published_point": {"ratio": PUBLISHED_BYTES_RATIO, "change_pp": PUBLISHED_POINT["change_pp"]},
+            "published_point": PUBLISHED_POINT,
             "scale_text": scale.describe()}
 
 

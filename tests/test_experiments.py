@@ -193,7 +193,7 @@ def test_quantization_answer_and_plot_from_rows(tmp_path):
     assert "float32 packing is -0.40 pp against the no-sharing control" in answer
     rows[2]["mean_change_pp"] = 0.9
     assert "Fisher at about the int8 store's bytes (110 KiB against 112) beat uniform int8" in quantization.summary(rows)
-    result = {"rows": rows, "target": quantization.TARGET, "published_point": {"ratio": 4.84, "change_pp": -0.22},
+    result = {"rows": rows, "target": quantization.TARGET, "published_point": quantization.PUBLISHED_POINT,
               "table": "", "answer": answer, "setup": quantization.SETUP}
     assert harness.write_outputs("quantization", result, quantization.plot, tmp_path).stat().st_size > 10_000
 

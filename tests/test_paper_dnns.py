@@ -53,6 +53,9 @@ def test_discovered_but_not_in_the_suite():
 def test_published_table():
     assert list(paper.PUBLISHED) == list(NAMES)
     assert sum(p.weights for p in paper.PUBLISHED.values()) == 667_582
+    point = paper.published_ws_point()  # the published point, derived from the numbers (the experiments plot it)
+    assert round(point["ratio_by_count"], 2) == 5.87 and round(point["change_pp"], 2) == -0.22
+    assert point["ratio_by_bytes"] == pytest.approx(667_582 * 4 / (222 * 512 * 4 + 1_310 * 8))
     assert {n for n, p in paper.PUBLISHED.items() if p.nwv_weights} == set(NWV_ORDER)
 
 
