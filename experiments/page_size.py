@@ -1,13 +1,19 @@
 """Page size: how do accuracy, matching cost and time, and the packing ratio depend on P?
 
-P in {64, ..., 2048} with the shared pages' weights held at the published 128 x 512 (so S = 65,536 / P),
-everything else at our defaults (the budget separation's ratio 6 sets the exclusive pages).
+P in {64, ..., 2048} with the shared pages' weights held at the published 128 x 512 (so S = 65,536 / P)
+and the packed BYTES held at what P=512 takes at our default ratio 6: smaller pages need more
+page-table entries, so they get fewer page bytes (a higher ratio by count); everything else at our
+defaults.
 
     python -m experiments page_size
 """
 from __future__ import annotations
 
+from weightsep import dnn as dnn_mod
+from weightsep.evaluate import BYTES_PER_WEIGHT
 from weightsep.pack import PackConfig
+from weightsep.pages import n_pages
+from weightsep.precision import TABLE_ENTRY_BYTES
 
 from . import harness
 
@@ -19,14 +25,26 @@ QUICK_SIZES = (128, 512, 2048)
 SHARED_WEIGHTS = PackConfig.n_shared * PackConfig.page_size
 
 
-def setting(p: int) -> harness.Setting:
+def equal_bytes_ratio(sizes: list[int], page_size: int) -> float:
+    """The ratio by weight count at which pages of `page_size` pack DNNs of `sizes` weights into the bytes
+    that our default page size and ratio take (float32 pages plus page tables, as the store counts them)."""
+    def table(p: int) -> int:
+        return sum(n_pages(n, p) for n in sizes) * TABLE_ENTRY_BYTES
+
+    total = BYTES_PER_WEIGHT * sum(sizes)
+    return total / (total / PackConfig.ratio + table(PackConfig.page_size) - table(page_size))
+
+
+def setting(p: int, sizes: list[int]) -> harness.Setting:
     if p == PackConfig.page_size:
         return harness.Setting("ours")
-    return harness.Setting(f"P={p}", pack={"page_size": p, "n_shared": SHARED_WEIGHTS // p})
+    return harness.Setting(f"P={p}", pack={"page_size": p, "n_shared": SHARED_WEIGHTS // p,
+                                           "ratio": round(equal_bytes_ratio(sizes, p), 4)})
 
 
 def run(scale: harness.Scale, fresh: bool = False) -> dict:
-    settings = {p: setting(p) for p in (QUICK_SIZES if scale.quick else SIZES)}
+    sizes = [dnn_mod.get(n).build_model().n_weights for n in scale.dnns]
+    settings = {p: setting(p, sizes) for p in (QUICK_SIZES if scale.quick else SIZES)}
     runs = harness.run_all(harness.with_controls(list(settings.values())), scale, fresh, "page size")
     timed = harness.matching_seconds(list(settings.values()), scale)
     rows, table = [], ["| P | S | packed - control pp | packed - stand-alone pp | worst DNN pp | vs P=512 pp | "
@@ -64,8 +82,9 @@ def run(scale: harness.Scale, fresh: bool = False) -> dict:
               f"P={first['page_size']} is {first['vs_512_pp']:+.2f} pp against P=512 "
               f"({harness.seed_noise(first['vs_512_noise'])}), P={last['page_size']} {last['vs_512_pp']:+.2f} pp "
               f"({harness.seed_noise(last['vs_512_noise'])}).")
-    return {"setup": f"Shared pages x page size held at {SHARED_WEIGHTS:,} weights; budget separation at ratio "
-                     f"{PackConfig.ratio:g}; matching cost summed over the DNNs (same units at every P); matching seconds for "
+    return {"setup": f"Shared pages x page size held at {SHARED_WEIGHTS:,} weights; packed bytes (page tables "
+                     f"included) held at P={PackConfig.page_size}'s at ratio {PackConfig.ratio:g} by setting each P's "
+                     "ratio by count (budget separation); matching cost summed over the DNNs (same units at every P); matching seconds for "
                      "all DNNs, timed one setting at a time (first seed).",
             "rows": rows, "table": "\n".join(table), "answer": answer}
 

@@ -90,6 +90,36 @@ def test_the_configs_take_the_scale_budget_and_the_setting_changes():
     assert (pack.page_size, pack.seed, fisher.seed, opt.seed, opt.steps, opt.lam) == (128, 3, 3, 3, 50, 1.0)
 
 
+def test_experiments_run_at_the_main_jobs_budget_and_check_interval_by_default():
+    from weightsep.optimize import OptimizeConfig
+
+    _, _, opt = harness.configs(harness.Setting("x"), harness.Scale(dnns=("a",)), 0)
+    assert (opt.steps, opt.eval_every) == (OptimizeConfig().steps, OptimizeConfig().eval_every)
+    assert harness.check_interval(40) == 4  # a short budget still gets 10 checks
+
+
+def test_page_sizes_are_compared_at_equal_bytes():
+    """Each P's ratio by count makes pages plus page tables take what P=512 takes at ratio 6 (to a page)."""
+    from experiments import page_size
+    from weightsep.pack import PackConfig
+    from weightsep.pages import n_pages
+    from weightsep.precision import TABLE_ENTRY_BYTES
+    from weightsep.separation import exclusive_budget
+
+    sizes = [63_875, 65_076, 59_650, 59_626, 60_986, 65_076, 63_406, 63_099, 64_698, 63_087]
+
+    def packed_bytes(p: int, ratio: float) -> int:
+        shared = page_size.SHARED_WEIGHTS // p
+        pages = shared + exclusive_budget(sizes, p, shared, ratio)
+        return 4 * pages * p + sum(n_pages(n, p) for n in sizes) * TABLE_ENTRY_BYTES
+
+    target = packed_bytes(PackConfig.page_size, PackConfig.ratio)
+    for p in page_size.SIZES:
+        ratio = page_size.equal_bytes_ratio(sizes, p)
+        assert abs(packed_bytes(p, ratio) - target) <= 4 * max(p, PackConfig.page_size), p
+        assert (ratio > PackConfig.ratio) == (p < PackConfig.page_size)  # small pages: more table, fewer page bytes
+
+
 def test_experiments_are_discovered_in_report_order():
     names = report.experiments()
     assert names == ["scaling", "page_size", "optimizers", "overlap", "matching", "fisher", "budget", "switching",
