@@ -84,8 +84,8 @@ def run(scale: harness.Scale, fresh: bool = False) -> dict:
               f"({harness.seed_noise(last['vs_512_noise'])}).")
     return {"setup": f"Shared pages x page size held at {SHARED_WEIGHTS:,} weights; packed bytes (page tables "
                      f"included) held at P={PackConfig.page_size}'s at ratio {PackConfig.ratio:g} by setting each P's "
-                     "ratio by count (budget separation); matching cost summed over the DNNs (same units at every P); matching seconds for "
-                     "all DNNs, timed one setting at a time (first seed).",
+                     "ratio by count (budget separation); matching cost summed over the DNNs (same units at every P); "
+                     "matching seconds for all DNNs, timed one setting at a time (first seed).",
             "rows": rows, "table": "\n".join(table), "answer": answer}
 
 
