@@ -63,7 +63,8 @@ def test_a_dnn_that_borrows_another_folders_data_is_keyed_on_that_data(toy, tmp_
     folder, _, _ = toy
     borrower = tmp_path / "borrower"
     borrower.mkdir()
-    (borrower / "dnn.py").write_text((folder / "dnn.py").read_text().replace('META = {', 'META = {"data_from": "suite/lender", ', 1))
+    source = (folder / "dnn.py").read_text()
+    (borrower / "dnn.py").write_text(source.replace("META = {", 'META = {"data_from": "suite/lender", ', 1))
     lent = dnn_mod.data_dir() / "lender.v2.npz"
     lent.write_bytes(b"lent v1")
     before = key(borrower)
