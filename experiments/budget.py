@@ -70,22 +70,21 @@ def run(scale: harness.Scale, fresh: bool = False) -> dict:
     packed = [st for _, st in plan.values()]
     runs = harness.run_all(harness.with_controls(packed), scale, fresh, "budget")
     versus_control = harness.against_control(runs, packed)
-    rows = []
+    rows, summaries = [], {label: harness.summary_row(runs[label]) for label in plan}
     for label, (family, _) in plan.items():
-        s = harness.summary_row(runs[label])
-        rows.append({"setting": label, "family": family, "ratio_by_bytes": s["ratio_by_bytes"]["mean"],
-                     "ratio_by_bytes_std": s["ratio_by_bytes"]["std"], "packed_kib": s["packed_bytes"]["mean"] / 1024,
-                     **harness.control_fields(versus_control[label]),
-                     "mean_change_pp": s["mean_difference_pp"]["mean"], "mean_change_std": s["mean_difference_pp"]["std"],
+        s = summaries[label]
+        rows.append({"setting": label, "family": family, **harness.spread_fields("ratio_by_bytes", s["ratio_by_bytes"]),
+                     "packed_kib": s["packed_bytes"]["mean"] / 1024, **harness.control_fields(versus_control[label]),
+                     **harness.spread_fields("mean_change_pp", s["mean_difference_pp"]),
                      "worst_pp": s["worst_difference_pp"]["mean"], "seeds": s["mean_difference_pp"]["n"]})
     front = pareto([(r["ratio_by_bytes"], r["mean_change_pp"]) for r in rows])
     for i, r in enumerate(rows):
         r["pareto"] = i in front
     table = ["| setting | family | packed KiB | ratio by bytes | packed - control pp | packed - stand-alone pp | "
              "worst DNN pp | on the front |", "|---|---|---|---|---|---|---|---|"]
-    table += [f"| {r['setting']} | {r['family']} | {r['packed_kib']:.0f} | {r['ratio_by_bytes']:.2f}x ± "
-              f"{r['ratio_by_bytes_std']:.2f} | {harness.versus(versus_control[r['setting']])} | "
-              f"{r['mean_change_pp']:+.2f} ± {r['mean_change_std']:.2f} | "
+    table += [f"| {r['setting']} | {r['family']} | {r['packed_kib']:.0f} | "
+              f"{harness.fmt(summaries[r['setting']]['ratio_by_bytes'], 2, False, 'x')} | "
+              f"{harness.versus(versus_control[r['setting']])} | {harness.fmt(summaries[r['setting']]['mean_difference_pp'])} | "
               f"{r['worst_pp']:+.2f} | {'yes' if r['pareto'] else ''} |" for r in rows]
     on_front = [rows[i] for i in front]
     families = sorted({r["family"] for r in on_front})
@@ -110,14 +109,11 @@ def run(scale: harness.Scale, fresh: bool = False) -> dict:
 def plot(result: dict, plt) -> None:
     rows = result["rows"]
     fig, ax = plt.subplots(figsize=(8, 5))
-    markers = {"published separation": "o", "our budget separation": "s", "paper-faithful": "D"}
-    for family, marker in markers.items():
-        pts = [r for r in rows if r["family"] == family]
-        ax.errorbar([r["ratio_by_bytes"] for r in pts], [r["mean_change_pp"] for r in pts],
-                    yerr=[r["mean_change_std"] for r in pts], fmt=marker, capsize=3, label=family)
-    for i, r in enumerate(sorted(rows, key=lambda r: r["ratio_by_bytes"])):  # labels above and below in turn
-        ax.annotate(r["setting"].replace("budget ", ""), (r["ratio_by_bytes"], r["mean_change_pp"]), fontsize=7,
-                    textcoords="offset points", xytext=(5, 6) if i % 2 == 0 else (5, -12))
+    markers = {"published separation": "ov^<>", "our budget separation": "sPX", "paper-faithful": "D"}
+    for color, (family, shapes) in enumerate(markers.items()):  # a legend, not labels: the points crowd
+        for r, marker in zip((r for r in rows if r["family"] == family), shapes):
+            harness.point(ax, r["ratio_by_bytes"], r["mean_change_pp"], r["mean_change_ci95"],
+                          f"{family}: {r['setting'].replace('budget ', '')}", marker, f"C{color}")
     front = sorted((r for r in rows if r["pareto"]), key=lambda r: r["ratio_by_bytes"])
     ax.plot([r["ratio_by_bytes"] for r in front], [r["mean_change_pp"] for r in front], color="grey", ls="--", lw=1,
             label="Pareto front")
@@ -126,6 +122,6 @@ def plot(result: dict, plt) -> None:
                label="published WS (10 paper DNNs)")
     ax.axhline(0, color="grey", lw=0.8)
     ax.set(xlabel="packing ratio by bytes (stand-alone bytes / packed bytes, x)",
-           ylabel="mean test accuracy change (pp)", title="Accuracy against memory (mean ± std over seeds)")
+           ylabel="mean test accuracy change (pp)", title="Accuracy against memory (mean ± 95% t-interval over seeds)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))

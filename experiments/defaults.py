@@ -66,7 +66,7 @@ def run(scale: harness.Scale, fresh: bool = False) -> dict:
                      "seeds": len(rs)})
         cells = ["–", "–"] if label in (DEFAULT, CONTROL) else [harness.versus(vs[k]) for k in versus_default]
         table.append(f"| {label} | {what.get(label, 'nothing' if label == DEFAULT else 'no sharing, the same budget')} | "
-                     f"{harness.interval(mean)} | {harness.interval(worst)} | {harness.interval(control)} | "
+                     f"{harness.fmt(mean)} | {harness.fmt(worst)} | {harness.fmt(control)} | "
                      + " | ".join(cells) + " |")
     beaten = [r["setting"] for r in rows if r["setting"] not in (DEFAULT, CONTROL) and r["vs_defaults_pp"] > 0
               and not r["vs_defaults_noise"]]

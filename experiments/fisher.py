@@ -165,7 +165,7 @@ def run(scale: harness.Scale, fresh: bool = False) -> dict:
             for i, measure in enumerate(("spearman", "jaccard", "seconds")):
                 s = harness.stats([r[measure] for r in seeds])
                 vs = versus_base[measure][f"{estimator} {k}"]
-                row.update({measure: s["mean"], f"{measure}_std": s["std"], f"{measure}_vs_base": vs["mean"],
+                row.update({**harness.spread_fields(measure, s), f"{measure}_vs_base": vs["mean"],
                             f"{measure}_vs_base_noise": vs["noise"]})
                 mark = " ~" if measure != "seconds" and (estimator, k) != base and vs["noise"] else ""
                 cells[i] = harness.fmt(s, 3 if measure != "seconds" else 2, False) + mark
@@ -178,9 +178,8 @@ def run(scale: harness.Scale, fresh: bool = False) -> dict:
             s = harness.stats([r["mean_difference_pp"] for r in rs])
             vs = versus_ours[run_of[(estimator, k)]]
             row.update({"run": run_of[(estimator, k)], **harness.control_fields(versus_control[run_of[(estimator, k)]]),
-                        "accuracy_change_pp": s["mean"], "accuracy_change_std": s["std"],
-                        "accuracy_change_min": s["min"], "accuracy_change_max": s["max"],
-                        "vs_ours_pp": vs["mean"], "vs_ours_noise": vs["noise"]})
+                        **harness.spread_fields("accuracy_change_pp", s), "vs_ours_pp": vs["mean"],
+                        "vs_ours_noise": vs["noise"]})
             cells[3:] = (harness.versus(versus_control[run_of[(estimator, k)]]), harness.fmt(s),
                          harness.versus(vs) if run_of[(estimator, k)] != "ours" else "–")
         row["seeds"] = len(scale.seeds)
@@ -200,7 +199,7 @@ def run(scale: harness.Scale, fresh: bool = False) -> dict:
             "reference": {"estimator": ref.estimator, "samples": ref.k},
             "rows": rows, "table": "\n".join(table), "answer": _answer(rows, base), "curves": curves,
             "accuracy": [{"label": r["run"], "estimator": r["estimator"], "mean": r["accuracy_change_pp"],
-                          "min": r["accuracy_change_min"], "max": r["accuracy_change_max"]} for r in rows if "run" in r],
+                          "ci95": r["accuracy_change_ci95"]} for r in rows if "run" in r],
             "per_dnn": {str(seed): by_dnn for seed, by_dnn in agree.items()}}
 
 
@@ -223,7 +222,7 @@ def _answer(rows: list[dict], base: tuple[str, int]) -> str:
     runs = [r for r in rows if "run" in r and r["run"] != "ours"]
     worst = max(runs, key=lambda r: abs(r["vs_ours_pp"]))
     beyond = [r["run"] for r in runs if not r["vs_ours_noise"]]
-    text += (f"After packing, the largest accuracy difference from ours is {worst['run']} at {worst['vs_ours_pp']:+.2f} pp "
+    text += (f"After optimisation, the largest accuracy difference from ours is {worst['run']} at {worst['vs_ours_pp']:+.2f} pp "
              f"({harness.seed_noise(worst['vs_ours_noise'])}); " + (f"a difference shown for: {', '.join(beyond)}." if beyond else
                                                          "no estimator's difference is shown over the seeds."))
     return text
@@ -238,10 +237,7 @@ def plot(result: dict, plt) -> None:
         nudge = 1.04 ** (i - 1.5)  # estimators side by side at each K, so their bars do not hide each other
         style = {"markersize": 9, "marker": "s"} if estimator == "paper" else {"marker": "o"}
         for ax, measure in ((a, "spearman"), (b, "jaccard")):
-            s = [harness.stats(values) for values in curve[measure]]
-            mean = [v["mean"] for v in s]
-            ax.errorbar([k * nudge for k in curve["k"]], mean, capsize=3, label=estimator, **style,
-                        yerr=[[m - v["min"] for m, v in zip(mean, s)], [v["max"] - m for m, v in zip(mean, s)]])
+            harness.errorbar(ax, [k * nudge for k in curve["k"]], curve[measure], estimator, **style)
     ref = result["reference"]
     for ax, what in ((a, "Spearman of page masses"), (b, "Jaccard of exclusive pages (90% mass)")):
         ax.set_xscale("log")
@@ -250,18 +246,18 @@ def plot(result: dict, plt) -> None:
         ax.set(xlabel="samples K (log scale)", ylabel=what, title=f"{what}\nvs {ref['estimator']} Fisher, "
                f"K = {ref['samples']}, another draw")
         ax.grid(alpha=0.3)
-    fig.legend(*a.get_legend_handles_labels(), title="estimator (mean, min-max over seeds)", ncol=4,
+    fig.legend(*a.get_legend_handles_labels(), title="estimator (mean ± 95% t-interval over seeds)", ncol=4,
                loc="upper center", bbox_to_anchor=(0.34, 0.0))
     bars = result["accuracy"]
-    means = [r["mean"] for r in bars]
-    c.bar(range(len(bars)), means, yerr=[[m - r["min"] for m, r in zip(means, bars)],
-                                         [r["max"] - m for m, r in zip(means, bars)]],
-          capsize=4, color=[f"C{ESTIMATORS.index(r['estimator'])}" for r in bars],  # the estimator's line colour
+    c.bar(range(len(bars)), [r["mean"] for r in bars], yerr=[r["ci95"] or 0 for r in bars], capsize=4,
+          color=[f"C{ESTIMATORS.index(r['estimator'])}" for r in bars],  # the estimator's line colour
           edgecolor=["black" if r["label"] == "ours" else "none" for r in bars], linewidth=2)
     c.set_xticks(range(len(bars)), [r["label"].replace("ours", "ours: predicted K=1000").replace(" ", "\n")
                                     for r in bars])
     c.axhline(0, color="grey", lw=0.8)
-    c.set(ylabel="mean test accuracy change (pp)", title="accuracy after packing\n(mean, min-max over seeds)")
+    c.set(ylabel="mean test accuracy change\nvs stand-alone (pp)",
+          title=f"accuracy after optimisation ({result['scale']['steps']} DNN-batches per DNN)\n"
+                "(mean ± 95% t-interval over seeds)")
     c.grid(alpha=0.3, axis="y")
-    fig.suptitle("Fisher estimators: agreement with a reference Fisher, and accuracy after packing")
+    fig.suptitle("Fisher estimators: agreement with a reference Fisher, and accuracy after packing and optimisation")
     fig.tight_layout()

@@ -510,10 +510,8 @@ def compared(runs: dict[str, list[dict]], reference: str, key: str = "mean_diffe
 
 
 def versus(p: dict) -> str:
-    """A paired difference as a cell: mean ± the half-width of its 95% t-interval, "~" when the table's
-    Holm-corrected paired t-test shows no difference."""
-    interval = f" ± {p['ci95']:.2f} (95% t)" if p["ci95"] is not None else ""
-    return f"{p['mean']:+.2f}{interval}{' ~' if p['noise'] else ''}"
+    """A paired difference as a cell (`fmt`), "~" when the table's Holm-corrected paired t-test shows no difference."""
+    return fmt(p) + (" ~" if p["noise"] else "")
 
 
 def seed_noise(noise: bool) -> str:
@@ -521,19 +519,20 @@ def seed_noise(noise: bool) -> str:
     return f"not shown over the seeds ({test})" if noise else f"shown over the seeds ({test})"
 
 
-def fmt(s: dict, digits: int = 2, signed: bool = True, unit: str = "") -> str:
-    """A cell: mean ± std over seeds (n)."""
+def fmt(s: dict, digits: int = 2, signed: bool = True, unit: str = "", style: str = "f") -> str:
+    """A cell: the mean over seeds ± the half-width of its 95% t-interval, labelled "(95% t)" (the mean alone
+    with one seed); `style`: the format type of both ("f", or "g" for `digits` significant digits)."""
     if s["mean"] is None:
         return "–"
-    sign = "+" if signed else ""
-    return f"{s['mean']:{sign}.{digits}f}{unit} ± {s['std']:.{digits}f}"
+    interval = f" ± {s['ci95']:.{digits}{style}} (95% t)" if s["ci95"] is not None else ""
+    return f"{s['mean']:{'+' if signed else ''}.{digits}{style}}{unit}{interval}"
 
 
-def interval(s: dict, digits: int = 2) -> str:
-    """A cell: mean ± the half-width of its 95% t-interval over seeds."""
-    if s["mean"] is None:
-        return "–"
-    return f"{s['mean']:+.{digits}f}" + (f" ± {s['ci95']:.{digits}f}" if s["ci95"] is not None else "")
+def spread_fields(key: str, s: dict) -> dict:
+    """A table row's fields for one quantity over seeds (`stats`): `key` its mean and, named without the unit
+    `_pp`, its sample standard deviation `_std` and its 95% t-interval's half-width `_ci95` (the error bar)."""
+    name = key.removesuffix("_pp")
+    return {key: s["mean"], f"{name}_std": s["std"], f"{name}_ci95": s["ci95"]}
 
 
 def summary_row(rows: list[dict]) -> dict:
@@ -567,12 +566,18 @@ def write_outputs(name: str, result: dict, plot, out_dir: Path) -> Path:
     return png
 
 
-def errorbar(ax, xs, rows_by_x: list[list[dict]], key: str, label: str, **kw) -> None:
-    """A line of means with min-max bars over seeds."""
-    s = [stats([r[key] for r in rows]) for rows in rows_by_x]
-    mean = [v["mean"] for v in s]
-    ax.errorbar(xs, mean, yerr=[[m - v["min"] for m, v in zip(mean, s)], [v["max"] - m for m, v in zip(mean, s)]],
-                label=label, capsize=3, marker="o", **kw)
+def errorbar(ax, xs, values_by_x: list[list[float]], label: str, **kw) -> None:
+    """A line of means over seeds with error bars of the half-width of their 95% t-interval (none for one seed)."""
+    s = [stats(values) for values in values_by_x]
+    ax.errorbar(xs, [v["mean"] for v in s], yerr=[v["ci95"] or 0 for v in s], label=label, capsize=3,
+                **{"marker": "o", **kw})
+
+
+def point(ax, x: float, y: float, ci95: float | None, label: str, marker: str, color: str) -> None:
+    """One point with its error bar (the half-width of its 95% t-interval; none for one seed), in the legend by its
+    marker alone: a plot whose points crowd names them in a legend, not in labels that would overlap."""
+    ax.errorbar([x], [y], yerr=[ci95 or 0], fmt="none", ecolor=color, capsize=3)
+    ax.plot([x], [y], marker, ms=8, color=color, mec="black", mew=0.5, label=label)
 
 
 def torch_threads_note() -> str:

@@ -41,10 +41,10 @@ def run(scale: harness.Scale, fresh: bool = False) -> dict:
         before = harness.stats([100 * _mean(r["curve"]["val"][0].values()) for r in rs])
         s = harness.summary_row(rs)
         vs = comparisons[m]
-        rows.append({"matcher": m, "cost_vs_greedy": cost["mean"], "cost_vs_greedy_std": cost["std"],
+        rows.append({"matcher": m, **harness.spread_fields("cost_vs_greedy", cost),
                      "val_before_pct": before["mean"], **harness.control_fields(versus_control[labels[m]]),
-                     "mean_change_pp": s["mean_difference_pp"]["mean"],
-                     "mean_change_std": s["mean_difference_pp"]["std"], "worst_pp": s["worst_difference_pp"]["mean"],
+                     **harness.spread_fields("mean_change_pp", s["mean_difference_pp"]),
+                     "worst_pp": s["worst_difference_pp"]["mean"],
                      "vs_greedy_pp": vs["mean"], "vs_greedy_noise": vs["noise"], "matching_seconds": timed[labels[m]],
                      "seeds": len(rs)})
         table.append(f"| {m} | {harness.fmt(cost, 3, False)} | {harness.fmt(before, 2, False)} | "
@@ -85,18 +85,22 @@ def _mean(values) -> float:
 
 
 def plot(result: dict, plt) -> None:
+    from matplotlib.ticker import FormatStrFormatter
+
     fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
     for m, pts in result["points"].items():
         cost, after, before = zip(*pts)
         a.scatter(cost, before, label=m, s=30)
         b.scatter(cost, after, label=m, s=30)
-    a.set(xlabel="matching cost / greedy's (same seed)", ylabel="mean validation accuracy before optimisation (%)",
+    a.set(xlabel="matching cost / greedy's (same seed; linear)", ylabel="mean validation accuracy before optimisation (%)",
           title="right after packing")
-    b.set(xlabel="matching cost / greedy's (same seed)", ylabel="mean test accuracy change (pp)",
+    b.set(xlabel="matching cost / greedy's (same seed; linear)", ylabel="mean test accuracy change (pp)",
           title="after joint optimisation")
     for ax in (a, b):
+        ax.xaxis.set_major_formatter(FormatStrFormatter("%.2fx"))
         ax.grid(alpha=0.3)
     b.axhline(0, color="grey", lw=0.8)
-    a.legend(title="matcher (one point per seed)")
     fig.suptitle("Matching: does lower cost train better?")
     fig.tight_layout()
+    fig.legend(*a.get_legend_handles_labels(), title="matcher (one point per seed)", ncol=4, loc="upper center",
+               bbox_to_anchor=(0.5, 0.0))  # below the axes: it hides no point

@@ -37,8 +37,8 @@ def run(scale: harness.Scale, fresh: bool = False) -> dict:
         vs = comparisons[st.label]
         batches = harness.stats([r["curve"]["dnn_batches"][-1] for r in rs])
         rows.append({"optimizer": NAMES[st.label], **harness.control_fields(versus_control.get(st.label)),
-                     "mean_change_pp": s["mean_difference_pp"]["mean"],
-                     "mean_change_std": s["mean_difference_pp"]["std"], "worst_pp": s["worst_difference_pp"]["mean"],
+                     **harness.spread_fields("mean_change_pp", s["mean_difference_pp"]),
+                     "worst_pp": s["worst_difference_pp"]["mean"],
                      "vs_joint_pp": vs["mean"], "vs_joint_noise": vs["noise"], "dnn_batches": batches["mean"],
                      "seeds": len(rs)})
         control = harness.versus(versus_control[st.label]) if st.label in versus_control else "–"
@@ -48,8 +48,8 @@ def run(scale: harness.Scale, fresh: bool = False) -> dict:
     by = {r["optimizer"]: r for r in rows}
     joint, rr, sq, ctl = (by[NAMES[k]] for k in ("ours", "round-robin", "sequential", "no sharing"))
     gain, late = _progress(runs["ours"])
-    answer = (f"Joint optimisation's mean validation accuracy rises by {gain['mean']:+.1f} ± {gain['std']:.1f} pp from "
-              f"packing to the best check, and by {late['mean']:+.2f} ± {late['std']:.2f} pp over the last fifth of "
+    answer = (f"Joint optimisation's mean validation accuracy rises by {harness.fmt(gain, 1, unit=' pp')} from "
+              f"packing to the best check, and by {harness.fmt(late, unit=' pp')} over the last fifth of "
               f"the budget. At the same budget round-robin is {rr['vs_joint_pp']:+.2f} pp against "
               f"joint ({harness.seed_noise(rr['vs_joint_noise'])}) and sequential {sq['vs_joint_pp']:+.2f} pp "
               f"({harness.seed_noise(sq['vs_joint_noise'])}); the no-sharing control is {ctl['vs_joint_pp']:+.2f} pp, "
@@ -58,7 +58,7 @@ def run(scale: harness.Scale, fresh: bool = False) -> dict:
               f"({harness.seed_noise(joint['minus_control_noise'])}), round-robin {rr['minus_control_pp']:+.2f} pp "
               f"({harness.seed_noise(rr['minus_control_noise'])}) and sequential {sq['minus_control_pp']:+.2f} pp "
               f"({harness.seed_noise(sq['minus_control_noise'])}).")
-    curves = {st.label: [r["curve"] for r in runs[st.label]] for st in SETTINGS}
+    curves = {st.label: [{**r["curve"], "seed": r["seed"]} for r in runs[st.label]] for st in SETTINGS}
     return {"setup": "Same stand-alone DNNs per seed; packing at our defaults; the published optimisers get joint's "
                      "total DNN-batches as 10 rounds (round-robin) or one turn per DNN (sequential); each optimiser's "
                      "no-sharing control trains each DNN alone in its turns.",
@@ -84,8 +84,8 @@ def plot(result: dict, plt) -> None:
         n = len(first["val"][0])
         xs = [b / n for b in first["dnn_batches"]]
         for dnn in first["val"][0]:
-            ax.plot(xs, [100 * v[dnn] for v in first["val"]], lw=1, label=dnn)
-        ax.set(title=f"{names[label]} (seed {0})", xlabel="DNN-batches per DNN")
+            ax.plot(xs, [100 * v[dnn] for v in first["val"]], lw=1, marker="o", ms=4, label=dnn)  # a marker per check
+        ax.set(title=f"{names[label]}\nseed {first['seed']}", xlabel="DNN-batches per DNN")
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("validation accuracy (%)")
     axes[0].legend(fontsize=7, ncol=2)
@@ -95,8 +95,9 @@ def plot(result: dict, plt) -> None:
         n = len(runs[0]["val"][0])
         xs = [runs[0]["dnn_batches"][i] / n for i in range(checks)]
         ys = [sum(100 * sum(r["val"][i].values()) / n for r in runs) / len(runs) for i in range(checks)]
-        mean_ax.plot(xs, ys, marker="o", ms=3, label=names[label])
+        mean_ax.plot(xs, ys, marker="o", ms=4, label=names[label])
     mean_ax.set(title="mean over DNNs and seeds", xlabel="DNN-batches per DNN")
     mean_ax.grid(alpha=0.3)
     mean_ax.legend(fontsize=7)
-    fig.suptitle("Convergence at the same DNN-batch budget (validation accuracy per check)")
+    fig.suptitle("Convergence at the same DNN-batch budget (validation accuracy, a marker per check)")
+    fig.tight_layout()

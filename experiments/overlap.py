@@ -38,14 +38,13 @@ def run(scale: harness.Scale, fresh: bool = False) -> dict:
         vs = comparisons[st.label]
         overlap = harness.stats([r["overlap_loss"] for r in rs])
         rows.append({"lambda": lam, **harness.control_fields(versus_control[st.label]),
-                     "mean_change_pp": s["mean_difference_pp"]["mean"],
-                     "mean_change_std": s["mean_difference_pp"]["std"], "worst_pp": s["worst_difference_pp"]["mean"],
-                     "vs_published_pp": vs["mean"], "vs_published_noise": vs["noise"], "overlap_loss": overlap["mean"],
-                     "overlap_loss_std": overlap["std"], "seeds": len(rs)})
+                     **harness.spread_fields("mean_change_pp", s["mean_difference_pp"]),
+                     "worst_pp": s["worst_difference_pp"]["mean"], "vs_published_pp": vs["mean"],
+                     "vs_published_noise": vs["noise"], **harness.spread_fields("overlap_loss", overlap), "seeds": len(rs)})
         table.append(f"| {lam:g}{' (published WS)' if lam == PUBLISHED else ''} | "
                      f"{harness.versus(versus_control[st.label])} | {harness.fmt(s['mean_difference_pp'])} | "
                      f"{harness.fmt(s['worst_difference_pp'])} | "
-                     f"{'–' if lam == PUBLISHED else harness.versus(vs)} | {overlap['mean']:.3g} ± {overlap['std']:.2g} |")
+                     f"{'–' if lam == PUBLISHED else harness.versus(vs)} | {harness.fmt(overlap, 3, False, style='g')} |")
     best = max(rows, key=lambda r: r["minus_control_pp"])
     low, high = rows[0], rows[-1]
     direction = "falls" if high["overlap_loss"] < low["overlap_loss"] else "does not fall"
@@ -67,13 +66,14 @@ def plot(result: dict, plt) -> None:
     xs = range(len(rows))  # lambda as categories: it spans 0 and four decades
     names = [f"{r['lambda']:g}" + (" (WS)" if r["lambda"] == PUBLISHED else "") for r in rows]
     fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4.2))
-    a.errorbar(xs, [r["mean_change_pp"] for r in rows], yerr=[r["mean_change_std"] for r in rows], marker="o", capsize=3,
+    a.errorbar(xs, [r["mean_change_pp"] for r in rows], yerr=[r["mean_change_ci95"] or 0 for r in rows], marker="o", capsize=3,
                label="mean over DNNs")
     a.plot(xs, [r["worst_pp"] for r in rows], marker="s", ls="--", label="worst DNN")
-    a.set(ylabel="test accuracy change (pp)", title="accuracy (mean ± std over seeds)")
+    a.set(ylabel="test accuracy change (pp)", title="accuracy (mean ± 95% t-interval over seeds)")
     a.legend()
-    b.errorbar(xs, [r["overlap_loss"] for r in rows], yerr=[r["overlap_loss_std"] for r in rows], marker="o", capsize=3)
-    b.set(ylabel="overlap loss at lambda 1\n(Fisher-weighted squared distance)", title="overlap loss after the last round",
+    b.errorbar(xs, [r["overlap_loss"] for r in rows], yerr=[r["overlap_loss_ci95"] or 0 for r in rows], marker="o", capsize=3)
+    b.set(ylabel="overlap loss at lambda 1\n(Fisher-weighted squared distance)",
+          title="overlap loss after the last round\n(mean ± 95% t-interval over seeds)",
           yscale="log")
     for ax in (a, b):
         ax.set_xticks(list(xs), names)

@@ -57,10 +57,9 @@ def run(scale: harness.Scale, fresh: bool = False) -> dict:
         s = harness.summary_row(rs)
         vs = comparisons[st.label]
         rows.append({"page_size": p, "shared_pages": SHARED_WEIGHTS // p, **harness.control_fields(versus_control[st.label]),
-                     "mean_change_pp": s["mean_difference_pp"]["mean"],
-                     "mean_change_std": s["mean_difference_pp"]["std"], "worst_pp": s["worst_difference_pp"]["mean"],
-                     "vs_512_pp": vs["mean"], "vs_512_noise": vs["noise"], "matching_cost": s["matching_cost"]["mean"],
-                     "matching_cost_std": s["matching_cost"]["std"], "matching_seconds": timed[st.label],
+                     **harness.spread_fields("mean_change_pp", s["mean_difference_pp"]),
+                     "worst_pp": s["worst_difference_pp"]["mean"], "vs_512_pp": vs["mean"], "vs_512_noise": vs["noise"],
+                     **harness.spread_fields("matching_cost", s["matching_cost"]), "matching_seconds": timed[st.label],
                      "ratio_by_count": s["ratio_by_count"]["mean"], "ratio_by_bytes": s["ratio_by_bytes"]["mean"],
                      "seeds": len(rs)})
         table.append(f"| {p} | {SHARED_WEIGHTS // p} | {harness.versus(versus_control[st.label])} | "
@@ -93,12 +92,12 @@ def plot(result: dict, plt) -> None:
     rows = result["rows"]
     xs = [r["page_size"] for r in rows]
     fig, (a, b, c) = plt.subplots(1, 3, figsize=(16, 4.5))
-    a.errorbar(xs, [r["mean_change_pp"] for r in rows], yerr=[r["mean_change_std"] for r in rows], marker="o",
+    a.errorbar(xs, [r["mean_change_pp"] for r in rows], yerr=[r["mean_change_ci95"] or 0 for r in rows], marker="o",
                capsize=3, label="mean over DNNs")
     a.plot(xs, [r["worst_pp"] for r in rows], marker="s", ls="--", label="worst DNN")
     a.set(ylabel="test accuracy change (pp)", title="accuracy after optimisation")
     a.legend()
-    b.errorbar(xs, [r["matching_cost"] for r in rows], yerr=[r["matching_cost_std"] for r in rows], marker="o",
+    b.errorbar(xs, [r["matching_cost"] for r in rows], yerr=[r["matching_cost_ci95"] or 0 for r in rows], marker="o",
                capsize=3, color="C2")
     b.set(ylabel="matching cost (Fisher-weighted squared distance)", title="matching cost (left) and time (right)")
     twin = b.twinx()
@@ -114,5 +113,5 @@ def plot(result: dict, plt) -> None:
         ax.set_xticks(xs, [str(x) for x in xs])
         ax.set_xlabel("page size P (weights)")
         ax.grid(alpha=0.3)
-    fig.suptitle("Page size, shared weights held constant (mean ± std over seeds)")
+    fig.suptitle("Page size, shared weights held constant (error bars: mean ± 95% t-interval over seeds)")
     fig.tight_layout()

@@ -55,14 +55,14 @@ def run(scale: harness.Scale, fresh: bool = False) -> dict:
     others = [st for family, st in plan.values() if family != FLOAT32]
     runs = harness.run_all(harness.with_controls(float32) + others, scale, fresh, "quantization")
     versus_control = harness.against_control(runs, float32)
-    rows = []
+    rows, summaries = [], {label: harness.summary_row(runs[label]) for label in plan}
     for label, (family, _) in plan.items():
-        s = harness.summary_row(runs[label])
+        s = summaries[label]
         seeds = runs[label]
         rows.append({"setting": label, "family": family, "packed_kib": s["packed_bytes"]["mean"] / 1024,
                      **harness.control_fields(versus_control.get(label)),
-                     "ratio_by_bytes": s["ratio_by_bytes"]["mean"], "ratio_by_bytes_std": s["ratio_by_bytes"]["std"],
-                     "mean_change_pp": s["mean_difference_pp"]["mean"], "mean_change_std": s["mean_difference_pp"]["std"],
+                     **harness.spread_fields("ratio_by_bytes", s["ratio_by_bytes"]),
+                     **harness.spread_fields("mean_change_pp", s["mean_difference_pp"]),
                      "mean_change_min": s["mean_difference_pp"]["min"], "worst_pp": s["worst_difference_pp"]["mean"],
                      "per_seed_change_pp": [r["mean_difference_pp"] for r in seeds],
                      "per_seed_ratio": [r["ratio_by_bytes"] for r in seeds],
@@ -74,9 +74,9 @@ def run(scale: harness.Scale, fresh: bool = False) -> dict:
     for r in rows:
         pages = ", ".join(f"{n} {f}" for f, n in (r["page_formats"] or {}).items()) or "per-channel int8"
         control = harness.versus(versus_control[r["setting"]]) if r["setting"] in versus_control else "–"
-        table.append(f"| {r['setting']} | {r['packed_kib']:.1f} | {r['ratio_by_bytes']:.2f}x ± {r['ratio_by_bytes_std']:.2f} | "
-                     f"{control} | "
-                     f"{r['mean_change_pp']:+.2f} ± {r['mean_change_std']:.2f} "
+        s = summaries[r["setting"]]
+        table.append(f"| {r['setting']} | {r['packed_kib']:.1f} | {harness.fmt(s['ratio_by_bytes'], 2, False, 'x')} | "
+                     f"{control} | {harness.fmt(s['mean_difference_pp'])} "
                      f"({', '.join(f'{v:+.2f}' for v in r['per_seed_change_pp'])}) | {r['worst_pp']:+.2f} | {pages} | "
                      f"{'yes' if r['meets_target'] else 'no'} |")
     return {"setup": SETUP, "rows": rows, "table": "\n".join(table), "answer": summary(rows), "target": TARGET,
@@ -91,6 +91,7 @@ def summary(rows: list[dict]) -> str:
     met = [r["setting"] for r in rows if r["meets_target"]]
     alone, int8, f32 = by["int8 alone (QAT)"], by["int8 packing"], by["float32 packing"]
     fisher = next(r for r in rows if r["family"] == "packing, formats by Fisher")
+    change = lambda r: harness.fmt({"mean": r["mean_change_pp"], "ci95": r["mean_change_ci95"]}, unit=" pp")  # noqa: E731
     return (f"Settings at >= {TARGET['ratio_by_bytes']:g}x by bytes with a mean change >= "
             f"{TARGET['mean_difference_pp']:+g} pp in every seed: {', '.join(met) or 'none'}. "
             f"float32 packing is {f32['minus_control_pp']:+.2f} pp against the no-sharing control (each DNN optimised "
@@ -98,30 +99,23 @@ def summary(rows: list[dict]) -> str:
             f"{f32['mean_change_pp']:+.2f} pp against stand-alone. "
             f"Each DNN quantised alone (per-channel int8) is {alone['ratio_by_bytes']:.2f}x by bytes: "
             f"{by['int8 alone (PTQ)']['mean_change_pp']:+.2f} pp as is, {alone['mean_change_pp']:+.2f} pp fine-tuned. "
-            f"int8 packing holds that fine-tuned accuracy ({int8['mean_change_pp']:+.2f} ± {int8['mean_change_std']:.2f} pp) "
+            f"int8 packing holds that fine-tuned accuracy ({change(int8)}) "
             f"in a store {int8['ratio_by_bytes'] / alone['ratio_by_bytes']:.1f}x smaller ({int8['ratio_by_bytes']:.2f}x). "
             f"Formats chosen by Fisher at about the int8 store's bytes ({fisher['packed_kib']:.0f} KiB against "
             f"{int8['packed_kib']:.0f}) {'beat' if fisher['mean_change_pp'] > int8['mean_change_pp'] else 'did not beat'} "
-            f"uniform int8: {fisher['mean_change_pp']:+.2f} ± "
-            f"{fisher['mean_change_std']:.2f} pp, worst DNN {fisher['worst_pp']:+.2f} against {int8['worst_pp']:+.2f} pp.")
+            f"uniform int8: {change(fisher)}, worst DNN {fisher['worst_pp']:+.2f} against {int8['worst_pp']:+.2f} pp.")
 
 
 def plot(result: dict, plt) -> None:
     rows = result["rows"]
     fig, ax = plt.subplots(figsize=(8, 5))
-    markers = {"packing, float32": ("s", "tab:blue"), "packing, int8": ("o", "tab:green"),
-               "packing, formats by Fisher": ("^", "tab:purple"), "quantisation alone": ("D", "tab:red")}
-    for family, (marker, color) in markers.items():
-        pts = sorted((r for r in rows if r["family"] == family), key=lambda r: r["ratio_by_bytes"])
-        if not pts:
-            continue
-        ax.errorbar([r["ratio_by_bytes"] for r in pts], [r["mean_change_pp"] for r in pts],
-                    yerr=[r["mean_change_std"] for r in pts], fmt=marker + ("-" if len(pts) > 1 else ""),
-                    color=color, capsize=3, label=family)
-        for r in pts:
-            ax.annotate(r["setting"].replace(" packing", "").replace("Fisher, ", "Fisher "),
-                        (r["ratio_by_bytes"], r["mean_change_pp"]), fontsize=7, textcoords="offset points",
-                        xytext=(5, 6))
+    markers = {"packing, float32": ("s", "tab:blue"), "packing, int8": ("oP", "tab:green"),
+               "packing, formats by Fisher": ("^", "tab:purple"), "quantisation alone": ("Dv", "tab:red")}
+    for family, (shapes, color) in markers.items():  # a legend, not labels: the points crowd
+        pts = [r for r in rows if r["family"] == family]
+        ax.plot([r["ratio_by_bytes"] for r in pts], [r["mean_change_pp"] for r in pts], color=color, lw=1)
+        for r, marker in zip(pts, shapes):
+            harness.point(ax, r["ratio_by_bytes"], r["mean_change_pp"], r["mean_change_ci95"], r["setting"], marker, color)
     p = result["published_point"]
     ax.scatter([p["ratio"]], [p["change_pp"]], marker="*", s=200, color="gold", edgecolor="black", zorder=5,
                label="published WS (10 paper DNNs, by bytes)")
@@ -133,9 +127,10 @@ def plot(result: dict, plt) -> None:
     ticks = [3, 4, 6, 8, 12, 16, 24, 32]
     ax.set_xticks(ticks, [f"{t}x" for t in ticks], minor=False)
     ax.set_xticks([], minor=True)
-    low = min(t["mean_difference_pp"], *(r["mean_change_pp"] - r["mean_change_std"] for r in rows))
+    low = min(t["mean_difference_pp"], *(r["mean_change_pp"] - (r["mean_change_ci95"] or 0) for r in rows))
     ax.set_ylim(bottom=low - 0.3)
     ax.set(xlabel="compression by bytes (stand-alone float32 bytes / stored bytes, log scale)",
-           ylabel="mean test accuracy change (pp)", title="Accuracy against bytes, ten suite DNNs (mean ± std over seeds)")
+           ylabel="mean test accuracy change (pp)",
+           title="Accuracy against bytes, ten suite DNNs (mean ± 95% t-interval over seeds)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower center", bbox_to_anchor=(0.53, 0.0))
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # outside: the intervals fill the axes

@@ -91,7 +91,8 @@ def write(results: Path = RESULTS_DIR) -> Path:
     parts = ["# weightsep: experiments on the papers' open questions", "",
              "Each section states a question the NWV (MobiSys 2020) and WS (PerCom 2022) papers leave open, the "
              "setup that measures it (command, DNNs, budget, seeds), the table and plot, and the answer with its "
-             "spread. Cells are mean ± standard deviation over seeds; a difference from a section's reference is "
+             "spread. Cells are the mean over seeds ± the half-width of its 95% Student-t interval, marked (95% t), and "
+             "so are the plots' error bars; a difference from a section's reference is "
              "paired by seed and shown as its mean ± the half-width of its 95% t-interval, marked ~ when the "
              "paired t-test, Holm-corrected over the section's comparisons, shows no difference at 5%. "
              "Accuracy changes are in percentage points (pp) of test accuracy. The headline difference is packed "

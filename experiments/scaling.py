@@ -64,8 +64,8 @@ def run(scale: harness.Scale, fresh: bool = False) -> dict:
         rows.append({"kind": "real", "n": n, "runs": len(rs), "packed_weights": s["packed_weights"]["mean"],
                      "ratio_by_count": s["ratio_by_count"]["mean"], "ratio_by_bytes": s["ratio_by_bytes"]["mean"],
                      **harness.control_fields(versus_control[n]),
-                     "mean_change_pp": s["mean_difference_pp"]["mean"], "mean_change_std": s["mean_difference_pp"]["std"],
-                     "worst_pp": s["worst_difference_pp"]["mean"], "worst_std": s["worst_difference_pp"]["std"],
+                     **harness.spread_fields("mean_change_pp", s["mean_difference_pp"]),
+                     **harness.spread_fields("worst_pp", s["worst_difference_pp"]),
                      "ms_per_step": t["ms_per_step"]["mean"], "optimize_seconds": t["optimize_seconds"]["mean"],
                      "peak_rss_mb": t["peak_rss_mb"]["max"]})
         table.append(f"| {n} | {len(rs)} | {harness.fmt(s['packed_weights'], 0, False)} | "
@@ -111,14 +111,14 @@ def plot(result: dict, plt) -> None:
     syn = [r for r in result["rows"] if r["kind"] == "synthetic"]
     fig, (a, r, b, c) = plt.subplots(1, 4, figsize=(18, 4.2))
     ns = [row["n"] for row in real]
-    a.errorbar(ns, [row["mean_change_pp"] for row in real], yerr=[row["mean_change_std"] for row in real], marker="o",
+    a.errorbar(ns, [row["mean_change_pp"] for row in real], yerr=[row["mean_change_ci95"] or 0 for row in real], marker="o",
                capsize=3, label="mean, packed - stand-alone")
     a.plot(ns, [row["minus_control_pp"] for row in real], marker="^", label="mean, packed - no-sharing control")
-    a.errorbar(ns, [row["worst_pp"] for row in real], yerr=[row["worst_std"] for row in real], marker="s", capsize=3,
+    a.errorbar(ns, [row["worst_pp"] for row in real], yerr=[row["worst_ci95"] or 0 for row in real], marker="s", capsize=3,
                ls="--", label="worst DNN, packed - stand-alone")
     a.axhline(0, color="grey", lw=0.8)
-    a.set(ylabel="test accuracy change (pp)", title="accuracy (mean ± std over runs)")
-    a.legend()
+    a.set(ylabel="test accuracy change (pp)", title="accuracy (mean ± 95% t-interval over runs:\nsubsets x seeds)")
+    a.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.2))  # below: the bars fill the axes
     r.plot(ns, [row["ratio_by_count"] for row in real], marker="o", label="by weight count")
     r.plot(ns, [row["ratio_by_bytes"] for row in real], marker="s", ls="--", label="by bytes (page tables included)")
     r.set(ylabel="packing ratio (x)", title="packing ratio")

@@ -135,12 +135,13 @@ def plot(result: dict, plt) -> None:
     by_n = [[p for p in result["points"] if p["dnns"] == n] for n in counts]
     fig, (a, b) = plt.subplots(1, 2, figsize=(13, 5))
     for rung in bench.RUNGS:
-        harness.errorbar(a, counts, by_n, f"{rung} median us", rung)
+        harness.errorbar(a, counts, [[p[f"{rung} median us"] for p in ps] for ps in by_n], rung)
     a.set(yscale="log", ylabel="median switch latency (us, log)", title="per-switch latency, interleaved rungs")
     for (ratio, b2b), color in zip(RATIOS.items(), ("#c44e52", "#dd8452", "#4c72b0")):
         name = ratio.split(" (")[0]
-        harness.errorbar(b, counts, by_n, ratio, name, color=color)
-        harness.errorbar(b, counts, by_n, b2b, f"{name}, back to back", color=color, ls=":", mfc="white")
+        harness.errorbar(b, counts, [[p[ratio] for p in ps] for ps in by_n], name, color=color)
+        harness.errorbar(b, counts, [[p[b2b] for p in ps] for ps in by_n], f"{name}, back to back", color=color, ls=":",
+                         mfc="white")
         target = result["targets"][ratio]
         b.axhline(target, color=color, ls="--", lw=1)
         b.annotate(f"target {'<=' if 'at most' in ratio else '>='} {target:g}", (1.01, target), color=color,
@@ -153,6 +154,6 @@ def plot(result: dict, plt) -> None:
         ax.set_xticks([], minor=True)
         ax.set_xlabel("packed DNNs N (log)")
         ax.grid(alpha=0.3, which="both")
-        ax.legend(fontsize=8, ncols=3 if ax is a else 2, loc="upper center", bbox_to_anchor=(0.5, -0.13))
-    fig.suptitle("Switching on the CPU, one thread: bars span the seeds (min-max)")
+        ax.legend(fontsize=8, ncols=3 if ax is a else 2, loc="upper center", bbox_to_anchor=(0.5, -0.17))
+    fig.suptitle("Switching on the CPU, one thread: mean ± 95% t-interval over seeds")
     fig.tight_layout()

@@ -1,6 +1,6 @@
 """The no-sharing control beside every accuracy change the experiments report: which control a packed
 setting gets (`harness.control`), packed minus control paired by seed and DNN (`harness.minus_control`,
-`against_control`), and every accuracy section's table, rows and answer on synthetic runs (no training)."""
+`against_control`), and every accuracy section's table, rows, answer and plot on synthetic runs (no training)."""
 from __future__ import annotations
 
 import json
@@ -141,3 +141,69 @@ def test_the_report_names_packed_minus_control_the_headline(tmp_path, fake_runs)
     text = report.write(tmp_path).read_text()
     assert "The headline difference is packed minus the no-sharing control (`packed - control pp`)" in text
     assert "| packed - control pp | packed - stand-alone pp |" in text
+
+
+@pytest.fixture
+def plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    yield plt
+    plt.close("all")
+
+
+def drawn(module, plt) -> tuple[dict, object]:
+    """A section run on synthetic runs (three seeds) and its plot: the result and the figure."""
+    result = module.run(SCALE) | {"scale": {"steps": SCALE.steps, "seeds": list(SCALE.seeds)}}
+    module.plot(result, plt)
+    return result, plt.gcf()
+
+
+@pytest.mark.parametrize("module", [scaling, page_size, overlap, fisher, budget, quantization])
+def test_every_error_bar_is_a_95_t_half_width_the_rows_carry(module, fake_runs, plt):
+    """The synthetic runs' spreads differ from seed to seed, so a std or min-max bar would match no `_ci95`."""
+    result, fig = drawn(module, plt)
+    intervals = [v for r in result["rows"] for k, v in r.items() if k.endswith("_ci95") and v]
+    bars = [(high[1] - low[1]) / 2 for ax in fig.axes for c in ax.containers if hasattr(c, "has_yerr")
+            for low, high in c[2][0].get_segments() if high[1] != low[1]]
+    assert bars and all(any(abs(b - i) < 1e-9 for i in intervals) for b in bars), (bars, intervals)
+    assert all(i == pytest.approx(2.484138 * r[k.replace("_ci95", "_std")], rel=1e-5)  # t(0.975, 2) / sqrt(3) x std
+               for r in result["rows"] for k, i in r.items() if k.endswith("_ci95") and i and k != "minus_control_ci95")
+
+
+def test_legends_hide_no_point_and_the_cost_axis_reads_plainly(fake_runs, plt):
+    for module in (matching, budget, quantization):
+        _, fig = drawn(module, plt)
+        fig.canvas.draw()
+        legends = fig.legends + [ax.get_legend() for ax in fig.axes if ax.get_legend()]
+        assert legends and not any(leg.get_window_extent().overlaps(ax.get_window_extent())
+                                   for leg in legends for ax in fig.axes), module.__name__
+        assert not any(ax.texts for ax in fig.axes)  # no point labels to collide
+    _, fig = drawn(matching, plt)
+    fig.canvas.draw()
+    for ax in fig.axes:
+        assert ax.get_xscale() == "linear"
+        assert all(t.get_text().endswith("x") and "$" not in t.get_text() for t in ax.get_xticklabels())
+
+
+def test_budget_plots_every_setting_and_the_published_point_in_its_legend(fake_runs, plt):
+    result, fig = drawn(budget, plt)
+    labels = fig.axes[0].get_legend_handles_labels()[1]
+    assert len(labels) == len(result["rows"]) + 2 and "published WS (10 paper DNNs)" in labels
+
+
+def test_convergence_curves_mark_every_check(fake_runs, plt):
+    result, fig = drawn(optimizers, plt)
+    lines = [line for ax in fig.axes for line in ax.get_lines()]
+    checks = {len(c["dnn_batches"]) for runs in result["curves"].values() for c in runs}
+    assert lines and all(line.get_marker() not in (None, "", "None") for line in lines)
+    assert {len(line.get_xdata()) for line in lines} == checks
+    assert all(ax.get_title().endswith("seed 0") for ax in fig.axes[:-1])
+
+
+def test_fishers_accuracy_panel_says_after_optimisation_at_the_scales_budget(fake_runs, plt):
+    _, fig = drawn(fisher, plt)
+    title = fig.axes[2].get_title()
+    assert f"after optimisation ({SCALE.steps} DNN-batches per DNN)" in title and "packing" not in title

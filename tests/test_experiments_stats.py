@@ -1,11 +1,13 @@
 """The experiments' comparisons: the paired t-interval and test by hand, Holm's correction by hand, and
 by simulation under no effect at all, the family-wise error of a table of comparisons against the rule
-it replaced ("within seed noise": the seeds disagree on the sign, or |mean| under two standard errors)."""
+it replaced ("within seed noise": the seeds disagree on the sign, or |mean| under two standard errors);
+the spread every table cell, row and error bar shows: the 95% t-interval's half-width, by hand."""
 import math
 
 import numpy as np
 import pytest
 
+from experiments import harness
 from experiments.harness import compared, holm, paired
 
 
@@ -25,6 +27,43 @@ def test_paired_by_hand():
     assert paired(rows([1.0]), rows([0.0]))["noise"] and paired(rows([1.0]), rows([0.0]))["p"] == 1.0
     same = paired(rows([1.5, 2.5]), rows([1.0, 2.0]))  # the same difference in every seed: no spread
     assert same["p"] == 0.0 and not same["noise"]
+
+
+T_HALF_WIDTH_123 = 4.302653 / math.sqrt(3)  # 1, 2, 3: sample std 1, t(0.975, 2 df) / sqrt(3); min-max would be 1
+
+
+def test_a_cell_is_the_mean_and_its_95_t_half_width_and_says_so():
+    assert harness.fmt(harness.stats([1.0, 2.0, 3.0])) == "+2.00 ± 2.48 (95% t)"
+    assert harness.fmt(harness.stats([1.0, 2.0, 3.0]), 1, False, "x") == "2.0x ± 2.5 (95% t)"
+    assert harness.fmt(harness.stats([0.01, 0.02, 0.03]), 3, False, style="g") == "0.02 ± 0.0248 (95% t)"
+    assert harness.fmt(harness.stats([5.0])) == "+5.00"  # one seed: no interval, no ± 0
+    assert harness.fmt(harness.stats([])) == "–"
+    up = paired(rows([3.0, 4.1, 4.9]), rows([1.0, 2.0, 3.0]))
+    assert harness.versus(up) == harness.fmt(up) and harness.versus(paired(rows([1.0, 2.0]), rows([1.5, 1.0]))).endswith(" ~")
+
+
+def test_a_rows_spread_fields_carry_the_mean_std_and_95_t_half_width():
+    fields = harness.spread_fields("mean_change_pp", harness.stats([1.0, 2.0, 3.0]))
+    assert set(fields) == {"mean_change_pp", "mean_change_std", "mean_change_ci95"}
+    assert (fields["mean_change_pp"], fields["mean_change_std"]) == (2.0, pytest.approx(1.0))
+    assert fields["mean_change_ci95"] == pytest.approx(T_HALF_WIDTH_123, abs=1e-6)
+    assert harness.spread_fields("overlap_loss", harness.stats([4.0]))["overlap_loss_ci95"] is None
+
+
+def test_error_bars_are_the_95_t_half_width_over_seeds():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots()
+    harness.errorbar(ax, [1, 2], [[1.0, 2.0, 3.0], [7.0]], "line", marker="s")
+    line, _, (bars,) = ax.containers[0]
+    ends = [(low[1], high[1]) for low, high in bars.get_segments()]  # one vertical bar per x
+    assert ends[0] == (pytest.approx(2 - T_HALF_WIDTH_123, abs=1e-6), pytest.approx(2 + T_HALF_WIDTH_123, abs=1e-6))
+    assert ends[1] == (7.0, 7.0)  # one seed: no bar
+    assert line.get_marker() == "s"
+    plt.close(fig)
 
 
 def test_holm_by_hand():
