@@ -20,6 +20,7 @@ from weightsep import exit_with, interruptible
 with interruptible():  # Ctrl-C during the imports: `interrupted`, exit 130
     import argparse
     import time
+    from dataclasses import replace
     from pathlib import Path
 
     from weightsep import dnn as dnn_mod
@@ -39,7 +40,9 @@ def parse(argv) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="small sizes: a smoke run of every experiment in minutes")
     p.add_argument("--paper", action="store_true", help="the paper's DNNs whose data is present instead of the suite")
     p.add_argument("--dnns", nargs="+", default=None, help="DNN names (default: the offline suite)")
-    p.add_argument("--seeds", type=int, nargs="+", default=None, help="seeds (default: 0 1 2; matching at least five)")
+    p.add_argument("--seeds", type=int, nargs="+", default=None,
+                   help=f"seeds (default: {' '.join(map(str, harness.Scale.seeds))}; the experiments that tune "
+                        f"defaults: the tuning seeds {' '.join(map(str, harness.TUNING_SEEDS))})")
     p.add_argument("--steps", type=int, default=None,
                    help=f"optimisation budget, DNN-batches per DNN (default {harness.Scale.steps})")
     p.add_argument("--train-steps", type=int, default=None, help="stand-alone training steps (default: each folder's)")
@@ -77,8 +80,10 @@ def main(argv=None) -> int:
         start = time.perf_counter()
         for name in names:
             began = time.perf_counter()
-            print(f"== {name}: {report.module(name).QUESTION}", flush=True)
-            png = report.run(name, scale, args.fresh, args.results)
+            mod = report.module(name)
+            print(f"== {name}: {mod.QUESTION}", flush=True)
+            seeds = getattr(mod, "SEEDS", None) if args.seeds is None and not args.quick else None  # a tuning experiment's
+            png = report.run(name, replace(scale, seeds=seeds) if seeds else scale, args.fresh, args.results)
             print(f"   wrote {png} and its .json, .csv ({time.perf_counter() - began:.0f} s)", flush=True)
         if args.name == "all":
             print(f"all experiments: {time.perf_counter() - start:.0f} s; wrote {report.write(args.results)}")

@@ -15,7 +15,6 @@ from __future__ import annotations
 import math
 
 from dnnkit import paper
-from weightsep import dnn as dnn_mod
 from weightsep.pack import PackConfig
 
 from . import harness
@@ -54,8 +53,7 @@ def settings(scale: harness.Scale) -> dict[str, tuple[str, harness.Setting]]:
 def reachable(scale: harness.Scale) -> float:
     """The highest ratio by count the S shared pages allow (no exclusive page; two decimals, rounded down):
     a DNN's pages lie on distinct shared pages, so the store holds at least S >= the largest DNN's pages."""
-    weights = sum(dnn_mod.get(n).build_model().n_weights for n in scale.dnns)
-    return math.floor(100 * weights / (PackConfig.n_shared * PackConfig.page_size)) / 100
+    return math.floor(100 * sum(harness.weights(scale.dnns)) / (PackConfig.n_shared * PackConfig.page_size)) / 100
 
 
 def pareto(points: list[tuple[float, float]]) -> list[int]:
@@ -107,21 +105,27 @@ def run(scale: harness.Scale, fresh: bool = False) -> dict:
 
 
 def plot(result: dict, plt) -> None:
+    """Left: packed minus stand-alone, with the published point (the paper reports no control); right: packed
+    minus each setting's no-sharing control, the headline difference."""
     rows = result["rows"]
-    fig, ax = plt.subplots(figsize=(8, 5))
-    markers = {"published separation": "ov^<>", "our budget separation": "sPX", "paper-faithful": "D"}
-    for color, (family, shapes) in enumerate(markers.items()):  # a legend, not labels: the points crowd
-        for r, marker in zip((r for r in rows if r["family"] == family), shapes):
-            harness.point(ax, r["ratio_by_bytes"], r["mean_change_pp"], r["mean_change_ci95"],
-                          f"{family}: {r['setting'].replace('budget ', '')}", marker, f"C{color}")
-    front = sorted((r for r in rows if r["pareto"]), key=lambda r: r["ratio_by_bytes"])
-    ax.plot([r["ratio_by_bytes"] for r in front], [r["mean_change_pp"] for r in front], color="grey", ls="--", lw=1,
-            label="Pareto front")
+    fig, axes = plt.subplots(1, 2, figsize=(14, 5), sharex=True)
+    markers = {"published separation": "ov^<>", "our budget separation": "sPXd", "paper-faithful": "D"}
+    for ax, key, what in ((axes[0], "mean_change", "packed - stand-alone"), (axes[1], "minus_control", "packed - control")):
+        for color, (family, shapes) in enumerate(markers.items()):  # a legend, not labels: the points crowd
+            for r, marker in zip((r for r in rows if r["family"] == family), shapes, strict=False):
+                harness.point(ax, r["ratio_by_bytes"], r[f"{key}_pp"], r[f"{key}_ci95"],
+                              f"{family}: {r['setting'].replace('budget ', '')}", marker, f"C{color}")
+        front = sorted((r for r in rows if r["pareto"]), key=lambda r: r["ratio_by_bytes"])
+        ax.plot([r["ratio_by_bytes"] for r in front], [r[f"{key}_pp"] for r in front], color="grey", ls="--", lw=1,
+                label="Pareto front (packed - stand-alone)")
+        ax.axhline(0, color="grey", lw=0.8)
+        ax.set(xlabel="packing ratio by bytes (stand-alone bytes / packed bytes, x)",
+               ylabel=f"mean test accuracy, {what} (pp)", title=f"{what} (mean ± 95% t-interval over seeds)")
+        ax.grid(alpha=0.3)
     p = result["published_point"]
-    ax.scatter([p["ratio"]], [p["change_pp"]], marker="*", s=200, color="gold", edgecolor="black", zorder=5,
-               label="published WS (10 paper DNNs)")
-    ax.axhline(0, color="grey", lw=0.8)
-    ax.set(xlabel="packing ratio by bytes (stand-alone bytes / packed bytes, x)",
-           ylabel="mean test accuracy change (pp)", title="Accuracy against memory (mean ± 95% t-interval over seeds)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    axes[0].scatter([p["ratio"]], [p["change_pp"]], marker="*", s=200, color="gold", edgecolor="black", zorder=5,
+                    label="published WS (10 paper DNNs)")
+    handles, labels = axes[0].get_legend_handles_labels()
+    axes[1].legend(handles, labels, fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    fig.suptitle("Accuracy against memory at the main job's budget")
+    fig.tight_layout()

@@ -9,7 +9,6 @@ defaults.
 """
 from __future__ import annotations
 
-from weightsep import dnn as dnn_mod
 from weightsep.evaluate import BYTES_PER_WEIGHT
 from weightsep.pack import PackConfig
 from weightsep.pages import n_pages
@@ -43,7 +42,7 @@ def setting(p: int, sizes: list[int]) -> harness.Setting:
 
 
 def run(scale: harness.Scale, fresh: bool = False) -> dict:
-    sizes = [dnn_mod.get(n).build_model().n_weights for n in scale.dnns]
+    sizes = harness.weights(scale.dnns)
     settings = {p: setting(p, sizes) for p in (QUICK_SIZES if scale.quick else SIZES)}
     runs = harness.run_all(harness.with_controls(list(settings.values())), scale, fresh, "page size")
     timed = harness.matching_seconds(list(settings.values()), scale)

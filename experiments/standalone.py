@@ -30,6 +30,7 @@ from . import harness
 
 SECTION = 11
 IN_ALL = False  # trains 10 DNNs x 3 seeds x each rule: about 30 min on 2 cores, run on its own
+SEEDS = harness.TUNING_SEEDS  # the default when --seeds is not given
 TITLE = "Stand-alone training to a plateau"
 QUESTION = ("Which stopping rule trains the stand-alone DNNs to their plateau, judged by validation accuracy, by what "
             "the no-sharing control's extra training still gains on validation, and by time?")

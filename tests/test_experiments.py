@@ -247,5 +247,5 @@ def test_paper_gap_more_mnist_data_moves_all_but_1000_validation_images_into_tra
 
 def test_a_sections_command_reruns_its_scale():
     assert report.flags(harness.Scale.default()) == ""
-    assert report.flags(harness.Scale.default(steps=1500, seeds=(0, 1))) == " --seeds 0 1 --steps 1500"
+    assert report.flags(harness.Scale.default(steps=600, seeds=(0, 1))) == " --seeds 0 1 --steps 600"
     assert report.flags(harness.Scale.default(quick=True, train_steps=50)) == " --quick --train-steps 50"
