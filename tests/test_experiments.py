@@ -74,6 +74,22 @@ def test_scaling_subsets_are_seeded_distinct_and_end_with_all():
     assert [n for n, _ in scaling.subsets(dnns[:3], 1)] == [2, 3]
 
 
+def test_scaling_holds_the_ratio_and_exclusive_pages_per_dnn_where_they_can_be_reached():
+    from weightsep.pages import n_pages
+    from weightsep.separation import exclusive_budget
+
+    sizes = [63_875, 65_076, 59_650, 59_626, 60_986, 65_076, 63_406, 63_099, 64_698, 63_087]
+    for n in (2, 5, 7, 10):
+        for ratio, per_dnn in scaling.SERIES:
+            s = scaling.shared_pages(sizes[:n], ratio, per_dnn)
+            largest = max(n_pages(w, 512) for w in sizes[:n])
+            if s is None:  # a DNN's pages lie on distinct shared pages: S >= its pages but the exclusive ones
+                assert int(sum(sizes[:n]) // (ratio * 512)) - per_dnn * n < largest - per_dnn
+                continue
+            assert exclusive_budget(sizes[:n], 512, s, ratio) == per_dnn * n and s >= largest - per_dnn
+    assert scaling.shared_pages(sizes[:2], 1.8, 7) is not None and scaling.shared_pages(sizes[:2], 6.0, 2) is None
+
+
 def test_setting_key_follows_what_changes_the_run_not_the_label():
     scale = harness.Scale(dnns=("a", "b"))
     a = harness.Setting("x", pack={"matching": "greedy"})
