@@ -44,7 +44,7 @@ from weightsep.step_cost import step_batches
 from weightsep.train import Trained, set_single_thread, standalone_models, worker_pool
 
 QUICK_DNNS = ("dna", "letters", "satellite")  # the three DNNs that train and optimise fastest
-TUNING_SEEDS = (0, 1, 2)  # the seeds that choose defaults (docs/results.md#seeds): never a headline's
+TUNING_SEEDS = (0, 1, 2)  # the seeds that choose defaults (docs/results.md#seeds-which-were-used-for-what): never a headline's
 
 
 @dataclass(frozen=True)
