@@ -244,7 +244,7 @@ def test_quantization_answer_and_plot_from_rows(tmp_path):
     assert harness.write_outputs("quantization", result, quantization.plot, tmp_path).stat().st_size > 10_000
 
 
-def test_paper_gap_more_mnist_data_moves_all_but_1000_validation_images_into_training():
+def test_paper_gap_resizes_the_training_set_from_a_subset_to_all_but_1000_validation_images():
     from experiments import paper_gap
     from weightsep.dnn import Dataset, Split
 
@@ -253,12 +253,26 @@ def test_paper_gap_more_mnist_data_moves_all_but_1000_validation_images_into_tra
         return Split(x, (np.arange(n) % 10).astype(np.int64))
 
     data = Dataset(split(5000, 0), split(5000, 10_000), split(100, 50_000))
-    more = paper_gap.more_mnist_data(data)
+    more = paper_gap.resized(data, 9000)
     assert len(more.train.y) == 9000 and len(more.val.y) == 1000 and more.test is data.test
     moved = set(more.train.x[5000:, 0].tolist())
     kept = set(more.val.x[:, 0].tolist())
     assert not moved & kept and moved | kept == set(data.val.x[:, 0].tolist())  # every image once
     assert np.array_equal(more.train.y[5000:], (more.train.x[5000:, 0].astype(np.int64) - 10_000) % 10)  # pairs kept
+    some = paper_gap.resized(data, 2000)  # a seeded subset; validation as it was
+    assert len(some.train.y) == 2000 and some.val is data.val and set(some.train.x[:, 0]) <= set(data.train.x[:, 0])
+    assert np.array_equal(paper_gap.resized(data, 2000).train.x, some.train.x)
+    assert len(paper_gap.resized(data, 7000).train.y) == 7000 and len(paper_gap.resized(data, 7000).val.y) == 3000
+    with pytest.raises(ValueError, match="9,001 training images"):
+        paper_gap.resized(data, 9001)
+
+
+def test_paper_gap_slope_is_pp_per_doubling_of_the_training_set():
+    from experiments import paper_gap
+
+    rows = [{"images": n, "values": [90 + 0.5 * math.log2(n / 1000) + e for e in (-0.1, 0.1)]} for n in (1000, 4000, 16000)]
+    fit = paper_gap._slope(rows)
+    assert fit["pp_per_doubling"] == pytest.approx(0.5) and fit["points"] == 6 and 0 < fit["ci95"] < 0.2
 
 
 def test_a_sections_command_reruns_its_scale():
