@@ -14,7 +14,6 @@ from dataclasses import asdict
 from pathlib import Path
 
 from weightsep.files import atomic_write_text, source_commit
-from weightsep.optimize import OptimizeConfig
 from weightsep.pipeline import RESULTS_DIR
 
 from . import harness
@@ -103,11 +102,12 @@ def write(results: Path = RESULTS_DIR) -> Path:
              "before any optimisation) stays beside it. Selection is on validation data, test scored once. Regenerate with "
              "`python -m experiments all` (runs are cached) or just this file with `python -m experiments report`.",
              "",
-             f"The default budget, {harness.Scale.steps} DNN-batches per DNN, is a tenth of the main job's "
-             f"{OptimizeConfig.steps:,} joint steps, so that the experiments fit in about an hour on two cores: compare "
-             "rows within a section, at equal budget; the absolute accuracy changes are far below the main job's "
-             "([docs/results.md](../docs/results.md)), and a ranking that depends on convergence may change at the full budget "
-             "(section Optimisers shows the curves).", "",
+             f"The default budget is the main job's: {harness.Scale.steps:,} DNN-batches per DNN, validation every "
+             f"{harness.check_interval(harness.Scale.steps)} steps, over seeds {', '.join(map(str, harness.Scale.seeds))}; "
+             "compared settings take the same bytes and the same DNN-batches. Each section's scale line says what it "
+             "ran at: one that says 150 DNN-batches was computed at the old default, a tenth of the main job's, where "
+             "nothing had converged, and its ranking may be the budget's until `python -m experiments all` reruns it.",
+             "",
              "A section whose setup names no commit was computed before issue 27 (stand-alone models trained to "
              "fixed budgets, no control column, the older statistics): its table is as that code wrote it, until "
              "`python -m experiments all` reruns it.", ""]
