@@ -10,6 +10,7 @@ gives packed minus control). Nothing here changes a run, so editing it reruns no
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -111,6 +112,7 @@ def against_control(runs: dict[str, list[dict]], settings: list[Setting], group=
         gaps.setdefault(group(st) if group else st.label, []).extend(minus_control(runs[st.label], runs[control(st).label]))
     out = {key: differences(d) for key, d in gaps.items()}
     holm(list(out.values()))
+    _record(out, "its no-sharing control")
     return out
 
 
@@ -128,6 +130,27 @@ def control_fields(p: dict | None) -> dict:
     if p is None:
         return {}
     return {"minus_control_pp": p["mean"], "minus_control_ci95": p["ci95"], "minus_control_noise": p["noise"]}
+
+
+_MADE: list[dict] | None = None  # the comparisons made while `recording`, for the report's correction across sections
+
+
+@contextlib.contextmanager
+def recording():
+    """Collect every comparison `compared` and `against_control` make (report.run keeps them with each
+    section's result, and the report corrects for multiplicity across all of them)."""
+    global _MADE
+    previous, _MADE = _MADE, []
+    try:
+        yield _MADE
+    finally:
+        _MADE = previous
+
+
+def _record(out: dict, against: str) -> None:
+    if _MADE is not None:
+        _MADE.extend({"setting": str(label), "against": against, "mean": p["mean"], "ci95": p["ci95"], "p": p["p"],
+                      "n": p["n"]} for label, p in out.items() if p["n"] >= 2)
 
 
 def holm(comparisons: list[dict], alpha: float = 0.05) -> list[dict]:
@@ -148,6 +171,7 @@ def compared(runs: dict[str, list[dict]], reference: str, key: str = "mean_diffe
     reference against itself: a difference of 0, no evidence, outside the correction)."""
     out = {label: paired(rs, runs[reference], key) for label, rs in runs.items() if label != reference}
     holm(list(out.values()))
+    _record(out, f"{reference} ({key})")
     return {label: out.get(label) or paired(runs[reference], runs[reference], key) | {"p": 1.0, "noise": True}
             for label in runs}
 

@@ -60,7 +60,9 @@ def run(name: str, scale: harness.Scale, fresh: bool = False, results: Path = RE
     """Run one experiment and write its .json, .csv and .png under `results`/experiments."""
     mod = module(name)
     start, commit = time.perf_counter(), source_commit()  # the code as the experiment starts
-    result = mod.run(scale, fresh)
+    with harness.recording() as made:
+        result = mod.run(scale, fresh)
+    result["comparisons"] = made
     result.update(name=name, title=mod.TITLE, question=mod.QUESTION, scale=asdict(scale),
                   command=f"python -m experiments {name}{flags(scale)}", seconds=time.perf_counter() - start,
                   date=time.strftime("%Y-%m-%d %H:%M"), code=harness.code_hash(), commit=commit)
@@ -111,7 +113,7 @@ def write(results: Path = RESULTS_DIR) -> Path:
              "A section whose setup names no commit was computed before issue 27 (stand-alone models trained to "
              "fixed budgets, no control column, the older statistics): its table is as that code wrote it, until "
              "`python -m experiments all` reruns it.", ""]
-    contents, body = [], []
+    contents, body, sections = [], [], []
     number = 0
     for paper in (False, True):
         for name in experiments():
@@ -125,10 +127,36 @@ def write(results: Path = RESULTS_DIR) -> Path:
             contents.append(f"{number}. [{title}](#{number}-{anchor(title)})")
             png = file.with_suffix(".png").relative_to(path.parent).as_posix()
             body.append(section(result, number, png))
+            sections.append(result)
     if not body:
         raise ValueError(f"no experiment results in {out_dir(results, False)}: run `python -m experiments all` first")
+    contents.append(f"{number + 1}. [{ACROSS}](#{number + 1}-{anchor(ACROSS)})")
+    body.append(across(sections, number + 1))
     atomic_write_text(path, "\n".join(parts + contents + [""] + body))
     return path
+
+
+ACROSS = "Every comparison, corrected across the report"
+
+
+def across(sections: list[dict], number: int) -> str:
+    """Holm's correction over every paired comparison of every section that recorded them: a difference
+    called real here survives all the report's comparisons, not one table's."""
+    made = [{**c, "section": r["title"]} for r in sections for c in r.get("comparisons", [])]
+    harness.holm(made)
+    missing = [r["title"] for r in sections if "comparisons" not in r]
+    lines = [f"## {number}. {ACROSS}", "",
+             f"{len(made)} paired comparisons (each against its section's reference or its no-sharing control, paired by "
+             "seed), Holm-corrected together at 5%: shown means the difference survives every comparison in the "
+             "report. Smallest p first."
+             + (f" Sections computed before the report recorded comparisons, left out: {'; '.join(missing)}." if missing
+                else ""), "",
+             "| section | setting | against | difference (95% t) | p | shown across the report |", "|---|---|---|---|---|---|"]
+    for c in sorted(made, key=lambda c: c["p"]):
+        interval = "" if c["ci95"] is None else f" ± {c['ci95']:.2f}"
+        lines.append(f"| {c['section']} | {c['setting']} | {c['against']} | {c['mean']:+.2f}{interval} | {c['p']:.3g} | "
+                     f"{'no' if c['noise'] else 'yes'} |")
+    return "\n".join(lines) + "\n"
 
 
 def anchor(title: str) -> str:

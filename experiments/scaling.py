@@ -79,7 +79,7 @@ def run(scale: harness.Scale, fresh: bool = False) -> dict:
     by_group: dict[tuple, list[dict]] = {}
     for series, n, st in real:
         by_group.setdefault((series, n), []).extend(runs[st.label])
-    versus_control = harness.against_control(runs, packed, group=lambda st: group[st.label])
+    versus_control = harness.against_control(runs, packed, group=lambda st: pooled(*group[st.label]))
     rows, table = [], ["| ratio asked | exclusive pages per DNN | N | runs | shared pages | ratio by count | ratio by bytes | "
                        "packed - control pp | packed - stand-alone pp | worst DNN pp | ms per step | optimisation s | "
                        "peak RSS MB |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -92,13 +92,13 @@ def run(scale: harness.Scale, fresh: bool = False) -> dict:
         rows.append({"kind": "real", "ratio": ratio, "exclusive_per_dnn": per_dnn, "n": n, "runs": len(rs),
                      "shared_pages": shared["mean"], "packed_weights": s["packed_weights"]["mean"],
                      "ratio_by_count": s["ratio_by_count"]["mean"], "ratio_by_bytes": s["ratio_by_bytes"]["mean"],
-                     **harness.control_fields(versus_control[(ratio, per_dnn), n]),
+                     **harness.control_fields(versus_control[pooled((ratio, per_dnn), n)]),
                      **harness.spread_fields("mean_change_pp", s["mean_difference_pp"]),
                      **harness.spread_fields("worst_pp", s["worst_difference_pp"]), **cost})
         timing = " | ".join("–" if v is None else f"{v:.0f}" for v in cost.values())
         table.append(f"| {ratio:g}x | {per_dnn} | {n} | {len(rs)} | {shared['mean']:.0f} | "
                      f"{harness.fmt(s['ratio_by_count'], 2, False)}x | {harness.fmt(s['ratio_by_bytes'], 2, False)}x | "
-                     f"{harness.versus(versus_control[(ratio, per_dnn), n])} | "
+                     f"{harness.versus(versus_control[pooled((ratio, per_dnn), n)])} | "
                      f"{harness.fmt(s['mean_difference_pp'])} | {harness.fmt(s['worst_difference_pp'])} | {timing} |")
     table += ["", "Synthetic replicas (time and memory only; accuracy is not meaningful for copies):", "",
               "| DNNs | ms per step | ms per DNN-batch | peak RSS MB |", "|---|---|---|---|"]
@@ -116,6 +116,11 @@ def run(scale: harness.Scale, fresh: bool = False) -> dict:
                      "joint step depend on the set packed.",
             "rows": rows, "table": "\n".join(table), "answer": _answer(rows), "memory_target_mb": MEMORY_TARGET_MB,
             "series": [list(x) for x in SERIES]}
+
+
+def pooled(series: tuple[float, int], n: int) -> str:
+    """The label under which the subsets of N DNNs in a series are pooled (both subsets, every seed)."""
+    return f"N={n} at {series[0]:g}x, {series[1]} exclusive each"
 
 
 def _unreachable_text(unreachable: list) -> str:

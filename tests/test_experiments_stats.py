@@ -99,3 +99,24 @@ def test_under_no_effect_a_table_calls_a_difference_real_at_most_five_percent_of
         new_any += any(not c["noise"] for c in holm(comparisons))
     assert 0.14 < old_real / (tables * per_table) < 0.22
     assert new_any / tables <= 0.055
+
+
+def test_the_report_corrects_every_comparison_across_its_sections(tmp_path):
+    """Each section keeps the comparisons it made; the report's last section Holm-corrects all of them together,
+    so a p-value that passes one table's correction can fail the report's."""
+    from experiments import report
+
+    def section(title, ps):
+        return {"title": title, "comparisons": [{"setting": f"s{i}", "against": "ours", "mean": 1.0, "ci95": 0.5, "p": p,
+                                                 "n": 5} for i, p in enumerate(ps)]}
+
+    alone = harness.holm([{"p": 0.03}])[0]["noise"]  # A's own table (one comparison) calls 0.03 real
+    text = report.across([section("A", [0.03]), section("B", [0.004, 0.02, 0.3]), {"title": "old"}], 9)
+    rows = [line for line in text.splitlines() if line.startswith("| ") and not line.startswith("| section")]
+    verdicts = [r.split(" | ")[-1].strip(" |") for r in rows]  # smallest p first: 0.004 < 0.05/4, 0.02 > 0.05/3
+    assert not alone and verdicts == ["yes", "no", "no", "no"] and "| A | s0 | ours | +1.00 ± 0.50 | 0.03 | no |" in text
+    assert "4 paired comparisons" in text and "left out: old" in text
+    with harness.recording() as made:  # what compared() records, beside its per-table correction
+        harness.compared({"ours": [{"seed": s, "v": 0.0} for s in range(3)],
+                          "x": [{"seed": s, "v": 1.0 + 0.1 * s} for s in range(3)]}, "ours", key="v")
+    assert [(c["setting"], c["against"]) for c in made] == [("x", "ours (v)")] and made[0]["p"] < 0.01
