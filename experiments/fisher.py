@@ -178,8 +178,7 @@ def run(scale: harness.Scale, fresh: bool = False) -> dict:
             s = harness.stats([r["mean_difference_pp"] for r in rs])
             vs = versus_ours[run_of[(estimator, k)]]
             row.update({"run": run_of[(estimator, k)], **harness.control_fields(versus_control[run_of[(estimator, k)]]),
-                        **harness.spread_fields("accuracy_change_pp", s), "vs_ours_pp": vs["mean"],
-                        "vs_ours_noise": vs["noise"]})
+                        **harness.spread_fields("accuracy_change_pp", s), **harness.versus_fields("ours", vs)})
             cells[3:] = (harness.versus(versus_control[run_of[(estimator, k)]]), harness.fmt(s),
                          harness.versus(vs) if run_of[(estimator, k)] != "ours" else "–")
         row["seeds"] = len(scale.seeds)

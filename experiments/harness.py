@@ -202,6 +202,12 @@ def spread_fields(key: str, s: dict) -> dict:
     return {key: s["mean"], f"{name}_std": s["std"], f"{name}_ci95": s["ci95"]}
 
 
+def versus_fields(name: str, p: dict) -> dict:
+    """A table row's fields for its paired difference from the reference `name` (from `compared` or
+    `differences`): `vs_<name>_pp` its mean, `_ci95` the half-width of its 95% t-interval, `_noise` the verdict."""
+    return {f"vs_{name}_pp": p["mean"], f"vs_{name}_ci95": p["ci95"], f"vs_{name}_noise": p["noise"]}
+
+
 def summary_row(rows: list[dict]) -> dict:
     """Mean and spread over seeds of the quantities every run has."""
     keys = ("mean_difference_pp", "worst_difference_pp", "mean_packed_accuracy", "ratio_by_count", "ratio_by_bytes",

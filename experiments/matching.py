@@ -44,7 +44,7 @@ def run(scale: harness.Scale, fresh: bool = False) -> dict:
                      "val_before_pct": before["mean"], **harness.control_fields(versus_control[labels[m]]),
                      **harness.spread_fields("mean_change_pp", s["mean_difference_pp"]),
                      "worst_pp": s["worst_difference_pp"]["mean"],
-                     "vs_greedy_pp": vs["mean"], "vs_greedy_noise": vs["noise"], "matching_seconds": timed[labels[m]],
+                     **harness.versus_fields("greedy", vs), "matching_seconds": timed[labels[m]],
                      "seeds": len(rs)})
         table.append(f"| {m} | {harness.fmt(cost, 3, False)} | {harness.fmt(before, 2, False)} | "
                      f"{harness.versus(versus_control[labels[m]])} | {harness.fmt(s['mean_difference_pp'])} | "

@@ -39,7 +39,7 @@ def run(scale: harness.Scale, fresh: bool = False) -> dict:
         rows.append({"optimizer": NAMES[st.label], **harness.control_fields(versus_control.get(st.label)),
                      **harness.spread_fields("mean_change_pp", s["mean_difference_pp"]),
                      "worst_pp": s["worst_difference_pp"]["mean"],
-                     "vs_joint_pp": vs["mean"], "vs_joint_noise": vs["noise"], "dnn_batches": batches["mean"],
+                     **harness.versus_fields("joint", vs), "dnn_batches": batches["mean"],
                      "seeds": len(rs)})
         control = harness.versus(versus_control[st.label]) if st.label in versus_control else "–"
         table.append(f"| {NAMES[st.label]} | {control} | {harness.fmt(s['mean_difference_pp'])} | "

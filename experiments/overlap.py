@@ -39,8 +39,8 @@ def run(scale: harness.Scale, fresh: bool = False) -> dict:
         overlap = harness.stats([r["overlap_loss"] for r in rs])
         rows.append({"lambda": lam, **harness.control_fields(versus_control[st.label]),
                      **harness.spread_fields("mean_change_pp", s["mean_difference_pp"]),
-                     "worst_pp": s["worst_difference_pp"]["mean"], "vs_published_pp": vs["mean"],
-                     "vs_published_noise": vs["noise"], **harness.spread_fields("overlap_loss", overlap), "seeds": len(rs)})
+                     "worst_pp": s["worst_difference_pp"]["mean"], **harness.versus_fields("published", vs),
+                     **harness.spread_fields("overlap_loss", overlap), "seeds": len(rs)})
         table.append(f"| {lam:g}{' (published WS)' if lam == PUBLISHED else ''} | "
                      f"{harness.versus(versus_control[st.label])} | {harness.fmt(s['mean_difference_pp'])} | "
                      f"{harness.fmt(s['worst_difference_pp'])} | "

@@ -57,7 +57,7 @@ def run(scale: harness.Scale, fresh: bool = False) -> dict:
         vs = comparisons[st.label]
         rows.append({"page_size": p, "shared_pages": SHARED_WEIGHTS // p, **harness.control_fields(versus_control[st.label]),
                      **harness.spread_fields("mean_change_pp", s["mean_difference_pp"]),
-                     "worst_pp": s["worst_difference_pp"]["mean"], "vs_512_pp": vs["mean"], "vs_512_noise": vs["noise"],
+                     "worst_pp": s["worst_difference_pp"]["mean"], **harness.versus_fields("512", vs),
                      **harness.spread_fields("matching_cost", s["matching_cost"]), "matching_seconds": timed[st.label],
                      "ratio_by_count": s["ratio_by_count"]["mean"], "ratio_by_bytes": s["ratio_by_bytes"]["mean"],
                      "seeds": len(rs)})

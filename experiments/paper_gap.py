@@ -188,8 +188,8 @@ def run(scale: harness.Scale, fresh: bool = False) -> dict:
         vs = harness.differences([a - b for a, b in zip(values, mnist["published"])])
         pages = by_key.get(key, pub)[0]["per_dnn"]["mnist"]["exclusive_pages"]
         rows.append({"key": key, "variant": label, "changes": what, **harness.spread_fields("mnist_pct", harness.stats(values)),
-                     **harness.spread_fields("fmnist_pct", harness.stats(fm)), "vs_published_pp": vs["mean"],
-                     "vs_published_ci95": vs["ci95"], "mnist_exclusive_pages": pages, "seeds": len(values)})
+                     **harness.spread_fields("fmnist_pct", harness.stats(fm)), **harness.versus_fields("published", vs),
+                     "mnist_exclusive_pages": pages, "seeds": len(values)})
     dose_rows = _dose_rows(by_dose, pub, usual)
     table = ["| variant | changes | mnist % | mnist vs published pp | fmnist % | mnist exclusive pages |",
              "|---|---|---|---|---|---|"]
@@ -231,7 +231,7 @@ def _dose_rows(by_dose: dict, pub: list[dict], usual: dict[str, int]) -> list[di
             values = base if n == usual[name] else [100 * r["per_dnn"][name]["packed"] for r in by_dose[name, n]]
             vs = harness.differences([a - b for a, b in zip(values, base)])
             out.append({"dnn": name, "images": n, **harness.spread_fields("packed_pct", harness.stats(values)),
-                        "vs_usual_pp": vs["mean"], "vs_usual_ci95": vs["ci95"], "values": values})
+                        **harness.versus_fields("usual", vs), "values": values})
     return out
 
 
