@@ -49,7 +49,7 @@ def test_model_size_meta_and_forward(name):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_prepared_data(name):
-    path = dnn.data_dir() / f"{name}.npz"
+    path = dnn.data_dir() / folder(name).module.FILE  # a folder's file name carries its data's version
     if not path.is_file():
         pytest.skip(f"{path} not prepared (run ./prepare_data.sh)")
     assert prepared.is_valid_npz(path), f"{path}: not in the current layout; run: python -m weightsep prepare"
