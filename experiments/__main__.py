@@ -8,8 +8,9 @@
     python -m experiments report               # results/REPORT.md from the results already written
 
 Each experiment writes results/experiments/<name>.{json,csv,png} (with --paper:
-results/experiments/paper/); `report` gathers them into results/REPORT.md. Runs are cached
-(experiments/harness.py), so a second `all` only re-draws the tables and plots.
+results/experiments/paper/); `report` gathers them into results/REPORT.md. Each finished run is
+kept as a small JSON in results/experiments/runs (experiments/runs.py), so a second `all`, on this
+machine or on a fresh clone, only re-draws the tables and plots, and an interrupted one resumes.
 """
 from __future__ import annotations
 
@@ -71,9 +72,10 @@ def main(argv=None) -> int:
         if args.name == "report":
             print(f"wrote {report.write(args.results)}")
             return 0
+        runs = None if args.quick else str(args.results / "experiments" / "runs")  # a smoke run's stay in the cache
         scale = harness.Scale.default(args.quick, args.paper, dnns=tuple(args.dnns) if args.dnns else None,
                                       seeds=tuple(args.seeds) if args.seeds else None, steps=args.steps,
-                                      train_steps=args.train_steps, workers=args.workers)
+                                      train_steps=args.train_steps, workers=args.workers, runs=runs)
         for name in args.dnns or ():
             dnn_mod.get(name)  # an unknown name fails here, before any work
         names = report.in_all() if args.name == "all" else [args.name]
@@ -92,7 +94,7 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("\ninterrupted; finished runs are cached and a rerun resumes from them", file=sys.stderr)
+        print("\ninterrupted; finished runs are kept and a rerun resumes from them", file=sys.stderr)
         return 130
 
 

@@ -98,16 +98,17 @@ MEASURED_BY = (grid, reference, exclusive_pages, agreement, _agreement_job)  # t
 def _cache_path(name: str, seed: int, scale: harness.Scale) -> Path:
     blob = json.dumps({"dnn": name, "seed": seed, "grid": grid(scale), "reference": repr(reference(scale, seed)),
                        "train_steps": scale.train_steps, "page_size": PAGE_SIZE, "margin": MARGIN,
+                       "models": harness.model_keys((name,), scale.train_steps, seed),
                        "code": harness.code_hash(), "measure": [inspect.getsource(f) for f in MEASURED_BY]},
                       sort_keys=True)
-    return harness.runs_dir() / f"fisher-agreement-{hashlib.sha256(blob.encode()).hexdigest()[:20]}.json"
+    return harness.runs_dir(scale) / f"fisher-agreement-{hashlib.sha256(blob.encode()).hexdigest()[:20]}.json"
 
 
 def agreement_runs(scale: harness.Scale, fresh: bool = False) -> dict[int, dict[str, dict]]:
     """seed -> DNN -> "estimator K" -> agreement and seconds; cached like the harness's runs."""
     for seed in scale.seeds:  # trained (or loaded) in the parent: the workers only read the cache
         standalone_models([dnn_mod.get(n) for n in scale.dnns], scale.workers, scale.train_steps, seed=seed)
-    harness.runs_dir().mkdir(parents=True, exist_ok=True)
+    harness.runs_dir(scale).mkdir(parents=True, exist_ok=True)
     out = {seed: {} for seed in scale.seeds}
     jobs = []
     for seed in scale.seeds:

@@ -33,6 +33,7 @@ from .runs import (  # noqa: F401 (the experiments' one import)
     code_hash,
     configs,
     matching_seconds,
+    model_keys,
     paper_dnns_present,
     quiet_pool,
     run_all,

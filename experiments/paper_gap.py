@@ -45,7 +45,7 @@ from . import harness
 
 SECTION = 9
 IN_ALL = False  # its own DNNs and budget, about two hours: run on its own
-SEEDS = 3  # the first three of the scale's seeds
+N_SEEDS = 3  # the first three of the scale's seeds (not SEEDS: that names a tuning experiment's default seeds)
 TITLE = "The gap to the published two-DNN accuracy"
 QUESTION = ("Which difference from the originals accounts for mnist's gap to the published 98.45% after "
             "separation with fmnist?")
@@ -98,9 +98,9 @@ def resized(data: Dataset, n: int) -> Dataset:
 
 
 def gap_scale(scale: harness.Scale) -> harness.Scale:
-    """The paper DNNs whatever the scale names; ROUNDS rounds of 320 steps (with --quick 10 of 8); SEEDS seeds."""
+    """The paper DNNs whatever the scale names; ROUNDS rounds of 320 steps (with --quick 10 of 8); N_SEEDS seeds."""
     steps = 10 * 8 if scale.quick else ROUNDS * STEPS_PER_TURN
-    return replace(scale, dnns=DNNS, steps=steps, seeds=scale.seeds[:SEEDS], train_steps=None)
+    return replace(scale, dnns=DNNS, steps=steps, seeds=scale.seeds[:N_SEEDS], train_steps=None)
 
 
 class TestScored(PageOptimizer):
@@ -125,7 +125,7 @@ def published_with_test_curve(setting: harness.Setting, scale: harness.Scale, se
     still come from the usual training set, since a new draw of the K=50 Fisher samples moves mnist's
     exclusive pages (a first try gave 12 instead of 20) and so would change two things at once."""
     suffix = "".join(f"-{name}-trained-on-{n}" for name, n in sizes)
-    path = harness.runs_dir() / f"{setting.key(scale, seed)}-test-curve{suffix}.json"
+    path = harness.runs_dir(scale) / f"{setting.key(scale, seed)}-test-curve{suffix}.json"
     if path.exists() and not fresh:
         return json.loads(path.read_text())
     start = time.perf_counter()
@@ -152,7 +152,7 @@ def published_with_test_curve(setting: harness.Setting, scale: harness.Scale, se
                        for r in table.rows},
            "mean_difference_pp": table.totals.mean_difference_pp, "seconds": time.perf_counter() - start,
            "curve": {"dnn_batches": h.steps, "val": h.val_accuracy, "test": po.test_curve, "best_index": h.best_index}}
-    harness.runs_dir().mkdir(parents=True, exist_ok=True)
+    harness.runs_dir(scale).mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, json.dumps(row) + "\n")
     return row
 

@@ -63,7 +63,8 @@ def run(name: str, scale: harness.Scale, fresh: bool = False, results: Path = RE
     with harness.recording() as made:
         result = mod.run(scale, fresh)
     result["comparisons"] = made
-    result.update(name=name, title=mod.TITLE, question=mod.QUESTION, scale=asdict(scale),
+    result.update(name=name, title=mod.TITLE, question=mod.QUESTION,
+                  scale={k: v for k, v in asdict(scale).items() if k != "runs"},  # where runs are kept is this machine's
                   command=f"python -m experiments {name}{flags(scale)}", seconds=time.perf_counter() - start,
                   date=time.strftime("%Y-%m-%d %H:%M"), code=harness.code_hash(), commit=commit)
     result.setdefault("scale_text", scale.describe())  # an experiment that ignores part of the scale says so
@@ -102,7 +103,8 @@ def write(results: Path = RESULTS_DIR) -> Path:
              "that budget; per seed the mean over the DNNs of packed minus control, shown as its mean ± the "
              "half-width of its 95% t-interval over seeds, ~ as above. Packed minus stand-alone (the trained DNNs "
              "before any optimisation) stays beside it. Selection is on validation data, test scored once. Regenerate with "
-             "`python -m experiments all` (runs are cached) or just this file with `python -m experiments report`.",
+             "`python -m experiments all` (finished runs are kept in results/experiments/runs) or just this file "
+             "with `python -m experiments report`.",
              "",
              f"The default budget is the main job's: {harness.Scale.steps:,} DNN-batches per DNN, validation every "
              f"{harness.check_interval(harness.Scale.steps)} steps, over seeds {', '.join(map(str, harness.Scale.seeds))}; "

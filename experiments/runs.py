@@ -6,10 +6,14 @@ seed are trained (or taken from the cache) first, in the parent; then the runs g
 spawned processes with one thread each (which keep the DNNs' data and Fisher vectors between
 runs). A setting marked `measure` has its first seed run afterwards, alone, in a new process, so
 its timings see no neighbour and its peak RSS is its own. A crash in one run names the setting
-and seed; finished runs stay cached. Runs are cached by setting, seed, scale and the code that
-makes them: `weightsep/` and this file (`$WEIGHTSEP_CACHE/experiments/runs`). So a setting that
-several experiments share (our defaults, `ours`) runs once, a changed pipeline runs again, and a
-change to how results are tabled or plotted (experiments/harness.py) reruns nothing.
+and seed; finished runs stay kept. Each run is a small JSON in `Scale.runs` (the command line's:
+results/experiments/runs, kept in the repository; $WEIGHTSEP_CACHE/experiments/runs for --quick and
+the tests), named by a key of the setting, seed, budget, the stand-alone models it starts from (as
+the model cache names them: DNN code and data, training code and config) and the code that makes
+it (`code_hash`: the syntax of this file and the weightsep modules it imports). So a setting that
+several experiments share (our defaults, `ours`) runs once, a changed pipeline runs again, and an
+edit to a comment, a docstring, the CLI, or how results are tabled or plotted (experiments/harness.py)
+reruns nothing.
 """
 from __future__ import annotations
 
@@ -29,7 +33,7 @@ import torch
 from tqdm import tqdm
 
 from weightsep import dnn as dnn_mod
-from weightsep import files
+from weightsep import files, train
 from weightsep.evaluate import Table, make_row, packed_theta, summarize
 from weightsep.files import atomic_write_text
 from weightsep.fisher import FisherConfig
@@ -62,6 +66,7 @@ class Scale:
     workers: int = 2  # runs at once (measured runs go one at a time, after the others)
     quick: bool = False
     paper: bool = False
+    runs: str | None = None  # the folder that keeps finished runs (None: $WEIGHTSEP_CACHE/experiments/runs)
 
     @classmethod
     def default(cls, quick: bool = False, paper: bool = False, **changes) -> Scale:
@@ -125,19 +130,29 @@ class Setting:
     measure: bool = False  # timings matter: the first seed runs alone, one process at a time, after the rest
 
     def key(self, scale: Scale, seed: int) -> str:
+        dnns = self.dnns or scale.dnns
         blob = json.dumps({"setting": {k: v for k, v in asdict(self).items() if k not in ("label", "seeds")},
-                           "seed": seed, "dnns": self.dnns or scale.dnns, "steps": scale.steps,
-                           "train_steps": scale.train_steps, "code": code_hash()}, sort_keys=True, default=list)
+                           "seed": seed, "dnns": dnns, "steps": scale.steps, "train_steps": scale.train_steps,
+                           "models": model_keys(tuple(dnns), scale.train_steps, seed), "code": code_hash()},
+                          sort_keys=True, default=list)
         return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
 
+@functools.cache
 def code_hash() -> str:
-    """The pipeline's code: a changed weightsep/ or harness invalidates cached runs."""
-    return files.code_hash(*sorted((dnn_mod.REPO_ROOT / "weightsep").glob("*.py")), Path(__file__))
+    """The code a run's numbers depend on: the syntax of this file and of the weightsep modules it
+    imports (`files.behaviour_hash`); an edit to anything else, or to a comment or docstring, keeps
+    every run."""
+    return files.behaviour_hash(Path(__file__), dnn_mod.REPO_ROOT / "weightsep")
 
 
-def runs_dir() -> Path:
-    return dnn_mod.cache_dir() / "experiments" / "runs"
+def model_keys(names: tuple[str, ...], train_steps: int | None, seed: int) -> dict[str, str]:
+    """The stand-alone models a run starts from, by the names the model cache gives them."""
+    return {n: train.cache_path(d, train.config_for(d, train_steps, seed)).stem for n in names for d in [dnn_mod.get(n)]}
+
+
+def runs_dir(scale: Scale) -> Path:
+    return Path(scale.runs) if scale.runs else dnn_mod.cache_dir() / "experiments" / "runs"
 
 
 def configs(setting: Setting, scale: Scale, seed: int) -> tuple[PackConfig, FisherConfig, OptimizeConfig]:
@@ -345,7 +360,7 @@ def run_all(settings: list[Setting], scale: Scale, fresh: bool = False, desc: st
     names = sorted({n for st in settings for n in (st.dnns or scale.dnns)})
     for seed in seeds:  # train (or load) every seed's stand-alone models once, in parallel, before the runs
         standalone_models([dnn_mod.get(n) for n in names], scale.workers, scale.train_steps, seed=seed)
-    root = runs_dir()
+    root = runs_dir(scale)
     root.mkdir(parents=True, exist_ok=True)
     jobs, out = [], {st.label: [] for st in settings}
     for st in settings:

@@ -68,11 +68,11 @@ def _unpack(job):
     return _train(*job)
 
 
-def cached(name: str, cfg: dict, control: dict) -> Path:
+def cached(name: str, cfg: dict, control: dict, scale: harness.Scale) -> Path:
     """A run's row, keyed as the model cache keys a model (DNN code and data, training code, config)
     and by the control's budget."""
     key = train.cache_path(dnn_mod.get(name), train.TrainConfig(**cfg)).stem
-    return harness.runs_dir() / f"standalone-{key}-control{control['steps']}x{control['batches']}of{control['dnns']}.json"
+    return harness.runs_dir(scale) / f"standalone-{key}-control{control['steps']}x{control['batches']}of{control['dnns']}.json"
 
 
 def controls(scale: harness.Scale) -> dict[str, dict]:
@@ -88,7 +88,7 @@ def run(scale: harness.Scale, fresh: bool = False) -> dict:
     control = controls(scale)
     jobs = [(name, label, dataclasses.asdict(config(dnn_mod.get(name), rule, seed, scale.train_steps)), control[name])
             for seed in scale.seeds for name in scale.dnns for label, rule in rules.items()]
-    paths = [cached(name, cfg, ctl) for name, _, cfg, ctl in jobs]
+    paths = [cached(name, cfg, ctl, scale) for name, _, cfg, ctl in jobs]
     rows = [json.loads(path.read_text()) | {"rule": label} for (_, label, _, _), path in zip(jobs, paths)
             if path.exists() and not fresh]
     todo = sorted(((job, path) for job, path in zip(jobs, paths) if fresh or not path.exists()), key=lambda j: -j[0][2]["steps"])

@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from experiments import budget, harness, report, scaling
+from experiments import budget, harness, report, runs, scaling
+from weightsep import files
 from weightsep.dnn import data_dir, suite
 
 REPO = Path(__file__).resolve().parent.parent
@@ -91,13 +92,53 @@ def test_scaling_holds_the_ratio_and_exclusive_pages_per_dnn_where_they_can_be_r
 
 
 def test_setting_key_follows_what_changes_the_run_not_the_label():
-    scale = harness.Scale(dnns=("a", "b"))
+    scale = harness.Scale(dnns=("dna", "letters"))
     a = harness.Setting("x", pack={"matching": "greedy"})
     assert a.key(scale, 0) == harness.Setting("y", pack={"matching": "greedy"}).key(scale, 0)
     assert a.key(scale, 0) != a.key(scale, 1)
     assert a.key(scale, 0) != harness.Setting("x", pack={"matching": "optimal"}).key(scale, 0)
-    assert a.key(scale, 0) != a.key(harness.Scale(dnns=("a", "b"), steps=7), 0)
+    assert a.key(scale, 0) != a.key(harness.Scale(dnns=("dna", "letters"), steps=7), 0)
+    assert a.key(scale, 0) != a.key(harness.Scale(dnns=("dna", "letters"), train_steps=7), 0)
     assert a.key(scale, 0) != harness.Setting("x", pack={"matching": "greedy"}, measure=True).key(scale, 0)
+    assert a.key(scale, 0) == a.key(harness.Scale(dnns=("dna", "letters"), runs="elsewhere", workers=1), 0)
+
+
+def test_a_run_is_keyed_on_the_stand_alone_models_it_starts_from(monkeypatch):
+    """A DNN folder's changed code or data (which retrains its model) runs its settings again."""
+    scale, a = harness.Scale(dnns=("dna", "letters")), harness.Setting("x")
+    before = a.key(scale, 0)
+    real = runs.model_keys
+    monkeypatch.setattr(runs, "model_keys", lambda names, steps, seed: {**real(names, steps, seed), "dna": "dna-retrained"})
+    assert a.key(scale, 0) != before
+
+
+def test_the_code_key_keeps_runs_across_docstring_comment_and_unimported_edits(tmp_path):
+    """files.behaviour_hash: the syntax of the entry file and the package modules it imports, at any depth."""
+    pkg = tmp_path / "pkg"
+    pkg.mkdir()
+    entry = tmp_path / "entry.py"
+    entry.write_text("from pkg import a\n")
+    (pkg / "a.py").write_text('"""A."""\nfrom . import b\n\ndef f():\n    """Doc."""\n    return 1  # one\n')
+    (pkg / "b.py").write_text("def g():\n    from pkg.c import h\n    return h\n")
+    (pkg / "c.py").write_text("h = 2\n")
+    (pkg / "cli.py").write_text("x = 1\n")
+    assert [p.name for p in files.imported_sources(entry, pkg)] == ["entry.py", "a.py", "b.py", "c.py"]
+    before = files.behaviour_hash(entry, pkg)
+    (pkg / "a.py").write_text('"""A, reworded."""\nfrom . import b\n\n\ndef f():\n    return 1  # the number one\n')
+    (pkg / "cli.py").write_text("x = 2\n")
+    assert files.behaviour_hash(entry, pkg) == before
+    (pkg / "c.py").write_text("h = 3\n")  # imported lazily, two levels down
+    assert files.behaviour_hash(entry, pkg) != before
+
+
+def test_the_command_line_keeps_runs_with_the_results_and_a_smoke_run_in_the_cache(tmp_path, monkeypatch):
+    from experiments import __main__ as cli
+
+    seen = []
+    monkeypatch.setattr(report, "run", lambda name, scale, fresh, results: seen.append(scale.runs) or tmp_path / "x.png")
+    assert cli.main(["overlap", "--results", str(tmp_path)]) == 0
+    assert cli.main(["overlap", "--quick", "--results", str(tmp_path)]) == 0
+    assert seen == [str(tmp_path / "experiments" / "runs"), None]
 
 
 def test_the_configs_take_the_scale_budget_and_the_setting_changes():
@@ -279,3 +320,10 @@ def test_a_sections_command_reruns_its_scale():
     assert report.flags(harness.Scale.default()) == ""
     assert report.flags(harness.Scale.default(steps=600, seeds=(0, 1))) == " --seeds 0 1 --steps 600"
     assert report.flags(harness.Scale.default(quick=True, train_steps=50)) == " --quick --train-steps 50"
+
+
+def test_an_experiments_default_seeds_are_a_tuple_of_seeds():
+    """`SEEDS` in an experiment module replaces the scale's seeds when --seeds is not given (__main__)."""
+    for name in report.experiments():
+        seeds = getattr(report.module(name), "SEEDS", None)
+        assert seeds is None or (isinstance(seeds, tuple) and all(isinstance(s, int) for s in seeds)), name

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from experiments import budget, fisher, harness, matching, optimizers, overlap, page_size, quantization, report, scaling
+from experiments import budget, fisher, harness, matching, optimizers, overlap, page_size, quantization, report, runs, scaling
 
 ACCURACY_SECTIONS = [scaling, page_size, optimizers, overlap, matching, fisher, budget, quantization]
 
@@ -38,6 +38,12 @@ def fake_row(st: harness.Setting, scale: harness.Scale, seed: int) -> dict:
             "seconds": 1.0, "measured": True, "overlap_loss": 0.5 + seed, "page_formats": {"float32": 3},
             "curve": {"dnn_batches": [0, 10], "best_index": 1,
                       "val": [{n: 0.5 + 0.01 * seed - 0.001 * len(st.label) for n in names}, {n: 0.7 for n in names}]}}
+
+
+@pytest.fixture(autouse=True)
+def fake_models(monkeypatch):
+    """The synthetic DNNs a, b, c have no folder: their stand-alone models are named by name and seed."""
+    monkeypatch.setattr(runs, "model_keys", lambda names, train_steps, seed: {n: f"{n}-{seed}" for n in names})
 
 
 @pytest.fixture

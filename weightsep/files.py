@@ -5,8 +5,9 @@ writes for others to read (a store's files, the trained-model cache, prepared .n
 goes through `atomic_file`: temp file in the same folder -> fsync -> os.replace -> fsync(folder),
 so a reader sees the old file or the new one, even across a crash, and a process that has the old
 file memory-mapped goes on reading the old inode. Code is known by `code_hash` (a DNN folder's
-dnn.py, the package's sources), a file's contents by `file_hash`, and a result by the git commit it
-was produced from, `source_commit` (recorded as `"commit"` in every result JSON).
+dnn.py), what a program does by `behaviour_hash` (the syntax of the package modules it imports), a
+file's contents by `file_hash`, and a result by the git commit it was produced from, `source_commit`
+(recorded as `"commit"` in every result JSON).
 
     atomic_write_json(folder / "summary.json", summary)
     with atomic_file(folder / "data.npz") as f:    # an open binary file: written, read back, replaced
@@ -14,6 +15,7 @@ was produced from, `source_commit` (recorded as `"commit"` in every result JSON)
 """
 from __future__ import annotations
 
+import ast
 import contextlib
 import functools
 import hashlib
@@ -77,6 +79,50 @@ def code_hash(*sources: bytes | Path, digits: int = 16) -> str:
     for source in sources:
         digest.update(source if isinstance(source, bytes) else Path(source).read_bytes())
     return digest.hexdigest()[:digits]
+
+
+def imported_sources(entry: Path, package: Path) -> list[Path]:
+    """`entry` and every module of `package` (a folder of .py files) it imports, and they import, at any
+    depth and from anywhere in a file (a lazy import inside a function counts), sorted by path."""
+    def imports(path: Path) -> set[str]:
+        names = set()
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                names |= {a.name for a in node.names}
+            elif isinstance(node, ast.ImportFrom):
+                base = package.name if node.level and path.parent == package else node.module or ""
+                if node.level and node.module:
+                    base += "." + node.module
+                names |= {base} | {f"{base}.{a.name}" for a in node.names}
+        return names
+
+    found, todo = set(), [entry]
+    while todo:
+        path = todo.pop()
+        if path in found:
+            continue
+        found.add(path)
+        for name in imports(path):
+            parts = name.split(".")
+            if parts[0] == package.name and len(parts) == 2 and (package / f"{parts[1]}.py").exists():
+                todo.append(package / f"{parts[1]}.py")
+    return sorted(found)
+
+
+def behaviour_hash(entry: Path, package: Path, digits: int = 16) -> str:
+    """The hash of what `entry` does: the syntax trees of `imported_sources(entry, package)` without
+    docstrings. An edit to a comment, a docstring, the layout, or a module that `entry` never imports
+    keeps it; any other edit to those files changes it."""
+    def syntax(path: Path) -> bytes:
+        tree = ast.parse(path.read_text(), str(path))
+        for node in ast.walk(tree):
+            body = getattr(node, "body", None)
+            if (isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and body
+                    and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant)
+                    and isinstance(body[0].value.value, str)):
+                node.body = body[1:] or [ast.Pass()]
+        return f"{path.name}\n{ast.dump(tree)}\n".encode()
+    return code_hash(*(syntax(p) for p in imported_sources(entry, package)), digits=digits)
 
 
 @functools.lru_cache(maxsize=64)
