@@ -35,11 +35,9 @@ from .runs import (  # noqa: F401 (the experiments' one import)
     matching_seconds,
     model_keys,
     paper_dnns_present,
-    quiet_pool,
-    run_all,
     run_setting,
-    runs_dir,
 )
+from .schedule import quiet_pool, run_all, runs_dir  # noqa: F401
 
 
 def weights(names: tuple[str, ...]) -> list[int]:

@@ -1,19 +1,15 @@
-"""Running the pipeline for the experiments: a `Setting` (changes to the config dataclasses' defaults)
-at a `Scale` (DNNs, seeds, budget), once per seed, in worker processes, cached.
+"""What one run of the experiments is: a `Setting` (changes to the config dataclasses' defaults) at a
+`Scale` (DNNs, seeds, budget) for one seed, `run_setting`, and the key its row is kept under.
 
-A run of one setting for one seed (`run_setting`) trains nothing: the stand-alone models of every
-seed are trained (or taken from the cache) first, in the parent; then the runs go to `workers`
-spawned processes with one thread each (which keep the DNNs' data and Fisher vectors between
-runs). A setting marked `measure` has its first seed run afterwards, alone, in a new process, so
-its timings see no neighbour and its peak RSS is its own. A crash in one run names the setting
-and seed; finished runs stay kept. Each run is a small JSON in `Scale.runs` (the command line's:
-results/experiments/runs, kept in the repository; $WEIGHTSEP_CACHE/experiments/runs for --quick and
-the tests), named by a key of the setting, seed, budget, the stand-alone models it starts from (as
-the model cache names them: DNN code and data, training code and config) and the code that makes
-it (`code_hash`: the syntax of this file and the weightsep modules it imports). So a setting that
-several experiments share (our defaults, `ours`) runs once, a changed pipeline runs again, and an
-edit to a comment, a docstring, the CLI, or how results are tabled or plotted (experiments/harness.py)
-reruns nothing.
+A run trains nothing: it starts from the stand-alone models of its seed (trained first, in the
+parent, by experiments/schedule.py, which also sends the runs to worker processes). Its row is kept
+as a small JSON in `Scale.runs` (the command line's: results/experiments/runs, kept in the
+repository; $WEIGHTSEP_CACHE/experiments/runs for --quick and the tests), named by `Setting.key`:
+the setting, seed and budget, the stand-alone models it starts from (as the model cache names them:
+DNN code and data, training code and config) and the code that makes it (`code_hash`: the syntax of
+this file and the weightsep modules it imports). So a setting that several experiments share (our
+defaults, `ours`) runs once, a changed pipeline runs again, and an edit to a comment, a docstring,
+the CLI, the scheduling, or how results are tabled or plotted (experiments/harness.py) reruns nothing.
 """
 from __future__ import annotations
 
@@ -22,7 +18,6 @@ import functools
 import hashlib
 import io
 import json
-import os
 import resource
 import time
 import warnings
@@ -35,7 +30,6 @@ from tqdm import tqdm
 from weightsep import dnn as dnn_mod
 from weightsep import files, train
 from weightsep.evaluate import Table, make_row, packed_theta, summarize
-from weightsep.files import atomic_write_text
 from weightsep.fisher import FisherConfig
 from weightsep.flat import load_buffer_state
 from weightsep.optimize import OptimizeConfig, optimize
@@ -45,7 +39,7 @@ from weightsep.precision import PrecisionConfig
 from weightsep.quant import per_channel_int8, per_channel_int8_bytes
 from weightsep.records import DNNRecord, Reference, load
 from weightsep.step_cost import step_batches
-from weightsep.train import Trained, set_single_thread, standalone_models, worker_pool
+from weightsep.train import Trained, set_single_thread, standalone_models
 
 QUICK_DNNS = ("dna", "letters", "satellite")  # the three DNNs that train and optimise fastest
 TUNING_SEEDS = (0, 1, 2)  # the seeds that choose defaults (docs/results.md#seeds-which-were-used-for-what): never a headline's
@@ -149,10 +143,6 @@ def code_hash() -> str:
 def model_keys(names: tuple[str, ...], train_steps: int | None, seed: int) -> dict[str, str]:
     """The stand-alone models a run starts from, by the names the model cache gives them."""
     return {n: train.cache_path(d, train.config_for(d, train_steps, seed)).stem for n in names for d in [dnn_mod.get(n)]}
-
-
-def runs_dir(scale: Scale) -> Path:
-    return Path(scale.runs) if scale.runs else dnn_mod.cache_dir() / "experiments" / "runs"
 
 
 def configs(setting: Setting, scale: Scale, seed: int) -> tuple[PackConfig, FisherConfig, OptimizeConfig]:
@@ -319,7 +309,7 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _worker(setting: Setting, scale: Scale, seed: int, measured: bool) -> dict:
+def run_in_worker(setting: Setting, scale: Scale, seed: int, measured: bool) -> dict:
     """run_setting in a worker: its progress bars are dropped (they would garble the parent's) and its
     warnings come back in the row, for the parent to print."""
     with contextlib.redirect_stderr(io.StringIO()), warnings.catch_warnings(record=True) as caught:
@@ -330,68 +320,6 @@ def _worker(setting: Setting, scale: Scale, seed: int, measured: bool) -> dict:
     if not measured:  # a reused process: its peak memory is not this run's
         row["peak_rss_mb"] = None
     return row
-
-
-def quiet_pool(processes: int):
-    """`worker_pool` whose workers show no progress bars (theirs would garble the parent's)."""
-    previous, os.environ["TQDM_DISABLE"] = os.environ.get("TQDM_DISABLE"), "1"
-    try:
-        return worker_pool(processes)
-    finally:
-        if previous is None:
-            del os.environ["TQDM_DISABLE"]
-        else:
-            os.environ["TQDM_DISABLE"] = previous
-
-
-def _result(job, setting: Setting, seed: int) -> dict:
-    try:
-        return job.get()
-    except Exception as e:
-        raise RuntimeError(f"setting {setting.label!r}, seed {seed}: {type(e).__name__}: {e}") from e
-
-
-def run_all(settings: list[Setting], scale: Scale, fresh: bool = False, desc: str = "runs") -> dict[str, list[dict]]:
-    """Every setting for each of its seeds: cached rows, the rest in fresh processes. Returns label -> rows by seed.
-
-    The first seed of a setting marked `measure` runs one at a time after the others, so its
-    timings see no neighbour (peak memory is a process's own either way)."""
-    seeds = sorted({s for st in settings for s in (st.seeds or scale.seeds)})
-    names = sorted({n for st in settings for n in (st.dnns or scale.dnns)})
-    for seed in seeds:  # train (or load) every seed's stand-alone models once, in parallel, before the runs
-        standalone_models([dnn_mod.get(n) for n in names], scale.workers, scale.train_steps, seed=seed)
-    root = runs_dir(scale)
-    root.mkdir(parents=True, exist_ok=True)
-    jobs, out = [], {st.label: [] for st in settings}
-    for st in settings:
-        for seed in st.seeds or scale.seeds:
-            path = root / f"{st.key(scale, seed)}.json"
-            if path.exists() and not fresh:
-                out[st.label].append(json.loads(path.read_text()))
-            else:
-                jobs.append((st, seed, path, st.measure and seed == (st.seeds or scale.seeds)[0]))
-    bar = tqdm(total=len(jobs), desc=desc, unit="run")
-    def done(st: Setting, seed: int, path: Path, row: dict) -> None:
-        atomic_write_text(path, json.dumps(row) + "\n")
-        out[st.label].append(row)
-        for warning in row["warnings"]:
-            tqdm.write(f"{st.label}, seed {seed}: {warning}")
-        bar.set_postfix_str(f"{st.label} seed {seed}: {row['mean_difference_pp']:+.2f} pp")
-        bar.update()
-
-    shared = [j[:3] for j in jobs if not j[3]]
-    if shared:
-        with quiet_pool(min(scale.workers, len(shared))) as pool:
-            pending = [(st, seed, path, pool.apply_async(_worker, (st, scale, seed, False))) for st, seed, path in shared]
-            for st, seed, path, job in pending:
-                done(st, seed, path, _result(job, st, seed))
-    for st, seed, path, _ in (j for j in jobs if j[3]):  # alone, each in a new process: its peak memory is its own
-        with quiet_pool(1) as pool:
-            done(st, seed, path, _result(pool.apply_async(_worker, (st, scale, seed, True)), st, seed))
-    bar.close()
-    for rows in out.values():
-        rows.sort(key=lambda r: r["seed"])
-    return out
 
 
 def matching_seconds(settings: list[Setting], scale: Scale) -> dict[str, float]:
