@@ -38,14 +38,15 @@ def summary(case: str) -> dict:
     fields = dict(seed=0, store="stores/seed0", config={"pack": {"page_size": 64}, "dnns": ["a", "b"]},
                   best_validation={"a": 0.9, "b": 0.8}, promoted=2)
     if case == "plain":
-        return pipeline._summary(records(), state, [({"a": 0.88, "b": 0.81}, None, None, 123.0)],
+        return pipeline._summary(records(), state, [pipeline.RankPart({"a": 0.88, "b": 0.81}, None, None, 123.0)],
                                  pipeline.Timings(**times), **fields)
     if case == "control_two_ranks":
-        ranks = [({"a": 0.88}, {"a": 0.91}, None, 100.0), ({"b": 0.81}, {"b": 0.8}, None, 140.0)]
+        ranks = [pipeline.RankPart({"a": 0.88}, {"a": 0.91}, None, 100.0),
+                 pipeline.RankPart({"b": 0.81}, {"b": 0.8}, None, 140.0)]
         return pipeline._summary(records(PAPER), state, ranks,
                                  pipeline.Timings(**times, no_sharing_wait_seconds=3.0), **fields)
     return pipeline._summary(records(), assign(state, PrecisionConfig(precision="int8"), 0),
-                             [({"a": 0.87, "b": 0.8}, None, None, 99.5)], pipeline.Timings(**times), **fields)
+                             [pipeline.RankPart({"a": 0.87, "b": 0.8}, None, None, 99.5)], pipeline.Timings(**times), **fields)
 
 
 @pytest.mark.parametrize("case", ["plain", "control_two_ranks", "int8"])

@@ -14,6 +14,7 @@ import resource
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import NamedTuple
 
 from . import distributed
 from . import dnn as dnn_mod
@@ -199,7 +200,7 @@ def run_seed(config: RunConfig, loaded: dict[str, DNNRecord], seed: int, control
         times.no_sharing_wait_seconds = time.perf_counter() - start
     packed = {n: records[n].test_accuracy(packed_theta(state, n, records[n].model)) for n in mine}
     memory = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # this rank's process
-    parts = group.gather((packed, control, control_val, memory))
+    parts = group.gather(RankPart(packed, control, control_val, memory))
     configs = {"pack": asdict(pack_config), "fisher": asdict(fisher_config), "optimize": asdict(optimize_config),
                "precision": asdict(config.precision), "dnns": list(records)}
     return group.writes(lambda: _summary(records, state, parts, times, seed=seed, store=str(config.store_for(seed)),
@@ -207,22 +208,30 @@ def run_seed(config: RunConfig, loaded: dict[str, DNNRecord], seed: int, control
                                          promoted=len(history.promoted)).to_json())
 
 
-def _summary(records: dict[str, DNNRecord], state, parts: list[tuple], times: Timings, **fields) -> SeedSummary:
-    """One seed's summary on the writer: `parts` are every rank's (packed, control's test and validation
-    accuracies, peak memory); `fields`
-    the rest of `SeedSummary`'s."""
-    packed = merged(part[0] for part in parts)
-    control = None if parts[0][1] is None else merged(part[1] for part in parts)
-    control_val = None if parts[0][2] is None else merged(part[2] for part in parts)
+class RankPart(NamedTuple):
+    """What each rank sends the writer about its own DNNs: test accuracies of the packed DNNs and of the
+    no-sharing control, the control's validation accuracies (fractions, by DNN name; None without a
+    control), and the rank's peak resident memory (MB)."""
+    packed: dict[str, float]
+    control: dict[str, float] | None
+    control_val: dict[str, float] | None
+    peak_memory_mb: float
+
+
+def _summary(records: dict[str, DNNRecord], state, parts: list[RankPart], times: Timings, **fields) -> SeedSummary:
+    """One seed's summary on the writer, from every rank's part; `fields`: the rest of `SeedSummary`'s."""
+    packed = merged(part.packed for part in parts)
+    control = None if parts[0].control is None else merged(part.control for part in parts)
+    control_val = None if parts[0].control_val is None else merged(part.control_val for part in parts)
     standalone = {name: state.vnns[name].provenance.standalone for name in records}
     rows = [make_row(state, name, standalone[name].test_accuracy, packed[name],
                      None if control is None else control[name], record.source.facts.published_accuracy,
                      None if control_val is None or standalone[name].val_accuracy is None
                      else 100 * (control_val[name] - standalone[name].val_accuracy))
             for name, record in records.items()]
-    times.peak_memory_mb = max(part[3] for part in parts)
+    times.peak_memory_mb = max(part.peak_memory_mb for part in parts)
     if len(parts) > 1:  # one entry per rank
-        times.peak_memory_mb_per_rank = [part[3] for part in parts]
+        times.peak_memory_mb_per_rank = [part.peak_memory_mb for part in parts]
     return SeedSummary(summarize(state, rows), timings=times, **fields)
 
 
