@@ -16,7 +16,7 @@ with interruptible():  # Ctrl-C during the imports: `interrupted`, exit 130
     from weightsep.checks import Parser, writable_dir
     from weightsep.fisher import ESTIMATORS, FisherConfig
     from weightsep.flat import load_buffer_state, page_labels, parameter_sizes
-    from weightsep.pack import PackConfig
+    from weightsep.pack import PUBLISHED_SHARED_PAGES, PackConfig
     from weightsep.packing import fisher_for
     from weightsep.pages import to_pages
     from weightsep.records import load
@@ -55,7 +55,7 @@ def main(argv=None) -> int:
     p = Parser(prog="weight_page.py", description=__doc__.split("\n\n")[0])
     p.add_argument("dnn", help="DNN name or folder")
     p.add_argument("--page-size", type=int, default=512)
-    p.add_argument("--shared-pages", type=int, default=128)
+    p.add_argument("--shared-pages", type=int, default=PUBLISHED_SHARED_PAGES, help="S (default the published 128)")
     p.add_argument("--margin", type=float, default=0.1)
     p.add_argument("--fisher", choices=list(ESTIMATORS), default=FisherConfig().estimator)
     p.add_argument("--fisher-samples", type=int)

@@ -297,10 +297,12 @@ def save_joint_state(names: list[str], path: Path) -> None:
     models = {n: dnn_mod.get(n).build_model() for n in names}
     g = torch.Generator().manual_seed(0)
     fishers = {n: torch.rand(m.n_weights, generator=g) ** 4 for n, m in models.items()}
-    budget = separation.exclusive_budget([m.n_weights for m in models.values()], config.page_size, config.n_shared, config.ratio)
+    sizes = [m.n_weights for m in models.values()]
+    n_shared = pack.shared_pages_needed(sizes, config)
+    budget = separation.exclusive_budget(sizes, config.page_size, n_shared, config.ratio)
     pages = {n: -(-m.n_weights // config.page_size) for n, m in models.items()}
-    counts, _ = separation.allot(budget, pages, config.n_shared, config.at_packing)
-    state = pack.new_state(config, config.n_shared)
+    counts, _ = separation.allot(budget, pages, n_shared, config.at_packing)
+    state = pack.new_state(config, n_shared)
     for n, m in models.items():
         state, _ = pack.add_vnn(state, n, m.theta.detach(), fishers[n], config, 1.0, counts[n])
     torch.save({"page_size": state.page_size, "shared_pages": state.shared_pages, "shared_fisher": state.shared_fisher,

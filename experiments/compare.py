@@ -11,7 +11,7 @@ of `steps_per_turn` steps per DNN adding up to the same. Rows:
   matching  the same with the published greedy matcher (does lower matching cost train better?)
   optimizer the same with the published round-robin optimizer (lambda 0.1)
   paper     everything published: margin separation, paper Fisher (K=50, loop), greedy, random store,
-            round-robin
+            round-robin, 128 shared pages (the others: the largest DNN's pages)
 Selection on validation data; test accuracy scored once per configuration.
 """
 from __future__ import annotations
@@ -26,7 +26,7 @@ from weightsep.evaluate import make_row, packed_theta, summarize
 from weightsep.files import atomic_write_text, source_commit
 from weightsep.fisher import FisherConfig
 from weightsep.optimize import OptimizeConfig
-from weightsep.pack import PackConfig
+from weightsep.pack import PUBLISHED_SHARED_PAGES, PackConfig
 from weightsep.packing import pack_and_optimize_records
 from weightsep.pipeline import RESULTS_DIR
 from weightsep.records import Reference, load
@@ -37,7 +37,7 @@ CONFIGS = {
     "greedy matching": dict(matching="greedy"),
     "round-robin optimizer": dict(optimizer="round-robin"),
     "paper (all published)": dict(fisher="paper", matching="greedy", shared_content="random", optimizer="round-robin",
-                                  separation="margin"),
+                                  separation="margin", n_shared=PUBLISHED_SHARED_PAGES),
 }
 
 
@@ -55,7 +55,8 @@ def main(argv=None) -> int:
     for label, change in CONFIGS.items():
         pack_config = PackConfig(mode=args.mode, matching=change.get("matching", "optimal"),
                                  shared_content=change.get("shared_content", "fisher-mean"),
-                                 separation=change.get("separation", PackConfig.separation))
+                                 separation=change.get("separation", PackConfig.separation),
+                                 n_shared=change.get("n_shared"))
         fisher = FisherConfig(change.get("fisher", "predicted"))
         optimizer = change.get("optimizer", "joint")
         opt = OptimizeConfig(optimizer=optimizer, steps=args.budget, steps_per_turn=args.steps_per_turn,

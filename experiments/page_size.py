@@ -10,7 +10,7 @@ defaults.
 from __future__ import annotations
 
 from weightsep.evaluate import BYTES_PER_WEIGHT
-from weightsep.pack import PackConfig
+from weightsep.pack import PUBLISHED_SHARED_PAGES, PackConfig
 from weightsep.pages import n_pages
 from weightsep.precision import TABLE_ENTRY_BYTES
 
@@ -21,7 +21,7 @@ TITLE = "Page size"
 QUESTION = "How do accuracy after optimisation, matching cost and time, and the packing ratio depend on the page size?"
 SIZES = (64, 128, 256, 512, 1024, 2048)
 QUICK_SIZES = (128, 512, 2048)
-SHARED_WEIGHTS = PackConfig.n_shared * PackConfig.page_size
+SHARED_WEIGHTS = PUBLISHED_SHARED_PAGES * PackConfig.page_size  # the published store's, held at every P
 
 
 def equal_bytes_ratio(sizes: list[int], page_size: int) -> float:

@@ -36,6 +36,7 @@ from weightsep.dnn import Dataset, Split
 from weightsep.evaluate import make_row, packed_theta, summarize
 from weightsep.files import atomic_write_text
 from weightsep.optimize import OPTIMIZERS
+from weightsep.pack import PUBLISHED_SHARED_PAGES
 from weightsep.packing import pack_records
 from weightsep.page_optimizer import PageOptimizer
 from weightsep.records import Reference, load
@@ -54,7 +55,7 @@ PUBLISHED = {"mnist": 98.45, "fmnist": 87.35}  # WS, after separation (dnnkit.pa
 STEPS_PER_TURN = 320  # published: 10 x 32
 ROUNDS = 5  # of the published 100
 PAPER = {"fisher": {"estimator": "paper"},
-         "pack": {"separation": "margin", "matching": "greedy", "shared_content": "random"},
+         "pack": {"separation": "margin", "matching": "greedy", "shared_content": "random", "n_shared": PUBLISHED_SHARED_PAGES},
          "optimize": {"optimizer": "round-robin", "lam": 0.1, "lr": 1e-3, "loss": "paper"}}
 
 

@@ -5,11 +5,13 @@ import torch
 from weightsep.pack import (
     MODES,
     PACK_MODES,
+    PUBLISHED_SHARED_PAGES,
     SHARED_CONTENT,
     SHARED_CONTENTS,
     PackConfig,
     add_vnn,
     new_state,
+    pack_config,
     plans_a_set,
     remove_vnn,
     shared_pages_needed,
@@ -136,3 +138,33 @@ def test_variants_come_from_their_tables():
         assert bool(pages.any()) == (content == "random")
     with pytest.raises(ValueError, match="choose from ws, nwv"):
         PackConfig(mode="both")
+
+
+def test_the_shared_pages_follow_the_dnns_unless_given():
+    """S defaults to the largest DNN's page count in both modes (a DNN's pages lie on distinct shared
+    pages); a given S is WS's (the published 128 is one flag away), while NWV always derives it."""
+    sizes = [300, 250, 64]  # 5, 4 and 1 pages of 64
+    assert PackConfig().n_shared is None
+    assert shared_pages_needed(sizes, PackConfig(page_size=P)) == 5
+    assert shared_pages_needed(sizes, PackConfig(page_size=P, mode="nwv")) == 5
+    assert shared_pages_needed(sizes, PackConfig(page_size=P, n_shared=PUBLISHED_SHARED_PAGES)) == 128
+    assert shared_pages_needed(sizes, PackConfig(page_size=P, n_shared=3)) == 3
+    assert shared_pages_needed(sizes, PackConfig(page_size=P, mode="nwv", n_shared=3)) == 5
+    for bad in (0, -1, 2.5, True):
+        with pytest.raises(ValueError, match="--shared-pages"):
+            PackConfig(n_shared=bad)
+
+
+def test_a_store_keeps_its_shared_pages_when_its_config_left_them_to_the_dnns():
+    """`add` to a store rebuilds the store's pack config: S is the state's, whatever its config says."""
+    import argparse
+
+    from weightsep.cli import stored_pack_config
+
+    state = new_state(PackConfig(page_size=P), S)  # a config that leaves S to the DNNs: None
+    assert pack_config(state).n_shared is None
+    flags = argparse.Namespace(seed=0, page_size=None, mode=None)
+    assert stored_pack_config(state, argparse.Namespace(**vars(flags), n_shared=None)).n_shared == S
+    assert stored_pack_config(state, argparse.Namespace(**vars(flags), n_shared=S)).n_shared == S
+    with pytest.raises(ValueError, match=f"made with n_shared={S}, not {S + 1}"):
+        stored_pack_config(state, argparse.Namespace(**vars(flags), n_shared=S + 1))

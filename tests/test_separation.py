@@ -1,7 +1,16 @@
 import pytest
 import torch
 
-from weightsep.separation import allot, contribution_density, exclusive_budget, separate, target_performance_rate
+from weightsep.pages import n_pages
+from weightsep.separation import (
+    RATIO_TOLERANCE,
+    allot,
+    contribution_density,
+    exclusive_budget,
+    reach,
+    separate,
+    target_performance_rate,
+)
 
 # P = 2: page masses 4, 4, 1, 1 of a total of 10, so cd = 0.4, 0.4, 0.1, 0.1
 FISHER = torch.tensor([4.0, 0.0, 3.0, 1.0, 1.0, 0.0, 0.0, 1.0])
@@ -67,3 +76,56 @@ def test_a_given_number_of_exclusive_pages_overrides_the_margin():
     assert sep.exclusive.tolist() == [0, 2] and sep.sharable.tolist() == [1, 3]
     with pytest.raises(ValueError):
         separate(fisher, page_size=2, n_shared=4, n_exclusive=5)
+
+
+# issue 29's engineer: a MobileNet of 438 pages, a ResNet-8 of 153 and a DS-CNN of 46 (P = 512), asked for 3x
+TINYML = {"resnet8": 77_850, "dscnn": 23_050, "mobilenet": 224_123}
+
+
+def test_the_reachable_ratio_is_bounded_by_the_largest_dnn_by_hand():
+    # 325,023 weights; the published S = 128: 310 of mobilenet's pages and 25 of resnet8's stay exclusive
+    at_128 = reach(TINYML, 512, 128)
+    assert (at_128.largest, at_128.pages, at_128.beyond) == ("mobilenet", 438, 335)
+    assert at_128.ratio == pytest.approx(325_023 / (512 * 463))  # 1.37x: what the issue's engineer got for 3x
+    assert at_128.best == pytest.approx(325_023 / (512 * 438))  # 1.45x: S = mobilenet's pages, none beyond
+    assert reach(TINYML, 512, 438).ratio == at_128.best and reach(TINYML, 512, 200).ratio == at_128.best
+
+
+def test_an_unreachable_ratio_names_the_dnn_that_prevents_it_and_the_ways_out():
+    assert reach(TINYML, 512, 438).shortfall(3.0) == (
+        "ratio 3 asked, 1.45x reached: DNN 'mobilenet' has 438 pages and S = 438 shared pages must hold them, "
+        "so at most 1.45x; drop it, pack more DNNs with it, or ask for at most 1.45x")
+    too_few = reach(TINYML, 512, 128).shortfall(3.0)
+    assert too_few.startswith("ratio 3 asked, 1.37x reached: DNN 'mobilenet' has 438 pages, more than S = 128 shared "
+                              "pages hold: 335 pages beyond S stay exclusive, so at most 1.37x; leave --shared-pages "
+                              "unset (S = 438: at most 1.45x), drop 'mobilenet'")
+    # ten DNNs of 120 pages in 128 shared pages reach 9.4x, in 120 the 10x asked
+    too_many = reach({f"d{i}": 120 * 512 for i in range(10)}, 512, 128).shortfall(10.0)
+    assert "S = 128 shared pages are more than the largest DNN, 'd0', has (120)" in too_many
+    assert too_many.endswith("leave --shared-pages unset (S = 120: at most 10.00x) or ask for at most 9.38x")
+    assert "drop" not in too_many  # the store, not a DNN, is in the way
+    assert reach(TINYML, 512, 438).shortfall(3.0, reached=1.2).startswith("ratio 3 asked, 1.20x reached: DNN 'mobilenet'")
+    alone = reach({"solo": 5 * 512}, 512, 5).shortfall(2.0)  # one DNN packs to 1x at most: nothing to drop
+    assert alone.endswith("must hold them, so at most 1.00x; pack more DNNs with it or ask for at most 1.00x")
+
+
+def test_a_ratio_within_the_tolerance_counts_as_reached():
+    most = reach(TINYML, 512, 438).ratio
+    assert reach(TINYML, 512, 438).shortfall(most) is None
+    assert reach(TINYML, 512, 438).shortfall(most / (1 - RATIO_TOLERANCE) * 0.999) is None
+    assert reach(TINYML, 512, 438).shortfall(most / (1 - RATIO_TOLERANCE) * 1.001) is not None
+
+
+@pytest.mark.parametrize("ratio", [1.2, 1.9, 2.5, 4.0, 6.0, 9.0])
+@pytest.mark.parametrize("n_shared", [40, 100, 128, 200])
+def test_the_reach_says_what_the_budget_plan_packs(ratio, n_shared):
+    """One rule: the budget and its allotment pack to at least the ratio asked, or fall more than 5% short
+    exactly when `shortfall` says so, and then to `reach`'s ratio."""
+    sizes = {"a": 60_000, "b": 20_000, "c": 90_000, "d": 7_000, "e": 65_000}
+    pages = {name: n_pages(n, 512) for name, n in sizes.items()}
+    budget = exclusive_budget(list(sizes.values()), 512, n_shared, ratio)
+    counts, spare = allot(budget, pages, n_shared, at_packing=0.5)
+    packed = sum(sizes.values()) / (512 * (n_shared + sum(counts.values()) + spare))  # every spare page promoted
+    found = reach(sizes, 512, n_shared)
+    assert (found.shortfall(ratio) is None) == (packed >= (1 - RATIO_TOLERANCE) * ratio)
+    assert packed >= ratio or packed == pytest.approx(found.ratio)

@@ -21,6 +21,7 @@ caller's modules on the packed weights, loading each DNN's packed buffers into i
 from __future__ import annotations
 
 import copy
+import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import replace
 
@@ -30,7 +31,7 @@ from torch import nn
 
 from . import flat
 from .dnn import Dataset, Split
-from .evaluate import accuracy
+from .evaluate import accuracy, ratio_warning
 from .execution import PackedModel
 from .fisher import FisherConfig
 from .optimize import OptimizeConfig
@@ -129,7 +130,8 @@ def pack(dnns: Mapping[str, tuple], pack_config: PackConfig | None = None, fishe
     (data: `(x, y)` tensors or an iterable of `(x, y)` batches). Returns the optimised `PackedState`;
     each DNN's stand-alone accuracy (on its test data, else validation data) is in its provenance.
     Configs default to the CLI's (`precision_config`: float32 pages; e.g. `PrecisionConfig(precision="int8")`).
-    Bad input is a ValueError naming the DNN (or the argument), raised before any work."""
+    Bad input is a ValueError naming the DNN (or the argument), raised before any work; a ratio asked
+    (`PackConfig.ratio`) that these DNNs cannot reach is a UserWarning naming the DNN that prevents it."""
     if not isinstance(dnns, Mapping) or not dnns:
         raise ValueError(f"expected a dict of DNN name -> (module, train data, validation data), got "
                          f"{'an empty one' if isinstance(dnns, Mapping) else type(dnns).__name__}: no DNNs to pack")
@@ -145,4 +147,7 @@ def pack(dnns: Mapping[str, tuple], pack_config: PackConfig | None = None, fishe
     configs = [replace(c or default(), seed=seed) for c, default in
                ((pack_config, PackConfig), (fisher_config, FisherConfig), (optimize_config, OptimizeConfig))]
     state, *_ = pack_and_optimize_records(records, *configs, precision_config=precision_config)
+    warning = ratio_warning(state)
+    if warning:
+        warnings.warn(warning, UserWarning, stacklevel=2)
     return state

@@ -35,7 +35,7 @@ from .group import Group
 from .joint import BALANCES, SCHEDULES
 from .matching import MATCHERS
 from .optimize import OPTIMIZERS, OptimizeConfig, optimize, unused_fields
-from .pack import MODES, SHARED_CONTENT, PackConfig, pack_config, plans_a_set, remove_vnn
+from .pack import MODES, PUBLISHED_SHARED_PAGES, SHARED_CONTENT, PackConfig, pack_config, plans_a_set, remove_vnn
 from .packing import pack_records
 from .page_optimizer import SELECTIONS
 from .pipeline import RESULTS_DIR, RunConfig, hold, run, write_summary
@@ -87,15 +87,16 @@ def build_config(cls: type, args: argparse.Namespace, **fixed):
 
 
 def stored_pack_config(state, args: argparse.Namespace) -> PackConfig:
-    """The store's own pack config; a flag that contradicts its layout is an error."""
+    """The store's own pack config with its S (the state's: a config may leave S to the DNNs); a flag
+    that contradicts its layout is an error."""
     stored = pack_config(state)
-    for name in ("mode", "page_size", "n_shared"):
+    layout = {"mode": stored.mode, "page_size": stored.page_size, "n_shared": state.n_shared}
+    for name, value in layout.items():
         given = getattr(args, name, None)
-        if given is not None and given != getattr(stored, name):
-            raise ValueError(f"the store was made with {name}={getattr(stored, name)}, not {given}; "
+        if given is not None and given != value:
+            raise ValueError(f"the store was made with {name}={value}, not {given}; "
                              "use another --store for a different layout")
-    return build_config(PackConfig, args, mode=stored.mode, page_size=stored.page_size, n_shared=stored.n_shared,
-                        separation="margin")
+    return build_config(PackConfig, args, **layout, separation="margin")
 
 
 # ---- operations -------------------------------------------------------------------------------
@@ -156,8 +157,11 @@ def cmd_add(args) -> None:
 
 def _add(args, store: Store) -> None:
     state = store.load() if store.exists() else None
-    # -mode=a adds one DNN at a time, so the published per-DNN margin decides its exclusive pages
-    config = build_config(PackConfig, args, separation="margin") if state is None else stored_pack_config(state, args)
+    # -mode=a adds one DNN at a time, so the published per-DNN margin decides its exclusive pages, and
+    # the DNNs to come are unknown: a new store has the published S unless --shared-pages says otherwise
+    published = PUBLISHED_SHARED_PAGES if args.n_shared is None else args.n_shared
+    config = (build_config(PackConfig, args, separation="margin", n_shared=published) if state is None
+              else stored_pack_config(state, args))
     if state is not None and args.network_path in state.vnns:
         raise ValueError(f"DNN {args.network_path!r} is already packed in {args.store}; remove it first")
     records = load([args.network_path], args.dnn_folder)

@@ -21,6 +21,7 @@ import torch
 from . import precision
 from .flat import evaluating, load_buffer_state
 from .pages import materialize, n_pages
+from .separation import reach
 from .state import PackedState
 
 BYTES_PER_WEIGHT = 4  # float32
@@ -131,6 +132,7 @@ class Totals:
     mean_packed_minus_control_pp: float | None = None
     worst_packed_minus_control_pp: float | None = None
     largest_control_gain_pp: float | None = None  # the DNN that gained most from extra training alone
+    ratio_warning: str | None = None  # the ratio asked was not reached: why, and the DNN that prevents it
 
     def to_json(self) -> dict:
         """As summary.json holds them: the control's figures left out when none ran."""
@@ -157,8 +159,20 @@ def make_row(state: PackedState, name: str, standalone_accuracy: float, packed_a
                standalone_accuracy, packed_accuracy, control_accuracy, published, control_val_gain_pp)
 
 
+def ratio_warning(state: PackedState) -> str | None:
+    """Why the budget separation's ratio (its plan, in the state's config) was not reached by weight count,
+    naming the DNN that prevents it (`separation.Reach`); None where it was, or where no ratio was asked."""
+    if state.config.budget is None:
+        return None
+    sizes = {name: vnn.n_weights for name, vnn in state.vnns.items()}
+    pages = state.n_shared + sum(vnn.n_exclusive for vnn in state.vnns.values())
+    return reach(sizes, state.page_size, state.n_shared).shortfall(state.config.budget["ratio"],
+                                                                   sum(sizes.values()) / (state.page_size * pages))
+
+
 def summarize(state: PackedState, rows: list[Row]) -> Table:
-    """Totals stand-alone vs packed, by weight count and by bytes, with both ratios."""
+    """Totals stand-alone vs packed, by weight count and by bytes, with both ratios (and why the ratio
+    asked was not reached, where it was not)."""
     P = state.page_size
     standalone_weights = sum(r.weights for r in rows)
     exclusive = sum(r.exclusive_pages for r in rows)
@@ -175,7 +189,7 @@ def summarize(state: PackedState, rows: list[Row]) -> Table:
         packed_fraction_by_count=packed_weights / standalone_weights, page_formats=precision.format_counts(state),
         packed_bytes_by_part=by_format, mean_standalone_accuracy=mean([r.standalone_accuracy for r in rows]),
         mean_packed_accuracy=mean([r.packed_accuracy for r in rows]), mean_difference_pp=mean([r.difference_pp for r in rows]),
-        worst_difference_pp=min(r.difference_pp for r in rows))
+        worst_difference_pp=min(r.difference_pp for r in rows), ratio_warning=ratio_warning(state))
     if all(r.control_accuracy is not None for r in rows):
         totals.mean_control_accuracy = mean([r.control_accuracy for r in rows])
         totals.mean_packed_minus_control_pp = 100 * (totals.mean_packed_accuracy - totals.mean_control_accuracy)
@@ -296,6 +310,7 @@ def format_table(summary: dict, markdown: bool = False) -> str:
            " (pages: " + ", ".join(f"{n} {f}" for f, n in t["page_formats"].items()) + ")"),
         f"ratio:       {t['ratio_by_count']:.2f}x by weight count ({100 * t['packed_fraction_by_count']:.1f}% of stand-alone), "
         f"{t['ratio_by_bytes']:.2f}x by bytes",
+        *([f"warning:     {t['ratio_warning']}"] if "ratio_warning" in t else []),
         "accuracy:    " + (f"packed - no-sharing control: mean {t['mean_packed_minus_control_pp']:+.2f} pp, worst DNN "
                             f"{t['worst_packed_minus_control_pp']:+.2f} pp; " if control else "")
         + f"packed - stand-alone: mean {t['mean_difference_pp']:+.2f} pp, worst DNN {t['worst_difference_pp']:+.2f} pp",

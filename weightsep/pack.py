@@ -56,11 +56,20 @@ def _all_shared(name, fisher, total, S, config, tpr, n_exclusive):
     return torch.zeros(0, dtype=torch.long), torch.arange(total), {}
 
 
+def _largest(sizes: list[int], config: PackConfig) -> int:
+    """The largest DNN's page count: the fewest shared pages on which every page of each DNN can be shared
+    (a DNN's pages lie on distinct shared pages)."""
+    return max(n_pages(n, config.page_size) for n in sizes)
+
+
+def _configured(sizes: list[int], config: PackConfig) -> int:
+    """The S asked for (`--shared-pages`), else the largest DNN's page count."""
+    return _largest(sizes, config) if config.n_shared is None else config.n_shared
+
+
 PACK_MODES = {
-    "ws": PackMode(True, _separate, lambda sizes, config: config.n_shared,
-                   "exclusive + shared pages (weight separation)"),
-    "nwv": PackMode(False, _all_shared, lambda sizes, config: max(n_pages(n, config.page_size) for n in sizes),
-                    "every page shared; S = the largest DNN's pages"),
+    "ws": PackMode(True, _separate, _configured, "exclusive + shared pages (weight separation)"),
+    "nwv": PackMode(False, _all_shared, _largest, "every page shared; S = the largest DNN's pages"),
 }
 
 
@@ -98,18 +107,22 @@ SHARED_CONTENTS = {"fisher-mean": SharedContent(_zeros, _fisher_mean), "first": 
                    "random": SharedContent(_noise, _kept)}
 MODES = tuple(PACK_MODES)
 SHARED_CONTENT = tuple(SHARED_CONTENTS)
+PUBLISHED_SHARED_PAGES = 128  # WS's store (PerCom 2022): `--shared-pages 128`, and a new store of `add` (-mode=a)
 VERSION = 1  # PackConfig's: bump when a field's meaning changes, so stored configs can be told apart
 
 
 @dataclass(frozen=True)
 class PackConfig:
-    """How DNNs are packed. Published WS defaults: P=512, S=128, margin 0.1, alpha 0.5 (separation "margin")."""
+    """How DNNs are packed. Published WS defaults: P=512, S=128 (`PUBLISHED_SHARED_PAGES`), margin 0.1, alpha 0.5
+    (separation "margin")."""
 
     mode: str = opt("ws", "\"ws\": exclusive + shared pages; \"nwv\": everything shared, S = largest DNN's pages")
     page_size: int = opt(512, "weights per page (P; published 512)")
-    n_shared: int = opt(128, "shared pages (S; published 128); WS only, NWV derives S from the DNNs")
+    n_shared: int | None = opt(None, "shared pages (S; published 128); unset: the largest DNN's page count, the fewest "
+                               "that share all of a DNN's pages (`add`'s new store: 128); WS only, NWV derives S")
     separation: str = opt("budget", 'WS: "budget" (one budget for the set, from `ratio`) or "margin" (published)')
-    ratio: float = opt(6.0, "budget: stand-alone weights / packed weights asked for (sets the exclusive pages)")
+    ratio: float = opt(6.0, "budget: stand-alone weights / packed weights asked for (sets the exclusive pages); "
+                            "one more than 5% out of reach is warned of, naming the DNN that prevents it")
     at_packing: float = opt(0.5, "budget: share of the exclusive pages given at packing; the rest by accuracy")
     margin: float = opt(0.1, "margin: each DNN keeps pages until 1 - margin of its Fisher mass")
     target_accuracy: float | None = opt(None, "WS: a target accuracy lowers tpr, so fewer exclusive pages")
@@ -141,7 +154,8 @@ class PackConfig:
         within(self, "alpha", 0.0, 1.0)  # a threshold on an L2-normalised output row, which lies in [0, 1]
         within(self, "page_size", 1, MAX_PAGE_SIZE)
         at_least(self, "n_shared", 1)
-        if self.n_shared * self.page_size > MAX_SHARED_WEIGHTS:  # checked before anything is allocated
+        # checked before anything is allocated (None: S is the largest DNN's pages, a DNN already in memory)
+        if self.n_shared is not None and self.n_shared * self.page_size > MAX_SHARED_WEIGHTS:
             raise ValueError(f"--shared-pages x --page-size = {self.n_shared:,} x {self.page_size:,} weights "
                              f"({self.n_shared * self.page_size * 4 / 2**30:.1f} GiB per float32 copy) is over "
                              f"the limit of {MAX_SHARED_WEIGHTS:,} weights; the published store is 128 x 512")
@@ -170,7 +184,7 @@ def pack_config(state: PackedState) -> PackConfig:
 
 
 def shared_pages_needed(n_weights: list[int], config: PackConfig) -> int:
-    """S for a set of DNNs: NWV uses the largest DNN's page count, WS the configured S."""
+    """S for a set of DNNs of these weight counts: the configured S (WS), else the largest DNN's page count."""
     return PACK_MODES[config.mode].n_shared(n_weights, config)
 
 

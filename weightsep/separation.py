@@ -26,6 +26,7 @@ Two ways to decide how many pages each DNN keeps, by name (`SEPARATIONS`):
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
@@ -119,10 +120,69 @@ def separate(fisher: torch.Tensor, page_size: int, n_shared: int, margin: float 
 
 def exclusive_budget(n_weights: list[int], page_size: int, n_shared: int, ratio: float) -> int:
     """Exclusive pages that keep the packed store `ratio` times smaller than the stand-alone DNNs by
-    weight count: floor(sum(n) / (ratio P)) - S, at least 0 (then the ratio cannot be reached)."""
+    weight count: floor(sum(n) / (ratio P)) - S, at least 0 (then the ratio may not be reached: `reach`)."""
     if ratio <= 0:
         raise ValueError(f"ratio must be positive, got {ratio}")
     return max(0, int(sum(n_weights) // (ratio * page_size)) - n_shared)
+
+
+RATIO_TOLERANCE = 0.05  # a packing ratio within 5% of the one asked counts as reached (pages are whole)
+
+
+@dataclass(frozen=True)
+class Reach:
+    """How far the budget separation can pack a set of DNNs by weight count, and what bounds it (`reach`).
+
+    A DNN's pages lie on distinct shared pages, so its pages beyond the S shared pages stay exclusive
+    whatever the ratio: the store holds at least S + those pages, never fewer than the largest DNN's."""
+
+    weights: int  # the DNNs' weights, in all
+    page_size: int  # P
+    n_shared: int  # S
+    beyond: int  # the DNNs' pages beyond S, in all
+    largest: str  # the DNN of most pages
+    pages: int  # its page count
+    dnns: int  # how many DNNs
+
+    @property
+    def ratio(self) -> float:
+        """The most these S shared pages reach: sum(n) / (P (S + the pages beyond S))."""
+        return self.weights / (self.page_size * (self.n_shared + self.beyond))
+
+    @property
+    def best(self) -> float:
+        """The most any S reaches: sum(n) / (P x the largest DNN's pages), at S = its pages."""
+        return self.weights / (self.page_size * self.pages)
+
+    def shortfall(self, asked: float, reached: float | None = None) -> str | None:
+        """Why the ratio `asked` cannot be reached (`ratio` is more than `RATIO_TOLERANCE` below it): what
+        prevents it and the ways out; None where it can. `reached`: the store's ratio by count, which is
+        `ratio` as the budget packs it (the budget is then 0), another after `add` or `remove`."""
+        if self.ratio >= (1 - RATIO_TOLERANCE) * asked:
+            return None
+        reached = self.ratio if reached is None else reached
+        if self.n_shared > self.pages:
+            why = f"S = {self.n_shared} shared pages are more than the largest DNN, {self.largest!r}, has ({self.pages})"
+        elif self.n_shared == self.pages:
+            why = f"DNN {self.largest!r} has {self.pages} pages and S = {self.n_shared} shared pages must hold them"
+        else:
+            why = (f"DNN {self.largest!r} has {self.pages} pages, more than S = {self.n_shared} shared pages hold: "
+                   f"{self.beyond} pages beyond S stay exclusive")
+        ways = [] if self.n_shared == self.pages else [f"leave --shared-pages unset (S = {self.pages}: at most {self.best:.2f}x)"]
+        if self.best < (1 - RATIO_TOLERANCE) * asked:
+            drop = ["drop it" if self.n_shared == self.pages else f"drop {self.largest!r}"] if self.dnns > 1 else []
+            ways += [*drop, "pack more DNNs with it"]
+        ways.append(f"ask for at most {self.ratio:.2f}x")
+        return (f"ratio {asked:g} asked, {reached:.2f}x reached: {why}, so at most {self.ratio:.2f}x; "
+                + ", ".join(ways[:-1]) + ("," if len(ways) > 2 else "") + " or " + ways[-1])
+
+
+def reach(n_weights: Mapping[str, int], page_size: int, n_shared: int) -> Reach:
+    """The `Reach` of DNNs of `n_weights` weights each (by name) in a store of `n_shared` shared pages."""
+    pages = {name: n_pages(n, page_size) for name, n in n_weights.items()}
+    largest = max(pages, key=pages.get)
+    return Reach(sum(n_weights.values()), page_size, n_shared, sum(max(0, p - n_shared) for p in pages.values()),
+                 largest, pages[largest], len(pages))
 
 
 def allot(budget: int, pages: dict[str, int], n_shared: int, at_packing: float) -> tuple[dict[str, int], int]:
