@@ -67,14 +67,13 @@ WS_STORE = {"page_size": 512, "shared_pages": 128, "exclusive_pages": 94}  # WS'
 def published_ws_point() -> dict:
     """WS's ten-DNN operating point from the numbers above: the mean accuracy change (pp) and the packing
     ratio by weight count (5.87x, as published) and by bytes as weightsep counts a store (float32 pages
-    plus one page-table entry per DNN page, `precision.TABLE_ENTRY_BYTES` each)."""
-    from weightsep.pages import n_pages
-    from weightsep.precision import TABLE_ENTRY_BYTES
+    plus one page-table entry per DNN page, `precision.tables_bytes_for`)."""
+    from weightsep.precision import tables_bytes_for
 
     P = WS_STORE["page_size"]
     pages = WS_STORE["shared_pages"] + WS_STORE["exclusive_pages"]
     weights = sum(p.weights for p in PUBLISHED.values())
-    table = sum(n_pages(p.weights, P) for p in PUBLISHED.values()) * TABLE_ENTRY_BYTES
+    table = tables_bytes_for([p.weights for p in PUBLISHED.values()], P)
     change = sum(p.accuracy_separated - p.accuracy for p in PUBLISHED.values()) / len(PUBLISHED)
     return {"change_pp": change, "ratio_by_count": weights / (pages * P),
             "ratio_by_bytes": 4 * weights / (4 * pages * P + table)}

@@ -11,8 +11,7 @@ from __future__ import annotations
 
 from weightsep.evaluate import BYTES_PER_WEIGHT
 from weightsep.pack import PUBLISHED_SHARED_PAGES, PackConfig
-from weightsep.pages import n_pages
-from weightsep.precision import TABLE_ENTRY_BYTES
+from weightsep.precision import tables_bytes_for
 
 from . import harness
 
@@ -27,11 +26,9 @@ SHARED_WEIGHTS = PUBLISHED_SHARED_PAGES * PackConfig.page_size  # the published 
 def equal_bytes_ratio(sizes: list[int], page_size: int) -> float:
     """The ratio by weight count at which pages of `page_size` pack DNNs of `sizes` weights into the bytes
     that our default page size and ratio take (float32 pages plus page tables, as the store counts them)."""
-    def table(p: int) -> int:
-        return sum(n_pages(n, p) for n in sizes) * TABLE_ENTRY_BYTES
-
     total = BYTES_PER_WEIGHT * sum(sizes)
-    return total / (total / PackConfig.ratio + table(PackConfig.page_size) - table(page_size))
+    return total / (total / PackConfig.ratio + tables_bytes_for(sizes, PackConfig.page_size)
+                    - tables_bytes_for(sizes, page_size))
 
 
 def setting(p: int, sizes: list[int]) -> harness.Setting:

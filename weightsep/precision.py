@@ -33,7 +33,7 @@ from . import quant
 from .checks import at_least, finite, one_of, positive, typed
 from .config_help import opt
 from .formats import QuantizedPages
-from .pages import to_pages
+from .pages import n_pages, to_pages
 from .state import PAGE_TABLE_DTYPE, PackedState, exclusive_slots, is_shared
 
 POLICIES = (*quant.FORMATS, "fisher")
@@ -123,7 +123,13 @@ def page_fisher(state: PackedState) -> tuple[torch.Tensor, dict[str, torch.Tenso
 
 
 def table_bytes(state: PackedState) -> int:
+    """The bytes of a store's page tables: one entry per logical page of each DNN."""
     return sum(v.n_pages for v in state.vnns.values()) * TABLE_ENTRY_BYTES
+
+
+def tables_bytes_for(sizes: list[int], page_size: int) -> int:
+    """`table_bytes` of a store that would hold DNNs of `sizes` weights in pages of `page_size`."""
+    return sum(n_pages(n, page_size) for n in sizes) * TABLE_ENTRY_BYTES
 
 
 def _fisher_codes(state: PackedState, config: PrecisionConfig,
