@@ -23,9 +23,10 @@ import types
 import typing
 from pathlib import Path
 
-from . import distributed
+from . import bound, distributed
 from . import dnn as dnn_mod
 from . import store as store_mod
+from .bound import DEFAULT_MAX_LOSS_PP
 from .checks import Parser, flag, int_at_least, writable_dir
 from .config_help import flag_help
 from .errors import USER_ERRORS
@@ -123,13 +124,25 @@ def cmd_prepare(args) -> None:
     print(f"data ready in {dnn_mod.data_dir()}")
 
 
+def max_loss_arg(text: str) -> tuple[str | None, float]:
+    """`PP` or `NAME=PP` of --max-loss: (None or NAME, PP)."""
+    name, _, value = text.rpartition("=")
+    try:
+        return name or None, float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: a loss bound is PP or NAME=PP, PP a number of percentage points") from None
+
+
 def cmd_run(args) -> None:
+    bounds = args.max_loss or []
     config = RunConfig(
         dnns=args.dnns or dnn_mod.suite(), extra_folders=args.dnn_folder, store=args.store, results=args.results,
         workers=args.workers, pack=build_config(PackConfig, args), fisher=build_config(FisherConfig, args),
         optimize=build_config(OptimizeConfig, args), precision=build_config(PrecisionConfig, args),
         control=args.control, train_steps=args.train_steps,
-        seeds=args.seeds or [args.seed], procs=args.procs, backend=args.backend)
+        seeds=args.seeds or [args.seed], procs=args.procs, backend=args.backend,
+        max_loss=next((pp for name, pp in bounds if name is None), None),
+        max_loss_by_dnn={name: pp for name, pp in bounds if name is not None})
     summary = run(config)
     if summary is None:  # a rank other than 0 under torchrun: rank 0 reports
         return
@@ -137,6 +150,8 @@ def cmd_run(args) -> None:
         if len(config.seeds) > 1:
             print(f"\n== seed {one['seed']} (store {one['store']})")
         print(format_table(one))
+        if "max_loss" in one:
+            print(bound.described(one["max_loss"]))
         t = one["timings"]
         ranks = (f" ({config.procs} ranks, all-reduce {t['communication_seconds']:.1f} s; per rank "
                  + ", ".join(f"{m:.0f}" for m in t["peak_memory_mb_per_rank"]) + " MB)") if "peak_memory_mb_per_rank" in t else ""
@@ -374,6 +389,10 @@ def parser() -> argparse.ArgumentParser:
                         "(--no-control skips it: faster, but no packed - control column)")
     c.add_argument("--seeds", type=int, nargs="+",
                    help="run the whole pipeline once per seed and report mean and spread (default: --seed)")
+    c.add_argument("--max-loss", nargs="+", metavar="PP|NAME=PP", type=max_loss_arg,
+                   help="pack to an accuracy instead of a ratio: the smallest store whose every DNN stays within PP "
+                        "percentage points of its no-sharing control on validation data; NAME=PP sets one DNN's "
+                        f"bound (the others: PP, else {DEFAULT_MAX_LOSS_PP}). Sizes the store itself: no --ratio")
     c = command("prepare", cmd_prepare, "build the offline default's data files (idempotent)")
     c.add_argument("dnns", nargs="*", help="DNN names or folders (default: the offline suite, or the DNNs in the "
                    "--dnn-folder folders when given)")
@@ -431,10 +450,16 @@ def check_args(args: argparse.Namespace) -> None:
         if unused:
             raise ValueError(f"{', '.join(map(flag, unused))}: no effect on {args.command} with the {optimizer} "
                              "optimizer, which does not read it; leave it out")
+        if args.command == "run" and args.max_loss and getattr(args, "ratio", None) is not None:
+            raise ValueError("--ratio and --max-loss both size the store: give one (--max-loss finds the ratio)")
         if (args.command == "run" and "promote_pages" in given
                 and plans_a_set(args.mode or PackConfig.mode, args.separation or PackConfig.separation)):
             raise ValueError("--promote-pages is set by the budget separation (the part of the --ratio budget not "
                              "given at packing); use --at-packing to change it, or --separation margin")
+    if args.command == "run" and args.max_loss:
+        names = [name for name, _ in args.max_loss]
+        if names.count(None) > 1 or len(set(names)) != len(names):
+            raise ValueError("--max-loss: give PP at most once and each NAME=PP at most once")
     if args.store.exists() and not args.store.is_dir():
         raise ValueError(f"--store {args.store} is a file, not a store directory")
     if args.command in WRITES_STORE:

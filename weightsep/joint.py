@@ -72,10 +72,19 @@ def joint(po: PageOptimizer) -> None:
     schedule = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: SCHEDULES[cfg.schedule](step + 1, cfg.steps))
     per_step = min(cfg.dnns_per_step or len(names), len(names))
     checks = [s for s in range(1, cfg.steps + 1) if s % cfg.eval_every == 0 or s == cfg.steps]
-    window = [s for s in checks if cfg.promote_start * cfg.steps <= s <= cfg.promote_end * cfg.steps]
+    window = [s for s in (0, *checks) if cfg.promote_start * cfg.steps <= s <= cfg.promote_end * cfg.steps]
     balance = GradientBalance(cfg.balance, cfg.balance_decay)
     dnn_batches = 0
-    po.validate(0)
+
+    def promote(step: int, accs: dict[str, float]) -> None:
+        if step in window and po.spare_pages:
+            for name, count in po.promotions(accs, len(window) - window.index(step)).items():
+                if grown := po.promote(name, count, dnn_batches):
+                    _swap_parameter(opt, *grown)
+
+    promote(0, po.validate(0))
+    if po.history.promoted:  # promoted pages start as their shared pages' content: check 0's accuracies still hold
+        po.best = po.snapshot()
     for step in tqdm(range(1, cfg.steps + 1), desc="joint optimisation", unit="step", leave=False,
                      disable=not po.progress):
         chosen = names if per_step == len(names) else [names[i] for i in torch.randperm(len(names), generator=po.gen)[:per_step]]
@@ -113,8 +122,4 @@ def joint(po: PageOptimizer) -> None:
             warnings.warn(f"step {step}: pages became non-finite; step rolled back", RuntimeWarning, stacklevel=2)
         schedule.step()
         if step in checks:
-            accs = po.validate(dnn_batches)
-            if step in window and po.spare_pages:
-                for name, count in po.promotions(accs, len(window) - window.index(step)).items():
-                    if grown := po.promote(name, count, dnn_batches):
-                        _swap_parameter(opt, *grown)
+            promote(step, po.validate(dnn_batches))

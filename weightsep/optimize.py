@@ -162,14 +162,15 @@ def unused_fields(optimizer: str) -> tuple[str, ...]:
 
 
 def optimize(state: PackedState, tasks: dict[str, Task], config: OptimizeConfig, progress: bool = True,
-             group: Group | None = None) -> tuple[PackedState, History]:
-    """Train the pages of `state` (see the module docstring); returns the best-validation state."""
+             group: Group | None = None, targets: dict[str, float] | None = None) -> tuple[PackedState, History]:
+    """Train the pages of `state` (see the module docstring); returns the best-validation state.
+    `targets`: the validation accuracy per DNN that promotion aims at (default: stand-alone's)."""
     spec, group = config.spec, group or Group.current()
     if not spec.multi_rank:
         group.refuse_ranks(f"the {config.optimizer} optimiser trains one DNN at a time, each turn on the pages the "
                            "last one left: it runs on one process (--procs 1); the joint optimiser runs on several")
     config = spec.configured(config)
-    po = PageOptimizer(state, tasks, config, progress, group)
+    po = PageOptimizer(state, tasks, config, progress, group, targets)
     start = time.perf_counter()
     spec(po)
     po.history.seconds = time.perf_counter() - start

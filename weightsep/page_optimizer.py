@@ -11,7 +11,8 @@ one DNN's loss is not hidden by the others' gains.
 
 Promotion (joint, the "budget" separation's second half): `promote_pages` spare exclusive pages
 are handed out at the validation checks between `promote_start` and `promote_end` (fractions of
-the steps), each to the DNN whose validation accuracy lies furthest below its stand-alone accuracy
+the steps; a start of 0 includes the check before the first step), each to the DNN whose validation
+accuracy lies furthest below its target, its stand-alone accuracy unless `targets` says otherwise
 (a DNN already given pages at this check counts its deficit divided among them). The page promoted
 is the DNN's shared page of highest Fisher mass; it starts as the shared page's current content,
 so nothing jumps, and from then on follows only its DNN's gradient. Pages left over when every DNN
@@ -158,7 +159,8 @@ class PageOptimizer:
     its own DNNs' exclusive pages (and the writer those of packed DNNs nobody trains)."""
 
     def __init__(self, state: PackedState, tasks: dict[str, Task], config: OptimizeConfig, progress: bool = True,
-                 group: Group | None = None):
+                 group: Group | None = None, targets: dict[str, float] | None = None):
+        """`targets`: each DNN's validation accuracy that promotion aims at (default: its stand-alone's)."""
         self.group = group or Group.current()
         self.names = list(config.dnns or state.vnns)
         unknown = [name for name in self.names if name not in state.vnns]
@@ -192,8 +194,9 @@ class PageOptimizer:
             reference = {n: self.val_accuracy(n, tasks[n].standalone) for n in self.local}
             self.history.reference = self.in_order(self.group.all_merged(reference))
         self.select = SELECTIONS[config.select if self.history.reference else "mean"]
-        self.spare_pages = config.promote_pages if self.history.reference else 0
-        if config.promote_pages and not self.history.reference:
+        self.targets = targets or self.history.reference
+        self.spare_pages = config.promote_pages if self.targets else 0
+        if config.promote_pages and not self.targets:
             warnings.warn("promotion needs each DNN's stand-alone weights; no pages will be promoted",
                           RuntimeWarning, stacklevel=2)
         self.best = self.snapshot()
@@ -263,7 +266,7 @@ class PageOptimizer:
 
     def promotions(self, accs: dict[str, float], checks_left: int) -> Counter:
         """How many spare pages each lagging DNN gets at this check (see the module docstring)."""
-        deficit = {n: self.history.reference[n] - accs[n] for n in self.names}
+        deficit = {n: self.targets[n] - accs[n] for n in self.names}
         lagging = [n for n in self.names if deficit[n] > 0 and self.n_sharable(n) > 0]
         give: Counter = Counter()
         for _ in range(min(self.spare_pages, math.ceil(self.spare_pages / max(1, checks_left)))):

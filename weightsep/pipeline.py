@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import NamedTuple
 
-from . import distributed
+from . import bound, distributed
 from . import dnn as dnn_mod
 from .config_help import opt
 from .control import control_worker, job
@@ -65,6 +65,10 @@ class RunConfig:
     seeds: list[int] = opt(help="run the whole pipeline once per seed and report mean and spread", factory=lambda: [0])
     procs: int | None = opt(None, "joint optimisation ranks on this machine (None: `distributed.auto_procs`); torchrun: its own")
     backend: str = opt("auto", "torch.distributed backend (auto: gloo on CPU, NCCL when every rank has a GPU)")
+    max_loss: float | None = opt(None, "pack to an accuracy: the smallest store whose every DNN stays within this many pp "
+                                       "of its no-sharing control on validation data (weightsep/bound.py); --ratio unused")
+    max_loss_by_dnn: dict[str, float] = opt(help="--max-loss NAME=PP: a DNN's own bound (the others: --max-loss's, "
+                                                 f"else {bound.DEFAULT_MAX_LOSS_PP})", factory=dict)
 
     def __post_init__(self):
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
@@ -87,9 +91,17 @@ class RunConfig:
             raise ValueError("no DNNs to pack: --dnns is empty")
         if len(set(self.dnns)) != len(self.dnns):
             raise ValueError(f"--dnns names a DNN twice: {' '.join(self.dnns)}")
+        if self.bounded:
+            bound.check(self.max_loss, self.max_loss_by_dnn, [Path(d).name for d in self.dnns], self.control,
+                        self.optimize, self.pack)
         for name, path in (("--store", self.store), ("--results", self.results)):
             if Path(path).exists() and not Path(path).is_dir():
                 raise ValueError(f"{name} {path} is a file, not a directory")
+
+    @property
+    def bounded(self) -> bool:
+        """Packing to an accuracy (`--max-loss`) rather than to a ratio."""
+        return self.max_loss is not None or bool(self.max_loss_by_dnn)
 
     def store_for(self, seed: int) -> Path:
         """The first seed's store is `store`; every other seed's is `store-seedN` beside it."""
@@ -109,6 +121,7 @@ class Timings:
     optimize_seconds: float
     communication_seconds: float  # joint over several ranks: this rank's time in the shared gradient's all-reduce
     no_sharing_wait_seconds: float | None = None  # the control ran beside: the wait for it after the packed DNNs
+    grow_seconds: float | None = None  # --max-loss: the rounds that grew the store after the first optimisation
     peak_memory_mb: float = 0.0
     peak_memory_mb_per_rank: list[float] | None = None
 
@@ -128,11 +141,13 @@ class SeedSummary:
     timings: Timings
     best_validation: dict[str, float]
     promoted: int
+    search: dict | None = None  # --max-loss: the bounds (pp) and every size tried (`bound.Round`)
 
     def to_json(self) -> dict:
         """As summary.json holds it (a seed's entry; the first seed's at its top level)."""
         return {**self.table.to_json(), "seed": self.seed, "store": self.store, "config": self.config,
-                "timings": self.timings.as_dict(), "best_validation": self.best_validation, "promoted": self.promoted}
+                "timings": self.timings.as_dict(), "best_validation": self.best_validation, "promoted": self.promoted,
+                **({"max_loss": self.search} if self.search else {})}
 
 
 def run(config: RunConfig) -> dict:
@@ -170,6 +185,8 @@ def run_seed(config: RunConfig, loaded: dict[str, DNNRecord], seed: int, control
     records = {n: replace(record, reference=None, fisher=None) for n, record in loaded.items()}
     mine = [n for n, record in records.items() if record.data is not None]
     pack_config, fisher_config = replace(config.pack, seed=seed), replace(config.fisher, seed=seed)
+    if config.bounded:  # the search starts from the smallest store and grows it
+        pack_config = bound.smallest(pack_config, {n: record.model.n_weights for n, record in records.items()})
     optimize_config = replace(config.optimize, seed=seed)
     start = time.perf_counter()
     trained = standalone_models([records[n].source for n in mine], group.workers(config.workers), config.train_steps,
@@ -191,13 +208,25 @@ def run_seed(config: RunConfig, loaded: dict[str, DNNRecord], seed: int, control
     state, history, optimize_config, pack_times = pack_and_optimize_records(records, pack_config, fisher_config,
                                                                             optimize_config, config.precision, group)
     times = Timings(standalone_seconds, **pack_times, communication_seconds=history.communication_seconds)
-    group.save(Store(config.store_for(seed)), state)
+    if not config.bounded:
+        group.save(Store(config.store_for(seed)), state)
 
     if control_job is not None:
         start = time.perf_counter()
         control, control_val = control_job.get()
         pool.close()
         times.no_sharing_wait_seconds = time.perf_counter() - start
+    search = None
+    if config.bounded:
+        start = time.perf_counter()
+        allowed = bound.losses(list(records), config.max_loss, config.max_loss_by_dnn)
+        control_val_all = group.all_merged(control_val)
+        state, grown, rounds = bound.grow(state, records, {n: control_val_all[n] - allowed[n] / 100 for n in records},
+                                          optimize_config, group)
+        history = grown or history
+        times.grow_seconds = time.perf_counter() - start
+        search = {"max_loss_pp": allowed, "rounds": [r.to_json() for r in rounds]}
+        group.save(Store(config.store_for(seed)), state)
     packed = {n: records[n].test_accuracy(packed_theta(state, n, records[n].model)) for n in mine}
     memory = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # this rank's process
     parts = group.gather(RankPart(packed, control, control_val, memory))
@@ -205,7 +234,7 @@ def run_seed(config: RunConfig, loaded: dict[str, DNNRecord], seed: int, control
                "precision": asdict(config.precision), "dnns": list(records)}
     return group.writes(lambda: _summary(records, state, parts, times, seed=seed, store=str(config.store_for(seed)),
                                          config=configs, best_validation=history.val_accuracy[history.best_index],
-                                         promoted=len(history.promoted)).to_json())
+                                         promoted=len(history.promoted), search=search).to_json())
 
 
 class RankPart(NamedTuple):

@@ -1,0 +1,81 @@
+"""Packing to an accuracy (`run --max-loss`, weightsep/bound.py): the smallest store, the checks on the
+bounds, the growth by promotion aimed at the bounds, and what the table says."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from weightsep import bound
+from weightsep.optimize import OptimizeConfig, optimize
+from weightsep.pack import PackConfig
+from weightsep.pages import n_pages
+
+from test_optimize import trained_pair
+
+
+def test_the_smallest_store_keeps_exclusive_only_what_cannot_be_shared():
+    from weightsep.packing import plan_budget
+
+    sizes = {"a": 60_000, "b": 64_000, "c": 20_000}
+    config = bound.smallest(PackConfig(), sizes)
+    largest = n_pages(64_000, 512)
+    plan = plan_budget(sizes, config, largest)  # S unset: the largest DNN's pages
+    assert config.separation == "budget" and plan.exclusive_pages <= 0 and sum(plan.counts.values()) == 0
+    plan = plan_budget(sizes, bound.smallest(PackConfig(n_shared=100), sizes), 100)
+    assert plan.counts == {"a": n_pages(60_000, 512) - 100, "b": largest - 100, "c": 0} and plan.spare == 0
+
+
+def test_each_dnn_gets_its_own_bound_else_the_common_one_else_the_default():
+    assert bound.losses(["a", "b"], None, {}) == {"a": bound.DEFAULT_MAX_LOSS_PP, "b": bound.DEFAULT_MAX_LOSS_PP}
+    assert bound.losses(["a", "b"], 0.5, {"b": 2.0}) == {"a": 0.5, "b": 2.0}
+
+
+@pytest.mark.parametrize("max_loss, by_dnn, control, changes, message", [
+    (-1.0, {}, True, {}, "--max-loss -1.0"),
+    (math.nan, {}, True, {}, "--max-loss nan"),
+    (1.0, {"nope": 1.0}, True, {}, "not in the run: nope"),
+    (1.0, {"a": math.inf}, True, {}, "--max-loss a=inf"),
+    (1.0, {}, False, {}, "--no-control"),
+    (1.0, {}, True, {"optimizer": "round-robin"}, "joint optimiser"),
+])
+def test_a_bound_that_cannot_be_used_is_refused_naming_the_flag(max_loss, by_dnn, control, changes, message):
+    with pytest.raises(ValueError, match=message.replace("(", r"\(")):
+        bound.check(max_loss, by_dnn, ["a", "b"], control, OptimizeConfig(**changes), PackConfig())
+    with pytest.raises(ValueError, match="--mode ws"):
+        bound.check(1.0, {}, ["a"], True, OptimizeConfig(), PackConfig(mode="nwv"))
+
+
+def test_promotion_aimed_at_a_bound_grows_only_the_dnns_below_it_and_keeps_the_check_it_starts_from():
+    state, tasks = trained_pair()
+    config = OptimizeConfig(steps=1, eval_every=1, batch_size=50, promote_pages=4, promote_start=0.0, promote_end=0.0)
+    result, history = optimize(state, tasks, config, progress=False, targets={"a": 2.0, "b": 0.0})  # a: out of reach
+    assert {n for _, n, _ in history.promoted} == {"a"} and len(history.promoted) == 4
+    assert all(step == 0 for step, _, _ in history.promoted)  # handed out at the check before the first step
+    assert result.vnns["a"].n_exclusive == state.vnns["a"].n_exclusive + 4  # kept, whichever check is best
+    assert result.vnns["b"].n_exclusive == state.vnns["b"].n_exclusive
+    _, none = optimize(state, tasks, config, progress=False, targets={"a": 0.0, "b": 0.0})  # both above their bound
+    assert none.promoted == []
+
+
+def test_promoted_pages_start_as_their_shared_content_so_the_first_check_still_holds():
+    from weightsep.evaluate import packed_theta
+
+    state, tasks = trained_pair()
+    config = OptimizeConfig(steps=1, eval_every=1, batch_size=50, promote_pages=3, promote_start=0.0, promote_end=0.0,
+                            lr=1e-12)  # a step moves nothing that shows: either check is check 0's state, grown
+    result, history = optimize(state, tasks, config, progress=False, targets={"a": 2.0, "b": 2.0})
+    assert len(history.promoted) == 3
+    for name in ("a", "b"):
+        torch.testing.assert_close(packed_theta(result, name), packed_theta(state, name), atol=1e-6, rtol=0)
+
+
+def test_the_table_names_the_bounds_the_sizes_tried_and_a_dnn_left_outside_its_bound():
+    search = {"max_loss_pp": {"a": 1.0, "b": 0.5}, "rounds": [
+        {"exclusive_pages": 0, "packed_weights": 64_000, "missed_pp": {"a": 1.5, "b": 0.2}},
+        {"exclusive_pages": 5, "packed_weights": 66_560, "missed_pp": {"a": 0.0, "b": 0.0}}]}
+    text = bound.described(search)
+    assert "within 0.5 / 1 pp" in text and "0 -> 5" in text and "warning" not in text
+    search["rounds"][-1]["missed_pp"]["b"] = 0.31
+    assert "warning:     after 1 growing round(s) b missed its bound by 0.31 pp" in bound.described(search)
