@@ -6,13 +6,12 @@ import math
 
 import pytest
 import torch
+from test_optimize import trained_pair
 
 from weightsep import bound
 from weightsep.optimize import OptimizeConfig, optimize
 from weightsep.pack import PackConfig
 from weightsep.pages import n_pages
-
-from test_optimize import trained_pair
 
 
 def test_the_smallest_store_keeps_exclusive_only_what_cannot_be_shared():
