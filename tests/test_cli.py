@@ -157,3 +157,35 @@ def test_separation_experiment_puts_published_and_budget_in_one_table(cache_with
               "--results", tmp_path, script=("-m", "experiments.separation")).stdout
     assert "| published |" in out and "| budget |" in out and "Fisher 90%" in out
     assert json.loads((tmp_path / "separation.json").read_text())["seeds"] == [0]
+
+
+def test_max_loss_grows_the_smallest_store_and_reports_every_size_tried(cache_with_data, tmp_path):
+    store, results = tmp_path / "state", tmp_path / "results"
+    out = cli("run", "--dnns", "satellite", "letters", *SMALL, "--steps", "90", "--eval-every", "30",
+              "--max-loss", "0.25", "letters=0.5", "--store", store, "--results", results).stdout
+    summary = json.loads((results / "summary.json").read_text())
+    search = summary["max_loss"]
+    assert search["max_loss_pp"] == {"satellite": 0.25, "letters": 0.5}
+    rounds = search["rounds"]
+    assert rounds[0]["exclusive_pages"] == 0 and rounds[0]["packed_weights"] == 124 * 512  # the smallest store
+    assert [r["exclusive_pages"] for r in rounds] == sorted(r["exclusive_pages"] for r in rounds)  # it only grows
+    assert len(rounds) == 1 + 4 or all(pp == 0 for pp in rounds[-1]["missed_pp"].values())  # stops when kept
+    assert summary["totals"]["exclusive_pages"] == rounds[-1]["exclusive_pages"]  # the store is the last size
+    assert "ratio_warning" not in summary["totals"]  # no ratio was asked
+    assert "max-loss:    within 0.25 / 0.5 pp" in out and " -> ".join(str(r["exclusive_pages"]) for r in rounds) in out
+    assert_outcome(summary, store)
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--max-loss", "x"], "a loss bound is PP or NAME=PP"),
+    (["--max-loss", "1", "--ratio", "4"], "--ratio and --max-loss both size the store"),
+    (["--max-loss", "1", "2"], "give PP at most once"),
+    (["--max-loss", "nope=1"], "not in the run: nope"),
+    (["--max-loss", "-1"], "--max-loss -1.0: a loss bound"),
+    (["--max-loss", "1", "--no-control"], "drop --no-control"),
+])
+def test_a_max_loss_that_cannot_be_used_is_one_line_and_exit_2(flags, message, tmp_path):
+    result = cli("run", "--dnns", "satellite", "letters", *flags, "--store", tmp_path / "s", "--results", tmp_path / "r",
+                 check=False)
+    assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr, result.stderr
+    assert not (tmp_path / "s").exists()
