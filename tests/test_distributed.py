@@ -294,11 +294,20 @@ def pages(store):
 
 
 def assert_same_pages(a, b):
+    """The same tables and the same pages up to float summation order: the ranks add the shared gradient
+    in another order, and Adam, which divides by the gradient's own scale, turns a last-bit difference
+    on a near-zero gradient into up to one step (the learning rate, 2e-3); over 90 steps a few
+    weights differ by that much (measured: 1.1e-3 at most, 4e-6 on average). Ranks that do not sum
+    the gradient at all train other pages (test_pages_differ_when_the_ranks_do_not_sum_the_shared_gradient)."""
     (state_a, pages_a), (state_b, pages_b) = pages(a), pages(b)
     assert list(state_a.vnns) == list(state_b.vnns)
     assert all(torch.equal(state_a.vnns[n].page_table, state_b.vnns[n].page_table) for n in state_a.vnns)
     for key in pages_a:
-        torch.testing.assert_close(pages_b[key], pages_a[key], rtol=1e-4, atol=1e-5)
+        if not pages_a[key].numel():
+            continue
+        difference = (pages_b[key] - pages_a[key]).abs()
+        assert float(difference.max()) <= 2 * OptimizeConfig().learning_rate, key
+        assert float(difference.mean()) <= 1e-4 * float(pages_a[key].abs().mean()), key
 
 
 @pytest.mark.slow
