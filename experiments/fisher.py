@@ -105,9 +105,8 @@ def _cache_path(name: str, seed: int, scale: harness.Scale) -> Path:
 
 
 def agreement_runs(scale: harness.Scale, fresh: bool = False) -> dict[int, dict[str, dict]]:
-    """seed -> DNN -> "estimator K" -> agreement and seconds; cached like the harness's runs."""
-    for seed in scale.seeds:  # trained (or loaded) in the parent: the workers only read the cache
-        standalone_models([dnn_mod.get(n) for n in scale.dnns], scale.workers, scale.train_steps, seed=seed)
+    """seed -> DNN -> "estimator K" -> agreement and seconds; kept like the harness's runs (a kept one
+    needs no stand-alone model)."""
     harness.runs_dir(scale).mkdir(parents=True, exist_ok=True)
     out = {seed: {} for seed in scale.seeds}
     jobs = []
@@ -120,6 +119,9 @@ def agreement_runs(scale: harness.Scale, fresh: bool = False) -> dict[int, dict[
                 jobs.append((name, seed, path))
     if not jobs:
         return out
+    for seed in sorted({seed for _, seed, _ in jobs}):  # trained (or loaded) in the parent: the workers only read the cache
+        standalone_models([dnn_mod.get(n) for n in sorted({n for n, s, _ in jobs if s == seed})], scale.workers,
+                          scale.train_steps, seed=seed)
     with harness.quiet_pool(min(scale.workers, len(jobs))) as pool:
         pending = [(name, seed, path, pool.apply_async(_agreement_job, (name, seed, scale))) for name, seed, path in jobs]
         for name, seed, path, job in pending:
