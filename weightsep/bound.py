@@ -8,8 +8,9 @@ more than its bound below its control's (`misses`), the store grows (`grow`): th
 continues from the state it reached for a third of the main job's steps, with spare exclusive pages
 that it hands out at its first check to the DNNs below their bound, furthest below first
 (`PageOptimizer.promotions`, aimed at the bound). A round offers `PAGES_PER_PP` pages per percentage
-point a DNN misses by, times 2 ** round, so a bound that one round's pages did not reach is reached
-in a few. Pages no DNN below its bound takes stay unused: the store is as large as the pages given
+point a DNN misses by, times 2 ** round. Measured so far, the rounds do not move the DNNs (the
+continued optimisation does not beat the state it starts from; docs/pipeline.md): experimental.
+Pages no DNN below its bound takes stay unused: the store is as large as the pages given
 out. Each round is recorded (`Round`); test data is never looked at here: the caller scores it once,
 on the last state.
 """
@@ -102,8 +103,8 @@ def described(search: dict) -> str:
 
 
 def _round(state: PackedState, missed: dict[str, float]) -> Round:
-    return Round(sum(v.n_exclusive for v in state.vnns.values()),
-                 state.page_size * (state.n_shared + sum(v.n_exclusive for v in state.vnns.values())), missed)
+    exclusive = sum(v.n_exclusive for v in state.vnns.values())
+    return Round(exclusive, state.page_size * (state.n_shared + exclusive), missed)
 
 
 def grow(state: PackedState, records: dict[str, DNNRecord], bounds: dict[str, float], config: OptimizeConfig,
