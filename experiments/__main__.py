@@ -4,7 +4,7 @@
     python -m experiments all --quick          # every experiment small (three DNNs, two seeds), then the report
     python -m experiments matching --seeds 0 1 2 3 4 5
     python -m experiments all --paper          # the same on the paper's DNNs whose data is here
-    python -m experiments paper_gap            # the gap to the published two-DNN accuracy (not in `all`: ~1 h)
+    python -m experiments paper_gap            # the gap to the published two-DNN accuracy (not in `all`: its own DNNs)
     python -m experiments report               # results/REPORT.md from the results already written
 
 Each experiment writes results/experiments/<name>.{json,csv,png} (with --paper:

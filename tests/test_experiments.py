@@ -258,6 +258,26 @@ def test_paper_mode_runs_on_the_paper_dnns_whose_data_is_here(tmp_path):
     assert out["scale"]["dnns"] == present and out["scale"]["paper"]
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
+def test_paper_gap_runs_every_variant_and_dose_and_says_what_the_data_explains(tmp_path):
+    """`paper_gap --quick` on the authors' mnist and fmnist checkpoints, two seeds: every variant, every
+    training-set size, the answer's explained and remaining gap, and the plot."""
+    fixtures = Path(os.environ.get("WEIGHTSEP_FIXTURES", REPO.parent / "shared" / "fixtures" / "originals"))
+    if not (fixtures / "ws").is_dir():
+        pytest.skip(f"no originals' fixtures in {fixtures}")
+    from experiments import paper_gap
+    result = cli("paper_gap", "--quick", "--seeds", "0", "1", "--results", tmp_path, timeout=1500)
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = json.loads((tmp_path / "experiments" / "paper_gap.json").read_text())
+    assert {r["key"] for r in out["rows"]} == {*paper_gap.VARIANTS, "test selection"}
+    assert all(r["seeds"] == 2 for r in out["rows"])
+    sizes = {(r["dnn"], r["images"]) for r in out["dose_rows"]}
+    assert {(n, i) for n, doses in paper_gap.DOSES.items() for i in doses} <= sizes
+    assert "would explain" in out["answer"] and "of the gap" in out["answer"] or "cover the whole gap" in out["answer"]
+    assert (tmp_path / "experiments" / "paper_gap.png").stat().st_size > 10_000
+
+
 def test_quantization_answer_and_plot_from_rows(tmp_path):
     from experiments import harness, quantization
 

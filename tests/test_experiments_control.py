@@ -219,3 +219,6 @@ def test_fishers_accuracy_panel_says_after_optimisation_at_the_scales_budget(fak
     _, fig = drawn(fisher, plt)
     title = fig.axes[2].get_title()
     assert f"after optimisation ({SCALE.steps} DNN-batches per DNN)" in title and "packing" not in title
+    bars = [patch.get_height() for patch in fig.axes[2].patches]
+    others = [r for r in fisher.run(SCALE)["rows"] if r.get("run") not in (None, "ours")]
+    assert bars == pytest.approx([r["vs_ours_pp"] for r in others])  # the paired difference from ours, not from stand-alone
