@@ -78,3 +78,33 @@ def test_the_table_names_the_bounds_the_sizes_tried_and_a_dnn_left_outside_its_b
     assert "within 0.5 / 1 pp" in text and "0 -> 5" in text and "warning" not in text
     search["rounds"][-1]["missed_pp"]["b"] = 0.31
     assert "warning:     after 1 growing round(s) b missed its bound by 0.31 pp" in bound.described(search)
+
+
+def test_a_run_packed_to_a_ratio_names_each_dnn_beyond_the_default_bound_and_the_flags_that_keep_it():
+    def seed(*changes):
+        return {"rows": [{"name": n, "packed_minus_control_pp": pp} for n, pp in changes]}
+
+    assert bound.notes(seed(("a", -0.4), ("b", +0.3))) == ""
+    assert bound.notes(seed(("a", None))) == ""  # no control: nothing to compare with
+    text = bound.notes(seed(("a", -1.2), ("b", -0.9), ("c", -2.5)))
+    assert text.startswith("warning:     c -2.50 pp, a -1.20 pp against the no-sharing control on test: beyond 1 pp")
+    assert "b " not in text and "--ratio" in text and "--max-loss 1 " in text
+    search = {"max_loss_pp": {"a": 1.0}, "rounds": [{"exclusive_pages": 3, "missed_pp": {"a": 0.0}}]}
+    assert bound.notes(seed(("a", -3.0)) | {"max_loss": search}) == bound.described(search)  # the search says it
+
+
+def test_the_summary_markdown_carries_the_warning_under_its_table(tmp_path):
+    """A real run's summary (the committed headline's), one DNN moved 2 pp below its control."""
+    import json
+    from pathlib import Path
+
+    from weightsep.pipeline import write_summary
+
+    summary = json.loads((Path(__file__).resolve().parent.parent / "results/headline/summary.json").read_text())
+    one = summary["seeds"][0]
+    one["rows"][0]["packed_minus_control_pp"] = -2.0
+    write_summary({**one, "seeds": [one]}, tmp_path, commit={"sha": "0" * 40, "dirty": False})
+    text = (tmp_path / "summary.md").read_text()
+    name = one["rows"][0]["name"]
+    assert f"\n\nwarning:     {name} -2.00 pp" in text and "against the no-sharing control on test" in text
+    assert text.index("warning:") > text.index(f"| {name} ")

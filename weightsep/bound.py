@@ -102,6 +102,23 @@ def described(search: dict) -> str:
     return "\n".join(lines)
 
 
+def notes(seed: dict) -> str:
+    """The lines under one seed's table (`SeedSummary.to_json`): a --max-loss run's search (`described`);
+    for a run packed to a ratio, each DNN that ended more than DEFAULT_MAX_LOSS_PP below its no-sharing
+    control on test, and the flags that would give it more of the store ("" where none did, or where
+    the run had no control)."""
+    if "max_loss" in seed:
+        return described(seed["max_loss"])
+    over = sorted((r["packed_minus_control_pp"], r["name"]) for r in seed["rows"]
+                   if r.get("packed_minus_control_pp") is not None and r["packed_minus_control_pp"] < -DEFAULT_MAX_LOSS_PP)
+    if not over:
+        return ""
+    return (f"warning:     {', '.join(f'{name} {pp:+.2f} pp' for pp, name in over)} against the no-sharing control "
+            f"on test: beyond {DEFAULT_MAX_LOSS_PP:g} pp. A lower --ratio leaves the DNNs more exclusive pages; "
+            f"--max-loss {DEFAULT_MAX_LOSS_PP:g} searches for the smallest store that keeps each within "
+            f"{DEFAULT_MAX_LOSS_PP:g} pp on validation (experimental: docs/pipeline.md)")
+
+
 def _round(state: PackedState, missed: dict[str, float]) -> Round:
     exclusive = sum(v.n_exclusive for v in state.vnns.values())
     return Round(exclusive, state.page_size * (state.n_shared + exclusive), missed)

@@ -150,8 +150,9 @@ def cmd_run(args) -> None:
         if len(config.seeds) > 1:
             print(f"\n== seed {one['seed']} (store {one['store']})")
         print(format_table(one))
-        if "max_loss" in one:
-            print(bound.described(one["max_loss"]))
+        note = bound.notes(one)
+        if note:
+            print(note)
         t = one["timings"]
         ranks = (f" ({config.procs} ranks, all-reduce {t['communication_seconds']:.1f} s; per rank "
                  + ", ".join(f"{m:.0f}" for m in t["peak_memory_mb_per_rank"]) + " MB)") if "peak_memory_mb_per_rank" in t else ""

@@ -272,7 +272,8 @@ def write_summary(summary: dict, results: Path, commit: dict | None = None) -> d
     atomic_write_text(results / "summary.json", json.dumps({**summary, "commit": commit}, indent=2) + "\n")
     made = ("" if commit is None else
             f"Written by commit {commit['sha'][:7]}{' with uncommitted changes' if commit['dirty'] else ''}.\n\n")
-    tables = [(f"## Seed {s['seed']}\n\n" if len(summary.get("seeds", [])) > 1 else "") + format_table(s, markdown=True)
+    tables = [(f"## Seed {s['seed']}\n\n" if len(summary.get("seeds", [])) > 1 else "")
+              + "\n\n".join(filter(None, (format_table(s, markdown=True), bound.notes(s))))
               for s in summary.get("seeds", [summary])]
     if len(summary.get("seeds", [])) > 1:
         tables.append("## Over seeds\n\n" + format_aggregate(summary["aggregate"], markdown=True))
