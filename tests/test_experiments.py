@@ -297,6 +297,7 @@ def test_quantization_answer_and_plot_from_rows(tmp_path):
     answer = quantization.summary(rows)
     assert "every seed: int8 packing." in answer  # Fisher misses in one seed, float32 is under 12x
     assert "5.7x smaller" in answer and "did not beat uniform int8" in answer
+    assert "is +0.07 ± 1.15 pp against that fine-tuned int8 alone, paired by seed (not shown" in answer  # [-.2, -.2, .6]
     assert "float32 packing is -0.40 pp against the no-sharing control" in answer
     rows[2]["mean_change_pp"] = 0.9
     assert "Fisher at about the int8 store's bytes (110 KiB against 112) beat uniform int8" in quantization.summary(rows)
