@@ -27,7 +27,14 @@ def test_the_commit_and_whether_tracked_files_changed_since(tmp_path):
     git(tmp_path, "commit", "-q", "-m", "a")
     sha = subprocess.run(["git", "-C", str(tmp_path), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
     (tmp_path / "untracked.txt").write_text("not code")
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "r.json").write_text("{}")
+    git(tmp_path, "add", "results")
+    git(tmp_path, "commit", "-q", "-m", "r")
+    sha = subprocess.run(["git", "-C", str(tmp_path), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    (tmp_path / "results" / "r.json").write_text('{"a": 1}')  # what a run writes is not code
     assert source_commit(tmp_path) == {"sha": sha, "dirty": False}
+    assert source_commit(tmp_path / "results") == {"sha": sha, "dirty": False}  # from a subfolder too
     (tmp_path / "a.py").write_text("2\n")
     assert source_commit(tmp_path / ".") == {"sha": sha, "dirty": True}
 

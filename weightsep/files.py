@@ -142,12 +142,15 @@ def file_hash(path: str | Path) -> str:
 
 def source_commit(repo: str | Path | None = None) -> dict | None:
     """The git commit the code runs from (or `repo`'s), `{"sha": ..., "dirty": ...}` (dirty: tracked
-    files changed since it), so a result names the code that produced it; None outside a git checkout
-    (an installed wheel) or without git: a result is still written, only its provenance is unknown."""
+    files changed since it, results/ aside: what runs write there is not code, so one experiment's
+    outputs do not mark the next as uncommitted), so a result names the code that produced it; None
+    outside a git checkout (an installed wheel) or without git: a result is still written, only its
+    provenance is unknown."""
     def git(*args: str) -> str:
         where = str(repo or Path(__file__).parent)
         return subprocess.run(["git", "-C", where, *args], capture_output=True, text=True, check=True, timeout=30).stdout.strip()
     try:
-        return {"sha": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}
+        return {"sha": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain", "--untracked-files=no", "--",
+                                                                       ":(top)", ":(top,exclude)results"))}
     except (OSError, subprocess.SubprocessError):
         return None
