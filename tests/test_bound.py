@@ -3,6 +3,8 @@ bounds, the growth by promotion aimed at the bounds, and what the table says."""
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -70,14 +72,77 @@ def test_promoted_pages_start_as_their_shared_content_so_the_first_check_still_h
         torch.testing.assert_close(packed_theta(result, name), packed_theta(state, name), atol=1e-6, rtol=0)
 
 
-def test_the_table_names_the_bounds_the_sizes_tried_and_a_dnn_left_outside_its_bound():
+def test_the_table_names_the_bounds_the_sizes_tried_the_one_kept_and_a_dnn_left_outside_its_bound():
     search = {"max_loss_pp": {"a": 1.0, "b": 0.5}, "rounds": [
         {"exclusive_pages": 0, "packed_weights": 64_000, "missed_pp": {"a": 1.5, "b": 0.2}},
         {"exclusive_pages": 5, "packed_weights": 66_560, "missed_pp": {"a": 0.0, "b": 0.0}}]}
     text = bound.described(search)
     assert "within 0.5 / 1 pp" in text and "0 -> 5" in text and "warning" not in text
+    assert "kept:        5 exclusive pages" in text
     search["rounds"][-1]["missed_pp"]["b"] = 0.31
-    assert "warning:     after 1 growing round(s) b missed its bound by 0.31 pp" in bound.described(search)
+    assert "warning:     after 2 pass(es) b missed its bound by 0.31 pp" in bound.described(search)
+
+
+def test_the_ratio_for_a_size_gives_a_budget_of_exactly_that_many_exclusive_pages():
+    from weightsep.separation import exclusive_budget
+
+    sizes = {"a": 63_875, "b": 65_076, "c": 59_650}
+    for pages in range(0, 400, 7):
+        ratio = bound._ratio_for(sizes, 512, 128, pages)
+        assert exclusive_budget(list(sizes.values()), 512, 128, ratio) == pages
+
+
+@dataclass(frozen=True)
+class FakeConfig:
+    budget: dict
+
+
+class FakeState:
+    """What `search` reads of a packed state: page size, shared pages, each DNN's exclusive pages, the config."""
+
+    def __init__(self, exclusive: dict[str, int]):
+        self.page_size, self.n_shared = 512, 128
+        self.vnns = {n: SimpleNamespace(n_exclusive=e, n_weights=60_000) for n, e in exclusive.items()}
+        self.config = FakeConfig({"ratio": 1.0})
+
+    def replace(self, config):
+        self.config = config
+        return self
+
+
+@pytest.mark.parametrize("outcomes, kept", [
+    ([({"a": 4, "b": 0}, {"a": 0.5, "b": 0.0}), ({"a": 9, "b": 0}, {"a": 0.0, "b": 0.0})], 2),
+    ([({"a": 4, "b": 0}, {"a": 0.0, "b": 0.0})], 1),  # the first growing pass holds: no third
+    ([({"a": 4, "b": 0}, {"a": 0.5, "b": 0.0}), ({"a": 9, "b": 0}, {"a": 0.1, "b": 0.0})], 2),  # none holds: the last
+])
+def test_the_search_packs_afresh_giving_pages_only_to_the_dnns_that_missed_and_keeps_the_smallest_that_holds(
+        monkeypatch, outcomes, kept):
+    """Each pass is a fresh packing whose budget is the pages offered to the DNNs that missed, all exclusive
+    at packing (`extra`); it stops at the first size that keeps every bound."""
+    from weightsep.separation import exclusive_budget
+
+    calls, outcomes = [], iter(outcomes)
+    first = FakeState({"a": 0, "b": 0})
+    missed = {id(first): {"a": 1.2, "b": 0.0}}
+
+    def pack_and_optimize_records(records, pack_config, fisher_config, optimize_config, precision, group, extra):
+        exclusive, miss = next(outcomes)
+        calls.append((pack_config, dict(extra)))
+        state = FakeState(exclusive)
+        missed[id(state)] = miss
+        return state, len(calls), optimize_config, {}
+
+    monkeypatch.setattr(bound, "pack_and_optimize_records", pack_and_optimize_records)
+    monkeypatch.setattr(bound, "misses", lambda state, records, bounds, group: missed[id(state)])
+    records = {n: SimpleNamespace(model=SimpleNamespace(n_weights=60_000)) for n in ("a", "b")}
+    state, history, rounds = bound.search(records, {"a": 0.9, "b": 0.8}, (first, 0), PackConfig(), None,
+                                          OptimizeConfig(), group=object())
+    first_offer = math.ceil(bound.PAGES_PER_PP * 1.2)
+    offered = [first_offer, first_offer + math.ceil(bound.PAGES_PER_PP * 2 * 0.5)][:len(calls)]
+    assert [exclusive_budget([60_000] * 2, 512, 128, c.ratio) for c, _ in calls] == offered
+    assert len(rounds) == 1 + len(calls) <= bound.MAX_PASSES
+    assert [e for _, e in calls] == [{"a": n} for n in offered]  # at packing, to a alone: b kept its bound
+    assert history == kept and state.config.budget["exclusive_pages"] == rounds[kept].exclusive_pages
 
 
 def test_a_run_packed_to_a_ratio_names_each_dnn_beyond_the_default_bound_and_the_flags_that_keep_it():
@@ -89,7 +154,7 @@ def test_a_run_packed_to_a_ratio_names_each_dnn_beyond_the_default_bound_and_the
     text = bound.notes(seed(("a", -1.2), ("b", -0.9), ("c", -2.5)))
     assert text.startswith("warning:     c -2.50 pp, a -1.20 pp against the no-sharing control on test: beyond 1 pp")
     assert "b " not in text and "--ratio" in text and "--max-loss 1 " in text
-    search = {"max_loss_pp": {"a": 1.0}, "rounds": [{"exclusive_pages": 3, "missed_pp": {"a": 0.0}}]}
+    search = {"max_loss_pp": {"a": 1.0}, "rounds": [{"exclusive_pages": 3, "packed_weights": 67_072, "missed_pp": {"a": 0.0}}]}
     assert bound.notes(seed(("a", -3.0)) | {"max_loss": search}) == bound.described(search)  # the search says it
 
 
@@ -108,3 +173,13 @@ def test_the_summary_markdown_carries_the_warning_under_its_table(tmp_path):
     name = one["rows"][0]["name"]
     assert f"\n\nwarning:     {name} -2.00 pp" in text and "against the no-sharing control on test" in text
     assert text.index("warning:") > text.index(f"| {name} ")
+
+
+def test_extra_pages_are_claimed_first_and_the_rest_of_the_budget_is_shared_as_before():
+    from weightsep.separation import allot
+
+    pages = {"a": 130, "b": 100, "c": 120}
+    assert allot(13, pages, 128, 0.5, {"b": 5}) == ({"a": 2 + 1, "b": 5 + 1, "c": 1}, 3)  # 2 + 5 first, 3 even, 3 spare
+    assert allot(7, pages, 128, 1.0, {"b": 5}) == ({"a": 2, "b": 5, "c": 0}, 0)  # exactly the claims: nothing to promote
+    assert allot(7, pages, 128, 1.0, {"c": 500})[0]["c"] == 120  # never more than the DNN's pages
+    assert allot(12, pages, 128, 0.5) == allot(12, pages, 128, 0.5, {})

@@ -1,18 +1,19 @@
 """Pack to an accuracy (`run --max-loss`): the smallest store whose every DNN keeps, on validation
 data, within a stated loss of its own no-sharing control.
 
-The store starts at its smallest (`smallest`): the shared pages the DNNs need (S, the largest DNN's
-page count unless `--shared-pages` says otherwise) and no exclusive page but those a DNN larger than
-S cannot share, packed and optimised as the main job. While some DNN's validation accuracy lies
-more than its bound below its control's (`misses`), the store grows (`grow`): the joint optimiser
-continues from the state it reached for a third of the main job's steps, with spare exclusive pages
-that it hands out at its first check to the DNNs below their bound, furthest below first
-(`PageOptimizer.promotions`, aimed at the bound). A round offers `PAGES_PER_PP` pages per percentage
-point a DNN misses by, times 2 ** round. Measured so far, the rounds do not move the DNNs (the
-continued optimisation does not beat the state it starts from; docs/pipeline.md): experimental.
-Pages no DNN below its bound takes stay unused: the store is as large as the pages given
-out. Each round is recorded (`Round`); test data is never looked at here: the caller scores it once,
-on the last state.
+The search packs and optimises the DNNs afresh for each size it tries (a pass costs one main job's
+optimisation; stand-alone models, Fisher and the control are made once). The first pass is the
+smallest store (`smallest`): the shared pages the DNNs need (S, the largest DNN's page count unless
+`--shared-pages` says otherwise) and no exclusive page but those a DNN larger than S cannot share.
+After each pass, every DNN whose validation accuracy lies more than its bound below its control's
+(`misses`) is offered more of the store for the next: `PAGES_PER_PP` exclusive pages per percentage
+point it missed by, doubled each pass, added to what it was offered before. The next pass packs
+afresh with those pages exclusive from the start (its pages of highest Fisher mass, holding its
+stand-alone weights: `separation.allot`'s `extra`) and the budget no larger, so nothing is left to
+promote. (Pages handed out later by promotion start from the shared page's content; measured, they
+kept the DNNs that missed further from their bounds than the same pages given at packing.) The
+search stops at the first size that keeps every bound, or after MAX_PASSES, and returns the smallest
+size that kept them all (else the last). Test data is never looked at here: the caller scores the result once.
 """
 from __future__ import annotations
 
@@ -20,18 +21,21 @@ import math
 from dataclasses import dataclass, replace
 
 from .evaluate import packed_theta
+from .fisher import FisherConfig
 from .group import Group
-from .optimize import OptimizeConfig, optimize
+from .optimize import OptimizeConfig
 from .pack import PackConfig, shared_pages_needed
+from .packing import pack_and_optimize_records
 from .page_optimizer import History
+from .pages import n_pages
+from .precision import PrecisionConfig
 from .records import DNNRecord
 from .separation import reach
 from .state import PackedState
 
 DEFAULT_MAX_LOSS_PP = 1.0  # a DNN named in no bound: the issue's "within 1 pp of its control"
-PAGES_PER_PP = 3  # first round's offer per DNN and pp missed (budget experiment: ~25 pages gained ~1.1 pp over 10 DNNs)
-MAX_ROUNDS = 4  # rounds after the first: with GROW_SHARE, the search takes at most 1 + 4/3 main jobs of steps
-GROW_SHARE = 3  # a growing round runs 1/GROW_SHARE of the main job's steps
+PAGES_PER_PP = 12  # a missing DNN's first offer per pp it missed by (tuning seed 0: about 12-14 pages per pp; docs/pipeline.md)
+MAX_PASSES = 3  # passes in all, the smallest store's included: the search costs at most 3 main jobs' optimisation
 
 
 @dataclass(frozen=True)
@@ -89,16 +93,20 @@ def misses(state: PackedState, records: dict[str, DNNRecord], bounds: dict[str, 
 
 def described(search: dict) -> str:
     """The search as summary.json records it (`max_loss`), in lines for the table: the bounds, the sizes
-    tried, and a warning naming each DNN the last size still left outside its bound."""
+    tried, and the one kept, or a warning naming each DNN the last size still left outside its bound."""
     bounds = sorted(set(search["max_loss_pp"].values()))
-    sizes = [r["exclusive_pages"] for r in search["rounds"]]
+    rounds = search["rounds"]
     lines = [f"max-loss:    within {' / '.join(f'{b:g}' for b in bounds)} pp of each DNN's no-sharing control on "
-             f"validation; exclusive pages tried: {' -> '.join(map(str, sizes))}"]
-    over = {n: pp for n, pp in search["rounds"][-1]["missed_pp"].items() if pp > 0}
-    if over:
-        lines.append(f"warning:     after {len(sizes) - 1} growing round(s) " + ", ".join(
+             f"validation; exclusive pages tried: {' -> '.join(str(r['exclusive_pages']) for r in rounds)}"]
+    kept = [r for r in rounds if not any(pp > 0 for pp in r["missed_pp"].values())]
+    if kept:
+        lines.append(f"kept:        {min(kept, key=lambda r: r['packed_weights'])['exclusive_pages']} exclusive pages, "
+                     "the smallest size tried that keeps every bound")
+    else:
+        over = {n: pp for n, pp in rounds[-1]["missed_pp"].items() if pp > 0}
+        lines.append(f"warning:     after {len(rounds)} pass(es) " + ", ".join(
             f"{n} missed its bound by {pp:.2f} pp" for n, pp in sorted(over.items(), key=lambda item: -item[1]))
-            + " on validation; a looser bound for it, or more --steps, may keep it")
+            + " on validation; the store kept is the last; a looser bound for it, or more --steps, may keep it")
     return "\n".join(lines)
 
 
@@ -124,25 +132,38 @@ def _round(state: PackedState, missed: dict[str, float]) -> Round:
     return Round(exclusive, state.page_size * (state.n_shared + exclusive), missed)
 
 
-def grow(state: PackedState, records: dict[str, DNNRecord], bounds: dict[str, float], config: OptimizeConfig,
-         group: Group | None = None) -> tuple[PackedState, History | None, list[Round]]:
-    """Grow `state` (packed and optimised at its smallest) until every DNN's validation accuracy reaches
-    its bound (`bounds`: accuracies, fractions), or MAX_ROUNDS rounds have run (see the module
-    docstring). Returns the last state (its budget plan: the ratio reached), the last round's
-    optimiser history (None when none ran) and every size tried, the first included."""
+def search(records: dict[str, DNNRecord], bounds: dict[str, float], first: tuple[PackedState, History],
+           pack_config: PackConfig, fisher_config: FisherConfig, optimize_config: OptimizeConfig,
+           precision_config: PrecisionConfig | None = None, group: Group | None = None,
+           ) -> tuple[PackedState, History, list[Round]]:
+    """The smallest store found whose every DNN's validation accuracy reaches its bound (`bounds`:
+    accuracies, fractions), from `first` (the smallest store, packed with `pack_config` and optimised);
+    see the module docstring. Returns that state (its budget plan: the ratio reached), its optimiser
+    history and every size tried, in order."""
     group = group or Group.current()
-    mine = [n for n, record in records.items() if record.data is not None]
-    tasks = {n: records[n].task(records[n].reference.theta, records[n].batches) for n in mine}
-    rounds, history = [_round(state, misses(state, records, bounds, group))], None
-    for k in range(MAX_ROUNDS):
-        missed = rounds[-1].missed_pp
-        offer = sum(math.ceil(PAGES_PER_PP * 2 ** k * pp) for pp in missed.values())
-        if offer == 0:
+    sizes = {n: record.model.n_weights for n, record in records.items()}
+    floor = sum(max(0, n_pages(n, pack_config.page_size) - first[0].n_shared) for n in sizes.values())
+    passes = [(*first, _round(first[0], misses(first[0], records, bounds, group)))]
+    offered: dict[str, int] = {}
+    for k in range(1, MAX_PASSES):
+        missed = {n: pp for n, pp in passes[-1][2].missed_pp.items() if pp > 0}
+        if not missed:
             break
-        grown = replace(config, steps=max(1, config.steps // GROW_SHARE), promote_pages=offer, promote_start=0.0,
-                        promote_end=0.0)
-        state, history = optimize(state, tasks, grown, group=group, targets=bounds)
-        rounds.append(_round(state, misses(state, records, bounds, group)))
-    reached = sum(v.n_weights for v in state.vnns.values()) / rounds[-1].packed_weights
-    budget = {**state.config.budget, "ratio": reached, "exclusive_pages": rounds[-1].exclusive_pages, "spare": 0}
-    return state.replace(config=replace(state.config, budget=budget)), history, rounds
+        for n, pp in missed.items():
+            offered[n] = offered.get(n, 0) + math.ceil(PAGES_PER_PP * 2 ** (k - 1) * pp)
+        config = replace(pack_config, ratio=_ratio_for(sizes, pack_config.page_size, first[0].n_shared,
+                                                       floor + sum(offered.values())))
+        state, history, _, _ = pack_and_optimize_records(records, config, fisher_config, optimize_config,
+                                                         precision_config, group, extra=offered)
+        passes.append((state, history, _round(state, misses(state, records, bounds, group))))
+    kept = [p for p in passes if not any(pp > 0 for pp in p[2].missed_pp.values())]
+    state, history, last = min(kept, key=lambda p: p[2].packed_weights) if kept else passes[-1]
+    reached = sum(sizes.values()) / last.packed_weights
+    budget = {**state.config.budget, "ratio": reached, "exclusive_pages": last.exclusive_pages, "spare": 0}
+    return state.replace(config=replace(state.config, budget=budget)), history, [p[2] for p in passes]
+
+
+def _ratio_for(sizes: dict[str, int], page_size: int, n_shared: int, exclusive: int) -> float:
+    """The ratio by weight count whose budget (`separation.exclusive_budget`) is `exclusive` pages:
+    half a page above the store's size, so the floor there lands on it."""
+    return sum(sizes.values()) / (page_size * (n_shared + exclusive + 0.5))

@@ -121,7 +121,7 @@ class Timings:
     optimize_seconds: float
     communication_seconds: float  # joint over several ranks: this rank's time in the shared gradient's all-reduce
     no_sharing_wait_seconds: float | None = None  # the control ran beside: the wait for it after the packed DNNs
-    grow_seconds: float | None = None  # --max-loss: the rounds that grew the store after the first optimisation
+    search_seconds: float | None = None  # --max-loss: the passes after the first (the smallest store's)
     peak_memory_mb: float = 0.0
     peak_memory_mb_per_rank: list[float] | None = None
 
@@ -185,7 +185,7 @@ def run_seed(config: RunConfig, loaded: dict[str, DNNRecord], seed: int, control
     records = {n: replace(record, reference=None, fisher=None) for n, record in loaded.items()}
     mine = [n for n, record in records.items() if record.data is not None]
     pack_config, fisher_config = replace(config.pack, seed=seed), replace(config.fisher, seed=seed)
-    if config.bounded:  # the search starts from the smallest store and grows it
+    if config.bounded:  # the search starts from the smallest store
         pack_config = bound.smallest(pack_config, {n: record.model.n_weights for n, record in records.items()})
     optimize_config = replace(config.optimize, seed=seed)
     start = time.perf_counter()
@@ -221,10 +221,10 @@ def run_seed(config: RunConfig, loaded: dict[str, DNNRecord], seed: int, control
         start = time.perf_counter()
         allowed = bound.losses(list(records), config.max_loss, config.max_loss_by_dnn)
         control_val_all = group.all_merged(control_val)
-        state, grown, rounds = bound.grow(state, records, {n: control_val_all[n] - allowed[n] / 100 for n in records},
-                                          optimize_config, group)
-        history = grown or history
-        times.grow_seconds = time.perf_counter() - start
+        state, history, rounds = bound.search(records, {n: control_val_all[n] - allowed[n] / 100 for n in records},
+                                              (state, history), pack_config, fisher_config, optimize_config,
+                                              config.precision, group)
+        times.search_seconds = time.perf_counter() - start
         search = {"max_loss_pp": allowed, "rounds": [r.to_json() for r in rounds]}
         group.save(Store(config.store_for(seed)), state)
     packed = {n: records[n].test_accuracy(packed_theta(state, n, records[n].model)) for n in mine}
