@@ -391,7 +391,7 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--seeds", type=int, nargs="+",
                    help="run the whole pipeline once per seed and report mean and spread (default: --seed)")
     c.add_argument("--max-loss", nargs="+", metavar="PP|NAME=PP", type=max_loss_arg,
-                   help="experimental (docs/pipeline.md: measured on one seed; small validation sets decide it "
+                   help="experimental (docs/pipeline.md: measured on one set of five DNNs; small validation sets decide it "
                         "badly): pack to an accuracy instead of a ratio: the smallest store whose every DNN stays within PP "
                         "percentage points of its no-sharing control on validation data; NAME=PP sets one DNN's "
                         f"bound (the others: PP, else {DEFAULT_MAX_LOSS_PP}). Sizes the store itself: no --ratio")
