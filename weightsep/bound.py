@@ -27,7 +27,6 @@ from .optimize import OptimizeConfig
 from .pack import PackConfig, shared_pages_needed
 from .packing import pack_and_optimize_records
 from .page_optimizer import History
-from .pages import n_pages
 from .precision import PrecisionConfig
 from .records import DNNRecord
 from .separation import reach
@@ -46,6 +45,11 @@ class Round:
     exclusive_pages: int
     packed_weights: int
     missed_pp: dict[str, float]
+
+    @property
+    def kept(self) -> bool:
+        """Every DNN within its bound at this size."""
+        return not any(pp > 0 for pp in self.missed_pp.values())
 
     def to_json(self) -> dict:
         return {"exclusive_pages": self.exclusive_pages, "packed_weights": self.packed_weights,
@@ -98,7 +102,7 @@ def described(search: dict) -> str:
     rounds = search["rounds"]
     lines = [f"max-loss:    within {' / '.join(f'{b:g}' for b in bounds)} pp of each DNN's no-sharing control on "
              f"validation; exclusive pages tried: {' -> '.join(str(r['exclusive_pages']) for r in rounds)}"]
-    kept = [r for r in rounds if not any(pp > 0 for pp in r["missed_pp"].values())]
+    kept = [r for r in rounds if Round(**r).kept]
     if kept:
         lines.append(f"kept:        {min(kept, key=lambda r: r['packed_weights'])['exclusive_pages']} exclusive pages, "
                      "the smallest size tried that keeps every bound")
@@ -142,8 +146,8 @@ def search(records: dict[str, DNNRecord], bounds: dict[str, float], first: tuple
     history and every size tried, in order."""
     group = group or Group.current()
     sizes = {n: record.model.n_weights for n, record in records.items()}
-    floor = sum(max(0, n_pages(n, pack_config.page_size) - first[0].n_shared) for n in sizes.values())
     passes = [(*first, _round(first[0], misses(first[0], records, bounds, group)))]
+    floor = passes[0][2].exclusive_pages  # the smallest store's: only what no DNN can share
     offered: dict[str, int] = {}
     for k in range(1, MAX_PASSES):
         missed = {n: pp for n, pp in passes[-1][2].missed_pp.items() if pp > 0}
@@ -156,7 +160,7 @@ def search(records: dict[str, DNNRecord], bounds: dict[str, float], first: tuple
         state, history, _, _ = pack_and_optimize_records(records, config, fisher_config, optimize_config,
                                                          precision_config, group, extra=offered)
         passes.append((state, history, _round(state, misses(state, records, bounds, group))))
-    kept = [p for p in passes if not any(pp > 0 for pp in p[2].missed_pp.values())]
+    kept = [p for p in passes if p[2].kept]
     state, history, last = min(kept, key=lambda p: p[2].packed_weights) if kept else passes[-1]
     reached = sum(sizes.values()) / last.packed_weights
     budget = {**state.config.budget, "ratio": reached, "exclusive_pages": last.exclusive_pages, "spare": 0}
