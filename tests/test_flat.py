@@ -17,7 +17,8 @@ from weightsep.flat import FlatError, FlatModule, as_flat, buffer_state, load_bu
 from weightsep.pack import PackConfig, add_vnn, new_state
 from weightsep.store import Store
 
-FOLDERS = ["examples/dscnn_keywords", "examples/resnet_syndigits", "examples/gru_watch", "suite/keywords"]
+FOLDERS = ["examples/dscnn_keywords", "examples/resnet_syndigits", "examples/gru_watch", "examples/mobilenet_signs",
+           "suite/keywords"]
 
 
 def built(folder: str, seed: int = 0):
