@@ -180,8 +180,8 @@ def test_page_sizes_are_compared_at_equal_bytes():
 def test_experiments_are_discovered_in_report_order():
     names = report.experiments()
     assert names == ["scaling", "page_size", "optimizers", "overlap", "matching", "fisher", "budget", "switching",
-                     "paper_gap", "quantization", "standalone", "defaults"]
-    assert report.in_all() == names[:-4]  # paper_gap, quantization, standalone and defaults have their own budgets
+                     "paper_gap", "quantization", "standalone", "defaults", "max_loss"]
+    assert report.in_all() == names[:-5]  # paper_gap, quantization, standalone, defaults, max_loss: their own budgets
     for name in names:
         mod = report.module(name)
         assert mod.TITLE and mod.QUESTION.endswith("?") and callable(mod.run) and callable(mod.plot)

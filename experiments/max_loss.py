@@ -1,0 +1,211 @@
+"""Pack to an accuracy: the store `run --max-loss 1.0` finds, against a grid of `run --ratio R`.
+
+For each set of DNNs and seed, the search (`run --max-loss 1.0`, weightsep/bound.py) and a grid of
+`run --ratio R` from the smallest store's ratio down (`grid`): each the real CLI in its own process,
+with its own no-sharing control, at the main job's budget. The grid's smallest store whose every DNN
+ends within 1 pp of its control on TEST data is the reference the search, which sees only
+validation data, is measured against (issue 29): the search's store within 10% of it, every DNN
+within 1 pp on test, and at ten DNNs the search's time at most 3x the main job's (`--ratio 6`).
+Times exclude stand-alone training (the first run of a seed trains, the others load). Each run's
+summary.json is kept under the runs folder, in max_loss/<hash of the CLI's code>/; stores are not.
+
+    python -m experiments max_loss          # five suite sets, seeds 23 24 25 (about 3 hours on 2 cores)
+    python -m experiments max_loss --quick  # two DNNs, one seed, short budgets: a smoke run
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from tqdm import tqdm
+
+from weightsep import bound, files
+from weightsep import dnn as dnn_mod
+from weightsep.files import atomic_write_text
+from weightsep.pack import PackConfig, shared_pages_needed
+from weightsep.separation import reach
+
+from . import harness
+
+SECTION = 13
+IN_ALL = False  # its own sets of DNNs, through the CLI
+TITLE = "Pack to an accuracy: the search against a grid of ratios"
+QUESTION = ("Does `run --max-loss 1.0`, deciding on validation data alone, find a store about as small as the "
+            "smallest on a grid of ratios that keeps every DNN within 1 pp of its control on test, for 2 to 10 DNNs, "
+            "and at what cost?")
+SEEDS = (23, 24, 25)  # chose nothing: the search's PAGES_PER_PP was tuned on seed 0 and its misses studied on 20-22
+FIVE = ("dna", "fashion", "instruments", "keywords", "letters")  # the examples' companions (examples/README.md)
+SETS = {"N=2": ("satellite", "watch"),  # N = 2 and 3: the scaling experiment's first subsets
+        "N=3": ("satellite", "signs", "syndigits"),
+        "N=5": FIVE,
+        "N=6": (*FIVE, "signs"),
+        "N=10": ("dna", "fashion", "instruments", "keywords", "letters", "mnist10k", "satellite", "signs", "syndigits",
+                 "watch")}
+QUICK = {"sets": {"N=2": ("satellite", "watch")}, "seeds": (0,), "flags": ("--steps", "30", "--train-steps", "100")}
+LADDER = (8, 7, 6, 5, 4, 3.5, 3, 2.5, 2, 1.75, 1.5, 1.25)  # grid ratios by count, below each set's smallest store
+GRID_POINTS = 5  # ladder ratios per set (the grid: the smallest store's ratio, then these)
+SIZE_TOLERANCE = 0.10  # the issue's "within 10% of the grid's smallest"
+TIME_TARGET = 3.0  # the issue's "at most 3x the main job's time", at ten DNNs
+SEARCH = "search"
+
+
+def code() -> str:
+    """The hash of what a `run` does (the CLI and every weightsep module it imports): a kept run is reused
+    only by the same code."""
+    return files.behaviour_hash(dnn_mod.REPO_ROOT / "weightsep" / "cli.py", dnn_mod.REPO_ROOT / "weightsep")
+
+
+def smallest_ratio(dnns: tuple[str, ...]) -> float:
+    """The ratio by count of the set's smallest store (the search's first pass), two decimals rounded down."""
+    sizes = dict(zip(dnns, harness.weights(dnns)))
+    r = reach(sizes, PackConfig.page_size, shared_pages_needed(list(sizes.values()), PackConfig())).ratio
+    return int(100 * r) / 100
+
+
+def grid(dnns: tuple[str, ...], points: int = GRID_POINTS) -> list[float]:
+    """The set's grid of ratios: its smallest store's, then the first `points` ladder ratios below it."""
+    top = smallest_ratio(dnns)
+    return [top, *[r for r in LADDER if r < top][:points]]
+
+
+def knob_flags(knob: str) -> list[str]:
+    return ["--max-loss", f"{bound.DEFAULT_MAX_LOSS_PP:g}"] if knob == SEARCH else ["--ratio", knob]
+
+
+def run_one(dnns: tuple[str, ...], seed: int, knob: str, flags: tuple[str, ...], kept: Path) -> dict:
+    """One `run` in a subprocess (its store in a temporary folder); its summary, kept at `kept`."""
+    with tempfile.TemporaryDirectory(prefix="weightsep-max-loss-") as tmp:
+        cmd = [sys.executable, "-m", "weightsep", "run", "--dnns", *dnns, *knob_flags(knob), "--seed", str(seed),
+               "--store", f"{tmp}/state", "--results", tmp, *flags]
+        done = subprocess.run(cmd, cwd=dnn_mod.REPO_ROOT, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise RuntimeError(f"{' '.join(cmd[1:])} exited {done.returncode}: {done.stderr.strip()[-500:]}")
+        summary = json.loads(Path(tmp, "summary.json").read_text())["seeds"][0]
+    kept.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(kept, json.dumps(summary, indent=1) + "\n")
+    return summary
+
+
+def run_all(sets: dict[str, tuple[str, ...]], seeds: tuple[int, ...], flags: tuple[str, ...], root: Path,
+            workers: int, fresh: bool) -> dict[tuple[str, int, str], dict]:
+    """Every (set, seed, knob) summary: kept ones read, the rest run `workers` at a time (each run has
+    its control in a second process). A seed's first run trains its stand-alone models, alone."""
+    jobs = [(name, seed, knob) for seed in seeds for name, dnns in sets.items()
+            for knob in (SEARCH, *(f"{r:g}" for r in grid(dnns)))]
+    path = {j: root / j[0].replace("=", "") / f"s{j[1]}" / f"{j[2]}.json" for j in jobs}
+    out = {j: json.loads(path[j].read_text()) for j in jobs if path[j].exists() and not fresh}
+    todo = [j for j in jobs if j not in out]
+    with tqdm(total=len(todo), desc="max_loss runs", unit="run") as bar:
+        def one(j):
+            out[j] = run_one(sets[j[0]], j[1], j[2], flags, path[j])
+            bar.update()
+        firsts = list({j[1]: j for j in reversed(todo)}.values())  # each seed's first: trains its stand-alone models
+        for j in firsts:
+            one(j)
+        with ThreadPoolExecutor(workers) as pool:
+            list(pool.map(one, [j for j in todo if j not in firsts]))
+    return out
+
+
+def within(summary: dict, bound_pp: float = bound.DEFAULT_MAX_LOSS_PP) -> bool:
+    """Every DNN within `bound_pp` of its no-sharing control on test."""
+    return all(r["packed_minus_control_pp"] >= -bound_pp for r in summary["rows"])
+
+
+def seconds(summary: dict) -> float:
+    """The run's time after stand-alone models exist: packing, Fisher, optimisation, the control's wait, the search."""
+    return sum(v for k, v in summary["timings"].items() if k.endswith("_seconds") and k != "standalone_seconds")
+
+
+def row(name: str, seed: int, search: dict, grid_runs: dict[float, dict]) -> dict:
+    """One set and seed: the search's store and test figures beside the grid's smallest store that keeps every DNN."""
+    kept = [s for s in grid_runs.values() if within(s)]
+    best = min(kept, key=lambda s: s["totals"]["packed_weights"]) if kept else None
+    main = grid_runs.get(PackConfig.ratio)
+    weights = search["totals"]["packed_weights"]
+    return {"set": name, "seed": seed, "dnns": len(search["rows"]),
+            "search_pages_tried": [r["exclusive_pages"] for r in search["max_loss"]["rounds"]],
+            "search_weights": weights, "search_ratio": search["totals"]["ratio_by_count"],
+            "search_within": within(search),
+            "search_worst_pp": min(r["packed_minus_control_pp"] for r in search["rows"]),
+            "grid_smallest_ratio": best and best["totals"]["ratio_by_count"],
+            "grid_smallest_weights": best and best["totals"]["packed_weights"],
+            "size_vs_grid": best and weights / best["totals"]["packed_weights"],
+            "grid_kept": {f"{r:g}": within(s) for r, s in sorted(grid_runs.items(), reverse=True)},
+            "search_seconds": seconds(search),
+            "time_vs_main_job": main and seconds(search) / seconds(main),
+            "per_dnn_pp": {r["name"]: r["packed_minus_control_pp"] for r in search["rows"]}}
+
+
+def run(scale: harness.Scale, fresh: bool = False) -> dict:
+    sets, flags = (QUICK["sets"], QUICK["flags"]) if scale.quick else (SETS, ())
+    seeds = QUICK["seeds"] if scale.quick else scale.seeds
+    root = harness.runs_dir(scale) / "max_loss" / code()
+    summaries = run_all(sets, seeds, flags, root, scale.workers, fresh)
+    rows = [row(name, seed, summaries[(name, seed, SEARCH)],
+                {r: summaries[(name, seed, f"{r:g}")] for r in grid(dnns)})
+            for name, dnns in sets.items() for seed in seeds]
+    table = ["| set | seed | search: exclusive pages tried | search ratio | worst DNN on test, pp | "
+             "grid's smallest within 1 pp (ratio) | search size / grid's | search time / main job's |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        table.append(f"| {r['set']} | {r['seed']} | {' -> '.join(map(str, r['search_pages_tried']))} | "
+                     f"{r['search_ratio']:.2f}x | {r['search_worst_pp']:+.2f}{'' if r['search_within'] else ' (beyond 1 pp)'} | "
+                     + (f"{r['grid_smallest_ratio']:.2f}x" if r["grid_smallest_ratio"] else "none") + " | "
+                     + (f"{r['size_vs_grid']:.2f}" if r["size_vs_grid"] else "–") + " | "
+                     + (f"{r['time_vs_main_job']:.2f}x" if r["time_vs_main_job"] else "–") + " |")
+    return {"setup": setup(sets, seeds, flags), "table": "\n".join(table), "rows": rows, "answer": answer(rows),
+            "scale_text": f"sets {', '.join(f'{k} ({len(v)} DNNs)' for k, v in sets.items())}; "
+                          f"seeds {', '.join(map(str, seeds))}; the main job's budget"
+                          + (f" ({' '.join(flags)})" if flags else "") + "; the scale's DNNs and steps are not used"}
+
+
+def setup(sets: dict, seeds: tuple[int, ...], flags: tuple[str, ...]) -> str:
+    grids = "; ".join(f"{name}: {', '.join(f'{r:g}' for r in grid(d))}" for name, d in sets.items())
+    return (f"Each set and seed: `run --max-loss {bound.DEFAULT_MAX_LOSS_PP:g}` and `run --ratio R` for R in the grid ({grids}), "
+            f"the real CLI, one process each (two at a time), each with its own no-sharing control"
+            + (f", flags {' '.join(flags)}" if flags else ", the main job's budget") + ". Sets: "
+            + "; ".join(f"{k}: {' '.join(v)}" for k, v in sets.items()) + ".")
+
+
+def answer(rows: list[dict]) -> str:
+    n = len(rows)
+    within_ = sum(r["search_within"] for r in rows)
+    compared = [r for r in rows if r["size_vs_grid"] is not None]
+    close = sum(r["size_vs_grid"] <= 1 + SIZE_TOLERANCE for r in compared)
+    timed = [r["time_vs_main_job"] for r in rows if r["dnns"] == 10 and r["time_vs_main_job"]]
+    out = (f"In {within_} of {n} set-seeds every DNN of the searched store was within {bound.DEFAULT_MAX_LOSS_PP:g} pp of "
+           f"its control on test; the store was within {SIZE_TOLERANCE:.0%} of the grid's smallest that keeps every DNN "
+           f"(or smaller) in {close} of {len(compared)}"
+           + (f" (no grid point kept every DNN in {n - len(compared)})" if len(compared) < n else "") + ".")
+    if timed:
+        out += (f" At ten DNNs the search took {min(timed):.2f}-{max(timed):.2f}x the main job's time "
+                f"(target: at most {TIME_TARGET:g}x).")
+    return out
+
+
+def plot(result: dict, plt) -> None:
+    rows = result["rows"]
+    names = list(dict.fromkeys(r["set"] for r in rows))
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for i, name in enumerate(names):
+        mine = [r for r in rows if r["set"] == name]
+        ys = [r["size_vs_grid"] for r in mine if r["size_vs_grid"]]
+        a.plot([i] * len(ys), ys, "o", color="C0", alpha=0.8, label="one seed" if i == 0 else None)
+        pp = [v for r in mine for v in r["per_dnn_pp"].values()]
+        b.plot([i + (k % 7 - 3) * 0.04 for k in range(len(pp))], pp, ".", color="C1", alpha=0.7,
+               label="one DNN, one seed" if i == 0 else None)
+    a.axhline(1 + SIZE_TOLERANCE, ls="--", color="grey", label=f"target: at most {1 + SIZE_TOLERANCE:g}")
+    a.axhline(1, ls=":", color="grey")
+    a.set(xticks=range(len(names)), xticklabels=names, ylabel="search's packed weights / grid's smallest",
+          title="store size against the ratio grid's smallest\nthat keeps every DNN within 1 pp on test")
+    b.axhline(-bound.DEFAULT_MAX_LOSS_PP, ls="--", color="grey", label="the bound: -1 pp")
+    b.set(xticks=range(len(names)), xticklabels=names, ylabel="packed - no-sharing control on test (pp)",
+          title="each DNN in the searched store")
+    a.legend(fontsize=8)
+    b.legend(fontsize=8)
+    fig.tight_layout()

@@ -1,0 +1,96 @@
+"""experiments/max_loss.py: the grid each set is measured against, the comparison with the grid's
+smallest store that keeps every DNN, kept runs, and `max_loss --quick` end to end."""
+import json
+import subprocess
+import sys
+
+import pytest
+from conftest import REPO
+
+from experiments import harness
+from experiments import max_loss as ml
+
+
+def summary(pp: dict[str, float], weights: int, ratio: float, seconds: float = 10.0, tried=None) -> dict:
+    """A `run` summary as the kept JSON holds it (one seed), with what `row` reads."""
+    out = {"rows": [{"name": n, "packed_minus_control_pp": v} for n, v in pp.items()],
+           "totals": {"packed_weights": weights, "ratio_by_count": ratio},
+           "timings": {"standalone_seconds": 100.0, "optimize_seconds": seconds, "pack_seconds": 1.0,
+                       "peak_memory_mb": 500.0}}
+    if tried is not None:
+        out["max_loss"] = {"rounds": [{"exclusive_pages": p} for p in tried]}
+    return out
+
+
+def test_the_grid_starts_at_the_smallest_store_and_steps_down_the_ladder():
+    ten = ml.SETS["N=10"]
+    assert ml.grid(ten) == [ml.smallest_ratio(ten), 8, 7, 6, 5, 4]
+    assert ml.grid(ml.SETS["N=2"]) == [ml.smallest_ratio(ml.SETS["N=2"]), 1.75, 1.5, 1.25]  # the ladder runs out
+    for dnns in ml.SETS.values():
+        g = ml.grid(dnns)
+        assert g == sorted(g, reverse=True) and len(g) <= ml.GRID_POINTS + 1 and g[1] < g[0]
+
+
+def test_a_row_compares_the_search_with_the_smallest_grid_store_that_keeps_every_dnn_on_test():
+    search = summary({"a": -0.4, "b": 0.2}, weights=90_000, ratio=3.5, seconds=30.0, tried=[0, 20, 44])
+    grid = {4: summary({"a": -1.3, "b": 0.0}, 80_000, 4.0),  # a beyond 1 pp: not kept
+            3.5: summary({"a": -0.9, "b": -1.0}, 88_000, 3.5),  # exactly 1 pp: kept
+            3: summary({"a": 0.0, "b": 0.1}, 100_000, 3.0)}
+    r = ml.row("N=2", 23, search, grid)
+    assert r["search_within"] and r["search_worst_pp"] == -0.4 and r["search_pages_tried"] == [0, 20, 44]
+    assert r["grid_smallest_weights"] == 88_000 and r["size_vs_grid"] == pytest.approx(90_000 / 88_000)
+    assert r["grid_kept"] == {"4": False, "3.5": True, "3": True}
+    assert r["search_seconds"] == 31.0 and r["time_vs_main_job"] is None  # no ratio-6 run: no main job to time
+    grid[6] = summary({"a": -3.0, "b": 0.0}, 60_000, 6.0, seconds=9.0)
+    assert ml.row("N=2", 23, search, grid)["time_vs_main_job"] == pytest.approx(31.0 / 10.0)
+    worse = ml.row("N=2", 23, summary({"a": -1.2, "b": 0.0}, 70_000, 4.5, tried=[0]), {4: grid[4]})
+    assert not worse["search_within"] and worse["size_vs_grid"] is None  # no grid store kept every DNN
+
+
+def test_the_answer_counts_seeds_within_the_bound_and_the_size_tolerance():
+    rows = [{"search_within": True, "size_vs_grid": 1.05, "dnns": 10, "time_vs_main_job": 2.5},
+            {"search_within": False, "size_vs_grid": 1.2, "dnns": 10, "time_vs_main_job": 2.9},
+            {"search_within": True, "size_vs_grid": None, "dnns": 2, "time_vs_main_job": None}]
+    text = ml.answer(rows)
+    assert "In 2 of 3 set-seeds every DNN" in text and "in 1 of 2 (no grid point kept every DNN in 1)" in text
+    assert "took 2.50-2.90x the main job's time" in text
+
+
+def test_kept_runs_are_read_and_only_the_missing_ones_run(tmp_path, monkeypatch):
+    sets, seeds = {"N=2": ml.SETS["N=2"]}, (7,)
+    knobs = [ml.SEARCH, *(f"{r:g}" for r in ml.grid(sets["N=2"]))]
+    kept = tmp_path / "N2" / "s7" / f"{knobs[1]}.json"
+    kept.parent.mkdir(parents=True)
+    kept.write_text(json.dumps({"kept": True}))
+    ran = []
+
+    def fake(dnns, seed, knob, flags, path):
+        ran.append(knob)
+        return {"ran": knob}
+
+    monkeypatch.setattr(ml, "run_one", fake)
+    out = ml.run_all(sets, seeds, (), tmp_path, workers=2, fresh=False)
+    assert out[("N=2", 7, knobs[1])] == {"kept": True} and sorted(ran) == sorted(k for k in knobs if k != knobs[1])
+    assert ran[0] == ml.SEARCH  # a seed's first run goes alone: it trains the stand-alone models
+
+
+def test_the_plot_draws_from_rows(tmp_path):
+    rows = [ml.row(name, seed, summary({"a": -0.5 + seed / 10, "b": 0.3}, 90_000 + seed, 3.0, tried=[0, 10]),
+                   {3: summary({"a": -0.2, "b": 0.1}, 88_000, 3.0)}) for name in ("N=2", "N=10") for seed in (1, 2, 3)]
+    result = {"rows": rows, "table": "", "answer": ml.answer(rows), "setup": ""}
+    assert harness.write_outputs("max_loss", result, ml.plot, tmp_path).stat().st_size > 10_000
+
+
+@pytest.mark.slow
+@pytest.mark.e2e
+def test_max_loss_quick_runs_the_search_and_the_grid_through_the_cli(tmp_path, cache_with_data):
+    """Its runs kept in the test's own cache (a smoke run's), its outputs under the test's results."""
+    done = subprocess.run([sys.executable, "-m", "experiments", "max_loss", "--quick", "--results", str(tmp_path)],
+                          cwd=REPO, capture_output=True, text=True, timeout=1500)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads((tmp_path / "experiments" / "max_loss.json").read_text())
+    (row,) = result["rows"]
+    assert row["set"] == "N=2" and len(row["grid_kept"]) == len(ml.grid(ml.SETS["N=2"]))
+    assert row["search_pages_tried"][0] == 0 and row["search_weights"] > 0
+    assert result["answer"].startswith("In ")
+    assert len(list((cache_with_data / "experiments" / "runs" / "max_loss").rglob("*.json"))) == 1 + len(ml.grid(ml.SETS["N=2"]))
