@@ -59,7 +59,7 @@ def test_the_answer_counts_seeds_within_the_bound_and_the_size_tolerance():
 def test_kept_runs_are_read_and_only_the_missing_ones_run(tmp_path, monkeypatch):
     sets, seeds = {"N=2": ml.SETS["N=2"]}, (7,)
     knobs = [ml.SEARCH, *(f"{r:g}" for r in ml.grid(sets["N=2"]))]
-    kept = tmp_path / "N2" / "s7" / f"{knobs[1]}.json"
+    kept = tmp_path / ml.code(knobs[1]) / "N2" / "s7" / f"{knobs[1]}.json"
     kept.parent.mkdir(parents=True)
     kept.write_text(json.dumps({"kept": True}))
     ran = []
@@ -72,6 +72,14 @@ def test_kept_runs_are_read_and_only_the_missing_ones_run(tmp_path, monkeypatch)
     out = ml.run_all(sets, seeds, (), tmp_path, workers=2, fresh=False)
     assert out[("N=2", 7, knobs[1])] == {"kept": True} and sorted(ran) == sorted(k for k in knobs if k != knobs[1])
     assert ran[0] == ml.SEARCH  # a seed's first run goes alone: it trains the stand-alone models
+
+
+def test_a_grid_run_is_keyed_without_the_search_so_a_new_search_rule_keeps_the_grid():
+    from weightsep import files
+
+    cli, package = ml.dnn_mod.REPO_ROOT / "weightsep" / "cli.py", ml.dnn_mod.REPO_ROOT / "weightsep"
+    assert ml.code(ml.SEARCH) == files.behaviour_hash(cli, package)
+    assert ml.code("4") == ml.code("2.5") == files.behaviour_hash(cli, package, skip=("bound.py",)) != ml.code(ml.SEARCH)
 
 
 def test_the_plot_draws_from_rows(tmp_path):
