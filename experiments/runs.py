@@ -29,6 +29,7 @@ from tqdm import tqdm
 
 from weightsep import dnn as dnn_mod
 from weightsep import files, train
+from weightsep.alone import per_channel, per_channel_bytes
 from weightsep.evaluate import Table, make_row, packed_theta, summarize
 from weightsep.fisher import FisherConfig
 from weightsep.flat import load_buffer_state
@@ -36,7 +37,6 @@ from weightsep.optimize import OptimizeConfig, optimize
 from weightsep.pack import PackConfig, solo_state
 from weightsep.packing import pack_and_optimize_records, pack_records
 from weightsep.precision import PrecisionConfig
-from weightsep.quant import per_channel_int8, per_channel_int8_bytes
 from weightsep.records import DNNRecord, Reference, load
 from weightsep.step_cost import step_batches
 from weightsep.train import Trained, set_single_thread, standalone_models
@@ -102,7 +102,7 @@ class Setting:
 
     `control`: instead of packing, optimise each DNN alone with all its pages exclusive and the same
     optimiser config (the no-sharing control); with `alone` = "int8-qat" it trains through
-    `quant.per_channel_int8` (quantisation-aware), with "int8-ptq" it is quantised and not trained
+    `alone.per_channel` in int8 (quantisation-aware), with "int8-ptq" it is quantised and not trained
     (quantisation alone, the baseline of quantised packing). `precision`: the `PrecisionConfig`
     fields of the packed pages (default float32). `dnns`: a subset of the scale's DNNs (None: all).
     `replicas`: each DNN packed this many times (synthetic DNNs for time and memory only).
@@ -213,7 +213,7 @@ def _control_row(setting, records, tasks, opt, page_size, seed, start) -> dict:
     accs, thetas, curves, seconds, quantised = {}, {}, {}, 0.0, setting.alone is not None
     for name, record in records.items():
         reference = record.reference
-        transform = functools.partial(per_channel_int8, model=record.model) if quantised else None
+        transform = functools.partial(per_channel, model=record.model, fmt="int8") if quantised else None
         if setting.alone == "int8-ptq":
             load_buffer_state(record.model, reference.buffers, f"DNN {name!r}, stand-alone")
             theta = reference.theta
@@ -236,7 +236,7 @@ def _control_row(setting, records, tasks, opt, page_size, seed, start) -> dict:
     curve = {"dnn_batches": [sum(c["dnn_batches"][i] for c in curves.values()) for i in range(checks)],
              "val": [{name: curves[name]["val"][i] for name in curves} for i in range(checks)], "best_index": None}
     weights = sum(record.reference.theta.numel() for record in records.values())
-    packed_bytes = sum(per_channel_int8_bytes(record.model) for record in records.values()) if quantised else 4 * weights
+    packed_bytes = sum(per_channel_bytes(record.model, "int8") for record in records.values()) if quantised else 4 * weights
     return {"label": setting.label, "seed": seed, "dnns": list(records), "per_dnn": per_dnn,
             "mean_difference_pp": sum(d["difference_pp"] for d in per_dnn.values()) / n,
             "worst_difference_pp": min(d["difference_pp"] for d in per_dnn.values()),
