@@ -112,3 +112,22 @@ def test_codebook_shapes_fit_the_budget_and_give_each_run_length_its_largest_cod
         assert alone.Codebook(dim, size, torch.empty(runs, dtype=torch.int64), layout).n_bytes <= budget
         if 2 * size <= runs:
             assert alone.Codebook(dim, 2 * size, torch.empty(runs, dtype=torch.int64), layout).n_bytes > budget
+
+
+def test_a_setting_names_each_dnns_compression_alone_and_its_bytes_fit_the_ratio():
+    import types
+
+    from experiments import runs
+
+    net = small_net()
+    theta = net.theta.detach().clone()
+    record = types.SimpleNamespace(name="tiny", model=net, reference=types.SimpleNamespace(theta=theta, buffers={}),
+                                   accuracy=lambda weights, split: float((weights > 0).float().mean()))
+    for spec, most in (("prune-int8-8x", 4 * net.n_weights / 8), ("prune-int4-16x", 4 * net.n_weights / 16),
+                       ("codebook-8x", 4 * net.n_weights / 8)):
+        transform, n_bytes = runs.compressed_alone(spec, record, seed=0)
+        assert n_bytes <= most and transform(theta).shape == theta.shape
+    transform, n_bytes = runs.compressed_alone("int4", record, seed=0)
+    assert n_bytes == alone.per_channel_bytes(net, "int4") and torch.equal(transform(theta), alone.per_channel(theta, net, "int4"))
+    with pytest.raises(ValueError, match="unknown"):
+        runs.compressed_alone("hash-8x", record, seed=0)
