@@ -128,6 +128,7 @@ def test_a_setting_names_each_dnns_compression_alone_and_its_bytes_fit_the_ratio
         transform, n_bytes = runs.compressed_alone(spec, record, seed=0)
         assert n_bytes <= most and transform(theta).shape == theta.shape
     transform, n_bytes = runs.compressed_alone("int4", record, seed=0)
-    assert n_bytes == alone.per_channel_bytes(net, "int4") and torch.equal(transform(theta), alone.per_channel(theta, net, "int4"))
+    assert n_bytes == alone.per_channel_bytes(net, "int4")
+    assert torch.equal(transform(theta), alone.per_channel(theta, net, "int4"))
     with pytest.raises(ValueError, match="unknown"):
         runs.compressed_alone("hash-8x", record, seed=0)
