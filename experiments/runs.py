@@ -27,8 +27,8 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from weightsep import alone, files, train
 from weightsep import dnn as dnn_mod
-from weightsep import files, train
 from weightsep.evaluate import Table, make_row, packed_theta, summarize
 from weightsep.fisher import FisherConfig
 from weightsep.flat import load_buffer_state
@@ -36,7 +36,6 @@ from weightsep.optimize import OptimizeConfig, optimize
 from weightsep.pack import PackConfig, solo_state
 from weightsep.packing import pack_and_optimize_records, pack_records
 from weightsep.precision import PrecisionConfig
-from weightsep.quant import per_channel_int8, per_channel_int8_bytes
 from weightsep.records import DNNRecord, Reference, load
 from weightsep.step_cost import step_batches
 from weightsep.train import Trained, set_single_thread, standalone_models
@@ -101,9 +100,9 @@ class Setting:
     """One configuration of the pipeline: changes to the config dataclasses' defaults.
 
     `control`: instead of packing, optimise each DNN alone with all its pages exclusive and the same
-    optimiser config (the no-sharing control); with `alone` = "int8-qat" it trains through
-    `quant.per_channel_int8` (quantisation-aware), with "int8-ptq" it is quantised and not trained
-    (quantisation alone, the baseline of quantised packing). `precision`: the `PrecisionConfig`
+    optimiser config (the no-sharing control); with `alone` (`compressed_alone`: "int8-qat",
+    "prune-int4-32x-ptq", "codebook-32x-qat", ...) each DNN is compressed alone (weightsep/alone.py),
+    then trained through its compressor ("-qat", quantisation-aware) or not ("-ptq"). `precision`: the `PrecisionConfig`
     fields of the packed pages (default float32). `dnns`: a subset of the scale's DNNs (None: all).
     `replicas`: each DNN packed this many times (synthetic DNNs for time and memory only).
     `same_budget`: give a published optimiser as many DNN-batches as joint optimisation would take
@@ -207,20 +206,48 @@ def _steps_run(opt: OptimizeConfig, n_dnns: int) -> int:
     return opt.steps if opt.optimizer == "joint" else rounds * opt.steps_per_turn * n_dnns
 
 
+def compressed_alone(spec: str, record: DNNRecord, seed: int) -> tuple:
+    """(transform, bytes) of one DNN compressed alone as `spec` names it (`Setting.alone`, its "-ptq" or
+    "-qat" ending aside): "int8" / "int4" per channel; "prune-FMT-Rx" magnitude pruning then FMT per channel,
+    stored sparse in at most 1/R of the float32 bytes; "codebook-Rx" the vector k-means codebook that fits
+    1/R of them with the best validation accuracy before any training (`alone.codebook_shapes`; a tie goes
+    to the larger)."""
+    model, theta = record.model, record.reference.theta
+    parts = spec.split("-")
+    if parts[0] in ("int8", "int4"):
+        return functools.partial(alone.per_channel, model=model, fmt=parts[0]), alone.per_channel_bytes(model, parts[0])
+    budget = int(4 * theta.numel() / float(parts[-1].removesuffix("x")))
+    if parts[0] == "prune":
+        mask = alone.prune_mask(theta, model, alone.keep_for_bytes(theta, model, budget, parts[1]))
+        return functools.partial(alone.pruned, model=model, mask=mask, fmt=parts[1]), alone.pruned_bytes(mask, model, parts[1])
+    if parts[0] == "codebook":
+        books = [alone.Codebook.fit(theta, model, dim, size, seed) for dim, size in alone.codebook_shapes(model, budget)]
+        load_buffer_state(model, record.reference.buffers, f"DNN {record.name!r}, stand-alone")  # what validation runs with
+        if not books:
+            raise ValueError(f"DNN {record.name!r}: no codebook fits {budget} bytes")
+        with torch.no_grad():
+            book = max(books, key=lambda b: (record.accuracy(b(theta), "val"), b.n_bytes))  # a tie: the larger
+        return book, book.n_bytes
+    raise ValueError(f"unknown compression alone {spec!r}")
+
+
 def _control_row(setting, records, tasks, opt, page_size, seed, start) -> dict:
     """Each DNN alone, every page exclusive: optimised with the same config and its own batches (the
-    no-sharing control), through the per-channel int8 quantiser ("int8-qat"), or only quantised ("int8-ptq")."""
-    accs, thetas, curves, seconds, quantised = {}, {}, {}, 0.0, setting.alone is not None
+    no-sharing control), or compressed alone (`compressed_alone`) and trained through its compressor
+    ("-qat") or only compressed ("-ptq")."""
+    accs, thetas, curves, seconds, packed_bytes = {}, {}, {}, 0.0, 0
     for name, record in records.items():
         reference = record.reference
-        transform = functools.partial(per_channel_int8, model=record.model) if quantised else None
-        if setting.alone == "int8-ptq":
+        transform, n_bytes = (compressed_alone(setting.alone.rsplit("-", 1)[0], record, seed) if setting.alone
+                              else (None, 4 * reference.theta.numel()))
+        packed_bytes += n_bytes
+        if setting.alone and setting.alone.endswith("-ptq"):
             load_buffer_state(record.model, reference.buffers, f"DNN {name!r}, stand-alone")
             theta = reference.theta
         else:
             tasks[name].transform = transform
-            alone = solo_state(name, reference.theta, page_size, reference.buffers)
-            result, history = optimize(alone, {name: tasks[name]}, replace(opt, promote_pages=0), progress=False)
+            solo = solo_state(name, reference.theta, page_size, reference.buffers)
+            result, history = optimize(solo, {name: tasks[name]}, replace(opt, promote_pages=0), progress=False)
             theta = packed_theta(result, name, record.model)
             curves[name] = {"dnn_batches": history.steps, "val": [v[name] for v in history.val_accuracy]}
             seconds += history.seconds
@@ -236,7 +263,6 @@ def _control_row(setting, records, tasks, opt, page_size, seed, start) -> dict:
     curve = {"dnn_batches": [sum(c["dnn_batches"][i] for c in curves.values()) for i in range(checks)],
              "val": [{name: curves[name]["val"][i] for name in curves} for i in range(checks)], "best_index": None}
     weights = sum(record.reference.theta.numel() for record in records.values())
-    packed_bytes = sum(per_channel_int8_bytes(record.model) for record in records.values()) if quantised else 4 * weights
     return {"label": setting.label, "seed": seed, "dnns": list(records), "per_dnn": per_dnn,
             "mean_difference_pp": sum(d["difference_pp"] for d in per_dnn.values()) / n,
             "worst_difference_pp": min(d["difference_pp"] for d in per_dnn.values()),

@@ -278,34 +278,6 @@ def test_paper_gap_runs_every_variant_and_dose_and_says_what_the_data_explains(t
     assert (tmp_path / "experiments" / "paper_gap.png").stat().st_size > 10_000
 
 
-def test_quantization_answer_and_plot_from_rows(tmp_path):
-    from experiments import harness, quantization
-
-    def row(setting, family, kib, ratio, changes, worst):
-        mean = sum(changes) / len(changes)
-        return {"setting": setting, "family": family, "packed_kib": kib, "ratio_by_bytes": ratio,
-                "ratio_by_bytes_std": 0.0, "mean_change_pp": mean, "mean_change_std": 0.1, "mean_change_ci95": 0.25,
-                "worst_pp": worst, "per_seed_change_pp": changes, "per_seed_ratio": [ratio] * 3, "page_formats": None,
-                "seeds": 3, "meets_target": ratio >= 12 and min(changes) >= -0.5}
-
-    rows = [row("float32 packing", "packing, float32", 400, 6.0, [0.1, -0.2, 0.0], -1.5)
-            | {"minus_control_pp": -0.4, "minus_control_ci95": 0.3, "minus_control_noise": False},
-            row("int8 packing", "packing, int8", 112, 21.8, [0.5, 0.6, 0.7], -1.0),
-            row("Fisher packing, 112 KiB", "packing, formats by Fisher", 110, 22.4, [0.6, -0.6, 0.9], -1.4),
-            row("int8 alone (PTQ)", "quantisation alone", 645, 3.8, [0.0, 0.1, 0.0], -0.1),
-            row("int8 alone (QAT)", "quantisation alone", 645, 3.8, [0.7, 0.8, 0.1], -0.7)]
-    answer = quantization.summary(rows)
-    assert "every seed: int8 packing." in answer  # Fisher misses in one seed, float32 is under 12x
-    assert "5.7x smaller" in answer and "did not beat uniform int8" in answer
-    assert "is +0.07 ± 1.15 pp against that fine-tuned int8 alone, paired by seed (not shown" in answer  # [-.2, -.2, .6]
-    assert "float32 packing is -0.40 pp against the no-sharing control" in answer
-    rows[2]["mean_change_pp"] = 0.9
-    assert "Fisher at about the int8 store's bytes (110 KiB against 112) beat uniform int8" in quantization.summary(rows)
-    result = {"rows": rows, "target": quantization.TARGET, "published_point": quantization.PUBLISHED_POINT,
-              "table": "", "answer": answer, "setup": quantization.SETUP}
-    assert harness.write_outputs("quantization", result, quantization.plot, tmp_path).stat().st_size > 10_000
-
-
 def test_paper_gap_resizes_the_training_set_from_a_subset_to_all_but_1000_validation_images():
     from experiments import paper_gap
     from weightsep.dnn import Dataset, Split

@@ -36,6 +36,7 @@ def fake_row(st: harness.Setting, scale: harness.Scale, seed: int) -> dict:
             "optimize_seconds": 1.0, "peak_rss_mb": 100.0,
             "matching_cost": 1.0 + 0.1 * len(st.label) + 0.05 * seed, "ms_per_step": 10.0, "ms_per_dnn_batch": 1.0,
             "seconds": 1.0, "measured": True, "overlap_loss": 0.5 + seed, "page_formats": {"float32": 3},
+            "mean_val_difference_pp": -0.1 * seed - 0.01 * len(st.label), "worst_val_difference_pp": -0.5,
             "curve": {"dnn_batches": [0, 10], "best_index": 1,
                       "val": [{n: 0.5 + 0.01 * seed - 0.001 * len(st.label) for n in names}, {n: 0.7 for n in names}]}}
 
@@ -134,9 +135,10 @@ def test_every_accuracy_section_shows_packed_minus_control_beside_packed_minus_s
     assert "no-sharing control" in result["answer"]
 
 
-def test_quantization_compares_only_float32_packing_with_the_float32_control(fake_runs):
+def test_quantization_compares_every_packed_row_and_no_baseline_with_the_float32_control(fake_runs):
     result = quantization.run(SCALE)
-    assert [r["setting"] for r in result["rows"] if "minus_control_pp" in r] == ["float32 packing"]
+    assert [r["setting"] for r in result["rows"] if "minus_control_pp" in r] == [
+        r["setting"] for r in result["rows"] if r["family"] in quantization.PACKING]
     assert {st.label for st in fake_runs if st.control and st.alone is None} == {"no sharing"}
 
 

@@ -74,7 +74,7 @@ class Task:
     standalone: torch.Tensor | None = None  # the DNN's stand-alone weights: its reference accuracy
     batches: int | None = None  # batches of batch_size per step (None: `batches_per_step` decides)
     # what the DNN's flat weights become before its forward, in training and at the checks (e.g.
-    # quant.per_channel_int8, differentiable: the quantisation-alone baseline); None: themselves
+    # alone.per_channel, differentiable: the quantisation-alone baseline); None: themselves
     transform: Callable[[torch.Tensor], torch.Tensor] | None = None
 
     def weights(self, theta: torch.Tensor) -> torch.Tensor:

@@ -27,8 +27,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .model import TemplateNet
-
 FORMATS = ("float32", "float16", "bfloat16", "int8", "int4")
 CODE = {name: code for code, name in enumerate(FORMATS)}
 FLOATS = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -240,39 +238,3 @@ def decode(blocks: dict[str, tuple], codes: torch.Tensor, page_size: int, group:
         if s is not None:
             scales[where] = s.expand(-1, G) if fmt == "int8" else s
     return values, scales
-
-
-# ---------------------------------------------------------------- the baseline: each DNN quantised alone
-
-
-def channel_axis(model: torch.nn.Module) -> int:
-    """The output-channel axis of a model's weight tensors: last in TemplateNet's TF layout (HWIO,
-    [in, out]), first in PyTorch's (a FlatModule's parameters)."""
-    return -1 if isinstance(model, TemplateNet) else 0
-
-
-def per_channel_int8(theta: torch.Tensor, model: torch.nn.Module) -> torch.Tensor:
-    """`theta` with every weight tensor of 2 or more dimensions quantised to int8, symmetric, one
-    scale per output channel, and 1-D tensors (biases, norms) left float32: the usual post-training
-    quantisation of one DNN, no sharing. Differentiable (straight-through: torch's fake quantiser),
-    so the same function fine-tunes for it (quantisation-aware training)."""
-    axis, parts = channel_axis(model), []
-    for spec, w in zip(model.layout, theta.split([s.numel for s in model.layout])):
-        if len(spec.shape) < 2:
-            parts.append(w)
-            continue
-        rows = w.view(spec.shape).movedim(axis, 0)
-        flat = rows.reshape(rows.shape[0], -1)
-        amax = flat.detach().abs().amax(1)
-        scale = torch.where(amax > 0, amax / QMAX["int8"], torch.ones_like(amax))
-        q = torch.fake_quantize_per_channel_affine(flat, scale, torch.zeros_like(scale, dtype=torch.int32), 0,
-                                                   -QMAX["int8"], QMAX["int8"])
-        parts.append(q.view(rows.shape).movedim(0, axis).reshape(-1))
-    return torch.cat(parts)
-
-
-def per_channel_int8_bytes(model: torch.nn.Module) -> int:
-    """Bytes of `per_channel_int8`'s model: int8 weights and a float32 scale per output channel for
-    tensors of 2+ dimensions, float32 for 1-D tensors."""
-    axis = channel_axis(model)
-    return sum(s.numel + SCALE_BYTES * s.shape[axis] if len(s.shape) >= 2 else 4 * s.numel for s in model.layout)
