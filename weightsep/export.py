@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import subprocess
 from pathlib import Path
 
 import torch
@@ -33,7 +34,16 @@ _HERE = Path(__file__).resolve().parent
 # the repository's c_runtime/; a wheel carries it as weightsep/c_runtime (pyproject.toml)
 RUNTIME_DIR = next((d for d in (_HERE / "c_runtime", _HERE.parent / "c_runtime") if (d / "ws_runtime.c").is_file()),
                    _HERE.parent / "c_runtime")
-RUNTIME_FILES = ("ws_runtime.h", "ws_runtime.c", "ws_main.c")
+RUNTIME_FILES = ("ws_runtime.h", "ws_runtime.c", "ws_main.c", "ws_count.c", "mps2_startup.c", "mps2_an386.ld")
+LIBRARY = ("ws_runtime.c", "ws_model.c")
+# one flag set for every build, so that host and Cortex-M builds round alike (no fused multiply-add)
+C_FLAGS = ("-std=c99", "-O2", "-ffp-contract=off", "-Wall", "-Wextra")
+TARGETS = {  # compiler and flags per target; "mps2-an386": QEMU's Cortex-M4F board, files and argv by semihosting
+    "host": ("cc", ()),
+    "mps2-an386": ("arm-none-eabi-gcc", ("-mcpu=cortex-m4", "-mthumb", "-mfloat-abi=hard", "-mfpu=fpv4-sp-d16",
+                                          "--specs=rdimon.specs", "-T", "mps2_an386.ld", "mps2_startup.c")),
+}
+QEMU = ("qemu-system-arm", "-M", "mps2-an386", "-nographic", "-monitor", "none", "-serial", "none")
 ACT_CODES = {"leaky_relu": 0, "sigmoid": 1, "relu": 2}  # ws_runtime.h's WS_LEAKY_RELU, WS_SIGMOID, WS_RELU
 POINTER_BYTES = 4  # a page pointer on a 32-bit microcontroller (the RAM report)
 TABLE_ENTRY_BYTES = 2  # uint16_t page-table entries
@@ -87,6 +97,36 @@ def export_c(state: PackedState, models: dict[str, torch.nn.Module], out: Path) 
     report = memory(state, nets, fmt)
     atomic_write_text(out / "memory.json", json.dumps(report, indent=1) + "\n")
     return report
+
+
+def build(out: Path, target: str = "host", driver: str = "ws_main.c") -> Path:
+    """Compile an export in `out` with `driver` for `target` (TARGETS); the binary's path. A missing compiler or
+    a failed build is a RuntimeError with the compiler's message."""
+    cc, flags = TARGETS[target]
+    binary = out / f"{Path(driver).stem}-{target}{'' if target == 'host' else '.elf'}"
+    cmd = [cc, *C_FLAGS, *flags, "-o", binary.name, driver, *LIBRARY, "-lm"]
+    try:
+        done = subprocess.run(cmd, cwd=out, capture_output=True, text=True)
+    except FileNotFoundError:
+        raise RuntimeError(f"{cc} is not installed (./setup.sh --mcu installs the Cortex-M tools)") from None
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed in {out}: {done.stderr.strip()[-2000:]}")
+    return binary
+
+
+def run_binary(binary: Path, args: list[str], target: str = "host", icount: bool = False) -> str:
+    """Run a built driver in its folder (under QEMU for a Cortex-M target; `icount`: one virtual nanosecond an
+    instruction, for ws_count); its standard output. A non-zero exit is a RuntimeError."""
+    if target == "host":
+        cmd = [str(binary), *args]
+    else:
+        argv = ",".join(f"arg={a}" for a in [binary.stem, *args])
+        cmd = [*QEMU, *(["-icount", "shift=0"] if icount else []), "-semihosting-config",
+               f"enable=on,target=native,{argv}", "-kernel", binary.name]
+    done = subprocess.run(cmd, cwd=binary.parent, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} exited {done.returncode}: {(done.stderr or done.stdout).strip()[-2000:]}")
+    return done.stdout
 
 
 def c_identifiers(names: list[str]) -> dict[str, str]:
