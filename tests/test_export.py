@@ -121,7 +121,8 @@ def test_dnn_names_become_distinct_c_identifiers():
 @pytest.mark.e2e
 def test_export_from_the_command_line_runs_every_suite_dnn_on_its_whole_test_set(tmp_path, cache_with_data):
     """The ten suite DNNs packed (a short run), exported in float32 and, after int8 quantisation and joint
-    training, in int8: the compiled library predicts every test sample of every DNN as PyTorch does."""
+    training, in int8: the compiled library predicts every test sample of every DNN as PyTorch does, and
+    (where the Cortex-M tools are) the emulated Cortex-M4F gives the host's logits."""
     import sys
 
     from weightsep.records import load_packed
@@ -143,15 +144,18 @@ def test_export_from_the_command_line_runs_every_suite_dnn_on_its_whole_test_set
         out = tmp_path / precision
         said = cli("export", "--store", store, out)
         assert f"10 DNNs, {precision} pages" in said
-        subprocess.run([CC, "-std=c99", "-O2", "-o", "ws_main", "ws_main.c", "ws_runtime.c", "ws_model.c", "-lm"], cwd=out,
-                       check=True)
+        host = export.build(out, "host")
+        mcu = export.build(out, "mps2-an386") if not MCU_TOOLS else None  # CI has the tools (./setup.sh --mcu)
         state = Store(store).load()
         pm = PackedModel(state, {n: r.model for n, r in load_packed(state).items()})
         for index, (name, record) in enumerate(load_packed(state).items()):
             x = torch.from_numpy(np.asarray(record.data.test.x)).float()
             x.numpy().tofile(out / "in.bin")
-            subprocess.run(["./ws_main", str(index), str(len(x)), "in.bin", "out.bin"], cwd=out, check=True)
+            export.run_binary(host, [str(index), str(len(x)), "in.bin", "out.bin"])
             got = np.fromfile(out / "out.bin", dtype=np.float32).reshape(len(x), -1)
+            if mcu is not None:  # a few dozen samples a DNN on the emulated Cortex-M4F: the host's logits, bit for bit
+                export.run_binary(mcu, [str(index), "40", "in.bin", "mcu.bin"], "mps2-an386")
+                assert np.array_equal(np.fromfile(out / "mcu.bin", dtype=np.float32).reshape(40, -1), got[:40]), name
             pm.switch(name)
             want = pm.predict(x).numpy()
             assert np.array_equal(got.argmax(1), want.argmax(1)), (precision, name)
