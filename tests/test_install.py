@@ -19,7 +19,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.e2e  # pip installs the package into a fresh venv and runs it from outside
-PACKAGE_SOURCES = ("pyproject.toml", "README.md", "weightsep", "custom_op")
+PACKAGE_SOURCES = ("pyproject.toml", "README.md", "weightsep", "custom_op", "c_runtime")
 
 # packs two small modules (batch norm, a GRU) from memory, runs them packed, saves and reloads the store
 API_SCRIPT = textwrap.dedent("""
@@ -29,6 +29,8 @@ API_SCRIPT = textwrap.dedent("""
     import weightsep, weightsep.ops, weightsep.dnn
     print("module", weightsep.__file__)
     print("sources", (weightsep.ops.SOURCE_DIR / "gather.cpp").is_file())
+    import weightsep.export
+    print("runtime", (weightsep.export.RUNTIME_DIR / "ws_runtime.c").is_file())
     print("suite", weightsep.dnn.suite())
     torch.manual_seed(0)
 
@@ -115,6 +117,7 @@ def test_installed_package_packs_modules_from_memory_outside_the_repository(tmp_
     installed_in = src if editable else site_packages(venv)
     assert Path(lines["module"]).is_relative_to(installed_in), lines["module"]
     assert lines["sources"] == "True"  # custom_op/ travels with the package: the extension can build
+    assert lines["runtime"] == "True"  # c_runtime/ too: `export --format c` can copy it
     assert lines["suite"] == "[]"  # DNN folders stay in the repository (an editable install of a bare copy has none)
     for name, n_buffers in (("bn", "3"), ("gru", "0")):
         said = lines[name].split()
@@ -157,6 +160,7 @@ def test_the_wheel_ships_the_library_alone(tmp_path):
     data_code = ("glyphs", "audio", "paper", "checkpoint", "originals", "datasets")
     assert not [n for n in names if Path(n).stem in data_code], "the DNN folders' data code is in the wheel"
     assert "weightsep/custom_op/gather.cpp" in names and "weightsep/prepared.py" in names
+    assert "weightsep/c_runtime/ws_runtime.c" in names and "weightsep/c_runtime/ws_runtime.h" in names
     declared = {re.match(r"[A-Za-z0-9_.-]+", line.split(":", 1)[1].strip())[0].lower().replace("-", "_")
                 for line in metadata.splitlines() if line.startswith("Requires-Dist:")}
     allowed = set(sys.stdlib_module_names) | declared | {"weightsep"}

@@ -18,7 +18,7 @@ def test_readme_opens_with_the_two_commands_and_ci_runs_the_test_one():
     lines = (REPO / "README.md").read_text().split("```bash\n", 1)[1].split("```", 1)[0].strip().splitlines()
     commands = [line.split("#")[0].strip() for line in lines]
     assert commands[0].startswith("./setup.sh && .venv/bin/python -m weightsep run")
-    assert commands[1] == "./setup.sh && .venv/bin/python -m pytest -q"
+    assert commands[1] == "./setup.sh --mcu && .venv/bin/python -m pytest -q"
     assert commands[1] in (REPO / ".ci" / "run").read_text()
 
 

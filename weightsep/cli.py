@@ -31,6 +31,7 @@ from .checks import Parser, flag, int_at_least, writable_dir
 from .config_help import flag_help
 from .errors import USER_ERRORS
 from .evaluate import format_aggregate, format_table, make_row, packed_theta, summarize
+from .export import export_c
 from .fisher import ESTIMATORS, FisherConfig
 from .group import Group
 from .joint import BALANCES, SCHEDULES
@@ -329,6 +330,19 @@ def cmd_quantize(args) -> None:
           "page tables; `joint` now trains the pages for these formats")
 
 
+def cmd_export(args) -> None:
+    state = Store(args.store).load()
+    loaded = load_packed(state, extra=args.dnn_folder, allow_changed_code=args.allow_changed_code, data=False)
+    report = export_c(state, {n: item.model for n, item in loaded.items()}, args.out)
+    flash, ram = report["flash_bytes"], report["ram_bytes"]
+    kib = lambda n: f"{n / 1024:,.1f} KiB"  # noqa: E731
+    print(f"wrote {args.out}: {len(loaded)} DNNs, {report['format']} pages; flash for weights {kib(flash['weights_total'])} "
+          f"(level 1 {kib(flash['level1_shared_pages'])}, level 2 {kib(flash['level2_exclusive_pages'])} + page tables "
+          f"{kib(flash['level2_page_tables'])}) against {kib(report['alone_flash_bytes'])} exported alone; RAM "
+          f"{kib(sum(ram.values()))} (page pointers {kib(ram['page_pointers'])}, scratch {kib(ram['scratch'])}); "
+          f"build: cc -std=c99 -O2 ws_main.c ws_runtime.c ws_model.c -lm (docs/deploy.md)")
+
+
 def cmd_restore(args) -> None:
     done = Store(args.store).restore_previous()
 
@@ -416,6 +430,9 @@ def parser() -> argparse.ArgumentParser:
     command("quantize", cmd_quantize, "hold a float32 store's pages in other formats (then `joint` trains for them)",
             (PrecisionConfig,))
     command("restore", cmd_restore, "make the previous good state current again")
+    c = command("export", cmd_export, "write the store as a C99 library for microcontrollers (docs/deploy.md)")
+    c.add_argument("--format", choices=["c"], default="c", help="the library's language (default c)")
+    c.add_argument("out", type=Path, help="the folder the library goes into")
     return p
 
 
