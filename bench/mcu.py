@@ -5,8 +5,9 @@ quantised, page by page, one scale a page: `quantize --precision int8` without t
 follows, which changes no byte count), the export is built for the host and for QEMU's mps2-an386
 (Cortex-M4F), and:
 
-* every test sample of every DNN runs on the host; `--samples` per DNN run under QEMU; the argmax of
-  both equals PyTorch's PackedModel on every sample, and the Cortex-M logits equal the host's;
+* every test sample of every DNN runs on the host (its test accuracy is reported: the int8 store has
+  not been trained for int8); `--samples` per DNN run under QEMU; the argmax of both equals PyTorch's
+  PackedModel on every sample, and the Cortex-M logits equal the host's;
 * flash: level 1 (shared pages), level 2 (exclusive pages, page tables), code (the runtime and the
   DNN descriptors, .text + .rodata of their objects for the Cortex-M4F), against each DNN exported
   alone in the same format; RAM: page pointers and scratch;
@@ -70,6 +71,7 @@ def check(state, records, out: Path, samples: int) -> dict:
         on_mcu = np.fromfile(out / "mcu.bin", dtype=np.float32).reshape(n, -1)
         _, switch, inference, copy = map(float, export.run_binary(counter, [str(index), "in.bin"], TARGET, icount=True).split())
         rows[name] = {"test_samples": len(x), "host_argmax_equal": int((on_host.argmax(1) == want).sum()),
+                      "host_test_accuracy": float((on_host.argmax(1) == np.asarray(record.data.test.y)).mean()),
                       "mcu_samples": n, "mcu_argmax_equal": int((on_mcu.argmax(1) == want[:n]).sum()),
                       "mcu_logits_equal_host": bool(np.array_equal(on_mcu, on_host[:n])),
                       "switch_instructions": switch, "inference_instructions": inference, "copy_instructions": copy}
@@ -95,6 +97,8 @@ def main(argv=None) -> int:
                "every_argmax_equal": all(r["host_argmax_equal"] == r["test_samples"] and r["mcu_argmax_equal"] == r["mcu_samples"]
                                          for o in out.values() for r in o["dnns"].values()),
                "every_mcu_logit_equal_host": all(r["mcu_logits_equal_host"] for o in out.values() for r in o["dnns"].values()),
+               "int8_minus_float32_test_pp": [100 * (out["int8"]["dnns"][n]["host_test_accuracy"]
+                                                     - out["float32"]["dnns"][n]["host_test_accuracy"]) for n in records],
                "switch_within_copy": all(r["switch_instructions"] <= r["copy_instructions"]
                                          for o in out.values() for r in o["dnns"].values())}
     path = write_result("mcu", {"store": str(args.store), "dnns": list(records), **summary, "formats": out})
@@ -104,7 +108,8 @@ def main(argv=None) -> int:
               f"{(f['level2_exclusive_pages'] + f['level2_page_tables']) / 1024:.1f}, code {f['code'] / 1024:.1f}) against "
               f"{o['memory']['alone_flash_bytes'] / 1024:.1f} KiB alone; RAM {sum(ram.values()) / 1024:.1f} KiB")
         for name, r in o["dnns"].items():
-            print(f"  {name:12s} argmax = PyTorch: host {r['host_argmax_equal']}/{r['test_samples']}, Cortex-M "
+            print(f"  {name:12s} test accuracy {100 * r['host_test_accuracy']:.2f}%; argmax = PyTorch: host "
+                  f"{r['host_argmax_equal']}/{r['test_samples']}, Cortex-M "
                   f"{r['mcu_argmax_equal']}/{r['mcu_samples']} (logits = host: {r['mcu_logits_equal_host']}); instructions: "
                   f"switch {r['switch_instructions']:,.0f}, inference {r['inference_instructions']:,.0f}, "
                   f"copy {r['copy_instructions']:,.0f}")
