@@ -109,6 +109,8 @@ def test_what_the_runtime_cannot_run_is_refused_by_name(tmp_path):
     int4 = assign(state, PrecisionConfig(precision="int4", group=16))
     with pytest.raises(ValueError, match="float32 or int8 pages; this store holds int4"):
         export.export_c(int4, models, tmp_path)
+    with pytest.raises(ValueError, match="no model given for packed DNN.s. dense"):
+        export.export_c(state, {n: m for n, m in models.items() if n != "dense"}, tmp_path)
     assert not (tmp_path / "ws_model.c").exists()  # refused before anything is written
 
 

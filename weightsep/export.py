@@ -84,6 +84,9 @@ def export_c(state: PackedState, models: dict[str, torch.nn.Module], out: Path) 
     """Write the C library of `state` (its DNNs' `models` give the architectures) into `out`; returns the
     memory report (also written as out/memory.json)."""
     fmt = page_format(state)
+    missing = [name for name in state.vnns if name not in models]
+    if missing:
+        raise ValueError(f"no model given for packed DNN(s) {', '.join(missing)}: export needs each one's architecture")
     nets = {name: check_template(name, models[name]) for name in state.vnns}
     largest = max((int(v.page_table.max()) for v in state.vnns.values() if v.n_pages), default=0)
     if largest > MAX_TABLE_ENTRY:
