@@ -55,9 +55,9 @@ SEARCH = "search"
 
 
 def code(knob: str) -> str:
-    """The hash of what a `run` does (the CLI and every weightsep module it imports; for a `--ratio` run, all
-    but the search, bound.py, which it never calls): a kept run is reused only by the same code."""
-    return files.behaviour_hash(dnn_mod.REPO_ROOT / "weightsep" / "cli.py", dnn_mod.REPO_ROOT / "weightsep",
+    """The hash of what a `run` computes (the pipeline and every weightsep module it imports; for a `--ratio`
+    run, all but the search, bound.py, which it never calls): a kept run is reused only by the same code."""
+    return files.behaviour_hash(dnn_mod.REPO_ROOT / "weightsep" / "pipeline.py", dnn_mod.REPO_ROOT / "weightsep",
                                 skip=() if knob == SEARCH else ("bound.py",))
 
 

@@ -77,9 +77,9 @@ def test_kept_runs_are_read_and_only_the_missing_ones_run(tmp_path, monkeypatch)
 def test_a_grid_run_is_keyed_without_the_search_so_a_new_search_rule_keeps_the_grid():
     from weightsep import files
 
-    cli, package = ml.dnn_mod.REPO_ROOT / "weightsep" / "cli.py", ml.dnn_mod.REPO_ROOT / "weightsep"
-    assert ml.code(ml.SEARCH) == files.behaviour_hash(cli, package)
-    assert ml.code("4") == ml.code("2.5") == files.behaviour_hash(cli, package, skip=("bound.py",)) != ml.code(ml.SEARCH)
+    pipeline, package = ml.dnn_mod.REPO_ROOT / "weightsep" / "pipeline.py", ml.dnn_mod.REPO_ROOT / "weightsep"
+    assert ml.code(ml.SEARCH) == files.behaviour_hash(pipeline, package)
+    assert ml.code("4") == ml.code("2.5") == files.behaviour_hash(pipeline, package, skip=("bound.py",)) != ml.code(ml.SEARCH)
 
 
 def test_the_plot_draws_from_rows(tmp_path):
