@@ -115,9 +115,9 @@ def run(scale: harness.Scale, fresh: bool = False) -> dict:
     versus_control = harness.against_control(runs, packed)
     versus_baselines = {label: {b: harness.paired(runs[label], runs[b]) for b in equal_bytes(label, plan)} for label in plan}
     harness.holm([p for d in versus_baselines.values() for p in d.values()])
-    rows = []
+    rows, summaries = [], {label: harness.summary_row(runs[label]) for label in plan}
     for label, (family, _) in plan.items():
-        s, seeds = harness.summary_row(runs[label]), runs[label]
+        s, seeds = summaries[label], runs[label]
         rows.append({"setting": label, "family": family, "packed_kib": s["packed_bytes"]["mean"] / 1024,
                      **harness.control_fields(versus_control.get(label)),
                      **harness.spread_fields("ratio_by_bytes", s["ratio_by_bytes"]),
@@ -135,7 +135,7 @@ def run(scale: harness.Scale, fresh: bool = False) -> dict:
     for r in rows:
         pages = ", ".join(f"{n} {f}" for f, n in (r["page_formats"] or {}).items()) or "–"
         control = harness.versus(versus_control[r["setting"]]) if r["setting"] in versus_control else "–"
-        s = harness.summary_row(runs[r["setting"]])
+        s = summaries[r["setting"]]
         against = "; ".join(f"{b}: {harness.versus(p)}" for b, p in versus_baselines[r["setting"]].items()) or "–"
         table.append(f"| {r['setting']} | {r['packed_kib']:.1f} | {harness.fmt(s['ratio_by_bytes'], 2, False, 'x')} | "
                      f"{control} | {harness.fmt(s['mean_difference_pp'])} "
