@@ -1,5 +1,5 @@
-"""Packing to an accuracy (`run --max-loss`, weightsep/bound.py): the smallest store, the checks on the
-bounds, the growth by promotion aimed at the bounds, and what the table says."""
+"""Packing to an accuracy (`run --max-loss`, weightsep/bound.py): where the search starts, the checks on
+the bounds, how it moves between ratios, promotion aimed at a bound, and what the table says."""
 from __future__ import annotations
 
 import math
@@ -16,16 +16,20 @@ from weightsep.pack import PackConfig
 from weightsep.pages import n_pages
 
 
-def test_the_smallest_store_keeps_exclusive_only_what_cannot_be_shared():
+def test_the_first_pass_is_the_main_jobs_ratio_where_reachable_else_the_smallest_store():
     from weightsep.packing import plan_budget
 
-    sizes = {"a": 60_000, "b": 64_000, "c": 20_000}
-    config = bound.smallest(PackConfig(), sizes)
+    sizes = {"a": 60_000, "b": 64_000, "c": 20_000}  # 3 DNNs, 282 pages: the smallest store (125 shared) is 2.25x
+    config = bound.start(PackConfig(), sizes)
     largest = n_pages(64_000, 512)
     plan = plan_budget(sizes, config, largest)  # S unset: the largest DNN's pages
     assert config.separation == "budget" and plan.exclusive_pages <= 0 and sum(plan.counts.values()) == 0
-    plan = plan_budget(sizes, bound.smallest(PackConfig(n_shared=100), sizes), 100)
+    plan = plan_budget(sizes, bound.start(PackConfig(n_shared=100), sizes), 100)
     assert plan.counts == {"a": n_pages(60_000, 512) - 100, "b": largest - 100, "c": 0} and plan.spare == 0
+    many = {f"d{i}": 60_000 for i in range(10)}  # 10 x 118 pages: 6x is reachable, so the search starts there
+    assert bound.start(PackConfig(), many).ratio == PackConfig().ratio
+    top, bottom = bound.limits(PackConfig(), many)
+    assert top > PackConfig().ratio and bottom == pytest.approx(600_000 / (512 * (118 + 1180)))
 
 
 def test_each_dnn_gets_its_own_bound_else_the_common_one_else_the_default():
@@ -74,22 +78,45 @@ def test_promoted_pages_start_as_their_shared_content_so_the_first_check_still_h
 
 def test_the_table_names_the_bounds_the_sizes_tried_the_one_kept_and_a_dnn_left_outside_its_bound():
     search = {"max_loss_pp": {"a": 1.0, "b": 0.5}, "rounds": [
-        {"exclusive_pages": 0, "packed_weights": 64_000, "missed_pp": {"a": 1.5, "b": 0.2}},
-        {"exclusive_pages": 5, "packed_weights": 66_560, "missed_pp": {"a": 0.0, "b": 0.0}}]}
+        {"ratio": 6.0, "exclusive_pages": 0, "packed_weights": 64_000, "over_pp": {"a": 1.5, "b": 0.2}},
+        {"ratio": 4.0, "exclusive_pages": 5, "packed_weights": 66_560, "over_pp": {"a": -0.1, "b": -0.4}}]}
     text = bound.described(search)
-    assert "within 0.5 / 1 pp" in text and "0 -> 5" in text and "warning" not in text
-    assert "kept:        5 exclusive pages" in text
-    search["rounds"][-1]["missed_pp"]["b"] = 0.31
-    assert "warning:     after 2 pass(es) b missed its bound by 0.31 pp" in bound.described(search)
+    assert "within 0.5 / 1 pp" in text and "ratios tried: 6.00 -> 4.00 (worst DNN +1.50, -0.10 pp" in text
+    assert "kept:        ratio 4.00 (5 exclusive pages)" in text and "warning" not in text
+    search["rounds"][-1]["over_pp"]["b"] = 0.31
+    assert "warning:     after 2 pass(es) b missed its bound by 0.31 pp on validation at the largest store" in (
+        bound.described(search))
 
 
-def test_the_ratio_for_a_size_gives_a_budget_of_exactly_that_many_exclusive_pages():
-    from weightsep.separation import exclusive_budget
+TOP, BOTTOM = 9.59, 1.0
 
-    sizes = {"a": 63_875, "b": 65_076, "c": 59_650}
-    for pages in range(0, 400, 7):
-        ratio = bound._ratio_for(sizes, 512, 128, pages)
-        assert exclusive_budget(list(sizes.values()), 512, 128, ratio) == pages
+
+def test_a_miss_grows_the_store_by_the_miss_over_the_slope_within_the_step_limits():
+    assert bound.next_ratio([(6.0, 1.2)], TOP, BOTTOM) == pytest.approx(6.0 * math.exp(-1.2 / bound.PP_PER_LOG_RATIO))
+    assert bound.next_ratio([(6.0, 0.01)], TOP, BOTTOM) == pytest.approx(6.0 * math.exp(-bound.STEP[0]))
+    assert bound.next_ratio([(6.0, 50.0)], TOP, BOTTOM) == pytest.approx(6.0 * math.exp(-bound.STEP[1]))
+    assert bound.next_ratio([(1.5, 50.0)], TOP, BOTTOM) == BOTTOM  # never past every page exclusive
+    assert bound.next_ratio([(BOTTOM, 3.0)], TOP, BOTTOM) is None  # nothing larger to try
+
+
+def test_two_misses_grow_the_store_along_the_secant_through_them():
+    # 6x missed by 3 pp, 4x by 1: 2 pp per ln(1.5); the bound crosses at 4 / 1.5 ** (1 / 2)
+    assert bound.next_ratio([(6.0, 3.0), (4.0, 1.0)], TOP, BOTTOM) == pytest.approx(4.0 / 1.5 ** 0.5)
+    # the smaller store missed by less (noise): the prior slope
+    assert bound.next_ratio([(6.0, 0.4), (4.0, 0.5)], TOP, BOTTOM) == pytest.approx(
+        4.0 * math.exp(-0.5 / bound.PP_PER_LOG_RATIO))
+
+
+def test_a_kept_size_shrinks_towards_the_smallest_store_and_a_bracket_is_split_where_the_line_crosses():
+    assert bound.next_ratio([(6.0, -0.9)], TOP, BOTTOM) == pytest.approx(6.0 * math.exp(0.9 / bound.PP_PER_LOG_RATIO))
+    assert bound.next_ratio([(9.0, -5.0)], TOP, BOTTOM) == TOP
+    assert bound.next_ratio([(TOP, -0.2)], TOP, BOTTOM) is None  # the smallest store keeps: nothing smaller
+    # kept at 4x with 0.2 pp room, missed at 6x by 0.6: a quarter of the way in ln(ratio)
+    assert bound.next_ratio([(6.0, 0.6), (4.0, -0.2)], TOP, BOTTOM) == pytest.approx(4.0 * 1.5 ** 0.25)
+    assert bound.next_ratio([(6.0, 0.1), (4.0, -5.0)], TOP, BOTTOM) == pytest.approx(4.0 * 1.5 ** 0.75)  # clamped
+    assert bound.next_ratio([(4.3, 0.6), (4.0, -0.2)], TOP, BOTTOM) is None  # within 10%: done
+    # a smaller store kept than one that missed (noise): the smallest kept leads
+    assert bound.next_ratio([(4.0, 0.3), (6.0, -0.3)], TOP, BOTTOM) == pytest.approx(6.0 * math.exp(bound.STEP[0]))
 
 
 @dataclass(frozen=True)
@@ -103,46 +130,47 @@ class FakeState:
     def __init__(self, exclusive: dict[str, int]):
         self.page_size, self.n_shared = 512, 128
         self.vnns = {n: SimpleNamespace(n_exclusive=e, n_weights=60_000) for n, e in exclusive.items()}
-        self.config = FakeConfig({"ratio": 1.0})
+        self.config = FakeConfig({"ratio": 1.0, "exclusive_pages": sum(exclusive.values())})
 
     def replace(self, config):
         self.config = config
         return self
 
 
-@pytest.mark.parametrize("outcomes, kept", [
-    ([({"a": 4, "b": 0}, {"a": 0.5, "b": 0.0}), ({"a": 9, "b": 0}, {"a": 0.0, "b": 0.0})], 2),
-    ([({"a": 4, "b": 0}, {"a": 0.0, "b": 0.0})], 1),  # the first growing pass holds: no third
-    ([({"a": 4, "b": 0}, {"a": 0.5, "b": 0.0}), ({"a": 9, "b": 0}, {"a": 0.1, "b": 0.0})], 2),  # none holds: the last
+@pytest.mark.parametrize("worst, kept", [
+    ([1.2, -0.3, -0.1], 2),  # 6x missed, the next kept, the one between kept too: the smallest
+    ([1.2, -0.3, 0.4], 1),  # the one between missed: the second
+    ([1.2, 0.5, 0.2], 2),  # none kept: the largest store tried
+    ([-0.2, 0.3, 0.1], 0),  # the first kept, the smaller two missed
 ])
-def test_the_search_packs_afresh_giving_pages_only_to_the_dnns_that_missed_and_keeps_the_smallest_that_holds(
-        monkeypatch, outcomes, kept):
-    """Each pass is a fresh packing whose budget is the pages offered to the DNNs that missed, all exclusive
-    at packing (`extra`); it stops at the first size that keeps every bound."""
-    from weightsep.separation import exclusive_budget
+def test_the_search_packs_each_ratio_next_ratio_picks_and_keeps_the_smallest_store_that_keeps_every_bound(
+        monkeypatch, worst, kept):
+    """Ten DNNs of 60,000 weights, one of them ("d0") at the bound's edge: 6x is reachable, so the search starts there."""
+    names, calls, worst = [f"d{i}" for i in range(10)], [], iter(worst)
 
-    calls, outcomes = [], iter(outcomes)
-    first = FakeState({"a": 0, "b": 0})
-    missed = {id(first): {"a": 1.2, "b": 0.0}}
+    def packed(ratio: float) -> FakeState:
+        state = FakeState({n: round(60_000 / (512 * ratio)) for n in names})  # a larger store for a lower ratio
+        over[id(state)] = {n: next(worst) if n == "d0" else -1.0 for n in names}
+        return state
 
-    def pack_and_optimize_records(records, pack_config, fisher_config, optimize_config, precision, group, extra):
-        exclusive, miss = next(outcomes)
-        calls.append((pack_config, dict(extra)))
-        state = FakeState(exclusive)
-        missed[id(state)] = miss
-        return state, len(calls), optimize_config, {}
+    def pack_and_optimize_records(records, pack_config, fisher_config, optimize_config, precision, group):
+        calls.append(pack_config.ratio)
+        return packed(pack_config.ratio), len(calls), optimize_config, {}
 
+    over = {}
+    first = packed(6.0)
     monkeypatch.setattr(bound, "pack_and_optimize_records", pack_and_optimize_records)
-    monkeypatch.setattr(bound, "misses", lambda state, records, bounds, group: missed[id(state)])
-    records = {n: SimpleNamespace(model=SimpleNamespace(n_weights=60_000)) for n in ("a", "b")}
-    state, history, rounds = bound.search(records, {"a": 0.9, "b": 0.8}, (first, 0), PackConfig(), None,
+    monkeypatch.setattr(bound, "over", lambda state, records, bounds, group: over[id(state)])
+    records = {n: SimpleNamespace(model=SimpleNamespace(n_weights=60_000)) for n in names}
+    config = bound.start(PackConfig(n_shared=128), {n: 60_000 for n in names})
+    state, history, rounds = bound.search(records, dict.fromkeys(names, 0.9), (first, 0), config, None,
                                           OptimizeConfig(), group=object())
-    first_offer = math.ceil(bound.PAGES_PER_PP * 1.2)
-    offered = [first_offer, first_offer + math.ceil(bound.PAGES_PER_PP * 2 * 0.5)][:len(calls)]
-    assert [exclusive_budget([60_000] * 2, 512, 128, c.ratio) for c, _ in calls] == offered
-    assert len(rounds) == 1 + len(calls) <= bound.MAX_PASSES
-    assert [e for _, e in calls] == [{"a": n} for n in offered]  # at packing, to a alone: b kept its bound
-    assert history == kept and state.config.budget["exclusive_pages"] == rounds[kept].exclusive_pages
+    tried = [(r.ratio, r.worst) for r in rounds]
+    assert len(rounds) == bound.MAX_PASSES and [r.ratio for r in rounds] == [6.0, *calls]
+    assert all(bound.next_ratio(tried[:k], *bound.limits(config, {n: 60_000 for n in names})) == tried[k][0]
+               for k in range(1, len(tried)))
+    assert history == kept and state.config.budget["ratio"] == pytest.approx(
+        600_000 / rounds[kept].packed_weights)
 
 
 def test_a_run_packed_to_a_ratio_names_each_dnn_beyond_the_default_bound_and_the_flags_that_keep_it():
@@ -154,7 +182,8 @@ def test_a_run_packed_to_a_ratio_names_each_dnn_beyond_the_default_bound_and_the
     text = bound.notes(seed(("a", -1.2), ("b", -0.9), ("c", -2.5)))
     assert text.startswith("warning:     c -2.50 pp, a -1.20 pp against the no-sharing control on test: beyond 1 pp")
     assert "b " not in text and "--ratio" in text and "--max-loss 1 " in text
-    search = {"max_loss_pp": {"a": 1.0}, "rounds": [{"exclusive_pages": 3, "packed_weights": 67_072, "missed_pp": {"a": 0.0}}]}
+    search = {"max_loss_pp": {"a": 1.0}, "rounds": [{"ratio": 2.0, "exclusive_pages": 3, "packed_weights": 67_072,
+                                                      "over_pp": {"a": -0.2}}]}
     assert bound.notes(seed(("a", -3.0)) | {"max_loss": search}) == bound.described(search)  # the search says it
 
 
@@ -173,13 +202,3 @@ def test_the_summary_markdown_carries_the_warning_under_its_table(tmp_path):
     name = one["rows"][0]["name"]
     assert f"\n\nwarning:     {name} -2.00 pp" in text and "against the no-sharing control on test" in text
     assert text.index("warning:") > text.index(f"| {name} ")
-
-
-def test_extra_pages_are_claimed_first_and_the_rest_of_the_budget_is_shared_as_before():
-    from weightsep.separation import allot
-
-    pages = {"a": 130, "b": 100, "c": 120}
-    assert allot(13, pages, 128, 0.5, {"b": 5}) == ({"a": 2 + 1, "b": 5 + 1, "c": 1}, 3)  # 2 + 5 first, 3 even, 3 spare
-    assert allot(7, pages, 128, 1.0, {"b": 5}) == ({"a": 2, "b": 5, "c": 0}, 0)  # exactly the claims: nothing to promote
-    assert allot(7, pages, 128, 1.0, {"c": 500})[0]["c"] == 120  # never more than the DNN's pages
-    assert allot(12, pages, 128, 0.5) == allot(12, pages, 128, 0.5, {})

@@ -159,8 +159,9 @@ def test_separation_experiment_puts_published_and_budget_in_one_table(cache_with
     assert json.loads((tmp_path / "separation.json").read_text())["seeds"] == [0]
 
 
-def test_max_loss_searches_from_the_smallest_store_and_reports_every_size_tried(cache_with_data, tmp_path):
+def test_max_loss_searches_from_the_smallest_store_it_can_reach_and_reports_every_size_tried(cache_with_data, tmp_path):
     from weightsep import bound
+    from weightsep.pack import PackConfig
 
     store, results = tmp_path / "state", tmp_path / "results"
     out = cli("run", "--dnns", "satellite", "letters", *SMALL, "--steps", "90", "--eval-every", "30",
@@ -169,14 +170,18 @@ def test_max_loss_searches_from_the_smallest_store_and_reports_every_size_tried(
     search = summary["max_loss"]
     assert search["max_loss_pp"] == {"satellite": 0.25, "letters": 0.5}
     rounds = search["rounds"]
-    assert rounds[0]["exclusive_pages"] == 0 and rounds[0]["packed_weights"] == 124 * 512  # the smallest store
+    # two DNNs cannot reach the main job's 6x: the first pass is the smallest store
+    assert rounds[0]["exclusive_pages"] == 0 and rounds[0]["packed_weights"] == 124 * 512
     assert 1 <= len(rounds) <= bound.MAX_PASSES
-    assert all(any(pp > 0 for pp in r["missed_pp"].values()) for r in rounds[:-1])  # it stops at the first that holds
-    kept = [r for r in rounds if not any(pp > 0 for pp in r["missed_pp"].values())]
-    chosen = min(kept, key=lambda r: r["packed_weights"]) if kept else rounds[-1]
-    assert summary["totals"]["exclusive_pages"] == chosen["exclusive_pages"]  # the store is the size kept
+    tried = [(r["ratio"], max(r["over_pp"].values())) for r in rounds]
+    sizes = {n: summary["rows"][i]["weights"] for i, n in enumerate(("satellite", "letters"))}
+    assert all(bound.next_ratio(tried[:k], *bound.limits(bound.start(PackConfig(), sizes), sizes)) == tried[k][0]
+               for k in range(1, len(tried)))  # each pass where the rule says
+    kept = [r for r in rounds if max(r["over_pp"].values()) <= 0]
+    chosen = min(kept, key=lambda r: r["packed_weights"]) if kept else max(rounds, key=lambda r: r["packed_weights"])
+    assert summary["totals"]["packed_weights"] == chosen["packed_weights"]  # the store is the size kept
     assert "ratio_warning" not in summary["totals"]  # no ratio was asked
-    assert "max-loss:    within 0.25 / 0.5 pp" in out and " -> ".join(str(r["exclusive_pages"]) for r in rounds) in out
+    assert "max-loss:    within 0.25 / 0.5 pp" in out and " -> ".join(f"{r['ratio']:.2f}" for r in rounds) in out
     assert_outcome(summary, store)
 
 

@@ -18,7 +18,7 @@ def summary(pp: dict[str, float], weights: int, ratio: float, seconds: float = 1
            "timings": {"standalone_seconds": 100.0, "optimize_seconds": seconds, "pack_seconds": 1.0,
                        "peak_memory_mb": 500.0}}
     if tried is not None:
-        out["max_loss"] = {"rounds": [{"exclusive_pages": p} for p in tried]}
+        out["max_loss"] = {"rounds": [{"ratio": r} for r in tried]}
     return out
 
 
@@ -32,19 +32,30 @@ def test_the_grid_starts_at_the_smallest_store_and_steps_down_the_ladder():
 
 
 def test_a_row_compares_the_search_with_the_smallest_grid_store_that_keeps_every_dnn_on_test():
-    search = summary({"a": -0.4, "b": 0.2}, weights=90_000, ratio=3.5, seconds=30.0, tried=[0, 20, 44])
+    search = summary({"a": -0.4, "b": 0.2}, weights=90_000, ratio=3.5, seconds=30.0, tried=[6.0, 4.0, 3.5])
     grid = {4: summary({"a": -1.3, "b": 0.0}, 80_000, 4.0),  # a beyond 1 pp: not kept
             3.5: summary({"a": -0.9, "b": 100 * (0.5 - 0.51)}, 88_000, 3.5),  # exactly 1 pp (with float error): kept
             3: summary({"a": 0.0, "b": 0.1}, 100_000, 3.0)}
     r = ml.row("N=2", 23, search, grid)
-    assert r["search_within"] and r["search_worst_pp"] == -0.4 and r["search_pages_tried"] == [0, 20, 44]
+    assert r["search_within"] and r["search_worst_pp"] == -0.4 and r["search_ratios_tried"] == [6.0, 4.0, 3.5]
     assert r["grid_smallest_weights"] == 88_000 and r["size_vs_grid"] == pytest.approx(90_000 / 88_000)
     assert r["grid_kept"] == {"4": False, "3.5": True, "3": True}
     assert r["search_seconds"] == 31.0 and r["time_vs_main_job"] is None  # no ratio-6 run: no main job to time
     grid[6] = summary({"a": -3.0, "b": 0.0}, 60_000, 6.0, seconds=9.0)
     assert ml.row("N=2", 23, search, grid)["time_vs_main_job"] == pytest.approx(31.0 / 10.0)
-    worse = ml.row("N=2", 23, summary({"a": -1.2, "b": 0.0}, 70_000, 4.5, tried=[0]), {4: grid[4]})
+    worse = ml.row("N=2", 23, summary({"a": -1.2, "b": 0.0}, 70_000, 4.5, tried=[4.5]), {4: grid[4]})
     assert not worse["search_within"] and worse["size_vs_grid"] is None  # no grid store kept every DNN
+
+
+def test_a_grid_with_no_point_within_the_bound_goes_one_ladder_step_further_down():
+    sets, seeds = {"N=10": ml.SETS["N=10"], "N=2": ml.SETS["N=2"]}, (23, 24)
+    out = {("N=10", 23, "6"): summary({"a": -2.0}, 1, 6.0), ("N=10", 23, "4"): summary({"a": -1.1}, 1, 4.0),
+           ("N=10", 24, "4"): summary({"a": -0.5}, 1, 4.0), ("N=10", 23, ml.SEARCH): summary({"a": 0.0}, 1, 2.0),
+           ("N=2", 23, "1.25"): summary({"a": -3.0}, 1, 1.25), ("N=2", 24, "1.5"): summary({"a": -3.0}, 1, 1.5)}
+    assert ml.extended(sets, seeds, out) == [("N=10", 23, "3.5"), ("N=2", 24, "1.25")]  # N=2 s23: the ladder ran out
+    out[("N=10", 23, "3.5")] = summary({"a": -0.2}, 1, 3.5)
+    out[("N=2", 24, "1.25")] = summary({"a": -1.5}, 1, 1.25)
+    assert ml.extended(sets, seeds, out) == []
 
 
 def test_the_answer_counts_seeds_within_the_bound_and_the_size_tolerance():
@@ -69,7 +80,8 @@ def test_kept_runs_are_read_and_only_the_missing_ones_run(tmp_path, monkeypatch)
         return {"ran": knob}
 
     monkeypatch.setattr(ml, "run_one", fake)
-    out = ml.run_all(sets, seeds, (), tmp_path, workers=2, fresh=False)
+    jobs = [("N=2", 7, k) for k in knobs]
+    out = ml.run_all(jobs, sets, (), tmp_path, workers=2, fresh=False)
     assert out[("N=2", 7, knobs[1])] == {"kept": True} and sorted(ran) == sorted(k for k in knobs if k != knobs[1])
     assert ran[0] == ml.SEARCH  # a seed's first run goes alone: it trains the stand-alone models
 

@@ -1,19 +1,20 @@
 """Pack to an accuracy (`run --max-loss`): the smallest store whose every DNN keeps, on validation
 data, within a stated loss of its own no-sharing control.
 
-The search packs and optimises the DNNs afresh for each size it tries (a pass costs one main job's
-optimisation; stand-alone models, Fisher and the control are made once). The first pass is the
-smallest store (`smallest`): the shared pages the DNNs need (S, the largest DNN's page count unless
-`--shared-pages` says otherwise) and no exclusive page but those a DNN larger than S cannot share.
-After each pass, every DNN whose validation accuracy lies more than its bound below its control's
-(`misses`) is offered more of the store for the next: `PAGES_PER_PP` exclusive pages per percentage
-point it missed by, doubled each pass, added to what it was offered before. The next pass packs
-afresh with those pages exclusive from the start (its pages of highest Fisher mass, holding its
-stand-alone weights: `separation.allot`'s `extra`) and the budget no larger, so nothing is left to
-promote. (Pages handed out later by promotion start from the shared page's content; measured, they
-kept the DNNs that missed further from their bounds than the same pages given at packing.) The
-search stops at the first size that keeps every bound, or after MAX_PASSES, and returns the smallest
-size that kept them all (else the last). Test data is never looked at here: the caller scores the result once.
+The search is over one number, the packing ratio: each size it tries is what `run --ratio R` packs
+(the budget separation: its exclusive pages spread by Fisher mass, half at packing and half by
+promotion), packed and optimised afresh, so a pass costs one main job's optimisation; stand-alone
+models, Fisher and the control are made once. The first pass is the main job itself, at its ratio
+(`start`), or the smallest store where that ratio cannot be reached. After each pass the worst DNN's
+distance from its bound on validation (`over`, pp: > 0 missed, <= 0 kept with that much room) picks
+the next ratio (`next_ratio`): from a size that missed, the store grows in ln(ratio) by the miss over
+PP_PER_LOG_RATIO (a secant through two misses once there are two); from one that kept, it shrinks
+the same way by the room, towards the smallest store; once a kept size and a missed one bracket the
+bound, the next lies between them where the line through them crosses it. Each move is clamped to
+STEP. The search stops when the bracket is within CLOSE, when the smallest store keeps, or after
+MAX_PASSES, and returns the smallest size that kept every bound (else the largest tried, with a
+warning). Measured against a grid of ratios in docs/pipeline.md; test data is never looked at here:
+the caller scores the result once.
 """
 from __future__ import annotations
 
@@ -27,33 +28,41 @@ from .optimize import OptimizeConfig
 from .pack import PackConfig, shared_pages_needed
 from .packing import pack_and_optimize_records
 from .page_optimizer import History
+from .pages import n_pages
 from .precision import PrecisionConfig
 from .records import DNNRecord
-from .separation import reach
 from .state import PackedState
+from .separation import reach
 
 DEFAULT_MAX_LOSS_PP = 1.0  # a DNN named in no bound: the issue's "within 1 pp of its control"
-PAGES_PER_PP = 12  # a missing DNN's first offer per pp it missed by (tuning seed 0: about 12-14 pages per pp; docs/pipeline.md)
-MAX_PASSES = 3  # passes in all, the smallest store's included: the search costs at most 3 main jobs' optimisation
+PP_PER_LOG_RATIO = 3.0  # the first move's slope: worst DNN's test loss (pp) per unit of ln(ratio), ten suite DNNs between 4x and 6x, tuning seeds 0-4 (docs/pipeline.md)
+STEP = (math.log(1.15), math.log(2.0))  # a move in ln(ratio): at least 15% (a smaller one is lost in the noise), at most 2x
+CLOSE = math.log(1.10)  # a kept size and a missed one this close: done (the issue's "within 10%")
+MAX_PASSES = 3  # passes in all, the first included: the search costs at most 3 main jobs' optimisation
 
 
 @dataclass(frozen=True)
 class Round:
-    """One size the search tried: its exclusive pages, its weights, and what each DNN missed its bound by
-    on validation (pp; 0 where it kept it)."""
+    """One size the search tried: the ratio asked, its exclusive pages, its weights, and each DNN's
+    validation loss beyond its bound (pp; > 0 missed by that much, <= 0 kept with that much room)."""
 
+    ratio: float
     exclusive_pages: int
     packed_weights: int
-    missed_pp: dict[str, float]
+    over_pp: dict[str, float]
+
+    @property
+    def worst(self) -> float:
+        return max(self.over_pp.values())
 
     @property
     def kept(self) -> bool:
         """Every DNN within its bound at this size."""
-        return not any(pp > 0 for pp in self.missed_pp.values())
+        return self.worst <= 0
 
     def to_json(self) -> dict:
-        return {"exclusive_pages": self.exclusive_pages, "packed_weights": self.packed_weights,
-                "missed_pp": self.missed_pp}
+        return {"ratio": self.ratio, "exclusive_pages": self.exclusive_pages, "packed_weights": self.packed_weights,
+                "over_pp": self.over_pp}
 
 
 def check(max_loss: float | None, by_dnn: dict[str, float], names: list[str], control: bool,
@@ -68,8 +77,7 @@ def check(max_loss: float | None, by_dnn: dict[str, float], names: list[str], co
     if not control:
         raise ValueError("--max-loss bounds each DNN's loss against its no-sharing control: drop --no-control")
     if optimize_config.optimizer != "joint":
-        raise ValueError(f"--max-loss grows the store by promotion, which only the joint optimiser does "
-                         f"(--optimizer {optimize_config.optimizer})")
+        raise ValueError(f"--max-loss sizes the store the joint optimiser fills (--optimizer {optimize_config.optimizer})")
     if pack_config.mode != "ws":
         raise ValueError("--max-loss sizes the exclusive pages: it needs --mode ws")
 
@@ -80,37 +88,78 @@ def losses(names: list[str], max_loss: float | None, by_dnn: dict[str, float]) -
     return {n: by_dnn.get(n, default) for n in names}
 
 
-def smallest(config: PackConfig, sizes: dict[str, int]) -> PackConfig:
-    """`config` packing DNNs of `sizes` weights into the smallest store they fit: the budget separation at the
-    ratio its S reaches, so no page is exclusive but those a DNN larger than S cannot share."""
+def limits(config: PackConfig, sizes: dict[str, int]) -> tuple[float, float]:
+    """The ratios (by count) the search moves between: the smallest store's (no page exclusive but those a
+    DNN larger than S cannot share: the largest reachable) and the largest store's (every page exclusive)."""
     n_shared = shared_pages_needed(list(sizes.values()), config)
-    return replace(config, separation="budget", ratio=reach(sizes, config.page_size, n_shared).ratio)
+    total_pages = sum(n_pages(n, config.page_size) for n in sizes.values())
+    return (reach(sizes, config.page_size, n_shared).ratio,
+            sum(sizes.values()) / (config.page_size * (n_shared + total_pages)))
 
 
-def misses(state: PackedState, records: dict[str, DNNRecord], bounds: dict[str, float],
-           group: Group) -> dict[str, float]:
-    """pp by which each DNN's validation accuracy lies below its bound (an accuracy, a fraction); 0 if not."""
+def start(config: PackConfig, sizes: dict[str, int]) -> PackConfig:
+    """The search's first pass: the budget separation at `config`'s ratio (the main job's), or at the
+    smallest store's where that ratio cannot be reached."""
+    return replace(config, separation="budget", ratio=min(config.ratio, limits(config, sizes)[0]))
+
+
+def over(state: PackedState, records: dict[str, DNNRecord], bounds: dict[str, float],
+         group: Group) -> dict[str, float]:
+    """pp by which each DNN's validation accuracy lies below its bound (`bounds`: accuracies, fractions);
+    negative where it lies above."""
     val = {n: records[n].accuracy(packed_theta(state, n, records[n].model), "val")
            for n, record in records.items() if record.data is not None}
-    return {n: max(0.0, 100 * (bounds[n] - a)) for n, a in group.all_merged(val).items()}
+    return {n: 100 * (bounds[n] - a) for n, a in group.all_merged(val).items()}
+
+
+def next_ratio(tried: list[tuple[float, float]], top: float, bottom: float) -> float | None:
+    """The ratio to try next from the (ratio, worst DNN's pp over its bound) tried so far, or None when
+    done; `top`, `bottom`: the smallest and the largest store's ratios (see the module docstring)."""
+    def move(pp: float, slope: float) -> float:
+        return min(max(pp / slope, STEP[0]), STEP[1])
+
+    kept = [t for t in tried if t[1] <= 0]
+    missed = sorted(t for t in tried if t[1] > 0)
+    if kept:
+        ratio, room = max(kept)  # the smallest store that kept
+        above = [t for t in missed if t[0] > ratio]
+        if above:  # bracketed: between the two, where the line through them crosses the bound
+            hi, miss = above[0]
+            if math.log(hi / ratio) <= CLOSE:
+                return None
+            share = min(max(-room / (miss - room), 0.25), 0.75)
+            return ratio * (hi / ratio) ** share
+        if ratio >= top * (1 - 1e-9):
+            return None
+        return min(top, ratio * math.exp(move(-room, PP_PER_LOG_RATIO)))
+    (ratio, miss), *rest = missed  # none kept: grow from the largest store tried
+    if ratio <= bottom * (1 + 1e-9):
+        return None
+    slope = PP_PER_LOG_RATIO
+    if rest and rest[0][1] > miss:  # a secant through the two largest stores that missed
+        slope = (rest[0][1] - miss) / math.log(rest[0][0] / ratio)
+    return max(bottom, ratio * math.exp(-move(miss, slope)))
 
 
 def described(search: dict) -> str:
     """The search as summary.json records it (`max_loss`), in lines for the table: the bounds, the sizes
-    tried, and the one kept, or a warning naming each DNN the last size still left outside its bound."""
+    tried, and the one kept, or a warning naming each DNN the largest size tried still left outside its bound."""
     bounds = sorted(set(search["max_loss_pp"].values()))
-    rounds = search["rounds"]
+    rounds = [Round(**r) for r in search["rounds"]]
     lines = [f"max-loss:    within {' / '.join(f'{b:g}' for b in bounds)} pp of each DNN's no-sharing control on "
-             f"validation; exclusive pages tried: {' -> '.join(str(r['exclusive_pages']) for r in rounds)}"]
-    kept = [r for r in rounds if Round(**r).kept]
+             f"validation; ratios tried: {' -> '.join(f'{r.ratio:.2f}' for r in rounds)} "
+             f"(worst DNN {', '.join(f'{r.worst:+.2f}' for r in rounds)} pp over its bound)"]
+    kept = [r for r in rounds if r.kept]
     if kept:
-        lines.append(f"kept:        {min(kept, key=lambda r: r['packed_weights'])['exclusive_pages']} exclusive pages, "
-                     "the smallest size tried that keeps every bound")
+        best = min(kept, key=lambda r: r.packed_weights)
+        lines.append(f"kept:        ratio {best.ratio:.2f} ({best.exclusive_pages} exclusive pages), the smallest "
+                     "size tried that keeps every bound")
     else:
-        over = {n: pp for n, pp in rounds[-1]["missed_pp"].items() if pp > 0}
+        largest = max(rounds, key=lambda r: r.packed_weights)
         lines.append(f"warning:     after {len(rounds)} pass(es) " + ", ".join(
-            f"{n} missed its bound by {pp:.2f} pp" for n, pp in sorted(over.items(), key=lambda item: -item[1]))
-            + " on validation; the store kept is the last; a looser bound for it, or more --steps, may keep it")
+            f"{n} missed its bound by {pp:.2f} pp" for n, pp in sorted(largest.over_pp.items(), key=lambda i: -i[1])
+            if pp > 0) + " on validation at the largest store tried, the one kept; a looser bound for it, "
+            "or more --steps, may keep it")
     return "\n".join(lines)
 
 
@@ -131,43 +180,33 @@ def notes(seed: dict) -> str:
             f"{DEFAULT_MAX_LOSS_PP:g} pp on validation (experimental: docs/pipeline.md)")
 
 
-def _round(state: PackedState, missed: dict[str, float]) -> Round:
-    exclusive = sum(v.n_exclusive for v in state.vnns.values())
-    return Round(exclusive, state.page_size * (state.n_shared + exclusive), missed)
-
-
 def search(records: dict[str, DNNRecord], bounds: dict[str, float], first: tuple[PackedState, History],
            pack_config: PackConfig, fisher_config: FisherConfig, optimize_config: OptimizeConfig,
            precision_config: PrecisionConfig | None = None, group: Group | None = None,
            ) -> tuple[PackedState, History, list[Round]]:
     """The smallest store found whose every DNN's validation accuracy reaches its bound (`bounds`:
-    accuracies, fractions), from `first` (the smallest store, packed with `pack_config` and optimised);
-    see the module docstring. Returns that state (its budget plan: the ratio reached), its optimiser
-    history and every size tried, in order."""
+    accuracies, fractions), from `first` (packed with `pack_config`, `start`'s, and optimised); see the
+    module docstring. Returns that state (its budget plan: the ratio reached), its optimiser history
+    and every size tried, in order."""
     group = group or Group.current()
     sizes = {n: record.model.n_weights for n, record in records.items()}
-    passes = [(*first, _round(first[0], misses(first[0], records, bounds, group)))]
-    floor = passes[0][2].exclusive_pages  # the smallest store's: only what no DNN can share
-    offered: dict[str, int] = {}
-    for k in range(1, MAX_PASSES):
-        missed = {n: pp for n, pp in passes[-1][2].missed_pp.items() if pp > 0}
-        if not missed:
+    top, bottom = limits(pack_config, sizes)
+    passes = [(*first, _round(first[0], pack_config.ratio, over(first[0], records, bounds, group)))]
+    while len(passes) < MAX_PASSES:
+        ratio = next_ratio([(p[2].ratio, p[2].worst) for p in passes], top, bottom)
+        if ratio is None:
             break
-        for n, pp in missed.items():
-            offered[n] = offered.get(n, 0) + math.ceil(PAGES_PER_PP * 2 ** (k - 1) * pp)
-        config = replace(pack_config, ratio=_ratio_for(sizes, pack_config.page_size, first[0].n_shared,
-                                                       floor + sum(offered.values())))
-        state, history, _, _ = pack_and_optimize_records(records, config, fisher_config, optimize_config,
-                                                         precision_config, group, extra=offered)
-        passes.append((state, history, _round(state, misses(state, records, bounds, group))))
+        state, history, _, _ = pack_and_optimize_records(records, replace(pack_config, ratio=ratio), fisher_config,
+                                                         optimize_config, precision_config, group)
+        passes.append((state, history, _round(state, ratio, over(state, records, bounds, group))))
     kept = [p for p in passes if p[2].kept]
-    state, history, last = min(kept, key=lambda p: p[2].packed_weights) if kept else passes[-1]
-    reached = sum(sizes.values()) / last.packed_weights
-    budget = {**state.config.budget, "ratio": reached, "exclusive_pages": last.exclusive_pages, "spare": 0}
-    return state.replace(config=replace(state.config, budget=budget)), history, [p[2] for p in passes]
+    state, history, chosen = (min(kept, key=lambda p: p[2].packed_weights) if kept
+                              else max(passes, key=lambda p: p[2].packed_weights))
+    reached = sum(sizes.values()) / chosen.packed_weights
+    return (state.replace(config=replace(state.config, budget={**state.config.budget, "ratio": reached})), history,
+            [p[2] for p in passes])
 
 
-def _ratio_for(sizes: dict[str, int], page_size: int, n_shared: int, exclusive: int) -> float:
-    """The ratio by weight count whose budget (`separation.exclusive_budget`) is `exclusive` pages:
-    half a page above the store's size, so the floor there lands on it."""
-    return sum(sizes.values()) / (page_size * (n_shared + exclusive + 0.5))
+def _round(state: PackedState, ratio: float, over_pp: dict[str, float]) -> Round:
+    exclusive = sum(v.n_exclusive for v in state.vnns.values())
+    return Round(ratio, exclusive, state.page_size * (state.n_shared + exclusive), over_pp)

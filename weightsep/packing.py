@@ -68,19 +68,16 @@ class BudgetPlan:
                 "spare": self.spare}
 
 
-def plan_budget(sizes: dict[str, int], config: PackConfig, n_shared: int,
-                extra: Mapping[str, int] | None = None) -> BudgetPlan:
-    """The budget plan for DNNs of `sizes` weights each (see `BudgetPlan`); `extra`: pages a DNN keeps
-    exclusive at packing before the budget's even share (`separation.allot`)."""
+def plan_budget(sizes: dict[str, int], config: PackConfig, n_shared: int) -> BudgetPlan:
+    """The budget plan for DNNs of `sizes` weights each (see `BudgetPlan`)."""
     budget = exclusive_budget(list(sizes.values()), config.page_size, n_shared, config.ratio)
     pages = {name: n_pages(n, config.page_size) for name, n in sizes.items()}
-    counts, spare = allot(budget, pages, n_shared, config.at_packing, extra)
+    counts, spare = allot(budget, pages, n_shared, config.at_packing)
     return BudgetPlan(config.ratio, budget, counts, spare)
 
 
 def pack_records(records: dict[str, DNNRecord], pack_config: PackConfig, fisher_config: FisherConfig,
-                 state: PackedState | None = None, group: Group | None = None,
-                 extra: Mapping[str, int] | None = None) -> tuple[PackedState, dict]:
+                 state: PackedState | None = None, group: Group | None = None) -> tuple[PackedState, dict]:
     """Add each DNN in order (Fisher, separation, matching) to `state` or to a new store; returns the
     state and seconds spent (and `spare`: the budget plan's pages for the optimiser).
 
@@ -88,7 +85,7 @@ def pack_records(records: dict[str, DNNRecord], pack_config: PackConfig, fisher_
     used as it is; the ones computed are set (the experiments pack the same DNNs many ways).
 
     The "budget" separation shares one budget among the DNNs packed here, so it packs a set into a
-    new store; its plan is in the state's config (`extra`: see `plan_budget`).
+    new store; its plan is in the state's config.
 
     Over several ranks the records with a reference are this rank's: each rank computes their
     Fisher, the writer gathers them and separates and matches, and every rank gets its part."""
@@ -114,20 +111,20 @@ def pack_records(records: dict[str, DNNRecord], pack_config: PackConfig, fisher_
     part, timings["fisher_seconds"] = group.combined(  # the ranks compute theirs side by side
         (part, timings["fisher_seconds"]), lambda parts: (merged(p[0] for p in parts), max(p[1] for p in parts)))
     state, timings = group.from_writer(lambda: _separate_and_match(records, part, pack_config, fisher_config, state,
-                                                                   timings, budget, extra))
+                                                                   timings, budget))
     return group.part_of(state, mine), timings
 
 
 def _separate_and_match(records: dict[str, DNNRecord], per_dnn: dict[str, tuple], pack_config: PackConfig,
                         fisher_config: FisherConfig, state: PackedState | None, timings: dict,
-                        budget: bool, extra: Mapping[str, int] | None) -> tuple[PackedState, dict]:
+                        budget: bool) -> tuple[PackedState, dict]:
     """`pack_records`' second half, on the writer: `per_dnn` holds every DNN's (reference, Fisher, tpr)."""
     if state is None:
         n_shared = shared_pages_needed([per_dnn[n][0].theta.numel() for n in records], pack_config)
         state = new_state(pack_config, n_shared)
     counts = {}
     if budget:
-        plan = plan_budget({n: per_dnn[n][0].theta.numel() for n in records}, pack_config, state.n_shared, extra)
+        plan = plan_budget({n: per_dnn[n][0].theta.numel() for n in records}, pack_config, state.n_shared)
         counts, timings["spare"] = plan.counts, plan.spare
         state = state.replace(config=replace(state.config, budget=plan.stored()))
     for name in tqdm(records, desc="separation and matching", unit="DNN", leave=False):
@@ -146,21 +143,20 @@ def _separate_and_match(records: dict[str, DNNRecord], per_dnn: dict[str, tuple]
 
 def pack_and_optimize_records(records: dict[str, DNNRecord], pack_config: PackConfig, fisher_config: FisherConfig,
                               optimize_config: OptimizeConfig, precision_config: PrecisionConfig | None = None,
-                              group: Group | None = None, extra: Mapping[str, int] | None = None,
-                              ) -> tuple[PackedState, History, OptimizeConfig, dict]:
+                              group: Group | None = None) -> tuple[PackedState, History, OptimizeConfig, dict]:
     """Pack the records into a new store, hold its pages in their formats (`precision_config`; float32
     by default), then optimise it.
 
     The budget separation's spare pages go to the optimiser to promote (the joint optimiser hands
     them out); an optimiser that never promotes (round-robin, sequential) gets every exclusive page of
     the budget at packing, so each optimiser packs to the same bytes. The optimiser's config and
-    history are recorded in the state; `extra`: see `plan_budget`. Returns (state, history, the optimiser
+    history are recorded in the state. Returns (state, history, the optimiser
     config used, timings in seconds)."""
     group = group or Group.current()
     if not optimize_config.spec.promotes:
         pack_config = replace(pack_config, at_packing=1.0)
     start = time.perf_counter()
-    state, info = pack_records(records, pack_config, fisher_config, group=group, extra=extra)
+    state, info = pack_records(records, pack_config, fisher_config, group=group)
     times = {"fisher_seconds": info["fisher_seconds"], "matching_seconds": info["matching_seconds"],
              "pack_seconds": time.perf_counter() - start}
     optimize_config = optimize_config.with_spare(info["spare"])

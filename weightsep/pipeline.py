@@ -185,8 +185,8 @@ def run_seed(config: RunConfig, loaded: dict[str, DNNRecord], seed: int, control
     records = {n: replace(record, reference=None, fisher=None) for n, record in loaded.items()}
     mine = [n for n, record in records.items() if record.data is not None]
     pack_config, fisher_config = replace(config.pack, seed=seed), replace(config.fisher, seed=seed)
-    if config.bounded:  # the search starts from the smallest store
-        pack_config = bound.smallest(pack_config, {n: record.model.n_weights for n, record in records.items()})
+    if config.bounded:  # the search's first pass: the main job's ratio where it can be reached
+        pack_config = bound.start(pack_config, {n: record.model.n_weights for n, record in records.items()})
     optimize_config = replace(config.optimize, seed=seed)
     start = time.perf_counter()
     trained = standalone_models([records[n].source for n in mine], group.workers(config.workers), config.train_steps,

@@ -185,19 +185,16 @@ def reach(n_weights: Mapping[str, int], page_size: int, n_shared: int) -> Reach:
                  largest, pages[largest], len(pages))
 
 
-def allot(budget: int, pages: dict[str, int], n_shared: int, at_packing: float,
-          extra: Mapping[str, int] | None = None) -> tuple[dict[str, int], int]:
+def allot(budget: int, pages: dict[str, int], n_shared: int, at_packing: float) -> tuple[dict[str, int], int]:
     """Exclusive pages per DNN at packing time, and the reserve left for promotion.
 
-    Each DNN first keeps what cannot be shared (its pages beyond S) and its `extra` pages (the
-    --max-loss search's offers, weightsep/bound.py), then `at_packing` of the rest of the budget is
-    shared out evenly (the remainder to the DNNs first in order); the rest is the reserve. The budget
+    Each DNN first keeps what cannot be shared (its pages beyond S), then `at_packing` of the rest of
+    the budget is shared out evenly (the remainder to the DNNs first in order); the rest is the reserve. The budget
     never goes below what these first claims take.
     """
     if not 0.0 <= at_packing <= 1.0:
         raise ValueError(f"at_packing must be in [0, 1], got {at_packing}")
-    extra = extra or {}
-    counts = {name: min(p, max(0, p - n_shared) + extra.get(name, 0)) for name, p in pages.items()}
+    counts = {name: max(0, p - n_shared) for name, p in pages.items()}
     free = max(0, budget - sum(counts.values()))
     now = round(free * at_packing)
     for i, name in enumerate(counts):
