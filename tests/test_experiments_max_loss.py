@@ -68,7 +68,7 @@ def test_the_answer_counts_seeds_within_the_bound_and_the_size_tolerance():
 
 
 def test_kept_runs_are_read_and_only_the_missing_ones_run(tmp_path, monkeypatch):
-    sets, seeds = {"N=2": ml.SETS["N=2"]}, (7,)
+    sets = {"N=2": ml.SETS["N=2"]}
     knobs = [ml.SEARCH, *(f"{r:g}" for r in ml.grid(sets["N=2"]))]
     kept = tmp_path / ml.code(knobs[1]) / "N2" / "s7" / f"{knobs[1]}.json"
     kept.parent.mkdir(parents=True)

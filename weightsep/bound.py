@@ -31,11 +31,13 @@ from .page_optimizer import History
 from .pages import n_pages
 from .precision import PrecisionConfig
 from .records import DNNRecord
-from .state import PackedState
 from .separation import reach
+from .state import PackedState
 
 DEFAULT_MAX_LOSS_PP = 1.0  # a DNN named in no bound: the issue's "within 1 pp of its control"
-PP_PER_LOG_RATIO = 3.0  # the first move's slope: worst DNN's test loss (pp) per unit of ln(ratio), ten suite DNNs between 4x and 6x, tuning seeds 0-4 (docs/pipeline.md)
+# the first move's slope: the worst DNN's test loss (pp) per unit of ln(ratio), read off the budget
+# experiment's ten suite DNNs between 4x and 6x on the tuning seeds 0-4 (docs/pipeline.md)
+PP_PER_LOG_RATIO = 3.0
 STEP = (math.log(1.15), math.log(2.0))  # a move in ln(ratio): at least 15% (a smaller one is lost in the noise), at most 2x
 CLOSE = math.log(1.10)  # a kept size and a missed one this close: done (the issue's "within 10%")
 MAX_PASSES = 3  # passes in all, the first included: the search costs at most 3 main jobs' optimisation

@@ -12,7 +12,6 @@ ranks' Fisher vectors to the writer, which separates and matches, and gives each
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
 from dataclasses import asdict, dataclass, replace
 
 import torch
