@@ -77,15 +77,28 @@ def test_promoted_pages_start_as_their_shared_content_so_the_first_check_still_h
 
 
 def test_the_table_names_the_bounds_the_sizes_tried_the_one_kept_and_a_dnn_left_outside_its_bound():
-    search = {"max_loss_pp": {"a": 1.0, "b": 0.5}, "rounds": [
+    search = {"max_loss_pp": {"a": 1.0, "b": 0.5}, "noise_pp": {"a": 0.4, "b": 1.25}, "rounds": [
         {"ratio": 6.0, "exclusive_pages": 0, "packed_weights": 64_000, "over_pp": {"a": 1.5, "b": 0.2}},
         {"ratio": 4.0, "exclusive_pages": 5, "packed_weights": 66_560, "over_pp": {"a": -0.1, "b": -0.4}}]}
     text = bound.described(search)
-    assert "within 0.5 / 1 pp" in text and "ratios tried: 6.00 -> 4.00 (worst DNN +1.50, -0.10 pp" in text
+    assert "within 0.5 / 1 pp" in text and "plus 1 standard error of the control's validation accuracy (0.40-1.25 pp)" in text
+    assert "ratios tried: 6.00 -> 4.00 (worst DNN +1.50, -0.10 pp" in text
     assert "kept:        ratio 4.00 (5 exclusive pages)" in text and "warning" not in text
     search["rounds"][-1]["over_pp"]["b"] = 0.31
     assert "warning:     after 2 pass(es) b missed its bound by 0.31 pp on validation at the largest store" in (
         bound.described(search))
+
+
+def test_the_noise_allowance_is_one_binomial_standard_error_of_the_controls_validation_accuracy():
+    from weightsep.group import Group
+
+    records = {"small": SimpleNamespace(data=SimpleNamespace(val=SimpleNamespace(y=[0] * 200))),
+               "large": SimpleNamespace(data=SimpleNamespace(val=SimpleNamespace(y=[0] * 5000))),
+               "elsewhere": SimpleNamespace(data=None)}  # another rank's DNN: its rank says
+    allowance = bound.noise(records, {"small": 0.95, "large": 0.88}, Group.current())
+    assert allowance == pytest.approx({"small": bound.NOISE_SE * 100 * (0.95 * 0.05 / 200) ** 0.5,
+                                       "large": bound.NOISE_SE * 100 * (0.88 * 0.12 / 5000) ** 0.5})
+    assert 1.5 < allowance["small"] < 1.6 and allowance["large"] < 0.5
 
 
 TOP, BOTTOM = 9.59, 1.0
@@ -182,8 +195,8 @@ def test_a_run_packed_to_a_ratio_names_each_dnn_beyond_the_default_bound_and_the
     text = bound.notes(seed(("a", -1.2), ("b", -0.9), ("c", -2.5)))
     assert text.startswith("warning:     c -2.50 pp, a -1.20 pp against the no-sharing control on test: beyond 1 pp")
     assert "b " not in text and "--ratio" in text and "--max-loss 1 " in text
-    search = {"max_loss_pp": {"a": 1.0}, "rounds": [{"ratio": 2.0, "exclusive_pages": 3, "packed_weights": 67_072,
-                                                      "over_pp": {"a": -0.2}}]}
+    search = {"max_loss_pp": {"a": 1.0}, "noise_pp": {"a": 0.5},
+              "rounds": [{"ratio": 2.0, "exclusive_pages": 3, "packed_weights": 67_072, "over_pp": {"a": -0.2}}]}
     assert bound.notes(seed(("a", -3.0)) | {"max_loss": search}) == bound.described(search)  # the search says it
 
 

@@ -168,7 +168,7 @@ def test_max_loss_searches_from_the_smallest_store_it_can_reach_and_reports_ever
               "--max-loss", "0.25", "letters=0.5", "--store", store, "--results", results).stdout
     summary = json.loads((results / "summary.json").read_text())
     search = summary["max_loss"]
-    assert search["max_loss_pp"] == {"satellite": 0.25, "letters": 0.5}
+    assert search["max_loss_pp"] == {"satellite": 0.25, "letters": 0.5} and set(search["noise_pp"]) == {"satellite", "letters"}
     rounds = search["rounds"]
     # two DNNs cannot reach the main job's 6x: the first pass is the smallest store
     assert rounds[0]["exclusive_pages"] == 0 and rounds[0]["packed_weights"] == 124 * 512

@@ -220,12 +220,12 @@ def run_seed(config: RunConfig, loaded: dict[str, DNNRecord], seed: int, control
     if config.bounded:
         start = time.perf_counter()
         allowed = bound.losses(list(records), config.max_loss, config.max_loss_by_dnn)
-        control_val_all = group.all_merged(control_val)
-        state, history, rounds = bound.search(records, {n: control_val_all[n] - allowed[n] / 100 for n in records},
-                                              (state, history), pack_config, fisher_config, optimize_config,
-                                              config.precision, group)
+        control_val_all, noise = group.all_merged(control_val), bound.noise(records, control_val, group)
+        state, history, rounds = bound.search(
+            records, {n: control_val_all[n] - (allowed[n] + noise[n]) / 100 for n in records}, (state, history),
+            pack_config, fisher_config, optimize_config, config.precision, group)
         times.search_seconds = time.perf_counter() - start
-        search = {"max_loss_pp": allowed, "rounds": [r.to_json() for r in rounds]}
+        search = {"max_loss_pp": allowed, "noise_pp": noise, "rounds": [r.to_json() for r in rounds]}
         group.save(Store(config.store_for(seed)), state)
     packed = {n: records[n].test_accuracy(packed_theta(state, n, records[n].model)) for n in mine}
     memory = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # this rank's process
