@@ -6,13 +6,14 @@ set and seed until a point keeps every DNN on test (`extended`): each the real C
 with its own no-sharing control, at the main job's budget. The grid's smallest store whose every DNN
 ends within 1 pp of its control on TEST data is the reference the search, which sees only
 validation data, is measured against (issue 29): the search's store within 10% of it, every DNN
-within 1 pp on test, and at ten DNNs the search's time at most 3x the main job's (`--ratio 6`).
-Times exclude stand-alone training (the first run of a seed trains, the others load). Each run's
-summary.json is kept under the runs folder, in max_loss/<hash of the code it ran>/ (`code`: a grid
-run's leaves out the search, so a change to the search reruns only the searches); stores are not.
+within 1 pp on test, and at ten DNNs the search's time at most 3x the main job's (its first pass, at
+the main job's ratio, timed in the same run). Times exclude stand-alone training (the first run of a
+seed trains, the others load). Each run's summary.json is kept under the runs folder, in
+max_loss/<hash of the code it ran>/ (`code`: a grid run's leaves out the search, so a change to the
+search reruns only the searches); stores are not.
 N = 5 is not here: measured by hand on seeds 20-22 before this experiment (docs/pipeline.md).
 
-    python -m experiments max_loss          # four suite sets, seeds 23 24 25 (about 3 hours on 2 cores)
+    python -m experiments max_loss          # four suite sets, seeds 23 24 25 (about 3 hours on 2 cores from nothing)
     python -m experiments max_loss --quick  # two DNNs, one seed, short budgets: a smoke run
 """
 from __future__ import annotations
@@ -40,7 +41,9 @@ TITLE = "Pack to an accuracy: the search against a grid of ratios"
 QUESTION = ("Does `run --max-loss 1.0`, deciding on validation data alone, find a store about as small as the "
             "smallest on a grid of ratios that keeps every DNN within 1 pp of its control on test, for 2 to 10 DNNs, "
             "and at what cost?")
-SEEDS = (23, 24, 25)  # chose nothing: the search's slope was read off the budget experiment's seeds 0-4
+# the search's slope was read off the budget experiment's seeds 0-4, but its noise allowance was added after
+# its first searches on 23 and 24 at ten DNNs: these seeds now helped shape it (fresh ones: docs/pipeline.md)
+SEEDS = (23, 24, 25)
 FIVE = ("dna", "fashion", "instruments", "keywords", "letters")  # the examples' companions (examples/README.md)
 SETS = {"N=2": ("satellite", "watch"),  # N = 2 and 3: the scaling experiment's first subsets
         "N=3": ("satellite", "signs", "syndigits"),
@@ -138,6 +141,15 @@ def seconds(summary: dict) -> float:
     return sum(v for k, v in summary["timings"].items() if k.endswith("_seconds") and k != "standalone_seconds")
 
 
+def time_vs_main_job(search: dict, main: dict | None) -> float | None:
+    """The search's time over the main job's. Where its first pass is the main job (at the main job's ratio)
+    the two are timed side by side in the one run: everything but the later passes (`search_seconds`) is
+    the main job. Else against the grid's run at the main job's ratio, where there is one."""
+    if search["max_loss"]["rounds"][0]["ratio"] == PackConfig.ratio:
+        return seconds(search) / (seconds(search) - search["timings"]["search_seconds"])
+    return main and seconds(search) / seconds(main)
+
+
 def row(name: str, seed: int, search: dict, grid_runs: dict[float, dict]) -> dict:
     """One set and seed: the search's store and test figures beside the grid's smallest store that keeps every DNN."""
     kept = [s for s in grid_runs.values() if within(s)]
@@ -154,7 +166,7 @@ def row(name: str, seed: int, search: dict, grid_runs: dict[float, dict]) -> dic
             "size_vs_grid": best and weights / best["totals"]["packed_weights"],
             "grid_kept": {f"{r:g}": within(s) for r, s in sorted(grid_runs.items(), reverse=True)},
             "search_seconds": seconds(search),
-            "time_vs_main_job": main and seconds(search) / seconds(main),
+            "time_vs_main_job": time_vs_main_job(search, main),
             "per_dnn_pp": {r["name"]: r["packed_minus_control_pp"] for r in search["rows"]}}
 
 
@@ -200,10 +212,12 @@ def answer(rows: list[dict]) -> str:
     compared = [r for r in rows if r["size_vs_grid"] is not None]
     close = sum(r["size_vs_grid"] <= 1 + SIZE_TOLERANCE for r in compared)
     timed = [r["time_vs_main_job"] for r in rows if r["dnns"] == 10 and r["time_vs_main_job"]]
+    both = sum(r["search_within"] and r["size_vs_grid"] <= 1 + SIZE_TOLERANCE for r in compared)
     out = (f"In {within_} of {n} set-seeds every DNN of the searched store was within {bound.DEFAULT_MAX_LOSS_PP:g} pp of "
            f"its control on test; the store was within {SIZE_TOLERANCE:.0%} of the grid's smallest that keeps every DNN "
            f"(or smaller) in {close} of {len(compared)}"
-           + (f" (no grid point kept every DNN in {n - len(compared)})" if len(compared) < n else "") + ".")
+           + (f" (no grid point kept every DNN in {n - len(compared)})" if len(compared) < n else "")
+           + f"; both in {both}.")
     if timed:
         out += (f" At ten DNNs the search took {min(timed):.2f}-{max(timed):.2f}x the main job's time "
                 f"(target: at most {TIME_TARGET:g}x).")
@@ -216,8 +230,10 @@ def plot(result: dict, plt) -> None:
     fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4.2))
     for i, name in enumerate(names):
         mine = [r for r in rows if r["set"] == name]
-        ys = [r["size_vs_grid"] for r in mine if r["size_vs_grid"]]
-        a.plot([i] * len(ys), ys, "o", color="C0", alpha=0.8, label="one seed" if i == 0 else None)
+        for ok, style, label in ((True, "o", "one seed"), (False, "x", "one seed, a DNN beyond 1 pp on test")):
+            ys = [r["size_vs_grid"] for r in mine if r["size_vs_grid"] and r["search_within"] == ok]
+            a.plot([i] * len(ys), ys, style, color="C0" if ok else "C3", alpha=0.8, ms=8,
+                   label=label if i == 0 else None)
         pp = [v for r in mine for v in r["per_dnn_pp"].values()]
         b.plot([i + (k % 7 - 3) * 0.04 for k in range(len(pp))], pp, ".", color="C1", alpha=0.7,
                label="one DNN, one seed" if i == 0 else None)

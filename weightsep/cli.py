@@ -405,11 +405,12 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--seeds", type=int, nargs="+",
                    help="run the whole pipeline once per seed and report mean and spread (default: --seed)")
     c.add_argument("--max-loss", nargs="+", metavar="PP|NAME=PP", type=max_loss_arg,
-                   help="experimental (docs/pipeline.md: on 2 to 10 DNNs every DNN ended within 1 pp on test in 11 of 12 "
-                        "runs, in stores up to 1.54x the smallest a ratio grid finds): pack to an accuracy instead of a ratio: "
-                        "the smallest store whose every DNN stays within PP "
-                        "percentage points of its no-sharing control on validation data; NAME=PP sets one DNN's "
-                        f"bound (the others: PP, else {DEFAULT_MAX_LOSS_PP}). Sizes the store itself: no --ratio")
+                   help="experimental (docs/pipeline.md: on 2 to 10 DNNs every DNN ended within 1 pp on test in 8 of 12 "
+                        "runs, the store within 10%% of the smallest a ratio grid finds in 8 of 12): pack to an accuracy "
+                        "instead of a ratio: the smallest store whose every DNN stays within PP percentage points of its "
+                        "no-sharing control on validation data, beyond one standard error of the control's validation "
+                        f"accuracy; NAME=PP sets one DNN's bound (the others: PP, else {DEFAULT_MAX_LOSS_PP}). Sizes the "
+                        "store itself: no --ratio")
     c = command("prepare", cmd_prepare, "build the offline default's data files (idempotent)")
     c.add_argument("dnns", nargs="*", help="DNN names or folders (default: the offline suite, or the DNNs in the "
                    "--dnn-folder folders when given)")
