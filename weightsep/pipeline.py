@@ -174,13 +174,15 @@ def run_here(config: RunConfig) -> dict | None:
 
 
 def run_seed(config: RunConfig, loaded: dict[str, DNNRecord], seed: int, control: dict[str, float] | None = None,
-             group: Group | None = None) -> dict | None:
+             group: Group | None = None, models_seed: int | None = None) -> dict | None:
     """The pipeline once: stand-alone training, Fisher, separation, matching, optimisation, evaluation.
 
     Over several ranks each rank does its own DNNs' (those whose data it holds) stand-alone
     training, Fisher, control and test scores; the writer packs, writes the store and returns the
     summary (None on the other ranks). `control` (test accuracy per DNN) reuses a no-sharing control
-    already run for this seed and these stand-alone models instead of training one (`config.control`)."""
+    already run for this seed and these stand-alone models instead of training one (`config.control`).
+    `models_seed`: the stand-alone models' seed where it is not `seed` (experiments/spread.py packs the
+    same models under several seeds)."""
     group = group or Group.current()
     records = {n: replace(record, reference=None, fisher=None) for n, record in loaded.items()}
     mine = [n for n, record in records.items() if record.data is not None]
@@ -190,7 +192,7 @@ def run_seed(config: RunConfig, loaded: dict[str, DNNRecord], seed: int, control
     optimize_config = replace(config.optimize, seed=seed)
     start = time.perf_counter()
     trained = standalone_models([records[n].source for n in mine], group.workers(config.workers), config.train_steps,
-                                seed=seed)
+                                seed=seed if models_seed is None else models_seed)
     standalone_seconds = time.perf_counter() - start
     for name in mine:
         records[name].reference = Reference.of(trained[name])
