@@ -9,7 +9,7 @@ trained once (with the first) and held for the others, so what varies is the pac
 optimisation alone (`pipeline.run_seed`'s `models_seed`). Each run's summary is kept under the runs
 folder, in spread/<hash of the code it ran>/.
 
-    python -m experiments spread          # ten suite DNNs at 6x, 4x and 3x, seed 23's models, 5 packings each
+    python -m experiments spread          # ten suite DNNs at 6x, 4x and 3x, seed 23's models, 5 packings each (about 15 minutes)
     python -m experiments spread --quick  # two DNNs, one ratio, 2 packings, short budgets: a smoke run
 """
 from __future__ import annotations
@@ -31,6 +31,7 @@ from weightsep.records import load
 
 from . import harness
 from .max_loss import SETS, within
+from .schedule import quiet_pool
 
 SECTION = 14
 IN_ALL = False  # its own sets, models seed and ratios
@@ -64,22 +65,36 @@ def run_one(dnns: tuple[str, ...], ratio: float, seed: int, control: dict[str, f
         return run_seed(config, load(list(dnns)), seed, control=control, models_seed=MODELS_SEED)
 
 
-def run_all(plan: dict[str, tuple[float, ...]], repeats: int, budgets: dict, root: Path,
-            fresh: bool) -> dict[tuple[str, float, int], dict]:
-    """Every (set, ratio, seed) summary: kept ones read, the rest run one after another (each trains
-    nothing new after its set's first: the models are cached). A set's control comes from its first run."""
-    out = {}
+def run_all(plan: dict[str, tuple[float, ...]], repeats: int, budgets: dict, root: Path, fresh: bool,
+            workers: int = 1) -> dict[tuple[str, float, int], dict]:
+    """Every (set, ratio, seed) summary: kept ones read, the rest run. Each set's first (its first ratio,
+    MODELS_SEED) runs first and trains the control (beside, in a second process); the others hold that
+    control and run `workers` at a time."""
     jobs = [(name, ratio, seed) for name, ratios in plan.items() for ratio in ratios for seed in packing_seeds(repeats)]
     path = {j: root / code() / j[0].replace("=", "") / f"r{j[1]:g}" / f"s{j[2]}.json" for j in jobs}
-    for j in tqdm(jobs, desc="spread runs", unit="run"):
-        if path[j].exists() and not fresh:
-            out[j] = json.loads(path[j].read_text())
-            continue
-        first = out.get((j[0], plan[j[0]][0], MODELS_SEED))
-        control = None if first is None else {r["name"]: r["control_accuracy"] for r in first["rows"]}
-        out[j] = run_one(SETS[j[0]], j[1], j[2], control, budgets)
+    out = {j: json.loads(path[j].read_text()) for j in jobs if path[j].exists() and not fresh}
+    firsts = {name: (name, ratios[0], MODELS_SEED) for name, ratios in plan.items()}
+    bar = tqdm(total=sum(j not in out for j in jobs), desc="spread runs", unit="run")
+
+    def keep(j: tuple, summary: dict) -> None:
+        out[j] = summary
         path[j].parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(path[j], json.dumps(out[j], indent=1) + "\n")
+        atomic_write_text(path[j], json.dumps(summary, indent=1) + "\n")
+        bar.update()
+
+    for j in firsts.values():
+        if j not in out:
+            keep(j, run_one(SETS[j[0]], j[1], j[2], None, budgets))
+    held = {name: {r["name"]: r["control_accuracy"] for r in out[j]["rows"]} for name, j in firsts.items()}
+    rest = [(j, (SETS[j[0]], j[1], j[2], held[j[0]], budgets)) for j in jobs if j not in out]
+    if workers == 1:
+        for j, args in rest:
+            keep(j, run_one(*args))
+    elif rest:
+        with quiet_pool(min(workers, len(rest))) as pool:
+            for j, job in [(j, pool.apply_async(run_one, args)) for j, args in rest]:
+                keep(j, job.get())
+    bar.close()
     return out
 
 
@@ -100,7 +115,7 @@ def row(name: str, ratio: float, summaries: list[dict]) -> dict:
 def run(scale: harness.Scale, fresh: bool = False) -> dict:
     plan, repeats = (QUICK["plan"], QUICK["repeats"]) if scale.quick else (PLAN, REPEATS)
     budgets = {k: QUICK[k] for k in ("steps", "train_steps")} if scale.quick else {}
-    summaries = run_all(plan, repeats, budgets, harness.runs_dir(scale) / "spread", fresh)
+    summaries = run_all(plan, repeats, budgets, harness.runs_dir(scale) / "spread", fresh, scale.workers)
     rows = [row(name, ratio, [summaries[(name, ratio, s)] for s in packing_seeds(repeats)])
             for name, ratios in plan.items() for ratio in ratios]
     table = ["| set | ratio | packings keeping every DNN within 1 pp on test | worst DNN per packing, pp | "

@@ -39,7 +39,7 @@ def test_the_first_packing_trains_the_control_and_the_others_hold_it(tmp_path, m
         return summary({n: -0.1 for n in dnns}, ratio, control=0.8)
 
     monkeypatch.setattr(spread, "run_one", run_one)
-    out = spread.run_all(plan, 2, {}, tmp_path, fresh=False)
+    out = spread.run_all(plan, 2, {}, tmp_path, fresh=False, workers=1)
     seeds = spread.packing_seeds(2)
     assert len(out) == 4 and calls[0] == (4.0, spread.MODELS_SEED, None)  # the set's first: trains its control
     assert [c[:2] for c in calls[1:]] == [(4.0, seeds[1]), (3.0, seeds[1])]  # the kept one is read
