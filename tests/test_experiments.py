@@ -180,8 +180,8 @@ def test_page_sizes_are_compared_at_equal_bytes():
 def test_experiments_are_discovered_in_report_order():
     names = report.experiments()
     assert names == ["scaling", "page_size", "optimizers", "overlap", "matching", "fisher", "budget", "switching",
-                     "paper_gap", "quantization", "standalone", "defaults", "max_loss"]
-    assert report.in_all() == names[:-5]  # paper_gap, quantization, standalone, defaults, max_loss: their own budgets
+                     "paper_gap", "quantization", "standalone", "defaults", "max_loss", "spread"]
+    assert report.in_all() == names[:-6]  # paper_gap to spread: their own budgets, DNNs or seeds
     for name in names:
         mod = report.module(name)
         assert mod.TITLE and mod.QUESTION.endswith("?") and callable(mod.run) and callable(mod.plot)
