@@ -28,6 +28,7 @@ from weightsep.files import atomic_write_text
 from weightsep.pack import PackConfig
 from weightsep.pipeline import RunConfig, run_seed
 from weightsep.records import load
+from weightsep.train import set_single_thread
 
 from . import harness
 from .max_loss import SETS, within
@@ -56,7 +57,9 @@ def code() -> str:
 def run_one(dnns: tuple[str, ...], ratio: float, seed: int, control: dict[str, float] | None,
             budgets: dict) -> dict:
     """One packing of MODELS_SEED's stand-alone models at `ratio` under `seed` (with `control`: held; else
-    trained beside, as the main job does). The seed's summary."""
+    trained beside, as the main job does). The seed's summary. One torch thread, as the CLI runs: a run's
+    numbers depend on the thread count."""
+    set_single_thread()
     with tempfile.TemporaryDirectory(prefix="weightsep-spread-") as tmp:
         config = RunConfig(dnns=list(dnns), store=Path(tmp) / "state", results=Path(tmp),
                            pack=PackConfig(ratio=ratio), train_steps=budgets.get("train_steps"))
@@ -71,7 +74,7 @@ def run_all(plan: dict[str, tuple[float, ...]], repeats: int, budgets: dict, roo
     MODELS_SEED) runs first and trains the control (beside, in a second process); the others hold that
     control and run `workers` at a time."""
     jobs = [(name, ratio, seed) for name, ratios in plan.items() for ratio in ratios for seed in packing_seeds(repeats)]
-    path = {j: root / code() / j[0].replace("=", "") / f"r{j[1]:g}" / f"s{j[2]}.json" for j in jobs}
+    path = {j: root / code() / "threads1" / j[0].replace("=", "") / f"r{j[1]:g}" / f"s{j[2]}.json" for j in jobs}
     out = {j: json.loads(path[j].read_text()) for j in jobs if path[j].exists() and not fresh}
     firsts = {name: (name, ratios[0], MODELS_SEED) for name, ratios in plan.items()}
     bar = tqdm(total=sum(j not in out for j in jobs), desc="spread runs", unit="run")

@@ -29,7 +29,7 @@ def test_a_row_counts_packings_that_keep_every_dnn_and_each_dnns_spread():
 
 def test_the_first_packing_trains_the_control_and_the_others_hold_it(tmp_path, monkeypatch):
     plan = {"N=2": (4.0, 3.0)}
-    kept = tmp_path / spread.code() / "N2" / "r3" / f"s{spread.MODELS_SEED}.json"
+    kept = tmp_path / spread.code() / "threads1" / "N2" / "r3" / f"s{spread.MODELS_SEED}.json"
     kept.parent.mkdir(parents=True)
     kept.write_text(json.dumps(summary({"satellite": 0.0, "watch": 0.0}, 3.0)))
     calls = []
@@ -44,7 +44,7 @@ def test_the_first_packing_trains_the_control_and_the_others_hold_it(tmp_path, m
     assert len(out) == 4 and calls[0] == (4.0, spread.MODELS_SEED, None)  # the set's first: trains its control
     assert [c[:2] for c in calls[1:]] == [(4.0, seeds[1]), (3.0, seeds[1])]  # the kept one is read
     assert all(c[2] == {"satellite": 0.8, "watch": 0.8} for c in calls[1:])  # held: the first run's
-    assert (tmp_path / spread.code() / "N2" / "r4" / f"s{seeds[1]}.json").is_file()
+    assert (tmp_path / spread.code() / "threads1" / "N2" / "r4" / f"s{seeds[1]}.json").is_file()
 
 
 def test_the_plot_draws_from_rows(tmp_path):
