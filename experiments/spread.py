@@ -9,7 +9,7 @@ trained once (with the first) and held for the others, so what varies is the pac
 optimisation alone (`pipeline.run_seed`'s `models_seed`). Each run's summary is kept under the runs
 folder, in spread/<hash of the code it ran>/.
 
-    python -m experiments spread          # ten suite DNNs at 6x, 4x and 3x, seed 23's models, 5 packings each (about 15 minutes)
+    python -m experiments spread          # ten suite DNNs at 6x, 4x and 3x, seed 23's models, 5 packings each (about 12 minutes)
     python -m experiments spread --quick  # two DNNs, one ratio, 2 packings, short budgets: a smoke run
 """
 from __future__ import annotations
@@ -137,8 +137,9 @@ def run(scale: harness.Scale, fresh: bool = False) -> dict:
 def setup(plan: dict, repeats: int, budgets: dict) -> str:
     return (f"Each set's stand-alone models of seed {MODELS_SEED}, packed and optimised at each ratio "
             f"({'; '.join(f'{k}: ' + ', '.join(f'{r:g}x' for r in v) for k, v in plan.items())}) under {repeats} seeds "
-            f"({', '.join(map(str, packing_seeds(repeats)))}), in process (`pipeline.run_seed`, the main job's code), "
-            "one at a time; the no-sharing control trained with the first run of each set and held for the rest, "
+            f"({', '.join(map(str, packing_seeds(repeats)))}), in process (`pipeline.run_seed`, the main job's code, "
+            "one thread each), the set's first alone, then two at a time; the no-sharing control trained with the "
+            "first run of each set and held for the rest, "
             + ("the main job's budget." if not budgets else f"budgets {budgets}."))
 
 
