@@ -13,7 +13,7 @@ max_loss/<hash of the code it ran>/ (`code`: a grid run's leaves out the search,
 search reruns only the searches); stores are not.
 N = 5 is not here: measured by hand on seeds 20-22 before this experiment (docs/pipeline.md).
 
-    python -m experiments max_loss          # four suite sets, seeds 23 24 25 (about 3 hours on 2 cores from nothing)
+    python -m experiments max_loss          # four suite sets, seeds 23-28 (about 6 hours on 2 cores from nothing)
     python -m experiments max_loss --quick  # two DNNs, one seed, short budgets: a smoke run
 """
 from __future__ import annotations
@@ -42,8 +42,10 @@ QUESTION = ("Does `run --max-loss 1.0`, deciding on validation data alone, find 
             "smallest on a grid of ratios that keeps every DNN within 1 pp of its control on test, for 2 to 10 DNNs, "
             "and at what cost?")
 # the search's slope was read off the budget experiment's seeds 0-4, but its noise allowance was added after
-# its first searches on 23 and 24 at ten DNNs: these seeds now helped shape it (fresh ones: docs/pipeline.md)
-SEEDS = (23, 24, 25)
+# its first searches on 23 and 24 at ten DNNs: those seeds helped shape it, and 26-28, which chose nothing, are
+# the headline; the two are counted apart
+DEVELOPMENT_SEEDS = (23, 24, 25)
+SEEDS = (*DEVELOPMENT_SEEDS, 26, 27, 28)
 FIVE = ("dna", "fashion", "instruments", "keywords", "letters")  # the examples' companions (examples/README.md)
 SETS = {"N=2": ("satellite", "watch"),  # N = 2 and 3: the scaling experiment's first subsets
         "N=3": ("satellite", "signs", "syndigits"),
@@ -186,7 +188,8 @@ def run(scale: harness.Scale, fresh: bool = False) -> dict:
              "grid's smallest within 1 pp (ratio) | search size / grid's | search time / main job's |",
              "|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        table.append(f"| {r['set']} | {r['seed']} | {' -> '.join(f'{x:.2f}' for x in r['search_ratios_tried'])} | "
+        seed = f"{r['seed']}{' (development)' * (r['seed'] in DEVELOPMENT_SEEDS)}"
+        table.append(f"| {r['set']} | {seed} | {' -> '.join(f'{x:.2f}' for x in r['search_ratios_tried'])} | "
                      f"{r['search_ratio']:.2f}x | {r['search_worst_pp']:+.2f}{'' if r['search_within'] else ' (beyond 1 pp)'} | "
                      + (f"{r['grid_smallest_ratio']:.2f}x" if r["grid_smallest_ratio"] else "none") + " | "
                      + (f"{r['size_vs_grid']:.2f}" if r["size_vs_grid"] else "–") + " | "
@@ -207,21 +210,29 @@ def setup(sets: dict, seeds: tuple[int, ...], flags: tuple[str, ...]) -> str:
 
 
 def answer(rows: list[dict]) -> str:
-    n = len(rows)
-    within_ = sum(r["search_within"] for r in rows)
-    compared = [r for r in rows if r["size_vs_grid"] is not None]
-    close = sum(r["size_vs_grid"] <= 1 + SIZE_TOLERANCE for r in compared)
+    fresh = [r for r in rows if r["seed"] not in DEVELOPMENT_SEEDS]
+    out = " ".join(f"Seeds {', '.join(map(str, sorted({r['seed'] for r in part})))}{label}: {counts(part)}"
+                   for label, part in (("", fresh), (" (development)", [r for r in rows if r not in fresh])) if part)
     timed = [r["time_vs_main_job"] for r in rows if r["dnns"] == 10 and r["time_vs_main_job"]]
-    both = sum(r["search_within"] and r["size_vs_grid"] <= 1 + SIZE_TOLERANCE for r in compared)
-    out = (f"In {within_} of {n} set-seeds every DNN of the searched store was within {bound.DEFAULT_MAX_LOSS_PP:g} pp of "
-           f"its control on test; the store was within {SIZE_TOLERANCE:.0%} of the grid's smallest that keeps every DNN "
-           f"(or smaller) in {close} of {len(compared)}"
-           + (f" (no grid point kept every DNN in {n - len(compared)})" if len(compared) < n else "")
-           + f"; both in {both}.")
     if timed:
         out += (f" At ten DNNs the search took {min(timed):.2f}-{max(timed):.2f}x the main job's time "
                 f"(target: at most {TIME_TARGET:g}x).")
     return out
+
+
+def counts(rows: list[dict]) -> str:
+    """The issue's two targets counted over set-seeds: every DNN within the bound on test; the store within
+    SIZE_TOLERANCE of the grid's smallest that keeps every DNN (or smaller); both."""
+    n = len(rows)
+    within_ = sum(r["search_within"] for r in rows)
+    compared = [r for r in rows if r["size_vs_grid"] is not None]
+    close = sum(r["size_vs_grid"] <= 1 + SIZE_TOLERANCE for r in compared)
+    both = sum(r["search_within"] and r["size_vs_grid"] <= 1 + SIZE_TOLERANCE for r in compared)
+    return (f"in {within_} of {n} set-seeds every DNN of the searched store was within {bound.DEFAULT_MAX_LOSS_PP:g} pp "
+            f"of its control on test; the store was within {SIZE_TOLERANCE:.0%} of the grid's smallest that keeps every "
+            f"DNN (or smaller) in {close} of {len(compared)}"
+            + (f" (no grid point kept every DNN in {n - len(compared)})" if len(compared) < n else "")
+            + f"; both in {both}.")
 
 
 def plot(result: dict, plt) -> None:

@@ -61,13 +61,18 @@ def test_a_grid_with_no_point_within_the_bound_goes_one_ladder_step_further_down
     assert ml.extended(sets, seeds, out) == []
 
 
-def test_the_answer_counts_seeds_within_the_bound_and_the_size_tolerance():
-    rows = [{"search_within": True, "size_vs_grid": 1.05, "dnns": 10, "time_vs_main_job": 2.5},
-            {"search_within": False, "size_vs_grid": 1.2, "dnns": 10, "time_vs_main_job": 2.9},
-            {"search_within": True, "size_vs_grid": None, "dnns": 2, "time_vs_main_job": None}]
+def test_the_answer_counts_seeds_within_the_bound_and_the_size_tolerance_fresh_seeds_apart_from_development_ones():
+    rows = [{"seed": 26, "search_within": True, "size_vs_grid": 1.05, "dnns": 10, "time_vs_main_job": 2.5},
+            {"seed": 27, "search_within": False, "size_vs_grid": 1.2, "dnns": 10, "time_vs_main_job": 2.9},
+            {"seed": 26, "search_within": True, "size_vs_grid": None, "dnns": 2, "time_vs_main_job": None},
+            {"seed": 23, "search_within": False, "size_vs_grid": 0.9, "dnns": 2, "time_vs_main_job": None}]
     text = ml.answer(rows)
-    assert "In 2 of 3 set-seeds every DNN" in text and "in 1 of 2 (no grid point kept every DNN in 1); both in 1." in text
+    fresh, development = text.split(" Seeds 23 (development): ")
+    assert fresh.startswith("Seeds 26, 27: in 2 of 3 set-seeds every DNN")
+    assert "in 1 of 2 (no grid point kept every DNN in 1); both in 1." in fresh
+    assert development.startswith("in 0 of 1 set-seeds") and "in 1 of 1; both in 0." in development
     assert "took 2.50-2.90x the main job's time" in text
+    assert ml.answer(rows[3:]).startswith("Seeds 23 (development): in 0 of 1")
 
 
 def test_kept_runs_are_read_and_only_the_missing_ones_run(tmp_path, monkeypatch):
@@ -116,5 +121,5 @@ def test_max_loss_quick_runs_the_search_and_the_grid_through_the_cli(tmp_path, c
     assert row["set"] == "N=2" and len(row["grid_kept"]) == len(ml.grid(ml.SETS["N=2"]))
     assert row["search_ratios_tried"][0] == pytest.approx(ml.smallest_ratio(ml.SETS["N=2"]), abs=0.01)  # 6x: not reachable
     assert row["search_weights"] > 0
-    assert result["answer"].startswith("In ")
+    assert result["answer"].startswith("Seeds 0: in ")
     assert len(list((cache_with_data / "experiments" / "runs" / "max_loss").rglob("*.json"))) == 1 + len(ml.grid(ml.SETS["N=2"]))
