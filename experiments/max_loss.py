@@ -241,10 +241,14 @@ def plot(result: dict, plt) -> None:
     fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4.2))
     for i, name in enumerate(names):
         mine = [r for r in rows if r["set"] == name]
-        for ok, style, label in ((True, "o", "one seed"), (False, "x", "one seed, a DNN beyond 1 pp on test")):
-            ys = [r["size_vs_grid"] for r in mine if r["size_vs_grid"] and r["search_within"] == ok]
-            a.plot([i] * len(ys), ys, style, color="C0" if ok else "C3", alpha=0.8, ms=8,
-                   label=label if i == 0 else None)
+        for fresh, ok, style, label in ((True, True, "o", "fresh seed"),
+                                        (True, False, "x", "fresh seed, a DNN beyond 1 pp on test"),
+                                        (False, True, "s", "development seed"),
+                                        (False, False, "+", "development seed, a DNN beyond 1 pp")):
+            ys = [r["size_vs_grid"] for r in mine if r["size_vs_grid"] and r["search_within"] == ok
+                  and (r["seed"] not in DEVELOPMENT_SEEDS) == fresh]
+            a.plot([i + (0 if fresh else 0.15)] * len(ys), ys, style, color="C0" if ok else "C3", alpha=0.8, ms=8,
+                   fillstyle="full" if fresh else "none", label=label if i == 0 else None)
         pp = [v for r in mine for v in r["per_dnn_pp"].values()]
         b.plot([i + (k % 7 - 3) * 0.04 for k in range(len(pp))], pp, ".", color="C1", alpha=0.7,
                label="one DNN, one seed" if i == 0 else None)
