@@ -188,7 +188,7 @@ def run(scale: harness.Scale, fresh: bool = False) -> dict:
              "grid's smallest within 1 pp (ratio) | search size / grid's | search time / main job's |",
              "|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        seed = f"{r['seed']}{' (development)' * (r['seed'] in DEVELOPMENT_SEEDS)}"
+        seed = f"{r['seed']}{' (development)' * development(r)}"
         table.append(f"| {r['set']} | {seed} | {' -> '.join(f'{x:.2f}' for x in r['search_ratios_tried'])} | "
                      f"{r['search_ratio']:.2f}x | {r['search_worst_pp']:+.2f}{'' if r['search_within'] else ' (beyond 1 pp)'} | "
                      + (f"{r['grid_smallest_ratio']:.2f}x" if r["grid_smallest_ratio"] else "none") + " | "
@@ -210,14 +210,19 @@ def setup(sets: dict, seeds: tuple[int, ...], flags: tuple[str, ...]) -> str:
 
 
 def answer(rows: list[dict]) -> str:
-    fresh = [r for r in rows if r["seed"] not in DEVELOPMENT_SEEDS]
+    parts = (("", [r for r in rows if not development(r)]), (" (development)", [r for r in rows if development(r)]))
     out = " ".join(f"Seeds {', '.join(map(str, sorted({r['seed'] for r in part})))}{label}: {counts(part)}"
-                   for label, part in (("", fresh), (" (development)", [r for r in rows if r not in fresh])) if part)
+                   for label, part in parts if part)
     timed = [r["time_vs_main_job"] for r in rows if r["dnns"] == 10 and r["time_vs_main_job"]]
     if timed:
         out += (f" At ten DNNs the search took {min(timed):.2f}-{max(timed):.2f}x the main job's time "
                 f"(target: at most {TIME_TARGET:g}x).")
     return out
+
+
+def development(row: dict) -> bool:
+    """The row's seed helped shape the search (DEVELOPMENT_SEEDS): counted apart from the headline's."""
+    return row["seed"] in DEVELOPMENT_SEEDS
 
 
 def counts(rows: list[dict]) -> str:
@@ -246,7 +251,7 @@ def plot(result: dict, plt) -> None:
                                         (False, True, "s", "development seed"),
                                         (False, False, "+", "development seed, a DNN beyond 1 pp")):
             ys = [r["size_vs_grid"] for r in mine if r["size_vs_grid"] and r["search_within"] == ok
-                  and (r["seed"] not in DEVELOPMENT_SEEDS) == fresh]
+                  and development(r) != fresh]
             a.plot([i + (0 if fresh else 0.15)] * len(ys), ys, style, color="C0" if ok else "C3", alpha=0.8, ms=8,
                    fillstyle="full" if fresh else "none", label=label if i == 0 else None)
         pp = [v for r in mine for v in r["per_dnn_pp"].values()]
