@@ -40,9 +40,10 @@ from .runs import (  # noqa: F401 (the experiments' one import)
 from .schedule import quiet_pool, run_all, runs_dir  # noqa: F401
 
 
-def weights(names: tuple[str, ...]) -> list[int]:
-    """Each named DNN's weight count (its model built, no data loaded): what settings sized by bytes read."""
-    return [dnn_mod.get(n).build_model().n_weights for n in names]
+def weights(names: tuple[str, ...], folders: list[Path] | tuple = ()) -> list[int]:
+    """Each named DNN's weight count (its model built, no data loaded), found in the suite or `folders`
+    (--dnn-folder): what settings sized by bytes read."""
+    return [dnn_mod.get(n, folders).build_model().n_weights for n in names]
 
 
 def stats(values: list[float]) -> dict:

@@ -24,11 +24,20 @@ def summary(pp: dict[str, float], weights: int, ratio: float, seconds: float = 1
 
 def test_the_grid_starts_at_the_smallest_store_and_steps_down_the_ladder():
     ten = ml.SETS["N=10"]
-    assert ml.grid(ten) == [ml.smallest_ratio(ten), 8, 7, 6, 5, 4]
-    assert ml.grid(ml.SETS["N=2"]) == [ml.smallest_ratio(ml.SETS["N=2"]), 1.75, 1.5, 1.25]  # the ladder runs out
+    assert ml.grid(ten) == [ml.smallest_ratio(ten), *ml.LADDER]
+    assert ml.grid(ml.SETS["N=2"]) == [ml.smallest_ratio(ml.SETS["N=2"]), 1.75, 1.5, 1.25]
     for dnns in ml.SETS.values():
         g = ml.grid(dnns)
-        assert g == sorted(g, reverse=True) and len(g) <= ml.GRID_POINTS + 1 and g[1] < g[0]
+        assert g == sorted(g, reverse=True) and g[1] < g[0]
+    # mobilenet_signs alone needs 419 shared pages: the set's smallest store is well below the main job's 6x
+    assert ml.smallest_ratio(ml.SETS["mobilenet_signs+5"]) == pytest.approx(2.43)
+
+
+def test_the_examples_sets_name_their_folder_and_run_on_fresh_seeds_only():
+    assert ml.folders(ml.SETS["N=6"]) == [] and ml.folders(ml.SETS["gru_watch+5"]) == [ml.EXAMPLES]
+    assert ml.seeds_of("N=6", ml.SEEDS) == ml.SEEDS
+    assert ml.seeds_of("gru_watch+5", ml.SEEDS) == (26, 27, 28)
+    assert all(set(d) >= set(ml.FIVE) and len(d) == 6 for d in ml.EXAMPLE_SETS.values())
 
 
 def test_a_row_compares_the_search_with_the_smallest_grid_store_that_keeps_every_dnn_on_test():
@@ -50,17 +59,6 @@ def test_a_row_compares_the_search_with_the_smallest_grid_store_that_keeps_every
     assert not worse["search_within"] and worse["size_vs_grid"] is None  # no grid store kept every DNN
 
 
-def test_a_grid_with_no_point_within_the_bound_goes_one_ladder_step_further_down():
-    sets, seeds = {"N=10": ml.SETS["N=10"], "N=2": ml.SETS["N=2"]}, (23, 24)
-    out = {("N=10", 23, "6"): summary({"a": -2.0}, 1, 6.0), ("N=10", 23, "4"): summary({"a": -1.1}, 1, 4.0),
-           ("N=10", 24, "4"): summary({"a": -0.5}, 1, 4.0), ("N=10", 23, ml.SEARCH): summary({"a": 0.0}, 1, 2.0),
-           ("N=2", 23, "1.25"): summary({"a": -3.0}, 1, 1.25), ("N=2", 24, "1.5"): summary({"a": -3.0}, 1, 1.5)}
-    assert ml.extended(sets, seeds, out) == [("N=10", 23, "3.5"), ("N=2", 24, "1.25")]  # N=2 s23: the ladder ran out
-    out[("N=10", 23, "3.5")] = summary({"a": -0.2}, 1, 3.5)
-    out[("N=2", 24, "1.25")] = summary({"a": -1.5}, 1, 1.25)
-    assert ml.extended(sets, seeds, out) == []
-
-
 def test_the_answer_counts_seeds_within_the_bound_and_the_size_tolerance_fresh_seeds_apart_from_development_ones():
     rows = [{"seed": 26, "search_within": True, "size_vs_grid": 1.05, "dnns": 10, "time_vs_main_job": 2.5},
             {"seed": 27, "search_within": False, "size_vs_grid": 1.2, "dnns": 10, "time_vs_main_job": 2.9},
@@ -75,23 +73,32 @@ def test_the_answer_counts_seeds_within_the_bound_and_the_size_tolerance_fresh_s
     assert ml.answer(rows[3:]).startswith("Seeds 23 (development): in 0 of 1")
 
 
-def test_kept_runs_are_read_and_only_the_missing_ones_run(tmp_path, monkeypatch):
+def test_a_grid_chain_stops_at_its_first_run_that_keeps_every_dnn_and_kept_runs_are_read(tmp_path, monkeypatch):
     sets = {"N=2": ml.SETS["N=2"]}
-    knobs = [ml.SEARCH, *(f"{r:g}" for r in ml.grid(sets["N=2"]))]
-    kept = tmp_path / ml.code(knobs[1]) / "N2" / "s7" / f"{knobs[1]}.json"
+    knobs = [f"{r:g}" for r in ml.grid(sets["N=2"])]  # the smallest store's ratio, 1.75, 1.5, 1.25
+    kept = tmp_path / ml.code(knobs[0]) / "N2" / "s7" / f"{knobs[0]}.json"
     kept.parent.mkdir(parents=True)
-    kept.write_text(json.dumps({"kept": True}))
+    kept.write_text(json.dumps(summary({"a": -2.0}, 1, 2.0)))  # kept: read, not run; beyond the bound
     ran = []
 
     def fake(dnns, seed, knob, flags, path):
         ran.append(knob)
-        return {"ran": knob}
+        out = summary({"a": -0.5 if knob == "1.5" else -1.5}, 1, float(knob) if knob != ml.SEARCH else 1.0)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(out))  # kept, as run_one keeps it
+        return out
 
     monkeypatch.setattr(ml, "run_one", fake)
-    jobs = [("N=2", 7, k) for k in knobs]
-    out = ml.run_all(jobs, sets, (), tmp_path, workers=2, fresh=False)
-    assert out[("N=2", 7, knobs[1])] == {"kept": True} and sorted(ran) == sorted(k for k in knobs if k != knobs[1])
+    chains = [[("N=2", 7, ml.SEARCH)], [("N=2", 7, k) for k in knobs]]
+    out = ml.run_all(chains, sets, (), tmp_path, workers=2, fresh=False)
     assert ran[0] == ml.SEARCH  # a seed's first run goes alone: it trains the stand-alone models
+    assert sorted(ran[1:]) == ["1.5", "1.75"]  # 1.5 kept every DNN: 1.25 is not run
+    assert set(out) == {("N=2", 7, k) for k in (ml.SEARCH, knobs[0], "1.75", "1.5")}
+    assert out[("N=2", 7, knobs[0])]["rows"][0]["packed_minus_control_pp"] == -2.0
+    (kept.parent / "1.25.json").write_text(json.dumps(summary({"a": 0.0}, 1, 1.25)))  # as an older full grid kept it
+    ran.clear()
+    again = ml.run_all(chains, sets, (), tmp_path, workers=2, fresh=False)
+    assert ran == [] and ("N=2", 7, "1.25") in again  # every run kept: read, past the first that keeps too
 
 
 def test_a_grid_run_is_keyed_without_the_search_so_a_new_search_rule_keeps_the_grid():
@@ -118,8 +125,9 @@ def test_max_loss_quick_runs_the_search_and_the_grid_through_the_cli(tmp_path, c
     assert done.returncode == 0, done.stderr[-2000:]
     result = json.loads((tmp_path / "experiments" / "max_loss.json").read_text())
     (row,) = result["rows"]
-    assert row["set"] == "N=2" and len(row["grid_kept"]) == len(ml.grid(ml.SETS["N=2"]))
+    assert row["set"] == "N=2" and 1 <= len(row["grid_kept"]) <= len(ml.grid(ml.SETS["N=2"]))
+    assert list(row["grid_kept"].values()).count(True) <= 1  # the grid stops at its first store that keeps every DNN
     assert row["search_ratios_tried"][0] == pytest.approx(ml.smallest_ratio(ml.SETS["N=2"]), abs=0.01)  # 6x: not reachable
     assert row["search_weights"] > 0
     assert result["answer"].startswith("Seeds 0: in ")
-    assert len(list((cache_with_data / "experiments" / "runs" / "max_loss").rglob("*.json"))) == 1 + len(ml.grid(ml.SETS["N=2"]))
+    assert len(list((cache_with_data / "experiments" / "runs" / "max_loss").rglob("*.json"))) == 1 + len(row["grid_kept"])
