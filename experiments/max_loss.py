@@ -192,7 +192,8 @@ def run(scale: harness.Scale, fresh: bool = False) -> dict:
     pairs = [(name, seed) for seed in seeds for name in sets if seed in seeds_of(name, seeds)]
     chains = [[(name, seed, SEARCH)] for name, seed in pairs] + [
         [(name, seed, f"{r:g}") for r in grid(sets[name])] for name, seed in pairs]
-    chains.sort(key=lambda c: -sum(harness.weights(sets[c[0][0]], folders(sets[c[0][0]]))))  # the largest sets first
+    weights = {name: sum(harness.weights(dnns, folders(dnns))) for name, dnns in sets.items()}
+    chains.sort(key=lambda c: -weights[c[0][0]])  # the largest sets first: the longest runs
     summaries = run_all(chains, sets, flags, root, scale.workers, fresh)
     rows = [row(name, seed, summaries[(name, seed, SEARCH)],
                 {float(k): v for (n, s, k), v in summaries.items() if (n, s) == (name, seed) and k != SEARCH})
@@ -256,7 +257,8 @@ def counts(rows: list[dict]) -> str:
 def plot(result: dict, plt) -> None:
     rows = result["rows"]
     names = list(dict.fromkeys(r["set"] for r in rows))
-    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4.2))
+    labels = [n.replace("_", "\n").replace("+5", "\n+ five") for n in names]  # an example's set: its name, "+ five"
+    fig, (a, b) = plt.subplots(2, 1, figsize=(max(8, 1.3 * len(names)), 9.5))
     for i, name in enumerate(names):
         mine = [r for r in rows if r["set"] == name]
         for fresh, ok, style, label in ((True, True, "o", "fresh seed"),
@@ -274,11 +276,11 @@ def plot(result: dict, plt) -> None:
     a.axhline(1, ls=":", color="grey")
     unmatched = {n: sum(r["size_vs_grid"] is None for r in rows if r["set"] == n) for n in names}
     a.set(xticks=range(len(names)), ylabel="search's packed weights / grid's smallest",
-          xticklabels=[n + (f"\n({k} seed{'s' * (k > 1)}: no grid store\nkept every DNN)" if k else "")
-                       for n, k in unmatched.items()],
+          xticklabels=[label + (f"\n({k} seed{'s' * (k > 1)}: no grid store\nkept every DNN)" if k else "")
+                       for label, k in zip(labels, unmatched.values())],
           title="store size against the ratio grid's smallest\nthat keeps every DNN within 1 pp on test")
     b.axhline(-bound.DEFAULT_MAX_LOSS_PP, ls="--", color="grey", label="the bound: -1 pp")
-    b.set(xticks=range(len(names)), xticklabels=names, ylabel="packed - no-sharing control on test (pp)",
+    b.set(xticks=range(len(names)), xticklabels=labels, ylabel="packed - no-sharing control on test (pp)",
           title="each DNN in the searched store")
     a.legend(fontsize=8)
     b.legend(fontsize=8)
