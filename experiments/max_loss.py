@@ -224,7 +224,9 @@ def setup(sets: dict, seeds: tuple[int, ...], flags: tuple[str, ...]) -> str:
 
 
 def answer(rows: list[dict]) -> str:
-    parts = (("", [r for r in rows if not development(r)]), (" (development)", [r for r in rows if development(r)]))
+    parts = ((" (suite sets)", [r for r in rows if not development(r) and r["set"] not in EXAMPLE_SETS]),
+             (" (the examples' sets)", [r for r in rows if r["set"] in EXAMPLE_SETS]),
+             (" (suite sets, development)", [r for r in rows if development(r)]))
     out = " ".join(f"Seeds {', '.join(map(str, sorted({r['seed'] for r in part})))}{label}: {counts(part)}"
                    for label, part in parts if part)
     timed = [r["time_vs_main_job"] for r in rows if r["dnns"] == 10 and r["time_vs_main_job"]]

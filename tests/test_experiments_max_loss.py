@@ -60,17 +60,20 @@ def test_a_row_compares_the_search_with_the_smallest_grid_store_that_keeps_every
 
 
 def test_the_answer_counts_seeds_within_the_bound_and_the_size_tolerance_fresh_seeds_apart_from_development_ones():
-    rows = [{"seed": 26, "search_within": True, "size_vs_grid": 1.05, "dnns": 10, "time_vs_main_job": 2.5},
-            {"seed": 27, "search_within": False, "size_vs_grid": 1.2, "dnns": 10, "time_vs_main_job": 2.9},
-            {"seed": 26, "search_within": True, "size_vs_grid": None, "dnns": 2, "time_vs_main_job": None},
-            {"seed": 23, "search_within": False, "size_vs_grid": 0.9, "dnns": 2, "time_vs_main_job": None}]
+    rows = [{"set": "N=10", "seed": 26, "search_within": True, "size_vs_grid": 1.05, "dnns": 10, "time_vs_main_job": 2.5},
+            {"set": "N=10", "seed": 27, "search_within": False, "size_vs_grid": 1.2, "dnns": 10, "time_vs_main_job": 2.9},
+            {"set": "N=2", "seed": 26, "search_within": True, "size_vs_grid": None, "dnns": 2, "time_vs_main_job": None},
+            {"set": "N=2", "seed": 23, "search_within": False, "size_vs_grid": 0.9, "dnns": 2, "time_vs_main_job": None},
+            {"set": "gru_watch+5", "seed": 28, "search_within": True, "size_vs_grid": 0.8, "dnns": 6, "time_vs_main_job": None}]
     text = ml.answer(rows)
-    fresh, development = text.split(" Seeds 23 (development): ")
-    assert fresh.startswith("Seeds 26, 27: in 2 of 3 set-seeds every DNN")
+    fresh, rest = text.split(" Seeds 28 (the examples' sets): ")
+    examples, development = rest.split(" Seeds 23 (suite sets, development): ")
+    assert fresh.startswith("Seeds 26, 27 (suite sets): in 2 of 3 set-seeds every DNN")
     assert "in 1 of 2 (no grid point kept every DNN in 1); both in 1." in fresh
+    assert examples.startswith("in 1 of 1 set-seeds") and "in 1 of 1; both in 1." in examples
     assert development.startswith("in 0 of 1 set-seeds") and "in 1 of 1; both in 0." in development
     assert "took 2.50-2.90x the main job's time" in text
-    assert ml.answer(rows[3:]).startswith("Seeds 23 (development): in 0 of 1")
+    assert ml.answer(rows[3:4]).startswith("Seeds 23 (suite sets, development): in 0 of 1")
 
 
 def test_a_grid_chain_stops_at_its_first_run_that_keeps_every_dnn_and_kept_runs_are_read(tmp_path, monkeypatch):
@@ -129,5 +132,5 @@ def test_max_loss_quick_runs_the_search_and_the_grid_through_the_cli(tmp_path, c
     assert list(row["grid_kept"].values()).count(True) <= 1  # the grid stops at its first store that keeps every DNN
     assert row["search_ratios_tried"][0] == pytest.approx(ml.smallest_ratio(ml.SETS["N=2"]), abs=0.01)  # 6x: not reachable
     assert row["search_weights"] > 0
-    assert result["answer"].startswith("Seeds 0: in ")
+    assert result["answer"].startswith("Seeds 0 (suite sets): in ")
     assert len(list((cache_with_data / "experiments" / "runs" / "max_loss").rglob("*.json"))) == 1 + len(row["grid_kept"])
