@@ -19,6 +19,7 @@ N = 5 is not here: measured by hand on seeds 20-22 before this experiment (docs/
 """
 from __future__ import annotations
 
+import functools
 import json
 import subprocess
 import sys
@@ -64,6 +65,7 @@ TIME_TARGET = 3.0  # the issue's "at most 3x the main job's time", at ten DNNs
 SEARCH = "search"
 
 
+@functools.cache
 def code(knob: str) -> str:
     """The hash of what a `run` computes (the pipeline and every weightsep module it imports; for a `--ratio`
     run, all but the search, bound.py, which it never calls): a kept run is reused only by the same code."""
@@ -118,7 +120,7 @@ def run_all(chains: list[list[tuple[str, int, str]]], sets: dict[str, tuple[str,
             root: Path, workers: int, fresh: bool) -> dict[tuple[str, int, str], dict]:
     """Each (set, seed, knob) summary a chain reaches: kept ones read, the rest run `workers` chains at a
     time (each run has its control in a second process). A chain of grid ratios stops at its first run
-    that keeps every DNN on test (the smaller stores after it do not change the reference), reading
+    that keeps every DNN on test (the larger stores after it do not change the reference), reading
     on only where later runs are kept. A seed's first run trains its stand-alone models, alone."""
     path = {j: root / code(j[2]) / j[0].replace("=", "") / f"s{j[1]}" / f"{j[2]}.json" for c in chains for j in c}
     kept = {j for j, p in path.items() if p.exists() and not fresh}
