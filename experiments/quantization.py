@@ -7,7 +7,8 @@ page int4 at 24x, 32x and 48x by bytes (the count ratio that reaches each, `coun
 group chosen on validation at 32x on the tuning seeds, `choose_group`), and formats (int4, int8,
 float16) chosen page by page by Fisher information under the same three byte budgets (the count
 ratio at which int4 pages take `1 - FISHER_UPGRADES` of the budget, the rest for Fisher's upgrades,
-or the most the shared pages reach where that is less).
+or the most the shared pages reach where that is less). A budget the shared pages cannot reach with
+int4 pages everywhere has no packed row (--quick's three DNNs stop at 2.94x by count: none).
 
 Baselines without sharing, each DNN compressed alone (weightsep/alone.py), each fine-tuned through its
 compressor at the main job's budget with each DNN's own batches (quantisation-aware), the per-channel
@@ -80,12 +81,15 @@ def settings(scale: harness.Scale, group: int) -> dict[str, tuple[str, harness.S
            "int8 packing": ("packing, int8", harness.Setting("int8 packing", precision={"precision": "int8"})),
            f"int8 packing, ratio {INT8_RATIO:g}": ("packing, int8", harness.Setting(
                f"int8 packing, ratio {INT8_RATIO:g}", pack={"ratio": INT8_RATIO}, precision={"precision": "int8"}))}
+    most = reachable(scale)
     for x in RATIOS_BY_BYTES:
+        if count_ratio(x, sizes, "int4", group) > most:  # the shared pages cannot hold so few bytes (a few DNNs, --quick)
+            continue
         st = int4_packing(x, sizes, group)
         out[st.label] = ("packing, int4", st)
         label = f"Fisher packing, {x}x"
         kib = 4 * sum(sizes) / x / 1024
-        ratio = min(count_ratio(x / (1 - FISHER_UPGRADES), sizes, "int4", group), reachable(scale))
+        ratio = min(count_ratio(x / (1 - FISHER_UPGRADES), sizes, "int4", group), most)
         out[label] = ("packing, formats by Fisher", harness.Setting(
             label, pack={"ratio": ratio}, precision={"precision": "fisher", "budget_kib": kib, "group": group}))
     for fmt in ("int8", "int4"):
