@@ -43,6 +43,7 @@ def test_no_packed_row_at_bytes_the_shared_pages_cannot_reach():
     assert rows(harness.Scale.default(), 32) == [f"{kind}, {x}x" + (", group 32" if kind.startswith("int4") else "")
                                                  for x in q.RATIOS_BY_BYTES for kind in ("int4 packing", "Fisher packing")]
 
+
 def test_the_int4_group_is_the_best_on_validation_on_the_tuning_seeds(monkeypatch):
     seen = {}
 
