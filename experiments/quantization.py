@@ -7,7 +7,11 @@ page int4 at 24x, 32x and 48x by bytes (the count ratio that reaches each, `coun
 group chosen on validation at 32x on the tuning seeds, `choose_group`), and formats (int4, int8,
 float16) chosen page by page by Fisher information under the same three byte budgets (the count
 ratio at which int4 pages take `1 - FISHER_UPGRADES` of the budget, the rest for Fisher's upgrades,
-or the most the shared pages reach where that is less). A budget the shared pages cannot reach with
+or the most the shared pages reach where that is less). The int4 and Fisher rows give the share of
+the exclusive pages at packing (the rest promoted to the DNNs furthest below their stand-alone
+accuracy on validation) chosen after the group, by the optimiser's balanced score on validation
+(`choose_at_packing`): the lever on the worst DNN, which the float32 and int8 rows leave
+at the main job's. A budget the shared pages cannot reach with
 int4 pages everywhere has no packed row (--quick's three DNNs stop at 2.94x by count: none).
 
 Baselines without sharing, each DNN compressed alone (weightsep/alone.py), each fine-tuned through its
@@ -18,7 +22,7 @@ magnitude pruning (sparse storage counted) and a per-DNN vector k-means codebook
 validation). Bytes include page tables, scales, indices and codebooks; accuracy changes are against
 the float32 stand-alone DNNs, and each packed row also against its float32 no-sharing control.
 
-    python -m experiments quantization            # ten suite DNNs, seeds 20-24, the tuning seeds for the group
+    python -m experiments quantization            # ten suite DNNs, seeds 20-24; the tuning seeds choose the group and share
 """
 from __future__ import annotations
 
@@ -37,14 +41,18 @@ TITLE = "Quantised pages: sharing on top of quantisation, against compression al
 QUESTION = ("How small does the packed store get when its pages are quantised (uniformly, or with bits allocated "
             "by Fisher information), at what accuracy, and does it beat every way of compressing each DNN alone "
             "(quantisation, pruning, a codebook) at the same bytes?")
-SEEDS = (20, 21, 22, 23, 24)  # chose nothing: the int4 group is chosen on harness.TUNING_SEEDS
+SEEDS = (20, 21, 22, 23, 24)  # chose nothing: the int4 group and share are chosen on harness.TUNING_SEEDS
 RATIOS_BY_BYTES = (24, 32, 48)  # the packing rows and the equal-bytes baselines
 GROUPS = (32, 64, 128)  # int4 weights per scale, chosen on validation at GROUP_CHOICE_RATIO
 GROUP_CHOICE_RATIO = 32
+# shares of the exclusive pages given at packing (the main job's first), chosen on validation after the group
+AT_PACKING = (PackConfig.at_packing, 0.25, 0.0)
 INT8_RATIO = 4.0  # fewer shared weights (4x by count): int8 pages still beat 12x by bytes
 FISHER_UPGRADES = 0.15  # of a Fisher row's bytes: what is left beyond int4 pages everywhere, for Fisher to spend
 TARGET = {"ratio_by_bytes": 32.0, "mean_difference_pp": -0.5, "worst_pp": -2.0}  # issue 30, every seed
-PACKING = ("packing, float32", "packing, int8", "packing, int4", "packing, formats by Fisher")
+MAIN_SHARE = " at the main job's share"  # a sub-8-bit family at the main job's share given at packing, beside the chosen
+PACKING = ("packing, float32", "packing, int8", "packing, int4", "packing, formats by Fisher",
+           "packing, int4" + MAIN_SHARE, "packing, formats by Fisher" + MAIN_SHARE)
 FLOAT32 = PACKING[0]  # the main job's configuration
 
 
@@ -56,9 +64,17 @@ def count_ratio(ratio_by_bytes: float, sizes: list[int], fmt: str, group: int) -
     return sum(sizes) / (pages * P)
 
 
-def int4_packing(ratio_by_bytes: float, sizes: list[int], group: int) -> harness.Setting:
-    return harness.Setting(f"int4 packing, {ratio_by_bytes:g}x, group {group}",
-                           pack={"ratio": count_ratio(ratio_by_bytes, sizes, "int4", group)},
+def reserve(at_packing: float) -> tuple[dict, str]:
+    """A packed row's `PackConfig` field and label suffix for its share of exclusive pages given at packing
+    (nothing where it is the main job's)."""
+    return ({}, "") if at_packing == PackConfig.at_packing else ({"at_packing": at_packing}, f", {at_packing:g} at packing")
+
+
+def int4_packing(ratio_by_bytes: float, sizes: list[int], group: int,
+                 at_packing: float = PackConfig.at_packing) -> harness.Setting:
+    pack, suffix = reserve(at_packing)
+    return harness.Setting(f"int4 packing, {ratio_by_bytes:g}x, group {group}{suffix}",
+                           pack={"ratio": count_ratio(ratio_by_bytes, sizes, "int4", group), **pack},
                            precision={"precision": "int4", "group": group})
 
 
@@ -74,7 +90,23 @@ def choose_group(scale: harness.Scale, fresh: bool) -> tuple[int, list[dict]]:
     return max(rows, key=lambda r: r["val_change_pp"])["group"], rows
 
 
-def settings(scale: harness.Scale, group: int) -> dict[str, tuple[str, harness.Setting]]:
+def choose_at_packing(scale: harness.Scale, fresh: bool, group: int) -> tuple[float, list[dict]]:
+    """The share of exclusive pages given at packing (AT_PACKING; the rest promoted during optimisation to the
+    DNNs furthest below their stand-alone validation accuracy) with the best balanced validation score, the
+    optimiser's selection rule (mean change plus the worst DNN's), over the tuning seeds at GROUP_CHOICE_RATIO
+    with the chosen group; and one row per share."""
+    sizes = harness.weights(scale.dnns)
+    tuning = [replace(int4_packing(GROUP_CHOICE_RATIO, sizes, group, a), seeds=harness.TUNING_SEEDS) for a in AT_PACKING]
+    runs = harness.run_all(tuning, scale, fresh, "int4 reserve")
+    rows = []
+    for a, st in zip(AT_PACKING, tuning):
+        val = {k: harness.stats([r[f"{k}_val_difference_pp"] for r in runs[st.label]])["mean"] for k in ("mean", "worst")}
+        rows.append({"at_packing": a, "val_change_pp": val["mean"], "worst_val_pp": val["worst"],
+                     "score": val["mean"] + val["worst"]})
+    return max(rows, key=lambda r: r["score"])["at_packing"], rows
+
+
+def settings(scale: harness.Scale, group: int, at_packing: float) -> dict[str, tuple[str, harness.Setting]]:
     """label -> (family, setting)."""
     sizes = harness.weights(scale.dnns)
     out = {"float32 packing": (FLOAT32, harness.Setting("float32 packing")),
@@ -82,16 +114,19 @@ def settings(scale: harness.Scale, group: int) -> dict[str, tuple[str, harness.S
            f"int8 packing, ratio {INT8_RATIO:g}": ("packing, int8", harness.Setting(
                f"int8 packing, ratio {INT8_RATIO:g}", pack={"ratio": INT8_RATIO}, precision={"precision": "int8"}))}
     most = reachable(scale)
-    for x in RATIOS_BY_BYTES:
-        if count_ratio(x, sizes, "int4", group) > most:  # the shared pages cannot hold so few bytes (a few DNNs, --quick)
-            continue
-        st = int4_packing(x, sizes, group)
-        out[st.label] = ("packing, int4", st)
-        label = f"Fisher packing, {x}x"
-        kib = 4 * sum(sizes) / x / 1024
-        ratio = min(count_ratio(x / (1 - FISHER_UPGRADES), sizes, "int4", group), most)
-        out[label] = ("packing, formats by Fisher", harness.Setting(
-            label, pack={"ratio": ratio}, precision={"precision": "fisher", "budget_kib": kib, "group": group}))
+    for share in dict.fromkeys((at_packing, PackConfig.at_packing)):  # the chosen share, then the main job's beside it
+        beside = "" if share == at_packing else MAIN_SHARE
+        for x in RATIOS_BY_BYTES:
+            if count_ratio(x, sizes, "int4", group) > most:  # the shared pages cannot hold so few bytes (--quick)
+                continue
+            st = int4_packing(x, sizes, group, share)
+            out[st.label] = (PACKING[2] + beside, st)
+            pack, suffix = reserve(share)
+            label = f"Fisher packing, {x}x{suffix}"
+            kib = 4 * sum(sizes) / x / 1024
+            ratio = min(count_ratio(x / (1 - FISHER_UPGRADES), sizes, "int4", group), most)
+            out[label] = (PACKING[3] + beside, harness.Setting(
+                label, pack={"ratio": ratio, **pack}, precision={"precision": "fisher", "budget_kib": kib, "group": group}))
     for fmt in ("int8", "int4"):
         for how, name in (("ptq", "PTQ"), ("qat", "QAT")):
             label = f"{fmt} alone ({name})"
@@ -112,7 +147,8 @@ def equal_bytes(label: str, plan: dict) -> list[str]:
 
 def run(scale: harness.Scale, fresh: bool = False) -> dict:
     group, group_rows = choose_group(scale, fresh)
-    plan = settings(scale, group)
+    at_packing, reserve_rows = choose_at_packing(scale, fresh, group)
+    plan = settings(scale, group, at_packing)
     packed = [st for family, st in plan.values() if family in PACKING]
     others = [st for family, st in plan.values() if family not in PACKING]
     runs = harness.run_all(harness.with_controls(packed) + others, scale, fresh, "quantization")
@@ -145,8 +181,10 @@ def run(scale: harness.Scale, fresh: bool = False) -> dict:
                      f"{control} | {harness.fmt(s['mean_difference_pp'])} "
                      f"({', '.join(f'{v:+.2f}' for v in r['per_seed_change_pp'])}) | {r['worst_pp']:+.2f} | {against} | "
                      f"{pages} |")
-    return {"setup": setup(group, group_rows), "rows": rows, "table": "\n".join(table), "answer": summary(rows),
+    return {"setup": setup(group, group_rows, at_packing, reserve_rows), "rows": rows, "table": "\n".join(table),
+            "answer": summary(rows),
             "target": TARGET, "published_point": PUBLISHED_POINT, "group_choice": group_rows,
+            "at_packing_choice": reserve_rows,
             "scale_text": scale.describe()}
 
 
@@ -158,11 +196,15 @@ def meets_target(seeds: list[dict], versus_control: dict | None) -> bool:
         versus_control is None or versus_control["min"] >= TARGET["mean_difference_pp"])
 
 
-def setup(group: int, group_rows: list[dict]) -> str:
+def setup(group: int, group_rows: list[dict], at_packing: float, reserve_rows: list[dict]) -> str:
     choice = ", ".join(f"group {r['group']}: {r['val_change_pp']:+.2f} pp" for r in group_rows)
+    shares = ", ".join(f"{r['at_packing']:g}: {r['val_change_pp']:+.2f} mean, {r['worst_val_pp']:+.2f} worst"
+                       for r in reserve_rows)
     return ("Ten suite DNNs. Packed: budget separation, joint optimisation through a per-page fake quantiser "
             "(straight-through); int4 and Fisher rows at 24x, 32x and 48x by bytes. The int4 group was chosen on "
-            f"validation at {GROUP_CHOICE_RATIO}x on the tuning seeds ({choice}): group {group}. Alone: each DNN's "
+            f"validation at {GROUP_CHOICE_RATIO}x on the tuning seeds ({choice}): group {group}; then the share of the "
+            f"exclusive pages given at packing, the rest promoted by validation deficit, by the balanced score, mean "
+            f"plus worst DNN's validation change, pp ({shares}): {at_packing:g}. Alone: each DNN's "
             "2-D+ tensors compressed, biases float32, fine-tuned through the compressor at the same optimiser config. "
             "Bytes include page tables, scales, indices and codebooks.")
 
@@ -191,35 +233,49 @@ def summary(rows: list[dict]) -> str:
 REFERENCES = {"YONO (reported, IPSN 2022)": 12.37, "VQ4ALL (reported, 2024)": 16.0}  # ratios by bytes, not measured here
 
 
+STYLES = {"packing, float32": ("s", "tab:blue"), "packing, int8": ("o", "tab:green"),  # family -> (marker, colour)
+          "packing, int4": ("o", "tab:olive"), "packing, formats by Fisher": ("^", "tab:purple"),
+          "quantisation alone": ("D", "tab:red"), "pruning alone": ("X", "tab:brown"), "codebook alone": ("*", "tab:grey")}
+ZOOM_PP = (-4.0, 3.0)  # the right panel's accuracy range: where the packed rows and quantisation alone lie
+
+
 def plot(result: dict, plt) -> None:
+    """Left every row, right a zoom on the packed rows (the baselines fall tens of pp); one legend entry per family,
+    a line joining its sizes, PTQ (hollow) apart from QAT where a method has both, and a sub-8-bit family at the
+    main job's share given at packing pale and dashed beside the chosen share's."""
     rows = result["rows"]
-    fig, ax = plt.subplots(figsize=(9, 5.5))
-    styles = {"packing, float32": ("s", "tab:blue"), "packing, int8": ("oP", "tab:green"),
-              "packing, int4": ("ooo", "tab:olive"), "packing, formats by Fisher": ("^^^", "tab:purple"),
-              "quantisation alone": ("DvDv", "tab:red"), "pruning alone": ("xxx", "tab:brown"),
-              "codebook alone": ("***", "tab:grey")}
-    for family, (shapes, color) in styles.items():  # a legend, not labels: the points crowd
-        pts = sorted((r for r in rows if r["family"] == family), key=lambda r: r["ratio_by_bytes"])
-        if family != "quantisation alone":  # a line joins a family's bytes; the alone rows are two methods at two sizes
-            ax.plot([r["ratio_by_bytes"] for r in pts], [r["mean_change_pp"] for r in pts], color=color, lw=1)
-        for r, marker in zip(pts, shapes):
-            harness.point(ax, r["ratio_by_bytes"], r["mean_change_pp"], r["mean_change_ci95"], r["setting"], marker, color)
-    p = result["published_point"]
-    ax.scatter([p["ratio"]], [p["change_pp"]], marker="*", s=200, color="gold", edgecolor="black", zorder=5,
-               label="published WS (10 paper DNNs, by bytes)")
-    for i, (name, ratio) in enumerate(REFERENCES.items()):
-        ax.axvline(ratio, color="black", ls=(0, (1, 3 + i)), lw=1, label=f"{name}: {ratio:g}x, accuracy not comparable")
-    t = result["target"]
-    ax.axvline(t["ratio_by_bytes"], color="grey", ls=":", lw=1)
-    ax.axhline(t["mean_difference_pp"], color="grey", ls=":", lw=1,
-               label=f"target: >= {t['ratio_by_bytes']:g}x at >= {t['mean_difference_pp']:g} pp")
-    ax.axhline(0, color="grey", lw=0.8)
-    ax.set_xscale("log")
-    ticks = [2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64]
-    ax.set_xticks(ticks, [f"{t}x" for t in ticks], minor=False)
-    ax.set_xticks([], minor=True)
-    ax.set(xlabel="compression by bytes (stand-alone float32 bytes / stored bytes, log scale)",
-           ylabel="mean test accuracy change (pp)",
-           title="Accuracy against bytes, ten suite DNNs (mean ± 95% t-interval over seeds)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # outside: the intervals fill the axes
+    fig, axes = plt.subplots(1, 2, figsize=(14, 5.5), sharex=True)
+    for ax in axes:
+        for family in (f for base in STYLES for f in (base, base + MAIN_SHARE) if any(r["family"] == f for r in rows)):
+            (marker, color), main_share = STYLES[family.removesuffix(MAIN_SHARE)], family.endswith(MAIN_SHARE)
+            pts = sorted((r for r in rows if r["family"] == family), key=lambda r: r["ratio_by_bytes"])
+            if family != "quantisation alone":  # two methods at two sizes, not one family's sizes
+                ax.plot([r["ratio_by_bytes"] for r in pts], [r["mean_change_pp"] for r in pts], color=color, lw=1,
+                        ls="--" if main_share else "-", alpha=0.5 if main_share else 1.0)
+            named = next((r for r in pts if "(PTQ)" not in r["setting"]), None)  # the legend's marker filled
+            for r in pts:
+                ax.errorbar([r["ratio_by_bytes"]], [r["mean_change_pp"]], yerr=[r["mean_change_ci95"] or 0], fmt="none",
+                            ecolor=color, capsize=3)
+                ax.plot([r["ratio_by_bytes"]], [r["mean_change_pp"]], marker, ms=8, mec="black", mew=0.5,
+                        alpha=0.5 if main_share else 1.0, label=family if r is named else None,
+                        color="white" if "(PTQ)" in r["setting"] else color)
+        p = result["published_point"]
+        ax.scatter([p["ratio"]], [p["change_pp"]], marker="*", s=200, color="gold", edgecolor="black", zorder=5,
+                   label="published WS (10 paper DNNs, by bytes)")
+        for i, (name, ratio) in enumerate(REFERENCES.items()):
+            ax.axvline(ratio, color="black", ls=(0, (1, 3 + i)), lw=1, label=f"{name}: {ratio:g}x, accuracy not comparable")
+        t = result["target"]
+        ax.axvline(t["ratio_by_bytes"], color="grey", ls=":", lw=1)
+        ax.axhline(t["mean_difference_pp"], color="grey", ls=":", lw=1,
+                   label=f"target: >= {t['ratio_by_bytes']:g}x at >= {t['mean_difference_pp']:g} pp")
+        ax.axhline(0, color="grey", lw=0.8)
+        ax.set_xscale("log")
+        ticks = [2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64]
+        ax.set_xticks(ticks, [f"{t}x" for t in ticks], minor=False)
+        ax.set_xticks([], minor=True)
+        ax.set(xlabel="compression by bytes (stand-alone float32 bytes / stored bytes, log scale)")
+        ax.grid(alpha=0.3)
+    axes[0].set(ylabel="mean test accuracy change (pp)", title="every row (PTQ hollow, QAT filled)")
+    axes[1].set(ylim=ZOOM_PP, title=f"zoom: {ZOOM_PP[0]:g} to {ZOOM_PP[1]:+g} pp")
+    fig.suptitle("Accuracy against bytes, ten suite DNNs (mean ± 95% t-interval over seeds)")
+    axes[1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # outside: the intervals fill the axes

@@ -21,7 +21,7 @@ def test_the_count_ratio_reaches_the_ratio_by_bytes_to_within_a_page():
 
 
 def test_each_packed_row_meets_the_baselines_at_its_own_bytes_only():
-    plan = q.settings(harness.Scale.default(), group=64)
+    plan = q.settings(harness.Scale.default(), group=64, at_packing=PackConfig.at_packing)
     for x in q.RATIOS_BY_BYTES:
         for packed in (f"int4 packing, {x}x, group 64", f"Fisher packing, {x}x"):
             assert sorted(q.equal_bytes(packed, plan)) == sorted([f"int8 pruned alone, {x}x (QAT)",
@@ -38,7 +38,8 @@ def test_no_packed_row_at_bytes_the_shared_pages_cannot_reach():
     by bytes they miss, a Fisher row's budget below its smallest store (the quick run's error before);
     the ten reach all three."""
     def rows(scale, group):
-        return [label for label, (family, _) in q.settings(scale, group).items() if family in q.PACKING[2:]]
+        return [label for label, (family, _) in q.settings(scale, group, PackConfig.at_packing).items()
+                if family in q.PACKING[2:]]
     assert rows(harness.Scale.default(quick=True), 64) == []
     assert rows(harness.Scale.default(), 32) == [f"{kind}, {x}x" + (", group 32" if kind.startswith("int4") else "")
                                                  for x in q.RATIOS_BY_BYTES for kind in ("int4 packing", "Fisher packing")]
@@ -56,6 +57,41 @@ def test_the_int4_group_is_the_best_on_validation_on_the_tuning_seeds(monkeypatc
     group, rows = q.choose_group(harness.Scale.default(), fresh=False)
     assert group == 64 and [r["group"] for r in rows] == list(q.GROUPS)
     assert seen["seeds"] == {harness.TUNING_SEEDS}
+
+
+def test_a_chosen_share_given_at_packing_has_its_sub_8_bit_rows_beside_the_main_jobs():
+    plan = q.settings(harness.Scale.default(), group=128, at_packing=0.25)
+
+    def labels(suffix):
+        return sorted(f"{kind}, {x}x" + (", group 128" if kind.startswith("int4") else "") + suffix
+                      for x in q.RATIOS_BY_BYTES for kind in ("int4 packing", "Fisher packing"))
+    chosen = {label: st for label, (family, st) in plan.items() if family in q.PACKING[2:4]}
+    main = {label: st for label, (family, st) in plan.items() if family in q.PACKING[4:]}
+    assert sorted(chosen) == labels(", 0.25 at packing") and sorted(main) == labels("")
+    assert all(st.pack["at_packing"] == 0.25 for st in chosen.values())
+    assert not any("at_packing" in st.pack for st in main.values())
+    assert "at_packing" not in plan["float32 packing"][1].pack and "at_packing" not in plan["int8 packing"][1].pack
+    assert sorted(q.equal_bytes("int4 packing, 32x, group 128, 0.25 at packing", plan)) == [
+        "codebook alone, 32x (QAT)", "int8 pruned alone, 32x (QAT)"]
+
+
+def test_the_share_given_at_packing_is_the_best_balanced_score_on_validation_on_the_tuning_seeds(monkeypatch):
+    """Mean plus worst DNN's validation change: here 0.25 (-0.5 - 1.0) beats the main job's 0.5 (-0.2 - 2.0)
+    and 0 (-0.9 - 0.8), though 0.5 has the best mean."""
+    seen = {}
+    val = {0.5: (-0.2, -2.0), 0.25: (-0.5, -1.0), 0.0: (-0.9, -0.8)}
+
+    def fake(settings, scale, fresh=False, desc=""):
+        seen["seeds"] = {st.seeds for st in settings}
+        seen["groups"] = {st.precision["group"] for st in settings}
+        return {st.label: [{"mean_val_difference_pp": val[st.pack.get("at_packing", PackConfig.at_packing)][0],
+                            "worst_val_difference_pp": val[st.pack.get("at_packing", PackConfig.at_packing)][1]}
+                           for _ in st.seeds] for st in settings}
+
+    monkeypatch.setattr(harness, "run_all", fake)
+    share, rows = q.choose_at_packing(harness.Scale.default(), fresh=False, group=128)
+    assert share == 0.25 and [r["at_packing"] for r in rows] == list(q.AT_PACKING) == [0.5, 0.25, 0.0]
+    assert seen == {"seeds": {harness.TUNING_SEEDS}, "groups": {128}}
 
 
 def test_the_target_holds_only_in_every_seed():
