@@ -29,7 +29,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from weightsep.pack import PackConfig
-from weightsep.precision import tables_bytes_for
+from weightsep.precision import PrecisionConfig, tables_bytes_for
 from weightsep.quant import page_bytes
 
 from . import harness
@@ -80,13 +80,17 @@ def int4_packing(ratio_by_bytes: float, sizes: list[int], group: int,
 
 def choose_group(scale: harness.Scale, fresh: bool) -> tuple[int, list[dict]]:
     """The int4 group with the best mean validation change (over DNNs, then the tuning seeds) at
-    GROUP_CHOICE_RATIO by bytes, and one row per group."""
+    GROUP_CHOICE_RATIO by bytes, and one row per group; PrecisionConfig's group and no row where the shared pages
+    cannot reach that ratio (--quick's three DNNs: no int4 row then needs one)."""
     sizes = harness.weights(scale.dnns)
-    tuning = [replace(int4_packing(GROUP_CHOICE_RATIO, sizes, g), seeds=harness.TUNING_SEEDS) for g in GROUPS]
+    groups = [g for g in GROUPS if count_ratio(GROUP_CHOICE_RATIO, sizes, "int4", g) <= reachable(scale)]
+    if not groups:
+        return PrecisionConfig.group, []
+    tuning = [replace(int4_packing(GROUP_CHOICE_RATIO, sizes, g), seeds=harness.TUNING_SEEDS) for g in groups]
     runs = harness.run_all(tuning, scale, fresh, "int4 group")
     rows = [{"group": g, "val_change_pp": harness.stats([r["mean_val_difference_pp"] for r in runs[st.label]])["mean"],
              "ratio_by_bytes": harness.stats([r["ratio_by_bytes"] for r in runs[st.label]])["mean"]}
-            for g, st in zip(GROUPS, tuning)]
+            for g, st in zip(groups, tuning)]
     return max(rows, key=lambda r: r["val_change_pp"])["group"], rows
 
 
@@ -94,8 +98,10 @@ def choose_at_packing(scale: harness.Scale, fresh: bool, group: int) -> tuple[fl
     """The share of exclusive pages given at packing (AT_PACKING; the rest promoted during optimisation to the
     DNNs furthest below their stand-alone validation accuracy) with the best balanced validation score, the
     optimiser's selection rule (mean change plus the worst DNN's), over the tuning seeds at GROUP_CHOICE_RATIO
-    with the chosen group; and one row per share."""
+    with the chosen group; and one row per share (the main job's share and none where that ratio is out of reach)."""
     sizes = harness.weights(scale.dnns)
+    if count_ratio(GROUP_CHOICE_RATIO, sizes, "int4", group) > reachable(scale):
+        return PackConfig.at_packing, []
     tuning = [replace(int4_packing(GROUP_CHOICE_RATIO, sizes, group, a), seeds=harness.TUNING_SEEDS) for a in AT_PACKING]
     runs = harness.run_all(tuning, scale, fresh, "int4 reserve")
     rows = []
@@ -181,7 +187,7 @@ def run(scale: harness.Scale, fresh: bool = False) -> dict:
                      f"{control} | {harness.fmt(s['mean_difference_pp'])} "
                      f"({', '.join(f'{v:+.2f}' for v in r['per_seed_change_pp'])}) | {r['worst_pp']:+.2f} | {against} | "
                      f"{pages} |")
-    return {"setup": setup(group, group_rows, at_packing, reserve_rows), "rows": rows, "table": "\n".join(table),
+    return {"setup": setup(len(scale.dnns), group, group_rows, at_packing, reserve_rows), "rows": rows, "table": "\n".join(table),
             "answer": summary(rows),
             "target": TARGET, "published_point": PUBLISHED_POINT, "group_choice": group_rows,
             "at_packing_choice": reserve_rows,
@@ -196,11 +202,15 @@ def meets_target(seeds: list[dict], versus_control: dict | None) -> bool:
         versus_control is None or versus_control["min"] >= TARGET["mean_difference_pp"])
 
 
-def setup(group: int, group_rows: list[dict], at_packing: float, reserve_rows: list[dict]) -> str:
+def setup(n_dnns: int, group: int, group_rows: list[dict], at_packing: float, reserve_rows: list[dict]) -> str:
+    if not group_rows:
+        return (f"{n_dnns} DNNs: the shared pages cannot reach {GROUP_CHOICE_RATIO}x by bytes with int4 pages, so there is "
+                "no int4 or Fisher row (nor a group or share to choose). Bytes include page tables, scales, indices "
+                "and codebooks.")
     choice = ", ".join(f"group {r['group']}: {r['val_change_pp']:+.2f} pp" for r in group_rows)
     shares = ", ".join(f"{r['at_packing']:g}: {r['val_change_pp']:+.2f} mean, {r['worst_val_pp']:+.2f} worst"
                        for r in reserve_rows)
-    return ("Ten suite DNNs. Packed: budget separation, joint optimisation through a per-page fake quantiser "
+    return (f"{n_dnns} DNNs. Packed: budget separation, joint optimisation through a per-page fake quantiser "
             "(straight-through); int4 and Fisher rows at 24x, 32x and 48x by bytes. The int4 group was chosen on "
             f"validation at {GROUP_CHOICE_RATIO}x on the tuning seeds ({choice}): group {group}; then the share of the "
             f"exclusive pages given at packing, the rest promoted by validation deficit, by the balanced score, mean "

@@ -5,7 +5,7 @@ import math
 from experiments import harness
 from experiments import quantization as q
 from weightsep.pack import PackConfig
-from weightsep.precision import tables_bytes_for
+from weightsep.precision import PrecisionConfig, tables_bytes_for
 from weightsep.quant import page_bytes
 
 
@@ -92,6 +92,18 @@ def test_the_share_given_at_packing_is_the_best_balanced_score_on_validation_on_
     share, rows = q.choose_at_packing(harness.Scale.default(), fresh=False, group=128)
     assert share == 0.25 and [r["at_packing"] for r in rows] == list(q.AT_PACKING) == [0.5, 0.25, 0.0]
     assert seen == {"seeds": {harness.TUNING_SEEDS}, "groups": {128}}
+
+
+def test_nothing_is_chosen_or_run_where_the_choice_ratio_is_out_of_reach(monkeypatch):
+    """--quick's three DNNs have no int4 row: no group or share is chosen, none packed mislabelled at 32x."""
+    def refuse(*args, **kwargs):
+        raise AssertionError("ran a choice that has no row to serve")
+
+    monkeypatch.setattr(harness, "run_all", refuse)
+    quick = harness.Scale.default(quick=True)
+    assert q.choose_group(quick, fresh=False) == (PrecisionConfig.group, [])
+    assert q.choose_at_packing(quick, fresh=False, group=128) == (PackConfig.at_packing, [])
+    assert "no int4 or Fisher row" in q.setup(len(quick.dnns), PrecisionConfig.group, [], PackConfig.at_packing, [])
 
 
 def test_the_target_holds_only_in_every_seed():
