@@ -170,6 +170,7 @@ def run(scale: harness.Scale, fresh: bool = False) -> dict:
                      **harness.spread_fields("mean_change_pp", s["mean_difference_pp"]),
                      "mean_change_min": s["mean_difference_pp"]["min"], "worst_pp": s["worst_difference_pp"]["min"],
                      "per_seed_change_pp": [r["mean_difference_pp"] for r in seeds],
+                     "per_seed_worst_pp": [r["worst_difference_pp"] for r in seeds],
                      "per_seed_ratio": [r["ratio_by_bytes"] for r in seeds],
                      "versus_equal_bytes": {b: {k: p[k] for k in ("mean", "ci95", "p", "noise")}
                                             for b, p in versus_baselines[label].items()},
@@ -225,6 +226,15 @@ def summary(rows: list[dict]) -> str:
     out = [f"Settings at >= {TARGET['ratio_by_bytes']:g}x by bytes, mean change >= {TARGET['mean_difference_pp']:+g} pp "
            f"against stand-alone and the control, no DNN below {TARGET['worst_pp']:+g} pp, in every seed: "
            f"{', '.join(met) or 'none'}."]
+    for r in rows:  # a packed row at the target's bytes in every seed that misses: which part, in how many seeds
+        if r["meets_target"] or r.get("minus_control_pp") is None or not r.get("per_seed_worst_pp") or \
+                min(r["per_seed_ratio"]) < TARGET["ratio_by_bytes"]:
+            continue
+        worst = [w for w in r["per_seed_worst_pp"] if w < TARGET["worst_pp"]]
+        low = [c for c in r["per_seed_change_pp"] if c < TARGET["mean_difference_pp"]]
+        out.append(f"{r['setting']} misses it: a DNN below {TARGET['worst_pp']:+g} pp in {len(worst)} of "
+                   f"{len(r['per_seed_worst_pp'])} seeds" + (f" ({', '.join(f'{w:+.2f}' for w in worst)})" if worst else "")
+                   + f", the mean below {TARGET['mean_difference_pp']:+g} pp in {len(low)}.")
     controlled = [r for r in rows if r.get("minus_control_pp") is not None]
     if controlled:
         out.append("Against the float32 no-sharing control (each DNN optimised alone in float32 at the same budget): "

@@ -126,7 +126,12 @@ def test_the_answer_and_the_plot_from_rows(tmp_path):
             row("int4 alone (QAT)", "quantisation alone", 7.5, -0.1),
             row("int8 pruned alone, 32x (QAT)", "pruning alone", 32.0, -3.4),
             row("codebook alone, 32x (QAT)", "codebook alone", 32.5, -0.9)]
+    rows.insert(2, {**row("int4 packing, 48x, group 64", "packing, int4", 48.0, -0.4), "meets_target": False,
+                    "minus_control_pp": -0.3, "per_seed_ratio": [48.0, 48.1], "per_seed_worst_pp": [-1.5, -2.6],
+                    "per_seed_change_pp": [-0.2, -0.6]})
     answer = q.summary(rows)
+    assert ("int4 packing, 48x, group 64 misses it: a DNN below -2 pp in 1 of 2 seeds (-2.60), "
+            "the mean below -0.5 pp in 1.") in answer
     assert "in every seed: int4 packing, 32x, group 64." in answer
     assert ("ahead of 1 of 2 equal-bytes baselines with the paired 95% interval above zero "
             "(not: codebook alone, 32x (QAT))") in answer
