@@ -10,9 +10,9 @@ ratio at which int4 pages take `1 - FISHER_UPGRADES` of the budget, the rest for
 or the most the shared pages reach where that is less). The int4 and Fisher rows give the share of
 the exclusive pages at packing (the rest promoted to the DNNs furthest below their stand-alone
 accuracy on validation) chosen after the group, by the optimiser's balanced score on validation
-(`choose_at_packing`): the lever on the worst DNN, which the float32 and int8 rows leave
-at the main job's. A budget the shared pages cannot reach with
-int4 pages everywhere has no packed row (--quick's three DNNs stop at 2.94x by count: none).
+(`choose_at_packing`), with the main job's share's rows beside them. A budget the shared pages
+cannot reach with int4 pages everywhere has no packed row (--quick's three DNNs stop at 2.94x by
+count: none, and nothing to choose).
 
 Baselines without sharing, each DNN compressed alone (weightsep/alone.py), each fine-tuned through its
 compressor at the main job's budget with each DNN's own batches (quantisation-aware), the per-channel
