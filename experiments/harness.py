@@ -246,11 +246,13 @@ def errorbar(ax, xs, values_by_x: list[list[float]], label: str, **kw) -> None:
                 **{"marker": "o", **kw})
 
 
-def point(ax, x: float, y: float, ci95: float | None, label: str, marker: str, color: str) -> None:
+def point(ax, x: float, y: float, ci95: float | None, label: str | None, marker: str, color: str,
+          face: str | None = None, alpha: float = 1.0) -> None:
     """One point with its error bar (the half-width of its 95% t-interval; none for one seed), in the legend by its
-    marker alone: a plot whose points crowd names them in a legend, not in labels that would overlap."""
+    marker alone: a plot whose points crowd names them in a legend, not in labels that would overlap. `face`: the
+    marker's fill where it is not `color` (hollow: "white")."""
     ax.errorbar([x], [y], yerr=[ci95 or 0], fmt="none", ecolor=color, capsize=3)
-    ax.plot([x], [y], marker, ms=8, color=color, mec="black", mew=0.5, label=label)
+    ax.plot([x], [y], marker, ms=8, color=face or color, mec="black", mew=0.5, alpha=alpha, label=label)
 
 
 def torch_threads_note() -> str:

@@ -64,6 +64,12 @@ def count_ratio(ratio_by_bytes: float, sizes: list[int], fmt: str, group: int) -
     return sum(sizes) / (pages * P)
 
 
+def within_reach(ratio_by_bytes: float, sizes: list[int], group: int, most: float) -> bool:
+    """Whether shared pages that reach `most` by count (`budget.reachable`) reach `ratio_by_bytes` with int4 pages
+    everywhere (--quick's three DNNs do not)."""
+    return count_ratio(ratio_by_bytes, sizes, "int4", group) <= most
+
+
 def reserve(at_packing: float) -> tuple[dict, str]:
     """A packed row's `PackConfig` field and label suffix for its share of exclusive pages given at packing
     (nothing where it is the main job's)."""
@@ -83,7 +89,7 @@ def choose_group(scale: harness.Scale, fresh: bool) -> tuple[int, list[dict]]:
     GROUP_CHOICE_RATIO by bytes, and one row per group; PrecisionConfig's group and no row where the shared pages
     cannot reach that ratio (--quick's three DNNs: no int4 row then needs one)."""
     sizes = harness.weights(scale.dnns)
-    groups = [g for g in GROUPS if count_ratio(GROUP_CHOICE_RATIO, sizes, "int4", g) <= reachable(scale)]
+    groups = [g for g in GROUPS if within_reach(GROUP_CHOICE_RATIO, sizes, g, reachable(scale))]
     if not groups:
         return PrecisionConfig.group, []
     tuning = [replace(int4_packing(GROUP_CHOICE_RATIO, sizes, g), seeds=harness.TUNING_SEEDS) for g in groups]
@@ -100,7 +106,7 @@ def choose_at_packing(scale: harness.Scale, fresh: bool, group: int) -> tuple[fl
     optimiser's selection rule (mean change plus the worst DNN's), over the tuning seeds at GROUP_CHOICE_RATIO
     with the chosen group; and one row per share (the main job's share and none where that ratio is out of reach)."""
     sizes = harness.weights(scale.dnns)
-    if count_ratio(GROUP_CHOICE_RATIO, sizes, "int4", group) > reachable(scale):
+    if not within_reach(GROUP_CHOICE_RATIO, sizes, group, reachable(scale)):
         return PackConfig.at_packing, []
     tuning = [replace(int4_packing(GROUP_CHOICE_RATIO, sizes, group, a), seeds=harness.TUNING_SEEDS) for a in AT_PACKING]
     runs = harness.run_all(tuning, scale, fresh, "int4 reserve")
@@ -123,7 +129,7 @@ def settings(scale: harness.Scale, group: int, at_packing: float) -> dict[str, t
     for share in dict.fromkeys((at_packing, PackConfig.at_packing)):  # the chosen share, then the main job's beside it
         beside = "" if share == at_packing else MAIN_SHARE
         for x in RATIOS_BY_BYTES:
-            if count_ratio(x, sizes, "int4", group) > most:  # the shared pages cannot hold so few bytes (--quick)
+            if not within_reach(x, sizes, group, most):
                 continue
             st = int4_packing(x, sizes, group, share)
             out[st.label] = (PACKING[2] + beside, st)
@@ -274,11 +280,9 @@ def plot(result: dict, plt) -> None:
                         ls="--" if main_share else "-", alpha=0.5 if main_share else 1.0)
             named = next((r for r in pts if "(PTQ)" not in r["setting"]), None)  # the legend's marker filled
             for r in pts:
-                ax.errorbar([r["ratio_by_bytes"]], [r["mean_change_pp"]], yerr=[r["mean_change_ci95"] or 0], fmt="none",
-                            ecolor=color, capsize=3)
-                ax.plot([r["ratio_by_bytes"]], [r["mean_change_pp"]], marker, ms=8, mec="black", mew=0.5,
-                        alpha=0.5 if main_share else 1.0, label=family if r is named else None,
-                        color="white" if "(PTQ)" in r["setting"] else color)
+                harness.point(ax, r["ratio_by_bytes"], r["mean_change_pp"], r["mean_change_ci95"],
+                              family if r is named else None, marker, color,
+                              face="white" if "(PTQ)" in r["setting"] else None, alpha=0.5 if main_share else 1.0)
         p = result["published_point"]
         ax.scatter([p["ratio"]], [p["change_pp"]], marker="*", s=200, color="gold", edgecolor="black", zorder=5,
                    label="published WS (10 paper DNNs, by bytes)")
